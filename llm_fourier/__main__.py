@@ -1,0 +1,5 @@
+import sys
+
+from llm_fourier.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Writing results: atomic JSON/CSV/figure files, console tables (and, later, HTML)."""

@@ -1,0 +1,6 @@
+"""Subcommands of the toy side, registered with ``llm-fourier`` through the
+``llm_fourier.commands`` entry point (see pyproject.toml)."""
+
+from llm_fourier.commands import Command
+
+COMMANDS: list[Command] = []
