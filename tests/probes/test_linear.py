@@ -1,0 +1,131 @@
+"""Linear probes on synthetic states with known helices: periods, phases, baselines."""
+
+import numpy as np
+import pytest
+
+from probes.linear import (
+    fit_helix,
+    fourier_vs_decodable,
+    helix_features,
+    mod_probe,
+    per_number_means,
+    period_scan,
+    split_numbers,
+)
+
+P10, P5 = 0.7, -1.9  # planted phases
+A10, A5, ALIN = 2.0, 1.5, 3.0
+
+
+def helix_states(n_numbers=200, repeats=3, dim=32, noise=0.05, seed=0, cos_only=False):
+    """Latent dims: 0 linear, 1-2 a period-10 circle, 3 a period-5 line; rotated into R^dim."""
+    rng = np.random.default_rng(seed)
+    n = np.repeat(np.arange(n_numbers), repeats)
+    lat = np.zeros((len(n), dim))
+    t10, t5 = 2 * np.pi * n / 10 + P10, 2 * np.pi * n / 5 + P5
+    if cos_only:
+        lat[:, 1] = A10 * np.cos(2 * np.pi * n / 10)
+    else:
+        lat[:, 0] = ALIN * n / n_numbers
+        lat[:, 1], lat[:, 2] = A10 * np.cos(t10), A10 * np.sin(t10)
+        lat[:, 3] = A5 * np.cos(t5)
+    lat += noise * rng.standard_normal(lat.shape)
+    q, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
+    return lat @ q.T, n, q
+
+
+def wrap(angle):
+    return (angle + np.pi) % (2 * np.pi) - np.pi
+
+
+def test_helix_recovers_periods_phases_and_amplitudes():
+    x, n, q = helix_states()
+    fit = fit_helix(x, n, (10, 5), pca_dim=8)
+    assert fit.r2_test > 0.95 and fit.r2_train > 0.95
+    # phases along the planted directions (independent: the generator's phases)
+    assert abs(wrap(fit.circle(10, q[:, 1])["phase"] - P10)) < 0.05
+    assert abs(wrap(fit.circle(10, q[:, 2])["phase"] - (P10 - np.pi / 2))) < 0.05
+    assert abs(wrap(fit.circle(5, q[:, 3])["phase"] - P5)) < 0.05
+    c10, c5 = fit.circle(10), fit.circle(5)
+    assert c10["amplitude"] == pytest.approx(A10, rel=0.05) and c10["circularity"] > 0.9
+    assert c5["amplitude"] == pytest.approx(A5, rel=0.05) and c5["circularity"] < 0.1
+    # dropping a true period costs R^2; the fit decodes held-out numbers
+    assert fit.r2_without[10.0] < fit.r2_test - 0.3 and fit.r2_without[5.0] < fit.r2_test - 0.1
+    assert fit.decode_accuracy > 0.8
+    # the fitted model-space states match the generator's noiseless ones
+    lat = np.zeros((3, 32))
+    m = np.array([3, 50, 177])
+    lat[:, 0] = ALIN * m / 200
+    lat[:, 1], lat[:, 2] = A10 * np.cos(2 * np.pi * m / 10 + P10), A10 * np.sin(
+        2 * np.pi * m / 10 + P10)
+    lat[:, 3] = A5 * np.cos(2 * np.pi * m / 5 + P5)
+    np.testing.assert_allclose(fit.predict(m), lat @ q.T, atol=0.05)
+
+
+def test_wrong_periods_explain_little_and_scan_finds_the_right_ones():
+    x, n, _ = helix_states()
+    assert fit_helix(x, n, (3, 7), pca_dim=8, linear=False).r2_test < 0.05
+    scan = period_scan(x, n, [2, 3, 4, 5, 6, 7, 8, 9, 10, 12], pca_dim=8)
+    top = sorted(scan, key=lambda r: -r["r2_test"])[:2]
+    assert {r["period"] for r in top} == {5.0, 10.0}
+
+
+def test_shuffled_helix_baseline_explains_nothing():
+    x, n, _ = helix_states()
+    fit = fit_helix(x, n, (10, 5), pca_dim=8, shuffle=True)
+    assert fit.shuffled and fit.r2_test < 0.1
+    assert fit.decode_accuracy < 0.05
+
+
+def test_directions_span_the_planted_circle_only():
+    x, n, q = helix_states()
+    d = fit_helix(x, n, (10, 5), pca_dim=8).directions([10])
+    assert d.shape == (32, 2)
+    np.testing.assert_allclose(d.T @ d, np.eye(2), atol=1e-10)
+    inside = lambda v: np.linalg.norm(d.T @ v)  # noqa: E731
+    assert inside(q[:, 1]) > 0.99 and inside(q[:, 2]) > 0.99
+    assert inside(q[:, 3]) < 0.05 and inside(q[:, 0]) < 0.05
+
+
+def test_mod_probe_decodes_linear_mod_t_and_shuffled_sits_at_chance():
+    x, n, _ = helix_states()
+    r = mod_probe(x, n, 10, pca_dim=8)
+    assert r.kappa > 0.95 and r.accuracy > 0.95
+    assert r.chance_accuracy == pytest.approx(0.1)  # the majority class
+    s = mod_probe(x, n, 10, pca_dim=8, shuffle=True)
+    assert abs(s.kappa) < 0.12 and s.shuffled
+    # n mod 5 pairs antipodal points of the period-10 circle, which no linear probe
+    # separates, and period 5 is a line: Fourier features, yet kappa well below 1
+    assert mod_probe(x, n, 5, pca_dim=8).kappa < 0.7
+
+
+def test_mod_probe_never_tests_on_a_number_it_trained_on():
+    # one-hot of the number: memorisable, but no mod structure; grouped CV must be at chance
+    n = np.repeat(np.arange(60), 4)
+    x = np.eye(60)[n] + 0.01 * np.random.default_rng(0).standard_normal((240, 60))
+    assert abs(mod_probe(x, n, 5, pca_dim=None).kappa) < 0.15
+
+
+def test_cos_only_state_is_fourier_sparse_but_not_decodable():
+    # cos(2 pi n/10) maps r and 10 - r to the same point: best accuracy 6/10, kappa 5/9
+    x, n, _ = helix_states(n_numbers=100, repeats=2, dim=8, noise=0.02, cos_only=True)
+    report = fourier_vs_decodable(x, n, 10, pca_dim=4)
+    assert report["spike"] and report["k"] == 10
+    assert 0.3 < report["kappa"] < 0.65 and not report["decodable"]
+    assert report["verdict"] == "Fourier spike but NOT linearly decodable"
+    x, n, _ = helix_states(n_numbers=100, repeats=2, dim=8, noise=0.02)
+    full = fourier_vs_decodable(x, n, 10, pca_dim=4)
+    assert full["spike"] and full["decodable"]
+
+
+def test_helpers():
+    f = helix_features([0, 5], [10], linear=True, scale=5.0)
+    np.testing.assert_allclose(f, [[0, 1, 0], [1, -1, 0]], atol=1e-12)
+    mask = split_numbers(np.repeat(np.arange(10), 2), 0.3, seed=1)
+    held = np.unique(np.repeat(np.arange(10), 2)[mask])
+    assert len(held) == 3 and mask.sum() == 6
+    uniq, means = per_number_means(np.array([[1.0], [3.0], [5.0]]), [2, 2, 0])
+    np.testing.assert_allclose(means[:, 0], [5.0, 2.0])
+    assert uniq.tolist() == [0, 2]
+    with pytest.raises(ValueError):
+        mod_probe(np.zeros((4, 2)), [0, 0, 0, 0], 2)
