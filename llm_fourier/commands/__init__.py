@@ -20,6 +20,9 @@ from llm_fourier.errors import UserError
 
 BUILTIN_MODULES = (
     "llm_fourier.commands.demo",
+    "llm_fourier.commands.report",
+    "llm_fourier.commands.probe",
+    "llm_fourier.commands.ablate",
 )
 
 

@@ -1,0 +1,192 @@
+"""Fourier filter ablations inside edit hooks, evaluation and error analysis (Zhou et al.).
+
+Filters are ``probes.filters`` projections built once from the readout ``W_U[numbers]``
+and a Fourier basis, then applied to attention and/or MLP outputs at chosen layers and
+positions through ``hooks.edit``. ``evaluate`` runs a split and reports the next-token
+loss of the answer, accuracy, a signed-error histogram, the fraction of errors that are
+multiples of 10 and mod-2 / mod-10 accuracy. The prediction is either the model's own next
+token (argmax over the whole vocabulary, as in the paper; a non-number token is wrong and
+has no signed error) or the argmax over the number tokens only.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from llm_fourier.errors import UserError
+from llm_fourier.hooks import edit, last_token_positions
+from llm_fourier.numbers import NumberTokens, number_rows, require_numbers
+from llm_fourier.tasks import Example, tokenize_prompts
+from probes import FourierBasis, FourierFilter, high_pass, keep_only, low_pass
+
+PREDICTIONS = ("vocab", "numbers")
+MODULES = {"attn+MLP": ("attn", "mlp"), "attn": ("attn",), "MLP": ("mlp",)}
+
+
+def number_filters(lm, numbers: NumberTokens, basis_kind: str = "paper", tau: int = 50,
+                   keep: Iterable[int] | None = None) -> dict[str, FourierFilter]:
+    """The filters of the paper, built once from ``W_U[numbers]``.
+
+    ``"low removed"`` = high-pass (removes 1 <= k < tau), ``"high removed"`` = low-pass
+    (removes k >= tau); with ``keep``, ``"keep k=..."`` keeps only those components.
+    """
+    W = number_rows(lm.unembedding(), numbers).detach().to("cpu", torch.float64).numpy()
+    basis = FourierBasis(numbers.p, basis_kind)
+    if not 1 <= tau <= basis.n_components:
+        raise UserError(f"tau must lie in 1..{basis.n_components} for p={numbers.p}, got {tau}.")
+    filters = {"low removed": high_pass(W, basis, tau), "high removed": low_pass(W, basis, tau)}
+    if keep:
+        keep = sorted(set(int(k) for k in keep))
+        if keep[0] < 1 or keep[-1] > basis.n_components:
+            raise UserError(f"--keep components must lie in 1..{basis.n_components}, got {keep}.")
+        filters[f"keep k={','.join(map(str, keep))}"] = keep_only(W, basis, keep)
+    return filters
+
+
+def filter_edits(filt: Callable[[Tensor], Tensor], roles: Iterable[str],
+                 layers: Iterable[int]) -> dict[tuple[str, int], Callable[[Tensor], Tensor]]:
+    """One edit per (role, layer), all applying the same (pre-built) filter."""
+    return {(r, i): filt for r in roles for i in layers}
+
+
+@dataclass
+class Scores:
+    """Per-example predictions of one evaluation (numbers; -1 = not a number token)."""
+
+    answers: np.ndarray
+    predictions: np.ndarray
+    losses: np.ndarray
+
+    def summary(self) -> dict:
+        a, pred = self.answers, self.predictions
+        is_num = pred >= 0
+        wrong = pred != a
+        err = (pred - a)[is_num & wrong]
+        n = max(len(a), 1)
+        return {
+            "n": int(len(a)),
+            "loss": float(self.losses.mean()) if len(a) else float("nan"),
+            "accuracy": float((~wrong).sum() / n),
+            "n_errors": int(wrong.sum()),
+            "n_non_number": int((~is_num).sum()),
+            "error_histogram": {int(k): int(v) for k, v in sorted(Counter(err.tolist()).items())},
+            "frac_errors_mult_10": float((err % 10 == 0).mean()) if err.size else float("nan"),
+            "max_abs_error": int(np.abs(err).max()) if err.size else 0,
+            "mod2_accuracy": float((is_num & (pred % 2 == a % 2)).sum() / n),
+            "mod10_accuracy": float((is_num & (pred % 10 == a % 10)).sum() / n),
+        }
+
+
+def _value_of_token(numbers: NumberTokens, vocab_size: int) -> Tensor:
+    """Lookup table token id -> number value (-1 for every other token)."""
+    table = torch.full((max(vocab_size, int(numbers.token_ids.max()) + 1),), -1,
+                       dtype=torch.long)
+    table[torch.as_tensor(numbers.token_ids, dtype=torch.long)] = torch.arange(numbers.p)
+    return table
+
+
+def score_batch(logits: Tensor, answers: Tensor, numbers: NumberTokens,
+                prediction: str = "vocab") -> tuple[Tensor, Tensor]:
+    """(predicted numbers, per-example loss) from last-position logits (N x vocab).
+
+    The loss is the cross-entropy of the answer token over the whole vocabulary.
+    """
+    if prediction not in PREDICTIONS:
+        raise UserError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}.")
+    logits = logits.to(torch.float32)
+    ids = torch.as_tensor(numbers.token_ids, dtype=torch.long, device=logits.device)
+    loss = F.cross_entropy(logits, ids[answers.to(logits.device)], reduction="none")
+    if prediction == "numbers":
+        pred = logits[:, ids].argmax(-1)
+    else:
+        pred = _value_of_token(numbers, logits.shape[-1]).to(logits.device)[logits.argmax(-1)]
+    return pred.cpu(), loss.cpu()
+
+
+def evaluate(
+    lm,
+    examples: Sequence[Example],
+    numbers: NumberTokens,
+    edits: dict[tuple[str, int], Callable[[Tensor], Tensor]] | None = None,
+    *,
+    positions: str = "last",
+    prediction: str = "vocab",
+    batch_size: int = 16,
+    progress: bool = True,
+    desc: str = "evaluate",
+) -> dict:
+    """Loss, accuracy and error analysis on ``examples``, with ``edits`` applied if given."""
+    if not examples:
+        raise UserError("no examples to evaluate; use a larger operand range or another split.")
+    answers = np.array([e.answer for e in examples])
+    require_numbers(numbers, int(answers.max()), getattr(lm, "name", ""))
+    preds, losses = [], []
+    for i in tqdm(range(0, len(examples), batch_size), desc=desc, unit="batch",
+                  disable=not progress):
+        batch = examples[i:i + batch_size]
+        enc = tokenize_prompts(lm.tokenizer, [e.prompt for e in batch], device=lm.input_device)
+        with torch.inference_mode(), edit(lm, edits or {}, positions=positions):
+            logits = lm.model(**enc).logits
+        last = last_token_positions(enc["attention_mask"]).to(logits.device)
+        rows = logits[torch.arange(len(batch), device=logits.device), last]
+        p, loss = score_batch(rows, torch.tensor([e.answer for e in batch]), numbers, prediction)
+        preds.append(p)
+        losses.append(loss)
+    scores = Scores(answers, torch.cat(preds).numpy(), torch.cat(losses).numpy())
+    return {**scores.summary(), "predictions": scores.predictions.tolist()}
+
+
+def table_rows(filter_names: Iterable[str]) -> list[tuple[str, str]]:
+    """(filter, modules) rows in Table 1 order: none, then each filter on attn+MLP, attn, MLP."""
+    return [("none", "-")] + [(f, m) for f in filter_names for m in MODULES]
+
+
+def row_label(filter_name: str, modules: str) -> str:
+    return "none" if filter_name == "none" else f"{modules} {filter_name}"
+
+
+def ablation_table(
+    lm,
+    examples: Sequence[Example],
+    numbers: NumberTokens,
+    *,
+    tau: int = 50,
+    basis_kind: str = "paper",
+    keep: Iterable[int] | None = None,
+    layers: Iterable[int] | None = None,
+    positions: str = "last",
+    prediction: str = "vocab",
+    batch_size: int = 16,
+    done: dict | None = None,
+    on_row: Callable[[str, dict], None] | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Table 1 of Zhou et al.: loss and accuracy with each filter on attn+MLP, attn, MLP.
+
+    ``done`` maps row labels to results already computed (resume); ``on_row(label, result)``
+    is called after each new row.
+    """
+    filters = number_filters(lm, numbers, basis_kind, tau, keep)
+    layers = list(range(lm.n_layers)) if layers is None else sorted(set(layers))
+    done = dict(done or {})
+    rows = []
+    for fname, modules in table_rows(filters):
+        label = row_label(fname, modules)
+        if label not in done:
+            edits = {} if fname == "none" else filter_edits(filters[fname], MODULES[modules],
+                                                            layers)
+            done[label] = evaluate(lm, examples, numbers, edits, positions=positions,
+                                   prediction=prediction, batch_size=batch_size,
+                                   progress=progress, desc=label)
+            if on_row is not None:
+                on_row(label, done[label])
+        rows.append({"row": label, "filter": fname, "modules": modules, **done[label]})
+    return rows

@@ -1,0 +1,237 @@
+"""Capture and edit module outputs at chosen layers and positions (plain forward hooks).
+
+``capture`` records each hooked module's output at the last real token (or at every
+position) and keeps only those rows, as float32 on the CPU; ``edit`` replaces them by a
+function of themselves. Both are context managers that always remove their hooks.
+
+The attention mask is read from the ``attention_mask`` keyword of the model's forward (a
+pre-hook on the model root), else from ``.set_mask(mask)``; without either every token is
+treated as real (the last position is T - 1). Module outputs may be tuples (attention
+returns ``(output, weights)``): element 0 is captured or edited. A capture hook returns
+nothing, so logits stay bit-identical to a plain forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from llm_fourier.errors import UserError
+
+ROLES = ("attn", "mlp", "block")
+POSITIONS = ("last", "all")
+
+
+def last_token_positions(attention_mask: Tensor) -> Tensor:
+    """Index of the last real (mask = 1) token of each row; right for left or right padding.
+
+    A row without any real token gets position 0.
+    """
+    mask = attention_mask.to(torch.bool)
+    t = mask.shape[-1]
+    # argmax returns the first maximum: flip so the first hit is the last real token
+    return (t - 1 - mask.flip(-1).to(torch.uint8).argmax(-1)).to(torch.long)
+
+
+def _output_tensor(output) -> Tensor:
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _replace_output(output, new: Tensor):
+    if isinstance(output, tuple):
+        return (new, *output[1:])
+    if isinstance(output, list):
+        return [new, *output[1:]]
+    return new
+
+
+class _Positions:
+    """The attention mask of the current forward and its last-token positions per device."""
+
+    def __init__(self) -> None:
+        self.user_mask: Tensor | None = None
+        self.forward_mask: Tensor | None = None
+        self._cache: dict = {}
+
+    def set_mask(self, mask: Tensor | None) -> None:
+        self.user_mask = mask
+        self._cache = {}
+
+    def pre_hook(self, module: nn.Module, args, kwargs) -> None:
+        self.forward_mask = kwargs.get("attention_mask")
+        self._cache = {}
+
+    def last(self, out: Tensor) -> Tensor | None:
+        """Last-token positions for ``out`` (N x T x D) on its device; None = all at T - 1."""
+        mask = self.forward_mask if self.forward_mask is not None else self.user_mask
+        if mask is None:
+            return None
+        key = (out.device, out.shape[0], out.shape[1])
+        if key not in self._cache:
+            if mask.dim() != 2 or mask.shape[0] != out.shape[0] or mask.shape[1] < out.shape[1]:
+                raise UserError(
+                    f"the attention mask has shape {tuple(mask.shape)} but the hooked output "
+                    f"has {out.shape[0]} rows of {out.shape[1]} tokens; pass the mask of the "
+                    "batch you run (set_mask or the attention_mask keyword)."
+                )
+            # with a KV cache the output covers only the last T columns of the mask
+            pos = last_token_positions(mask[:, mask.shape[1] - out.shape[1]:])
+            self._cache[key] = pos.to(out.device)
+        return self._cache[key]
+
+
+def _rows(out: Tensor, pos: Tensor | None) -> Tensor:
+    """The N x D rows of ``out`` (N x T x D) at ``pos`` (None = last position)."""
+    if pos is None:
+        return out[:, -1].clone()  # a copy: a view would keep all N x T x D alive
+    return out[torch.arange(out.shape[0], device=out.device), pos]
+
+
+def _check(lm, roles: Iterable[str], layers: Iterable[int] | None, positions: str):
+    roles = tuple(roles)
+    bad = [r for r in roles if r not in ROLES]
+    if bad:
+        raise UserError(f"unknown role(s) {bad}; choose among {', '.join(ROLES)}.")
+    if positions not in POSITIONS:
+        raise UserError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}.")
+    layers = list(range(lm.n_layers)) if layers is None else sorted(set(int(i) for i in layers))
+    wrong = [i for i in layers if not 0 <= i < lm.n_layers]
+    if wrong:
+        raise UserError(f"layer(s) {wrong} do not exist; the model has layers "
+                        f"0..{lm.n_layers - 1}.")
+    return roles, layers
+
+
+class Capture:
+    """Rows captured by ``capture``; ``stack(role)`` gives N x L x D (or N x T x L x D)."""
+
+    def __init__(self, roles: Sequence[str], layers: Sequence[int], positions: str) -> None:
+        self.roles = tuple(roles)
+        self.layers = list(layers)
+        self.positions = positions
+        self._where = _Positions()
+        self._pending: dict[tuple[str, int], list[Tensor]] = {k: [] for k in self._keys()}
+        self._done: dict[tuple[str, int], list[Tensor]] = {k: [] for k in self._keys()}
+
+    def _keys(self):
+        return [(r, i) for r in self.roles for i in self.layers]
+
+    def set_mask(self, mask: Tensor | None) -> None:
+        """Attention mask for forwards that do not pass ``attention_mask`` as a keyword."""
+        self._where.set_mask(mask)
+
+    def _hook(self, key: tuple[str, int]) -> Callable:
+        def hook(module: nn.Module, args, output) -> None:
+            out = _output_tensor(output).detach()
+            if self.positions == "all":
+                rows = out.clone()  # the model may later update its output in place
+            else:
+                rows = _rows(out, self._where.last(out))
+            self._pending[key].append(rows)  # stays on its device until the forward ends
+
+        return hook
+
+    def flush(self, *_ignored) -> None:
+        """Move this forward's rows to the CPU as float32 (one transfer per forward)."""
+        for key, chunks in self._pending.items():
+            self._done[key] += [c.to("cpu", torch.float32) for c in chunks]
+            chunks.clear()
+
+    def clear(self) -> None:
+        for store in (self._pending, self._done):
+            for chunks in store.values():
+                chunks.clear()
+
+    @property
+    def n(self) -> int:
+        self.flush()
+        return sum(c.shape[0] for c in self._done[self._keys()[0]]) if self._keys() else 0
+
+    def get(self, role: str, layer: int) -> Tensor:
+        """Rows of one (role, layer): N x D (or N x T x D for positions "all")."""
+        self.flush()
+        if (role, layer) not in self._done:
+            raise UserError(f"({role!r}, layer {layer}) was not captured; captured roles "
+                            f"{self.roles} at layers {self.layers}.")
+        chunks = self._done[(role, layer)]
+        if not chunks:
+            raise UserError("nothing was captured; run a forward inside the capture block.")
+        if self.positions == "all" and len({c.shape[1] for c in chunks}) > 1:
+            raise UserError("batches of different lengths cannot be stacked at all positions; "
+                            "pad every batch to the same length or capture the last position.")
+        return torch.cat(chunks)
+
+    def stack(self, role: str) -> Tensor:
+        """All captured layers of ``role``: N x L x D (N x T x L x D for positions "all")."""
+        return torch.stack([self.get(role, i) for i in self.layers], dim=-2)
+
+
+@contextmanager
+def _hooked(handles: list) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def capture(lm, roles: Iterable[str] = ROLES, layers: Iterable[int] | None = None,
+            positions: str = "last") -> Iterator[Capture]:
+    """Record (role, layer) outputs over every forward run inside the block.
+
+    ``lm`` is a ``LoadedModel`` (``.model``, ``.n_layers``, ``.module(layer, role)``).
+    """
+    roles, layers = _check(lm, roles, layers, positions)
+    cap = Capture(roles, layers, positions)
+    handles = [lm.model.register_forward_pre_hook(cap._where.pre_hook, with_kwargs=True)]
+    handles += [lm.module(i, r).register_forward_hook(cap._hook((r, i))) for r, i in cap._keys()]
+    handles.append(lm.model.register_forward_hook(cap.flush))
+    with _hooked(handles):
+        yield cap
+    cap.flush()
+
+
+class Editor:
+    """Handle yielded by ``edit``; ``set_mask`` as for ``Capture``."""
+
+    def __init__(self, positions: str) -> None:
+        self.positions = positions
+        self._where = _Positions()
+
+    def set_mask(self, mask: Tensor | None) -> None:
+        self._where.set_mask(mask)
+
+    def _hook(self, fn: Callable[[Tensor], Tensor]) -> Callable:
+        def hook(module: nn.Module, args, output):
+            out = _output_tensor(output)
+            if self.positions == "all":
+                new = fn(out)
+            else:
+                pos = self._where.last(out)
+                n = torch.arange(out.shape[0], device=out.device)
+                pos = torch.full_like(n, out.shape[1] - 1) if pos is None else pos
+                new = out.index_put((n, pos), fn(out[n, pos]).to(out.dtype))
+            return _replace_output(output, new)
+
+        return hook
+
+
+@contextmanager
+def edit(lm, edits: dict[tuple[str, int], Callable[[Tensor], Tensor]],
+         positions: str = "last") -> Iterator[Editor]:
+    """Replace each (role, layer) output by ``fn(rows)`` at the chosen positions.
+
+    ``fn`` receives N x D rows (the last real token) or N x T x D (positions "all") on the
+    module's device and dtype and returns the same shape.
+    """
+    _check(lm, {r for r, _ in edits}, [i for _, i in edits], positions)
+    editor = Editor(positions)
+    handles = [lm.model.register_forward_pre_hook(editor._where.pre_hook, with_kwargs=True)]
+    handles += [lm.module(i, r).register_forward_hook(editor._hook(fn))
+                for (r, i), fn in edits.items()]
+    with _hooked(handles):
+        yield editor

@@ -1,0 +1,156 @@
+"""Logit lens onto the number tokens and per-layer Fourier spectra of module outputs.
+
+The number logits of a module output x (D) are ``W_U[numbers] @ x`` (p values, number
+0..p-1 in order), the readout of Zhou et al.; with ``final_norm=True`` x first goes through
+the model's final norm (the standard logit lens). Default: off, as in the paper's filters,
+because a LayerNorm bias would add the same ``W_U beta`` spectrum to every module.
+
+``run_lens`` captures attention, MLP and residual-stream (block) outputs at the last real
+token, batch by batch, and accumulates per layer: lens accuracy (exact, within 2, within
+10; the prediction is the argmax over the number tokens) and the Fourier spectrum of the
+number logits averaged over the data set (``probes.spectrum(..., pool="mean")``), from
+which outliers (with periods) and low/high energy fractions are read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from llm_fourier.hooks import capture
+from llm_fourier.numbers import NumberTokens, number_rows, require_numbers
+from llm_fourier.tasks import Example, tokenize_prompts
+from probes import FourierBasis, Spectrum, component_magnitudes
+
+LENS_ROLES = ("attn", "mlp", "block")
+TOLERANCES = {"exact": 0, "within_2": 2, "within_10": 10}
+
+
+@dataclass
+class NumberReadout:
+    """``W`` (p x D, float32, CPU): unembedding rows of the numbers 0..p-1 in order."""
+
+    W: Tensor
+    norm: nn.Module | None = None
+
+    @property
+    def p(self) -> int:
+        return self.W.shape[0]
+
+    def logits(self, x: Tensor) -> Tensor:
+        """Number logits (... x p) of rows x (... x D), through the final norm if set."""
+        if self.norm is not None:
+            param = next(self.norm.parameters(), None)
+            dev, dtype = (param.device, param.dtype) if param is not None else (x.device, x.dtype)
+            with torch.no_grad():
+                x = self.norm(x.to(dev, dtype)).to("cpu", torch.float32)
+        return x.to(torch.float32) @ self.W.T
+
+
+def number_readout(lm, numbers: NumberTokens, final_norm: bool = False) -> NumberReadout:
+    """The readout of ``lm`` restricted to ``numbers`` (optionally through its final norm)."""
+    W = number_rows(lm.unembedding(), numbers).detach().to("cpu", torch.float32)
+    return NumberReadout(W, lm.final_norm if final_norm else None)
+
+
+@dataclass
+class LensAccumulator:
+    """Running sums over batches of number logits (N x L x p) for one role."""
+
+    n_layers: int
+    basis: FourierBasis
+    n: int = 0
+    hits: dict = field(default_factory=dict)
+    magnitude_sum: Tensor | None = None  # L x (K + 1), float64
+
+    def update(self, logits: Tensor, answers: Tensor) -> None:
+        pred = logits.argmax(-1)  # N x L: index = number value
+        err = (pred - answers[:, None]).abs()
+        for name, tol in TOLERANCES.items():
+            counts = (err <= tol).sum(0).to(torch.float64)
+            self.hits[name] = self.hits.get(name, 0) + counts
+        mag = component_magnitudes(logits.to(torch.float64), self.basis, axis=-1).sum(0)
+        self.magnitude_sum = mag if self.magnitude_sum is None else self.magnitude_sum + mag
+        self.n += logits.shape[0]
+
+    def accuracy(self) -> list[dict]:
+        return [{"layer": i, **{k: float(v[i]) / max(self.n, 1) for k, v in self.hits.items()}}
+                for i in range(self.n_layers)]
+
+    def spectra(self) -> list[Spectrum]:
+        """One data-set-averaged spectrum per layer (mean magnitude over examples)."""
+        mean = (self.magnitude_sum / max(self.n, 1)).numpy()
+        return [Spectrum(self.basis, mean[i]) for i in range(self.n_layers)]
+
+    def state_dict(self) -> dict:
+        return {"n": self.n, "hits": self.hits, "magnitude_sum": self.magnitude_sum}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.n, self.hits, self.magnitude_sum = state["n"], state["hits"], state["magnitude_sum"]
+
+
+def layer_summary(spectra: Sequence[Spectrum], tau: int = 50, top: int | None = 10) -> list[dict]:
+    """Per layer: outliers ({k, period, magnitude}, largest first) and low/high energy."""
+    return [{"layer": i, "outliers": [o.as_dict() for o in s.outliers(top=top)],
+             **s.low_high(tau)} for i, s in enumerate(spectra)]
+
+
+def lens_batches(examples: Sequence[Example], batch_size: int) -> list[Sequence[Example]]:
+    return [examples[i:i + batch_size] for i in range(0, len(examples), batch_size)]
+
+
+def run_lens(
+    lm,
+    examples: Sequence[Example],
+    numbers: NumberTokens,
+    *,
+    roles: Sequence[str] = LENS_ROLES,
+    final_norm: bool = False,
+    basis_kind: str = "paper",
+    batch_size: int = 16,
+    state: dict | None = None,
+    on_batch: Callable[[int, dict], None] | None = None,
+    progress: bool = True,
+) -> dict[str, LensAccumulator]:
+    """Lens accuracy and spectra per role and layer over ``examples``.
+
+    ``state`` (from ``on_batch``'s second argument) resumes an interrupted run:
+    ``on_batch(batches_done, state)`` is called after every batch.
+    """
+    require_numbers(numbers, max(e.answer for e in examples), getattr(lm, "name", ""))
+    readout = number_readout(lm, numbers, final_norm)
+    basis = FourierBasis(numbers.p, basis_kind)
+    accs = {r: LensAccumulator(lm.n_layers, basis) for r in roles}
+    done = 0
+    if state:
+        done = state["batches_done"]
+        for r in roles:
+            accs[r].load_state_dict(state["roles"][r])
+    batches = lens_batches(examples, batch_size)
+    bar = tqdm(batches, desc="lens", unit="batch", initial=done, total=len(batches),
+               disable=not progress)
+    for b, batch in enumerate(batches):
+        if b < done:
+            continue
+        enc = tokenize_prompts(lm.tokenizer, [e.prompt for e in batch], device=lm.input_device)
+        answers = torch.tensor([e.answer for e in batch])
+        with torch.inference_mode(), capture(lm, roles=roles, positions="last") as cap:
+            lm.model(**enc)
+        for r in roles:
+            accs[r].update(readout.logits(cap.stack(r)), answers)
+        bar.update(1)
+        if on_batch is not None:
+            on_batch(b + 1, {"batches_done": b + 1,
+                             "roles": {r: a.state_dict() for r, a in accs.items()}})
+    bar.close()
+    return accs
+
+
+def spectra_matrix(spectra: Sequence[Spectrum]) -> np.ndarray:
+    """Components x layers magnitudes (constant excluded), for heatmaps."""
+    return np.stack([s.nonconstant for s in spectra], axis=1)
