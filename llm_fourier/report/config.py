@@ -1,0 +1,320 @@
+"""Report configs: a TOML (or YAML) file naming models, tasks, analyses and seeds -> jobs.
+
+Layout (every key but ``jobs`` optional)::
+
+    title = "Fourier features in GPT-2"
+    seeds = [0, 1]                         # default seeds of jobs whose command takes --seed
+
+    [models]                               # name -> hub id, local folder or job output
+    gpt2 = "gpt2"
+    adder = "{jobs.transplant-s0}/fourier" # a path inside another job's output folder
+
+    [tasks]                                # name -> settings merged into a job's settings
+    add = { op = "+", max_operand = 260 }
+
+    [[jobs]]
+    command = "probe"                      # any registered command ("toy train", ...)
+    name = "probe"                         # id prefix (default: the command, dashed)
+    models = ["gpt2"]                      # or "*"; sets the "model" setting
+    tasks = ["add"]                        # or "*"
+    seeds = [0]                            # overrides the top-level seeds
+    needs = ["finetune-gpt2-add-s0"]       # extra dependencies (references add their own)
+    settings = { batch_size = 16 }         # the command's options, dashes or underscores
+
+Each job expands to models x tasks x seeds, with the id ``name[-model][-task][-sSEED]``.
+In settings, ``{model}``, ``{task}`` and ``{seed}`` are replaced by the job's names and
+``{jobs.ID}`` by job ID's output folder (resolved at run time; the job then depends on ID).
+Any mistake raises a ``UserError`` naming the key and the problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llm_fourier.commands import Command, get_command
+from llm_fourier.errors import UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+REF = re.compile(r"\{jobs\.([A-Za-z0-9_.+\-]+)\}")
+TOP_KEYS = {"title", "description", "seeds", "models", "tasks", "jobs"}
+JOB_KEYS = {"command", "name", "models", "tasks", "seeds", "needs", "settings",
+            "model_setting", "seed_setting", "caption"}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run of one command with fixed settings, into ``OUT/jobs/<id>/``."""
+
+    id: str
+    command: str
+    settings: dict
+    needs: tuple[str, ...] = ()
+    model: str | None = None
+    task: str | None = None
+    seed: int | None = None
+    caption: str = ""
+
+    def settings_hash(self, upstream: Mapping[str, str] | None = None) -> str:
+        """sha256 of the command, the unresolved settings and the hashes of its needs."""
+        upstream = upstream or {}
+        blob = json.dumps({"command": self.command, "settings": self.settings,
+                           "needs": {n: upstream.get(n, "") for n in self.needs}},
+                          sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Report:
+    """A parsed config: a title and the jobs in dependency order."""
+
+    title: str
+    jobs: list[Job]
+    description: str = ""
+    source: str = ""
+    raw: dict = field(default_factory=dict)
+
+    def job(self, job_id: str) -> Job:
+        return next(j for j in self.jobs if j.id == job_id)
+
+
+def resolve_refs(value, job_dir):
+    """Replace ``{jobs.ID}`` in strings (also inside lists) by ``str(job_dir(ID))``."""
+    if isinstance(value, str):
+        return REF.sub(lambda m: str(job_dir(m.group(1))), value)
+    if isinstance(value, list):
+        return [resolve_refs(v, job_dir) for v in value]
+    return value
+
+
+def load_config(path: str | Path, model_overrides: Mapping[str, str] | None = None) -> Report:
+    """Read a ``.toml`` / ``.yaml`` report config and expand it into jobs."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"report config {path} does not exist; pass the path of a .toml file "
+                        "or a preset name (see `llm-fourier report --list-presets`).")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            raw = yaml.safe_load(text) or {}
+        else:
+            raw = tomllib.loads(text)
+    except Exception as err:  # the parsers' messages carry line and column
+        raise UserError(f"{path}: cannot parse the config ({err}); fix the syntax.") from err
+    return parse_config(raw, source=str(path), model_overrides=model_overrides)
+
+
+def _fail(source: str, key: str, problem: str) -> UserError:
+    return UserError(f"{source + ': ' if source else ''}{key}: {problem}.")
+
+
+def _names(value, table: dict, key: str, source: str) -> list[str]:
+    if value == "*":
+        return list(table)
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _fail(source, key, "must be a list of names or \"*\"")
+    for v in value:
+        if v not in table:
+            known = ", ".join(table) or "none defined"
+            raise _fail(source, key, f"unknown name {v!r} (known: {known})")
+    return value
+
+
+def _seeds(value, key: str, source: str) -> list[int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(s, int) and not isinstance(s, bool)
+                                              for s in value):
+        raise _fail(source, key, "must be an integer or a list of integers")
+    return value
+
+
+def _actions(command: Command) -> dict[str, argparse.Action]:
+    parser = argparse.ArgumentParser(prog=command.name, add_help=False)
+    command.add_arguments(parser)
+    return {a.dest: a for a in parser._actions}
+
+
+def _check_setting(actions: dict, key: str, name: str, value, source: str):
+    """Validate one setting against the command's argparse action; convert str if typed."""
+    if name not in actions:
+        known = ", ".join(sorted(actions))
+        raise _fail(source, key, f"the command has no option {name!r} (known: {known})")
+    action = actions[name]
+    if isinstance(value, dict):
+        raise _fail(source, key, "must be a value or a list, not a table")
+    convert = action.type if callable(action.type) and action.type is not str else None
+    if convert is not None and isinstance(value, str) and not REF.search(value):
+        try:
+            value = convert(value)
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
+            raise _fail(source, key, f"cannot convert {value!r} ({err})") from err
+    if action.choices is not None:
+        for v in value if isinstance(value, list) else [value]:
+            if v not in action.choices:
+                raise _fail(source, key, f"{v!r} is not one of {list(action.choices)}")
+    return value
+
+
+def _substitute(value, names: dict[str, str]):
+    if isinstance(value, str):
+        for k, v in names.items():
+            value = value.replace("{" + k + "}", v)
+        return value
+    if isinstance(value, list):
+        return [_substitute(v, names) for v in value]
+    return value
+
+
+def _refs(value) -> list[str]:
+    if isinstance(value, str):
+        return REF.findall(value)
+    if isinstance(value, list):
+        return [r for v in value for r in _refs(v)]
+    return []
+
+
+def parse_config(raw: dict, source: str = "",
+                 model_overrides: Mapping[str, str] | None = None) -> Report:
+    """Validate a config dictionary (as read from TOML/YAML) and expand it into jobs."""
+    if not isinstance(raw, dict):
+        raise _fail(source, "(top level)", "must be a table of keys")
+    unknown = sorted(set(raw) - TOP_KEYS)
+    if unknown:
+        raise _fail(source, unknown[0], f"unknown key (known: {', '.join(sorted(TOP_KEYS))})")
+    models = dict(raw.get("models", {}))
+    tasks = raw.get("tasks", {})
+    if not isinstance(models, dict) or not all(isinstance(v, str) for v in models.values()):
+        raise _fail(source, "models", "must map names to model ids or folders (strings)")
+    for name, path in (model_overrides or {}).items():
+        if name not in models:
+            raise _fail(source, f"models.{name}", f"--model override names no model "
+                        f"(known: {', '.join(models) or 'none'})")
+        models[name] = path
+    if not isinstance(tasks, dict) or not all(isinstance(v, dict) for v in tasks.values()):
+        raise _fail(source, "tasks", "must map names to tables of task settings")
+    top_seeds = _seeds(raw.get("seeds", [0]), "seeds", source)
+    entries = raw.get("jobs")
+    if not isinstance(entries, list) or not entries:
+        raise _fail(source, "jobs", "give at least one [[jobs]] table with a command")
+
+    jobs: list[Job] = []
+    for i, entry in enumerate(entries):
+        jobs += _expand(entry, f"jobs[{i}]", models, tasks, top_seeds, source)
+    ids = [j.id for j in jobs]
+    for j in jobs:
+        if ids.count(j.id) > 1:
+            raise _fail(source, "jobs", f"two jobs have the id {j.id!r}; give one a distinct name")
+        for need in j.needs:
+            if need not in ids:
+                raise _fail(source, f"job {j.id}", f"refers to unknown job {need!r} "
+                            f"(known: {', '.join(ids)})")
+    return Report(title=str(raw.get("title", "Fourier features report")),
+                  description=str(raw.get("description", "")), jobs=_ordered(jobs, source),
+                  source=source, raw=raw)
+
+
+def _expand(entry, key: str, models: dict, tasks: dict, top_seeds: list[int],
+            source: str) -> list[Job]:
+    if not isinstance(entry, dict):
+        raise _fail(source, key, "must be a table with at least `command`")
+    unknown = sorted(set(entry) - JOB_KEYS)
+    if unknown:
+        raise _fail(source, f"{key}.{unknown[0]}",
+                    f"unknown key (known: {', '.join(sorted(JOB_KEYS))})")
+    if not isinstance(entry.get("command"), str):
+        raise _fail(source, f"{key}.command", "missing; name a command such as \"probe\"")
+    try:
+        command = get_command(entry["command"])
+    except UserError as err:
+        raise _fail(source, f"{key}.command", str(err).rstrip(".")) from err
+    actions = _actions(command)
+    name = entry.get("name", command.name.replace(" ", "-"))
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.+\-]+", name):
+        raise _fail(source, f"{key}.name", "use letters, digits, '.', '_', '+' or '-'")
+    settings = entry.get("settings", {})
+    if not isinstance(settings, dict):
+        raise _fail(source, f"{key}.settings", "must be a table of the command's options")
+    settings = {k.replace("-", "_"): v for k, v in settings.items()}
+    for k, v in settings.items():
+        settings[k] = _check_setting(actions, f"{key}.settings.{k}", k, v, source)
+
+    model_setting = entry.get("model_setting", "model")
+    seed_setting = entry.get("seed_setting", "seed")
+    model_names = _names(entry["models"], models, f"{key}.models", source) \
+        if "models" in entry else [None]
+    if model_names != [None] and model_setting not in actions:
+        raise _fail(source, f"{key}.models", f"command {command.name!r} has no option "
+                    f"{model_setting!r}; set model_setting to the option that takes a model")
+    task_names = _names(entry["tasks"], tasks, f"{key}.tasks", source) \
+        if "tasks" in entry else [None]
+    if "seeds" in entry:
+        seeds: list = _seeds(entry["seeds"], f"{key}.seeds", source)
+        if seed_setting not in actions:
+            raise _fail(source, f"{key}.seeds", f"command {command.name!r} has no option "
+                        f"{seed_setting!r}")
+    else:
+        seeds = top_seeds if seed_setting in actions and seed_setting not in settings else [None]
+    needs = entry.get("needs", [])
+    if not isinstance(needs, list) or not all(isinstance(n, str) for n in needs):
+        raise _fail(source, f"{key}.needs", "must be a list of job ids")
+
+    jobs = []
+    for model in model_names:
+        for task in task_names:
+            for seed in seeds:
+                names = {"model": model or "", "task": task or "",
+                         "seed": "" if seed is None else str(seed)}
+                s = {k: _substitute(v, names) for k, v in settings.items()}
+                if task is not None:
+                    for k, v in tasks[task].items():
+                        k = k.replace("-", "_")
+                        s[k] = _check_setting(actions, f"tasks.{task}.{k}", k, v, source)
+                if model is not None:
+                    s[model_setting] = models[model]
+                if seed is not None:
+                    s[seed_setting] = seed
+                parts = [name] + [x for x in (model, task) if x is not None]
+                parts += [] if seed is None else [f"s{seed}"]
+                refs = [r for v in s.values() for r in _refs(v)]
+                deps = tuple(dict.fromkeys([_substitute(n, names) for n in needs] + refs))
+                jobs.append(Job(id="-".join(parts), command=command.name, settings=s,
+                                needs=deps, model=model, task=task, seed=seed,
+                                caption=str(entry.get("caption", ""))))
+    return jobs
+
+
+def _ordered(jobs: list[Job], source: str) -> list[Job]:
+    """Config order, except that every job comes after the jobs it needs."""
+    by_id = {j.id: j for j in jobs}
+    done: dict[str, None] = {}
+    visiting: set[str] = set()
+
+    def visit(job: Job) -> None:
+        if job.id in done:
+            return
+        if job.id in visiting:
+            raise _fail(source, f"job {job.id}", "is part of a dependency cycle")
+        visiting.add(job.id)
+        for need in job.needs:
+            visit(by_id[need])
+        visiting.discard(job.id)
+        done[job.id] = None
+
+    for job in jobs:
+        visit(job)
+    return [by_id[i] for i in done]

@@ -1,0 +1,187 @@
+"""Run a report's jobs once each into ``OUT/jobs/<job-id>/``, resumably.
+
+``OUT/manifest.json`` records, per job, the command, its resolved settings, a hash of the
+settings (and of the jobs it needs), the status (``done``, ``failed``, ``blocked``,
+``running``), the time taken and the error. A re-run skips every job that is ``done`` with
+the same hash; a job whose settings changed is run again into a fresh folder; a job left
+``running`` by a killed report is run again into its folder, so commands that checkpoint
+resume there. A failing job is recorded (``error.txt`` holds the traceback) and the others
+go on; jobs that need it are ``blocked``. Jobs run in-process through the command registry.
+
+Under ``accelerate launch`` / ``torchrun`` every rank runs every job in the same order (so
+commands can shard their prompts with ``report.shard``); rank 0 alone writes the job folder
+and the manifest, the other ranks write into a scratch folder that is then removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import gc
+import shutil
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from llm_fourier.commands import get_command, namespace_for
+from llm_fourier.report import shard
+from llm_fourier.report.config import Job, Report, resolve_refs
+from llm_fourier.report.files import atomic_write_text, read_json, write_json
+
+MANIFEST = "manifest.json"
+
+
+def job_dir(out: str | Path, job_id: str) -> Path:
+    return Path(out) / "jobs" / job_id
+
+
+def read_manifest(out: str | Path) -> dict:
+    """The manifest of a report folder (an empty one when there is none yet)."""
+    path = Path(out) / MANIFEST
+    if path.is_file():
+        manifest = read_json(path)
+        manifest.setdefault("jobs", {})
+        return manifest
+    return {"jobs": {}}
+
+
+def job_hashes(report: Report) -> dict[str, str]:
+    """Each job's settings hash, chained through the jobs it needs (report order is topological)."""
+    hashes: dict[str, str] = {}
+    for job in report.jobs:
+        hashes[job.id] = job.settings_hash(hashes)
+    return hashes
+
+
+def select(report: Report, only: Sequence[str] | None) -> list[Job]:
+    """Jobs whose id matches any glob in ``only`` (all when empty), plus what they need."""
+    if not only:
+        return list(report.jobs)
+    by_id = {j.id: j for j in report.jobs}
+    wanted: set[str] = set()
+    stack = [j.id for j in report.jobs if any(fnmatch.fnmatchcase(j.id, p) for p in only)]
+    while stack:
+        job_id = stack.pop()
+        if job_id not in wanted:
+            wanted.add(job_id)
+            stack += list(by_id[job_id].needs)
+    return [j for j in report.jobs if j.id in wanted]
+
+
+class _Tee:
+    """Writes to the console and to a log file."""
+
+    def __init__(self, *streams) -> None:
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for s in self.streams:
+            s.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for s in self.streams:
+            s.flush()
+
+
+def _entry(job: Job, digest: str, settings: dict) -> dict:
+    return {"command": job.command, "settings": settings, "hash": digest,
+            "needs": list(job.needs), "model": job.model, "task": job.task, "seed": job.seed,
+            "caption": job.caption, "status": "pending", "seconds": None, "error": None}
+
+
+def run_job(job: Job, out: Path, settings: dict, target: Path) -> dict:
+    """Run one job's command into ``target``; returns its results (writes results.json)."""
+    command = get_command(job.command)
+    namespace = namespace_for(command, {**settings, "out": str(target)})
+    target.mkdir(parents=True, exist_ok=True)
+    with open(target / "log.txt", "a") as log, contextlib.redirect_stdout(_Tee(sys.stdout, log)):
+        results = command.run(namespace)
+    if not (target / "results.json").is_file():
+        write_json(target / "results.json", results if isinstance(results, dict) else {})
+    return results
+
+
+def _decide(job: Job, digest: str, jobs: dict, out: Path) -> str:
+    entry = jobs.get(job.id)
+    if entry and entry.get("status") == "done" and entry.get("hash") == digest \
+            and (job_dir(out, job.id) / "results.json").is_file():
+        return "cached"
+    if any(jobs.get(n, {}).get("status") != "done" for n in job.needs):
+        return "blocked"
+    return "run"
+
+
+def run_report(report: Report, out: str | Path, *, only: Sequence[str] | None = None,
+               progress: bool = True, echo: Callable[[str], None] = print) -> dict:
+    """Run every (selected) job that is not already done; returns the manifest."""
+    out = Path(out)
+    info = shard.dist_info()
+    manifest = shard.broadcast_object(read_manifest(out) if info.is_main else None)
+    hashes = job_hashes(report)
+    old = manifest.get("jobs", {})
+    jobs = {j.id: old[j.id] for j in report.jobs if j.id in old}  # drop jobs no longer listed
+    manifest = {"title": report.title, "description": report.description,
+                "source": report.source, "jobs": jobs}
+    chosen = select(report, only)
+
+    def save() -> None:
+        if info.is_main:
+            manifest["jobs"] = {j.id: jobs[j.id] for j in report.jobs if j.id in jobs}
+            write_json(out / MANIFEST, manifest)
+
+    save()
+    bar = tqdm(chosen, desc="report", unit="job", disable=not progress or not info.is_main,
+               position=0)
+    for job in bar:
+        bar.set_postfix_str(job.id)
+        decision = shard.broadcast_object(_decide(job, hashes[job.id], jobs, out))
+        if decision == "cached":
+            continue
+        settings = resolve_refs(job.settings, lambda i: job_dir(out, i).resolve())
+        previous = jobs.get(job.id)
+        entry = jobs[job.id] = _entry(job, hashes[job.id], settings)
+        if decision == "blocked":
+            bad = [n for n in job.needs if jobs.get(n, {}).get("status") != "done"]
+            entry.update(status="blocked", error=f"needs {', '.join(bad)}, which did not finish")
+            save()
+            continue
+        folder = job_dir(out, job.id)
+        if info.is_main and folder.exists() and previous and previous.get("hash") != entry["hash"]:
+            shutil.rmtree(folder)  # outputs of different settings: start afresh
+        target = folder if info.is_main else out / ".scratch" / f"rank{info.rank}" / job.id
+        entry.update(status="running", started=time.strftime("%Y-%m-%d %H:%M:%S"))
+        save()
+        start = time.perf_counter()
+        try:
+            run_job(job, out, settings, target)
+            entry.update(status="done")
+        except Exception as err:  # one failing job must not stop the report
+            message = f"{type(err).__name__}: {err}".strip()
+            entry.update(status="failed", error=message)
+            if info.is_main:
+                atomic_write_text(folder / "error.txt", traceback.format_exc())
+            echo(f"job {job.id} failed: {message}")
+        entry["seconds"] = round(time.perf_counter() - start, 2)
+        save()
+        if not info.is_main:
+            shutil.rmtree(target, ignore_errors=True)
+        gc.collect()
+        shard.barrier()
+    bar.close()
+    return manifest
+
+
+def status_rows(manifest: dict) -> list[dict]:
+    """One row per job for the console table."""
+    rows = []
+    for job_id, e in manifest.get("jobs", {}).items():
+        error = (e.get("error") or "")
+        rows.append({"job": job_id, "command": e.get("command"), "status": e.get("status"),
+                     "seconds": e.get("seconds"),
+                     "error": error if len(error) < 70 else error[:67] + "..."})
+    return rows
