@@ -1,0 +1,262 @@
+"""Fourier probes on hidden states: collect, probe, control, ablate.
+
+* ``collect``: per-layer residual (block output), attention and MLP outputs at one token of
+  each prompt: the last token of operand a or b (found through the tokenizer's offsets,
+  so digit-splitting tokenizers such as Llama-2, Mistral or Qwen work) or the last prompt
+  token. A causal model's state at token j depends on tokens <= j only, so the prompt is
+  cut after that token and the forward captures the last position (``hooks.capture``);
+  prompts are batched by length, so no padding is involved.
+* ``probe_layers``: mod-T probes and helix fits (``probes.linear``) per (role, layer), each
+  beside its shuffled-label baseline, and ``random_copy`` gives the randomly initialised
+  model whose states are probed the same way.
+* ``frequency_control``: the spectrum of a user-supplied per-number scalar (e.g. token
+  counts) with its outliers, to put beside an embedding's spectrum.
+* ``probe_ablation`` (in ``llm_fourier.hidden_ablate``): remove the fitted Fourier
+  directions from module outputs and measure task accuracy.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from llm_fourier.errors import UserError
+from llm_fourier.hooks import capture
+from llm_fourier.models import LoadedModel
+from llm_fourier.tasks import Example
+from probes import FourierBasis, spectrum
+from probes.linear import fit_helix, mod_probe
+
+TOKENS = ("a", "b", "last")
+TARGETS = ("a", "b", "answer")
+ROLES = ("block", "attn", "mlp")
+
+
+def operand_spans(example: Example) -> dict[str, tuple[int, int]]:
+    """Character spans of the query's operands: the last two digit runs of the prompt."""
+    runs = [m.span() for m in re.finditer(r"\d+", example.prompt)]
+    if len(runs) < 2:
+        raise UserError(f"cannot find two operands in the prompt {example.prompt!r}; use "
+                        "templates that write {a} and {b} as digits.")
+    (a0, a1), (b0, b1) = runs[-2], runs[-1]
+    if int(example.prompt[a0:a1]) != example.a or int(example.prompt[b0:b1]) != example.b:
+        raise UserError(f"the last two numbers of {example.prompt!r} are not a={example.a}, "
+                        f"b={example.b}; put {{a}} and {{b}} last in the template.")
+    return {"a": (a0, a1), "b": (b0, b1)}
+
+
+def _last_token_in(offsets: Sequence[tuple[int, int]], span: tuple[int, int]) -> int:
+    hits = [i for i, (s, e) in enumerate(offsets) if e > s and s < span[1] and e > span[0]]
+    if not hits:
+        raise UserError(f"no token covers characters {span} of the prompt; the tokenizer's "
+                        "offsets do not match its text.")
+    return hits[-1]
+
+
+def token_ids_at(tokenizer, examples: Sequence[Example], token: str = "last") -> list[list[int]]:
+    """Token ids of each prompt, cut after the chosen token (``token`` in a, b, last)."""
+    if token not in TOKENS:
+        raise UserError(f"--token must be one of {', '.join(TOKENS)}, got {token!r}.")
+    prompts = [e.prompt for e in examples]
+    if token == "last":
+        return [list(ids) for ids in tokenizer(prompts)["input_ids"]]
+    if not getattr(tokenizer, "is_fast", False):
+        raise UserError("finding an operand's token needs a fast tokenizer (offsets); load "
+                        "the model's tokenizer with use_fast=True or probe --token last.")
+    enc = tokenizer(prompts, return_offsets_mapping=True)
+    return [list(ids[: _last_token_in(offs, operand_spans(ex)[token]) + 1])
+            for ids, offs, ex in zip(enc["input_ids"], enc["offset_mapping"], examples)]
+
+
+@dataclass
+class HiddenStates:
+    """``states[role]``: N x L x D float32 rows at one token of each example."""
+
+    states: dict[str, np.ndarray]
+    layers: list[int]
+    examples: list[Example]
+    token: str
+
+    def numbers(self, target: str) -> np.ndarray:
+        if target not in TARGETS:
+            raise UserError(f"--target must be one of {', '.join(TARGETS)}, got {target!r}.")
+        return np.array([getattr(e, target) for e in self.examples], dtype=np.int64)
+
+    def at(self, role: str, layer: int) -> np.ndarray:
+        return self.states[role][:, self.layers.index(layer)]
+
+
+def collect(
+    lm: LoadedModel,
+    examples: Sequence[Example],
+    token: str = "last",
+    roles: Sequence[str] = ROLES,
+    layers: Sequence[int] | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> HiddenStates:
+    """Hidden states at ``token`` of every example, for each role and layer."""
+    if not examples:
+        raise UserError("no examples to probe; use a larger operand range or --limit.")
+    layers = list(range(lm.n_layers)) if layers is None else sorted(set(int(i) for i in layers))
+    ids = token_ids_at(lm.tokenizer, examples, token)
+    by_length: dict[int, list[int]] = {}
+    for i, seq in enumerate(ids):
+        by_length.setdefault(len(seq), []).append(i)
+    batches = [idx[j:j + batch_size] for idx in by_length.values()
+               for j in range(0, len(idx), batch_size)]
+    order: list[int] = []
+    with capture(lm, roles, layers, positions="last") as cap, torch.inference_mode():
+        for batch in tqdm(batches, desc=f"collect ({token} token)", unit="batch",
+                          disable=not progress):
+            x = torch.tensor([ids[i] for i in batch], device=lm.input_device)
+            lm.model(input_ids=x, attention_mask=torch.ones_like(x))
+            order += batch
+        stacked = {r: cap.stack(r).numpy() for r in roles}
+    inverse = np.argsort(np.asarray(order))
+    return HiddenStates({r: s[inverse] for r, s in stacked.items()}, layers, list(examples),
+                        token)
+
+
+def random_copy(lm: LoadedModel, seed: int = 0) -> LoadedModel:
+    """A randomly initialised model of the same config (built locally, nothing downloaded)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    dtype = next(lm.model.parameters()).dtype
+    model = AutoModelForCausalLM.from_config(lm.model.config, dtype=dtype)
+    return LoadedModel(model.to(lm.input_device).eval(), lm.tokenizer, lm.roles,
+                       f"{lm.name} (random init, seed {seed})")
+
+
+def probe_states(
+    x: np.ndarray,
+    numbers: np.ndarray,
+    periods: Sequence[int],
+    helix_periods: Sequence[float],
+    *,
+    pca_dim: int = 100,
+    mod_pca_dim: int = 64,
+    n_splits: int = 5,
+    seed: int = 0,
+    shuffled: bool = True,
+) -> dict:
+    """Mod-T probes and a helix fit of one (role, layer), with shuffled-label baselines."""
+    out: dict = {"mod": {}}
+    kw = {"n_splits": n_splits, "pca_dim": mod_pca_dim, "seed": seed}
+    for T in periods:
+        r = mod_probe(x, numbers, int(T), **kw)
+        row = {"accuracy": r.accuracy, "kappa": r.kappa, "chance": r.chance_accuracy}
+        if shuffled:
+            s = mod_probe(x, numbers, int(T), shuffle=True, **kw)
+            row |= {"accuracy_shuffled": s.accuracy, "kappa_shuffled": s.kappa}
+        out["mod"][int(T)] = row
+    fit = fit_helix(x, numbers, helix_periods, pca_dim=pca_dim, seed=seed)
+    out["helix"] = fit.summary()
+    out["fit"] = fit
+    if shuffled:
+        base = fit_helix(x, numbers, helix_periods, pca_dim=pca_dim, seed=seed, shuffle=True)
+        out["helix"] |= {"r2_test_shuffled": base.r2_test,
+                         "decode_accuracy_shuffled": base.decode_accuracy}
+    return out
+
+
+def probe_layers(
+    hs: HiddenStates, target: str, periods: Sequence[int], helix_periods: Sequence[float],
+    *, progress: bool = True, **kwargs,
+) -> dict[tuple[str, int], dict]:
+    """``probe_states`` for every captured (role, layer)."""
+    numbers = hs.numbers(target)
+    if len(np.unique(numbers)) < 10:
+        raise UserError(f"only {len(np.unique(numbers))} distinct values of {target}; probes "
+                        "need at least 10 (raise --max-operand or --limit).")
+    keys = [(r, i) for r in hs.states for i in hs.layers]
+    return {(r, i): probe_states(hs.at(r, i), numbers, periods, helix_periods, **kwargs)
+            for r, i in tqdm(keys, desc=f"probe {target}", unit="module", disable=not progress)}
+
+
+def flat_row(role: str, layer: int, result: dict, prefix: str = "") -> dict:
+    """One CSV/table row: kappa/accuracy per period, helix R^2, with baselines."""
+    row = {"role": role, "layer": layer}
+    for T, m in result["mod"].items():
+        for key in ("accuracy", "kappa", "kappa_shuffled"):
+            if key in m:
+                row[f"{prefix}{key}_mod{T}"] = m[key]
+    h = result["helix"]
+    for key in ("r2_test", "r2_test_shuffled", "decode_accuracy"):
+        if key in h:
+            row[f"{prefix}{key}"] = h[key]
+    return row
+
+
+def load_scalar(path: str | Path, p: int | None = None) -> np.ndarray:
+    """One value per number 0..n-1 from .npy, .json (a list, or {number: value}) or .csv
+    (one column of values, or columns number,value; a header line is skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"control file {path} does not exist; give a CSV, JSON or NPY file "
+                        "with one value per number.")
+    try:
+        if path.suffix == ".npy":
+            values = np.load(path, allow_pickle=False)
+        elif path.suffix == ".json":
+            import json
+
+            data = json.loads(path.read_text())
+            if isinstance(data, dict):
+                data = [data[k] for k in sorted(data, key=int)]
+            values = np.asarray(data, dtype=float)
+        else:
+            rows = [r for r in (line.strip().split(",") for line in
+                                path.read_text().splitlines()) if r and r[0]]
+            if rows and not _is_float(rows[0][-1]):
+                rows = rows[1:]
+            values = np.asarray([float(r[-1]) for r in rows])
+    except (ValueError, KeyError) as err:
+        raise UserError(f"cannot read numbers from {path} ({err}); write one value per "
+                        "number 0..n-1.") from err
+    values = np.asarray(values, dtype=float).ravel()
+    if p is not None and len(values) < p:
+        raise UserError(f"{path} has {len(values)} values but numbers go up to {p - 1}; give "
+                        f"one value for each number 0..{p - 1}.")
+    return values[:p] if p is not None else values
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def spectrum_report(values: np.ndarray, basis_kind: str = "paper", tau: int = 50) -> dict:
+    """Spectrum over the number axis (axis 0), its outliers and low/high energy."""
+    values = np.asarray(values, dtype=float)
+    values = values[:, None] if values.ndim == 1 else values
+    spec = spectrum(values, FourierBasis(len(values), basis_kind), axis=0)
+    return {"p": len(values), "basis": basis_kind,
+            "magnitude": spec.nonconstant.tolist(),
+            "outliers": [o.as_dict() for o in spec.outliers()],
+            "low_high": spec.low_high(min(tau, spec.basis.n_components))}
+
+
+def frequency_control(values: np.ndarray, beside: np.ndarray | None = None,
+                      basis_kind: str = "paper") -> dict:
+    """The control scalar's spectrum beside ``beside``'s (p x D, e.g. W_E number rows)."""
+    n = len(values) if beside is None else min(len(values), len(beside))
+    if n < 3:
+        raise UserError(f"a spectrum needs at least 3 numbers, the control covers {n}.")
+    out = {"control": spectrum_report(np.asarray(values)[:n], basis_kind)}
+    if beside is not None:
+        out["beside"] = spectrum_report(np.asarray(beside)[:n], basis_kind)
+        ctl = {round(o["period"], 3) for o in out["control"]["outliers"]}
+        emb = {round(o["period"], 3) for o in out["beside"]["outliers"]}
+        out["shared_outlier_periods"] = sorted(ctl & emb)
+    return out
