@@ -127,6 +127,8 @@ def _names(value, table: dict, key: str, source: str) -> list[str]:
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise _fail(source, key, "must be a list of names or \"*\"")
+    if not value:
+        raise _fail(source, key, "name at least one (or leave the key out)")
     for v in value:
         if v not in table:
             known = ", ".join(table) or "none defined"
@@ -158,11 +160,16 @@ def _check_setting(actions: dict, key: str, name: str, value, source: str):
     if isinstance(value, dict):
         raise _fail(source, key, "must be a value or a list, not a table")
     convert = action.type if callable(action.type) and action.type is not str else None
-    if convert is not None and isinstance(value, str) and not REF.search(value):
-        try:
-            value = convert(value)
-        except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
-            raise _fail(source, key, f"cannot convert {value!r} ({err})") from err
+    if convert is not None:
+        def one(v):
+            if not isinstance(v, str) or REF.search(v):
+                return v
+            try:
+                return convert(v)
+            except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
+                raise _fail(source, key, f"cannot convert {v!r} ({err})") from err
+
+        value = [one(v) for v in value] if isinstance(value, list) else one(value)
     if action.choices is not None:
         for v in value if isinstance(value, list) else [value]:
             if v not in action.choices:

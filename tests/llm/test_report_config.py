@@ -1,0 +1,152 @@
+"""Report configs: expansion into jobs, references, ordering, and errors that name the key."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+import llm_fourier.commands as registry
+from llm_fourier.cli import main
+from llm_fourier.commands import Command
+from llm_fourier.errors import UserError
+from llm_fourier.report.config import load_config, parse_config, resolve_refs
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="gpt2")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--op", choices=["+", "*"], default="+")
+    p.add_argument("--max-operand", type=int, default=10)
+
+
+def _use_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", default="")
+    p.add_argument("--layers", type=int, nargs="*", default=None)
+
+
+FAKES = [Command("fake train", "train", _train_args, lambda a: {}),
+         Command("fake use", "use", _use_args, lambda a: {})]
+
+
+@pytest.fixture(autouse=True)
+def fake_registry(monkeypatch):
+    real = registry.all_commands
+    monkeypatch.setattr(registry, "all_commands",
+                        lambda: {**real(), **{c.name: c for c in FAKES}})
+
+
+GRID = {
+    "title": "grid",
+    "seeds": [0, 1],
+    "models": {"small": "gpt2", "local": "/data/llama"},
+    "tasks": {"add": {"op": "+", "max-operand": 20}, "mul": {"op": "*"}},
+    "jobs": [
+        {"command": "fake use", "name": "use",
+         "settings": {"source": "{jobs.train-small-add-s1}/model", "layers": ["0", "1"]}},
+        {"command": "fake train", "name": "train", "models": "*", "tasks": ["add", "mul"],
+         "settings": {"lr": "0.5"}},
+    ],
+}
+
+
+def test_grid_expands_models_tasks_seeds_and_orders_by_reference():
+    report = parse_config(GRID)
+    ids = [j.id for j in report.jobs]
+    train = [f"train-{m}-{t}-s{s}" for m in ("small", "local") for t in ("add", "mul")
+             for s in (0, 1)]
+    assert sorted(ids) == sorted(train + ["use"])
+    # the job that references train-small-add-s1 runs after it
+    assert ids.index("use") > ids.index("train-small-add-s1")
+    job = report.job("train-local-mul-s1")
+    assert job.settings == {"lr": 0.5, "op": "*", "model": "/data/llama", "seed": 1}
+    assert (job.model, job.task, job.seed) == ("local", "mul", 1)
+    assert report.job("train-small-add-s0").settings["max_operand"] == 20
+    use = report.job("use")
+    assert use.needs == ("train-small-add-s1",)
+    assert use.settings["layers"] == [0, 1]  # strings converted by the option's type
+    assert "seed" not in use.settings  # the command has no --seed: no seed axis
+    resolved = resolve_refs(use.settings["source"], lambda i: f"/out/jobs/{i}")
+    assert resolved == "/out/jobs/train-small-add-s1/model"
+
+
+def test_hash_changes_with_settings_and_with_upstream():
+    a = parse_config(GRID).job("train-small-add-s0")
+    grid = {**GRID, "jobs": [GRID["jobs"][0], {**GRID["jobs"][1], "settings": {"lr": 0.1}}]}
+    b = parse_config(grid).job("train-small-add-s0")
+    assert a.settings_hash() == parse_config(GRID).job("train-small-add-s0").settings_hash()
+    assert a.settings_hash() != b.settings_hash()
+    use = parse_config(GRID).job("use")
+    assert use.settings_hash({"train-small-add-s1": "x"}) != \
+        use.settings_hash({"train-small-add-s1": "y"})
+
+
+def test_placeholders_and_model_override():
+    raw = {"models": {"m": "gpt2"}, "jobs": [
+        {"command": "fake train", "models": ["m"], "seeds": [4], "name": "t"},
+        {"command": "fake use", "name": "u", "needs": [],
+         "settings": {"source": "{jobs.t-m-s4}/{model}"}}]}
+    report = parse_config(raw, model_overrides={"m": "/local/gpt2"})
+    assert report.job("t-m-s4").settings["model"] == "/local/gpt2"
+    with pytest.raises(UserError, match="models.x: --model override names no model"):
+        parse_config(raw, model_overrides={"x": "y"})
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda c: c.update(colour=1), "colour: unknown key"),
+    (lambda c: c["jobs"][1].update(command="nope"), r"jobs\[1\].command: unknown command"),
+    (lambda c: c["jobs"][1].update(settings={"lrr": 1}), r"jobs\[1\].settings.lrr: the command "
+                                                         "has no option 'lrr'"),
+    (lambda c: c["jobs"][1].update(settings={"lr": "fast"}), r"jobs\[1\].settings.lr: cannot "
+                                                             "convert 'fast'"),
+    (lambda c: c["tasks"]["add"].update(op="-"), r"tasks.add.op: '-' is not one of"),
+    (lambda c: c["jobs"][1].update(models=["big"]), r"jobs\[1\].models: unknown name 'big'"),
+    (lambda c: c["jobs"][0].update(models=["small"]), r"jobs\[0\].models: command 'fake use' "
+                                                      "has no option 'model'"),
+    (lambda c: c["jobs"][1].update(seeds="x"), r"jobs\[1\].seeds: must be an integer"),
+    (lambda c: c["jobs"][1].update(tasks=[]), r"jobs\[1\].tasks: name at least one"),
+    (lambda c: c["jobs"][1].update(name="a b"), r"jobs\[1\].name: use letters"),
+    (lambda c: c["jobs"][0]["settings"].update(source="{jobs.zzz}"),
+     "job use: refers to unknown job 'zzz'"),
+    (lambda c: c["jobs"].append(dict(c["jobs"][0])), "two jobs have the id 'use'"),
+    (lambda c: c.update(jobs=[]), "jobs: give at least one"),
+    (lambda c: c["jobs"][1].update(needs=["use"]),
+     "part of a dependency cycle"),
+])
+def test_config_errors_name_the_key(mutate, message):
+    import copy
+
+    raw = copy.deepcopy(GRID)
+    mutate(raw)
+    with pytest.raises(UserError, match=message):
+        parse_config(raw, source="c.toml")
+
+
+def test_toml_and_yaml_files_give_the_same_jobs(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('title = "t"\nseeds = [2]\n[tasks]\nadd = { op = "*" }\n'
+                    '[[jobs]]\ncommand = "fake train"\ntasks = ["add"]\n'
+                    'settings = { max-operand = 7 }\n')
+    yaml = tmp_path / "c.yaml"
+    yaml.write_text('title: t\nseeds: [2]\ntasks:\n  add: {op: "*"}\n'
+                    'jobs:\n  - command: fake train\n    tasks: [add]\n'
+                    '    settings: {max-operand: 7}\n')
+    a, b = load_config(toml), load_config(yaml)
+    assert [(j.id, j.settings) for j in a.jobs] == [(j.id, j.settings) for j in b.jobs] == \
+        [("fake-train-add-s2", {"max_operand": 7, "op": "*", "seed": 2})]
+
+
+def test_cli_config_error_is_one_sentence_exit_2(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[jobs]]\ncommand = "fake train"\nsettings = { lr = "x" }\n')
+    assert main(["report", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("llm-fourier: error:") and "jobs[0].settings.lr" in err
+    assert "\n" not in err and "Traceback" not in err
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[[jobs]\n")
+    assert main(["report", str(broken)]) == 2
+    assert "cannot parse the config" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "missing.toml")]) == 2
+    assert "no config file or preset" in capsys.readouterr().err

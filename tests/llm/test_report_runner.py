@@ -1,0 +1,164 @@
+"""The report runner: each job once, resumable after a kill, failures recorded, hashes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import llm_fourier.commands as registry
+from llm_fourier.commands import Command
+from llm_fourier.report.config import parse_config
+from llm_fourier.report.files import read_json, write_json
+from llm_fourier.report.runner import read_manifest, run_report
+
+CALLS: list[str] = []
+
+
+def _args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--value", type=float, default=1.0)
+    p.add_argument("--input", default="")
+    p.add_argument("--fail", action="store_true")
+    p.add_argument("--interrupt", action="store_true")
+    p.add_argument("--sleep", type=float, default=0.0)
+
+
+def _run(a: argparse.Namespace) -> dict:
+    CALLS.append(Path(a.out).name)
+    if a.sleep:
+        time.sleep(a.sleep)
+    if a.interrupt:
+        raise KeyboardInterrupt
+    if a.fail:
+        raise ValueError("the fake job failed on purpose")
+    upstream = read_json(Path(a.input) / "results.json")["value"] if a.input else 0.0
+    print(f"value {a.value}")
+    results = {"value": a.value + upstream}
+    write_json(Path(a.out) / "results.json", results)
+    return results
+
+
+FAKE = Command("fake work", "work", _args, _run)
+
+
+def install(monkeypatch=None):
+    real = registry.all_commands
+    fake = lambda: {**real(), FAKE.name: FAKE}  # noqa: E731
+    if monkeypatch is None:
+        registry.all_commands = fake
+    else:
+        monkeypatch.setattr(registry, "all_commands", fake)
+
+
+@pytest.fixture(autouse=True)
+def fake_registry(monkeypatch):
+    install(monkeypatch)
+    CALLS.clear()
+
+
+def config(**b_settings) -> dict:
+    return {"title": "runner", "jobs": [
+        {"command": "fake work", "name": "a", "settings": {"value": 2}},
+        {"command": "fake work", "name": "b", "settings": {"input": "{jobs.a}", **b_settings}},
+        {"command": "fake work", "name": "c", "settings": {"value": 5}},
+        {"command": "fake work", "name": "d", "settings": {"input": "{jobs.b}"}},
+    ]}
+
+
+def test_runs_each_job_once_and_skips_finished_ones(tmp_path):
+    report = parse_config(config())
+    manifest = run_report(report, tmp_path, progress=False)
+    assert CALLS == ["a", "b", "c", "d"]
+    assert {j: e["status"] for j, e in manifest["jobs"].items()} == dict.fromkeys("abcd", "done")
+    # b read a's results through the {jobs.a} reference, d read b's: 2 + 1, then 3 + 1
+    assert read_json(tmp_path / "jobs/b/results.json") == {"value": 3.0}
+    assert read_json(tmp_path / "jobs/d/results.json") == {"value": 4.0}
+    assert "value 1.0" in (tmp_path / "jobs/b/log.txt").read_text()
+    assert read_json(tmp_path / "manifest.json") == manifest
+    run_report(report, tmp_path, progress=False)
+    assert CALLS == ["a", "b", "c", "d"]  # nothing re-run
+
+
+def test_changed_settings_rerun_the_job_and_its_dependents_only(tmp_path):
+    run_report(parse_config(config()), tmp_path, progress=False)
+    (tmp_path / "jobs/b/stale.txt").write_text("old")
+    CALLS.clear()
+    manifest = run_report(parse_config(config(value=10)), tmp_path, progress=False)
+    assert CALLS == ["b", "d"]
+    assert not (tmp_path / "jobs/b/stale.txt").exists()  # fresh folder for new settings
+    assert read_json(tmp_path / "jobs/d/results.json") == {"value": 13.0}
+    assert manifest["jobs"]["b"]["settings"]["value"] == 10
+
+
+def test_a_failed_job_is_recorded_and_the_others_go_on(tmp_path):
+    manifest = run_report(parse_config(config(fail=True)), tmp_path, progress=False,
+                          echo=lambda s: None)
+    jobs = manifest["jobs"]
+    assert CALLS == ["a", "b", "c"]  # d needs b: not run
+    assert jobs["b"]["status"] == "failed"
+    assert jobs["b"]["error"] == "ValueError: the fake job failed on purpose"
+    assert "Traceback" in (tmp_path / "jobs/b/error.txt").read_text()
+    assert jobs["c"]["status"] == "done"
+    assert jobs["d"]["status"] == "blocked" and "needs b" in jobs["d"]["error"]
+    # fixed config: only the failed and blocked jobs run
+    CALLS.clear()
+    manifest = run_report(parse_config(config()), tmp_path, progress=False)
+    assert CALLS == ["b", "d"]
+    assert all(e["status"] == "done" for e in manifest["jobs"].values())
+
+
+def test_only_runs_matching_jobs_and_their_needs(tmp_path):
+    manifest = run_report(parse_config(config()), tmp_path, only=["d"], progress=False)
+    assert CALLS == ["a", "b", "d"] and "c" not in manifest["jobs"]
+
+
+def test_interrupt_leaves_a_resumable_manifest(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        run_report(parse_config(config(interrupt=True)), tmp_path, progress=False)
+    jobs = read_manifest(tmp_path)["jobs"]
+    assert jobs["a"]["status"] == "done" and jobs["b"]["status"] == "running"
+    CALLS.clear()
+    run_report(parse_config(config()), tmp_path, progress=False)
+    assert CALLS == ["b", "c", "d"]
+
+
+KILLED = """
+import sys
+sys.path.insert(0, {tests!r})
+from tests.llm import test_report_runner as t
+t.install()
+from llm_fourier.report.config import parse_config
+from llm_fourier.report.runner import run_report
+run_report(parse_config(t.config(sleep=60)), {out!r}, progress=False)
+"""
+
+
+def test_killed_report_rerun_skips_finished_jobs(tmp_path):
+    """SIGKILL a real report process while job b runs; the re-run starts at b."""
+    root = str(Path(__file__).resolve().parents[2])
+    code = KILLED.format(tests=root, out=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=root,
+                            env={**os.environ, "PYTHONPATH": root})
+    manifest_path = tmp_path / "manifest.json"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if manifest_path.is_file() and \
+                json.loads(manifest_path.read_text())["jobs"].get("b", {}).get("status") \
+                == "running":
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    jobs = read_manifest(tmp_path)["jobs"]
+    assert jobs["a"]["status"] == "done" and jobs["b"]["status"] == "running"
+    assert "c" not in jobs
+    run_report(parse_config(config()), tmp_path, progress=False)
+    assert CALLS == ["b", "c", "d"]
+    assert read_json(tmp_path / "jobs/d/results.json") == {"value": 4.0}
