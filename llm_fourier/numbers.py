@@ -1,0 +1,93 @@
+"""Which integers a tokenizer keeps as one token, and the number rows of W_E / W_U.
+
+GPT-2 keeps 0..520 as single tokens written without a leading space (0..361 with one),
+Llama-3 keeps 0..999, Llama-2, Mistral and Qwen split numbers into digits (0..9). The
+Fourier analysis needs the contiguous range 0..p-1, with rows ordered by number value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from llm_fourier.errors import UserError
+
+# a lone word-start marker that some tokenizers put before a number (SentencePiece "▁")
+_PREFIX_MARKERS = {"▁", "Ġ", " ", ""}
+
+
+@dataclass
+class NumberTokens:
+    """Token ids of the numbers 0..p-1 (``token_ids[n]`` is the id of number n)."""
+
+    token_ids: np.ndarray
+    leading_space: bool = False
+
+    @property
+    def p(self) -> int:
+        return int(len(self.token_ids))
+
+    @property
+    def max_number(self) -> int:
+        return self.p - 1
+
+    def describe(self) -> dict:
+        return {"min": 0, "max": self.max_number, "p": self.p,
+                "leading_space": self.leading_space}
+
+
+def _single_token(tokenizer, ids: list[int], n: int) -> int | None:
+    """The id if ``ids`` is one token that decodes to ``n`` (after a lone prefix marker)."""
+    if len(ids) == 2 and tokenizer.convert_ids_to_tokens(ids[0]) in _PREFIX_MARKERS:
+        ids = ids[1:]
+    if len(ids) != 1 or ids[0] == tokenizer.unk_token_id:
+        return None
+    return ids[0] if tokenizer.decode(ids).strip() == str(n) else None
+
+
+def find_number_tokens(tokenizer, max_number: int = 1000,
+                       leading_space: bool = False) -> NumberTokens:
+    """The largest range 0..N (N <= ``max_number``) of integers that each encode to exactly
+    one token as an answer (``str(n)``, or ``" " + str(n)`` with ``leading_space``).
+
+    The range stops at the first number that splits (p = 0 when "0" itself splits).
+    """
+    if max_number < 0:
+        raise UserError(f"max_number must be >= 0, got {max_number}.")
+    texts = [(" " if leading_space else "") + str(n) for n in range(max_number + 1)]
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    ids: list[int] = []
+    for n, tokens in enumerate(encoded):
+        token = _single_token(tokenizer, list(tokens), n)
+        if token is None:
+            break
+        ids.append(token)
+    return NumberTokens(np.asarray(ids, dtype=np.int64), leading_space)
+
+
+def require_numbers(numbers: NumberTokens, max_answer: int, tokenizer_name: str = "") -> None:
+    """Refuse a task whose answers 0..``max_answer`` leave the single-token range."""
+    if max_answer <= numbers.max_number:
+        return
+    who = f"the tokenizer of {tokenizer_name}" if tokenizer_name else "this tokenizer"
+    space = " (with a leading space)" if numbers.leading_space else ""
+    if numbers.p == 0:
+        have = f"{who} splits every number into several tokens{space}"
+    else:
+        have = f"{who} keeps only 0..{numbers.max_number} as single tokens{space}"
+    raise UserError(f"answers go up to {max_answer} but {have}; use smaller operands "
+                    f"(answers <= {max(numbers.max_number, 0)}), or the hidden-state probes "
+                    "for digit-splitting tokenizers.")
+
+
+def number_rows(matrix: torch.Tensor, numbers: NumberTokens) -> torch.Tensor:
+    """Rows of ``matrix`` (vocab x D) for the numbers 0..p-1, ordered by number value;
+    same dtype and device as ``matrix``."""
+    if numbers.p and int(numbers.token_ids.max()) >= matrix.shape[0]:
+        raise UserError(f"number token id {int(numbers.token_ids.max())} is outside the "
+                        f"matrix's {matrix.shape[0]} rows; the tokenizer does not match the "
+                        "model.")
+    index = torch.as_tensor(numbers.token_ids, dtype=torch.long, device=matrix.device)
+    return matrix.index_select(0, index)

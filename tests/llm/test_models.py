@@ -1,0 +1,153 @@
+"""Loading every architecture through load_model, roles, accessors and loading errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from llm_fourier.errors import UserError
+from llm_fourier.models import (
+    ROLES,
+    Roles,
+    discover_roles,
+    load_embedding_matrix,
+    load_model,
+    parse_max_memory,
+    roles_for,
+)
+from tests.tiny import CAUSAL_ARCHS, D_MODEL, N_LAYERS, tiny_lm
+
+
+def _outputs(lm, layer, batch):
+    """Forward once with plain hooks on the three roles; element 0 of tuples."""
+    got = {}
+    handles = [
+        lm.module(layer, role).register_forward_hook(
+            lambda m, i, o, role=role: got.__setitem__(role, o[0] if isinstance(o, tuple) else o))
+        for role in ("attn", "mlp", "block")
+    ]
+    try:
+        logits = lm.model(**batch).logits
+    finally:
+        for h in handles:
+            h.remove()
+    return got, logits
+
+
+@pytest.mark.parametrize("arch", CAUSAL_ARCHS)
+def test_every_architecture_loads_from_a_folder(tiny_dir, arch):
+    folder = tiny_dir(arch)
+    lm = load_model(folder)
+    assert lm.model.config.model_type == arch
+    assert lm.roles == ROLES[arch]
+    assert (lm.n_layers, lm.d_model) == (N_LAYERS, D_MODEL)
+    # the tokenizer comes back as saved: numbers are single tokens
+    ids = lm.tokenizer("Put together 15 and 93. Answer: ", return_tensors="pt")
+    assert lm.tokenizer.convert_ids_to_tokens(ids["input_ids"][0].tolist())[2:5] == [
+        "15", "and", "93"]
+    got, logits = _outputs(lm, N_LAYERS - 1, ids)
+    T = ids["input_ids"].shape[1]
+    for role in ("attn", "mlp", "block"):
+        assert got[role].shape == (1, T, D_MODEL), role
+    # the last block's output through the final norm and W_U gives the logits
+    W_U = lm.unembedding()
+    assert W_U.shape == (len(lm.tokenizer), D_MODEL)
+    assert lm.embedding().shape == W_U.shape
+    recomputed = lm.final_norm(got["block"]) @ W_U.T
+    if getattr(lm.model, "lm_head", None) is not None and lm.model.lm_head.bias is not None:
+        recomputed = recomputed + lm.model.lm_head.bias
+    torch.testing.assert_close(recomputed, logits, atol=1e-5, rtol=1e-4)
+    assert lm.input_device == torch.device("cpu")
+
+
+@pytest.mark.parametrize("arch", ["gpt_neo", "qwen3", "gemma", "olmo"])
+def test_extra_table_entries_resolve(arch):
+    model, tok = tiny_lm(arch)
+    lm = load_model(model, tok)
+    assert lm.roles == ROLES[arch]
+    assert lm.module(0, "attn") is not None and lm.module(1, "mlp") is not None
+
+
+def test_in_memory_model_and_module_errors(gpt2_pair):
+    model, tok = gpt2_pair
+    lm = load_model(model, tok)
+    assert lm.model is model and lm.block(-1) is model.transformer.h[-1]
+    assert lm.module(0, "attn") is model.transformer.h[0].attn
+    assert lm.final_norm is model.transformer.ln_f
+    with pytest.raises(UserError, match="layers 0..1"):
+        lm.module(5, "mlp")
+    with pytest.raises(UserError, match="unknown role"):
+        lm.module(0, "resid")
+
+
+def test_discovery_fallback_reports_its_choice(gpt2_pair, capsys, monkeypatch):
+    model, _ = gpt2_pair
+    monkeypatch.delitem(ROLES, "gpt2")
+    roles = roles_for(model)
+    assert roles == Roles("transformer.h", "attn", "mlp", "transformer.ln_f", "lm_head",
+                          "transformer.wte")
+    assert "discovered" in capsys.readouterr().err
+
+
+def test_discovery_on_a_custom_model_type(tiny_dir, tmp_path, capsys):
+    folder = tiny_dir("llama")
+    cfg = json.loads((folder / "config.json").read_text())
+    lm = load_model(folder)
+    lm.model.config.model_type = "my_llama_variant"  # a type missing from the table
+    roles = roles_for(lm.model)
+    assert roles == ROLES["llama"] and cfg["model_type"] == "llama"
+    assert "my_llama_variant" in capsys.readouterr().err
+
+
+def test_discovery_fails_with_a_clear_message():
+    with pytest.raises(UserError, match="ROLES"):
+        discover_roles(torch.nn.Linear(3, 3))
+
+
+def test_dtype_is_honoured_without_upcasting(tiny_dir):
+    lm = load_model(tiny_dir("llama"), dtype="bfloat16")
+    assert {p.dtype for p in lm.model.parameters()} == {torch.bfloat16}
+    with pytest.raises(UserError, match="unknown dtype"):
+        load_model(tiny_dir("llama"), dtype="float8")
+
+
+def test_missing_folder_and_offline_hub_id_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist") as err:
+        load_model(tmp_path / "nowhere")
+    assert str(tmp_path / "nowhere") in str(err.value)
+    with pytest.raises(UserError, match="local folder") as err:
+        load_model("no-such-org/no-such-model")  # offline in tests: OSError inside
+    assert "no-such-org/no-such-model" in str(err.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="config.json"):
+        load_model(tmp_path / "empty")
+
+
+def test_encoder_is_refused_by_load_model_but_embeds(tiny_dir):
+    with pytest.raises(UserError, match="is an encoder"):
+        load_model(tiny_dir("bert"))
+    W, tok = load_embedding_matrix(tiny_dir("bert"))
+    assert W.shape == (len(tok), D_MODEL)
+    # the masked-LM decoder is tied to the input embedding
+    W_U, _ = load_embedding_matrix(tiny_dir("bert"), unembed=True)
+    torch.testing.assert_close(W_U, W)
+
+
+def test_embedding_matrix_matches_the_saved_weights(tiny_dir):
+    from safetensors.torch import load_file
+
+    folder = tiny_dir("gpt_neox")
+    saved = load_file(folder / "model.safetensors")
+    W_E, _ = load_embedding_matrix(folder)
+    W_U, _ = load_embedding_matrix(folder, unembed=True)
+    torch.testing.assert_close(W_E, saved["gpt_neox.embed_in.weight"])
+    torch.testing.assert_close(W_U, saved["embed_out.weight"])  # the LM head's saved name
+
+
+def test_parse_max_memory():
+    assert parse_max_memory("0=20GiB, cpu=60GiB") == {0: "20GiB", "cpu": "60GiB"}
+    assert parse_max_memory(None) is None
+    with pytest.raises(UserError, match="max_memory"):
+        parse_max_memory("20GiB")

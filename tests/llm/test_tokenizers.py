@@ -1,0 +1,41 @@
+"""word_level_tokenizer: single-token numbers or digits, template words, save/load."""
+
+from __future__ import annotations
+
+from transformers import AutoTokenizer
+
+from llm_fourier.tasks import MUL_TEMPLATES, TEMPLATES
+from llm_fourier.tokenizers import word_level_tokenizer
+
+
+def test_numbers_are_single_tokens_and_templates_known(tmp_path):
+    tok = word_level_tokenizer(300)
+    for n in (0, 7, 99, 260, 300):
+        ids = tok.encode(str(n), add_special_tokens=False)
+        assert len(ids) == 1 and tok.convert_ids_to_tokens(ids) == [str(n)]
+    assert len(tok.encode("301", add_special_tokens=False)) == 1  # out of range: <unk>
+    assert tok.encode("301", add_special_tokens=False) == [tok.unk_token_id]
+    for t in TEMPLATES + MUL_TEMPLATES:
+        ids = tok.encode(t.format(a=15, b=93) + " Answer: ", add_special_tokens=False)
+        assert tok.unk_token_id not in ids, t
+    pieces = tok.tokenize("Put together 15 and 93. Answer: ")
+    assert pieces == ["Put", "together", "15", "and", "93", ".", "Answer", ":"]
+    assert {tok.pad_token, tok.eos_token, tok.unk_token} == {"<pad>", "<eos>", "<unk>"}
+
+
+def test_split_digits(tmp_path):
+    tok = word_level_tokenizer(300, split_digits=True)
+    assert tok.tokenize("Calculate 108 + 7.") == ["Calculate", "1", "0", "8", "+", "7", "."]
+    assert len(tok) == 4 + 10 + len(set(tok.get_vocab()) - set("0123456789")) - 4
+
+
+def test_survives_save_and_auto_load(tmp_path):
+    for split in (False, True):
+        tok = word_level_tokenizer(50, split_digits=split)
+        tok.save_pretrained(tmp_path / str(split))
+        back = AutoTokenizer.from_pretrained(tmp_path / str(split))
+        text = "What is the sum of 12 and 38? Answer: "
+        assert back.encode(text) == tok.encode(text)
+        assert back.pad_token_id == tok.pad_token_id == 0
+        assert back.eos_token_id == tok.eos_token_id
+        assert back.get_vocab() == tok.get_vocab()
