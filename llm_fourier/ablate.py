@@ -130,7 +130,7 @@ def evaluate(
     require_numbers(numbers, int(answers.max()), getattr(lm, "name", ""))
     preds, losses = [], []
     for i in tqdm(range(0, len(examples), batch_size), desc=desc, unit="batch",
-                  disable=not progress):
+                  disable=not progress, leave=False):
         batch = examples[i:i + batch_size]
         enc = tokenize_prompts(lm.tokenizer, [e.prompt for e in batch], device=lm.input_device)
         with torch.inference_mode(), edit(lm, edits or {}, positions=positions):
@@ -178,7 +178,8 @@ def ablation_table(
     layers = list(range(lm.n_layers)) if layers is None else sorted(set(layers))
     done = dict(done or {})
     rows = []
-    for fname, modules in table_rows(filters):
+    for fname, modules in tqdm(table_rows(filters), desc="ablations", unit="row",
+                               disable=not progress):
         label = row_label(fname, modules)
         if label not in done:
             edits = {} if fname == "none" else filter_edits(filters[fname], MODULES[modules],

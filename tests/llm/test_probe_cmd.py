@@ -1,0 +1,120 @@
+"""`llm-fourier probe` and `llm-fourier ablate` end to end on a tiny saved model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import llm_fourier.commands.probe as probe_cmd
+from llm_fourier.cli import main
+from llm_fourier.models import load_model
+from llm_fourier.numbers import find_number_tokens
+from llm_fourier.report.files import read_json, write_json
+from llm_fourier.tasks import make_task, tokenize_prompts
+from tests.tiny import tiny_model_dir
+
+TASK = ["--max-operand", "12", "--tau", "4", "--batch-size", "8"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return str(tiny_model_dir(tmp_path_factory.mktemp("cmd"), "gpt2"))
+
+
+def _manual_accuracy(model_dir: str) -> float:
+    """Exact accuracy of the model's own final logits over the number tokens (test split)."""
+    lm = load_model(model_dir)
+    examples = make_task("+", 12, seed=0).test
+    ids = torch.as_tensor(find_number_tokens(lm.tokenizer, 24).token_ids)
+    enc = tokenize_prompts(lm.tokenizer, [e.prompt for e in examples])
+    with torch.no_grad():
+        pred = lm.model(**enc).logits[:, -1, ids].argmax(-1).numpy()
+    return float(np.mean(pred == np.array([e.answer for e in examples])))
+
+
+def test_probe_end_to_end(model_dir, tmp_path, capsys):
+    out = tmp_path / "probe"
+    assert main(["probe", "--model", model_dir, "--out", str(out), "--final-norm", *TASK]) == 0
+    res = read_json(out / "results.json")
+    assert res["numbers"]["p"] == 25 and res["n_layers"] == 2
+    for role in ("attn", "mlp", "block"):
+        assert [r["layer"] for r in res["accuracy"][role]] == [0, 1]
+        for layer in res["layers"][role]:
+            assert {"outliers", "low_fraction", "high_fraction", "tau"} <= set(layer)
+            assert layer["tau"] == 4
+            assert layer["low_fraction"] + layer["high_fraction"] == pytest.approx(1)
+            assert all(o["period"] == pytest.approx(24 / o["k"]) for o in layer["outliers"])
+    # with the final norm, the residual lens at the last layer is the model's own readout
+    assert res["accuracy"]["block"][1]["exact"] == pytest.approx(_manual_accuracy(model_dir))
+    for name in ("heatmap_attn.png", "heatmap_mlp.png", "lens_accuracy.png", "spectra.csv",
+                 "accuracy.csv"):
+        assert (out / name).stat().st_size > 0 and name in res["files"]
+    assert not (out / "probe_state.pt").exists()
+    assert "attn periods" in capsys.readouterr().out
+
+
+def test_probe_resumes_after_an_interruption(model_dir, tmp_path, monkeypatch, capsys):
+    fresh, broken = tmp_path / "fresh", tmp_path / "broken"
+    assert main(["probe", "--model", model_dir, "--out", str(fresh), *TASK]) == 0
+    real = probe_cmd.run_lens
+
+    def interrupted(*args, on_batch, **kwargs):
+        def stop(done, state):
+            on_batch(done, state)
+            raise KeyboardInterrupt
+
+        return real(*args, on_batch=stop, **kwargs)
+
+    monkeypatch.setattr(probe_cmd, "run_lens", interrupted)
+    assert main(["probe", "--model", model_dir, "--out", str(broken), *TASK]) == 130
+    assert (broken / "probe_state.pt").exists() and not (broken / "results.json").exists()
+    monkeypatch.setattr(probe_cmd, "run_lens", real)
+    capsys.readouterr()
+    assert main(["probe", "--model", model_dir, "--out", str(broken), *TASK]) == 0
+    assert "resuming" in capsys.readouterr().out
+    a, b = read_json(fresh / "results.json"), read_json(broken / "results.json")
+    assert a["accuracy"] == b["accuracy"] and a["layers"] == b["layers"]
+
+
+def test_ablate_end_to_end_and_resume(model_dir, tmp_path, capsys):
+    out = tmp_path / "ablate"
+    args = ["ablate", "--model", model_dir, "--out", str(out), "--keep", "2", "--layers", "1",
+            "--prediction", "numbers", *TASK]
+    assert main(args) == 0
+    res = read_json(out / "results.json")
+    rows = [r["row"] for r in res["table"]]
+    assert rows == ["none", "attn+MLP low removed", "attn low removed", "MLP low removed",
+                    "attn+MLP high removed", "attn high removed", "MLP high removed",
+                    "attn+MLP keep k=2", "attn keep k=2", "MLP keep k=2"]
+    assert res["layers"] == [1]
+    none = res["table"][0]
+    assert none["accuracy"] == pytest.approx(_manual_accuracy(model_dir))
+    assert {"loss", "error_histogram", "frac_errors_mult_10", "mod2_accuracy",
+            "mod10_accuracy"} <= set(none)
+    for name in ("table.csv", "predictions.csv", "error_histograms.png"):
+        assert (out / name).stat().st_size > 0
+    assert "MLP high removed" in capsys.readouterr().out
+    # a second run reuses the finished rows (here: a doctored one) instead of recomputing
+    saved = read_json(out / "rows" / "none.json")
+    saved["result"]["accuracy"] = 0.123
+    write_json(out / "rows" / "none.json", saved)
+    assert main(args) == 0
+    assert read_json(out / "results.json")["table"][0]["accuracy"] == 0.123
+    assert "resuming: 10 finished" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--model", "/no/such/folder"], "/no/such/folder"),
+    (["--max-operand", "150"], "answers go up to 300"),
+    (["--layers", "7"], "--layers"),
+    (["--keep", "99"], "--keep"),
+])
+def test_bad_input_exits_2_with_one_sentence(model_dir, tmp_path, capsys, extra, words):
+    command = "probe" if extra[0] in ("--model", "--max-operand") else "ablate"
+    argv = [command, "--model", model_dir, "--out", str(tmp_path / "x"), *TASK, *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("llm-fourier: error:")]
+    assert len(lines) == 1 and words in lines[0] and lines[0].endswith(".")
+    assert "Traceback" not in err
