@@ -213,7 +213,7 @@ def _default_evaluate(model, tokenizer, examples, numbers, batch_size: int) -> d
     from llm_fourier.models import LoadedModel, roles_for
 
     lm = LoadedModel(model=model, tokenizer=tokenizer, roles=roles_for(model), name="training")
-    return evaluate(lm, examples, numbers, batch_size=batch_size)
+    return evaluate(lm, examples, numbers, batch_size=batch_size, progress=False)
 
 
 def train(
@@ -344,7 +344,7 @@ def train(
     if accelerator.is_main_process:
         write_json(done_file, state)
     accelerator.wait_for_everyone()
-    return state
+    return read_json(done_file)  # the same (JSON) form a resumed, finished run returns
 
 
 def _scalars(metrics: dict) -> dict:

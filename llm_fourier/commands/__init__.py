@@ -23,6 +23,9 @@ BUILTIN_MODULES = (
     "llm_fourier.commands.report",
     "llm_fourier.commands.probe",
     "llm_fourier.commands.ablate",
+    "llm_fourier.commands.embed",
+    "llm_fourier.commands.hidden",
+    "llm_fourier.commands.finetune",
 )
 
 

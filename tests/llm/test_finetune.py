@@ -1,0 +1,146 @@
+"""Fine-tuning: answer-token loss, gradient accumulation, exact resume after a kill, and a
+result folder that loads back through ``load_model`` and scores as reported."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from llm_fourier.cli import main
+from llm_fourier.errors import UserError
+from llm_fourier.finetune import TrainConfig, answer_batch, answer_loss, latest_checkpoint, train
+from llm_fourier.numbers import find_number_tokens
+from llm_fourier.report.files import read_json
+from llm_fourier.tasks import make_task
+from tests.tiny import save_tiny, tiny_lm
+
+MAX_NUMBER = 30
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one intra-op thread is faster, and far faster on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_task(**kw):
+    return make_task("+", 12, ordered=True, limit=60, seed=1, **kw)
+
+
+def tiny(seed: int = 0):
+    return tiny_lm("gpt2", max_number=MAX_NUMBER, seed=seed)
+
+
+def params(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_answer_loss_is_cross_entropy_of_the_answer_token_at_the_last_position():
+    model, tok = tiny()
+    task = tiny_task()
+    numbers = find_number_tokens(tok, MAX_NUMBER)
+    batch = answer_batch(tok, task.train[:6], numbers)
+    assert batch["input_ids"][:, -1].tolist() == [tok.convert_tokens_to_ids(":")] * 6
+    assert [tok.decode([i]) for i in batch["labels"]] == [str(e.answer) for e in task.train[:6]]
+    with torch.no_grad():
+        loss = answer_loss(model, batch).item()
+        logits = model(input_ids=batch["input_ids"],
+                       attention_mask=batch["attention_mask"]).logits[:, -1].double().numpy()
+    z = logits - logits.max(1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    manual = -logp[np.arange(6), batch["labels"].numpy()].mean()
+    assert loss == pytest.approx(manual, rel=1e-5)
+
+
+def test_gradient_accumulation_matches_the_larger_batch(tmp_path):
+    # one template: every prompt has the same length, so padding cannot differ
+    task = tiny_task(templates=["Add together {a} and {b}."])
+    numbers = find_number_tokens(tiny()[1], MAX_NUMBER)
+    finals = []
+    for bs, accum in ((8, 1), (4, 2)):
+        model, tok = tiny()
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        cfg = TrainConfig(epochs=1, lr=1e-2, batch_size=bs, grad_accum=accum, max_grad_norm=None)
+        state = train(model, tok, task, numbers, tmp_path / f"bs{bs}", cfg, progress=False)
+        assert state["step"] == 6  # ceil(48 / 8) optimizer steps either way
+        finals.append(params(model))
+    # Adam turns float noise in the (exactly zero) key-bias gradients into ~1e-5 steps
+    for k in finals[0]:
+        assert torch.allclose(finals[0][k], finals[1][k], atol=1e-4), k
+    diff = finals[0]["transformer.h.0.mlp.c_fc.weight"] - params(tiny()[0])[
+        "transformer.h.0.mlp.c_fc.weight"]
+    assert diff.abs().max() > 1e-3  # and training did move the weights
+
+
+def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path):
+    task = tiny_task()
+    # dropout stays on (GPT-2 default 0.1): the RNG state must be restored too
+    cfg = TrainConfig(epochs=2, lr=3e-3, batch_size=8, grad_accum=2, weight_decay=0.1,
+                      warmup_steps=2, save_every=2)
+    model, tok = tiny()
+    numbers = find_number_tokens(tok, MAX_NUMBER)
+    full = train(model, tok, task, numbers, tmp_path / "full", cfg, progress=False)
+    reference = params(model)
+
+    model, tok = tiny()
+    stopped = train(model, tok, task, numbers, tmp_path / "killed", cfg, progress=False,
+                    stop_after_steps=5)  # mid-epoch (3 steps per epoch), off the save grid
+    assert not stopped["finished"] and stopped["step"] == 5
+    assert latest_checkpoint(tmp_path / "killed").name == "step-00000005"
+    with pytest.raises(UserError, match="--resume"):
+        train(tiny()[0], tok, task, numbers, tmp_path / "killed", cfg, progress=False)
+
+    model, tok = tiny(seed=123)  # a fresh process: other init, the checkpoint wins
+    resumed = train(model, tok, task, numbers, tmp_path / "killed", cfg, progress=False,
+                    resume=True)
+    assert resumed["finished"] and resumed["step"] == full["step"] == 6
+    for k, v in reference.items():
+        assert torch.equal(model.state_dict()[k], v), k
+    assert resumed["history"] == full["history"]
+    assert resumed["test"] == full["test"]
+    # a finished run is not trained again
+    again = train(tiny()[0], tok, task, numbers, tmp_path / "killed", cfg, resume=True)
+    assert again["step"] == 6 and again["test"] == resumed["test"]
+
+
+def test_finetune_command_writes_a_model_folder_that_loads_back(tmp_path, capsys):
+    from llm_fourier.ablate import evaluate
+    from llm_fourier.models import load_model
+
+    src = save_tiny(*tiny(), tmp_path / "src")
+    out = tmp_path / "run"
+    argv = ["finetune", "--model", str(src), "--max-operand", "12", "--ordered", "--limit",
+            "80", "--epochs", "3", "--lr", "1e-2", "--batch-size", "16", "--out", str(out)]
+    assert main(argv + ["--stop-after", "4"]) == 0
+    assert "--resume" in capsys.readouterr().out
+    assert main(argv) == 2  # the checkpoint is there; refusing to overwrite it
+    assert main(argv + ["--resume"]) == 0
+    results = read_json(out / "results.json")
+    assert results["finished"] and results["steps"] == 12
+    assert [h["epoch"] for h in results["history"]] == [1, 2, 3]
+    assert results["history"][-1]["loss"] < results["history"][0]["loss"]  # it learns
+    for name in ("history.csv", "history.png", "predictions.csv", "test_errors.png"):
+        assert (out / name).exists()
+
+    lm = load_model(out / "model")
+    assert lm.roles.blocks == "transformer.h" and lm.n_layers == 2
+    task = make_task("+", 12, ordered=True, limit=80)
+    numbers = find_number_tokens(lm.tokenizer, 24)
+    scored = evaluate(lm, task.test, numbers, progress=False)
+    assert scored["accuracy"] == pytest.approx(results["test"]["accuracy"])
+    assert scored["loss"] == pytest.approx(results["test"]["loss"], rel=1e-5)
+
+
+def test_bad_settings_are_user_errors(tmp_path):
+    model, tok = tiny()
+    numbers = find_number_tokens(tok, MAX_NUMBER)
+    with pytest.raises(UserError, match="mixed precision"):
+        train(model, tok, tiny_task(), numbers, tmp_path, TrainConfig(mixed_precision="fp8"))
+    with pytest.raises(UserError, match="batch-size"):
+        train(model, tok, tiny_task(), numbers, tmp_path, TrainConfig(batch_size=0))
