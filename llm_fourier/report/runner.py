@@ -117,9 +117,49 @@ def _decide(job: Job, digest: str, jobs: dict, out: Path) -> str:
     return "run"
 
 
+def waves(jobs: Sequence[Job]) -> list[list[Job]]:
+    """Jobs grouped so that each wave needs only jobs of earlier waves (order kept)."""
+    depth: dict[str, int] = {}
+    for job in jobs:  # report order is topological
+        depth[job.id] = 1 + max((depth.get(n, -1) for n in job.needs), default=-1)
+    return [[j for j in jobs if depth[j.id] == d] for d in range(max(depth.values()) + 1)] \
+        if jobs else []
+
+
+def _execute(job: Job, entry: dict, out: Path, target: Path, owner: bool,
+             save: Callable[[], None], echo: Callable[[str], None]) -> None:
+    """Run one job, updating ``entry``; ``owner`` writes the job folder and error.txt."""
+    folder = job_dir(out, job.id)
+    entry.update(status="running", started=time.strftime("%Y-%m-%d %H:%M:%S"))
+    save()
+    start = time.perf_counter()
+    try:
+        run_job(job, out, entry["settings"], target)
+        entry.update(status="done")
+    except Exception as err:  # one failing job must not stop the report
+        message = f"{type(err).__name__}: {err}".strip()
+        entry.update(status="failed", error=message)
+        if owner:
+            atomic_write_text(folder / "error.txt", traceback.format_exc())
+        echo(f"job {job.id} failed: {message}")
+    entry["seconds"] = round(time.perf_counter() - start, 2)
+    save()
+    if target != folder:
+        shutil.rmtree(target, ignore_errors=True)
+    if entry["seconds"] > 1:  # free a big job's model before the next (gc costs ~0.2 s)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
 def run_report(report: Report, out: str | Path, *, only: Sequence[str] | None = None,
                progress: bool = True, echo: Callable[[str], None] = print) -> dict:
-    """Run every (selected) job that is not already done; returns the manifest."""
+    """Run every (selected) job that is not already done; returns the manifest.
+
+    With several processes, jobs of one wave whose command shards its prompts
+    (``shard.SHARD_AWARE``) run on all ranks together; the others are dealt out round-robin,
+    one rank each, and the ranks exchange their manifest entries after every wave.
+    """
     out = Path(out)
     info = shard.dist_info()
     manifest = shard.broadcast_object(read_manifest(out) if info.is_main else None)
@@ -136,47 +176,52 @@ def run_report(report: Report, out: str | Path, *, only: Sequence[str] | None = 
             write_json(out / MANIFEST, manifest)
 
     save()
-    bar = tqdm(chosen, desc="report", unit="job", disable=not progress or not info.is_main,
-               position=0)
-    for job in bar:
-        bar.set_postfix_str(job.id)
-        decision = shard.broadcast_object(_decide(job, hashes[job.id], jobs, out))
-        if decision == "cached":
-            continue
-        settings = {k: resolve_refs(v, lambda i: job_dir(out, i).resolve())
-                    for k, v in job.settings.items()}
-        previous = jobs.get(job.id)
-        entry = jobs[job.id] = _entry(job, hashes[job.id], settings)
-        if decision == "blocked":
-            bad = [n for n in job.needs if jobs.get(n, {}).get("status") != "done"]
-            entry.update(status="blocked", error=f"needs {', '.join(bad)}, which did not finish")
-            save()
-            continue
-        folder = job_dir(out, job.id)
-        if info.is_main and folder.exists() and previous and previous.get("hash") != entry["hash"]:
-            shutil.rmtree(folder)  # outputs of different settings: start afresh
-        target = folder if info.is_main else out / ".scratch" / f"rank{info.rank}" / job.id
-        entry.update(status="running", started=time.strftime("%Y-%m-%d %H:%M:%S"))
+    bar = tqdm(total=len(chosen), desc="report", unit="job", position=0,
+               disable=not progress or not info.is_main)
+    # one process: one job at a time in report order; several: waves of independent jobs
+    for wave in waves(chosen) if info.world_size > 1 else [[j] for j in chosen]:
+        decisions = shard.broadcast_object({j.id: _decide(j, hashes[j.id], jobs, out)
+                                            for j in wave})
+        todo = []
+        for job in wave:
+            if decisions[job.id] == "cached":
+                bar.update(1)
+                continue
+            settings = {k: resolve_refs(v, lambda i: job_dir(out, i).resolve())
+                        for k, v in job.settings.items()}
+            previous = jobs.get(job.id)
+            entry = jobs[job.id] = _entry(job, hashes[job.id], settings)
+            if decisions[job.id] == "blocked":
+                bad = [n for n in job.needs if jobs.get(n, {}).get("status") != "done"]
+                entry.update(status="blocked", error=f"needs {', '.join(bad)}, which did not "
+                             "finish")
+                bar.update(1)
+                continue
+            folder = job_dir(out, job.id)
+            if info.is_main and folder.exists() and previous \
+                    and previous.get("hash") != entry["hash"]:
+                shutil.rmtree(folder)  # outputs of different settings: start afresh
+            todo.append(job)
         save()
-        start = time.perf_counter()
-        try:
-            run_job(job, out, settings, target)
-            entry.update(status="done")
-        except Exception as err:  # one failing job must not stop the report
-            message = f"{type(err).__name__}: {err}".strip()
-            entry.update(status="failed", error=message)
-            if info.is_main:
-                atomic_write_text(folder / "error.txt", traceback.format_exc())
-            echo(f"job {job.id} failed: {message}")
-        entry["seconds"] = round(time.perf_counter() - start, 2)
-        save()
-        if not info.is_main:
-            shutil.rmtree(target, ignore_errors=True)
-        if entry["seconds"] > 1:  # free a big job's model before the next (gc costs ~0.2 s)
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
         shard.barrier()
+        together = [j for j in todo if j.command in shard.SHARD_AWARE or info.world_size == 1]
+        spread = [j for j in todo if j not in together]
+        mine: dict[str, dict] = {}
+        for job in together:
+            bar.set_postfix_str(job.id)
+            target = job_dir(out, job.id) if info.is_main else \
+                out / ".scratch" / f"rank{info.rank}" / job.id
+            _execute(job, jobs[job.id], out, target, info.is_main, save, echo)
+            bar.update(1)
+            shard.barrier()
+        for job in spread[info.rank::info.world_size]:
+            bar.set_postfix_str(job.id)
+            _execute(job, jobs[job.id], out, job_dir(out, job.id), True, save, echo)
+            mine[job.id] = jobs[job.id]
+        for entries in shard.all_gather_objects(mine):
+            jobs.update(entries)
+        bar.update(len(spread))
+        save()
     bar.close()
     return manifest
 

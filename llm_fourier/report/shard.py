@@ -156,20 +156,46 @@ def sharded_capture(lm, prompts: Sequence[str], roles: Sequence[str] = ("attn", 
     return concat(map_batches(run, len(prompts), batch_size, desc=desc))
 
 
+def _last_logits(lm, prompts: Sequence[str], edits: dict | None = None,
+                 positions: str = "last") -> torch.Tensor:
+    """Logits at the last real token of each prompt (one padded batch, edits applied)."""
+    from llm_fourier.hooks import edit, last_token_positions
+    from llm_fourier.tasks import tokenize_prompts
+
+    enc = tokenize_prompts(lm.tokenizer, list(prompts), device=lm.input_device)
+    with torch.inference_mode(), edit(lm, edits or {}, positions=positions):
+        logits = lm.model(**enc).logits
+    last = last_token_positions(enc["attention_mask"]).to(logits.device)
+    return logits[torch.arange(len(prompts), device=logits.device), last]
+
+
 def sharded_last_logits(lm, prompts: Sequence[str], batch_size: int = 16,
                         desc: str = "forward") -> torch.Tensor:
     """Next-token logits at the last real token of every prompt (N x vocab, float32)."""
-    from llm_fourier.hooks import last_token_positions
-    from llm_fourier.tasks import tokenize_prompts
+    return concat(map_batches(lambda s, e: _last_logits(lm, prompts[s:e]).float(),
+                              len(prompts), batch_size, desc=desc))
 
-    def run(start: int, end: int) -> torch.Tensor:
-        batch = tokenize_prompts(lm.tokenizer, prompts[start:end], device=lm.input_device)
-        with torch.no_grad():
-            logits = lm.model(**batch).logits
-        pos = last_token_positions(batch["attention_mask"]).to(logits.device)
-        return logits[torch.arange(logits.shape[0], device=logits.device), pos].float()
 
-    return concat(map_batches(run, len(prompts), batch_size, desc=desc))
+def sharded_evaluate(lm, examples: Sequence, numbers, edits: dict | None = None, *,
+                     positions: str = "last", prediction: str = "vocab",
+                     batch_size: int = 16, desc: str = "evaluate") -> dict:
+    """``llm_fourier.ablate.evaluate`` with its batches sharded across ranks.
+
+    Same batches, same scoring (``ablate.score_batch`` / ``ablate.Scores``): the gathered
+    summary and predictions equal a single-process ``evaluate`` exactly.
+    """
+    from llm_fourier.ablate import Scores, score_batch
+
+    def run(start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = examples[start:end]
+        rows = _last_logits(lm, [e.prompt for e in batch], edits, positions)
+        return score_batch(rows, torch.tensor([e.answer for e in batch]), numbers, prediction)
+
+    parts = map_batches(run, len(examples), batch_size, desc=desc)
+    preds = torch.cat([p for p, _ in parts])
+    losses = torch.cat([loss for _, loss in parts])
+    scores = Scores(np.array([e.answer for e in examples]), preds.numpy(), losses.numpy())
+    return {**scores.summary(), "predictions": scores.predictions.tolist()}
 
 
 def max_memory_for_rank(local_rank: int, local_world_size: int,
@@ -207,3 +233,8 @@ def device_map_kwargs() -> dict:
     usable = [int(t * 0.9) for t in total]
     return {"device_map": "auto",
             "max_memory": max_memory_for_rank(info.local_rank, info.local_world_size, usable)}
+
+
+# Commands whose run() shards its prompts with the helpers above: a report under several
+# processes runs these on all ranks together and deals every other job to one rank.
+SHARD_AWARE: set[str] = set()
