@@ -14,8 +14,8 @@ import torch
 
 from llm_fourier.errors import UserError
 
-# a lone word-start marker that some tokenizers put before a number (SentencePiece "▁")
-_PREFIX_MARKERS = {"▁", "Ġ", " ", ""}
+# a lone word-start marker that SentencePiece tokenizers add before text ("5" -> "▁" "5")
+_PREFIX_MARKERS = {"▁", ""}
 
 
 @dataclass
@@ -38,9 +38,12 @@ class NumberTokens:
                 "leading_space": self.leading_space}
 
 
-def _single_token(tokenizer, ids: list[int], n: int) -> int | None:
-    """The id if ``ids`` is one token that decodes to ``n`` (after a lone prefix marker)."""
-    if len(ids) == 2 and tokenizer.convert_ids_to_tokens(ids[0]) in _PREFIX_MARKERS:
+def _single_token(tokenizer, ids: list[int], n: int, leading_space: bool) -> int | None:
+    """The id if ``ids`` is one token that decodes to ``n``. Without a leading space, a lone
+    "▁" the tokenizer added in front is ignored; with one, a separate space token means the
+    number does not fit in one token."""
+    if (not leading_space and len(ids) == 2
+            and tokenizer.convert_ids_to_tokens(ids[0]) in _PREFIX_MARKERS):
         ids = ids[1:]
     if len(ids) != 1 or ids[0] == tokenizer.unk_token_id:
         return None
@@ -60,7 +63,7 @@ def find_number_tokens(tokenizer, max_number: int = 1000,
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
     ids: list[int] = []
     for n, tokens in enumerate(encoded):
-        token = _single_token(tokenizer, list(tokens), n)
+        token = _single_token(tokenizer, list(tokens), n, leading_space)
         if token is None:
             break
         ids.append(token)

@@ -151,3 +151,48 @@ def test_parse_max_memory():
     assert parse_max_memory(None) is None
     with pytest.raises(UserError, match="max_memory"):
         parse_max_memory("20GiB")
+
+
+def test_loading_options_reach_from_pretrained_once(tiny_dir, monkeypatch):
+    import transformers
+
+    real = transformers.AutoModelForCausalLM.from_pretrained.__func__
+    calls = []
+
+    def recording(cls, name, **kwargs):
+        calls.append(kwargs)
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("device_map", "max_memory")}
+        return real(cls, name, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        classmethod(recording))
+    folder = tiny_dir("llama")
+    load_model(folder)
+    assert len(calls) == 1 and "device_map" not in calls[0]  # CPU: no device map
+    assert calls[0]["trust_remote_code"] is False and calls[0]["use_safetensors"] is True
+    assert calls[0]["dtype"] == "auto"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    load_model(folder, max_memory="0=1GiB,cpu=2GiB", dtype="bf16")
+    assert calls[1]["device_map"] == "auto"  # GPU: accelerate places the layers
+    assert calls[1]["max_memory"] == {0: "1GiB", "cpu": "2GiB"}
+    assert calls[1]["dtype"] is torch.bfloat16
+
+
+def test_device_map_auto_on_cpu_keeps_logits(tiny_dir):
+    folder = tiny_dir("gpt2")
+    plain, mapped = load_model(folder), load_model(folder, device_map="auto")
+    batch = plain.tokenizer(["Calculate 3 + 4. Answer: "], return_tensors="pt")
+    assert mapped.input_device == torch.device("cpu")
+    torch.testing.assert_close(mapped.model(**batch).logits, plain.model(**batch).logits)
+
+
+def test_tokenizer_sources(tiny_dir, gpt2_pair):
+    folder = tiny_dir("gpt2")
+    digits = tiny_dir("gpt2", split_digits=True)
+    lm = load_model(folder, tokenizer=digits)  # tokenizer from another folder
+    assert lm.tokenizer.tokenize("15") == ["1", "5"]
+    again = load_model(lm.model)  # in memory: tokenizer from the model's name_or_path
+    assert again.tokenizer.tokenize("15") == ["15"]
+    model, _ = gpt2_pair
+    with pytest.raises(UserError, match="pass its tokenizer"):
+        load_model(model)

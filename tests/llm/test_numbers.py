@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from llm_fourier.errors import UserError
@@ -47,6 +47,40 @@ def test_range_stops_at_the_first_gap():
     require_numbers(nums, 36)
     with pytest.raises(UserError, match=r"0\.\.36"):
         require_numbers(nums, 40)
+
+
+def test_gpt2_like_byte_level_bpe_with_and_without_space():
+    """A byte-level BPE trained like GPT-2's number tokens: "0".."520" and " 0".." 361"."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = [str(n) for n in range(521)] + [f" {n}" for n in range(362)] + ["Answer: "]
+    tok.train_from_iterator(corpus * 2, trainers.BpeTrainer(
+        vocab_size=5000, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok)
+    assert hf.tokenize(" 362") == ["Ġ36", "2"] and hf.tokenize("521") == ["5", "21"]
+    plain = find_number_tokens(hf, 1000)
+    spaced = find_number_tokens(hf, 1000, leading_space=True)
+    assert (plain.p, spaced.p) == (521, 362)
+    assert hf.convert_ids_to_tokens(int(spaced.token_ids[300])) == "Ġ300"
+    assert hf.convert_ids_to_tokens(int(plain.token_ids[300])) == "300"
+
+
+def test_sentencepiece_like_prefix_marker_is_ignored():
+    """Llama-2 style: "5" encodes as "▁" "5"; digits 0..9 are the single-token numbers."""
+    vocab = {t: i for i, t in enumerate(["<unk>", "▁"] + [str(d) for d in range(10)])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Metaspace(prepend_scheme="always"),
+        pre_tokenizers.Digits(individual_digits=True)])
+    tok.decoder = decoders.Metaspace(prepend_scheme="always")
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+    assert hf.tokenize("5") == ["▁", "5"]
+    nums = find_number_tokens(hf, 100)
+    assert nums.p == 10 and nums.token_ids.tolist() == [vocab[str(d)] for d in range(10)]
+    # written with a leading space the number needs the separate "▁" token too
+    assert find_number_tokens(hf, 100, leading_space=True).p == 0
 
 
 def test_zero_splitting_gives_empty_range():
