@@ -51,7 +51,17 @@ SECTIONS = [
 ]
 
 CAPTIONS = {  # filename fragment -> caption (first match wins)
-    "heatmap": "Fourier component magnitude per layer (rows) and component k (columns).",
+    "heatmap_attn": "Attention outputs read through the number unembedding: mean |Fourier "
+                    "component| (colour) per component k (vertical; periods marked on the "
+                    "right) and layer (horizontal).",
+    "heatmap_mlp": "MLP outputs read through the number unembedding: mean |Fourier component| "
+                   "per component k (vertical) and layer (horizontal).",
+    "heatmap_block": "Residual stream after each layer, read through the number unembedding: "
+                     "mean |Fourier component| per component k and layer.",
+    "heatmap": "Fourier component magnitude per component k (vertical) and layer (horizontal).",
+    "error_histograms": "Signed errors (prediction - answer) for each ablation: multiples of "
+                        "10 point to lost low frequencies, small errors to lost high ones.",
+    "history": "Training loss and validation accuracy over training.",
     "embedding_spectrum": "L2 norm of each Fourier component of the number embeddings; "
                           "labels mark outliers with their period T.",
     "spectrum": "Fourier spectrum: magnitude per component k, outliers labelled by period.",
@@ -67,8 +77,8 @@ STYLE = """
 body{font-family:Georgia,serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;
 line-height:1.45}
 h1{font-size:1.9em;margin-bottom:.2em}h2{border-bottom:2px solid #ccc;margin-top:2em}
-h3{margin-bottom:.3em}p.lead{color:#555}figure{margin:1em 0;display:inline-block;
-max-width:100%;vertical-align:top}figure img{max-width:100%;border:1px solid #eee}
+h3{margin-bottom:.3em}p.lead{color:#555}figure{margin:1em 1em 1em 0;display:inline-block;
+max-width:530px;vertical-align:top}figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:.9em;color:#444;max-width:700px}table{border-collapse:collapse;
 margin:.6em 0;font-size:.85em;font-family:Helvetica,Arial,sans-serif}th,td{border:1px solid
 #ccc;padding:3px 7px;text-align:right}th{background:#f2f2f2}td:first-child,th:first-child{
@@ -220,13 +230,13 @@ def build_html(out: str | Path) -> Path:
             continue
         toc.append(f"<a href='#{sid}'>{html.escape(heading)}</a>")
         body.append(f"<h2 id='{sid}'>{html.escape(heading)}</h2><p>{html.escape(intro)}</p>")
+        extras = figures.section_extras(sid, out, {j: jobs[j] for j in ids},
+                                        {j: results[j] for j in ids})
         rows = [{"job": j, **headline(results[j])} for j in ids]
-        if any(len(r) > 1 for r in rows):
+        if not extras and any(len(r) > 1 for r in rows):
             write_csv(out / "tables" / f"{sid}.csv", rows)
-            body.append(html_table(rows, caption="Headline numbers per job "
-                                   f"(tables/{sid}.csv)."))
-        body.append(figures.section_extras(sid, out, {j: jobs[j] for j in ids},
-                                           {j: results[j] for j in ids}))
+            extras = html_table(rows, caption=f"Headline numbers per job (tables/{sid}.csv).")
+        body.append(extras)
         for j in ids:
             extra = figures.job_extras(sid, out, j, jobs[j], results[j])
             body.append(_job_html(out, j, jobs[j], results[j], extra))
