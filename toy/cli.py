@@ -2,5 +2,6 @@
 ``llm_fourier.commands`` entry point (see pyproject.toml)."""
 
 from llm_fourier.commands import Command
+from toy.grok_cli import COMMANDS as GROK_COMMANDS
 
-COMMANDS: list[Command] = []
+COMMANDS: list[Command] = [*GROK_COMMANDS]
