@@ -335,47 +335,9 @@ def load_embedding_matrix(
     device_map=None,
     trust_remote_code: bool = False,
 ) -> tuple[torch.Tensor, object]:
-    """(W_E or W_U as vocab x D, tokenizer) of any model with an input embedding.
+    """(W_E or W_U as vocab x D, tokenizer) of any model with an input embedding (causal LMs
+    and encoders such as BERT or RoBERTa); see ``llm_fourier.embeddings``."""
+    from llm_fourier.embeddings import load_embedding_matrix as load
 
-    The input embedding comes from ``AutoModel`` (decoders and encoders such as BERT or
-    RoBERTa); ``unembed=True`` loads the LM head instead (causal LMs, or masked LMs).
-    """
-    from transformers import (
-        AutoModel,
-        AutoModelForCausalLM,
-        AutoModelForMaskedLM,
-        PreTrainedModel,
-    )
-
-    if isinstance(model, PreTrainedModel):
-        hf, name = model, getattr(model, "name_or_path", "") or type(model).__name__
-        tok = _load_tokenizer(tokenizer if tokenizer is not None else name, trust_remote_code)
-    else:
-        name = str(model)
-        kwargs = source_kwargs(name, trust_remote_code)
-        tok = _load_tokenizer(tokenizer if tokenizer is not None else name, trust_remote_code)
-        if default_device_map(device_map) is not None:
-            kwargs["device_map"] = default_device_map(device_map)
-        config = _load_config(name, trust_remote_code)
-        lm_heads = ((AutoModelForMaskedLM, AutoModelForCausalLM) if is_encoder(config)
-                    else (AutoModelForCausalLM, AutoModelForMaskedLM))
-        hf = None
-        for cls in lm_heads if unembed else (AutoModel,):
-            try:
-                hf = cls.from_pretrained(name, config=config, dtype=resolve_dtype(dtype),
-                                         **kwargs)
-                break
-            except ValueError as err:
-                if "Unrecognized configuration class" not in str(err):
-                    raise cannot_load(name, err) from err
-            except OSError as err:
-                raise cannot_load(name, err) from err
-        if hf is None:
-            raise UserError(f"{name} has no language-model head to unembed with; drop "
-                            "--unembed to analyse its input embedding.")
-    layer = hf.get_output_embeddings() if unembed else hf.get_input_embeddings()
-    if layer is None or getattr(layer, "weight", None) is None:
-        what = "output (unembedding)" if unembed else "input embedding"
-        raise UserError(f"{name} has no {what} matrix; try {'without' if unembed else 'with'} "
-                        "--unembed.")
-    return layer.weight.detach(), tok
+    return load(model, tokenizer, unembed=unembed, dtype=dtype, device_map=device_map,
+                trust_remote_code=trust_remote_code)

@@ -141,9 +141,31 @@ def test_embedding_matrix_matches_the_saved_weights(tiny_dir):
     folder = tiny_dir("gpt_neox")
     saved = load_file(folder / "model.safetensors")
     W_E, _ = load_embedding_matrix(folder)
-    W_U, _ = load_embedding_matrix(folder, unembed=True)
+    W_U, _ = load_embedding_matrix(folder, unembed=True)  # renamed key: full load
     torch.testing.assert_close(W_E, saved["gpt_neox.embed_in.weight"])
     torch.testing.assert_close(W_U, saved["embed_out.weight"])  # the LM head's saved name
+
+
+@pytest.mark.parametrize("arch, unembed", [("gpt2", True), ("llama", True), ("llama", False),
+                                           ("roberta", False), ("roberta", True)])
+def test_embedding_read_from_safetensors_equals_full_load(tiny_dir, monkeypatch, arch,
+                                                           unembed):
+    import transformers
+
+    from llm_fourier import embeddings
+
+    folder = tiny_dir(arch)
+    fast, _ = load_embedding_matrix(folder, unembed=unembed)
+    monkeypatch.setattr(embeddings, "_fast_path", lambda *a: None)
+    full, _ = load_embedding_matrix(folder, unembed=unembed)
+    torch.testing.assert_close(fast, full, rtol=0, atol=0)
+    monkeypatch.undo()
+    # the fast path never builds the real model: loading would fail here
+    for cls in (transformers.AutoModel, transformers.AutoModelForCausalLM,
+                transformers.AutoModelForMaskedLM):
+        monkeypatch.setattr(cls, "from_pretrained", None)
+    again, _ = load_embedding_matrix(folder, unembed=unembed, dtype="bfloat16")
+    assert again.dtype == torch.bfloat16 and torch.equal(again, full.to(torch.bfloat16))
 
 
 def test_parse_max_memory():
