@@ -132,7 +132,9 @@ class LoadedModel:
 
     @property
     def d_model(self) -> int:
-        return self.model.get_submodule(self.roles.embed).weight.shape[1]
+        """Width of the residual stream (config.hidden_size; else the embedding's width)."""
+        width = getattr(getattr(self.model, "config", None), "hidden_size", None)
+        return int(width or self.model.get_submodule(self.roles.embed).weight.shape[1])
 
     def block(self, i: int) -> nn.Module:
         if not -self.n_layers <= i < self.n_layers:
@@ -216,6 +218,10 @@ def source_kwargs(name: str, trust_remote_code: bool) -> dict:
 def cannot_load(name: str, err: Exception) -> UserError:
     """One sentence for 'the weights cannot be had' (no network, wrong id, bad folder)."""
     reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+    if _looks_local(name):
+        return UserError(f"could not load the model folder {name} ({reason}); pass a folder "
+                         "written by save_pretrained or huggingface-cli download, with its "
+                         "config, tokenizer and weights.")
     return UserError(f"could not load {name!r} ({reason}); without network, download it "
                      f"elsewhere (huggingface-cli download {name} --local-dir DIR) and pass "
                      "the local folder instead.")

@@ -125,6 +125,18 @@ def test_missing_folder_and_offline_hub_id_are_user_errors(tmp_path):
         load_model(tmp_path / "empty")
 
 
+def test_folder_without_weights_is_a_user_error(tiny_dir, tmp_path):
+    import shutil
+
+    src, dst = tiny_dir("gpt2"), tmp_path / "no-weights"
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.safetensors"))
+    with pytest.raises(UserError, match="save_pretrained") as err:
+        load_model(dst)
+    assert str(dst) in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(UserError, match="save_pretrained"):
+        load_embedding_matrix(dst)
+
+
 def test_encoder_is_refused_by_load_model_but_embeds(tiny_dir):
     with pytest.raises(UserError, match="is an encoder"):
         load_model(tiny_dir("bert"))
