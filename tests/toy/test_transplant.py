@@ -119,3 +119,107 @@ def test_without_restore_weight_decay_would_move_frozen_rows():
     assert torch.allclose(W[5], before[5] * (1 - 1e-2 * 0.5))
     freezer.restore()
     assert torch.equal(W[5], before[5])
+
+
+def shuffled_tokenizer(max_number: int, seed: int):
+    """A word-level tokenizer whose number tokens have shuffled ids (so id != value + 4)."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from llm_fourier.tokenizers import word_level_tokenizer
+
+    base = word_level_tokenizer(max_number)
+    tokens = sorted(base.get_vocab(), key=base.get_vocab().get)
+    rest = tokens[4:]
+    np.random.default_rng(seed).shuffle(rest)
+    tok = Tokenizer(models.WordLevel(vocab={t: i for i, t in enumerate(tokens[:4] + rest)},
+                                     unk_token="<unk>"))
+    tok.pre_tokenizer = base.backend_tokenizer.pre_tokenizer
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
+                                   unk_token="<unk>", bos_token="<bos>")
+
+
+def source_folder(tmp_path, arch: str, width: int):
+    """A saved model (``arch``) whose embedding row of number n is (n, n^2, 1, 0, ...)."""
+    import transformers as T
+
+    from tests.tiny import tiny_config
+
+    tok = shuffled_tokenizer(150, seed=4)
+    cfg = tiny_config(arch, len(tok), tok.pad_token_id, tok.bos_token_id, tok.eos_token_id)
+    if arch == "gpt2":
+        cfg.n_embd = width
+    else:
+        cfg.hidden_size = width
+    model = (T.AutoModelForCausalLM if arch == "gpt2" else T.AutoModel).from_config(cfg)
+    with torch.no_grad():
+        W = model.get_input_embeddings().weight
+        for n in range(151):
+            W[tok.convert_tokens_to_ids(str(n))] = 0.0
+            W[tok.convert_tokens_to_ids(str(n)), :3] = torch.tensor([n, n * n, 1.0])
+    model.save_pretrained(tmp_path / arch / "model")  # a run folder: RUN/model
+    tok.save_pretrained(tmp_path / arch / "model")
+    return tmp_path / arch, tok
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "bert"])
+def test_source_rows_land_on_the_same_numbers(tmp_path, arch):
+    from llm_fourier.numbers import find_number_tokens
+    from toy.transplant import source_number_rows, transplant_rows
+
+    run_dir, src_tok = source_folder(tmp_path, arch, width=16)
+    assert src_tok.convert_tokens_to_ids("37") != 37 + 4  # ids are shuffled
+    rows, info = source_number_rows(run_dir, p=101)
+    assert rows.shape == (101, 16) and info["source_numbers"] == 101
+    model, tok = build_adder(AdderConfig(max_number=100, n_layer=1, d_model=16, n_head=2))
+    numbers = find_number_tokens(tok, 100)
+    ids = transplant_rows(model, numbers, rows)
+    W = model.get_input_embeddings().weight
+    for n in (0, 7, 37, 100):
+        row = W[tok.convert_tokens_to_ids(str(n))]
+        assert row[:3].tolist() == [n, n * n, 1.0] and not row[3:].any()
+    assert torch.equal(model.get_output_embeddings().weight[ids], W[ids])  # tied unembedding
+    untouched = tok.convert_tokens_to_ids("Answer")
+    assert W[untouched, 1] != float(untouched) ** 2
+
+
+def test_wider_source_is_projected_and_matched(tmp_path):
+    from llm_fourier.numbers import find_number_tokens
+    from toy.transplant import source_number_rows, transplant_rows
+
+    run_dir, _ = source_folder(tmp_path, "gpt2", width=40)
+    rows, _ = source_number_rows(run_dir, p=101)
+    model, tok = build_adder(AdderConfig(max_number=100, n_layer=1, d_model=16, n_head=2))
+    transplant_rows(model, find_number_tokens(tok, 100), project_rows(rows, 16, "pca"))
+    W = model.get_input_embeddings().weight.detach().double().numpy()
+    got = W[[tok.convert_tokens_to_ids(str(n)) for n in range(101)]]
+    # the source spans 3 directions: PCA keeps them all, so distances between numbers stay
+    d_src = np.linalg.norm(rows[:, None] - rows[None], axis=-1)
+    d_got = np.linalg.norm(got[:, None] - got[None], axis=-1)
+    assert np.allclose(d_src, d_got, rtol=1e-5, atol=1e-3)
+
+
+def test_frozen_transplant_stays_bit_identical_through_training(tmp_path):
+    from llm_fourier.finetune import TrainConfig, train
+    from llm_fourier.numbers import find_number_tokens
+    from llm_fourier.tasks import make_task
+    from toy.transplant import transplant_rows
+
+    task = make_task("+", 10, ordered=True, seed=0)
+    results = {}
+    for frozen in (True, False):
+        model, tok = build_adder(AdderConfig(max_number=20, n_layer=1, d_model=16, n_head=2))
+        numbers = find_number_tokens(tok, 20)
+        rows = synthetic_embeddings(numbers.p, 16, n_low=2, periods=(2, 5), norm=1.0)
+        ids = transplant_rows(model, numbers, rows)
+        W = model.get_input_embeddings().weight
+        before = W.detach().clone()
+        cfg = TrainConfig(epochs=2, lr=1e-2, batch_size=16, weight_decay=0.1)
+        train(model, tok, task, numbers, tmp_path / str(frozen), cfg, progress=False,
+              frozen_token_ids=ids if frozen else None)
+        results[frozen] = (torch.equal(W[ids], before[ids]),
+                           torch.equal(W[ids], torch.as_tensor(rows, dtype=W.dtype)))
+        others = np.setdiff1d(np.arange(W.shape[0]), ids)
+        assert (W[others] != before[others]).any()
+    assert results[True] == (True, True)
+    assert results[False] == (False, False)
