@@ -88,6 +88,10 @@ class HiddenStates:
             raise UserError(f"--target must be one of {', '.join(TARGETS)}, got {target!r}.")
         return np.array([getattr(e, target) for e in self.examples], dtype=np.int64)
 
+    @property
+    def roles(self) -> list[str]:
+        return list(self.states)
+
     def at(self, role: str, layer: int) -> np.ndarray:
         return self.states[role][:, self.layers.index(layer)]
 
@@ -128,9 +132,10 @@ def random_copy(lm: LoadedModel, seed: int = 0) -> LoadedModel:
     """A randomly initialised model of the same config (built locally, nothing downloaded)."""
     from transformers import AutoModelForCausalLM
 
-    torch.manual_seed(seed)
     dtype = next(lm.model.parameters()).dtype
-    model = AutoModelForCausalLM.from_config(lm.model.config, dtype=dtype)
+    with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(lm.model.config, dtype=dtype)
     return LoadedModel(model.to(lm.input_device).eval(), lm.tokenizer, lm.roles,
                        f"{lm.name} (random init, seed {seed})")
 
@@ -187,7 +192,8 @@ def flat_row(role: str, layer: int, result: dict, prefix: str = "") -> dict:
     for T, m in result["mod"].items():
         for key in ("accuracy", "kappa", "kappa_shuffled"):
             if key in m:
-                row[f"{prefix}{key}_mod{T}"] = m[key]
+                head, _, tail = key.partition("_")
+                row[f"{prefix}{head}_mod{T}" + (f"_{tail}" if tail else "")] = m[key]
     h = result["helix"]
     for key in ("r2_test", "r2_test_shuffled", "decode_accuracy"):
         if key in h:

@@ -77,6 +77,7 @@ def mod_probe(
     from sklearn.model_selection import StratifiedGroupKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
 
     x = _as_2d(features)
     n = np.asarray(numbers, dtype=np.int64)
@@ -86,8 +87,10 @@ def mod_probe(
     if shuffle:
         labels = _shuffled_by_number(n, labels, np.random.default_rng(seed + 1))
     n_numbers = len(np.unique(n))
-    folds = min(n_splits, n_numbers, np.bincount(labels).max())
-    if folds < 2 or len(np.unique(labels)) < 2:
+    # each fold must be able to hold out a number of every class
+    per_class = [len(np.unique(n[labels == c])) for c in np.unique(labels)]
+    folds = min(n_splits, min(per_class))
+    if folds < 2 or len(per_class) < 2:
         raise ValueError("a mod-T probe needs at least two numbers in two classes")
     cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     pred = np.empty_like(labels)
@@ -96,9 +99,13 @@ def mod_probe(
         dim = min(pca_dim or x.shape[1], x.shape[1], len(train) - 1)
         if dim < x.shape[1]:
             steps.append(PCA(n_components=dim, random_state=seed))
-        steps.append(LogisticRegression(C=C, max_iter=max_iter))
-        model = make_pipeline(*steps).fit(x[train], labels[train])
-        pred[test] = model.predict(x[test])
+        prep = make_pipeline(*steps).fit(x[train])
+        # L-BFGS on a few hundred small rows: threaded BLAS only adds contention (40x slower
+        # on a busy machine), so the solver runs on one thread
+        with threadpool_limits(1):
+            clf = LogisticRegression(C=C, max_iter=max_iter).fit(prep.transform(x[train]),
+                                                                 labels[train])
+        pred[test] = clf.predict(prep.transform(x[test]))
     return ModProbeResult(
         period=int(period),
         accuracy=float(accuracy_score(labels, pred)),

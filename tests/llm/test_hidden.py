@@ -1,0 +1,216 @@
+"""Hidden-state probes end to end on tiny saved models (digit-splitting and single-token)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from llm_fourier.cli import main
+from llm_fourier.errors import UserError
+from llm_fourier.hidden import (
+    collect,
+    frequency_control,
+    load_scalar,
+    probe_layers,
+    random_copy,
+    token_ids_at,
+)
+from llm_fourier.hidden_ablate import (
+    _parse_digits,
+    generate_answers,
+    logit_filter,
+    probe_ablation,
+    probe_filters,
+    random_filters,
+)
+from llm_fourier.hooks import capture, edit
+from llm_fourier.models import load_model
+from llm_fourier.numbers import find_number_tokens
+from llm_fourier.tasks import Example, make_task
+from probes import FourierBasis
+
+
+@pytest.fixture(scope="module")
+def digit_lm(tiny_dir):
+    return load_model(tiny_dir("gpt2", split_digits=True, seed=1))
+
+
+@pytest.fixture(scope="module")
+def digit_states(digit_lm):
+    task = make_task(max_operand=39, seed=0)
+    return collect(digit_lm, task.train[:240], token="a", roles=("block", "mlp"),
+                   progress=False), task
+
+
+def test_operand_tokens_are_found_through_offsets(digit_lm, number_tokenizer):
+    ex = Example(25, 137, 162, "Put together 25 and 137. Answer: ")
+    tok = digit_lm.tokenizer
+    cut = {t: tok.convert_ids_to_tokens(token_ids_at(tok, [ex], t)[0]) for t in ("a", "b")}
+    assert cut["a"] == ["Put", "together", "2", "5"]
+    assert cut["b"] == ["Put", "together", "2", "5", "and", "1", "3", "7"]
+    assert token_ids_at(tok, [ex], "last")[0] == tok(ex.prompt)["input_ids"]
+    whole = number_tokenizer.convert_ids_to_tokens(token_ids_at(number_tokenizer, [ex], "a")[0])
+    assert whole == ["Put", "together", "25"]
+    # k-shot prompts: the query's operands are the last two numbers
+    shot = Example(3, 4, 7, "Total of 1 and 2. Answer: 3\nTotal of 3 and 4. Answer: ")
+    assert tok.convert_ids_to_tokens(token_ids_at(tok, [shot], "a")[0])[-1] == "3"
+    assert len(token_ids_at(tok, [shot], "a")[0]) == len(tok("Total of 1 and 2. Answer: 3\n"
+                                                              "Total of 3")["input_ids"])
+    with pytest.raises(UserError, match="last two numbers"):
+        token_ids_at(tok, [Example(9, 9, 18, "Add 1 and 2. Answer: ")], "a")
+
+
+def test_collect_matches_a_plain_forward(digit_lm, digit_states):
+    hs, task = digit_states
+    assert hs.states["block"].shape == (240, 2, 32)
+    tok, model = digit_lm.tokenizer, digit_lm.model
+    for i in (0, 7, 123):  # independent: full prompt, hidden states at the operand position
+        ex = task.train[i]
+        n_cut = len(token_ids_at(tok, [ex], "a")[0])
+        with torch.no_grad():
+            out = model(**tok(ex.prompt, return_tensors="pt"), output_hidden_states=True)
+        torch.testing.assert_close(torch.from_numpy(hs.at("block", 0)[i]),
+                                   out.hidden_states[1][0, n_cut - 1], atol=1e-5, rtol=1e-4)
+    last = collect(digit_lm, task.train[:5], token="last", roles=("block",), layers=[1],
+                   progress=False)
+    with torch.no_grad():
+        ref = model(**tok(task.train[3].prompt, return_tensors="pt")).logits
+    normed = digit_lm.final_norm(torch.from_numpy(last.at("block", 1)[3]))
+    torch.testing.assert_close(model.lm_head(normed), ref[0, -1], atol=1e-4, rtol=1e-4)
+
+
+def test_probes_baselines_and_random_copy(digit_lm, digit_states):
+    hs, _ = digit_states
+    res = probe_layers(hs, "a", [10], [10], pca_dim=8, mod_pca_dim=8, progress=False)
+    assert set(res) == {("block", 0), ("block", 1), ("mlp", 0), ("mlp", 1)}
+    for r in res.values():  # shuffled labels sit at chance
+        assert abs(r["mod"][10]["kappa_shuffled"]) < 0.2
+        assert r["helix"]["r2_test_shuffled"] < 0.2
+    # the last token of a is its last digit: even a random model's state there gives n mod 10
+    rand = random_copy(digit_lm, seed=5)
+    p0 = [p.detach().clone() for p in rand.model.parameters()]
+    assert not torch.equal(p0[0], next(digit_lm.model.parameters()))
+    assert torch.equal(p0[0], next(random_copy(digit_lm, seed=5).model.parameters()))
+    rhs = collect(rand, hs.examples, token="a", roles=("block",), layers=[0], progress=False)
+    rres = probe_layers(rhs, "a", [10, 3], [10], pca_dim=8, mod_pca_dim=8, progress=False)
+    assert rres[("block", 0)]["mod"][10]["kappa"] > 0.9
+    assert rres[("block", 0)]["mod"][3]["kappa"] < 0.5  # the last digit does not give n mod 3
+
+
+def test_probe_direction_ablation_removes_the_fitted_subspace(digit_lm, digit_states):
+    hs, task = digit_states
+    res = probe_layers(hs, "a", [10], [5, 10], pca_dim=8, mod_pca_dim=8, progress=False,
+                       shuffled=False)
+    fits = {k: v["fit"] for k, v in res.items()}
+    filters = probe_filters(fits, [10])
+    f = filters[("mlp", 1)]
+    assert f.rank == 2 and np.allclose(f.R.T @ f.R, np.eye(2), atol=1e-8)
+    assert random_filters(filters)[("mlp", 1)].rank == 2
+    with edit(digit_lm, {("mlp", 1): f.apply}, positions="all"):
+        with capture(digit_lm, ("mlp",), [1], positions="last") as cap:
+            ids = torch.tensor([token_ids_at(digit_lm.tokenizer, [task.test[0]], "a")[0]])
+            digit_lm.model(input_ids=ids)
+        edited = cap.get("mlp", 1).numpy()
+    assert np.abs(edited @ f.R).max() < 1e-5
+    with capture(digit_lm, ("mlp",), [1]) as cap:
+        digit_lm.model(input_ids=ids)
+    assert np.abs(cap.get("mlp", 1).numpy() @ f.R).max() > 1e-3  # it did change something
+    rows = probe_ablation(digit_lm, task.test[:6], fits, [10], groups=("MLP",),
+                          progress=False)
+    assert [r["row"] for r in rows] == ["none", "MLP probe", "MLP random"]
+    assert all(r["method"] == "greedy generation" and r["n"] == 6 for r in rows)
+    with pytest.raises(UserError, match="attn"):
+        probe_ablation(digit_lm, task.test[:2], fits, [10], groups=("attn",), progress=False)
+
+
+def test_greedy_generation_matches_a_naive_loop(digit_lm):
+    tok = digit_lm.tokenizer
+    assert _parse_digits(tok, tok.convert_tokens_to_ids(["1", "0", "8", ".", "3"])) == 108
+    assert _parse_digits(tok, tok.convert_tokens_to_ids(["Answer", "1"])) == -1
+    examples = make_task(max_operand=20, seed=3).test[:5]
+    preds = generate_answers(digit_lm, examples, progress=False)
+    for ex, pred in zip(examples, preds):
+        ids = tok(ex.prompt, return_tensors="pt")["input_ids"]
+        new = []
+        for _ in range(len(str(ex.answer)) + 2):  # no KV cache, full forward each step
+            with torch.no_grad():
+                nxt = int(digit_lm.model(input_ids=ids).logits[0, -1].argmax())
+            new.append(nxt)
+            ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
+        assert pred == _parse_digits(tok, new)
+
+
+def test_single_token_numbers_cross_check_with_logit_filter(tiny_dir):
+    lm = load_model(tiny_dir("gpt2"))
+    task = make_task(max_operand=30, seed=0)
+    numbers = find_number_tokens(lm.tokenizer, max_number=task.max_answer)
+    f = logit_filter(lm, numbers, [10, 5])
+    basis = FourierBasis(numbers.p)
+    W = lm.unembedding()[torch.as_tensor(numbers.token_ids)].double().numpy()
+    x = f.apply(np.random.default_rng(0).standard_normal((4, 32)))
+    rows = basis.rows_of([basis.k_of_period(10), basis.k_of_period(5)])
+    assert np.abs(basis.matrix[rows] @ W @ x.T).max() < 1e-8
+    hs = collect(lm, task.train[:150], token="last", roles=("attn", "mlp"), progress=False)
+    res = probe_layers(hs, "answer", [10], [10], pca_dim=8, mod_pca_dim=8, progress=False,
+                       shuffled=False)
+    rows = probe_ablation(lm, task.test[:8], {k: v["fit"] for k, v in res.items()}, [10],
+                          groups=("attn+MLP",), numbers=numbers, positions="last",
+                          progress=False)
+    assert [r["kind"] for r in rows] == ["none", "probe", "random", "logit"]
+    assert all(r["method"] == "next token" for r in rows)
+
+
+def test_frequency_control_reads_files_and_finds_the_control_spike(tmp_path):
+    n = np.arange(201)
+    counts = 1000.0 / (1 + n) + np.where(n % 10 == 0, 100.0, 0.0)  # round numbers are frequent
+    np.save(tmp_path / "c.npy", counts)
+    (tmp_path / "c.json").write_text(json.dumps({str(i): float(v) for i, v in enumerate(counts)}))
+    (tmp_path / "c.csv").write_text("number,count\n" + "".join(
+        f"{i},{float(v)!r}\n" for i, v in enumerate(counts)))
+    for name in ("c.npy", "c.json", "c.csv"):
+        np.testing.assert_allclose(load_scalar(tmp_path / name, 201), counts)
+    emb = np.random.default_rng(0).standard_normal((201, 8))
+    emb[:, 0] += 5 * np.cos(2 * np.pi * n / 10)
+    rep = frequency_control(counts, emb)
+    assert {10.0, 5.0, 2.5} <= {o["period"] for o in rep["control"]["outliers"]}
+    assert 10.0 in rep["shared_outlier_periods"]
+    with pytest.raises(UserError, match="one value for each number"):
+        load_scalar(tmp_path / "c.npy", 500)
+    with pytest.raises(UserError, match="does not exist"):
+        load_scalar(tmp_path / "missing.csv")
+
+
+def test_hidden_command_end_to_end_and_resume(tiny_dir, tmp_path, monkeypatch, capsys):
+    np.save(tmp_path / "counts.npy", 1.0 / (1 + np.arange(100)))
+    out = tmp_path / "run"
+    argv = ["hidden", "--model", str(tiny_dir("gpt2", split_digits=True, seed=1)),
+            "--max-operand", "29", "--n-probe", "150", "--n-eval", "6", "--roles", "block",
+            "mlp", "--periods", "2", "10", "--helix-periods", "10", "--pca-dim", "8",
+            "--mod-pca-dim", "8", "--folds", "3", "--ablate-periods", "10",
+            "--ablate-groups", "MLP", "--control", str(tmp_path / "counts.npy"), "--quiet",
+            "--out", str(out)]
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["target"] == "a" and len(res["probes"]) == 4
+    p = res["probes"][0]
+    assert {"mod", "helix", "random_init", "spectrum"} <= set(p)
+    assert set(p["mod"]["10"]) >= {"kappa", "accuracy", "kappa_shuffled"}
+    assert p["random_init"]["mod"]["10"]["kappa"] > 0.7  # last digit, as above (chance: 0)
+    assert [r["row"] for r in res["ablation"]] == ["none", "MLP probe", "MLP random"]
+    assert res["frequency_control"]["beside_what"].startswith("mean block state")
+    for name in ("probes.csv", "ablation.csv", "kappa_by_layer.png", "r2_by_layer.png"):
+        assert (out / name).stat().st_size > 0
+    assert "kappa_mod10" in (out / "probes.csv").read_text().splitlines()[0]
+    # a second run reuses the cached states and finished ablation rows
+    import llm_fourier.commands.hidden as cmd
+    import llm_fourier.hidden_ablate as abl
+
+    monkeypatch.setattr(cmd, "collect", lambda *a, **k: pytest.fail("states not reused"))
+    monkeypatch.setattr(abl, "accuracy", lambda *a, **k: pytest.fail("rows not reused"))
+    assert main(argv) == 0
+    assert json.loads((out / "results.json").read_text())["ablation"] == res["ablation"]
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(argv[:-2] + ["--layers", "7", "--out", str(tmp_path / "bad")]) == 2
+    assert "layer" in capsys.readouterr().err
