@@ -90,9 +90,9 @@ def discover_roles(model: nn.Module) -> Roles:
                         f"{type(model).__name__} (blocks at {blocks!r}); add its module paths "
                         "to llm_fourier.models.ROLES.")
     roles = Roles(blocks=blocks, **found)
-    msg = (f"llm-fourier: model type {getattr(model.config, 'model_type', '?')!r} is not in the "
-           f"roles table; discovered {roles}")
-    log.warning(msg)
+    model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+    msg = f"llm-fourier: model type {model_type!r} is not in the roles table; discovered {roles}"
+    log.info(msg)
     print(msg, file=sys.stderr)
     return roles
 
@@ -101,13 +101,20 @@ def roles_for(model: nn.Module) -> Roles:
     """The roles of ``model``: from ``ROLES`` by ``config.model_type``, else discovered."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     roles = ROLES.get(model_type)
-    if roles is not None:
-        try:
-            model.get_submodule(f"{roles.blocks}.0.{roles.attn}")
-            return roles
-        except AttributeError:  # same type name, different layout (e.g. a base model)
-            pass
-    return discover_roles(model)
+    if roles is not None and _resolves(model, roles):
+        return roles
+    return discover_roles(model)  # unknown type, or a different layout (e.g. a base model)
+
+
+def _resolves(model: nn.Module, roles: Roles) -> bool:
+    paths = (f"{roles.blocks}.0.{roles.attn}", f"{roles.blocks}.0.{roles.mlp}",
+             roles.final_norm, roles.unembed, roles.embed)
+    try:
+        for path in paths:
+            model.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
 
 
 ROLE_NAMES = ("attn", "mlp", "block")

@@ -101,9 +101,12 @@ def test_discovery_on_a_custom_model_type(tiny_dir, tmp_path, capsys):
     assert "my_llama_variant" in capsys.readouterr().err
 
 
-def test_discovery_fails_with_a_clear_message():
+def test_discovery_fails_with_a_clear_message(gpt2_pair):
     with pytest.raises(UserError, match="ROLES"):
         discover_roles(torch.nn.Linear(3, 3))
+    base = gpt2_pair[0].transformer  # a GPT2Model: "gpt2" type, but no LM head
+    with pytest.raises(UserError, match="unembed"):
+        roles_for(base)
 
 
 def test_dtype_is_honoured_without_upcasting(tiny_dir):
