@@ -6,10 +6,12 @@ Everything is computed in the exact DFT basis over the p numbers (``probes``):
   W_L, or (for linear ops) the logits' energy in the cos/sin(w_k (a + b)) directions;
 * restricted / excluded loss (toy.progress), Gini of W_E and W_L, FFD, FCR, sum of squared
   weights;
-* per neuron: maximum normalized power of its row of W_L (Li et al.) and, for two-input
-  tasks on the full grid, Nanda et al.'s 2-D Fourier analysis of its activations over
-  (a, b): the share of its (non-constant) variance held by the terms of one frequency
-  k -- cos/sin(w_k a), cos/sin(w_k b) and their four products. A neuron is explained
+* per neuron: maximum normalized power of its row of W_L (Li et al.); for the x^k MLP
+  also of its input weights (Li et al.'s alignment, which also gives its frequency);
+  for the other models on two-input full-grid tasks, Nanda et al.'s 2-D Fourier
+  analysis of its activations over (a, b): the share of its (non-constant) variance
+  held by the terms of one frequency k -- cos/sin(w_k a), cos/sin(w_k b) and their four
+  products. A neuron is explained
   when that share exceeds 0.85;
 * frequency-ablation curve: accuracy as the key frequencies are removed one by one from
   the logits along the answer axis (``probes.filters.remove_components``).
@@ -20,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from probes import FourierBasis, max_normalized_power
+from probes import FourierBasis, max_normalized_power, power_per_component
 from probes.filters import keep_only, remove_components
 from toy.data import Task
 from toy.models import StackedModel
@@ -128,7 +130,17 @@ def analyze(model: StackedModel, task: Task, train_idx: torch.Tensor, test_idx: 
     res["max_normalized_power_mean"] = float(share.mean())
     res["max_normalized_power"] = share
     res["neuron_logit_frequency"] = dom
-    if task.n_inputs == 2 and task.full_grid:
+    if one.cfg.kind == "mlp":  # Li et al.: each neuron's input weights, summed over inputs
+        w_in = one.W_in[0].double().numpy()  # (k, p, width)
+        power = sum(power_per_component(w, basis, axis=0) for w in w_in)  # (K, width)
+        total = power.sum(axis=0)
+        best = np.divide(power.max(axis=0), total, out=np.zeros_like(total), where=total > 0)
+        res["max_normalized_power_input_mean"] = float(best.mean())
+        res["neuron_frequency"] = np.where(total > 0, power.argmax(axis=0) + 1, 0)
+        res["neuron_explained_share"] = best
+        res["fraction_neurons_explained"] = float((best > EXPLAINED).mean())
+        res["neuron_frequency_source"] = "input_weights"
+    elif task.n_inputs == 2 and task.full_grid:
         acts = one.neurons(task.inputs)[0].double().numpy().reshape(task.p, task.p, -1)
         shares = neuron_frequency_shares(acts, basis)
         best = shares.max(axis=1)

@@ -6,7 +6,7 @@ Weights carry a leading seed axis; each seed's matrix gets its own scale beta = 
 * ternary (BitNet b1.58): ``clip(round(W / beta), -1, 1) * beta``.
 
 The forward pass sees the quantized weights; gradients flow to the latent full-precision
-weights unchanged (``W + (Q - W).detach()``). Activations stay in full precision.
+weights unchanged (``Q.detach() + (W - W.detach())``). Activations stay in full precision.
 """
 
 from __future__ import annotations
@@ -35,4 +35,4 @@ def quantize_ste(w: torch.Tensor, mode: str) -> torch.Tensor:
     """Quantized forward value with a straight-through (identity) gradient."""
     if mode == "none":
         return w
-    return w + (quantize(w, mode) - w).detach()
+    return quantize(w, mode).detach() + (w - w.detach())  # exact value, identity gradient
