@@ -3,5 +3,6 @@
 
 from llm_fourier.commands import Command
 from toy.grok_cli import COMMANDS as GROK_COMMANDS
+from toy.transplant_cli import COMMAND as TRANSPLANT
 
-COMMANDS: list[Command] = [*GROK_COMMANDS]
+COMMANDS: list[Command] = [*GROK_COMMANDS, TRANSPLANT]
