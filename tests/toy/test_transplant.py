@@ -3,6 +3,8 @@ rows written at the right numbers, frozen rows bit-identical through real traini
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -223,3 +225,59 @@ def test_frozen_transplant_stays_bit_identical_through_training(tmp_path):
         assert (W[others] != before[others]).any()
     assert results[True] == (True, True)
     assert results[False] == (False, False)
+
+
+def test_transplant_command_resumes_a_killed_run_to_the_same_result(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    import llm_fourier.finetune as ft
+    from llm_fourier.cli import main
+    from llm_fourier.models import load_model
+    from llm_fourier.numbers import find_number_tokens, number_rows
+    from llm_fourier.report.files import read_json
+
+    def argv(out, *extra):
+        return ["transplant", "--seeds", "0", "--max-operand", "8", "--layers", "1",
+                "--d-model", "16", "--heads", "2", "--epochs", "2", "--batch-size", "16",
+                "--lr", "3e-3", "--eval-every", "1", "--n-low", "2", "--tau", "3",
+                "--out", str(out), *extra]
+
+    assert main(argv(tmp_path / "a")) == 0
+    real, trained = ft.train, []
+
+    def killed(*args, **kw):  # the transplant arm dies after 3 steps
+        trained.append(Path(args[4]).name)
+        if Path(args[4]).name == "transplant":
+            real(*args, **{**kw, "stop_after_steps": 3})
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(ft, "train", killed)
+    assert main(argv(tmp_path / "b")) == 130
+    monkeypatch.setattr(ft, "train", lambda *a, **kw: trained.append(Path(a[4]).name)
+                        or real(*a, **kw))
+    assert main(argv(tmp_path / "b")) == 0
+    assert trained == ["scratch", "transplant", "transplant"]  # finished arm skipped
+    assert main(argv(tmp_path / "b", "--lr", "1e-3")) == 2  # other settings: refused
+
+    a, b = read_json(tmp_path / "a" / "results.json"), read_json(tmp_path / "b" / "results.json")
+    assert a["arms"] == b["arms"]
+    for arm in ("scratch", "transplant"):
+        wa = load_file(tmp_path / "a" / "seed0" / arm / "model" / "model.safetensors")
+        wb = load_file(tmp_path / "b" / "seed0" / arm / "model" / "model.safetensors")
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    for name in ("runs.csv", "lens.csv", "ablation.csv", "accuracy.png",
+                 "error_histograms.png", "embedding_spectra.png", "heatmap_scratch_mlp.png"):
+        assert (tmp_path / "b" / name).exists(), name
+
+    # the frozen transplanted rows are the synthetic source, the scratch rows are not
+    source = synthetic_embeddings(17, 16, "fourier", n_low=2, norm=1.0, seed=0)
+    for arm, same in (("transplant", True), ("scratch", False)):
+        lm = load_model(tmp_path / "b" / "seed0" / arm / "model")
+        rows = number_rows(lm.embedding(), find_number_tokens(lm.tokenizer, 16))
+        assert torch.equal(rows, torch.as_tensor(source, dtype=torch.float32)) is same
+    runs = {r["arm"]: r for arm in b["arms"].values() for r in arm["runs"]}
+    abl = b["arms"]["transplant"]["summary"]["ablation_accuracy_mean"]
+    assert abl["none"] == runs["transplant"]["test_accuracy"]  # same evaluate, same split
+    assert set(abl) == {"none", "attn+MLP low removed", "attn low removed", "MLP low removed",
+                        "attn+MLP high removed", "attn high removed", "MLP high removed"}
