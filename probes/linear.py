@@ -1,8 +1,9 @@
 """Linear probes for number features: mod-T classification and circle/helix regression.
 
-* ``mod_probe``: is ``n mod T`` linearly decodable from a state?  Standardize -> PCA ->
-  multinomial logistic regression, cross-validated with ``StratifiedGroupKFold`` grouped by
-  number, so a number's states are never in both train and test. Reports accuracy and
+* ``mod_probe``: is ``n mod T`` linearly decodable from a state?  PCA -> one global
+  scale -> L2-regularised multinomial logistic regression, cross-validated with
+  ``StratifiedGroupKFold`` grouped by number, so a number's states are never in both train
+  and test. Reports accuracy and
   Cohen's kappa; ``shuffle=True`` is the shuffled-label baseline (labels permuted between
   numbers, so it must sit at chance, kappa ~ 0).
 * ``fit_helix``: Kantamneni & Tegmark (2025): after PCA, fit
@@ -75,7 +76,6 @@ def mod_probe(
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, cohen_kappa_score
     from sklearn.model_selection import StratifiedGroupKFold
-    from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from threadpoolctl import threadpool_limits
 
@@ -95,17 +95,19 @@ def mod_probe(
     cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     pred = np.empty_like(labels)
     for train, test in cv.split(x, labels, groups=n):
-        steps = [StandardScaler()]
+        # PCA on the centred states, then one global scale (not per dimension: standardizing
+        # would blow low-variance, number-specific noise up to the size of the signal and
+        # let the probe memorise the training numbers through it)
         dim = min(pca_dim or x.shape[1], x.shape[1], len(train) - 1)
-        if dim < x.shape[1]:
-            steps.append(PCA(n_components=dim, random_state=seed))
-        prep = make_pipeline(*steps).fit(x[train])
+        prep = (PCA(n_components=dim, random_state=seed) if dim < x.shape[1]
+                else StandardScaler(with_std=False)).fit(x[train])
+        scale = np.sqrt(prep.transform(x[train]).var(axis=0).mean()) or 1.0
         # L-BFGS on a few hundred small rows: threaded BLAS only adds contention (40x slower
         # on a busy machine), so the solver runs on one thread
         with threadpool_limits(1):
-            clf = LogisticRegression(C=C, max_iter=max_iter).fit(prep.transform(x[train]),
-                                                                 labels[train])
-        pred[test] = clf.predict(prep.transform(x[test]))
+            clf = LogisticRegression(C=C, max_iter=max_iter).fit(
+                prep.transform(x[train]) / scale, labels[train])
+        pred[test] = clf.predict(prep.transform(x[test]) / scale)
     return ModProbeResult(
         period=int(period),
         accuracy=float(accuracy_score(labels, pred)),

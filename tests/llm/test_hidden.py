@@ -214,3 +214,41 @@ def test_hidden_command_end_to_end_and_resume(tiny_dir, tmp_path, monkeypatch, c
     capsys.readouterr()
     assert main(argv[:-2] + ["--layers", "7", "--out", str(tmp_path / "bad")]) == 2
     assert "layer" in capsys.readouterr().err
+
+
+def test_helix_planted_in_the_embeddings_is_found_through_the_model(tiny_dir):
+    """W_E rows of the number tokens carry a period-10 circle (known phase): the probes on
+    the residual after layer 0 find it, the random-init copy does not, and projecting out
+    the fitted directions removes n mod 10 from the states."""
+    lm = load_model(tiny_dir("gpt2"))
+    numbers = find_number_tokens(lm.tokenizer, max_number=99)
+    phase = 0.9
+    n = np.arange(100)
+    with torch.no_grad():
+        W = lm.model.get_input_embeddings().weight
+        ids = torch.as_tensor(numbers.token_ids)
+        W[ids, 0] = torch.tensor(3 * np.cos(2 * np.pi * n / 10 + phase), dtype=W.dtype)
+        W[ids, 1] = torch.tensor(3 * np.sin(2 * np.pi * n / 10 + phase), dtype=W.dtype)
+    examples = make_task(max_operand=99, seed=0).train[:300]
+    hs = collect(lm, examples, token="a", roles=("block",), layers=[0], progress=False)
+    res = probe_layers(hs, "a", [10, 3], [10], pca_dim=8, mod_pca_dim=8, progress=False)
+    r = res[("block", 0)]
+    assert r["mod"][10]["kappa"] > 0.95 and abs(r["mod"][10]["kappa_shuffled"]) < 0.15
+    assert r["mod"][3]["kappa"] < 0.3  # no period 3 was planted
+    assert r["helix"]["r2_test"] > 0.5 and r["helix"]["r2_test_shuffled"] < 0.1
+    circle = r["fit"].circle(10, np.eye(32)[0])
+    assert abs((circle["phase"] - phase + np.pi) % (2 * np.pi) - np.pi) < 0.1
+    assert circle["along_amplitude"] == pytest.approx(3, rel=0.1)
+    # a random-init copy has no helix: held-out numbers are unpredictable
+    rhs = collect(random_copy(lm, seed=3), examples, token="a", roles=("block",), layers=[0],
+                  progress=False)
+    rr = probe_layers(rhs, "a", [10], [10], pca_dim=8, mod_pca_dim=8, progress=False,
+                      shuffled=False)[("block", 0)]
+    assert abs(rr["mod"][10]["kappa"]) < 0.15 and rr["helix"]["r2_test"] < 0.1
+    # the ablation filter removes n mod 10 (states re-collected under the edit)
+    f = probe_filters({("block", 0): r["fit"]}, [10])[("block", 0)]
+    with edit(lm, {("block", 0): f.apply}, positions="all"):
+        ahs = collect(lm, examples, token="a", roles=("block",), layers=[0], progress=False)
+    ar = probe_layers(ahs, "a", [10], [10], pca_dim=8, mod_pca_dim=8, progress=False,
+                      shuffled=False)[("block", 0)]
+    assert ar["mod"][10]["kappa"] < 0.3
