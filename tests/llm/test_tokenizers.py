@@ -26,7 +26,9 @@ def test_numbers_are_single_tokens_and_templates_known(tmp_path):
 def test_split_digits(tmp_path):
     tok = word_level_tokenizer(300, split_digits=True)
     assert tok.tokenize("Calculate 108 + 7.") == ["Calculate", "1", "0", "8", "+", "7", "."]
-    assert len(tok) == 4 + 10 + len(set(tok.get_vocab()) - set("0123456789")) - 4
+    vocab = tok.get_vocab()
+    assert [vocab[str(d)] for d in range(10)] == list(range(4, 14))  # after the 4 specials
+    assert not any(t.isdigit() and len(t) > 1 for t in vocab)  # no multi-digit tokens
 
 
 def test_survives_save_and_auto_load(tmp_path):
