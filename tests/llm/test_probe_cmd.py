@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -118,3 +122,26 @@ def test_bad_input_exits_2_with_one_sentence(model_dir, tmp_path, capsys, extra,
     lines = [line for line in err.splitlines() if line.startswith("llm-fourier: error:")]
     assert len(lines) == 1 and words in lines[0] and lines[0].endswith(".")
     assert "Traceback" not in err
+
+
+def _script(name: str):
+    path = Path(__file__).resolve().parents[2] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_example_scripts_run_on_a_local_folder(model_dir, tmp_path, monkeypatch, capsys):
+    script = _script("probe_gpt2")
+    out = tmp_path / "script"
+    monkeypatch.setattr(sys, "argv", ["probe_gpt2.py", model_dir, "--out", str(out),
+                                      "--max-operand", "12", "--limit", "6", "--shots", "1",
+                                      "--tau", "4"])
+    assert script.run("gpt2", "unused", 0) == 0
+    assert read_json(out / "probe" / "results.json")["n_examples"] == 6
+    assert len(read_json(out / "ablate" / "results.json")["table"]) == 7
+    assert str(out / "probe") in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", ["probe_llama.py", str(tmp_path / "missing")])
+    assert script.run("meta-llama/Meta-Llama-3-8B", str(out), 4) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -1,0 +1,135 @@
+"""Overhead of llm_fourier.hooks against a plain forward on a GPT-2-small-shaped model.
+
+Random GPT-2 (12 layers, d 768, vocab 50257 by default), batch 64 x 12 tokens, CPU,
+``torch.inference_mode``. After a warm-up, plain, capture and ablation forwards are timed
+in interleaved rounds and the median of the per-round ratios is printed for
+(a) capturing every layer's attention and MLP outputs at the last position (target <= 1.02)
+(b) a low-pass filter (built once from W_U[numbers 0..520]) on every attention and MLP
+    output at the last position (target <= 1.10).
+nnsight and TransformerLens are timed on the same work when importable (not dependencies).
+Also prints the memory a probe keeps (N x L x D floats) against N x T x L x D.
+
+    python scripts/bench_hooks.py [--vocab 50257] [--rounds 15] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from llm_fourier.ablate import filter_edits
+from llm_fourier.hooks import capture, edit
+from llm_fourier.models import LoadedModel, roles_for
+from probes import FourierBasis, low_pass
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def optional_ratios(model, inputs, layers: int, plain: float, rounds: int) -> None:
+    try:
+        from nnsight import NNsight
+    except ImportError:
+        print("nnsight: not installed, skipped")
+    else:
+        nn_model = NNsight(model)
+
+        def run_nnsight():
+            with nn_model.trace(**inputs):
+                saved = [nn_model.transformer.h[i].attn.output[0][:, -1].save()
+                         for i in range(layers)]
+                saved += [nn_model.transformer.h[i].mlp.output[:, -1].save()
+                          for i in range(layers)]
+            return saved
+
+        run_nnsight()
+        t = statistics.median(timed(run_nnsight) for _ in range(rounds))
+        print(f"nnsight capture ratio: {t / plain:.3f}")
+    try:
+        import transformer_lens  # noqa: F401
+    except ImportError:
+        print("TransformerLens: not installed, skipped")
+    else:
+        print("TransformerLens: installed, but it re-implements GPT-2 (its HookedTransformer "
+              "needs converted weights), so a same-model ratio is not comparable; skipped")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--vocab", type=int, default=50257)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--tokens", type=int, default=12)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=args.vocab)
+    model = GPT2LMHeadModel(cfg).eval()
+    lm = LoadedModel(model, None, roles_for(model), "gpt2-small-random")
+    ids = torch.randint(0, args.vocab, (args.batch, args.tokens))
+    mask = torch.ones_like(ids)
+    mask[: args.batch // 2, : args.tokens // 3] = 0  # left padding on half of the rows
+    inputs = {"input_ids": ids, "attention_mask": mask}
+
+    numbers = np.arange(521)  # stand-in number tokens 0..520 (the paper's p)
+    W = lm.unembedding()[torch.as_tensor(numbers)].double().numpy()
+    t0 = time.perf_counter()
+    filt = low_pass(W, FourierBasis(521), tau=50)
+    print(f"low-pass filter built once in {time.perf_counter() - t0:.2f}s (rank {filt.rank})")
+    edits = filter_edits(filt, ("attn", "mlp"), range(lm.n_layers))
+
+    def plain():
+        model(**inputs)
+
+    def with_capture():
+        with capture(lm, roles=("attn", "mlp")) as cap:
+            model(**inputs)
+        return cap
+
+    def with_filter():
+        with edit(lm, edits):
+            model(**inputs)
+
+    with torch.inference_mode():
+        for fn in (plain, with_capture, with_filter, plain):  # warm-up
+            fn()
+        ratios_a, ratios_b, plains = [], [], []
+        for _ in range(args.rounds):
+            p1, a, b, p2 = timed(plain), timed(with_capture), timed(with_filter), timed(plain)
+            base = (p1 + p2) / 2
+            plains.append(base)
+            ratios_a.append(a / base)
+            ratios_b.append(b / base)
+        cap = with_capture()
+        plain_t = statistics.median(plains)
+        print(f"model: GPT-2-small shape, 12 layers, d 768, vocab {args.vocab}; batch "
+              f"{args.batch} x {args.tokens} tokens; {torch.get_num_threads()} CPU threads")
+        print(f"plain forward: median {plain_t * 1e3:.1f} ms over {args.rounds} rounds")
+        print(f"(a) capture attn+MLP, all layers, last position: ratio "
+              f"{statistics.median(ratios_a):.3f} (target <= 1.02)")
+        print(f"(b) low-pass filter on attn+MLP, all layers: ratio "
+              f"{statistics.median(ratios_b):.3f} (target <= 1.10)")
+        optional_ratios(model, inputs, lm.n_layers, plain_t, min(args.rounds, 5))
+
+    kept = sum(cap.stack(r).nbytes for r in cap.roles)
+    full = kept * args.tokens
+    n_paper = 3420  # the paper's test split
+    per_prompt = 2 * lm.n_layers * lm.d_model * 4
+    print(f"memory kept by the capture: {kept / 2**20:.2f} MiB for {args.batch} prompts "
+          f"(N x L x D x 2 roles, float32); all positions would be {full / 2**20:.1f} MiB")
+    print(f"a probe over the paper's {n_paper} test prompts keeps "
+          f"{n_paper * per_prompt / 2**20:.0f} MiB (attn+MLP), never N x T x L x D")
+
+
+if __name__ == "__main__":
+    main()
