@@ -134,7 +134,8 @@ def write_report(out: Path, analyses: dict[str, dict[int, dict]], source: dict,
     fig, ax = plt.subplots(figsize=(8, 3))
     if source.get("magnitude"):
         m = np.asarray(source["magnitude"])
-        ax.plot(np.arange(1, m.size + 1), m / m.max(), lw=0.8, color="k", label="source")
+        ax.plot(np.arange(1, m.size + 1), m / m.max(), lw=1.6, ls="--", color="k",
+                label="source")
     for i, (arm, seeds) in enumerate(analyses.items()):
         m = np.mean([a["embedding"]["magnitude"] for a in seeds.values()], axis=0)
         ax.plot(np.arange(1, m.size + 1), m / m.max(), lw=0.8, color=f"C{i}",
