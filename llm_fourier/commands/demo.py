@@ -1,8 +1,15 @@
-"""``llm-fourier demo``: an offline analysis that needs no weights.
+"""``llm-fourier demo``: the whole toolkit on one built-in report, offline, in minutes on a CPU.
 
-Builds number embeddings with planted Fourier features (periods 2, 2.5, 5, 10 over a smooth
-low-frequency background and noise, as in GPT-2's number tokens), runs the spectrum and
-outlier detection of ``probes`` on them, and writes ``results.json`` and a spectrum plot.
+The built-in report config (``demo_config``) trains small GPT-2-architecture adders from
+scratch with and without transplanted Fourier number embeddings (``transplant``), runs the
+LLM pipeline on the two trained adder folders (``embed``, ``probe``, ``ablate``), and trains
+a small grokking model of (a + b) mod p with its progress measures (``toy train``,
+``toy analyze``). Everything goes through the report runner, so ``OUT/index.html`` holds
+all plots, a re-run skips finished jobs, and a killed demo resumes.
+
+``--model gpt2`` (or a Llama folder) runs the LLM parts on that pretrained model instead,
+few-shot prompted, and transplants its number embeddings into the adder; ``--quick`` is the
+test-sized variant (seconds).
 """
 
 from __future__ import annotations
@@ -10,55 +17,96 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
 from llm_fourier.commands import Command
-from llm_fourier.report.files import save_figure, write_json
-from llm_fourier.report.tables import format_table
-from probes import FourierBasis, spectrum
+from llm_fourier.report.config import parse_config
+
+# sizes of the built-in report: (full demo, --quick)
+SIZES = {
+    False: {"operand": 40, "adder_epochs": 12, "eval_every": 3, "limit": 200, "p": 31,
+            "toy_epochs": 1500, "llm_operand": 99, "llm_limit": 200},
+    True: {"operand": 8, "adder_epochs": 2, "eval_every": 1, "limit": 24, "p": 11,
+           "toy_epochs": 40, "llm_operand": 20, "llm_limit": 16},
+}
 
 
-def planted_embeddings(p: int, dim: int, periods, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    x = np.arange(p)[:, None]
-    emb = 0.3 * np.cumsum(rng.standard_normal((p, dim)), axis=0)  # smooth background
-    emb += 0.5 * rng.standard_normal((p, dim))
-    for period in periods:
-        phase = rng.uniform(0, 2 * np.pi, dim)
-        emb += rng.uniform(0.5, 1.5, dim) * np.cos(2 * np.pi * x / period + phase)
-    return emb
+def demo_config(model: str | None = None, quick: bool = False) -> dict:
+    """The built-in report: transplant adders + LLM pipeline + grokking, as a config dict."""
+    z = SIZES[quick]
+    small = {"layers": 1, "d_model": 16, "heads": 2, "batch_size": 16} if quick else {}
+    transplant = {"seeds": [0], "max_operand": z["operand"], "epochs": z["adder_epochs"],
+                  "eval_every": z["eval_every"], **small}
+    if model is not None:
+        transplant["source"] = model
+    if model is None:
+        models = {"adder-scratch": "{jobs.transplant}/seed0/scratch/model",
+                  "adder-fourier": "{jobs.transplant}/seed0/transplant/model"}
+        task = {"op": "+", "max_operand": z["operand"], "ordered": True}
+        llm = {"limit": z["limit"], "batch_size": 32}
+    else:
+        models = {Path(model).name or "model": model}
+        task = {"op": "+", "max_operand": z["llm_operand"]}
+        llm = {"limit": z["llm_limit"], "shots": 3, "batch_size": 8}
+    p = z["p"]
+    toy = {"p": p, "train_frac": 0.5, "epochs": z["toy_epochs"], "d_model": 32 if quick else 64,
+           "heads": 2 if quick else 4, "d_head": 16, "d_mlp": 64 if quick else 256,
+           "lr": 3e-3, "log_every": max(1, z["toy_epochs"] // 100),
+           "measure_every": max(1, z["toy_epochs"] // 10),
+           "checkpoint_every": max(1, z["toy_epochs"] // 5)}
+    what = ("the two trained adders" if model is None else model)
+    return {
+        "title": "llm-fourier demo: Fourier number features end to end",
+        "description": (
+            "Small GPT-2-architecture adders trained from scratch, with and without "
+            "transplanted (frozen) Fourier number embeddings; the LLM pipeline (embedding "
+            f"spectra, per-layer logit lens and Fourier spectra, frequency ablations) run on "
+            f"{what}; and a small grokking run of (a + b) mod {p} with its progress measures."),
+        "seeds": [0],
+        "models": models,
+        "tasks": {"add": task},
+        "jobs": [
+            {"command": "transplant", "name": "transplant", "settings": transplant,
+             "caption": "Adders trained from scratch (scratch arm) and with frozen number "
+                        "embeddings transplanted from the source (transplant arm)."},
+            {"command": "embed", "models": "*",
+             "settings": {"max_number": 2 * task["max_operand"]}},
+            {"command": "probe", "models": "*", "tasks": ["add"],
+             "settings": {**llm, "tau": 10 if not quick else 4}},
+            {"command": "ablate", "models": "*", "tasks": ["add"],
+             "settings": {**llm, "tau": 10 if not quick else 4}},
+            {"command": "toy train", "name": "grok", "settings": {**toy, "seeds": [0]},
+             "caption": f"One-layer transformer on (a + b) mod {p}, half of the pairs for "
+                        "training, AdamW with weight decay 1."},
+            {"command": "toy analyze", "name": "grok-analysis",
+             "settings": {"checkpoint": "{jobs.grok}/checkpoint.pt"}},
+        ],
+    }
+
+
+NEXT_STEPS = """\
+Open the report in a browser: {index}
+The same report on a pretrained model, on a machine with its weights (hub id or folder):
+  llm-fourier demo --model gpt2 --out runs/demo-gpt2
+  llm-fourier demo --model meta-llama/Meta-Llama-3-8B --out runs/demo-llama
+The paper-sized pipelines ship as presets: llm-fourier report --list-presets"""
 
 
 def run(args: argparse.Namespace) -> dict:
-    out = Path(args.out)
-    basis = FourierBasis(args.p)
-    emb = planted_embeddings(args.p, args.dim, (2, 2.5, 5, 10), args.seed)
-    spec = spectrum(emb, basis, axis=0)
-    outliers = [o.as_dict() for o in spec.outliers()]
-    results = {"p": args.p, "spectrum": spec.records(), "outliers": outliers,
-               "low_high": spec.low_high()}
-    write_json(out / "results.json", results)
+    from llm_fourier.commands.report import execute
 
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 3))
-    ax.plot(spec.ks, spec.nonconstant, lw=0.8)
-    for o in outliers:
-        ax.annotate(f"T={o['period']:g}", (o["k"], o["magnitude"]), fontsize=8)
-    ax.set(xlabel="Fourier component k", ylabel="L2 norm", title="Planted number embeddings")
-    save_figure(fig, out / "embedding_spectrum.png")
-    print(format_table(outliers, ["k", "period", "magnitude"]))
-    print(f"results: {out / 'results.json'}")
-    return results
+    report = parse_config(demo_config(args.model, args.quick), source="(built-in demo)")
+    summary = execute(report, args.out, progress=not args.quick)
+    if "index" in summary:
+        print(NEXT_STEPS.format(index=Path(summary["index"]).resolve()))
+    return summary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--p", type=int, default=521, help="numbers 0..p-1 (default: 521)")
-    parser.add_argument("--dim", type=int, default=64, help="embedding width")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default=None,
+                        help="run the LLM parts on this pretrained causal LM (hub id or local "
+                             "folder; needs its weights) instead of the trained adders")
+    parser.add_argument("--quick", action="store_true",
+                        help="test-sized settings (seconds; for checking an installation)")
 
 
-COMMAND = Command("demo", "offline demo: Fourier analysis of planted number embeddings",
-                  add_arguments, run)
+COMMAND = Command("demo", "the built-in offline report: adders with and without Fourier "
+                  "embeddings, probed and ablated, plus a grokking run", add_arguments, run)

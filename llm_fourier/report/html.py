@@ -69,8 +69,12 @@ CAPTIONS = {  # filename fragment -> caption (first match wins)
     "loss": "Training and test loss over training (log scale).",
     "curve": "Training curves.",
     "progress": "Progress measures over training.",
-    "accuracy": "Accuracy.",
-    "lens": "Logit-lens accuracy per layer (exact, within 2, within 10).",
+    "lens_accuracy": "Logit-lens accuracy per layer (exact, within 2, within 10) of the "
+                     "attention, MLP and residual-stream outputs read through the numbers.",
+    "loss_curves": "Training and test loss over training, with the progress measures.",
+    "neuron_frequencies": "MLP neurons by the Fourier frequency that explains them.",
+    "frequency_ablation": "Accuracy as key frequencies are ablated.",
+    "accuracy": "Test accuracy.",
 }
 
 STYLE = """

@@ -81,8 +81,49 @@ def ablation_rows(results: dict) -> list[dict]:
     return rows
 
 
+def _flat(row: dict) -> dict:
+    """Lists in a record as space-separated text (e.g. key frequencies)."""
+    return {k: " ".join(str(x) for x in v) if isinstance(v, list) else v for k, v in row.items()
+            if not isinstance(v, dict)}
+
+
+TOY_MEASURES = ("test_accuracy", "test_loss", "restricted_loss", "excluded_loss", "gini_embed",
+                "gini_neuron_logit", "ffd", "fcr", "fraction_neurons_explained",
+                "sum_squared_weights", "key_frequencies")
+
+
+def transplant_tables(results: dict) -> str:
+    """Runs of both arms, and the ablation accuracy of each arm side by side."""
+    arms = results.get("arms", {})
+    runs = [_flat(r) for arm in arms.values() for r in arm.get("runs", [])]
+    labels: list[str] = []
+    for arm in arms.values():
+        labels += [k for k in arm.get("summary", {}).get("ablation_accuracy_mean", {})
+                   if k not in labels]
+    ablation = [{"ablation": label, **{f"{name} accuracy": a.get("summary", {}).get(
+        "ablation_accuracy_mean", {}).get(label) for name, a in arms.items()}}
+        for label in labels]
+    return (html_table(runs, caption="Each trained adder: test accuracy, error spread and the "
+                       "Fourier outlier periods of its embeddings, attention and MLP.")
+            + html_table(ablation, caption="Mean test accuracy per arm under each frequency "
+                         "ablation."))
+
+
 def job_extras(section: str, out: Path, job_id: str, entry: dict, results: dict) -> str:
     """Tables and figures for one job of ``section``."""
+    if section == "transplant" and results.get("arms"):
+        return transplant_tables(results)
+    if section == "toy" and entry.get("command") == "toy train" and results.get("seeds"):
+        return html_table([_flat(r) for r in results["seeds"]], caption="Per seed at the end "
+                          "of training: losses, accuracies, epochs of memorisation and "
+                          "grokking, and progress measures.")
+    if section == "toy" and "gini_embed" in results:
+        return html_table([{"measure": k, "value": " ".join(map(str, results[k]))
+                            if isinstance(results[k], list) else results[k]}
+                           for k in TOY_MEASURES if k in results],
+                          caption="Fourier analysis of the checkpoint: key frequencies, "
+                          "restricted / excluded loss, sparsity (Gini, FFD, FCR) and the "
+                          "fraction of MLP neurons explained by one frequency.")
     if section == "probe" and results.get("layers"):
         return html_table(probe_layer_rows(results), caption="Per layer: logit-lens accuracy "
                           "of the residual stream; Fourier outlier periods (largest first) and "
@@ -114,7 +155,11 @@ def _ablation_comparison(out: Path, results: dict) -> str:
                       "al.'s Table 1 for fine-tuned GPT-2-XL (tables/ablation_table1.csv).")
 
 
-def _embed_comparison(out: Path, results: dict) -> str:
+def _model_name(entry: dict, res: dict) -> str:
+    return entry.get("model") or Path(str(res.get("model", ""))).name
+
+
+def _embed_comparison(out: Path, entries: dict, results: dict) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -124,7 +169,7 @@ def _embed_comparison(out: Path, results: dict) -> str:
     for job, res in results.items():
         spec = [r for r in res.get("spectrum", []) if r.get("k", 0) >= 1]
         probes = {p.get("period"): p.get("kappa") for p in res.get("mod_probes", []) or []}
-        rows.append({"job": job, "model": Path(str(res.get("model", ""))).name,
+        rows.append({"job": job, "model": _model_name(entries[job], res),
                      "outlier periods": _periods(res.get("outliers"), 6),
                      "low frac": (res.get("low_high") or {}).get("low_fraction"),
                      **{f"mod-{t} kappa": v for t, v in probes.items()}})
@@ -145,11 +190,11 @@ def _embed_comparison(out: Path, results: dict) -> str:
     return "\n".join(parts)
 
 
-def _probe_comparison(results: dict) -> str:
+def _probe_comparison(entries: dict, results: dict) -> str:
     rows = []
     for job, res in results.items():
         layers = res.get("layers", {})
-        row: dict = {"job": job, "model": Path(str(res.get("model", ""))).name,
+        row: dict = {"job": job, "model": _model_name(entries[job], res),
                      "examples": res.get("n_examples")}
         block = res.get("accuracy", {}).get("block", [])
         if block:
@@ -164,12 +209,46 @@ def _probe_comparison(results: dict) -> str:
                       "periods seen most often across layers.")
 
 
+def _transplant_comparison(results: dict) -> str:
+    rows = []
+    for job, res in results.items():
+        source = (res.get("source") or {}).get("source")
+        for name, arm in res.get("arms", {}).items():
+            sm = arm.get("summary", {})
+            errors = sm.get("errors", {})
+            rows.append({"job": job, "arm": name, "source": source if name != "scratch"
+                         else "-", "seeds": len(sm.get("seeds", [])),
+                         "accuracy mean": sm.get("accuracy_mean"),
+                         "accuracy std": sm.get("accuracy_std"),
+                         "errors off by 1": errors.get("off_by_1"),
+                         "errors within 2": errors.get("within_2"),
+                         "errors multiples of 10": errors.get("off_by_10s")})
+    return html_table(rows, caption="Transplant comparison: test accuracy of adders trained "
+                      "from scratch and with transplanted number embeddings (mean and std over "
+                      "seeds), and how their errors spread.")
+
+
+def _toy_comparison(entries: dict, results: dict) -> str:
+    rows = []
+    for job, res in results.items():
+        for r in res.get("seeds", []) if entries[job].get("command") == "toy train" else []:
+            rows.append({"job": job, **{k: _flat(r).get(k) for k in (
+                "seed", "epoch", "memorized_epoch", "grokked_epoch", "train_accuracy",
+                "test_accuracy", "test_loss", "key_frequencies")}})
+    return html_table(rows, caption="Grokking runs: epochs at which the model memorised the "
+                      "training set and generalised (grokked), and the final key frequencies.")
+
+
 def section_extras(section: str, out: Path, entries: dict, results: dict) -> str:
     """Comparisons across the jobs of ``section``."""
+    if section == "transplant":
+        return _transplant_comparison(results)
+    if section == "toy":
+        return _toy_comparison(entries, results)
     if section == "ablate":
         return _ablation_comparison(out, results)
     if section == "embed":
-        return _embed_comparison(out, results)
+        return _embed_comparison(out, entries, results)
     if section == "probe":
-        return _probe_comparison(results)
+        return _probe_comparison(entries, results)
     return ""
