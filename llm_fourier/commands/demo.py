@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 from llm_fourier.commands import Command
 from llm_fourier.report.config import parse_config
 
@@ -80,6 +82,20 @@ def demo_config(model: str | None = None, quick: bool = False) -> dict:
              "settings": {"checkpoint": "{jobs.grok}/checkpoint.pt"}},
         ],
     }
+
+
+def planted_embeddings(p: int, dim: int, periods, seed: int) -> np.ndarray:
+    """Number embeddings (p x dim) with planted Fourier features at ``periods`` over a smooth
+    low-frequency background and noise, as in GPT-2's number tokens (a known answer for
+    spectrum and outlier tests)."""
+    rng = np.random.default_rng(seed)
+    x = np.arange(p)[:, None]
+    emb = 0.3 * np.cumsum(rng.standard_normal((p, dim)), axis=0)  # smooth background
+    emb += 0.5 * rng.standard_normal((p, dim))
+    for period in periods:
+        phase = rng.uniform(0, 2 * np.pi, dim)
+        emb += rng.uniform(0.5, 1.5, dim) * np.cos(2 * np.pi * x / period + phase)
+    return emb
 
 
 NEXT_STEPS = """\
