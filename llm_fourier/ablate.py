@@ -22,7 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from llm_fourier.errors import UserError
-from llm_fourier.hooks import edit, last_token_positions
+from llm_fourier.hooks import edit, last_token_logits
 from llm_fourier.numbers import NumberTokens, number_rows, require_numbers
 from llm_fourier.tasks import Example, tokenize_prompts
 from probes import FourierBasis, FourierFilter, high_pass, keep_only, low_pass
@@ -134,9 +134,7 @@ def evaluate(
         batch = examples[i:i + batch_size]
         enc = tokenize_prompts(lm.tokenizer, [e.prompt for e in batch], device=lm.input_device)
         with torch.inference_mode(), edit(lm, edits or {}, positions=positions):
-            logits = lm.model(**enc).logits
-        last = last_token_positions(enc["attention_mask"]).to(logits.device)
-        rows = logits[torch.arange(len(batch), device=logits.device), last]
+            rows = last_token_logits(lm.model, enc)
         p, loss = score_batch(rows, torch.tensor([e.answer for e in batch]), numbers, prediction)
         preds.append(p)
         losses.append(loss)

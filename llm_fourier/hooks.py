@@ -13,6 +13,7 @@ nothing, so logits stay bit-identical to a plain forward.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -34,6 +35,30 @@ def last_token_positions(attention_mask: Tensor) -> Tensor:
     t = mask.shape[-1]
     # argmax returns the first maximum: flip so the first hit is the last real token
     return (t - 1 - mask.flip(-1).to(torch.uint8).argmax(-1)).to(torch.long)
+
+
+def _accepts(model: nn.Module, name: str) -> bool:
+    try:
+        return name in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - exotic wrapped forwards
+        return False
+
+
+def last_token_logits(model: nn.Module, batch: dict) -> Tensor:
+    """Run ``model(**batch)`` and return the logits at each row's last real token (N x V).
+
+    With left padding (``tokenize_prompts``' default) only the last column is projected
+    through the unembedding (``logits_to_keep=1``), which saves time and memory.
+    """
+    mask = batch.get("attention_mask")
+    n, t = batch["input_ids"].shape
+    left_padded = mask is None or bool(mask[:, -1].all())
+    extra = {"logits_to_keep": 1} if left_padded and _accepts(model, "logits_to_keep") else {}
+    logits = model(**batch, **extra).logits
+    if left_padded:
+        return logits[:, -1]
+    pos = last_token_positions(mask).to(logits.device)
+    return logits[torch.arange(n, device=logits.device), pos]
 
 
 def _output_tensor(output) -> Tensor:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from llm_fourier.hooks import capture
+from llm_fourier.hooks import capture, last_token_logits
 from llm_fourier.numbers import NumberTokens, number_rows, require_numbers
 from llm_fourier.tasks import Example, tokenize_prompts
 from probes import FourierBasis, Spectrum, component_magnitudes
@@ -140,7 +140,7 @@ def run_lens(
         enc = tokenize_prompts(lm.tokenizer, [e.prompt for e in batch], device=lm.input_device)
         answers = torch.tensor([e.answer for e in batch])
         with torch.inference_mode(), capture(lm, roles=roles, positions="last") as cap:
-            lm.model(**enc)
+            last_token_logits(lm.model, enc)  # the logits are not needed: only the last
         for r in roles:
             accs[r].update(readout.logits(cap.stack(r)), answers)
         bar.update(1)
