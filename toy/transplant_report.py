@@ -43,7 +43,7 @@ def embedding_spectrum(rows: np.ndarray, tau: int) -> dict:
 
 def analyse_model(lm, examples, numbers, test: dict, tau: int, batch_size: int) -> dict:
     """Error structure, embedding spectrum, lens and ablation table of one trained adder."""
-    from llm_fourier.ablate import ablation_table
+    from llm_fourier.ablate import ablation_table, number_filters
     from llm_fourier.lens import layer_summary, run_lens
     from llm_fourier.numbers import number_rows
 
@@ -55,8 +55,12 @@ def analyse_model(lm, examples, numbers, test: dict, tau: int, batch_size: int) 
             for role, acc in accs.items()}
     table = ablation_table(lm, examples, numbers, tau=tau, batch_size=batch_size,
                            progress=False)
+    # a filter of rank D removes every direction (D < the rows it must null): uninformative
+    ranks = {name: f.rank for name, f in number_filters(lm, numbers, tau=tau).items()}
     return {
         "p": numbers.p,
+        "d_model": lm.d_model,
+        "filter_ranks": ranks,
         "test": {k: v for k, v in test.items() if k != "predictions"},
         "errors": error_structure(test.get("error_histogram", {})),
         "embedding": embedding_spectrum(rows, tau),
