@@ -134,7 +134,7 @@ def evaluate(
         batch = examples[i:i + batch_size]
         enc = tokenize_prompts(lm.tokenizer, [e.prompt for e in batch], device=lm.input_device)
         with torch.inference_mode(), edit(lm, edits or {}, positions=positions):
-            rows = last_token_logits(lm.model, enc)
+            rows = last_token_logits(lm.model, enc, last_only=False)  # = a full forward
         p, loss = score_batch(rows, torch.tensor([e.answer for e in batch]), numbers, prediction)
         preds.append(p)
         losses.append(loss)

@@ -44,17 +44,18 @@ def _accepts(model: nn.Module, name: str) -> bool:
         return False
 
 
-def last_token_logits(model: nn.Module, batch: dict) -> Tensor:
+def last_token_logits(model: nn.Module, batch: dict, last_only: bool = True) -> Tensor:
     """Run ``model(**batch)`` and return the logits at each row's last real token (N x V).
 
-    With left padding (``tokenize_prompts``' default) only the last column is projected
-    through the unembedding (``logits_to_keep=1``), which saves time and memory.
+    With ``last_only`` and left padding (``tokenize_prompts``' default) only the last column
+    is projected through the unembedding (``logits_to_keep=1``): less time and memory, but
+    the GEMM differs, so logits may differ from a full forward in the last bits.
     """
     mask = batch.get("attention_mask")
-    n, t = batch["input_ids"].shape
+    n = batch["input_ids"].shape[0]
     left_padded = mask is None or bool(mask[:, -1].all())
-    extra = {"logits_to_keep": 1} if left_padded and _accepts(model, "logits_to_keep") else {}
-    logits = model(**batch, **extra).logits
+    slice_it = last_only and left_padded and _accepts(model, "logits_to_keep")
+    logits = model(**batch, **({"logits_to_keep": 1} if slice_it else {})).logits
     if left_padded:
         return logits[:, -1]
     pos = last_token_positions(mask).to(logits.device)
