@@ -3,8 +3,9 @@
 Loads a model, builds the task split, captures every layer's attention, MLP and residual
 (block) outputs at the last token, reads them through ``W_U[numbers]`` and writes
 ``results.json`` (per-layer accuracy and, for attention, MLP and the residual stream,
-per-layer outliers with periods and low/high energy), ``accuracy.csv``, ``spectra.csv``
-and PNGs: component x layer heatmaps and lens accuracy per layer. Interrupted runs resume
+per-layer outliers with periods and low/high energy; the same for the spectrum averaged
+over layers), ``accuracy.csv``, ``spectra.csv`` and PNGs: component x layer heatmaps,
+layer-averaged spectra with their outliers, lens accuracy per layer. Interrupted runs resume
 from ``probe_state.pt`` in the output folder when run again with the same settings.
 
 The model/task options and ``prepare`` are shared with ``llm-fourier ablate``.
@@ -16,6 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from llm_fourier.commands import Command
@@ -24,9 +26,10 @@ from llm_fourier.lens import LENS_ROLES, layer_summary, run_lens, spectra_matrix
 from llm_fourier.models import load_model
 from llm_fourier.numbers import NumberTokens, find_number_tokens, require_numbers
 from llm_fourier.report.files import atomic_torch_save, write_csv, write_json
-from llm_fourier.report.plots import component_layer_heatmap, layer_accuracy_plot
+from llm_fourier.report.plots import component_layer_heatmap, layer_accuracy_plot, spectrum_plot
 from llm_fourier.report.tables import format_table
 from llm_fourier.tasks import make_task
+from probes import Spectrum
 
 SPLITS = ("train", "val", "test")
 
@@ -110,7 +113,7 @@ def run(args: argparse.Namespace) -> dict:
 
     results = {"model": lm.name, "settings": settings, "n_examples": len(examples),
                "numbers": {"p": numbers.p, "leading_space": numbers.leading_space},
-               "n_layers": lm.n_layers, "accuracy": {}, "layers": {}}
+               "n_layers": lm.n_layers, "accuracy": {}, "layers": {}, "mean_over_layers": {}}
     acc_rows, spec_rows = [], []
     for role in LENS_ROLES:
         spectra = accs[role].spectra()
@@ -122,6 +125,14 @@ def run(args: argparse.Namespace) -> dict:
         periods = spectra[0].basis.periods
         component_layer_heatmap(spectra_matrix(spectra), out / f"heatmap_{role}.png",
                                 f"{role} number logits: mean |Fourier component|", periods)
+        # one line per role: the spectrum averaged over layers, with its outliers
+        mean = Spectrum(spectra[0].basis, np.mean([s.magnitude for s in spectra], axis=0))
+        results["mean_over_layers"][role] = {
+            "outliers": [o.as_dict() for o in mean.outliers(top=args.top)],
+            **mean.low_high(args.tau)}
+        spectrum_plot(mean.nonconstant, out / f"spectrum_{role}.png",
+                      results["mean_over_layers"][role]["outliers"],
+                      f"{role} number logits, mean over layers", "mean magnitude")
     layer_accuracy_plot(results["accuracy"], out / "lens_accuracy.png",
                         f"logit lens onto numbers 0..{numbers.p - 1}")
     write_csv(out / "accuracy.csv", acc_rows)
@@ -141,8 +152,8 @@ def run(args: argparse.Namespace) -> dict:
               "attn periods": periods_of("attn", i), "mlp periods": periods_of("mlp", i)}
              for i in range(lm.n_layers)]
     print(format_table(table))
-    print(f"results: {out / 'results.json'} (plots: heatmap_attn.png, heatmap_mlp.png, "
-          "lens_accuracy.png)")
+    print(f"results: {out / 'results.json'} (plots in {out}: heatmap_attn.png, "
+          "heatmap_mlp.png, spectrum_attn.png, spectrum_mlp.png, lens_accuracy.png)")
     return results
 
 

@@ -29,12 +29,15 @@ def component_layer_heatmap(matrix: np.ndarray, path: str | Path, title: str = "
                             periods: Sequence[float] | None = None) -> Path:
     """Heatmap of ``matrix`` (components k = 1..K as rows, layers as columns)."""
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
     matrix = np.asarray(matrix, dtype=float)
     fig, ax = plt.subplots(figsize=(max(4, 0.25 * matrix.shape[1] + 3), 4))
     im = ax.imshow(matrix, aspect="auto", origin="lower", interpolation="nearest",
                    extent=(-0.5, matrix.shape[1] - 0.5, 0.5, matrix.shape[0] + 0.5))
-    fig.colorbar(im, ax=ax, label="mean magnitude")
+    fig.colorbar(im, ax=ax, label="mean magnitude", pad=0.16 if periods is not None else 0.05)
     ax.set(xlabel="layer", ylabel="Fourier component k", title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if periods is not None:  # mark the components of periods 2, 2.5, 5, 10 on the right
         marks = {k: f"T={per:g}" for k, per in enumerate(periods, start=1)
                  if any(abs(per - t) < 1e-9 for t in (2, 2.5, 5, 10))}

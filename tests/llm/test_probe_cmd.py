@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import sys
 from pathlib import Path
@@ -51,8 +52,15 @@ def test_probe_end_to_end(model_dir, tmp_path, capsys):
             assert all(o["period"] == pytest.approx(24 / o["k"]) for o in layer["outliers"])
     # with the final norm, the residual lens at the last layer is the model's own readout
     assert res["accuracy"]["block"][1]["exact"] == pytest.approx(_manual_accuracy(model_dir))
+    # the layer-averaged spectrum is the mean of the per-layer spectra in spectra.csv
+    rows = list(csv.DictReader(open(out / "spectra.csv")))
+    mlp = np.array([[float(r["magnitude"]) for r in rows if r["role"] == "mlp"
+                     and r["layer"] == str(i)] for i in range(2)])
+    energy = (mlp.mean(0) ** 2)
+    assert res["mean_over_layers"]["mlp"]["low_fraction"] == pytest.approx(
+        energy[:3].sum() / energy.sum())  # components k = 1..3 are below tau = 4
     for name in ("heatmap_attn.png", "heatmap_mlp.png", "lens_accuracy.png", "spectra.csv",
-                 "accuracy.csv"):
+                 "accuracy.csv", "spectrum_attn.png", "spectrum_mlp.png"):
         assert (out / name).stat().st_size > 0 and name in res["files"]
     assert not (out / "probe_state.pt").exists()
     assert "attn periods" in capsys.readouterr().out
