@@ -29,7 +29,6 @@ from llm_fourier.commands import Command
 from llm_fourier.errors import UserError
 from llm_fourier.report.files import read_json, write_json
 from llm_fourier.report.tables import format_table
-from toy.adders import AdderConfig
 from toy.transplant import PROJECTIONS, SYNTHETIC_KINDS
 
 ARMS = ("scratch", "transplant")
@@ -89,7 +88,7 @@ def run_arm(arm: str, seed: int, s: dict, task, rows: np.ndarray | None, folder:
     from llm_fourier.commands.finetune import task_numbers
     from llm_fourier.finetune import TrainConfig, train
     from llm_fourier.models import load_model
-    from toy.adders import build_adder, max_answer
+    from toy.adders import AdderConfig, build_adder, max_answer
     from toy.transplant import transplant_rows
     from toy.transplant_report import analyse_model
 
