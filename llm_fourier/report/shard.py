@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+_narrowed = False  # True once init_distributed narrowed CUDA_VISIBLE_DEVICES
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -49,14 +51,39 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def gpu_group(local_rank: int, local_world_size: int, gpus: Sequence) -> list:
+    """This process's contiguous share of a node's ``gpus`` (all of them for one process)."""
+    n = len(gpus)
+    if local_world_size <= 1:
+        return list(gpus)
+    if n < local_world_size or n % local_world_size:
+        raise ValueError(f"{n} GPUs cannot be split evenly among {local_world_size} processes")
+    per = n // local_world_size
+    return list(gpus)[local_rank * per:(local_rank + 1) * per]
+
+
 def init_distributed(backend: str | None = None) -> DistInfo:
-    """Join the process group when launched with several processes; a no-op otherwise."""
+    """Join the process group when launched with several processes; a no-op otherwise.
+
+    With several processes per node and CUDA not yet initialised, each process sees only its
+    own group of the node's GPUs (``CUDA_VISIBLE_DEVICES``), so ``device_map="auto"`` in any
+    command spreads that process's model over its group only.
+    """
+    global _narrowed
     info = dist_info()
     if info.world_size > 1 and not dist.is_initialized():
         use_cuda = torch.cuda.is_available()
-        if use_cuda:
-            count = torch.cuda.device_count()  # first GPU of this process's group
-            torch.cuda.set_device(info.local_rank * max(1, count // info.local_world_size) % count)
+        several = info.local_world_size > 1
+        if use_cuda and several and not torch.cuda.is_initialized():
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            ids = visible.split(",") if visible else [str(i) for i in
+                                                      range(torch.cuda.device_count())]
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(
+                gpu_group(info.local_rank, info.local_world_size, ids))
+            _narrowed = True
+        if use_cuda:  # the first GPU of this process's group
+            torch.cuda.set_device(0 if _narrowed or not several else gpu_group(
+                info.local_rank, info.local_world_size, range(torch.cuda.device_count()))[0])
         dist.init_process_group(backend or ("nccl" if use_cuda else "gloo"))
         info = dist_info()
     return info
@@ -202,15 +229,11 @@ def max_memory_for_rank(local_rank: int, local_world_size: int,
                         gpu_memory: Sequence[int], cpu_memory: int | None = None) -> dict:
     """``max_memory`` for ``device_map="auto"`` giving this process its own GPU group.
 
-    The node's GPUs are split into ``local_world_size`` equal contiguous groups and only this
-    process's group is listed (``accelerate`` places weights on listed devices only). With
-    8 GPUs and 2 processes per node each process spreads its copy of the model over 4 GPUs.
+    For processes that cannot narrow ``CUDA_VISIBLE_DEVICES`` (CUDA already initialised):
+    only this process's group is listed, and ``accelerate`` places weights on listed devices
+    only. With 8 GPUs and 2 processes per node each process spreads its model over 4 GPUs.
     """
-    n = len(gpu_memory)
-    if n < local_world_size or n % local_world_size:
-        raise ValueError(f"{n} GPUs cannot be split evenly among {local_world_size} processes")
-    per = n // local_world_size
-    mine = range(local_rank * per, (local_rank + 1) * per)
+    mine = gpu_group(local_rank, local_world_size, range(len(gpu_memory)))
     memory: dict = {i: int(gpu_memory[i]) for i in mine}
     if cpu_memory is not None:
         memory["cpu"] = int(cpu_memory)
@@ -218,19 +241,14 @@ def max_memory_for_rank(local_rank: int, local_world_size: int,
 
 
 def device_map_kwargs() -> dict:
-    """``device_map`` / ``max_memory`` for ``load_model`` in this process.
-
-    One process: ``device_map="auto"`` over all GPUs (or the CPU). Several per node: each
-    process spreads its model over its own group of GPUs (``max_memory_for_rank``).
-    """
+    """``device_map`` / ``max_memory`` for ``load_model`` in this process."""
     if not torch.cuda.is_available():
         return {"device_map": None}
     info = dist_info()
-    if info.local_world_size <= 1:
-        return {"device_map": "auto"}
-    total = [torch.cuda.get_device_properties(i).total_memory
-             for i in range(torch.cuda.device_count())]
-    usable = [int(t * 0.9) for t in total]
+    count = torch.cuda.device_count()
+    if info.local_world_size <= 1 or _narrowed:
+        return {"device_map": "auto"}  # one process, or GPUs already narrowed per process
+    usable = [int(torch.cuda.get_device_properties(i).total_memory * 0.9) for i in range(count)]
     return {"device_map": "auto",
             "max_memory": max_memory_for_rank(info.local_rank, info.local_world_size, usable)}
 

@@ -38,6 +38,13 @@ def test_max_memory_gives_each_process_its_own_gpu_group():
         shard.max_memory_for_rank(0, 3, gpus)
 
 
+def test_gpu_groups_split_a_node_between_its_processes():
+    assert shard.gpu_group(1, 4, ["0", "1", "2", "3", "4", "5", "6", "7"]) == ["2", "3"]
+    assert shard.gpu_group(0, 1, [3, 5]) == [3, 5]
+    with pytest.raises(ValueError, match="cannot be split"):
+        shard.gpu_group(0, 2, [0])
+
+
 def test_not_distributed_is_a_plain_loop():
     assert not shard.active() and shard.dist_info().world_size == 1
     parts = shard.map_batches(lambda s, e: torch.arange(s, e), 7, 3, progress=False)
