@@ -47,12 +47,15 @@ def ffd(cos_norm, sin_norm, eta: float = 0.5) -> float:
     return float(np.mean((cos_norm > eta * peak) | (sin_norm > eta * peak)))
 
 
-def fcr(cos_norm, sin_norm) -> float:
+def fcr(cos_norm, sin_norm, rtol: float = 1e-9) -> float:
     """Mean over frequencies of min(|cos|/|sin|, |sin|/|cos|): 1 = balanced, 0 = one-sided.
 
+    Norms below ``rtol`` x the largest norm are rounding noise and count as zero.
     Frequencies where both norms are zero are skipped; one zero norm gives 0.
     """
     a, b = np.abs(np.asarray(cos_norm, float)), np.abs(np.asarray(sin_norm, float))
+    tiny = rtol * max(a.max(initial=0.0), b.max(initial=0.0))
+    a, b = np.where(a > tiny, a, 0.0), np.where(b > tiny, b, 0.0)
     lo, hi = np.minimum(a, b), np.maximum(a, b)
     keep = hi > 0
     return float(np.mean(lo[keep] / hi[keep])) if keep.any() else 0.0

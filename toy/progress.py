@@ -87,15 +87,10 @@ def restricted_excluded_loss(logits: torch.Tensor, task: Task, ks, train_idx: to
 
 
 def embedding_measures(embed, neuron_logit, basis: FourierBasis) -> dict:
-    """Gini of the Fourier norms of W_E (p, D) and W_L (neurons, p); FFD, FCR of W_E.
-
-    Norms below 1e-9 x the largest are rounding noise and count as zero (FCR skips
-    frequencies whose cos and sin norms are both zero)."""
+    """Gini of the Fourier norms of W_E (p, D) and W_L (neurons, p); FFD, FCR of W_E."""
     e_norms = fourier_norms(embed, basis)
     l_norms = fourier_norms(np.asarray(neuron_logit, dtype=float).T, basis)
     cos_n, sin_n = cos_sin_norms(embed, basis, axis=0)
-    tiny = 1e-9 * max(cos_n.max(initial=0.0), sin_n.max(initial=0.0))
-    cos_n, sin_n = np.where(cos_n > tiny, cos_n, 0.0), np.where(sin_n > tiny, sin_n, 0.0)
     return {"gini_embed": gini(e_norms), "gini_neuron_logit": gini(l_norms),
             "ffd": ffd(cos_n, sin_n), "fcr": fcr(cos_n, sin_n),
             "embed_norms": e_norms, "neuron_logit_norms": l_norms}

@@ -29,6 +29,8 @@ def test_ffd_and_fcr_by_hand():
     assert ffd(cos, sin, eta=0.5) == pytest.approx(2 / 4)  # components 1 and 3 exceed 0.5
     # ratios: 0.5, 0.5, 0 (one-sided), skip (both zero)
     assert fcr(cos, sin) == pytest.approx((0.5 + 0.5 + 0.0) / 3)
+    # rounding noise (1e-17) is zero, not a random ratio
+    assert fcr([1.0, 1e-17], [1.0, 3e-17]) == pytest.approx(1.0)
 
 
 def test_cos_sin_norms_of_pure_waves():
