@@ -22,6 +22,7 @@ from llm_fourier.errors import UserError
 from llm_fourier.report.files import read_json, write_csv, write_json
 from llm_fourier.report.plots import error_histograms
 from llm_fourier.report.tables import format_table
+from probes import FourierBasis
 
 SUMMARY = ("row", "loss", "accuracy", "n_errors", "frac_errors_mult_10", "mod2_accuracy",
            "mod10_accuracy", "max_abs_error")
@@ -44,6 +45,18 @@ def parse_layers(text: str | None, n_layers: int) -> list[int]:
     return sorted(layers)
 
 
+def check_components(args: argparse.Namespace, p: int) -> None:
+    """Refuse --tau / --keep outside the components 1..K of the basis over p numbers."""
+    k_max = FourierBasis(p, args.basis).n_components
+    if not 1 <= args.tau <= k_max:
+        raise UserError(f"--tau must lie in 1..{k_max} for numbers 0..{p - 1}, got "
+                        f"{args.tau}; pass a smaller --tau.")
+    bad = [k for k in args.keep or [] if not 1 <= k <= k_max]
+    if bad:
+        raise UserError(f"--keep components must lie in 1..{k_max} for numbers 0..{p - 1}, "
+                        f"got {bad}.")
+
+
 def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_")
 
@@ -53,7 +66,7 @@ def run(args: argparse.Namespace) -> dict:
     settings = {k: v for k, v in sorted(vars(args).items()) if not k.startswith("_")
                 and k not in ("out", "batch_size")}
     key = json.dumps(settings, sort_keys=True, default=str)
-    lm, examples, numbers = prepare(args)
+    lm, examples, numbers = prepare(args, lambda p: check_components(args, p))
     layers = parse_layers(args.layers, lm.n_layers)
 
     rows_dir = out / "rows"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -61,21 +62,27 @@ def add_task_arguments(parser: argparse.ArgumentParser) -> None:
                         help="low/high threshold on the component index k (default: 50)")
 
 
-def prepare(args: argparse.Namespace):
-    """(LoadedModel, examples of the chosen split, NumberTokens over the answer range)."""
+def prepare(args: argparse.Namespace, check_p: Callable[[int], None] | None = None):
+    """(LoadedModel, examples of the chosen split, NumberTokens over the answer range).
+
+    The task is built first, so bad settings fail before the model loads; ``check_p(p)``
+    may refuse options that depend on the number range p.
+    """
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be at least 1, got {args.limit}.")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}.")
-    lm = load_model(args.model, args.tokenizer, device_map=args.device_map, dtype=args.dtype,
-                    trust_remote_code=args.trust_remote_code)
     task = make_task(args.op, args.max_operand, ordered=args.ordered, seed=args.seed,
                      shots=args.shots)
     examples = getattr(task, args.split)[:args.limit]
     if not examples:
         raise UserError(f"the {args.split} split is empty; raise --max-operand or pick "
                         "another --split.")
-    max_answer = max(e.answer for e in task.train + task.val + task.test)
+    max_answer = task.max_answer
+    if check_p is not None:
+        check_p(max_answer + 1)
+    lm = load_model(args.model, args.tokenizer, device_map=args.device_map, dtype=args.dtype,
+                    trust_remote_code=args.trust_remote_code)
     found = find_number_tokens(lm.tokenizer, max_number=max_answer)
     require_numbers(found, max_answer, lm.name)
     # the number space is the answer range 0..max_answer, as in the paper (p = 521)

@@ -155,3 +155,26 @@ def test_user_errors(gpt2):
     with pytest.raises(UserError, match="attention mask"), capture(gpt2) as cap:
         cap.set_mask(torch.ones(2, 3))
         gpt2.model(enc["input_ids"])
+
+
+def test_low_precision_model_captures_float32_and_edits_keep_its_dtype():
+    model, tok = tiny_lm("llama")
+    lm = load_model(model.to(torch.bfloat16), tok)
+    enc = tokenize_prompts(lm.tokenizer, PROMPTS)
+    seen = []
+
+    def halve(x):
+        seen.append(x.dtype)
+        return x / 2
+
+    with torch.inference_mode():
+        hs = lm.model(**enc, output_hidden_states=True).hidden_states
+        with capture(lm, roles=["block"], layers=[0]) as cap:
+            plain = lm.model(**enc).logits
+        with edit(lm, {("mlp", 1): halve}):
+            edited = lm.model(**enc).logits
+    assert cap.stack("block").dtype == torch.float32
+    assert torch.equal(cap.stack("block")[:, 0], hs[1][:, -1].float())  # left padding
+    assert seen == [torch.bfloat16] and edited.dtype == plain.dtype == torch.bfloat16
+    assert not torch.equal(edited[:, -1], plain[:, -1])
+    assert torch.equal(edited[:, :-1], plain[:, :-1])

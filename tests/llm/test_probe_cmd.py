@@ -121,6 +121,7 @@ def test_ablate_end_to_end_and_resume(model_dir, tmp_path, capsys):
     (["--max-operand", "150"], "answers go up to 300"),
     (["--layers", "7"], "--layers"),
     (["--keep", "99"], "--keep"),
+    (["--tau", "13", "--model", "/never/loaded"], "--tau must lie in 1..12"),
 ])
 def test_bad_input_exits_2_with_one_sentence(model_dir, tmp_path, capsys, extra, words):
     command = "probe" if extra[0] in ("--model", "--max-operand") else "ablate"
