@@ -31,7 +31,7 @@ from llm_fourier.hooks import capture
 from llm_fourier.models import LoadedModel
 from llm_fourier.tasks import Example
 from probes import FourierBasis, spectrum
-from probes.linear import fit_helix, mod_probe
+from probes.linear import fit_helix, mod_probes
 
 TOKENS = ("a", "b", "last")
 TARGETS = ("a", "b", "answer")
@@ -154,14 +154,13 @@ def probe_states(
 ) -> dict:
     """Mod-T probes and a helix fit of one (role, layer), with shuffled-label baselines."""
     out: dict = {"mod": {}}
-    kw = {"n_splits": n_splits, "pca_dim": mod_pca_dim, "seed": seed}
-    for T in periods:
-        r = mod_probe(x, numbers, int(T), **kw)
-        row = {"accuracy": r.accuracy, "kappa": r.kappa, "chance": r.chance_accuracy}
-        if shuffled:
-            s = mod_probe(x, numbers, int(T), shuffle=True, **kw)
-            row |= {"accuracy_shuffled": s.accuracy, "kappa_shuffled": s.kappa}
-        out["mod"][int(T)] = row
+    for r in mod_probes(x, numbers, periods, n_splits=n_splits, pca_dim=mod_pca_dim,
+                        seed=seed, shuffled=shuffled):
+        row = out["mod"].setdefault(r.period, {})
+        if r.shuffled:
+            row |= {"accuracy_shuffled": r.accuracy, "kappa_shuffled": r.kappa}
+        else:
+            row |= {"accuracy": r.accuracy, "kappa": r.kappa, "chance": r.chance_accuracy}
     fit = fit_helix(x, numbers, helix_periods, pca_dim=pca_dim, seed=seed)
     out["helix"] = fit.summary()
     out["fit"] = fit

@@ -1,11 +1,10 @@
 """Linear probes for number features: mod-T classification and circle/helix regression.
 
-* ``mod_probe``: is ``n mod T`` linearly decodable from a state?  PCA -> one global
-  scale -> L2-regularised multinomial logistic regression, cross-validated with
-  ``StratifiedGroupKFold`` grouped by number, so a number's states are never in both train
-  and test. Reports accuracy and
-  Cohen's kappa; ``shuffle=True`` is the shuffled-label baseline (labels permuted between
-  numbers, so it must sit at chance, kappa ~ 0).
+* ``mod_probes``: is ``n mod T`` linearly decodable from a state?  PCA -> one global
+  scale -> L2-regularised multinomial logistic regression, cross-validated with folds by
+  number (``number_folds``), so a number's states are never in both train and test.
+  Reports accuracy and Cohen's kappa; ``shuffled=True`` adds the shuffled-label baseline
+  (labels permuted between numbers, so it must sit at chance, kappa ~ 0).
 * ``fit_helix``: Kantamneni & Tegmark (2025): after PCA, fit
   ``h ~ c0 + C [n, cos(2 pi n/T), sin(2 pi n/T) for T in periods]`` on train numbers and
   report R^2 on held-out numbers (split by number value), the fitted amplitude and phase
@@ -34,6 +33,23 @@ def _as_2d(features) -> np.ndarray:
     return x
 
 
+def pca_basis(xc: np.ndarray, dim: int) -> np.ndarray:
+    """Top ``dim`` principal directions (rows, orthonormal) of centred rows ``xc``.
+
+    Eigen-decomposes the smaller of the Gram and covariance matrices: far faster than a
+    general SVD for the tall or wide matrices of hidden states.
+    """
+    n, d = xc.shape
+    dim = max(1, min(dim, n, d))
+    if d <= n:
+        w, v = np.linalg.eigh(xc.T @ xc)
+        return v[:, ::-1][:, :dim].T.copy()
+    w, u = np.linalg.eigh(xc @ xc.T)
+    w, u = w[::-1][:dim], u[:, ::-1][:, :dim]
+    comps = (xc.T @ u) / np.sqrt(np.maximum(w, 1e-300))
+    return comps.T.copy()
+
+
 def _shuffled_by_number(numbers: np.ndarray, values: np.ndarray, rng) -> np.ndarray:
     """``values`` (one per sample, a function of the number) permuted between numbers."""
     uniq, inverse = np.unique(numbers, return_inverse=True)
@@ -59,62 +75,101 @@ class ModProbeResult:
         return dict(self.__dict__)
 
 
-def mod_probe(
+def number_folds(numbers, n_splits: int = 5, seed: int = 0, stratify: int = 1) -> np.ndarray:
+    """Fold index of each sample: all samples of a number share a fold, and the numbers of
+    each residue mod ``stratify`` are dealt evenly over the folds (so every class mod T,
+    T dividing ``stratify``, is balanced; unbalanced folds bias kappa below zero)."""
+    n = np.asarray(numbers)
+    uniq = np.unique(n)
+    k = min(n_splits, len(uniq))
+    if k < 2:
+        raise ValueError("cross-validation by number needs at least two distinct numbers")
+    rng = np.random.default_rng(seed)
+    order = np.lexsort((rng.random(len(uniq)), np.mod(uniq, max(stratify, 1))))
+    start = rng.integers(k)  # deal each residue's numbers round-robin
+    fold_of = {int(u): (start + i) % k for i, u in enumerate(uniq[order])}
+    return np.array([fold_of[int(v)] for v in n])
+
+
+def _shuffled_within(n: np.ndarray, values: np.ndarray, fold: np.ndarray, rng) -> np.ndarray:
+    """``values`` permuted between the numbers of each fold (class counts per fold kept)."""
+    out = values.copy()
+    for f in np.unique(fold):
+        idx = np.flatnonzero(fold == f)
+        out[idx] = _shuffled_by_number(n[idx], values[idx], rng)
+    return out
+
+
+def mod_probes(
     features,
     numbers,
-    period: int,
+    periods,
     *,
     n_splits: int = 5,
     pca_dim: int | None = 64,
     C: float = 1.0,
     seed: int = 0,
-    shuffle: bool = False,
+    shuffled: bool = False,
     max_iter: int = 1000,
-) -> ModProbeResult:
-    """Cross-validated accuracy and Cohen's kappa of a linear probe for ``n mod period``."""
-    from sklearn.decomposition import PCA
+) -> list[ModProbeResult]:
+    """Cross-validated accuracy and Cohen's kappa of linear probes for ``n mod T``.
+
+    The folds (by number) and their PCA are shared by every period; with ``shuffled`` each
+    period's shuffled-label baseline (labels permuted between the numbers of each fold)
+    follows its result in the list.
+    """
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, cohen_kappa_score
-    from sklearn.model_selection import StratifiedGroupKFold
-    from sklearn.preprocessing import StandardScaler
     from threadpoolctl import threadpool_limits
 
     x = _as_2d(features)
     n = np.asarray(numbers, dtype=np.int64)
-    if period < 2:
-        raise ValueError(f"period must be >= 2, got {period}")
-    labels = np.mod(n, period)
-    if shuffle:
-        labels = _shuffled_by_number(n, labels, np.random.default_rng(seed + 1))
-    n_numbers = len(np.unique(n))
-    # each fold must be able to hold out a number of every class
-    per_class = [len(np.unique(n[labels == c])) for c in np.unique(labels)]
-    folds = min(n_splits, min(per_class))
-    if folds < 2 or len(per_class) < 2:
-        raise ValueError("a mod-T probe needs at least two numbers in two classes")
-    cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    pred = np.empty_like(labels)
-    for train, test in cv.split(x, labels, groups=n):
+    if any(T < 2 for T in periods):
+        raise ValueError(f"periods must be >= 2, got {list(periods)}")
+    rng = np.random.default_rng(seed + 1)
+    lcm = int(np.lcm.reduce([int(T) for T in periods]))
+    fold = number_folds(n, n_splits, seed, lcm if lcm <= len(np.unique(n)) else max(periods))
+    tasks = [(int(T), False, np.mod(n, int(T))) for T in periods]
+    if shuffled:
+        tasks = [t for T, _, lab in tasks
+                 for t in ((T, False, lab), (T, True, _shuffled_within(n, lab, fold, rng)))]
+    if any(len(np.unique(lab)) < 2 for *_, lab in tasks):
+        raise ValueError("a mod-T probe needs numbers in at least two classes")
+    folds = [(np.flatnonzero(fold != f), np.flatnonzero(fold == f)) for f in np.unique(fold)]
+    preds = [np.empty_like(n) for _ in tasks]
+    for train, test in folds:
         # PCA on the centred states, then one global scale (not per dimension: standardizing
         # would blow low-variance, number-specific noise up to the size of the signal and
         # let the probe memorise the training numbers through it)
         dim = min(pca_dim or x.shape[1], x.shape[1], len(train) - 1)
-        prep = (PCA(n_components=dim, random_state=seed) if dim < x.shape[1]
-                else StandardScaler(with_std=False)).fit(x[train])
-        scale = np.sqrt(prep.transform(x[train]).var(axis=0).mean()) or 1.0
-        # L-BFGS on a few hundred small rows: threaded BLAS only adds contention (40x slower
-        # on a busy machine), so the solver runs on one thread
-        with threadpool_limits(1):
-            clf = LogisticRegression(C=C, max_iter=max_iter).fit(
-                prep.transform(x[train]) / scale, labels[train])
-        pred[test] = clf.predict(prep.transform(x[test]) / scale)
-    return ModProbeResult(
-        period=int(period),
-        accuracy=float(accuracy_score(labels, pred)),
+        mean = x[train].mean(axis=0)
+        comps = pca_basis(x[train] - mean, dim) if dim < x.shape[1] else None
+        z_tr, z_te = ((v - mean) if comps is None else (v - mean) @ comps.T
+                      for v in (x[train], x[test]))
+        scale = np.sqrt(z_tr.var(axis=0).mean()) or 1.0
+        for pred, (_, _, labels) in zip(preds, tasks):
+            if len(np.unique(labels[train])) < 2:  # one class left: predict it
+                pred[test] = labels[train][0]
+                continue
+            # L-BFGS on a few hundred small rows: threaded BLAS only adds contention (40x
+            # slower on a busy machine), so the solver runs on one thread
+            with threadpool_limits(1):
+                clf = LogisticRegression(C=C, max_iter=max_iter).fit(z_tr / scale,
+                                                                     labels[train])
+            pred[test] = clf.predict(z_te / scale)
+    return [ModProbeResult(
+        period=T, accuracy=float(accuracy_score(labels, pred)),
         kappa=float(cohen_kappa_score(labels, pred)),
         chance_accuracy=float(np.bincount(labels).max() / len(labels)),
-        n_samples=len(labels), n_numbers=n_numbers, n_folds=folds, shuffled=shuffle,
-    )
+        n_samples=len(labels), n_numbers=len(np.unique(n)), n_folds=len(folds), shuffled=sh,
+    ) for pred, (T, sh, labels) in zip(preds, tasks)]
+
+
+def mod_probe(features, numbers, period: int, *, shuffle: bool = False, seed: int = 0,
+              **kwargs) -> ModProbeResult:
+    """One period's probe (``shuffle=True``: its shuffled-label baseline only)."""
+    results = mod_probes(features, numbers, [period], seed=seed, shuffled=shuffle, **kwargs)
+    return results[-1]
 
 
 # ----------------------------------------------------------------------- helix regression
@@ -274,9 +329,7 @@ def fit_helix(
     train = ~test
     mean = x[train].mean(axis=0)
     xc = x[train] - mean
-    dim = max(1, min(pca_dim, train.sum() - 1, x.shape[1]))
-    _, _, vt = np.linalg.svd(xc, full_matrices=False)
-    comps = vt[:dim]
+    comps = pca_basis(xc, min(pca_dim, int(train.sum()) - 1))
     z_tr, z_te = xc @ comps.T, (x[test] - mean) @ comps.T
     scale = float(max(np.abs(n).max(), 1))
 

@@ -8,6 +8,8 @@ from probes.linear import (
     fourier_vs_decodable,
     helix_features,
     mod_probe,
+    mod_probes,
+    number_folds,
     per_number_means,
     period_scan,
     split_numbers,
@@ -129,3 +131,17 @@ def test_helpers():
     assert uniq.tolist() == [0, 2]
     with pytest.raises(ValueError):
         mod_probe(np.zeros((4, 2)), [0, 0, 0, 0], 2)
+
+
+def test_folds_by_number_are_balanced_and_noise_is_not_biased():
+    n = np.repeat(np.arange(100), 2)
+    fold = number_folds(n, 5, seed=3, stratify=10)
+    for u in range(100):  # every number's samples share one fold
+        assert len(set(fold[n == u])) == 1
+    counts = np.array([[np.sum((fold == f) & (n % 10 == r)) for r in range(10)]
+                       for f in range(5)])
+    assert counts.max() - counts.min() == 0  # 10 numbers per residue, 2 per fold
+    # pure noise: every kappa near 0 (unbalanced folds would push it clearly below)
+    x = np.random.default_rng(1).standard_normal((200, 16))
+    kappas = [r.kappa for r in mod_probes(x, n, [2, 5, 10], pca_dim=8, shuffled=True)]
+    assert abs(np.mean(kappas)) < 0.05 and max(abs(k) for k in kappas) < 0.15
