@@ -24,8 +24,8 @@ from llm_fourier.report.config import parse_config
 
 # sizes of the built-in report: (full demo, --quick)
 SIZES = {
-    False: {"operand": 40, "adder_epochs": 12, "eval_every": 3, "limit": 200, "p": 31,
-            "toy_epochs": 1500, "llm_operand": 99, "llm_limit": 200},
+    False: {"operand": 40, "adder_epochs": 20, "eval_every": 4, "limit": 200, "p": 31,
+            "toy_epochs": 3000, "llm_operand": 99, "llm_limit": 200},
     True: {"operand": 8, "adder_epochs": 2, "eval_every": 1, "limit": 24, "p": 11,
            "toy_epochs": 40, "llm_operand": 20, "llm_limit": 16},
 }

@@ -66,6 +66,10 @@ def execute(report: Report, out: str | Path, only: list[str] | None = None,
     rows = status_rows(manifest)
     print(format_table(rows, ["job", "command", "status", "seconds", "error"]))
     counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "failed", "blocked")}
+    if counts["failed"] or counts["blocked"]:
+        print(f"{counts['failed']} job(s) failed and {counts['blocked']} could not start; "
+              f"tracebacks in {out / 'jobs'}/<job>/error.txt. Run the same command again to "
+              "retry them (finished jobs are skipped).")
     print(f"report: {index.resolve()}")
     return {"out": str(out), "index": str(index), "jobs": rows, **counts}
 

@@ -87,7 +87,8 @@ figcaption{font-size:.9em;color:#444;max-width:700px}table{border-collapse:colla
 margin:.6em 0;font-size:.85em;font-family:Helvetica,Arial,sans-serif}th,td{border:1px solid
 #ccc;padding:3px 7px;text-align:right}th{background:#f2f2f2}td:first-child,th:first-child{
 text-align:left}.failed{color:#a00}.meta{color:#666;font-size:.85em}
-.job{margin:1.2em 0 2em 0}details{margin:.4em 0}code{font-size:.9em}
+.job{margin:1.2em 0 2em 0}.wide{overflow-x:auto;max-width:100%}
+details{margin:.4em 0}code{font-size:.9em}
 """
 
 MAX_ROWS = 40
@@ -116,7 +117,7 @@ def html_table(rows: list[dict], columns: list[str] | None = None, max_rows: int
     more = (f"<p class='meta'>first {max_rows} of {len(rows)} rows shown</p>"
             if len(rows) > max_rows else "")
     cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
-    return f"<table>{cap}<tr>{head}</tr>{body}</table>{more}"
+    return f"<div class='wide'><table>{cap}<tr>{head}</tr>{body}</table></div>{more}"
 
 
 def _number(text: str):
@@ -139,16 +140,27 @@ def img_tag(path: Path, alt: str = "") -> str:
     return f"<img src='data:image/png;base64,{data}' alt='{html.escape(alt)}'>"
 
 
-def caption_for(path: Path) -> str:
+COMMAND_CAPTIONS = {  # captions that depend on the command that made the file
+    "transplant": {
+        "error_histograms": "Test errors (prediction - answer) pooled over seeds, per arm: "
+                            "adders trained from scratch mostly err by one or two.",
+        "embedding_spectra": "Fourier spectra of the number embeddings of each arm (and of "
+                             "the transplanted source).",
+        "accuracy": "Test accuracy of each arm, per seed.",
+    },
+}
+
+
+def caption_for(path: Path, command: str = "") -> str:
     stem = path.stem.lower()
-    for key, text in CAPTIONS.items():
+    for key, text in [*COMMAND_CAPTIONS.get(command, {}).items(), *CAPTIONS.items()]:
         if key in stem:
             return text
     return stem.replace("_", " ").replace("-", " ").capitalize() + "."
 
 
-def figure(path: Path, caption: str | None = None) -> str:
-    caption = caption_for(path) if caption is None else caption
+def figure(path: Path, caption: str | None = None, command: str = "") -> str:
+    caption = caption_for(path, command) if caption is None else caption
     return (f"<figure>{img_tag(path, path.stem)}<figcaption><b>{html.escape(path.name)}</b>: "
             f"{html.escape(caption)}</figcaption></figure>")
 
@@ -190,7 +202,7 @@ def _job_html(out: Path, job_id: str, entry: dict, results: dict, extra: str) ->
     if entry.get("caption"):
         parts.append(f"<p>{html.escape(entry['caption'])}</p>")
     for png in sorted(folder.glob("*.png")):
-        parts.append(figure(png))
+        parts.append(figure(png, command=entry.get("command", "")))
     parts.append(extra)
     for path in sorted(folder.glob("*.csv")):
         rows = read_csv(path)
