@@ -162,3 +162,30 @@ def test_killed_report_rerun_skips_finished_jobs(tmp_path):
     run_report(parse_config(config()), tmp_path, progress=False)
     assert CALLS == ["b", "c", "d"]
     assert read_json(tmp_path / "jobs/d/results.json") == {"value": 4.0}
+
+
+def test_report_cli_only_dry_run_html_only_and_failures(tmp_path, capsys):
+    from llm_fourier.cli import main
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('title = "cli"\n'
+                   '[[jobs]]\ncommand = "fake work"\nname = "a"\nsettings = { value = 2 }\n'
+                   '[[jobs]]\ncommand = "fake work"\nname = "b"\n'
+                   'settings = { input = "{jobs.a}", fail = true }\n'
+                   '[[jobs]]\ncommand = "fake work"\nname = "c"\n')
+    out = tmp_path / "out"
+    assert main(["report", str(cfg), "--dry-run", "--only", "b"]) == 0
+    listed = capsys.readouterr().out
+    assert "a " in listed and "b " in listed and "c " not in listed and CALLS == []
+    assert main(["report", str(cfg), "--out", str(out), "--html-only"]) == 2
+    assert "holds no report yet" in capsys.readouterr().err
+    assert main(["report", str(cfg), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert CALLS == ["a", "b", "c"]
+    assert "1 job(s) failed and 0 could not start" in printed
+    assert f"report: {(out / 'index.html').resolve()}" in printed
+    (out / "index.html").unlink()
+    assert main(["report", str(cfg), "--out", str(out), "--html-only"]) == 0
+    assert CALLS == ["a", "b", "c"] and (out / "index.html").is_file()
+    assert main(["report", "--list-presets"]) == 0
+    assert "gpt2-xl-paper" in capsys.readouterr().out
