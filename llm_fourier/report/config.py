@@ -293,8 +293,9 @@ def _expand(entry, key: str, models: dict, tasks: dict, top_seeds: list[int],
                         s[k] = _check_setting(actions, f"tasks.{task}.{k}", k, v, source)
                 if model is not None:
                     s[model_setting] = models[model]
-                if seed is not None:
-                    s[seed_setting] = seed
+                if seed is not None:  # a list option (``--seeds 0 1``) gets [seed]
+                    many = actions[seed_setting].nargs in ("+", "*")
+                    s[seed_setting] = [seed] if many else seed
                 parts = [name] + [x for x in (model, task) if x is not None]
                 parts += [] if seed is None else [f"s{seed}"]
                 refs = [r for v in s.values() for r in _refs(v)]

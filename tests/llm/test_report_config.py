@@ -123,6 +123,13 @@ def test_config_errors_name_the_key(mutate, message):
         parse_config(raw, source="c.toml")
 
 
+def test_a_list_seed_option_gets_one_seed_per_job():
+    raw = {"jobs": [{"command": "fake use", "seeds": [3, 4], "seed_setting": "layers"}]}
+    jobs = parse_config(raw).jobs
+    assert [(j.id, j.settings["layers"]) for j in jobs] == [("fake-use-s3", [3]),
+                                                            ("fake-use-s4", [4])]
+
+
 def test_toml_and_yaml_files_give_the_same_jobs(tmp_path):
     toml = tmp_path / "c.toml"
     toml.write_text('title = "t"\nseeds = [2]\n[tasks]\nadd = { op = "*" }\n'
