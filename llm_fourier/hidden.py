@@ -158,7 +158,8 @@ def probe_states(
                         seed=seed, shuffled=shuffled):
         row = out["mod"].setdefault(r.period, {})
         if r.shuffled:
-            row |= {"accuracy_shuffled": r.accuracy, "kappa_shuffled": r.kappa}
+            row |= {"accuracy_shuffled": r.accuracy, "kappa_shuffled": r.kappa,
+                    "kappa_shuffled_std": r.kappa_std}
         else:
             row |= {"accuracy": r.accuracy, "kappa": r.kappa, "chance": r.chance_accuracy}
     fit = fit_helix(x, numbers, helix_periods, pca_dim=pca_dim, seed=seed)
@@ -189,7 +190,7 @@ def flat_row(role: str, layer: int, result: dict, prefix: str = "") -> dict:
     """One CSV/table row: kappa/accuracy per period, helix R^2, with baselines."""
     row = {"role": role, "layer": layer}
     for T, m in result["mod"].items():
-        for key in ("accuracy", "kappa", "kappa_shuffled"):
+        for key in ("accuracy", "kappa", "kappa_shuffled", "kappa_shuffled_std"):
             if key in m:
                 head, _, tail = key.partition("_")
                 row[f"{prefix}{head}_mod{T}" + (f"_{tail}" if tail else "")] = m[key]

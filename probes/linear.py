@@ -70,6 +70,7 @@ class ModProbeResult:
     n_numbers: int
     n_folds: int
     shuffled: bool = False
+    kappa_std: float | None = None  # spread over the label shuffles of a baseline
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -110,13 +111,15 @@ def mod_probes(
     C: float = 1.0,
     seed: int = 0,
     shuffled: bool = False,
+    n_shuffles: int = 5,
     max_iter: int = 1000,
 ) -> list[ModProbeResult]:
     """Cross-validated accuracy and Cohen's kappa of linear probes for ``n mod T``.
 
     The folds (by number) and their PCA are shared by every period; with ``shuffled`` each
-    period's shuffled-label baseline (labels permuted between the numbers of each fold)
-    follows its result in the list.
+    period's shuffled-label baseline (labels permuted between the numbers of each fold; mean
+    over ``n_shuffles`` permutations, their spread in ``kappa_std``: with few numbers one
+    permutation's kappa varies by +-0.2) follows its result in the list.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, cohen_kappa_score
@@ -131,8 +134,8 @@ def mod_probes(
     fold = number_folds(n, n_splits, seed, lcm if lcm <= len(np.unique(n)) else max(periods))
     tasks = [(int(T), False, np.mod(n, int(T))) for T in periods]
     if shuffled:
-        tasks = [t for T, _, lab in tasks
-                 for t in ((T, False, lab), (T, True, _shuffled_within(n, lab, fold, rng)))]
+        tasks = [t for T, _, lab in tasks for t in [(T, False, lab)] + [
+            (T, True, _shuffled_within(n, lab, fold, rng)) for _ in range(n_shuffles)]]
     if any(len(np.unique(lab)) < 2 for *_, lab in tasks):
         raise ValueError("a mod-T probe needs numbers in at least two classes")
     folds = [(np.flatnonzero(fold != f), np.flatnonzero(fold == f)) for f in np.unique(fold)]
@@ -157,12 +160,17 @@ def mod_probes(
                 clf = LogisticRegression(C=C, max_iter=max_iter).fit(z_tr / scale,
                                                                      labels[train])
             pred[test] = clf.predict(z_te / scale)
+    scores: dict[tuple[int, bool], list] = {}
+    for pred, (T, sh, labels) in zip(preds, tasks):
+        scores.setdefault((T, sh), []).append(
+            (accuracy_score(labels, pred), cohen_kappa_score(labels, pred),
+             np.bincount(labels).max() / len(labels)))
     return [ModProbeResult(
-        period=T, accuracy=float(accuracy_score(labels, pred)),
-        kappa=float(cohen_kappa_score(labels, pred)),
-        chance_accuracy=float(np.bincount(labels).max() / len(labels)),
-        n_samples=len(labels), n_numbers=len(np.unique(n)), n_folds=len(folds), shuffled=sh,
-    ) for pred, (T, sh, labels) in zip(preds, tasks)]
+        period=T, accuracy=float(np.mean([a for a, _, _ in v])),
+        kappa=float(np.mean([k for _, k, _ in v])), chance_accuracy=float(v[0][2]),
+        n_samples=len(n), n_numbers=len(np.unique(n)), n_folds=len(folds), shuffled=sh,
+        kappa_std=float(np.std([k for _, k, _ in v])) if sh else None,
+    ) for (T, sh), v in scores.items()]
 
 
 def mod_probe(features, numbers, period: int, *, shuffle: bool = False, seed: int = 0,
