@@ -107,6 +107,7 @@ def _plot(rows: list[dict], periods, roles, path_kappa: Path, path_r2: Path) -> 
                 if f"random_{m}" in sel[0]:
                     ax.plot(x, [r[f"random_{m}"] for r in sel], "--", color=c, alpha=0.7)
             ax.set(title=role, xlabel="layer", ylabel=metrics[0].split("_")[0])
+            ax.xaxis.get_major_locator().set_params(integer=True)
             ax.axhline(0, color="grey", lw=0.5)
         axes[0, 0].legend(fontsize=7, title="solid: model, dashed: random init, "
                           "dotted: shuffled", title_fontsize=6)
