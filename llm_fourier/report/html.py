@@ -71,7 +71,9 @@ CAPTIONS = {  # filename fragment -> caption (first match wins)
     "progress": "Progress measures over training.",
     "lens_accuracy": "Logit-lens accuracy per layer (exact, within 2, within 10) of the "
                      "attention, MLP and residual-stream outputs read through the numbers.",
-    "loss_curves": "Training and test loss over training, with the progress measures.",
+    "loss_curves": "Train and test loss over training (memorisation and grokking marked), "
+                   "with the progress measures: restricted and excluded loss, Gini "
+                   "coefficients of the Fourier norms, and the sum of squared weights.",
     "neuron_frequencies": "MLP neurons by the Fourier frequency that explains them.",
     "frequency_ablation": "Accuracy as key frequencies are ablated.",
     "accuracy": "Test accuracy.",
@@ -148,12 +150,17 @@ COMMAND_CAPTIONS = {  # captions that depend on the command that made the file
                              "the transplanted source).",
         "accuracy": "Test accuracy of each arm, per seed.",
     },
+    "toy analyze": {
+        "embedding_spectrum": "Fourier norms of the token embedding over the residues mod p; "
+                              "the key frequencies (red) carry the algorithm.",
+    },
 }
 
 
 def caption_for(path: Path, command: str = "") -> str:
     stem = path.stem.lower()
-    for key, text in [*COMMAND_CAPTIONS.get(command, {}).items(), *CAPTIONS.items()]:
+    by_length = sorted(CAPTIONS.items(), key=lambda kv: -len(kv[0]))  # most specific first
+    for key, text in [*COMMAND_CAPTIONS.get(command, {}).items(), *by_length]:
         if key in stem:
             return text
     return stem.replace("_", " ").replace("-", " ").capitalize() + "."
