@@ -223,6 +223,11 @@ def run_report(report: Report, out: str | Path, *, only: Sequence[str] | None = 
         bar.update(len(spread))
         save()
     bar.close()
+    if info.world_size > 1:  # remove the other ranks' (empty) scratch folders
+        shutil.rmtree(out / ".scratch" / f"rank{info.rank}", ignore_errors=True)
+        shard.barrier()
+        if info.is_main and (out / ".scratch").is_dir() and not any((out / ".scratch").iterdir()):
+            (out / ".scratch").rmdir()
     return manifest
 
 

@@ -173,12 +173,27 @@ def _fake_run(a: argparse.Namespace) -> dict:
     return results
 
 
+def _sharded_fake_run(a: argparse.Namespace) -> dict:
+    """A shard-aware job: every rank runs it, each on its own batches of 10 items."""
+    from llm_fourier.report.files import write_json
+
+    parts = shard.map_batches(lambda s, e: list(range(s, e)), 10, 3, progress=False)
+    mine = len(shard.shard_batches(10, 3, shard.dist_info().rank, shard.dist_info().world_size))
+    results = {"gathered": shard.concat(parts), "batches_per_rank": shard.all_gather_objects(mine),
+               "writer": shard.dist_info().rank}
+    write_json(Path(a.out) / "results.json", results)
+    return results
+
+
 def install_fake() -> None:
     import llm_fourier.commands as registry
     from llm_fourier.commands import Command
 
     fake = Command("fake dist", "fake", _fake_args, _fake_run)
-    registry.all_commands = lambda: {fake.name: fake}  # only it: no heavy imports in workers
+    sharded = Command("fake shard", "fake", lambda p: None, _sharded_fake_run)
+    shard.SHARD_AWARE.add(sharded.name)
+    # only these: no heavy imports in the workers
+    registry.all_commands = lambda: {fake.name: fake, sharded.name: sharded}
 
 
 REPORT = {"jobs": [
@@ -186,6 +201,7 @@ REPORT = {"jobs": [
     {"command": "fake dist", "name": "b", "settings": {"value": 2}},
     {"command": "fake dist", "name": "c", "settings": {"value": 3, "input": "{jobs.a}"}},
     {"command": "fake dist", "name": "d", "settings": {"value": 4, "input": "{jobs.b}"}},
+    {"command": "fake shard", "name": "e", "needs": ["a"]},
 ]}
 
 
@@ -194,9 +210,13 @@ def test_report_under_two_processes_deals_out_jobs(two_ranks):
 
     tmp_path = two_ranks[0] / "report"
     manifest = read_json(tmp_path / "manifest.json")
-    assert {j: e["status"] for j, e in manifest["jobs"].items()} == dict.fromkeys("abcd", "done")
-    results = {j: read_json(tmp_path / "jobs" / j / "results.json") for j in "abcd"}
+    assert {j: e["status"] for j, e in manifest["jobs"].items()} == dict.fromkeys("abcde",
+                                                                                  "done")
+    results = {j: read_json(tmp_path / "jobs" / j / "results.json") for j in "abcde"}
     # wave 1 = a, b (one per rank), wave 2 = c, d reading them
     assert [results[j]["rank"] for j in "abcd"] == [0, 1, 0, 1]
     assert [results[j]["value"] for j in "abcd"] == [1, 2, 4, 6]
-    assert not (tmp_path / ".scratch").exists()
+    # the shard-aware job ran on both ranks (2 + 2 batches), gathered in order, rank 0 wrote
+    assert results["e"] == {"gathered": list(range(10)), "batches_per_rank": [2, 2],
+                            "writer": 0}
+    assert not (tmp_path / ".scratch").exists()  # rank 1's scratch output removed
