@@ -70,7 +70,7 @@ def demo_config(model: str | None = None, quick: bool = False) -> dict:
              "caption": "Adders trained from scratch (scratch arm) and with frozen number "
                         "embeddings transplanted from the source (transplant arm)."},
             {"command": "embed", "models": "*",
-             "settings": {"max_number": 2 * task["max_operand"]}},
+             "settings": {"max_number": 2 * task["max_operand"], "tau": 10}},
             {"command": "probe", "models": "*", "tasks": ["add"],
              "settings": {**llm, "tau": 10 if not quick else 4}},
             {"command": "ablate", "models": "*", "tasks": ["add"],

@@ -245,7 +245,11 @@ def build_html(out: str | Path) -> Path:
     body.append(f"<p class='meta'>{n_done} of {len(jobs)} jobs finished · built "
                 f"{time.strftime('%Y-%m-%d %H:%M')} · config "
                 f"{html.escape(str(manifest.get('source') or '(built in)'))}</p>")
-    toc = []
+    findings = figures.key_findings(jobs, results)
+    if findings:
+        body.append("<h2 id='summary'>Summary</h2><ul>" + "".join(
+            f"<li>{html.escape(line)}</li>" for line in findings) + "</ul>")
+    toc = ["<a href='#summary'>Summary</a>"] if findings else []
     for sid, heading, _, intro in sections:
         ids = [j for j, e in jobs.items() if section_of(e.get("command", "")) == sid
                and j in results]

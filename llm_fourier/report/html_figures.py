@@ -252,3 +252,40 @@ def section_extras(section: str, out: Path, entries: dict, results: dict) -> str
     if section == "probe":
         return _probe_comparison(entries, results)
     return ""
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def key_findings(entries: dict, results: dict) -> list[str]:
+    """One plain sentence per finished job with a headline result (the page's summary)."""
+    lines = []
+    for job, res in results.items():
+        command = entries[job].get("command")
+        if command == "embed" and "outliers" in res:
+            periods = _periods(res["outliers"], 6)
+            lines.append(f"{job}: number-embedding spectrum outliers at periods {periods}."
+                         if periods else f"{job}: no Fourier outliers in the number embeddings.")
+        elif command == "ablate" and res.get("table"):
+            rows = {r["row"]: r.get("accuracy") for r in res["table"]}
+            worst = min((r for r in rows if r != "none"), key=lambda r: rows[r] or 0,
+                        default=None)
+            if worst is not None:
+                lines.append(f"{job}: accuracy {_pct(rows.get('none'))} without ablation, "
+                             f"{_pct(rows[worst])} with {worst}.")
+        elif command == "transplant" and res.get("arms"):
+            arms = res["arms"]
+            text = ", ".join(f"{name} {_pct(a.get('summary', {}).get('accuracy_mean'))}"
+                             for name, a in arms.items())
+            lines.append(f"{job}: adder test accuracy {text}.")
+        elif command == "toy train" and res.get("seeds"):
+            for r in res["seeds"]:
+                grok = r.get("grokked_epoch")
+                lines.append(f"{job} seed {r.get('seed')}: memorised at epoch "
+                             f"{r.get('memorized_epoch')}, "
+                             + (f"grokked at epoch {grok}" if grok is not None
+                                else "did not grok") + f" (test accuracy "
+                             f"{_pct(r.get('test_accuracy'))}, key frequencies "
+                             f"{_flat(r).get('key_frequencies') or 'none'}).")
+    return lines

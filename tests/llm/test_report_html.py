@@ -138,6 +138,9 @@ def test_tables_carry_the_numbers_of_the_results(report_dir):
     with open(out / "tables/toy.csv") as fh:
         assert list(csv.DictReader(fh)) == [{"job": "toy-train-s0", "final.test_loss": "0.001",
                                              "epochs": "300"}]
+    # the summary: one sentence per job with a headline result
+    assert "ablate-a: accuracy 100.0% without ablation, 37.5% with MLP low removed." in page
+    assert "embed-tiny: number-embedding spectrum outliers at periods 10." in page
     # failures: both listed with their errors
     assert "ValueError: no numbers" in page and "needs broken, which did not finish" in page
     assert "5 of 7 jobs finished" in page
