@@ -281,3 +281,13 @@ def test_transplant_command_resumes_a_killed_run_to_the_same_result(tmp_path, mo
     assert abl["none"] == runs["transplant"]["test_accuracy"]  # same evaluate, same split
     assert set(abl) == {"none", "attn+MLP low removed", "attn low removed", "MLP low removed",
                         "attn+MLP high removed", "attn high removed", "MLP high removed"}
+
+
+def test_error_structure_shares():
+    from toy.transplant_report import error_structure
+
+    hist = {"1": 3, "-1": 2, "2": 1, "10": 3, "-20": 1, "7": 2}  # JSON keys are strings
+    got = error_structure(hist)
+    assert got == {"numeric_errors": 12, "off_by_1": 5 / 12, "within_2": 6 / 12,
+                   "off_by_10s": 4 / 12}
+    assert error_structure({})["off_by_1"] is None
