@@ -165,9 +165,11 @@ def _add_shots(splits, shots: int, rng: np.random.Generator):
 
 def tokenize_prompts(tokenizer, prompts: Sequence[str], device=None,
                      padding_side: str = "left") -> dict:
-    """Pad a batch of prompts to ``input_ids`` / ``attention_mask`` tensors.
+    """Pad a batch of prompts to ``input_ids`` / ``attention_mask`` / ``position_ids``.
 
-    Sets a pad token when the tokenizer has none (its eos, else unk); the caller's
+    ``position_ids`` count real tokens only, so a left-padded prompt sees the same
+    positions as when it runs alone (models such as GPT-2 do not derive them from the
+    mask). Sets a pad token when the tokenizer has none (its eos, else unk); the caller's
     ``padding_side`` is restored afterwards.
     """
     if padding_side not in ("left", "right"):
@@ -184,7 +186,9 @@ def tokenize_prompts(tokenizer, prompts: Sequence[str], device=None,
         batch = tokenizer(list(prompts), return_tensors="pt", padding=True)
     finally:
         tokenizer.padding_side = before
-    out = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    mask = batch["attention_mask"]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = {"input_ids": batch["input_ids"], "attention_mask": mask, "position_ids": positions}
     if device is not None:
         out = {k: v.to(device) for k, v in out.items()}
     return out

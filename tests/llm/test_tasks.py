@@ -106,3 +106,16 @@ def test_tokenize_prompts_sets_missing_pad(number_tokenizer):
     out = tokenize_prompts(tok, ["Calculate 3 + 4.", "Calculate 30 + 40. Answer: "])
     assert tok.pad_token == tok.eos_token
     assert out["input_ids"][0, 0].item() == tok.eos_token_id
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_neox"])
+def test_padded_prompt_gives_the_logits_it_gives_alone(arch):
+    from tests.tiny import tiny_lm
+
+    model, tok = tiny_lm(arch)
+    prompts = ["Total of 3 and 4. Answer: ", "What is the sum of 120 and 75? Answer: "]
+    with torch.no_grad():
+        batch = model(**tokenize_prompts(tok, prompts)).logits[:, -1]
+        for row, prompt in zip(batch, prompts):
+            alone = model(**tokenize_prompts(tok, [prompt])).logits[0, -1]
+            torch.testing.assert_close(row, alone, atol=1e-5, rtol=1e-5)
