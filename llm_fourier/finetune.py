@@ -113,7 +113,8 @@ def answer_batch(tokenizer, examples, numbers, device=None) -> dict:
 
 def answer_loss(model, batch: dict) -> torch.Tensor:
     """Cross-entropy of the last-position next-token logits against the answer token."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    out = model(**inputs)
     return torch.nn.functional.cross_entropy(out.logits[:, -1, :].float(), batch["labels"])
 
 
