@@ -48,8 +48,10 @@ def test_answer_loss_is_cross_entropy_of_the_answer_token_at_the_last_position()
     assert [tok.decode([i]) for i in batch["labels"]] == [str(e.answer) for e in task.train[:6]]
     with torch.no_grad():
         loss = answer_loss(model, batch).item()
-        logits = model(input_ids=batch["input_ids"],
-                       attention_mask=batch["attention_mask"]).logits[:, -1].double().numpy()
+        # each prompt alone, unpadded: the loss must not depend on the batch's padding
+        logits = np.stack([
+            model(**tok(e.prompt, return_tensors="pt")).logits[0, -1].double().numpy()
+            for e in task.train[:6]])
     z = logits - logits.max(1, keepdims=True)
     logp = z - np.log(np.exp(z).sum(1, keepdims=True))
     manual = -logp[np.arange(6), batch["labels"].numpy()].mean()
