@@ -6,7 +6,9 @@ positions through ``hooks.edit``. ``evaluate`` runs a split and reports the next
 loss of the answer, accuracy, a signed-error histogram, the fraction of errors that are
 multiples of 10 and mod-2 / mod-10 accuracy. The prediction is either the model's own next
 token (argmax over the whole vocabulary, as in the paper; a non-number token is wrong and
-has no signed error) or the argmax over the number tokens only.
+has no signed error) or the argmax over the number tokens only. ``evaluate``'s batches are
+sharded across processes when a process group is active (``llm_fourier.distributed``) and
+gathered in order, so every rank gets the single-process result.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from llm_fourier.distributed import dist_info, map_batches
 from llm_fourier.errors import UserError
 from llm_fourier.hooks import edit, last_token_logits
 from llm_fourier.numbers import NumberTokens, number_rows, require_numbers
@@ -128,17 +131,17 @@ def evaluate(
         raise UserError("no examples to evaluate; use a larger operand range or another split.")
     answers = np.array([e.answer for e in examples])
     require_numbers(numbers, int(answers.max()), getattr(lm, "name", ""))
-    preds, losses = [], []
-    for i in tqdm(range(0, len(examples), batch_size), desc=desc, unit="batch",
-                  disable=not progress, leave=False):
-        batch = examples[i:i + batch_size]
+
+    def run_batch(start: int, end: int) -> tuple[Tensor, Tensor]:
+        batch = examples[start:end]
         enc = tokenize_prompts(lm.tokenizer, [e.prompt for e in batch], device=lm.input_device)
         with torch.inference_mode(), edit(lm, edits or {}, positions=positions):
             rows = last_token_logits(lm.model, enc, last_only=False)  # = a full forward
-        p, loss = score_batch(rows, torch.tensor([e.answer for e in batch]), numbers, prediction)
-        preds.append(p)
-        losses.append(loss)
-    scores = Scores(answers, torch.cat(preds).numpy(), torch.cat(losses).numpy())
+        return score_batch(rows, torch.tensor([e.answer for e in batch]), numbers, prediction)
+
+    parts = map_batches(run_batch, len(examples), batch_size, desc=desc, progress=progress)
+    scores = Scores(answers, torch.cat([p for p, _ in parts]).numpy(),
+                    torch.cat([loss for _, loss in parts]).numpy())
     return {**scores.summary(), "predictions": scores.predictions.tolist()}
 
 
@@ -170,14 +173,15 @@ def ablation_table(
     """Table 1 of Zhou et al.: loss and accuracy with each filter on attn+MLP, attn, MLP.
 
     ``done`` maps row labels to results already computed (resume); ``on_row(label, result)``
-    is called after each new row.
+    is called after each new row. Under a process group every rank calls this with the same
+    ``done`` (broadcast it from rank 0) and gets every row; ``on_row`` runs on every rank.
     """
     filters = number_filters(lm, numbers, basis_kind, tau, keep)
     layers = list(range(lm.n_layers)) if layers is None else sorted(set(layers))
     done = dict(done or {})
     rows = []
     for fname, modules in tqdm(table_rows(filters), desc="ablations", unit="row",
-                               disable=not progress):
+                               disable=not progress or not dist_info().is_main):
         label = row_label(fname, modules)
         if label not in done:
             edits = {} if fname == "none" else filter_edits(filters[fname], MODULES[modules],

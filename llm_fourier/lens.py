@@ -6,7 +6,9 @@ the model's final norm (the standard logit lens). Default: off, as in the paper'
 because a LayerNorm bias would add the same ``W_U beta`` spectrum to every module.
 
 ``run_lens`` captures attention, MLP and residual-stream (block) outputs at the last real
-token, batch by batch, and accumulates per layer: lens accuracy (exact, within 2, within
+token, batch by batch (sharded across processes when a process group is active, see
+``llm_fourier.distributed``; the sums are folded in batch order, so the result equals the
+single-process run), and accumulates per layer: lens accuracy (exact, within 2, within
 10; the prediction is the argmax over the number tokens) and the Fourier spectrum of the
 number logits averaged over the data set (``probes.spectrum(..., pool="mean")``), from
 which outliers (with periods) and low/high energy fractions are read.
@@ -22,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from llm_fourier.distributed import batch_ranges, dist_info, map_ranges, rounds
 from llm_fourier.hooks import capture, last_token_logits
 from llm_fourier.numbers import NumberTokens, number_rows, require_numbers
 from llm_fourier.tasks import Example, tokenize_prompts
@@ -68,15 +71,23 @@ class LensAccumulator:
     hits: dict = field(default_factory=dict)
     magnitude_sum: Tensor | None = None  # L x (K + 1), float64
 
-    def update(self, logits: Tensor, answers: Tensor) -> None:
+    def batch_stats(self, logits: Tensor, answers: Tensor) -> dict:
+        """One batch's sums (hits per tolerance, magnitudes, count), to ``add`` in order."""
         pred = logits.argmax(-1)  # N x L: index = number value
         err = (pred - answers[:, None]).abs()
-        for name, tol in TOLERANCES.items():
-            counts = (err <= tol).sum(0).to(torch.float64)
-            self.hits[name] = self.hits.get(name, 0) + counts
+        hits = {name: (err <= tol).sum(0).to(torch.float64) for name, tol in TOLERANCES.items()}
         mag = component_magnitudes(logits.to(torch.float64), self.basis, axis=-1).sum(0)
+        return {"n": logits.shape[0], "hits": hits, "magnitude_sum": mag}
+
+    def add(self, stats: dict) -> None:
+        for name, counts in stats["hits"].items():
+            self.hits[name] = self.hits.get(name, 0) + counts
+        mag = stats["magnitude_sum"]
         self.magnitude_sum = mag if self.magnitude_sum is None else self.magnitude_sum + mag
-        self.n += logits.shape[0]
+        self.n += stats["n"]
+
+    def update(self, logits: Tensor, answers: Tensor) -> None:
+        self.add(self.batch_stats(logits, answers))
 
     def accuracy(self) -> list[dict]:
         return [{"layer": i, **{k: float(v[i]) / max(self.n, 1) for k, v in self.hits.items()}}
@@ -88,7 +99,7 @@ class LensAccumulator:
         return [Spectrum(self.basis, mean[i]) for i in range(self.n_layers)]
 
     def state_dict(self) -> dict:
-        return {"n": self.n, "hits": self.hits, "magnitude_sum": self.magnitude_sum}
+        return {"n": self.n, "hits": dict(self.hits), "magnitude_sum": self.magnitude_sum}
 
     def load_state_dict(self, state: dict) -> None:
         self.n, self.hits, self.magnitude_sum = state["n"], state["hits"], state["magnitude_sum"]
@@ -98,10 +109,6 @@ def layer_summary(spectra: Sequence[Spectrum], tau: int = 50, top: int | None = 
     """Per layer: outliers ({k, period, magnitude}, largest first) and low/high energy."""
     return [{"layer": i, "outliers": [o.as_dict() for o in s.outliers(top=top)],
              **s.low_high(tau)} for i, s in enumerate(spectra)]
-
-
-def lens_batches(examples: Sequence[Example], batch_size: int) -> list[Sequence[Example]]:
-    return [examples[i:i + batch_size] for i in range(0, len(examples), batch_size)]
 
 
 def run_lens(
@@ -120,7 +127,9 @@ def run_lens(
     """Lens accuracy and spectra per role and layer over ``examples``.
 
     ``state`` (from ``on_batch``'s second argument) resumes an interrupted run:
-    ``on_batch(batches_done, state)`` is called after every batch.
+    ``on_batch(batches_done, state)`` is called after every batch, or under a process group
+    on every rank after every round of one batch per rank (the state covers the first
+    ``batches_done`` batches, so it resumes under any number of processes).
     """
     require_numbers(numbers, max(e.answer for e in examples), getattr(lm, "name", ""))
     readout = number_readout(lm, numbers, final_norm)
@@ -131,22 +140,27 @@ def run_lens(
         done = state["batches_done"]
         for r in roles:
             accs[r].load_state_dict(state["roles"][r])
-    batches = lens_batches(examples, batch_size)
-    bar = tqdm(batches, desc="lens", unit="batch", initial=done, total=len(batches),
-               disable=not progress)
-    for b, batch in enumerate(batches):
-        if b < done:
-            continue
+    batches = batch_ranges(len(examples), batch_size)
+
+    def run_batch(start: int, end: int) -> dict[str, dict]:
+        batch = examples[start:end]
         enc = tokenize_prompts(lm.tokenizer, [e.prompt for e in batch], device=lm.input_device)
         answers = torch.tensor([e.answer for e in batch])
         with torch.inference_mode(), capture(lm, roles=roles, positions="last") as cap:
             last_token_logits(lm.model, enc)  # the logits are not needed: only the last
-        for r in roles:
-            accs[r].update(readout.logits(cap.stack(r)), answers)
-        bar.update(1)
+        return {r: accs[r].batch_stats(readout.logits(cap.stack(r)), answers) for r in roles}
+
+    bar = tqdm(desc="lens", unit="batch", initial=done, total=len(batches),
+               disable=not progress or not dist_info().is_main)
+    for chunk in rounds(batches[done:]):
+        for stats in map_ranges(run_batch, chunk, progress=False):  # in batch order
+            for r in roles:
+                accs[r].add(stats[r])
+        done += len(chunk)
+        bar.update(len(chunk))
         if on_batch is not None:
-            on_batch(b + 1, {"batches_done": b + 1,
-                             "roles": {r: a.state_dict() for r, a in accs.items()}})
+            on_batch(done, {"batches_done": done,
+                            "roles": {r: a.state_dict() for r, a in accs.items()}})
     bar.close()
     return accs
 

@@ -1,13 +1,14 @@
-"""Benchmark prompt sharding: one process vs K processes on the same evaluation.
+"""Benchmark prompt sharding: one process vs K processes on the same evaluation and lens.
 
     python scripts/bench_shard.py --procs 2 --prompts 256
     python scripts/bench_shard.py --model /data/gpt2-xl --procs 4      # a real model
 
-Builds a random GPT-2 (or loads ``--model``), runs ``shard.sharded_evaluate`` over addition
-prompts in one process, then in K processes (gloo on CPU, NCCL when there are K GPUs), and
-prints the wall times, the speed-up ratios (against one process using every core, and
-against one process with the threads each sharded process gets) and whether the gathered
-result equals the single-process one. A warm-up batch runs before each timing.
+Builds a random GPT-2 (or loads ``--model``), runs ``ablate.evaluate`` and ``lens.run_lens``
+(the loops of ``llm-fourier ablate`` / ``probe``, which shard themselves under a process
+group) over addition prompts in one process, then in K processes (gloo on CPU, NCCL when
+there are K GPUs), and prints the wall times, the speed-up ratios (against one process using
+every core, and against one process with the threads each sharded process gets) and whether
+the gathered results equal the single-process ones. A warm-up batch runs before each timing.
 """
 
 from __future__ import annotations
@@ -43,31 +44,37 @@ def build_model(folder: Path, layers: int, d_model: int) -> str:
 
 
 def evaluate(model: str, n: int, batch: int, threads: int) -> tuple[dict, float]:
+    """(evaluate summary + lens accuracy/spectra, seconds) for this process (or rank)."""
+    from llm_fourier import distributed
+    from llm_fourier.ablate import evaluate as run_evaluate
+    from llm_fourier.lens import run_lens
     from llm_fourier.models import load_model
     from llm_fourier.numbers import find_number_tokens
-    from llm_fourier.report import shard
     from llm_fourier.tasks import make_task
 
     torch.set_num_threads(threads)
-    lm = load_model(model, **shard.device_map_kwargs())
+    lm = load_model(model, **distributed.device_map_kwargs())
     examples = make_task("+", 260, seed=0).test[:n]
     numbers = find_number_tokens(lm.tokenizer, max_number=520)
-    from llm_fourier.ablate import evaluate as plain
-
-    plain(lm, examples[:batch], numbers, batch_size=batch, progress=False)  # warm-up
-    shard.barrier()
+    with distributed.solo():  # warm-up, this rank alone
+        run_evaluate(lm, examples[:batch], numbers, batch_size=batch, progress=False)
+    distributed.barrier()
     start = time.perf_counter()
-    result = shard.sharded_evaluate(lm, examples, numbers, batch_size=batch)
-    shard.barrier()
+    result = run_evaluate(lm, examples, numbers, batch_size=batch, progress=False)
+    accs = run_lens(lm, examples, numbers, batch_size=batch, progress=False)
+    result["lens"] = {r: {"accuracy": a.accuracy(),
+                          "spectra": [s.magnitude.tolist() for s in a.spectra()]}
+                      for r, a in accs.items()}
+    distributed.barrier()
     return result, time.perf_counter() - start
 
 
 def _worker(rank: int, k: int, port: int, args: argparse.Namespace, out: str) -> None:
-    from llm_fourier.report import shard
+    from llm_fourier import distributed
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(k), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(k))
-    shard.init_distributed()
+    distributed.init_distributed()
     result, seconds = evaluate(args.model, args.prompts, args.batch, args.threads_each)
     if rank == 0:
         Path(out).write_text(json.dumps({"result": result, "seconds": seconds}))

@@ -18,6 +18,7 @@ from pathlib import Path
 from llm_fourier.ablate import PREDICTIONS, ablation_table
 from llm_fourier.commands import Command
 from llm_fourier.commands.probe import add_model_arguments, add_task_arguments, prepare
+from llm_fourier.distributed import broadcast_object, init_distributed
 from llm_fourier.errors import UserError
 from llm_fourier.report.files import read_json, write_csv, write_json
 from llm_fourier.report.plots import error_histograms
@@ -62,7 +63,9 @@ def _slug(label: str) -> str:
 
 
 def run(args: argparse.Namespace) -> dict:
+    """Under ``accelerate launch`` / ``torchrun`` the ranks share the prompts; rank 0 writes."""
     out = Path(args.out)
+    main = init_distributed().is_main
     settings = {k: v for k, v in sorted(vars(args).items()) if not k.startswith("_")
                 and k not in ("out", "batch_size")}
     key = json.dumps(settings, sort_keys=True, default=str)
@@ -71,28 +74,23 @@ def run(args: argparse.Namespace) -> dict:
 
     rows_dir = out / "rows"
     done = {}
-    for path in sorted(rows_dir.glob("*.json")) if rows_dir.exists() else []:
+    for path in sorted(rows_dir.glob("*.json")) if main and rows_dir.exists() else []:
         saved = read_json(path)
         if saved.get("settings") == key:
             done[saved["label"]] = saved["result"]
     if done:
         print(f"resuming: {len(done)} finished row(s) in {rows_dir}")
+    done = broadcast_object(done)  # every rank runs the same rows
 
     def keep_row(label: str, result: dict) -> None:
-        write_json(rows_dir / f"{_slug(label)}.json",
-                   {"settings": key, "label": label, "result": result})
+        if main:
+            write_json(rows_dir / f"{_slug(label)}.json",
+                       {"settings": key, "label": label, "result": result})
 
     table = ablation_table(lm, examples, numbers, tau=args.tau, basis_kind=args.basis,
                            keep=args.keep, layers=layers, positions=args.positions,
                            prediction=args.prediction, batch_size=args.batch_size, done=done,
                            on_row=keep_row)
-
-    write_csv(out / "table.csv", [{c: r[c] for c in SUMMARY} for r in table])
-    preds = [{"a": e.a, "b": e.b, "answer": e.answer,
-              **{r["row"]: r["predictions"][i] for r in table}} for i, e in enumerate(examples)]
-    write_csv(out / "predictions.csv", preds)
-    error_histograms({r["row"]: r["error_histogram"] for r in table},
-                     out / "error_histograms.png", "signed errors (prediction - answer)")
     results = {
         "model": lm.name, "settings": settings, "n_examples": len(examples),
         "numbers": {"p": numbers.p, "leading_space": numbers.leading_space},
@@ -102,6 +100,14 @@ def run(args: argparse.Namespace) -> dict:
         "table": [{k: v for k, v in r.items() if k != "predictions"} for r in table],
         "files": ["table.csv", "predictions.csv", "error_histograms.png"],
     }
+    if not main:  # the other ranks helped with the prompts; rank 0 writes and prints
+        return results
+    write_csv(out / "table.csv", [{c: r[c] for c in SUMMARY} for r in table])
+    preds = [{"a": e.a, "b": e.b, "answer": e.answer,
+              **{r["row"]: r["predictions"][i] for r in table}} for i, e in enumerate(examples)]
+    write_csv(out / "predictions.csv", preds)
+    error_histograms({r["row"]: r["error_histogram"] for r in table},
+                     out / "error_histograms.png", "signed errors (prediction - answer)")
     write_json(out / "results.json", results)
     print(format_table(results["table"], list(SUMMARY)))
     print(f"results: {out / 'results.json'} (error histograms: "

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from llm_fourier.commands import Command
+from llm_fourier.distributed import broadcast_object, init_distributed
 from llm_fourier.errors import UserError
 from llm_fourier.lens import LENS_ROLES, layer_summary, run_lens, spectra_matrix
 from llm_fourier.models import load_model
@@ -107,16 +108,21 @@ def _load_state(path: Path, settings: dict) -> dict | None:
 
 
 def run(args: argparse.Namespace) -> dict:
+    """Under ``accelerate launch`` / ``torchrun`` the ranks share the prompts; rank 0 writes."""
     out = Path(args.out)
+    main = init_distributed().is_main
     settings = settings_of(args)
     lm, examples, numbers = prepare(args)
     state_path = out / "probe_state.pt"
     key = json.dumps(settings, sort_keys=True, default=str)
-    save = lambda done, state: atomic_torch_save({"settings": key, "lens": state},  # noqa: E731
-                                                 state_path)
+
+    def save(done: int, state: dict) -> None:
+        if main:
+            atomic_torch_save({"settings": key, "lens": state}, state_path)
+
+    state = broadcast_object(_load_state(state_path, settings) if main else None)
     accs = run_lens(lm, examples, numbers, final_norm=args.final_norm, basis_kind=args.basis,
-                    batch_size=args.batch_size, state=_load_state(state_path, settings),
-                    on_batch=save)
+                    batch_size=args.batch_size, state=state, on_batch=save)
 
     results = {"model": lm.name, "settings": settings, "n_examples": len(examples),
                "numbers": {"p": numbers.p, "leading_space": numbers.leading_space},
@@ -129,17 +135,20 @@ def run(args: argparse.Namespace) -> dict:
         acc_rows += [{"role": role, **r} for r in results["accuracy"][role]]
         spec_rows += [{"role": role, "layer": i, **rec}
                       for i, s in enumerate(spectra) for rec in s.records()]
-        periods = spectra[0].basis.periods
-        component_layer_heatmap(spectra_matrix(spectra), out / f"heatmap_{role}.png",
-                                f"{role} number logits: mean |Fourier component|", periods)
         # one line per role: the spectrum averaged over layers, with its outliers
         mean = Spectrum(spectra[0].basis, np.mean([s.magnitude for s in spectra], axis=0))
         results["mean_over_layers"][role] = {
             "outliers": [o.as_dict() for o in mean.outliers(top=args.top)],
             **mean.low_high(args.tau)}
-        spectrum_plot(mean.nonconstant, out / f"spectrum_{role}.png",
-                      results["mean_over_layers"][role]["outliers"],
-                      f"{role} number logits, mean over layers", "mean magnitude")
+        if main:
+            component_layer_heatmap(spectra_matrix(spectra), out / f"heatmap_{role}.png",
+                                    f"{role} number logits: mean |Fourier component|",
+                                    spectra[0].basis.periods)
+            spectrum_plot(mean.nonconstant, out / f"spectrum_{role}.png",
+                          results["mean_over_layers"][role]["outliers"],
+                          f"{role} number logits, mean over layers", "mean magnitude")
+    if not main:  # the other ranks helped with the prompts; rank 0 writes and prints
+        return results
     layer_accuracy_plot(results["accuracy"], out / "lens_accuracy.png",
                         f"logit lens onto numbers 0..{numbers.p - 1}")
     write_csv(out / "accuracy.csv", acc_rows)

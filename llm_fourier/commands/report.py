@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from llm_fourier import distributed
 from llm_fourier.commands import Command
 from llm_fourier.errors import UserError
-from llm_fourier.report import shard
 from llm_fourier.report.config import Report, load_config
 from llm_fourier.report.html import build_html
 from llm_fourier.report.runner import run_report, select, status_rows
@@ -51,7 +51,7 @@ def execute(report: Report, out: str | Path, only: list[str] | None = None,
             html_only: bool = False, progress: bool = True) -> dict:
     """Run (or just re-render) a parsed report; print the job table; return the summary."""
     out = Path(out)
-    info = shard.init_distributed()
+    info = distributed.init_distributed()
     if not html_only:
         manifest = run_report(report, out, only=only, progress=progress)
     else:

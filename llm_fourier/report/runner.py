@@ -9,8 +9,8 @@ resume there. A failing job is recorded (``error.txt`` holds the traceback) and 
 go on; jobs that need it are ``blocked``. Jobs run in-process through the command registry.
 
 Under ``accelerate launch`` / ``torchrun`` every rank runs every job in the same order (so
-commands can shard their prompts with ``report.shard``); rank 0 alone writes the job folder
-and the manifest, the other ranks write into a scratch folder that is then removed.
+commands can shard their prompts with ``llm_fourier.distributed``); rank 0 alone writes the
+job folder and the manifest, the other ranks write into a scratch folder that is then removed.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from llm_fourier import distributed
 from llm_fourier.commands import get_command, namespace_for
-from llm_fourier.report import shard
 from llm_fourier.report.config import Job, Report, resolve_refs
 from llm_fourier.report.files import atomic_write_text, read_json, write_json
 
@@ -157,12 +157,13 @@ def run_report(report: Report, out: str | Path, *, only: Sequence[str] | None = 
     """Run every (selected) job that is not already done; returns the manifest.
 
     With several processes, jobs of one wave whose command shards its prompts
-    (``shard.SHARD_AWARE``) run on all ranks together; the others are dealt out round-robin,
-    one rank each, and the ranks exchange their manifest entries after every wave.
+    (``distributed.SHARD_AWARE``) run on all ranks together; the others are dealt out
+    round-robin, one rank each (inside ``distributed.solo()``), and the ranks exchange their
+    manifest entries after every wave.
     """
     out = Path(out)
-    info = shard.dist_info()
-    manifest = shard.broadcast_object(read_manifest(out) if info.is_main else None)
+    info = distributed.dist_info()
+    manifest = distributed.broadcast_object(read_manifest(out) if info.is_main else None)
     hashes = job_hashes(report)
     old = manifest.get("jobs", {})
     jobs = {j.id: old[j.id] for j in report.jobs if j.id in old}  # drop jobs no longer listed
@@ -180,7 +181,7 @@ def run_report(report: Report, out: str | Path, *, only: Sequence[str] | None = 
                disable=not progress or not info.is_main)
     # one process: one job at a time in report order; several: waves of independent jobs
     for wave in waves(chosen) if info.world_size > 1 else [[j] for j in chosen]:
-        decisions = shard.broadcast_object({j.id: _decide(j, hashes[j.id], jobs, out)
+        decisions = distributed.broadcast_object({j.id: _decide(j, hashes[j.id], jobs, out)
                                             for j in wave})
         todo = []
         for job in wave:
@@ -203,8 +204,8 @@ def run_report(report: Report, out: str | Path, *, only: Sequence[str] | None = 
                 shutil.rmtree(folder)  # outputs of different settings: start afresh
             todo.append(job)
         save()
-        shard.barrier()
-        together = [j for j in todo if j.command in shard.SHARD_AWARE or info.world_size == 1]
+        distributed.barrier()
+        together = [j for j in todo if j.command in distributed.SHARD_AWARE or info.world_size == 1]
         spread = [j for j in todo if j not in together]
         mine: dict[str, dict] = {}
         for job in together:
@@ -213,19 +214,20 @@ def run_report(report: Report, out: str | Path, *, only: Sequence[str] | None = 
                 out / ".scratch" / f"rank{info.rank}" / job.id
             _execute(job, jobs[job.id], out, target, info.is_main, save, echo)
             bar.update(1)
-            shard.barrier()
+            distributed.barrier()
         for job in spread[info.rank::info.world_size]:
             bar.set_postfix_str(job.id)
-            _execute(job, jobs[job.id], out, job_dir(out, job.id), True, save, echo)
+            with distributed.solo():  # this rank alone: its library loops must not wait for others
+                _execute(job, jobs[job.id], out, job_dir(out, job.id), True, save, echo)
             mine[job.id] = jobs[job.id]
-        for entries in shard.all_gather_objects(mine):
+        for entries in distributed.all_gather_objects(mine):
             jobs.update(entries)
         bar.update(len(spread))
         save()
     bar.close()
     if info.world_size > 1:  # remove the other ranks' (empty) scratch folders
         shutil.rmtree(out / ".scratch" / f"rank{info.rank}", ignore_errors=True)
-        shard.barrier()
+        distributed.barrier()
         if info.is_main and (out / ".scratch").is_dir() and not any((out / ".scratch").iterdir()):
             (out / ".scratch").rmdir()
     return manifest

@@ -1,18 +1,23 @@
 """Scale-out: shard prompts across processes with torch.distributed and gather in order.
 
-Launch any ``llm-fourier`` command or report under ``accelerate launch`` or ``torchrun``;
-they set ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``, and ``init_distributed`` joins the
-process group (NCCL on GPUs, gloo on CPUs). Work is split by *whole batches*: the batches a
-single process would run (same prompts, same padding) are dealt out as contiguous blocks,
-one block per rank, and gathered back in rank order, so the gathered result equals the
-single-process run exactly. Big models take several GPUs per process: ``max_memory_for_rank``
-gives each process its own group of a node's GPUs for ``device_map="auto"``.
+Launch ``llm-fourier probe`` / ``ablate`` / ``report`` under ``accelerate launch`` or
+``torchrun``; they set ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``, and ``init_distributed``
+joins the process group (NCCL on GPUs, gloo on CPUs). Work is split by *whole batches*: the
+batches a single process would run (same prompts, same padding) are dealt out as contiguous
+blocks, one block per rank, and gathered back in rank order, so the gathered result equals
+the single-process run exactly. The library's batch loops (``lens.run_lens``,
+``ablate.evaluate``) use ``map_batches`` / ``map_ranges`` and so shard whenever a process
+group is active; ``solo()`` runs code on one rank alone (the report runner's one-rank jobs).
+Big models take several GPUs per process: ``init_distributed`` narrows
+``CUDA_VISIBLE_DEVICES`` and ``max_memory_for_rank`` gives each process its own group of a
+node's GPUs for ``device_map="auto"``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +27,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 _narrowed = False  # True once init_distributed narrowed CUDA_VISIBLE_DEVICES
+_solo = 0  # > 0 inside solo(): this rank works alone
 
 
 @dataclass(frozen=True)
@@ -37,10 +43,15 @@ class DistInfo:
 
 
 def dist_info() -> DistInfo:
-    """This process's place: from the process group if joined, else the launcher's env."""
+    """This process's place: from the process group if joined, else the launcher's env.
+
+    Inside ``solo()`` the process is rank 0 of 1 (its GPU group is kept).
+    """
     env = os.environ
     local = int(env.get("LOCAL_RANK", 0))
     local_world = int(env.get("LOCAL_WORLD_SIZE", 1))
+    if _solo:
+        return DistInfo(0, 1, local, local_world)
     if dist.is_available() and dist.is_initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size(), local, local_world)
     return DistInfo(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), local, local_world)
@@ -48,7 +59,21 @@ def dist_info() -> DistInfo:
 
 def active() -> bool:
     """True when this process is one of several in an initialized process group."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return (not _solo and dist.is_available() and dist.is_initialized()
+            and dist.get_world_size() > 1)
+
+
+@contextmanager
+def solo() -> Iterator[None]:
+    """Run the block on this rank alone: no sharding, no collectives, ``dist_info()`` is
+    rank 0 of 1 (so it writes its outputs). For work dealt to one rank, e.g. a report's
+    jobs whose command does not shard."""
+    global _solo
+    _solo += 1
+    try:
+        yield
+    finally:
+        _solo -= 1
 
 
 def gpu_group(local_rank: int, local_world_size: int, gpus: Sequence) -> list:
@@ -119,12 +144,16 @@ def batch_ranges(n: int, batch_size: int) -> list[tuple[int, int]]:
     return [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
 
 
-def shard_batches(n: int, batch_size: int, rank: int, world_size: int) -> list[tuple[int, int]]:
-    """This rank's contiguous block of the single-process batches (blocks differ by <= 1)."""
-    batches = batch_ranges(n, batch_size)
-    per, extra = divmod(len(batches), world_size)
+def deal(items: Sequence, rank: int, world_size: int) -> list:
+    """This rank's contiguous block of ``items`` (block sizes differ by at most one)."""
+    per, extra = divmod(len(items), world_size)
     start = rank * per + min(rank, extra)
-    return batches[start:start + per + (1 if rank < extra else 0)]
+    return list(items[start:start + per + (1 if rank < extra else 0)])
+
+
+def shard_batches(n: int, batch_size: int, rank: int, world_size: int) -> list[tuple[int, int]]:
+    """This rank's contiguous block of the single-process batches."""
+    return deal(batch_ranges(n, batch_size), rank, world_size)
 
 
 def _to_cpu(obj: Any) -> Any:
@@ -153,76 +182,37 @@ def concat(parts: Sequence[Any]) -> Any:
     return list(parts)
 
 
-def map_batches(fn: Callable[[int, int], Any], n: int, batch_size: int, *,
-                desc: str | None = None, progress: bool = True) -> list:
-    """``fn(start, end)`` over the batches of ``range(n)``, sharded across ranks.
+def map_ranges(fn: Callable[[int, int], Any], ranges: Sequence[tuple[int, int]], *,
+               desc: str | None = None, progress: bool = True) -> list:
+    """``fn(start, end)`` over ``ranges``, dealt out to the ranks in contiguous blocks.
 
-    Returns every batch's result (moved to the CPU) in single-process order, on every rank.
+    Returns every range's result (moved to the CPU) in the order of ``ranges``, on every
+    rank; without an active process group it is a plain loop.
     """
     info = dist_info() if active() else DistInfo()
-    mine = shard_batches(n, batch_size, info.rank, info.world_size)
-    bar = tqdm(mine, desc=desc, disable=not progress or not info.is_main or len(mine) < 2,
-               leave=False)
+    mine = deal(ranges, info.rank, info.world_size)
+    bar = tqdm(mine, desc=desc, unit="batch", leave=False,
+               disable=not progress or not info.is_main or len(mine) < 2)
     local = [_to_cpu(fn(s, e)) for s, e in bar]
+    if not active():
+        return local
     return [r for rank_results in all_gather_objects(local) for r in rank_results]
 
 
-def sharded_capture(lm, prompts: Sequence[str], roles: Sequence[str] = ("attn", "mlp", "block"),
-                    layers: Sequence[int] | None = None, batch_size: int = 16,
-                    desc: str = "capture") -> dict[str, torch.Tensor]:
-    """Last-token outputs of ``roles`` at ``layers``: role -> N x L x D, sharded + gathered."""
-    from llm_fourier.hooks import capture
-    from llm_fourier.tasks import tokenize_prompts
-
-    def run(start: int, end: int) -> dict[str, torch.Tensor]:
-        batch = tokenize_prompts(lm.tokenizer, prompts[start:end], device=lm.input_device)
-        with torch.no_grad(), capture(lm, roles=roles, layers=layers) as cap:
-            lm.model(**batch)
-        return {r: cap.stack(r) for r in roles}
-
-    return concat(map_batches(run, len(prompts), batch_size, desc=desc))
+def map_batches(fn: Callable[[int, int], Any], n: int, batch_size: int, *,
+                desc: str | None = None, progress: bool = True) -> list:
+    """``map_ranges`` over the batches a single process runs on ``range(n)``."""
+    return map_ranges(fn, batch_ranges(n, batch_size), desc=desc, progress=progress)
 
 
-def _last_logits(lm, prompts: Sequence[str], edits: dict | None = None,
-                 positions: str = "last") -> torch.Tensor:
-    """Logits at the last real token of each prompt (one padded batch, edits applied)."""
-    from llm_fourier.hooks import edit, last_token_positions
-    from llm_fourier.tasks import tokenize_prompts
+def rounds(ranges: Sequence[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    """``ranges`` cut into rounds of one range per rank, for loops that checkpoint.
 
-    enc = tokenize_prompts(lm.tokenizer, list(prompts), device=lm.input_device)
-    with torch.inference_mode(), edit(lm, edits or {}, positions=positions):
-        logits = lm.model(**enc).logits
-    last = last_token_positions(enc["attention_mask"]).to(logits.device)
-    return logits[torch.arange(len(prompts), device=logits.device), last]
-
-
-def sharded_last_logits(lm, prompts: Sequence[str], batch_size: int = 16,
-                        desc: str = "forward") -> torch.Tensor:
-    """Next-token logits at the last real token of every prompt (N x vocab, float32)."""
-    return concat(map_batches(lambda s, e: _last_logits(lm, prompts[s:e]).float(),
-                              len(prompts), batch_size, desc=desc))
-
-
-def sharded_evaluate(lm, examples: Sequence, numbers, edits: dict | None = None, *,
-                     positions: str = "last", prediction: str = "vocab",
-                     batch_size: int = 16, desc: str = "evaluate") -> dict:
-    """``llm_fourier.ablate.evaluate`` with its batches sharded across ranks.
-
-    Same batches, same scoring (``ablate.score_batch`` / ``ablate.Scores``): the gathered
-    summary and predictions equal a single-process ``evaluate`` exactly.
+    After each round (``map_ranges`` over it) the finished ranges are a prefix of ``ranges``,
+    so a checkpoint taken then resumes under any number of processes.
     """
-    from llm_fourier.ablate import Scores, score_batch
-
-    def run(start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = examples[start:end]
-        rows = _last_logits(lm, [e.prompt for e in batch], edits, positions)
-        return score_batch(rows, torch.tensor([e.answer for e in batch]), numbers, prediction)
-
-    parts = map_batches(run, len(examples), batch_size, desc=desc)
-    preds = torch.cat([p for p, _ in parts])
-    losses = torch.cat([loss for _, loss in parts])
-    scores = Scores(np.array([e.answer for e in examples]), preds.numpy(), losses.numpy())
-    return {**scores.summary(), "predictions": scores.predictions.tolist()}
+    world = dist_info().world_size if active() else 1
+    return [list(ranges[i:i + world]) for i in range(0, len(ranges), world)]
 
 
 def max_memory_for_rank(local_rank: int, local_world_size: int,
@@ -253,6 +243,7 @@ def device_map_kwargs() -> dict:
             "max_memory": max_memory_for_rank(info.local_rank, info.local_world_size, usable)}
 
 
-# Commands whose run() shards its prompts with the helpers above: a report under several
-# processes runs these on all ranks together and deals every other job to one rank.
-SHARD_AWARE: set[str] = set()
+# Commands whose run() shards its prompts with the helpers above (every rank calls run(),
+# rank 0 writes): a report under several processes runs these on all ranks together and
+# deals every other job to one rank, inside solo().
+SHARD_AWARE: set[str] = {"probe", "ablate"}
