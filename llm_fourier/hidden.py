@@ -5,7 +5,8 @@
   so digit-splitting tokenizers such as Llama-2, Mistral or Qwen work) or the last prompt
   token. A causal model's state at token j depends on tokens <= j only, so the prompt is
   cut after that token and the forward captures the last position (``hooks.capture``);
-  prompts are batched by length, so no padding is involved.
+  prompts are batched by length, so no padding is involved. The batches are sharded across
+  processes when a process group is active (``llm_fourier.distributed``), gathered in order.
 * ``probe_layers``: mod-T probes and helix fits (``probes.linear``) per (role, layer), each
   beside its shuffled-label baseline, and ``random_copy`` gives the randomly initialised
   model whose states are probed the same way.
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from llm_fourier.distributed import concat, map_ranges
 from llm_fourier.errors import UserError
 from llm_fourier.hooks import capture
 from llm_fourier.models import LoadedModel
@@ -115,14 +117,20 @@ def collect(
         by_length.setdefault(len(seq), []).append(i)
     batches = [idx[j:j + batch_size] for idx in by_length.values()
                for j in range(0, len(idx), batch_size)]
-    order: list[int] = []
+    order = [i for batch in batches for i in batch]
     with capture(lm, roles, layers, positions="last") as cap, torch.inference_mode():
-        for batch in tqdm(batches, desc=f"collect ({token} token)", unit="batch",
-                          disable=not progress):
-            x = torch.tensor([ids[i] for i in batch], device=lm.input_device)
-            lm.model(input_ids=x, attention_mask=torch.ones_like(x))
-            order += batch
-        stacked = {r: cap.stack(r).numpy() for r in roles}
+
+        def run_batch(start: int, end: int) -> dict[str, torch.Tensor]:
+            for batch in batches[start:end]:
+                x = torch.tensor([ids[i] for i in batch], device=lm.input_device)
+                lm.model(input_ids=x, attention_mask=torch.ones_like(x))
+            rows = {r: cap.stack(r) for r in roles}
+            cap.clear()
+            return rows
+
+        parts = map_ranges(run_batch, [(b, b + 1) for b in range(len(batches))],
+                           desc=f"collect ({token} token)", progress=progress)
+    stacked = {r: s.numpy() for r, s in concat(parts).items()}
     inverse = np.argsort(np.asarray(order))
     return HiddenStates({r: s[inverse] for r, s in stacked.items()}, layers, list(examples),
                         token)

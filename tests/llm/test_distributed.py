@@ -13,6 +13,7 @@ import shutil
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -107,6 +108,8 @@ def _worker(rank: int, world: int, port: int, model_dir: str, root: str) -> None
         assert main([command, "--model", model_dir, "--out", str(folder), *TASK]) == 0
         counts[name] = sum(n for _, n in log)  # prompts this rank ran
     assert distributed.active() and distributed.dist_info().rank == rank
+    states, counts["collect"] = _collect(model_dir)
+    np.savez(root / f"collect{rank}.npz", **states)
     from llm_fourier.report.config import parse_config
     from llm_fourier.report.runner import run_report
 
@@ -114,6 +117,20 @@ def _worker(rank: int, world: int, port: int, model_dir: str, root: str) -> None
     run_report(parse_config(REPORT), root / "report", progress=False)
     write_json(root / f"counts{rank}.json", counts)
     dist.destroy_process_group()
+
+
+def _collect(model_dir: str) -> tuple[dict, int]:
+    """hidden.collect's states at operand a (batches grouped by length), and the forwards run."""
+    from llm_fourier.hidden import collect
+    from llm_fourier.models import load_model
+    from llm_fourier.tasks import make_task
+
+    lm = load_model(model_dir, device_map=None, dtype="float32")
+    forwards = []
+    lm.model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    hs = collect(lm, make_task("+", 12, seed=0).train[:N], token="a", batch_size=2,
+                 progress=False)
+    return hs.states, len(forwards)
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +156,8 @@ def runs(tiny_dir, tmp_path_factory):
 
             return real(*args, on_batch=stop, **kwargs)
 
+        states, forwards = _collect(model_dir)
+        np.savez(root / "collect_single.npz", forwards=forwards, **states)
         with pytest.MonkeyPatch.context() as mpatch:
             mpatch.setattr(probe_cmd, "run_lens", interrupted)
             assert main(["probe", "--model", model_dir, "--out", str(root / "probe_resume"),
@@ -191,6 +210,17 @@ def test_ablate_under_two_processes_writes_the_single_process_table(runs):
     # resumed: 3 rows were on disk (read by rank 0 only), 4 rows ran sharded
     _same_outputs(runs / "ablate_resume", runs / "single" / "ablate", ABLATE_FILES)
     assert [c["ablate_resume"] for c in counts] == [4 * 6, 4 * 5]
+
+
+def test_hidden_states_collected_by_two_processes_equal_one_process(runs):
+    single = np.load(runs / "collect_single.npz")
+    ranks = [np.load(runs / f"collect{r}.npz") for r in range(2)]
+    for role in ("block", "attn", "mlp"):
+        assert single[role].shape == (N, 2, 32)
+        for got in ranks:  # every rank holds every example's states, in example order
+            np.testing.assert_array_equal(got[role], single[role])
+    forwards = [read_json(runs / f"counts{r}.json")["collect"] for r in range(2)]
+    assert sum(forwards) == int(single["forwards"]) and min(forwards) >= 1
 
 
 def test_only_rank_zero_writes(runs):
