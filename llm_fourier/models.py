@@ -337,20 +337,3 @@ def load_model(
     except OSError as err:
         raise cannot_load(name, err) from err
     return LoadedModel(hf.eval(), tok, roles_for(hf), name)
-
-
-def load_embedding_matrix(
-    model,
-    tokenizer=None,
-    *,
-    unembed: bool = False,
-    dtype: str | torch.dtype = "auto",
-    device_map=None,
-    trust_remote_code: bool = False,
-) -> tuple[torch.Tensor, object]:
-    """(W_E or W_U as vocab x D, tokenizer) of any model with an input embedding (causal LMs
-    and encoders such as BERT or RoBERTa); see ``llm_fourier.embeddings``."""
-    from llm_fourier.embeddings import load_embedding_matrix as load
-
-    return load(model, tokenizer, unembed=unembed, dtype=dtype, device_map=device_map,
-                trust_remote_code=trust_remote_code)

@@ -3,7 +3,7 @@
 Sources of the rows for the numbers 0..p-1, matched by number value (row n = number n):
 
 * any Hugging Face model or folder (GPT-2, Llama-3, BERT/RoBERTa, another trained run):
-  ``llm_fourier.models.load_embedding_matrix`` + ``numbers.find_number_tokens`` /
+  ``llm_fourier.embeddings.load_embedding_matrix`` + ``numbers.find_number_tokens`` /
   ``number_rows``;
 * synthetic embeddings with chosen Fourier periods and their controls (``synthetic_embeddings``).
 
@@ -133,7 +133,7 @@ def resolve_model_dir(source: str | Path) -> str | Path:
 def source_number_rows(source: str | Path, p: int, leading_space: bool = False,
                        trust_remote_code: bool = False) -> tuple[np.ndarray, dict]:
     """Number embedding rows (q x D, row n = number n, q <= p) of a HF model or run folder."""
-    from llm_fourier.models import load_embedding_matrix
+    from llm_fourier.embeddings import load_embedding_matrix
     from llm_fourier.numbers import find_number_tokens, number_rows
 
     source = resolve_model_dir(source)

@@ -23,9 +23,11 @@ from llm_fourier.commands import Command
 from llm_fourier.report.config import parse_config
 
 # sizes of the built-in report: (full demo, --quick)
+# (the full demo's adders use the transplant command's CPU preset: operands 0..50, width 64,
+# 60 epochs, where the transplant effect shows; see toy/transplant_cli.py)
 SIZES = {
-    False: {"operand": 40, "adder_epochs": 20, "eval_every": 4, "limit": 200, "p": 31,
-            "toy_epochs": 3000, "llm_operand": 99, "llm_limit": 200},
+    False: {"operand": 50, "limit": 200, "p": 31, "toy_epochs": 3000, "llm_operand": 99,
+            "llm_limit": 200},
     True: {"operand": 8, "adder_epochs": 2, "eval_every": 1, "limit": 24, "p": 11,
            "toy_epochs": 40, "llm_operand": 20, "llm_limit": 16},
 }
@@ -34,9 +36,11 @@ SIZES = {
 def demo_config(model: str | None = None, quick: bool = False) -> dict:
     """The built-in report: transplant adders + LLM pipeline + grokking, as a config dict."""
     z = SIZES[quick]
-    small = {"layers": 1, "d_model": 16, "heads": 2, "batch_size": 16} if quick else {}
-    transplant = {"seeds": [0], "max_operand": z["operand"], "epochs": z["adder_epochs"],
-                  "eval_every": z["eval_every"], **small}
+    transplant = {"seeds": [0]}
+    if quick:
+        transplant.update(max_operand=z["operand"], epochs=z["adder_epochs"],
+                          eval_every=z["eval_every"], layers=1, d_model=16, heads=2,
+                          batch_size=16)
     if model is not None:
         transplant["source"] = model
     if model is None:

@@ -16,8 +16,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from llm_fourier.commands import Command
+from llm_fourier.embeddings import load_embedding_matrix
 from llm_fourier.errors import UserError
-from llm_fourier.models import load_embedding_matrix
 from llm_fourier.numbers import find_number_tokens, number_rows
 from llm_fourier.report.files import save_figure, write_csv, write_json
 from llm_fourier.report.tables import format_table

@@ -18,15 +18,6 @@ from tests.tiny import save_tiny, tiny_lm
 MAX_NUMBER = 30
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is faster, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_task(**kw):
     return make_task("+", 12, ordered=True, limit=60, seed=1, **kw)
 

@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
+from llm_fourier.embeddings import load_embedding_matrix
 from llm_fourier.errors import UserError
 from llm_fourier.models import (
     ROLES,
     Roles,
     discover_roles,
-    load_embedding_matrix,
     load_model,
     parse_max_memory,
     roles_for,

@@ -14,14 +14,6 @@ from toy.train import TrainConfig, train
 P = 23
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_neuron_frequency_shares_on_planted_neurons():
     p = 11
     a, b = np.meshgrid(np.arange(p), np.arange(p), indexing="ij")

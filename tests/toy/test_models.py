@@ -12,14 +12,6 @@ from toy.models import ModelConfig, build_model
 from toy.quantize import quantize, quantize_ste
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def reference_transformer(P: dict, x: torch.Tensor, p: int, dh: int) -> torch.Tensor:
     """All positions, causal mask, TransformerLens-style einsums; returns last-position logits."""
     toks = torch.cat([x, torch.full((len(x), 1), p)], 1)

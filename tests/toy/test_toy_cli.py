@@ -17,14 +17,6 @@ REQUIRED = ("key_frequencies", "test_accuracy", "test_loss", "restricted_loss", 
             "gini_embed", "gini_neuron_logit", "ffd", "fcr")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_train_then_analyze(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["toy", "train", "--out", str(run), "--seeds", "0", "3", *TINY]) == 0

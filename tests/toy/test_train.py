@@ -7,15 +7,6 @@ from llm_fourier.errors import UserError
 from toy.models import ModelConfig
 from toy.train import StackedAdamW, TrainConfig, lr_at, train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 P = 11
 MC = ModelConfig(p=P, d_model=16, n_heads=2, d_head=8, d_mlp=32)
 

@@ -20,15 +20,6 @@ P = 121
 BASIS = FourierBasis(P)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is faster, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def outlier_periods(rows: np.ndarray) -> set[float]:
     return {round(o.period, 3) for o in spectrum(rows, BASIS, axis=0).outliers()}
 
