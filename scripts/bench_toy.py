@@ -99,7 +99,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--grok", action="store_true", help="also time a full run to 99%% test accuracy")
+    ap.add_argument("--grok", action="store_true",
+                    help="also time a full run to 99%% test accuracy")
     ap.add_argument("--grok-limit", type=float, default=900.0, help="seconds before giving up")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
