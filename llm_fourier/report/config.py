@@ -203,10 +203,11 @@ def parse_config(raw: dict, source: str = "",
     unknown = sorted(set(raw) - TOP_KEYS)
     if unknown:
         raise _fail(source, unknown[0], f"unknown key (known: {', '.join(sorted(TOP_KEYS))})")
-    models = dict(raw.get("models", {}))
+    models = raw.get("models", {})
     tasks = raw.get("tasks", {})
     if not isinstance(models, dict) or not all(isinstance(v, str) for v in models.values()):
         raise _fail(source, "models", "must map names to model ids or folders (strings)")
+    models = dict(models)  # the --model overrides below must not change ``raw``
     for name, path in (model_overrides or {}).items():
         if name not in models:
             raise _fail(source, f"models.{name}", f"--model override names no model "

@@ -95,6 +95,7 @@ def test_placeholders_and_model_override():
 
 @pytest.mark.parametrize("mutate, message", [
     (lambda c: c.update(colour=1), "colour: unknown key"),
+    (lambda c: c.update(models=["gpt2"]), "models: must map names to model ids"),
     (lambda c: c["jobs"][1].update(command="nope"), r"jobs\[1\].command: unknown command"),
     (lambda c: c["jobs"][1].update(settings={"lrr": 1}), r"jobs\[1\].settings.lrr: the command "
                                                          "has no option 'lrr'"),
