@@ -6,15 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llm_fourier.report.files import save_figure
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from llm_fourier.report.plots import _plt
 
 
 def phase_epochs(rows: list[dict], threshold: float = 0.99) -> dict:
