@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from llm_fourier.distributed import batch_ranges, dist_info, map_ranges, rounds
+from llm_fourier.errors import UserError
 from llm_fourier.hooks import capture, last_token_logits
 from llm_fourier.numbers import NumberTokens, number_rows, require_numbers
 from llm_fourier.tasks import Example, tokenize_prompts
@@ -131,6 +132,9 @@ def run_lens(
     on every rank after every round of one batch per rank (the state covers the first
     ``batches_done`` batches, so it resumes under any number of processes).
     """
+    if not examples:
+        raise UserError("no examples to run the lens on; use a larger operand range or "
+                        "another split.")
     require_numbers(numbers, max(e.answer for e in examples), getattr(lm, "name", ""))
     readout = number_readout(lm, numbers, final_norm)
     basis = FourierBasis(numbers.p, basis_kind)

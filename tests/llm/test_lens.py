@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from llm_fourier.errors import UserError
 from llm_fourier.hooks import capture
 from llm_fourier.lens import layer_summary, number_readout, run_lens
 from llm_fourier.models import load_model
@@ -95,3 +96,9 @@ def test_layer_summary_finds_a_planted_period():
     assert [o["period"] for o in summary[0]["outliers"]] == [10.0]
     assert summary[1]["outliers"] == []
     assert summary[1]["low_fraction"] == pytest.approx(19 / 50)
+
+
+def test_no_examples_is_a_user_error(setup):
+    lm, _, numbers = setup
+    with pytest.raises(UserError, match="no examples to run the lens on"):
+        run_lens(lm, [], numbers, progress=False)
