@@ -39,13 +39,6 @@ KEY_SOURCES = ("embed", "neuron_logit", "logits")
 EXPLAINED = 0.85
 
 
-def component_of_rows(basis: FourierBasis) -> np.ndarray:
-    """Frequency k of every basis row (0 for the constant)."""
-    comp = np.zeros(basis.matrix.shape[0], dtype=int)
-    comp[basis.cos_rows], comp[basis.sin_rows] = basis.ks, basis.ks
-    return comp
-
-
 def neuron_frequency_shares(acts: np.ndarray, basis: FourierBasis) -> np.ndarray:
     """Share of each neuron's non-constant variance over the (a, b) grid held by each
     frequency's 2-D terms. ``acts`` is (p, p, neurons); returns (neurons, K)."""
@@ -53,11 +46,10 @@ def neuron_frequency_shares(acts: np.ndarray, basis: FourierBasis) -> np.ndarray
     coef = np.einsum("ia,abn,jb->nij", B, acts, B)  # 2-D transform per neuron
     power = coef**2
     power[:, 0, 0] = 0.0  # the constant term is not variance
-    comp = component_of_rows(basis)
     total = power.sum(axis=(1, 2))
     shares = np.zeros((acts.shape[2], basis.n_components))
     for k in basis.ks:
-        rows = (comp == 0) | (comp == k)
+        rows = basis.rows_of([k], include_constant=True)
         shares[:, k - 1] = power[:, rows][:, :, rows].sum(axis=(1, 2))
     return np.divide(shares, total[:, None], out=np.zeros_like(shares),
                      where=total[:, None] > 0)
