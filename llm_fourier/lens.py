@@ -87,9 +87,6 @@ class LensAccumulator:
         self.magnitude_sum = mag if self.magnitude_sum is None else self.magnitude_sum + mag
         self.n += stats["n"]
 
-    def update(self, logits: Tensor, answers: Tensor) -> None:
-        self.add(self.batch_stats(logits, answers))
-
     def accuracy(self) -> list[dict]:
         return [{"layer": i, **{k: float(v[i]) / max(self.n, 1) for k, v in self.hits.items()}}
                 for i in range(self.n_layers)]
