@@ -158,11 +158,11 @@ def run_analyze(args: argparse.Namespace) -> dict:
     info["op"] = args.op or info["op"]
     notes = []
     for key, arg, default in (("train_frac", args.train_frac, 0.3),
-                              ("data_seed", args.data_seed, None)):
+                              ("data_seed", args.data_seed, 0)):
         if arg is not None:
             info[key] = arg
         elif info[key] is None and loaded.format != "ours":
-            info[key] = default if key == "train_frac" else 0
+            info[key] = default
             notes.append(f"{key} unknown, assumed {info[key]}")
     split = info["split"] if args.split == "auto" else args.split
     task = make_task(info["op"], info["p"], info["n_inputs"])
