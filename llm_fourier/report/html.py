@@ -19,6 +19,7 @@ from pathlib import Path
 
 from llm_fourier.report.files import atomic_write_text, read_json, write_csv
 from llm_fourier.report.runner import MANIFEST, job_dir
+from llm_fourier.report.tables import format_cell
 
 # (section id, heading, commands, what the section shows)
 SECTIONS = [
@@ -96,14 +97,6 @@ details{margin:.4em 0}code{font-size:.9em}
 MAX_ROWS = 40
 
 
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if value is None:
-        return ""
-    return str(value)
-
-
 def html_table(rows: list[dict], columns: list[str] | None = None, max_rows: int = MAX_ROWS,
                caption: str = "") -> str:
     """Rows of dicts as an HTML table (floats to 4 significant digits)."""
@@ -114,8 +107,8 @@ def html_table(rows: list[dict], columns: list[str] | None = None, max_rows: int
         for r in rows:
             columns += [k for k in r if k not in columns]
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in columns)
-                   + "</tr>" for r in rows[:max_rows])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(format_cell(r.get(c)))}</td>"
+                                    for c in columns) + "</tr>" for r in rows[:max_rows])
     more = (f"<p class='meta'>first {max_rows} of {len(rows)} rows shown</p>"
             if len(rows) > max_rows else "")
     cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
