@@ -190,7 +190,7 @@ def _load(out: Path, job_id: str) -> dict:
         return {}
 
 
-def _job_html(out: Path, job_id: str, entry: dict, results: dict, extra: str) -> str:
+def _job_html(out: Path, job_id: str, entry: dict, extra: str) -> str:
     folder = job_dir(out, job_id)
     meta = ", ".join(f"{k} {entry[k]}" for k in ("model", "task", "seed")
                      if entry.get(k) is not None)
@@ -231,11 +231,10 @@ def build_html(out: str | Path) -> Path:
     jobs = manifest.get("jobs", {})
     results = {j: _load(out, j) for j, e in jobs.items() if e.get("status") == "done"}
     sections = SECTIONS + [("other", "Other analyses", (), "Further jobs of this report.")]
-    n_done = sum(e.get("status") == "done" for e in jobs.values())
     body = [f"<h1>{html.escape(manifest.get('title') or 'Report')}</h1>"]
     if manifest.get("description"):
         body.append(f"<p class='lead'>{html.escape(manifest['description'])}</p>")
-    body.append(f"<p class='meta'>{n_done} of {len(jobs)} jobs finished · built "
+    body.append(f"<p class='meta'>{len(results)} of {len(jobs)} jobs finished · built "
                 f"{time.strftime('%Y-%m-%d %H:%M')} · config "
                 f"{html.escape(str(manifest.get('source') or '(built in)'))}</p>")
     findings = figures.key_findings(jobs, results)
@@ -259,7 +258,7 @@ def build_html(out: str | Path) -> Path:
         body.append(extras)
         for j in ids:
             extra = figures.job_extras(sid, out, j, jobs[j], results[j])
-            body.append(_job_html(out, j, jobs[j], results[j], extra))
+            body.append(_job_html(out, j, jobs[j], extra))
     bad = {j: e for j, e in jobs.items() if e.get("status") in ("failed", "blocked", "running")}
     if bad:
         toc.append("<a href='#problems'>Jobs that did not finish</a>")
