@@ -96,11 +96,11 @@ def settings_of(args: argparse.Namespace) -> dict:
             if not k.startswith("_") and k not in ("out",)}
 
 
-def _load_state(path: Path, settings: dict) -> dict | None:
+def _load_state(path: Path, key: str) -> dict | None:
     if not path.exists():
         return None
     state = torch.load(path, weights_only=True)
-    if state.get("settings") != json.dumps(settings, sort_keys=True, default=str):
+    if state.get("settings") != key:
         print(f"{path} holds a run with other settings; starting afresh.")
         return None
     print(f"resuming from {path} ({state['lens']['batches_done']} batches done)")
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> dict:
         if main:
             atomic_torch_save({"settings": key, "lens": state}, state_path)
 
-    state = broadcast_object(_load_state(state_path, settings) if main else None)
+    state = broadcast_object(_load_state(state_path, key) if main else None)
     accs = run_lens(lm, examples, numbers, final_norm=args.final_norm, basis_kind=args.basis,
                     batch_size=args.batch_size, state=state, on_batch=save)
 
