@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from llm_fourier.ablate import MODULES, evaluate
 from llm_fourier.errors import UserError
 from llm_fourier.hooks import edit
 from llm_fourier.models import LoadedModel
@@ -26,8 +27,7 @@ from llm_fourier.tasks import Example
 from probes import FourierBasis, FourierFilter, remove_components
 from probes.linear import HelixFit
 
-GROUPS = {"attn+MLP": ("attn", "mlp"), "attn": ("attn",), "MLP": ("mlp",),
-          "block": ("block",)}
+GROUPS = {**MODULES, "block": ("block",)}  # the paper's module groups, and the residual
 
 
 def probe_filters(fits: dict[tuple[str, int], HelixFit], periods: Sequence[float]
@@ -125,8 +125,6 @@ def accuracy(lm: LoadedModel, examples: Sequence[Example], edits=None, *,
     (``ablate.evaluate``), else greedy generation of the answer's digits."""
     max_answer = max(e.answer for e in examples)
     if numbers is not None and numbers.p > max_answer:
-        from llm_fourier.ablate import evaluate
-
         res = evaluate(lm, examples, numbers, edits, positions=positions,
                        batch_size=batch_size, progress=progress, desc=desc)
         res.pop("predictions", None)
