@@ -224,14 +224,17 @@ def load_scalar(path: str | Path, p: int | None = None) -> np.ndarray:
 
             data = json.loads(path.read_text())
             if isinstance(data, dict):
-                data = [data[k] for k in sorted(data, key=int)]
+                data = _by_number(path, [(k, v) for k, v in data.items()])
             values = np.asarray(data, dtype=float)
         else:
             rows = [r for r in (line.strip().split(",") for line in
                                 path.read_text().splitlines()) if r and r[0]]
             if rows and not _is_float(rows[0][-1]):
                 rows = rows[1:]
-            values = np.asarray([float(r[-1]) for r in rows])
+            if rows and len(rows[0]) >= 2:
+                values = np.asarray(_by_number(path, [(r[0], r[-1]) for r in rows]))
+            else:
+                values = np.asarray([float(r[-1]) for r in rows])
     except (ValueError, KeyError) as err:
         raise UserError(f"cannot read numbers from {path} ({err}); write one value per "
                         "number 0..n-1.") from err
@@ -240,6 +243,16 @@ def load_scalar(path: str | Path, p: int | None = None) -> np.ndarray:
         raise UserError(f"{path} has {len(values)} values but numbers go up to {p - 1}; give "
                         f"one value for each number 0..{p - 1}.")
     return values[:p] if p is not None else values
+
+
+def _by_number(path: Path, pairs) -> list[float]:
+    """Values of (number, value) pairs placed by number; the numbers must be 0..n-1."""
+    placed = {int(float(k)): float(v) for k, v in pairs}
+    if sorted(placed) != list(range(len(placed))):
+        missing = sorted(set(range(max(placed, default=-1) + 1)) - set(placed))[:5]
+        raise UserError(f"{path} gives values for numbers with gaps (missing e.g. {missing}); "
+                        "give one value for every number 0..n-1.")
+    return [placed[n] for n in range(len(placed))]
 
 
 def _is_float(text: str) -> bool:

@@ -179,6 +179,12 @@ def test_frequency_control_reads_files_and_finds_the_control_spike(tmp_path):
         load_scalar(tmp_path / "c.npy", 500)
     with pytest.raises(UserError, match="does not exist"):
         load_scalar(tmp_path / "missing.csv")
+    # values are placed by the number they name, whatever the order of the rows
+    (tmp_path / "shuffled.csv").write_text("number,count\n2,20\n0,0\n1,10\n")
+    np.testing.assert_allclose(load_scalar(tmp_path / "shuffled.csv"), [0, 10, 20])
+    (tmp_path / "gap.json").write_text(json.dumps({"0": 1.0, "1": 2.0, "3": 4.0}))
+    with pytest.raises(UserError, match="gaps"):
+        load_scalar(tmp_path / "gap.json")
 
 
 def test_hidden_command_end_to_end_and_resume(tiny_dir, tmp_path, monkeypatch, capsys):
