@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llm_fourier.report.files import save_figure
-from llm_fourier.report.plots import _plt
+from llm_fourier.report.plots import pyplot
 
 
 def phase_epochs(rows: list[dict], threshold: float = 0.99) -> dict:
@@ -20,7 +20,7 @@ def phase_epochs(rows: list[dict], threshold: float = 0.99) -> dict:
 def plot_training(history: list[dict], path: str | Path) -> Path:
     """Train/test loss per seed (log scale) with memorization and grokking marked, and the
     progress measures logged along the way (restricted/excluded loss, Gini, weights)."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
     seeds = sorted({r["seed"] for r in history})
     for i, seed in enumerate(seeds):
@@ -60,7 +60,7 @@ def plot_training(history: list[dict], path: str | Path) -> Path:
 
 
 def plot_embedding_spectrum(analysis: dict, path: str | Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     spec = analysis["embed_spectrum"]
     keys = set(analysis["key_frequencies"])
     fig, ax = plt.subplots(figsize=(8, 3))
@@ -73,7 +73,7 @@ def plot_embedding_spectrum(analysis: dict, path: str | Path) -> Path:
 
 
 def plot_neuron_histogram(analysis: dict, path: str | Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     hist = analysis["neuron_frequency_histogram"]
     fig, ax = plt.subplots(figsize=(8, 3))
     ax.bar([int(k) for k in hist], list(hist.values()), color="C2")
@@ -84,7 +84,7 @@ def plot_neuron_histogram(analysis: dict, path: str | Path) -> Path:
 
 
 def plot_ablation(analysis: dict, path: str | Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     curve = analysis["ablation_curve"]
     fig, ax = plt.subplots(figsize=(6, 3))
     x = list(range(len(curve)))

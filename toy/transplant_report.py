@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from llm_fourier.report.files import save_figure, write_csv
-from llm_fourier.report.plots import _plt, component_layer_heatmap, error_histograms
+from llm_fourier.report.plots import component_layer_heatmap, error_histograms, pyplot
 from probes import FourierBasis, spectrum
 
 
@@ -102,7 +102,7 @@ def arm_summary(analyses: dict[int, dict]) -> dict:
 def write_report(out: Path, analyses: dict[str, dict[int, dict]], source: dict,
                  title: str) -> list[str]:
     """CSV files and PNGs of all finished arms; returns the file names."""
-    plt = _plt()
+    plt = pyplot()
     files = []
     write_csv(out / "runs.csv", [summary_row(arm, s, a) for arm, seeds in analyses.items()
                                  for s, a in sorted(seeds.items())])

@@ -20,6 +20,7 @@ from llm_fourier.embeddings import load_embedding_matrix
 from llm_fourier.errors import UserError
 from llm_fourier.numbers import find_number_tokens, number_rows
 from llm_fourier.report.files import save_figure, write_csv, write_json
+from llm_fourier.report.plots import pyplot
 from llm_fourier.report.tables import format_table
 from probes import FourierBasis, spectrum
 
@@ -52,10 +53,7 @@ def mod_probes(rows: np.ndarray, periods: list[int], seed: int = 0) -> list[dict
 
 
 def plot_spectrum(spec, outliers: list[dict], title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(8, 3))
     ax.plot(spec.ks, spec.nonconstant, lw=0.8, color="tab:blue")

@@ -17,7 +17,7 @@ from llm_fourier.commands import Command
 from llm_fourier.errors import UserError
 from llm_fourier.finetune import MIXED_PRECISION, TrainConfig, train
 from llm_fourier.report.files import save_figure, write_csv, write_json
-from llm_fourier.report.plots import error_histograms
+from llm_fourier.report.plots import error_histograms, pyplot
 from llm_fourier.report.tables import format_table
 
 HISTORY_COLUMNS = ("epoch", "step", "loss", "accuracy", "frac_errors_mult_10", "mod10_accuracy")
@@ -41,10 +41,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def history_plot(history: list[dict], path: Path, title: str = "") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3))
     epochs = [h["epoch"] for h in history]

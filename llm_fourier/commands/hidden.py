@@ -47,6 +47,7 @@ from llm_fourier.report.files import (
     write_csv,
     write_json,
 )
+from llm_fourier.report.plots import pyplot
 from llm_fourier.report.tables import format_table
 from llm_fourier.tasks import make_task
 from probes.fourier import FourierBasis, spectrum
@@ -89,10 +90,7 @@ def _spikes(hs: HiddenStates, target: str, periods) -> dict:
 
 
 def _plot(rows: list[dict], periods, roles, path_kappa: Path, path_r2: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     for path, metrics in ((path_kappa, [f"kappa_mod{T}" for T in periods]),
                           (path_r2, ["r2_test"])):

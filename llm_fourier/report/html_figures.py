@@ -16,6 +16,7 @@ import numpy as np
 
 from llm_fourier.report.files import save_figure, write_csv
 from llm_fourier.report.html import figure, html_table
+from llm_fourier.report.plots import pyplot
 
 # Zhou et al., Table 1: fine-tuned GPT-2-XL test accuracy (%) per ablation row
 PAPER_TABLE1 = {"none": 99.74, "attn+MLP low removed": 5.94, "attn low removed": 99.12,
@@ -160,10 +161,7 @@ def _model_name(entry: dict, res: dict) -> str:
 
 
 def _embed_comparison(out: Path, entries: dict, results: dict) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows, fig, ax = [], None, None
     for job, res in results.items():

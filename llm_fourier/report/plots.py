@@ -16,7 +16,8 @@ import numpy as np
 from llm_fourier.report.files import save_figure
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (files only, no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -28,7 +29,7 @@ def _plt():
 def component_layer_heatmap(matrix: np.ndarray, path: str | Path, title: str = "",
                             periods: Sequence[float] | None = None) -> Path:
     """Heatmap of ``matrix`` (components k = 1..K as rows, layers as columns)."""
-    plt = _plt()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     matrix = np.asarray(matrix, dtype=float)
@@ -49,7 +50,7 @@ def component_layer_heatmap(matrix: np.ndarray, path: str | Path, title: str = "
 def spectrum_plot(magnitudes: np.ndarray, path: str | Path, outliers: Sequence[Mapping] = (),
                   title: str = "", ylabel: str = "magnitude") -> Path:
     """Line plot of magnitudes over k = 1..K with outliers annotated by period."""
-    plt = _plt()
+    plt = pyplot()
     m = np.asarray(magnitudes, dtype=float)
     fig, ax = plt.subplots(figsize=(8, 3))
     ax.plot(np.arange(1, m.size + 1), m, lw=0.8)
@@ -64,7 +65,7 @@ def spectrum_plot(magnitudes: np.ndarray, path: str | Path, outliers: Sequence[M
 def error_histograms(histograms: Mapping[str, Mapping[int, int]], path: str | Path,
                      title: str = "") -> Path:
     """One bar panel of signed errors (prediction - answer) per named evaluation."""
-    plt = _plt()
+    plt = pyplot()
     names = list(histograms)
     fig, axes = plt.subplots(len(names), 1, figsize=(8, 1.8 * max(len(names), 1) + 0.6),
                              squeeze=False, sharex=True)
@@ -87,7 +88,7 @@ def error_histograms(histograms: Mapping[str, Mapping[int, int]], path: str | Pa
 def layer_accuracy_plot(accuracy: Mapping[str, Sequence[Mapping]], path: str | Path,
                         title: str = "") -> Path:
     """Lens accuracy per layer: one panel per role, lines for exact / within 2 / within 10."""
-    plt = _plt()
+    plt = pyplot()
     roles = list(accuracy)
     fig, axes = plt.subplots(1, len(roles), figsize=(3.2 * len(roles), 2.8), squeeze=False,
                              sharey=True)
