@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,10 +207,34 @@ def _looks_local(name: str) -> bool:
             or Path(name).expanduser().exists())
 
 
+def hub_reachable() -> bool:
+    """Whether the Hugging Face Hub's host name resolves (offline mode counts as no).
+
+    Without network, huggingface_hub retries every request for tens of seconds before it
+    gives up; a failed name lookup answers at once and is not worth retrying.
+    """
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except (OSError, UnicodeError):
+        return False
+    return True
+
+
 def source_kwargs(name: str, trust_remote_code: bool) -> dict:
-    """Check a hub id / folder before loading; prefer safetensors in local folders."""
+    """Check a hub id / folder before loading; prefer safetensors in local folders. A hub id
+    with the Hub out of reach loads from the local cache only (``local_files_only``)."""
     kwargs: dict = {"trust_remote_code": trust_remote_code}
-    if _looks_local(name):
+    if not _looks_local(name):
+        if not hub_reachable():
+            kwargs["local_files_only"] = True
+    else:
         path = Path(name).expanduser()
         if not path.is_dir():
             raise UserError(f"model folder {name} does not exist; pass a folder made by "
@@ -268,8 +293,10 @@ def _load_tokenizer(source, trust_remote_code: bool):
 def _load_config(name: str, trust_remote_code: bool):
     from transformers import AutoConfig
 
+    kwargs = source_kwargs(name, trust_remote_code)
+    kwargs.pop("use_safetensors", None)
     try:
-        return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as err:
         raise cannot_load(name, err) from err
 

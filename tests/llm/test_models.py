@@ -233,3 +233,26 @@ def test_tokenizer_sources(tiny_dir, gpt2_pair):
     model, _ = gpt2_pair
     with pytest.raises(UserError, match="pass its tokenizer"):
         load_model(model)
+
+
+def test_hub_out_of_reach_means_cache_only(monkeypatch):
+    import socket
+
+    from huggingface_hub import constants
+
+    from llm_fourier.models import hub_reachable, source_kwargs
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: [("resolved",)])
+    assert hub_reachable()
+    assert "local_files_only" not in source_kwargs("gpt2", False)
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    assert not hub_reachable()
+    assert source_kwargs("gpt2", False)["local_files_only"] is True
+    # an id that is in no cache then fails at once with the one sentence, not after retries
+    with pytest.raises(UserError, match="pass the local folder instead"):
+        load_model("no-such-org/no-such-model")
