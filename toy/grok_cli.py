@@ -39,44 +39,51 @@ def _device(name: str) -> str:
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("task")
-    g.add_argument("--op", default="a+b", choices=ALL_OPS, help="operation (default: a+b)")
-    g.add_argument("--p", type=int, default=113, help="modulus (default: 113)")
-    g.add_argument("--inputs", type=int, default=2, help="number of inputs for --op sum")
-    g.add_argument("--train-frac", type=float, default=0.3, help="train fraction (0.3)")
+    g.add_argument("--op", default=TrainConfig.op, choices=ALL_OPS,
+                   help="operation (default: %(default)s)")
+    g.add_argument("--p", type=int, default=TrainConfig.p,
+                   help="modulus (default: %(default)s)")
+    g.add_argument("--inputs", type=int, default=TrainConfig.n_inputs,
+                   help="number of inputs for --op sum")
+    g.add_argument("--train-frac", type=float, default=TrainConfig.train_frac,
+                   help="train fraction (default: %(default)s)")
     g.add_argument("--seeds", type=int, nargs="+", default=[0],
                    help="seeds trained together in one batched run (default: 0)")
-    g.add_argument("--data-seed", type=int, default=None,
+    g.add_argument("--data-seed", type=int, default=TrainConfig.data_seed,
                    help="one split for every seed (default: each seed splits with itself)")
     m = parser.add_argument_group("model")
-    m.add_argument("--model", default="transformer", choices=MODEL_KINDS)
-    m.add_argument("--quant", default="none", choices=QUANT_MODES,
+    m.add_argument("--model", default=ModelConfig.kind, choices=MODEL_KINDS)
+    m.add_argument("--quant", default=ModelConfig.quant, choices=QUANT_MODES,
                    help="transformer weights: binary or ternary with a straight-through "
                         "estimator (default: none)")
-    m.add_argument("--d-model", type=int, default=128)
-    m.add_argument("--heads", type=int, default=4)
-    m.add_argument("--d-head", type=int, default=32)
-    m.add_argument("--d-mlp", type=int, default=512)
-    m.add_argument("--width", type=int, default=512, help="hidden width of mlp / rnn")
-    m.add_argument("--power", type=int, default=0,
+    m.add_argument("--d-model", type=int, default=ModelConfig.d_model)
+    m.add_argument("--heads", type=int, default=ModelConfig.n_heads)
+    m.add_argument("--d-head", type=int, default=ModelConfig.d_head)
+    m.add_argument("--d-mlp", type=int, default=ModelConfig.d_mlp)
+    m.add_argument("--width", type=int, default=ModelConfig.width,
+                   help="hidden width of mlp / rnn")
+    m.add_argument("--power", type=int, default=ModelConfig.power,
                    help="mlp activation x^power (default: number of inputs)")
-    m.add_argument("--act", default="relu", choices=("relu", "tanh"), help="rnn activation")
+    m.add_argument("--act", default=ModelConfig.act, choices=("relu", "tanh"),
+                   help="rnn activation")
     t = parser.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=20000)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--weight-decay", type=float, default=1.0)
-    t.add_argument("--beta1", type=float, default=0.9)
-    t.add_argument("--beta2", type=float, default=0.98)
-    t.add_argument("--warmup", type=int, default=10)
-    t.add_argument("--log-every", type=int, default=100, help="epochs between loss logs")
-    t.add_argument("--measure-every", type=int, default=1000,
+    t.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    t.add_argument("--lr", type=float, default=TrainConfig.lr)
+    t.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
+    t.add_argument("--beta1", type=float, default=TrainConfig.beta1)
+    t.add_argument("--beta2", type=float, default=TrainConfig.beta2)
+    t.add_argument("--warmup", type=int, default=TrainConfig.warmup)
+    t.add_argument("--log-every", type=int, default=TrainConfig.log_every,
+                   help="epochs between loss logs")
+    t.add_argument("--measure-every", type=int, default=TrainConfig.measure_every,
                    help="epochs between progress measures (0: end only)")
-    t.add_argument("--checkpoint-every", type=int, default=1000)
+    t.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every)
     t.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
-    t.add_argument("--stop-test-loss", type=float, default=None,
+    t.add_argument("--stop-test-loss", type=float, default=TrainConfig.stop_test_loss,
                    help="stop a seed once its test loss is below this")
-    t.add_argument("--stop-accuracy", type=float, default=None,
+    t.add_argument("--stop-accuracy", type=float, default=TrainConfig.stop_accuracy,
                    help="stop a seed once its train and test accuracy reach this")
-    t.add_argument("--key-share", type=float, default=None,
+    t.add_argument("--key-share", type=float, default=TrainConfig.key_share,
                    help="key-frequency energy share (default: 1.5 / number of frequencies)")
     t.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
 
