@@ -33,8 +33,21 @@ from toy.quantize import QUANT_MODES, quantize_ste
 MODEL_KINDS = ("transformer", "mlp", "rnn")
 
 
+class DictConfig:
+    """``to_dict`` / ``from_dict`` for the config dataclasses stored in checkpoints
+    (unknown keys, e.g. from a newer version, are ignored)."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(DictConfig):
     kind: str = "transformer"
     p: int = 113
     n_inputs: int = 2
@@ -61,14 +74,6 @@ class ModelConfig:
                             "use --model transformer or --quant none.")
         if self.act not in ("relu", "tanh"):
             raise UserError(f"unknown RNN activation {self.act!r}; choose relu or tanh.")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def lookup(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ same arithmetic, so an interrupted run ends bit for bit where the uninterrupted 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from llm_fourier.errors import UserError
 from llm_fourier.report.files import atomic_torch_save
 from toy.data import Task, make_task, split_indices
-from toy.models import ModelConfig, StackedModel, build_model
+from toy.models import DictConfig, ModelConfig, StackedModel, build_model
 from toy.progress import loss_and_accuracy, progress_measures
 
 CHECKPOINT_FORMAT = "llm-fourier-toy"
@@ -33,7 +33,7 @@ _RUN_IDENTITY = ("op", "p", "n_inputs", "train_frac", "data_seed", "lr", "weight
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(DictConfig):
     op: str = "a+b"
     p: int = 113
     n_inputs: int = 2
@@ -52,14 +52,6 @@ class TrainConfig:
     stop_test_loss: float | None = None  # a seed stops once its test loss is below this
     stop_accuracy: float | None = None  # ... or once train and test accuracy reach this
     key_share: float | None = None  # key-frequency energy share (default 1.5 / K)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 class StackedAdamW:
