@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from llm_fourier.distributed import dist_info, map_batches
+from llm_fourier.distributed import map_batches, process_info
 from llm_fourier.errors import UserError
 from llm_fourier.hooks import edit, last_token_logits
 from llm_fourier.numbers import NumberTokens, number_rows, require_numbers
@@ -181,7 +181,7 @@ def ablation_table(
     done = dict(done or {})
     rows = []
     for fname, modules in tqdm(table_rows(filters), desc="ablations", unit="row",
-                               disable=not progress or not dist_info().is_main):
+                               disable=not progress or not process_info().is_main):
         label = row_label(fname, modules)
         if label not in done:
             edits = {} if fname == "none" else filter_edits(filters[fname], MODULES[modules],

@@ -1,16 +1,17 @@
-"""Scale-out: shard prompts across processes with torch.distributed and gather in order.
+"""Several processes (``accelerate launch`` / ``torchrun``): accelerate's process state, plus
+what it lacks: order-preserving batch maps, one-rank blocks and per-process GPU groups.
 
-Launch ``llm-fourier probe`` / ``ablate`` / ``report`` under ``accelerate launch`` or
-``torchrun``; they set ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``, and ``init_distributed``
-joins the process group (NCCL on GPUs, gloo on CPUs). Work is split by *whole batches*: the
+Under a launcher (``WORLD_SIZE`` > 1) ``process_info()`` starts accelerate's
+``PartialState`` (gloo on CPUs, NCCL on GPUs). Work is split by *whole batches*: the
 batches a single process would run (same prompts, same padding) are dealt out as contiguous
-blocks, one block per rank, and gathered back in rank order, so the gathered result equals
-the single-process run exactly. The library's batch loops (``lens.run_lens``,
-``ablate.evaluate``) use ``map_batches`` / ``map_ranges`` and so shard whenever a process
-group is active; ``solo()`` runs code on one rank alone (the report runner's one-rank jobs).
-Big models take several GPUs per process: ``init_distributed`` narrows
-``CUDA_VISIBLE_DEVICES`` and ``max_memory_for_rank`` gives each process its own group of a
-node's GPUs for ``device_map="auto"``.
+blocks (``PartialState.split_between_processes``) and gathered back in rank order
+(``gather_object``), so the result equals the single-process run exactly. The library's
+batch loops (``lens.run_lens``, ``ablate.evaluate``, ``hidden.collect``) use ``map_ranges``
+and so shard whenever several processes run, and are plain loops otherwise. ``solo()``
+runs a block on one process alone (a report's one-rank jobs). Big models take several GPUs
+per process: before CUDA starts, each process of a node sees only its own contiguous group
+of the node's GPUs (``CUDA_VISIBLE_DEVICES``), so ``device_map="auto"`` spreads its model
+over that group; ``max_memory_for_rank`` does the same once CUDA is initialised.
 """
 
 from __future__ import annotations
@@ -23,15 +24,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm.auto import tqdm
 
-_narrowed = False  # True once init_distributed narrowed CUDA_VISIBLE_DEVICES
-_solo = 0  # > 0 inside solo(): this rank works alone
+_solo = 0  # > 0 inside solo(): this process works alone
+_narrowed = False  # CUDA_VISIBLE_DEVICES narrowed to this process's GPU group
 
 
 @dataclass(frozen=True)
-class DistInfo:
+class ProcessInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -42,38 +42,8 @@ class DistInfo:
         return self.rank == 0
 
 
-def dist_info() -> DistInfo:
-    """This process's place: from the process group if joined, else the launcher's env.
-
-    Inside ``solo()`` the process is rank 0 of 1 (its GPU group is kept).
-    """
-    env = os.environ
-    local = int(env.get("LOCAL_RANK", 0))
-    local_world = int(env.get("LOCAL_WORLD_SIZE", 1))
-    if _solo:
-        return DistInfo(0, 1, local, local_world)
-    if dist.is_available() and dist.is_initialized():
-        return DistInfo(dist.get_rank(), dist.get_world_size(), local, local_world)
-    return DistInfo(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), local, local_world)
-
-
-def active() -> bool:
-    """True when this process is one of several in an initialized process group."""
-    return (not _solo and dist.is_available() and dist.is_initialized()
-            and dist.get_world_size() > 1)
-
-
-@contextmanager
-def solo() -> Iterator[None]:
-    """Run the block on this rank alone: no sharding, no collectives, ``dist_info()`` is
-    rank 0 of 1 (so it writes its outputs). For work dealt to one rank, e.g. a report's
-    jobs whose command does not shard."""
-    global _solo
-    _solo += 1
-    try:
-        yield
-    finally:
-        _solo -= 1
+def _launched() -> bool:
+    return int(os.environ.get("WORLD_SIZE", 1)) > 1
 
 
 def gpu_group(local_rank: int, local_world_size: int, gpus: Sequence) -> list:
@@ -87,54 +57,79 @@ def gpu_group(local_rank: int, local_world_size: int, gpus: Sequence) -> list:
     return list(gpus)[local_rank * per:(local_rank + 1) * per]
 
 
-def init_distributed(backend: str | None = None) -> DistInfo:
-    """Join the process group when launched with several processes; a no-op otherwise.
-
-    With several processes per node and CUDA not yet initialised, each process sees only its
-    own group of the node's GPUs (``CUDA_VISIBLE_DEVICES``), so ``device_map="auto"`` in any
-    command spreads that process's model over its group only.
-    """
+def _narrow_gpus() -> None:
+    """Before CUDA starts: show each of several processes per node only its GPU group."""
     global _narrowed
-    info = dist_info()
-    if info.world_size > 1 and not dist.is_initialized():
-        use_cuda = torch.cuda.is_available()
-        several = info.local_world_size > 1
-        if use_cuda and several and not torch.cuda.is_initialized():
-            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-            ids = visible.split(",") if visible else [str(i) for i in
-                                                      range(torch.cuda.device_count())]
-            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(
-                gpu_group(info.local_rank, info.local_world_size, ids))
-            _narrowed = True
-        if use_cuda:  # the first GPU of this process's group
-            torch.cuda.set_device(0 if _narrowed or not several else gpu_group(
-                info.local_rank, info.local_world_size, range(torch.cuda.device_count()))[0])
-        dist.init_process_group(backend or ("nccl" if use_cuda else "gloo"))
-        info = dist_info()
-    return info
+    local, local_world = int(os.environ.get("LOCAL_RANK", 0)), \
+        int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    if _narrowed or local_world <= 1 or not torch.cuda.is_available() \
+            or torch.cuda.is_initialized():
+        return
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_group(local, local_world, ids))
+    os.environ["LOCAL_RANK"] = "0"  # accelerate picks cuda:LOCAL_RANK: the group's first GPU
+    os.environ["LLM_FOURIER_LOCAL_RANK"] = str(local)
+    _narrowed = True
+
+
+def _state():
+    """accelerate's PartialState when launched with several processes, else None."""
+    if not _launched():
+        return None
+    from accelerate import PartialState
+
+    _narrow_gpus()
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def process_info() -> ProcessInfo:
+    """This process's place; inside ``solo()`` it is rank 0 of 1 (its GPU group is kept)."""
+    local = int(os.environ.get("LLM_FOURIER_LOCAL_RANK", os.environ.get("LOCAL_RANK", 0)))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    state = None if _solo else _state()
+    if state is None:
+        return ProcessInfo(0, 1, local, local_world)
+    return ProcessInfo(state.process_index, state.num_processes, local, local_world)
+
+
+def active() -> bool:
+    """True when this process is one of several working together (outside ``solo()``)."""
+    return not _solo and process_info().world_size > 1
+
+
+@contextmanager
+def solo() -> Iterator[None]:
+    """Run the block on this process alone: no sharding, no collectives, rank 0 of 1."""
+    global _solo
+    _solo += 1
+    try:
+        yield
+    finally:
+        _solo -= 1
 
 
 def barrier() -> None:
     if active():
-        dist.barrier()
+        _state().wait_for_everyone()
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """``obj`` as held by rank ``src``, on every rank (identity when not distributed)."""
+    """``obj`` as held by process ``src``, on every process."""
     if not active():
         return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([obj], from_process=src)[0]
 
 
 def all_gather_objects(obj: Any) -> list:
-    """Every rank's ``obj``, in rank order, on every rank."""
+    """Every process's ``obj``, in rank order, on every process."""
     if not active():
         return [obj]
-    boxes: list = [None] * dist.get_world_size()
-    dist.all_gather_object(boxes, obj)
-    return boxes
+    from accelerate.utils import gather_object
+
+    return gather_object([obj])
 
 
 def batch_ranges(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -142,18 +137,6 @@ def batch_ranges(n: int, batch_size: int) -> list[tuple[int, int]]:
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     return [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
-
-
-def deal(items: Sequence, rank: int, world_size: int) -> list:
-    """This rank's contiguous block of ``items`` (block sizes differ by at most one)."""
-    per, extra = divmod(len(items), world_size)
-    start = rank * per + min(rank, extra)
-    return list(items[start:start + per + (1 if rank < extra else 0)])
-
-
-def shard_batches(n: int, batch_size: int, rank: int, world_size: int) -> list[tuple[int, int]]:
-    """This rank's contiguous block of the single-process batches."""
-    return deal(batch_ranges(n, batch_size), rank, world_size)
 
 
 def _to_cpu(obj: Any) -> Any:
@@ -184,19 +167,23 @@ def concat(parts: Sequence[Any]) -> Any:
 
 def map_ranges(fn: Callable[[int, int], Any], ranges: Sequence[tuple[int, int]], *,
                desc: str | None = None, progress: bool = True) -> list:
-    """``fn(start, end)`` over ``ranges``, dealt out to the ranks in contiguous blocks.
+    """``fn(start, end)`` over ``ranges``, dealt out to the processes in contiguous blocks.
 
     Returns every range's result (moved to the CPU) in the order of ``ranges``, on every
-    rank; without an active process group it is a plain loop.
+    process; with one process it is a plain loop.
     """
-    info = dist_info() if active() else DistInfo()
-    mine = deal(ranges, info.rank, info.world_size)
-    bar = tqdm(mine, desc=desc, unit="batch", leave=False,
-               disable=not progress or not info.is_main or len(mine) < 2)
-    local = [_to_cpu(fn(s, e)) for s, e in bar]
     if not active():
-        return local
-    return [r for rank_results in all_gather_objects(local) for r in rank_results]
+        bar = tqdm(ranges, desc=desc, unit="batch", leave=False,
+                   disable=not progress or len(ranges) < 2)
+        return [_to_cpu(fn(s, e)) for s, e in bar]
+    from accelerate.utils import gather_object
+
+    state = _state()
+    with state.split_between_processes(list(ranges)) as mine:
+        bar = tqdm(mine, desc=desc, unit="batch", leave=False,
+                   disable=not progress or not state.is_main_process or len(mine) < 2)
+        local = [_to_cpu(fn(s, e)) for s, e in bar]
+    return gather_object(local)
 
 
 def map_batches(fn: Callable[[int, int], Any], n: int, batch_size: int, *,
@@ -206,23 +193,17 @@ def map_batches(fn: Callable[[int, int], Any], n: int, batch_size: int, *,
 
 
 def rounds(ranges: Sequence[tuple[int, int]]) -> list[list[tuple[int, int]]]:
-    """``ranges`` cut into rounds of one range per rank, for loops that checkpoint.
-
-    After each round (``map_ranges`` over it) the finished ranges are a prefix of ``ranges``,
-    so a checkpoint taken then resumes under any number of processes.
-    """
-    world = dist_info().world_size if active() else 1
+    """``ranges`` cut into rounds of one range per process, for loops that checkpoint:
+    after each round the finished ranges are a prefix, so a checkpoint resumes under any
+    number of processes."""
+    world = process_info().world_size if active() else 1
     return [list(ranges[i:i + world]) for i in range(0, len(ranges), world)]
 
 
 def max_memory_for_rank(local_rank: int, local_world_size: int,
                         gpu_memory: Sequence[int], cpu_memory: int | None = None) -> dict:
-    """``max_memory`` for ``device_map="auto"`` giving this process its own GPU group.
-
-    For processes that cannot narrow ``CUDA_VISIBLE_DEVICES`` (CUDA already initialised):
-    only this process's group is listed, and ``accelerate`` places weights on listed devices
-    only. With 8 GPUs and 2 processes per node each process spreads its model over 4 GPUs.
-    """
+    """``max_memory`` for ``device_map="auto"`` listing only this process's GPU group, for
+    processes whose CUDA was initialised before ``CUDA_VISIBLE_DEVICES`` could be narrowed."""
     mine = gpu_group(local_rank, local_world_size, range(len(gpu_memory)))
     memory: dict = {i: int(gpu_memory[i]) for i in mine}
     if cpu_memory is not None:
@@ -234,16 +215,10 @@ def device_map_kwargs() -> dict:
     """``device_map`` / ``max_memory`` for ``load_model`` in this process."""
     if not torch.cuda.is_available():
         return {"device_map": None}
-    info = dist_info()
-    count = torch.cuda.device_count()
+    info = process_info()
     if info.local_world_size <= 1 or _narrowed:
         return {"device_map": "auto"}  # one process, or GPUs already narrowed per process
-    usable = [int(torch.cuda.get_device_properties(i).total_memory * 0.9) for i in range(count)]
+    usable = [int(torch.cuda.get_device_properties(i).total_memory * 0.9)
+              for i in range(torch.cuda.device_count())]
     return {"device_map": "auto",
             "max_memory": max_memory_for_rank(info.local_rank, info.local_world_size, usable)}
-
-
-# Commands whose run() shards its prompts with the helpers above (every rank calls run(),
-# rank 0 writes): a report under several processes runs these on all ranks together and
-# deals every other job to one rank, inside solo().
-SHARD_AWARE: set[str] = {"probe", "ablate"}

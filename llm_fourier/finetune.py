@@ -1,18 +1,19 @@
 """Fine-tune a Hugging Face causal LM on an arithmetic split, loss on the answer token only.
 
 The answer of every prompt is one number token, so the loss is the cross-entropy of the
-next-token logits at the last prompt position (left padding) against that token. AdamW with
-linear decay to 0 (optional warmup), epochs, batch size, gradient accumulation, gradient
-clipping, mixed precision and multi-GPU (data parallel) through ``accelerate.Accelerator``.
-Evaluation on the validation split after every epoch, on the test split at the end.
+next-token logits at the last prompt position (left padding, the position ids evaluation
+uses) against that token. AdamW with linear decay to 0 (optional warmup), gradient
+accumulation, clipping, mixed precision and data parallelism through ``accelerate``.
+``FineTuner`` splits a run into ``step`` (one optimizer step over a group of micro-batches),
+``evaluate`` (a split, by ``ablate.evaluate``) and ``checkpoint`` / ``restore``.
 
-Checkpoints (``OUT/checkpoints/step-N/``): weights as safetensors, optimizer, scheduler,
-grad scaler and RNG states, epoch / step counters. A checkpoint folder is written under a
-temporary name and renamed, then ``latest.json`` is replaced atomically, so a kill at any
-moment leaves the previous checkpoint usable. Data order is a permutation drawn from
-(seed, epoch), so ``resume=True`` continues a killed run exactly: the resumed run's final
-weights equal an uninterrupted run's. The result, ``OUT/model/``, is a normal Hugging Face
-folder (``save_pretrained`` model + tokenizer) that ``probe`` / ``ablate`` take as ``--model``.
+Checkpoints (``OUT/checkpoints/step-N/``) are ``Accelerator.save_state`` (model as
+safetensors; optimizer, scheduler, scaler and per-process RNG states read back with
+``weights_only``) plus ``state.json`` (epoch, step, history). A checkpoint is written under a
+temporary name and renamed, then ``latest.json`` is replaced, so a kill at any moment leaves
+the previous one usable. Data order is a permutation drawn from (seed, epoch), so a resumed
+run ends with the weights of an uninterrupted one. The result, ``OUT/model/``, is a normal
+Hugging Face folder that ``probe`` / ``ablate`` take as ``--model``.
 
 ``frozen_token_ids`` keeps chosen rows of the input embedding (and of an untied output
 embedding) bit-identical: their gradients are zeroed by a hook and, since AdamW's decoupled
@@ -21,6 +22,7 @@ weight decay moves rows whose gradient is zero, their values are restored after 
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import shutil
@@ -31,16 +33,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator
+from accelerate.utils import load as accelerate_load
 from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
 
+from llm_fourier.ablate import evaluate
 from llm_fourier.errors import UserError
-from llm_fourier.report.files import atomic_torch_save, read_json, write_json
+from llm_fourier.models import LoadedModel
+from llm_fourier.output.files import read_json, to_jsonable, write_json
+from llm_fourier.tasks import tokenize_prompts
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
 @dataclass
-class TrainConfig:
+class FinetuneConfig:
     """Hyper-parameters of one fine-tuning (or from-scratch) run."""
 
     epochs: int = 3
@@ -60,7 +68,8 @@ class TrainConfig:
         if self.mixed_precision not in MIXED_PRECISION:
             raise UserError(f"mixed precision must be one of {', '.join(MIXED_PRECISION)}, "
                             f"got {self.mixed_precision!r}.")
-        for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size",
+                     "eval_every_epochs"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name.replace('_', '-')} must be at least 1.")
         if not self.lr > 0:
@@ -103,8 +112,6 @@ def embedding_params(model) -> list[torch.nn.Parameter]:
 
 def answer_batch(tokenizer, examples, numbers, device=None) -> dict:
     """Left-padded prompts and the answer token of each example (``labels``)."""
-    from llm_fourier.tasks import tokenize_prompts
-
     batch = tokenize_prompts(tokenizer, [e.prompt for e in examples], device=device)
     labels = torch.as_tensor(numbers.token_ids[[e.answer for e in examples]], dtype=torch.long)
     batch["labels"] = labels.to(batch["input_ids"].device)
@@ -118,235 +125,195 @@ def answer_loss(model, batch: dict) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(out.logits[:, -1, :].float(), batch["labels"])
 
 
-# ---------------------------------------------------------------- checkpoints
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The data order of one epoch: a permutation fixed by (seed, epoch)."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def steps_per_epoch(n_train: int, config: FinetuneConfig, world: int = 1) -> int:
+    return math.ceil(math.ceil(n_train / (config.batch_size * world)) / config.grad_accum)
 
 
 def latest_checkpoint(out: str | Path) -> Path | None:
     pointer = Path(out) / "checkpoints" / "latest.json"
     if not pointer.exists():
         return None
-    path = pointer.parent / read_json(pointer)["dir"]
-    return path if path.exists() else None
-
-
-def _save_checkpoint(out: Path, accelerator, model, optimizer, scheduler, state: dict) -> None:
-    from safetensors.torch import save_model
-
-    root = out / "checkpoints"
-    name = f"step-{state['step']:08d}"
-    rank = accelerator.process_index
-    tmp = root / f"{name}.tmp"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    # RNG states are per process; python/numpy states are pickled tuples, so this file is
-    # read with weights_only=False: it is our own checkpoint, never one a user hands us
-    atomic_torch_save(_rng_state(), tmp / f"rng-{rank}.pt")
-    if accelerator.is_main_process:
-        save_model(accelerator.unwrap_model(model), str(tmp / "model.safetensors"))
-        atomic_torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
-        atomic_torch_save(scheduler.state_dict(), tmp / "scheduler.pt")
-        if accelerator.scaler is not None:
-            atomic_torch_save(accelerator.scaler.state_dict(), tmp / "scaler.pt")
-        write_json(tmp / "state.json", state)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        shutil.rmtree(root / name, ignore_errors=True)
-        tmp.rename(root / name)
-        write_json(root / "latest.json", {"dir": name})
-        for old in root.glob("step-*"):  # keep only the newest checkpoint
-            if old.name != name:
-                shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
-def _load_checkpoint(path: Path, accelerator, model, optimizer, scheduler) -> dict:
-    from safetensors.torch import load_model
-
-    load_model(accelerator.unwrap_model(model), str(path / "model.safetensors"),
-               device=str(accelerator.device))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    if accelerator.scaler is not None and (path / "scaler.pt").exists():
-        accelerator.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
-    rng = path / f"rng-{accelerator.process_index}.pt"
-    if rng.exists():
-        _set_rng_state(torch.load(rng, weights_only=False))
-    return read_json(path / "state.json")
-
-
-# ---------------------------------------------------------------- training
-def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    """The data order of one epoch: a permutation fixed by (seed, epoch)."""
-    return np.random.default_rng([seed, epoch]).permutation(n)
-
-
-def _micro_batches(n: int, config: TrainConfig, epoch: int, rank: int, world: int):
-    order = epoch_order(n, config.seed, epoch)
-    per_step = config.batch_size * world
-    n_micro = math.ceil(n / per_step)
-    order = np.resize(order, n_micro * per_step) if world > 1 else order  # equal shards
-    return [order[i * per_step + rank * config.batch_size:
-                  i * per_step + (rank + 1) * config.batch_size] for i in range(n_micro)]
-
-
-def steps_per_epoch(n_train: int, config: TrainConfig, world: int = 1) -> int:
-    return math.ceil(math.ceil(n_train / (config.batch_size * world)) / config.grad_accum)
-
-
-def _default_evaluate(model, tokenizer, examples, numbers, batch_size: int) -> dict:
-    from llm_fourier.ablate import evaluate
-    from llm_fourier.models import LoadedModel, roles_for
-
-    lm = LoadedModel(model=model, tokenizer=tokenizer, roles=roles_for(model), name="training")
-    return evaluate(lm, examples, numbers, batch_size=batch_size, progress=False)
-
-
-def train(
-    model,
-    tokenizer,
-    splits,
-    numbers,
-    out: str | Path,
-    config: TrainConfig,
-    *,
-    resume: bool = False,
-    frozen_token_ids=None,
-    stop_after_steps: int | None = None,
-    evaluate_fn: Callable | None = None,
-    progress: bool = True,
-) -> dict:
-    """Train ``model`` on ``splits.train``; write checkpoints and ``OUT/model``.
-
-    ``stop_after_steps`` stops (after a checkpoint) once that many optimizer steps are done
-    in total, as a killed run would; rerun with ``resume=True`` to continue. Returns
-    ``{"finished", "step", "epoch", "history", "test", "model_dir"}``; ``history`` holds the
-    validation metrics after each epoch, ``test`` the test metrics (when finished).
-    """
-    from accelerate import Accelerator
-    from transformers import get_linear_schedule_with_warmup
-
-    config.validate()
-    out = Path(out)
-    if not splits.train:
-        raise UserError("the training split is empty; use a larger --max-operand or --limit.")
-    evaluate_fn = evaluate_fn or _default_evaluate
-    done_file = out / "train_state.json"
-    ckpt = latest_checkpoint(out)
-    if done_file.exists() and read_json(done_file).get("finished"):
-        if not resume:
-            raise UserError(f"{out} already holds a finished run; pass --resume to reuse it "
-                            "or choose another --out.")
-        return read_json(done_file)
-    if ckpt is not None and not resume:
-        raise UserError(f"{out} already holds a checkpoint; pass --resume to continue it or "
-                        "choose another --out.")
-
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
-    torch.manual_seed(config.seed)
-    random.seed(config.seed)
-    np.random.seed(config.seed)
-    model.train()
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "norm" in n.lower()]
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n.lower()]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
-    world = accelerator.num_processes
-    total = config.epochs * steps_per_epoch(len(splits.train), config, world)
-    scheduler = get_linear_schedule_with_warmup(optimizer, config.warmup_steps, total)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    raw = accelerator.unwrap_model(model)
-
-    state = {"epoch": 0, "batch": 0, "step": 0, "history": [], "config": asdict(config),
-             "finished": False}
-    if ckpt is not None:
-        state = _load_checkpoint(ckpt, accelerator, model, optimizer, scheduler)
-    freezer = None
-    if frozen_token_ids is not None and len(frozen_token_ids):
-        freezer = RowFreezer(embedding_params(raw), frozen_token_ids)
-
-    bar = tqdm(total=total, initial=state["step"], desc=f"train {out.name}",
-               disable=not (progress and accelerator.is_local_main_process), leave=False)
-    stopped = False
     try:
-        for epoch in range(state["epoch"], config.epochs):
-            micro = _micro_batches(len(splits.train), config, epoch, accelerator.process_index,
-                                   world)
-            groups = [micro[i:i + config.grad_accum]
-                      for i in range(0, len(micro), config.grad_accum)]
-            for g in range(state["batch"], len(groups)):
-                for j, idx in enumerate(groups[g]):
-                    batch = answer_batch(tokenizer, [splits.train[i] for i in idx], numbers,
-                                         accelerator.device)
-                    sync = j == len(groups[g]) - 1
-                    with nullcontext() if sync else accelerator.no_sync(model):
-                        with accelerator.autocast():
-                            loss = answer_loss(model, batch) / len(groups[g])
-                        accelerator.backward(loss)
-                if config.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                if freezer is not None:
-                    freezer.restore()
-                state.update(epoch=epoch, batch=g + 1, step=state["step"] + 1)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item() * len(groups[g]):.3g}")
-                if stop_after_steps is not None and state["step"] >= stop_after_steps:
-                    stopped = True
-                elif not (config.save_every and state["step"] % config.save_every == 0):
-                    continue
-                _save_checkpoint(out, accelerator, model, optimizer, scheduler, state)
-                if stopped:
-                    break
-            if stopped:
-                break
-            if (epoch + 1) % config.eval_every_epochs == 0 or epoch + 1 == config.epochs:
-                raw.eval()
-                metrics = evaluate_fn(raw, tokenizer, splits.val, numbers,
-                                      config.eval_batch_size) if splits.val else {}
-                raw.train()
-                state["history"].append({"epoch": epoch + 1, "step": state["step"],
-                                         **_scalars(metrics)})
-            state.update(epoch=epoch + 1, batch=0)
-            _save_checkpoint(out, accelerator, model, optimizer, scheduler, state)
-    finally:
-        bar.close()
-        if freezer is not None:
-            freezer.remove()
-    if stopped:
-        return {**state, "model_dir": None}
-
-    raw.eval()
-    test = evaluate_fn(raw, tokenizer, splits.test, numbers, config.eval_batch_size) \
-        if splits.test else {}
-    model_dir = out / "model"
-    if accelerator.is_main_process:
-        raw.save_pretrained(model_dir)
-        tokenizer.save_pretrained(model_dir)
-    state.update(finished=True, test=test, model_dir=str(model_dir))
-    if accelerator.is_main_process:
-        write_json(done_file, state)
-    accelerator.wait_for_everyone()
-    return read_json(done_file)  # the same (JSON) form a resumed, finished run returns
+        path = pointer.parent / read_json(pointer)["dir"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{pointer} cannot be read ({type(err).__name__}); rerun with --restart "
+                        "to start the run over.") from err
+    return path if path.exists() else None
 
 
 def _scalars(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float, np.number))}
+
+
+class FineTuner:
+    """One fine-tuning run of ``lm`` on ``splits`` into ``out`` (see the module docstring)."""
+
+    def __init__(self, lm: LoadedModel, splits, numbers, out: str | Path,
+                 config: FinetuneConfig, *, frozen_token_ids=None,
+                 evaluate_fn: Callable | None = None, progress: bool = True) -> None:
+        config.validate()
+        if not splits.train:
+            raise UserError("the training split is empty; use a larger --max-operand or "
+                            "--max-pairs.")
+        self.lm, self.splits, self.numbers, self.config = lm, splits, numbers, config
+        self.out, self.progress = Path(out), progress
+        self.evaluate_fn = evaluate_fn or (lambda lm_, examples, numbers_, bs: evaluate(
+            lm_, examples, numbers_, batch_size=bs, progress=False))
+        self.accelerator = Accelerator(mixed_precision=config.mixed_precision,
+                                       step_scheduler_with_optimizer=False)
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        np.random.seed(config.seed)
+        model = lm.model
+        model.train()
+        no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "norm" in n.lower()]
+        decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n.lower()]
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+        self.world = self.accelerator.num_processes
+        self.total = config.epochs * steps_per_epoch(len(splits.train), config, self.world)
+        scheduler = get_linear_schedule_with_warmup(optimizer, config.warmup_steps, self.total)
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(
+            model, optimizer, scheduler)
+        self.state = {"epoch": 0, "batch": 0, "step": 0, "history": [],
+                      "config": asdict(config), "finished": False}
+        self.freezer = RowFreezer(embedding_params(model), frozen_token_ids) \
+            if frozen_token_ids is not None and len(frozen_token_ids) else None
+
+    # -------------------------------------------------------------- pieces
+    def groups(self, epoch: int) -> list[list[np.ndarray]]:
+        """This process's micro-batches of ``epoch``, grouped per optimizer step."""
+        c, rank = self.config, self.accelerator.process_index
+        order = epoch_order(len(self.splits.train), c.seed, epoch)
+        per_step = c.batch_size * self.world
+        n_micro = math.ceil(len(order) / per_step)
+        if self.world > 1:
+            order = np.resize(order, n_micro * per_step)  # equal shards
+        micro = [order[i * per_step + rank * c.batch_size:i * per_step + (rank + 1)
+                       * c.batch_size] for i in range(n_micro)]
+        return [micro[i:i + c.grad_accum] for i in range(0, len(micro), c.grad_accum)]
+
+    def step(self, group: list[np.ndarray]) -> float:
+        """One optimizer step over a group of micro-batches; returns the mean loss."""
+        acc, total = self.accelerator, 0.0
+        for j, idx in enumerate(group):
+            batch = answer_batch(self.lm.tokenizer, [self.splits.train[i] for i in idx],
+                                 self.numbers, acc.device)
+            with nullcontext() if j == len(group) - 1 else acc.no_sync(self.model):
+                with acc.autocast():
+                    loss = answer_loss(self.model, batch) / len(group)
+                acc.backward(loss)
+            total += loss.item()
+        if self.config.max_grad_norm:
+            acc.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.freezer is not None:
+            self.freezer.restore()
+        return total
+
+    def evaluate(self, examples) -> dict:
+        self.lm.model.eval()
+        try:
+            return self.evaluate_fn(self.lm, examples, self.numbers,
+                                    self.config.eval_batch_size) if examples else {}
+        finally:
+            self.lm.model.train()
+
+    def checkpoint(self) -> None:
+        """Save the whole training state (atomically, see the module docstring)."""
+        acc = self.accelerator
+        root = self.out / "checkpoints"
+        name = f"step-{self.state['step']:08d}"
+        tmp = root / f"{name}.tmp"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp), safe_serialization=True)
+        if acc.is_main_process:
+            write_json(tmp / "state.json", self.state)
+            shutil.rmtree(root / name, ignore_errors=True)
+            tmp.rename(root / name)
+            write_json(root / "latest.json", {"dir": name})
+            for old in root.glob("step-*"):  # keep only the newest checkpoint
+                if old.name != name:
+                    shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+
+    def restore(self, path: Path) -> None:
+        """Load a checkpoint; an unreadable or foreign file is one sentence, never unpickled."""
+        rng = path / f"random_states_{self.accelerator.process_index}.pkl"
+        try:
+            if rng.exists():  # accelerate skips an unreadable RNG file silently: check it
+                accelerate_load(rng)
+            self.accelerator.load_state(str(path))
+            self.state = read_json(path / "state.json")
+        except Exception as err:
+            raise UserError(f"the checkpoint {path} cannot be read ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0][:120] if str(err) else ''}); it is not "
+                            "loaded. Rerun with --restart to start the run over.") from err
+
+    # -------------------------------------------------------------- the loop
+    def train(self, resume: bool = False, stop_after_steps: int | None = None) -> dict:
+        """Train (resuming from the latest checkpoint when ``resume``); write ``OUT/model``.
+
+        ``stop_after_steps`` stops (after a checkpoint) once that many optimizer steps are
+        done in total, as a killed run would. Returns ``{"finished", "step", "epoch",
+        "history", "test", "model_dir"}``.
+        """
+        c, acc = self.config, self.accelerator
+        ckpt = latest_checkpoint(self.out) if resume else None
+        if not resume and acc.is_main_process:
+            shutil.rmtree(self.out / "checkpoints", ignore_errors=True)  # a finished run's
+        if ckpt is not None:
+            self.restore(ckpt)
+        bar = tqdm(total=self.total, initial=self.state["step"], desc=f"train {self.out.name}",
+                   disable=not (self.progress and acc.is_local_main_process), leave=False)
+        stopped = False
+        try:
+            for epoch in range(self.state["epoch"], c.epochs):
+                groups = self.groups(epoch)
+                for g in range(self.state["batch"], len(groups)):
+                    loss = self.step(groups[g])
+                    self.state.update(epoch=epoch, batch=g + 1, step=self.state["step"] + 1)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.3g}")
+                    stopped = stop_after_steps is not None and self.state["step"] >= \
+                        stop_after_steps
+                    if stopped or (c.save_every and self.state["step"] % c.save_every == 0):
+                        self.checkpoint()
+                    if stopped:
+                        return {**self.state, "model_dir": None}
+                if (epoch + 1) % c.eval_every_epochs == 0 or epoch + 1 == c.epochs:
+                    metrics = self.evaluate(self.splits.val)
+                    self.state["history"].append({"epoch": epoch + 1, "step": self.state["step"],
+                                                  **_scalars(metrics)})
+                self.state.update(epoch=epoch + 1, batch=0)
+                self.checkpoint()
+        finally:
+            bar.close()
+            if self.freezer is not None:
+                self.freezer.remove()
+        self.lm.model.eval()
+        test = self.evaluate_fn(self.lm, self.splits.test, self.numbers, c.eval_batch_size) \
+            if self.splits.test else {}
+        model_dir = self.out / "model"
+        if acc.is_main_process:
+            acc.unwrap_model(self.model).save_pretrained(model_dir)
+            self.lm.tokenizer.save_pretrained(model_dir)
+        acc.wait_for_everyone()
+        # the JSON form a checkpointed state has, whether or not the run was resumed
+        return read_json_roundtrip({**self.state, "finished": True, "test": test,
+                                    "model_dir": str(model_dir)})
+
+
+def read_json_roundtrip(obj: dict) -> dict:
+    """``obj`` as it reads back from JSON (tuples to lists, numpy scalars to Python)."""
+    return json.loads(json.dumps(to_jsonable(obj)))

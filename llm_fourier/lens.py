@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from llm_fourier.distributed import batch_ranges, dist_info, map_ranges, rounds
+from llm_fourier.distributed import batch_ranges, map_ranges, process_info, rounds
 from llm_fourier.errors import UserError
 from llm_fourier.hooks import capture, last_token_logits
 from llm_fourier.numbers import NumberTokens, number_rows, require_numbers
@@ -152,7 +152,7 @@ def run_lens(
         return {r: accs[r].batch_stats(readout.logits(cap.stack(r)), answers) for r in roles}
 
     bar = tqdm(desc="lens", unit="batch", initial=done, total=len(batches),
-               disable=not progress or not dist_info().is_main)
+               disable=not progress or not process_info().is_main)
     for chunk in rounds(batches[done:]):
         for stats in map_ranges(run_batch, chunk, progress=False):  # in batch order
             for r in roles:

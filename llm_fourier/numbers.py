@@ -94,3 +94,11 @@ def number_rows(matrix: torch.Tensor, numbers: NumberTokens) -> torch.Tensor:
                         "model.")
     index = torch.as_tensor(numbers.token_ids, dtype=torch.long, device=matrix.device)
     return matrix.index_select(0, index)
+
+
+def task_numbers(tokenizer, max_answer: int, name: str = "") -> NumberTokens:
+    """The number tokens 0..``max_answer`` of a task's answers (refusing tokenizers that
+    split them): the number space is the answer range, as in the paper (p = 521)."""
+    found = find_number_tokens(tokenizer, max_number=max_answer)
+    require_numbers(found, max_answer, name)
+    return NumberTokens(found.token_ids[:max_answer + 1], found.leading_space)

@@ -1,7 +1,8 @@
 """Load grokking checkpoints: ours, Nanda et al.'s progress-measures code, TransformerLens.
 
-Files are read safely: ``.safetensors`` with safetensors, anything else with
-``torch.load(weights_only=True)``; unpickling arbitrary objects needs ``trust_pickle``.
+Files are read safely: ``.safetensors`` with safetensors (ours: ``toy.checkpoint``),
+anything else with ``torch.load(weights_only=True)``; unpickling arbitrary objects needs
+``trust_pickle``, which says what it risks.
 Foreign weights are converted to the layout of ``toy.models.Transformer`` (one seed):
 
 * Nanda et al. (``{"model": state_dict, "config": ...}``): ``embed.W_E`` (d_model,
@@ -28,8 +29,8 @@ from pathlib import Path
 import torch
 
 from llm_fourier.errors import UserError
+from toy.checkpoint import CHECKPOINT_FORMAT, is_ours, read_checkpoint, split_prefix
 from toy.models import ModelConfig, StackedModel, Transformer, build_model
-from toy.train import CHECKPOINT_FORMAT
 
 FORMATS = ("auto", "ours", "nanda", "transformerlens")
 
@@ -51,15 +52,28 @@ def read_file(path: str | Path, trust_pickle: bool = False):
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as err:
+            raise UserError(f"{path} is not a readable safetensors file "
+                            f"({type(err).__name__}).") from None
+    if trust_pickle:
+        print(f"warning: unpickling {path} with --trust-pickle: a crafted file can run any code "
+              "on this machine.")
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as err:
+        text = str(err)
+        if "weights_only" not in text.lower() and "Weights only load failed" not in text:
+            raise UserError(f"{path} is not a torch checkpoint ({text.splitlines()[0][:80]}); "
+                            "pass a .pt/.pth file written by torch.save, or a "
+                            ".safetensors file.") from None
         raise UserError(f"{path} holds Python objects that cannot be loaded safely; re-save "
-                        f"its config as a plain dict, or pass --trust-pickle if you trust "
-                        f"the file ({str(err).splitlines()[0]}).") from None
-    except (RuntimeError, EOFError) as err:
-        raise UserError(f"{path} is not a readable torch checkpoint ({err}).") from None
+                        "its config as a plain dict, or pass --trust-pickle if you trust the "
+                        "file (unpickling can run code).") from None
+    except Exception as err:  # zip / tar / truncated-file errors of torch.load
+        raise UserError(f"{path} is not a readable torch checkpoint "
+                        f"({type(err).__name__}); pass a .pt/.pth or .safetensors file.") from None
 
 
 def _split_state(obj) -> tuple[dict, dict]:
@@ -144,20 +158,29 @@ def from_transformerlens(state: dict) -> Transformer:
     return build_model(cfg, [0], {k: v[None] for k, v in params.items()})
 
 
+def _ours(info: dict, params: dict) -> Loaded:
+    cfg = ModelConfig.from_dict(info["model_config"])
+    tc = info["train_config"]
+    task = {k: tc[k] for k in ("op", "p", "n_inputs", "train_frac", "data_seed")}
+    return Loaded(build_model(cfg, info["seeds"], params), "ours", {**task, "split": "ours"},
+                  list(info.get("history", [])))
+
+
 def load_checkpoint(path: str | Path, fmt: str = "auto", trust_pickle: bool = False) -> Loaded:
     """Read any supported checkpoint into a ``Loaded`` (model, format, task, history)."""
     if fmt not in FORMATS:
         raise UserError(f"unknown checkpoint format {fmt!r}; choose one of {', '.join(FORMATS)}.")
+    if Path(path).suffix == ".safetensors" and is_ours(path):
+        if fmt not in ("auto", "ours"):
+            raise UserError(f"{path} is a 'toy train' checkpoint, not --format {fmt}.")
+        info, tensors = read_checkpoint(path)
+        return _ours(info, split_prefix(tensors, "model"))
     obj = read_file(path, trust_pickle)
     fmt = detect_format(obj) if fmt == "auto" else fmt
-    if fmt == "ours":
+    if fmt == "ours":  # version 1 of our format: a torch file of plain tensors and dicts
         if not (isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT):
             raise UserError(f"{path} was not written by 'llm-fourier toy train'.")
-        cfg = ModelConfig.from_dict(obj["model_config"])
-        tc = obj["train_config"]
-        task = {k: tc[k] for k in ("op", "p", "n_inputs", "train_frac", "data_seed")}
-        return Loaded(build_model(cfg, obj["seeds"], obj["model"]), "ours",
-                      {**task, "split": "ours"}, list(obj.get("history", [])))
+        return _ours(obj, obj["model"])
     state, config = _split_state(obj)
     model = from_nanda(state) if fmt == "nanda" else from_transformerlens(state)
     task = {"op": "a+b", "p": model.cfg.p, "n_inputs": model.cfg.n_inputs,

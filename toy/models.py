@@ -33,7 +33,7 @@ from toy.quantize import QUANT_MODES, quantize_ste
 MODEL_KINDS = ("transformer", "mlp", "rnn")
 
 
-class DictConfig:
+class JsonConfig:
     """``to_dict`` / ``from_dict`` for the config dataclasses stored in checkpoints
     (unknown keys, e.g. from a newer version, are ignored)."""
 
@@ -47,7 +47,7 @@ class DictConfig:
 
 
 @dataclass
-class ModelConfig(DictConfig):
+class ModelConfig(JsonConfig):
     kind: str = "transformer"
     p: int = 113
     n_inputs: int = 2

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llm_fourier.report.files import save_figure
-from llm_fourier.report.plots import pyplot
+from llm_fourier.output.files import save_figure
+from llm_fourier.output.plots import pyplot
 
 
 def phase_epochs(rows: list[dict], threshold: float = 0.99) -> dict:

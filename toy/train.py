@@ -21,19 +21,18 @@ import torch
 from tqdm.auto import tqdm
 
 from llm_fourier.errors import UserError
-from llm_fourier.report.files import atomic_torch_save
+from toy.checkpoint import CHECKPOINT_NAME, read_checkpoint, split_prefix, write_checkpoint
 from toy.data import Task, make_task, split_indices
-from toy.models import DictConfig, ModelConfig, StackedModel, build_model
+from toy.models import JsonConfig, ModelConfig, StackedModel, build_model
 from toy.progress import loss_and_accuracy, progress_measures
 
-CHECKPOINT_FORMAT = "llm-fourier-toy"
 # Settings that change the arithmetic of a run: a resumed run must match them.
 _RUN_IDENTITY = ("op", "p", "n_inputs", "train_frac", "data_seed", "lr", "weight_decay",
                  "beta1", "beta2", "eps", "warmup")
 
 
 @dataclass
-class TrainConfig(DictConfig):
+class GrokConfig(JsonConfig):
     op: str = "a+b"
     p: int = 113
     n_inputs: int = 2
@@ -101,31 +100,31 @@ class StackedAdamW:
             self.exp_avg_sq[n].copy_(state["exp_avg_sq"][n])
 
 
-def lr_at(epoch: int, cfg: TrainConfig) -> float:
+def lr_at(epoch: int, cfg: GrokConfig) -> float:
     return cfg.lr * min(epoch / cfg.warmup, 1.0) if cfg.warmup > 0 else cfg.lr
 
 
-def seed_splits(task: Task, cfg: TrainConfig, seeds) -> tuple[torch.Tensor, torch.Tensor]:
+def seed_splits(task: Task, cfg: GrokConfig, seeds) -> tuple[torch.Tensor, torch.Tensor]:
     """(S, n_train) and (S, n_test) row indices, one deterministic split per seed."""
     splits = [split_indices(len(task), cfg.train_frac,
                             s if cfg.data_seed is None else cfg.data_seed) for s in seeds]
     return torch.stack([a for a, _ in splits]), torch.stack([b for _, b in splits])
 
 
-def save_checkpoint(path: Path, model: StackedModel, opt: StackedAdamW, cfg: TrainConfig,
+def save_checkpoint(path: Path, model: StackedModel, opt: StackedAdamW, cfg: GrokConfig,
                     epoch: int, active: torch.Tensor, history: list[dict]) -> None:
-    atomic_torch_save({
-        "format": CHECKPOINT_FORMAT, "version": 1, "epoch": epoch,
-        "model_config": model.cfg.to_dict(), "train_config": cfg.to_dict(),
-        "seeds": list(model.seeds), "active": active.cpu().clone(),
-        "model": {n: p.detach().cpu() for n, p in model.named_parameters()},
-        "optimizer": {k: (v if k == "steps" else {n: t.cpu() for n, t in v.items()})
-                      for k, v in opt.state_dict().items()},
-        "history": history,
-    }, path)
+    """The state at the start of ``epoch`` (see ``toy.checkpoint``)."""
+    state = opt.state_dict()
+    tensors = {"active": active, "optimizer.steps": state["steps"],
+               **{f"model.{n}": p for n, p in model.named_parameters()},
+               **{f"optimizer.exp_avg.{n}": t for n, t in state["exp_avg"].items()},
+               **{f"optimizer.exp_avg_sq.{n}": t for n, t in state["exp_avg_sq"].items()}}
+    info = {"epoch": epoch, "model_config": model.cfg.to_dict(), "train_config": cfg.to_dict(),
+            "seeds": list(model.seeds), "history": history}
+    write_checkpoint(path, info, tensors)
 
 
-def _stop(row: dict, cfg: TrainConfig) -> bool:
+def _stop(row: dict, cfg: GrokConfig) -> bool:
     if cfg.stop_test_loss is not None and row["test_loss"] < cfg.stop_test_loss:
         return True
     return (cfg.stop_accuracy is not None and row["train_accuracy"] >= cfg.stop_accuracy
@@ -143,10 +142,11 @@ class TrainResult:
     stopped_at: list[int | None]
 
 
-def train(model_cfg: ModelConfig, cfg: TrainConfig, seeds, out: str | Path | None = None,
+def train(model_cfg: ModelConfig, cfg: GrokConfig, seeds, out: str | Path | None = None,
           resume: bool = False, device: str = "cpu", progress: bool = True,
           stop_after: int | None = None) -> TrainResult:
-    """Train ``seeds`` together; checkpoints go to ``out/checkpoint.pt`` when ``out`` is set.
+    """Train ``seeds`` together; checkpoints go to ``out/checkpoint.safetensors`` when ``out``
+    is set; ``resume`` continues from it (a run whose settings differ is refused).
 
     ``stop_after`` ends the call after that many epochs of this call (as an interruption
     would), leaving the latest checkpoint behind; used to test resuming.
@@ -158,26 +158,25 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, seeds, out: str | Path | Non
         raise UserError("the model's p and number of inputs must match the task's.")
     task = make_task(cfg.op, cfg.p, cfg.n_inputs)
     train_idx, test_idx = seed_splits(task, cfg, seeds)
-    ckpt_path = Path(out) / "checkpoint.pt" if out is not None else None
+    ckpt_path = Path(out) / CHECKPOINT_NAME if out is not None else None
     history: list[dict] = []
     start = 0
-    if ckpt_path is not None and ckpt_path.exists() and not resume:
-        raise UserError(f"{ckpt_path} already exists; pass --resume to continue that run or "
-                        f"choose another --out folder.")
     if resume and ckpt_path is not None and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        _check_resumable(ck, model_cfg, cfg, seeds)
-        model = build_model(model_cfg, seeds, ck["model"]).to(device)
-        start, active = int(ck["epoch"]), ck["active"].to(device)
-        history = [r for r in ck["history"] if r["epoch"] < start]
+        info, tensors = read_checkpoint(ckpt_path)
+        _check_resumable(info, model_cfg, cfg, seeds)
+        model = build_model(model_cfg, seeds, split_prefix(tensors, "model")).to(device)
+        start, active = int(info["epoch"]), tensors["active"].to(device)
+        history = [r for r in info["history"] if r["epoch"] < start]
     else:
         model = build_model(model_cfg, seeds).to(device)
         active = torch.ones(len(seeds), dtype=torch.bool, device=device)
     params = dict(model.named_parameters())
     opt = StackedAdamW(params, len(seeds), (cfg.beta1, cfg.beta2), cfg.eps, cfg.weight_decay)
     if start:
-        opt.load_state_dict({k: v if k == "steps" else {n: t.to(device) for n, t in v.items()}
-                             for k, v in ck["optimizer"].items()})
+        opt.load_state_dict({"steps": tensors["optimizer.steps"],
+                             **{k: {n: t.to(device) for n, t in
+                                    split_prefix(tensors, f"optimizer.{k}").items()}
+                                for k in ("exp_avg", "exp_avg_sq")}})
     x_tr, y_tr = task.inputs[train_idx].to(device), task.labels[train_idx].to(device)
     x_te, y_te = task.inputs[test_idx].to(device), task.labels[test_idx].to(device)
     task_dev = Task(task.op, task.p, task.inputs.to(device), task.labels.to(device),
@@ -236,11 +235,8 @@ def _log_rows(model, epoch, lr, loss, acc, x_te, y_te, active) -> dict[int, dict
             for s in range(model.n_seeds) if bool(active[s])}
 
 
-def _check_resumable(ck: dict, model_cfg: ModelConfig, cfg: TrainConfig, seeds) -> None:
-    if ck.get("format") != CHECKPOINT_FORMAT:
-        raise UserError("the checkpoint to resume was not written by 'llm-fourier toy train'; "
-                        "start a new run in another --out folder.")
-    old = TrainConfig.from_dict(ck["train_config"])
+def _check_resumable(ck: dict, model_cfg: ModelConfig, cfg: GrokConfig, seeds) -> None:
+    old = GrokConfig.from_dict(ck["train_config"])
     diff = [k for k in _RUN_IDENTITY if getattr(old, k) != getattr(cfg, k)]
     if ck["model_config"] != model_cfg.to_dict():
         diff.append("model settings")
@@ -248,4 +244,4 @@ def _check_resumable(ck: dict, model_cfg: ModelConfig, cfg: TrainConfig, seeds) 
         diff.append("seeds")
     if diff:
         raise UserError(f"cannot resume: {', '.join(diff)} differ from the checkpoint's run; "
-                        f"use the original settings or another --out folder.")
+                        f"use the original settings, --restart, or another --out folder.")

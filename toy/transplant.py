@@ -31,7 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llm_fourier.embeddings import load_embedding_matrix
 from llm_fourier.errors import UserError
+from llm_fourier.finetune import embedding_params
+from llm_fourier.numbers import find_number_tokens, number_rows
 
 PROJECTIONS = ("pca", "random")
 SYNTHETIC_KINDS = ("fourier", "low", "random")
@@ -133,9 +136,6 @@ def resolve_model_dir(source: str | Path) -> str | Path:
 def source_number_rows(source: str | Path, p: int, leading_space: bool = False,
                        trust_remote_code: bool = False) -> tuple[np.ndarray, dict]:
     """Number embedding rows (q x D, row n = number n, q <= p) of a HF model or run folder."""
-    from llm_fourier.embeddings import load_embedding_matrix
-    from llm_fourier.numbers import find_number_tokens, number_rows
-
     source = resolve_model_dir(source)
     matrix, tokenizer = load_embedding_matrix(source, trust_remote_code=trust_remote_code)
     numbers = find_number_tokens(tokenizer, max_number=p - 1, leading_space=leading_space)
@@ -155,8 +155,6 @@ def transplant_rows(model, numbers, rows: np.ndarray) -> np.ndarray:
     ``numbers`` are the target tokenizer's number tokens. The tied unembedding follows; an
     untied output embedding gets the same rows.
     """
-    from llm_fourier.finetune import embedding_params
-
     q = min(len(rows), numbers.p)
     ids = np.asarray(numbers.token_ids[:q])
     for param in embedding_params(model):

@@ -16,8 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from llm_fourier.report.files import save_figure, write_csv
-from llm_fourier.report.plots import component_layer_heatmap, error_histograms, pyplot
+from llm_fourier.ablate import ablation_table, number_filters
+from llm_fourier.lens import layer_summary, run_lens
+from llm_fourier.numbers import number_rows
+from llm_fourier.output.files import save_figure, write_csv
+from llm_fourier.output.plots import component_layer_heatmap, error_histograms, pyplot
 from probes import FourierBasis, spectrum
 
 
@@ -43,10 +46,6 @@ def embedding_spectrum(rows: np.ndarray, tau: int) -> dict:
 
 def analyse_model(lm, examples, numbers, test: dict, tau: int, batch_size: int) -> dict:
     """Error structure, embedding spectrum, lens and ablation table of one trained adder."""
-    from llm_fourier.ablate import ablation_table, number_filters
-    from llm_fourier.lens import layer_summary, run_lens
-    from llm_fourier.numbers import number_rows
-
     rows = number_rows(lm.embedding(), numbers).detach().double().cpu().numpy()
     accs = run_lens(lm, examples, numbers, batch_size=batch_size, progress=False)
     lens = {role: {"accuracy": acc.accuracy(),

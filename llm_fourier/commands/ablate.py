@@ -4,130 +4,187 @@ Rows: none; attn+MLP / attn / MLP with low frequencies removed (high-pass, k < t
 same with high frequencies removed (low-pass, k >= tau); with ``--keep K ...`` also the
 keep-only-those-components filter. Writes ``results.json`` (the table with loss, accuracy,
 signed-error histograms, fraction of errors that are multiples of 10, mod-2 / mod-10
-accuracy), ``table.csv``, ``predictions.csv`` and ``error_histograms.png``. Finished rows
-are kept in ``rows/`` and skipped when the command is run again with the same settings.
+accuracy), ``table.csv``, ``predictions.csv`` and ``error_histograms.png``. Every finished
+row is kept in the run folder, so a killed run resumes at the next row.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from llm_fourier.ablate import PREDICTIONS, ablation_table
-from llm_fourier.commands import Command
-from llm_fourier.commands.probe import add_model_arguments, add_task_arguments, prepare
-from llm_fourier.distributed import broadcast_object, init_distributed
+from llm_fourier.commands.base import Command, JobView
+from llm_fourier.commands.options import (
+    ModelOptions,
+    OutputOptions,
+    SpectrumOptions,
+    SplitOptions,
+    TaskOptions,
+    record_inputs,
+)
+from llm_fourier.commands.settings import option
+from llm_fourier.distributed import broadcast_object
 from llm_fourier.errors import UserError
-from llm_fourier.report.files import read_json, write_csv, write_json
-from llm_fourier.report.plots import error_histograms
-from llm_fourier.report.tables import format_table
+from llm_fourier.numbers import task_numbers
+from llm_fourier.output.files import write_csv
+from llm_fourier.output.html import html_table, percent
+from llm_fourier.output.plots import error_histograms
+from llm_fourier.output.rundir import RunDir
+from llm_fourier.output.tables import format_table
 from probes import FourierBasis
 
 SUMMARY = ("row", "loss", "accuracy", "n_errors", "frac_errors_mult_10", "mod2_accuracy",
            "mod10_accuracy", "max_abs_error")
+# Zhou et al., Table 1: fine-tuned GPT-2-XL test accuracy (%) per ablation row
+PAPER_TABLE1 = {"none": 99.74, "attn+MLP low removed": 5.94, "attn low removed": 99.12,
+                "MLP low removed": 35.89, "attn+MLP high removed": 27.08,
+                "attn high removed": 78.36, "MLP high removed": 98.10}
 
 
-def parse_layers(text: str | None, n_layers: int) -> list[int]:
-    """"all" (or None) -> every layer; "0,3,8-11" -> those layers."""
+def parse_layers(text: str | None, n_layers: int | None = None) -> list[int] | None:
+    """"all" (or None) -> every layer (None without ``n_layers``); "0,3,8-11" -> those
+    layers, checked against ``n_layers`` when given."""
     if text is None or text.strip() == "all":
-        return list(range(n_layers))
+        return None if n_layers is None else list(range(n_layers))
     layers: set[int] = set()
     for part in text.split(","):
-        m = re.fullmatch(r"\s*(-?\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
         if not m:
             raise UserError(f"cannot read --layers {text!r}; write e.g. 'all' or '0,3,8-11'.")
-        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-        layers.update(range(lo, hi + 1))
-    bad = sorted(i for i in layers if not 0 <= i < n_layers)
+        layers.update(range(int(m.group(1)), int(m.group(2) or m.group(1)) + 1))
+    bad = sorted(i for i in layers if n_layers is not None and i >= n_layers)
     if bad or not layers:
-        raise UserError(f"--layers {text!r} names layers outside 0..{n_layers - 1}.")
+        raise UserError(f"--layers {text!r} names layers outside 0..{(n_layers or 1) - 1}.")
     return sorted(layers)
 
 
-def check_components(args: argparse.Namespace, p: int) -> None:
-    """Refuse --tau / --keep outside the components 1..K of the basis over p numbers."""
-    k_max = FourierBasis(p, args.basis).n_components
-    if not 1 <= args.tau <= k_max:
-        raise UserError(f"--tau must lie in 1..{k_max} for numbers 0..{p - 1}, got "
-                        f"{args.tau}; pass a smaller --tau.")
-    bad = [k for k in args.keep or [] if not 1 <= k <= k_max]
-    if bad:
-        raise UserError(f"--keep components must lie in 1..{k_max} for numbers 0..{p - 1}, "
-                        f"got {bad}.")
+@dataclass(kw_only=True)
+class AblateSettings(ModelOptions, TaskOptions, SplitOptions, SpectrumOptions, OutputOptions):
+    command = "ablate"
+    layers: str = option("all", help="layers to filter: 'all' or e.g. '0,3,8-11'")
+    positions: str = option("last", choices=("last", "all"), help="filter the last token only "
+                            "or every position")
+    keep: list[int] | None = option(None, min=1, metavar="K", help="also run the filter "
+                                    "keeping only components K (e.g. 52 104)")
+    prediction: str = option("vocab", choices=PREDICTIONS, help="vocab: the model's own next "
+                             "token (the paper's); numbers: argmax over the number tokens only")
+
+    def validate(self) -> None:
+        p = self.max_answer + 1
+        self.check_tau(p)
+        k_max = FourierBasis(p, self.basis).n_components
+        bad = [k for k in self.keep or [] if k > k_max]
+        if bad:
+            raise self.fail("keep", f"components must lie in 1..{k_max} for the numbers "
+                            f"0..{p - 1}, got {bad}")
+        parse_layers(self.layers)
 
 
 def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_")
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Under ``accelerate launch`` / ``torchrun`` the ranks share the prompts; rank 0 writes."""
-    out = Path(args.out)
-    main = init_distributed().is_main
-    settings = {k: v for k, v in sorted(vars(args).items()) if not k.startswith("_")
-                and k not in ("out", "batch_size")}
-    key = json.dumps(settings, sort_keys=True, default=str)
-    lm, examples, numbers = prepare(args, lambda p: check_components(args, p))
-    layers = parse_layers(args.layers, lm.n_layers)
+class AblateCommand(Command):
+    name = "ablate"
+    help = "low/high-frequency filter ablations of attention and MLP outputs (Table 1 of " \
+           "Zhou et al.)"
+    Settings = AblateSettings
+    shards = True
+    section, heading, order = "ablate", "Frequency ablations", 40
+    intro = ("Test accuracy after removing low- or high-frequency components from the attention "
+             "and/or MLP outputs of every layer (Table 1 layout), and the errors those ablations "
+             "leave: multiples of 10 when low frequencies go, small errors when high ones go.")
+    captions = {"error_histograms": "Signed errors (prediction - answer) for each ablation: "
+                                    "multiples of 10 point to lost low frequencies, small "
+                                    "errors to lost high ones."}
 
-    rows_dir = out / "rows"
-    done = {}
-    for path in sorted(rows_dir.glob("*.json")) if main and rows_dir.exists() else []:
-        saved = read_json(path)
-        if saved.get("settings") == key:
-            done[saved["label"]] = saved["result"]
-    if done:
-        print(f"resuming: {len(done)} finished row(s) in {rows_dir}")
-    done = broadcast_object(done)  # every rank runs the same rows
-
-    def keep_row(label: str, result: dict) -> None:
-        if main:
-            write_json(rows_dir / f"{_slug(label)}.json",
-                       {"settings": key, "label": label, "result": result})
-
-    table = ablation_table(lm, examples, numbers, tau=args.tau, basis_kind=args.basis,
-                           keep=args.keep, layers=layers, positions=args.positions,
-                           prediction=args.prediction, batch_size=args.batch_size, done=done,
-                           on_row=keep_row)
-    results = {
-        "model": lm.name, "settings": settings, "n_examples": len(examples),
-        "numbers": {"p": numbers.p, "leading_space": numbers.leading_space},
-        "layers": layers,
-        "prediction": ("argmax over the whole vocabulary (the model's next token)"
-                       if args.prediction == "vocab" else "argmax over the number tokens"),
-        "table": [{k: v for k, v in r.items() if k != "predictions"} for r in table],
-        "files": ["table.csv", "predictions.csv", "error_histograms.png"],
-    }
-    if not main:  # the other ranks helped with the prompts; rank 0 writes and prints
+    def run(self, s: AblateSettings, run: RunDir) -> dict:
+        task = s.task()
+        examples = s.examples(task)
+        lm = s.load_model()
+        record_inputs(run, lm, examples)
+        layers = parse_layers(s.layers, lm.n_layers)
+        numbers = task_numbers(lm.tokenizer, task.max_answer, lm.name)
+        done = {}
+        for unit in run.units("row-"):
+            saved = run.load_unit(unit)
+            if saved is not None:
+                done[saved[0]["label"]] = saved[0]["result"]
+        if done:
+            print(f"resuming: {len(done)} finished row(s) in {run.path}")
+        done = broadcast_object(done)  # every process runs the same rows
+        table = ablation_table(
+            lm, examples, numbers, tau=s.tau, basis_kind=s.basis, keep=s.keep, layers=layers,
+            positions=s.positions, prediction=s.prediction, batch_size=s.batch_size, done=done,
+            on_row=lambda label, res: run.save_unit(f"row-{_slug(label)}",
+                                                    {"label": label, "result": res}))
+        results = {
+            "model": lm.name, "settings": s.identity(), "n_examples": len(examples),
+            "numbers": {"p": numbers.p, "leading_space": numbers.leading_space},
+            "layers": layers,
+            "prediction": ("argmax over the whole vocabulary (the model's next token)"
+                           if s.prediction == "vocab" else "argmax over the number tokens"),
+            "table": [{k: v for k, v in r.items() if k != "predictions"} for r in table],
+            "files": ["table.csv", "predictions.csv", "error_histograms.png"],
+        }
+        if not run.writes and run.path is not None:
+            return results  # a helper process of a launch: the main one writes and prints
+        run.write_csv("table.csv", [{c: r[c] for c in SUMMARY} for r in table])
+        run.write_csv("predictions.csv", [
+            {"a": e.a, "b": e.b, "answer": e.answer, **{r["row"]: r["predictions"][i]
+                                                        for r in table}}
+            for i, e in enumerate(examples)])
+        if run.writes:
+            error_histograms({r["row"]: r["error_histogram"] for r in table},
+                             run.file("error_histograms.png"),
+                             "signed errors (prediction - answer)")
+        run.finish(results)
+        print(format_table(results["table"], list(SUMMARY)))
+        if run.writes:
+            print(f"results: {run.file('results.json')} (error histograms: "
+                  f"{run.file('error_histograms.png')})")
         return results
-    write_csv(out / "table.csv", [{c: r[c] for c in SUMMARY} for r in table])
-    preds = [{"a": e.a, "b": e.b, "answer": e.answer,
-              **{r["row"]: r["predictions"][i] for r in table}} for i, e in enumerate(examples)]
-    write_csv(out / "predictions.csv", preds)
-    error_histograms({r["row"]: r["error_histogram"] for r in table},
-                     out / "error_histograms.png", "signed errors (prediction - answer)")
-    write_json(out / "results.json", results)
-    print(format_table(results["table"], list(SUMMARY)))
-    print(f"results: {out / 'results.json'} (error histograms: "
-          f"{out / 'error_histograms.png'})")
-    return results
+
+    # -------------------------------------------------------------- report view
+    def job_html(self, job: JobView) -> str:
+        rows = [{"ablation": r.get("row"),
+                 "accuracy %": None if r.get("accuracy") is None else 100 * r["accuracy"],
+                 "loss": r.get("loss"), "errors": r.get("n_errors"),
+                 "errors multiple of 10": r.get("frac_errors_mult_10"),
+                 "max |error|": r.get("max_abs_error"),
+                 "mod-10 accuracy": r.get("mod10_accuracy")}
+                for r in job.results.get("table", [])]
+        return html_table(rows, caption="Filter ablations (Table 1 layout): accuracy on the "
+                          "split with the named components removed at every filtered layer.")
+
+    def section_html(self, jobs: list[JobView], out: Path) -> str:
+        labels: list[str] = []
+        for job in jobs:
+            labels += [r["row"] for r in job.results.get("table", []) if r["row"] not in labels]
+        rows = []
+        for label in labels:
+            row: dict = {"ablation": label}
+            for job in jobs:
+                match = [r for r in job.results.get("table", []) if r.get("row") == label]
+                acc = match[0].get("accuracy") if match else None
+                row[job.id] = None if acc is None else 100 * acc
+            row["paper (GPT-2-XL)"] = PAPER_TABLE1.get(label)
+            rows.append(row)
+        if not rows:
+            return ""
+        write_csv(out / "tables" / "ablation_table1.csv", rows)
+        return html_table(rows, caption="Test accuracy (%) per ablation and job, beside Zhou et "
+                          "al.'s Table 1 for fine-tuned GPT-2-XL (tables/ablation_table1.csv).")
+
+    def findings(self, job: JobView) -> list[str]:
+        rows = {r["row"]: r.get("accuracy") for r in job.results.get("table", [])}
+        worst = min((r for r in rows if r != "none"), key=lambda r: rows[r] or 0, default=None)
+        if worst is None:
+            return []
+        return [f"{job.id}: accuracy {percent(rows.get('none'))} without ablation, "
+                f"{percent(rows[worst])} with {worst}."]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser)
-    add_task_arguments(parser)
-    parser.add_argument("--layers", default="all",
-                        help="layers to filter: 'all' (default) or e.g. '0,3,8-11'")
-    parser.add_argument("--positions", default="last", choices=("last", "all"),
-                        help="filter the last token only (default) or every position")
-    parser.add_argument("--keep", type=int, nargs="+", default=None, metavar="K",
-                        help="also run the filter keeping only components K (e.g. 52 104)")
-    parser.add_argument("--prediction", default="vocab", choices=PREDICTIONS,
-                        help="vocab: the model's own next token (the paper's; default); "
-                             "numbers: argmax over the number tokens only")
-
-
-COMMAND = Command("ablate", "low/high-frequency filter ablations of attention and MLP "
-                  "outputs (Table 1 of Zhou et al.)", add_arguments, run)
+COMMAND = AblateCommand()

@@ -9,38 +9,49 @@ since a spike at period T does not by itself make n mod T linearly decodable.
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from llm_fourier.commands import Command
+from llm_fourier.commands.base import Command, JobView
+from llm_fourier.commands.options import OutputOptions, SourceOptions, SpectrumOptions
+from llm_fourier.commands.settings import option
 from llm_fourier.embeddings import load_embedding_matrix
 from llm_fourier.errors import UserError
+from llm_fourier.fingerprint import tokenizer_fingerprint
 from llm_fourier.numbers import find_number_tokens, number_rows
-from llm_fourier.report.files import save_figure, write_csv, write_json
-from llm_fourier.report.plots import pyplot
-from llm_fourier.report.tables import format_table
+from llm_fourier.output.files import save_figure
+from llm_fourier.output.html import figure, html_table, periods_text
+from llm_fourier.output.plots import pyplot
+from llm_fourier.output.rundir import RunDir
+from llm_fourier.output.tables import format_table
 from probes import FourierBasis, spectrum
+from probes.linear import mod_probe
 
 DEFAULT_SEARCH = 1000  # numbers searched when --max-number is not given
 
 
-def parse_periods(text: str) -> list[int]:
-    try:
-        periods = [int(t) for t in text.replace(",", " ").split()]
-    except ValueError as err:
-        raise UserError(f"--mod-periods {text!r} must be whole numbers such as 2,5,10.") from err
-    if any(t < 2 for t in periods):
-        raise UserError(f"--mod-periods {text!r}: every period must be at least 2.")
-    return periods
+@dataclass(kw_only=True)
+class EmbedSettings(SourceOptions, SpectrumOptions, OutputOptions):
+    command = "embed"
+    max_number: int | None = option(None, min=2, help="analyse numbers 0..N, capped to the "
+                                    "single-token range (default: the whole range found up to "
+                                    f"{DEFAULT_SEARCH})")
+    leading_space: bool = option(False, help='number tokens written with a leading space (" 17")')
+    unembed: bool = option(False, help="analyse the unembedding W_U instead of the input "
+                           "embedding")
+    mod_periods: list[int] = option([2, 5, 10], min=2, help="periods T of the linear mod-T "
+                                    "probes on the rows")
+
+    def validate(self) -> None:
+        if self.max_number is not None:
+            self.check_tau(self.max_number + 1)
 
 
-def mod_probes(rows: np.ndarray, periods: list[int], seed: int = 0) -> list[dict]:
+def embedding_mod_probes(rows: np.ndarray, periods: list[int], seed: int = 0) -> list[dict]:
     """Cross-validated linear probes for n mod T on the number rows (one row per number)."""
-    from probes.linear import mod_probe
-
     numbers = np.arange(len(rows))
     out = []
     for period in tqdm(periods, desc="mod-T probes", leave=False, disable=len(periods) < 2):
@@ -54,7 +65,6 @@ def mod_probes(rows: np.ndarray, periods: list[int], seed: int = 0) -> list[dict
 
 def plot_spectrum(spec, outliers: list[dict], title: str, path: Path) -> None:
     plt = pyplot()
-
     fig, ax = plt.subplots(figsize=(8, 3))
     ax.plot(spec.ks, spec.nonconstant, lw=0.8, color="tab:blue")
     for o in outliers:
@@ -65,77 +75,93 @@ def plot_spectrum(spec, outliers: list[dict], title: str, path: Path) -> None:
     save_figure(fig, path)
 
 
-def run(args: argparse.Namespace) -> dict:
-    out = Path(args.out)
-    if args.max_number is not None and args.max_number < 2:
-        raise UserError(f"--max-number must be at least 2, got {args.max_number}.")
-    W, tokenizer = load_embedding_matrix(args.model, unembed=args.unembed, dtype=args.dtype,
-                                         trust_remote_code=args.trust_remote_code)
-    search = DEFAULT_SEARCH if args.max_number is None else args.max_number
-    numbers = find_number_tokens(tokenizer, search, leading_space=args.leading_space)
-    if numbers.p < 3:
-        raise UserError(f"the tokenizer of {args.model} keeps only {numbers.p} numbers "
-                        "(from 0) as single tokens; a spectrum needs at least 0..2 (try "
-                        "without --leading-space, or use the hidden-state probes).")
-    if args.max_number is not None and numbers.max_number < args.max_number:
-        print(f"note: single-token numbers stop at {numbers.max_number}; using 0.."
-              f"{numbers.max_number} instead of 0..{args.max_number}")
-    rows = number_rows(W, numbers).float().cpu().numpy()
-    basis = FourierBasis(numbers.p, args.basis)
-    spec = spectrum(rows, basis, axis=0, pool="l2")
-    outliers = [o.as_dict() for o in spec.outliers()]
-    matrix = "unembedding" if args.unembed else "embedding"
-    probes = mod_probes(rows, parse_periods(args.mod_periods))
-    results = {
-        "model": str(args.model),
-        "matrix": matrix,
-        "basis": args.basis,
-        "numbers": numbers.describe(),
-        "d_model": int(rows.shape[1]),
-        "spectrum": spec.records(),
-        "outliers": outliers,
-        "low_high": spec.low_high(args.tau),
-        "mod_probes": probes,
-    }
-    write_json(out / "results.json", results)
-    write_csv(out / "spectrum.csv", spec.records())
-    title = (f"{Path(str(args.model)).name}: {'W_U' if args.unembed else 'W_E'} rows of "
-             f"numbers 0..{numbers.max_number} ({args.basis} basis)")
-    plot_spectrum(spec, outliers, title, out / f"{matrix}_spectrum.png")
+class EmbedCommand(Command):
+    name = "embed"
+    help = "Fourier spectrum of the number-token embeddings of any HF model"
+    Settings = EmbedSettings
+    section, heading, order = "embed", "Number embeddings", 10
+    intro = ("Fourier spectra of the number-token rows of the embedding matrix: the DFT of each "
+             "column over the numbers, L2 norm per component. Outliers at periods 2, 2.5, 5 and "
+             "10 are the signature of Fourier number features (Zhou et al., Fig. 3).")
+    captions = {"spectrum": "L2 norm of each Fourier component of the number embeddings; "
+                            "labels mark outliers with their period T."}
 
-    print(f"{args.model}: {matrix} rows of numbers 0..{numbers.max_number} "
-          f"(p={numbers.p}, D={rows.shape[1]})")
-    print(format_table(outliers, ["k", "period", "magnitude"]) if outliers
-          else "no outlier components")
-    if probes:
-        print(format_table(probes, ["period", "accuracy", "kappa", "chance_accuracy"]))
-    lh = results["low_high"]
-    print(f"low (k<{lh['tau']}) / high energy: {lh['low_fraction']:.3f} / "
-          f"{lh['high_fraction']:.3f}")
-    print(f"results: {out / 'results.json'}")
-    return results
+    def run(self, s: EmbedSettings, run: RunDir) -> dict:
+        W, tokenizer = load_embedding_matrix(s.model, unembed=s.unembed, dtype=s.dtype,
+                                             trust_remote_code=s.trust_remote_code)
+        run.check_inputs(tokenizer=tokenizer_fingerprint(tokenizer))
+        search = DEFAULT_SEARCH if s.max_number is None else s.max_number
+        numbers = find_number_tokens(tokenizer, search, leading_space=s.leading_space)
+        if numbers.p < 3:
+            raise UserError(f"the tokenizer of {s.model} keeps only {numbers.p} numbers (from "
+                            "0) as single tokens; a spectrum needs at least 0..2 (try without "
+                            "--leading-space, or use the hidden-state probes).")
+        if s.max_number is not None and numbers.max_number < s.max_number:
+            print(f"note: single-token numbers stop at {numbers.max_number}; using 0.."
+                  f"{numbers.max_number} instead of 0..{s.max_number}")
+        s.check_tau(numbers.p, "single-token numbers")
+        rows = number_rows(W, numbers).float().cpu().numpy()
+        spec = spectrum(rows, FourierBasis(numbers.p, s.basis), axis=0, pool="l2")
+        outliers = [o.as_dict() for o in spec.outliers()]
+        matrix = "unembedding" if s.unembed else "embedding"
+        probes = embedding_mod_probes(rows, s.mod_periods)
+        results = {"model": str(s.model), "matrix": matrix, "basis": s.basis,
+                   "numbers": numbers.describe(), "d_model": int(rows.shape[1]),
+                   "spectrum": spec.records(), "outliers": outliers,
+                   "low_high": spec.low_high(s.tau), "mod_probes": probes}
+        run.write_csv("spectrum.csv", spec.records())
+        if run.writes:
+            title = (f"{Path(str(s.model)).name}: {'W_U' if s.unembed else 'W_E'} rows of "
+                     f"numbers 0..{numbers.max_number} ({s.basis} basis)")
+            plot_spectrum(spec, outliers, title, run.file(f"{matrix}_spectrum.png"))
+        run.finish(results)
+        print(f"{s.model}: {matrix} rows of numbers 0..{numbers.max_number} "
+              f"(p={numbers.p}, D={rows.shape[1]})")
+        print(format_table(outliers, ["k", "period", "magnitude"]) if outliers
+              else "no outlier components")
+        if probes:
+            print(format_table(probes, ["period", "accuracy", "kappa", "chance_accuracy"]))
+        lh = results["low_high"]
+        print(f"low (k<{lh['tau']}) / high energy: {lh['low_fraction']:.3f} / "
+              f"{lh['high_fraction']:.3f}")
+        if run.writes:
+            print(f"results: {run.file('results.json')}")
+        return results
+
+    # -------------------------------------------------------------- report view
+    def section_html(self, jobs: list[JobView], out: Path) -> str:
+        plt = pyplot()
+        rows, fig, ax = [], None, None
+        for job in jobs:
+            res = job.results
+            spec = [r for r in res.get("spectrum", []) if r.get("k", 0) >= 1]
+            kappas = {p.get("period"): p.get("kappa") for p in res.get("mod_probes") or []}
+            rows.append({"job": job.id, "model": Path(job.model).name,
+                         "outlier periods": periods_text(res.get("outliers"), 6),
+                         "low frac": (res.get("low_high") or {}).get("low_fraction"),
+                         **{f"mod-{t} kappa": v for t, v in kappas.items()}})
+            if spec:
+                if fig is None:
+                    fig, ax = plt.subplots(figsize=(9, 3.2))
+                mags = np.array([r["magnitude"] for r in spec], dtype=float)
+                ax.plot([r["k"] for r in spec], mags / (mags.max() or 1.0), lw=0.9, label=job.id)
+        parts = [html_table(rows, caption="Outliers of the number-embedding spectra and mod-T "
+                            "linear probe kappa per job.")]
+        if fig is not None:
+            ax.set(xlabel="Fourier component k", ylabel="norm / max", yscale="log",
+                   title="Number-embedding spectra, each scaled to its maximum")
+            ax.legend(fontsize=7)
+            path = save_figure(fig, out / "figures" / "embedding_spectra.png")
+            parts.append(figure(path, "All embedding spectra on one axis (log scale): outliers "
+                                      "stand above the smooth low-frequency background."))
+        return "\n".join(parts)
+
+    def findings(self, job: JobView) -> list[str]:
+        if "outliers" not in job.results:
+            return []
+        periods = periods_text(job.results["outliers"], 6)
+        return [f"{job.id}: number-embedding spectrum outliers at periods {periods}."
+                if periods else f"{job.id}: no Fourier outliers in the number embeddings."]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True,
-                        help="hub id or local folder of any model with an input embedding")
-    parser.add_argument("--max-number", type=int, default=None,
-                        help="analyse numbers 0..N, capped to the single-token range "
-                             f"(default: the whole range found up to {DEFAULT_SEARCH})")
-    parser.add_argument("--leading-space", action="store_true",
-                        help='number tokens written with a leading space (" 17")')
-    parser.add_argument("--basis", choices=("paper", "dft"), default="paper",
-                        help="paper: w_k = 2 pi k/(p-1) (default); dft: exact DFT over p")
-    parser.add_argument("--unembed", action="store_true",
-                        help="analyse the unembedding W_U instead of the input embedding")
-    parser.add_argument("--tau", type=int, default=50,
-                        help="low/high split on component index k (default: 50)")
-    parser.add_argument("--mod-periods", default="2,5,10",
-                        help='linear mod-T probes on the rows (default: 2,5,10; "" for none)')
-    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="allow the model's own code from the hub (off by default)")
-
-
-COMMAND = Command("embed", "Fourier spectrum of the number-token embeddings of any HF model",
-                  add_arguments, run)
+COMMAND = EmbedCommand()

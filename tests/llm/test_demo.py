@@ -6,13 +6,13 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-
-from llm_fourier.cli import main
 from llm_fourier.commands.demo import demo_config
 from llm_fourier.commands.report import PRESETS, preset_names
-from llm_fourier.report.config import load_config, parse_config
-from llm_fourier.report.files import read_json
-from llm_fourier.report.runner import run_report
+
+from llm_fourier.batch.config import load_config, parse_config
+from llm_fourier.batch.runner import run_report
+from llm_fourier.cli import main
+from llm_fourier.output.files import read_json
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_JOBS = {"transplant", "embed-adder-scratch", "embed-adder-fourier",

@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from llm_fourier import distributed
-from llm_fourier.report.files import read_json, write_json
+from llm_fourier.output.files import read_json, write_json
 
 N, BATCH = 11, 3  # 4 batches of the train split: 2 rounds of one batch per rank
 TASK = ["--max-operand", "12", "--split", "train", "--limit", str(N), "--batch-size",
@@ -110,8 +110,8 @@ def _worker(rank: int, world: int, port: int, model_dir: str, root: str) -> None
     assert distributed.active() and distributed.dist_info().rank == rank
     states, counts["collect"] = _collect(model_dir)
     np.savez(root / f"collect{rank}.npz", **states)
-    from llm_fourier.report.config import parse_config
-    from llm_fourier.report.runner import run_report
+    from llm_fourier.batch.config import parse_config
+    from llm_fourier.batch.runner import run_report
 
     install_fake()  # and a report of four fake jobs in two waves, dealt out to the ranks
     run_report(parse_config(REPORT), root / "report", progress=False)

@@ -11,7 +11,7 @@ from llm_fourier.cli import main
 from llm_fourier.errors import UserError
 from llm_fourier.finetune import TrainConfig, answer_batch, answer_loss, latest_checkpoint, train
 from llm_fourier.numbers import find_number_tokens
-from llm_fourier.report.files import read_json
+from llm_fourier.output.files import read_json
 from llm_fourier.tasks import make_task
 from tests.tiny import save_tiny, tiny_lm
 

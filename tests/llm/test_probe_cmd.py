@@ -15,7 +15,7 @@ import llm_fourier.commands.probe as probe_cmd
 from llm_fourier.cli import main
 from llm_fourier.models import load_model
 from llm_fourier.numbers import find_number_tokens
-from llm_fourier.report.files import read_json, write_json
+from llm_fourier.output.files import read_json, write_json
 from llm_fourier.tasks import make_task, tokenize_prompts
 from tests.tiny import tiny_model_dir
 

@@ -7,10 +7,10 @@ import argparse
 import pytest
 
 import llm_fourier.commands as registry
+from llm_fourier.batch.config import load_config, parse_config, resolve_refs
 from llm_fourier.cli import main
 from llm_fourier.commands import Command
 from llm_fourier.errors import UserError
-from llm_fourier.report.config import load_config, parse_config, resolve_refs
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:

@@ -14,8 +14,8 @@ import matplotlib
 import numpy as np
 import pytest
 
-from llm_fourier.report.files import save_figure, write_csv, write_json
-from llm_fourier.report.html import build_html
+from llm_fourier.batch.html import build_html
+from llm_fourier.output.files import save_figure, write_csv, write_json
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 import llm_fourier.commands as registry
+from llm_fourier.batch.config import parse_config
+from llm_fourier.batch.runner import read_manifest, run_report
 from llm_fourier.commands import Command
-from llm_fourier.report.config import parse_config
-from llm_fourier.report.files import read_json, write_json
-from llm_fourier.report.runner import read_manifest, run_report
+from llm_fourier.output.files import read_json, write_json
 
 CALLS: list[str] = []
 
@@ -134,8 +134,8 @@ import sys
 sys.path.insert(0, {tests!r})
 from tests.llm import test_report_runner as t
 t.install()
-from llm_fourier.report.config import parse_config
-from llm_fourier.report.runner import run_report
+from llm_fourier.batch.config import parse_config
+from llm_fourier.batch.runner import run_report
 run_report(parse_config(t.config(sleep=60)), {out!r}, progress=False)
 """
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from llm_fourier.cli import main
-from llm_fourier.report.files import read_json
+from llm_fourier.output.files import read_json
 from tests.toy.test_importers import nanda_state
 from toy.analysis import analyze
 from toy.data import make_task, nanda_split, split_indices

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from llm_fourier.commands.demo import planted_embeddings
+
 from llm_fourier.errors import UserError
 from llm_fourier.finetune import RowFreezer, embedding_params
 from probes import FourierBasis, spectrum
@@ -225,7 +225,7 @@ def test_transplant_command_resumes_a_killed_run_to_the_same_result(tmp_path, mo
     from llm_fourier.cli import main
     from llm_fourier.models import load_model
     from llm_fourier.numbers import find_number_tokens, number_rows
-    from llm_fourier.report.files import read_json
+    from llm_fourier.output.files import read_json
 
     def argv(out, *extra):
         return ["transplant", "--seeds", "0", "--max-operand", "8", "--layers", "1",

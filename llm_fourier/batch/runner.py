@@ -8,9 +8,10 @@ the same hash; a job whose settings changed is run again into a fresh folder; a 
 resume there. A failing job is recorded (``error.txt`` holds the traceback) and the others
 go on; jobs that need it are ``blocked``. Jobs run in-process through the command registry.
 
-Under ``accelerate launch`` / ``torchrun`` every rank runs every job in the same order (so
-commands can shard their prompts with ``llm_fourier.distributed``); rank 0 alone writes the
-job folder and the manifest, the other ranks write into a scratch folder that is then removed.
+Under ``accelerate launch`` / ``torchrun`` the jobs of commands that shard their prompts run
+on every process together (their run folder is written by the main one alone); the other
+jobs of a dependency wave are dealt out, one process each. The manifest is written by the
+main process, atomically.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ import torch
 from tqdm.auto import tqdm
 
 from llm_fourier import distributed
-from llm_fourier.commands import get_command, namespace_for
-from llm_fourier.report.config import Job, Report, resolve_refs
-from llm_fourier.report.files import atomic_write_text, read_json, write_json
+from llm_fourier.batch.config import Job, Report, resolve_refs
+from llm_fourier.commands import get_command
+from llm_fourier.errors import UserError
+from llm_fourier.output.files import atomic_write_text, read_json, write_json
 
 MANIFEST = "manifest.json"
 
@@ -43,11 +45,17 @@ def job_dir(out: str | Path, job_id: str) -> Path:
 def read_manifest(out: str | Path) -> dict:
     """The manifest of a report folder (an empty one when there is none yet)."""
     path = Path(out) / MANIFEST
-    if path.is_file():
+    if not path.is_file():
+        return {"jobs": {}}
+    try:
         manifest = read_json(path)
-        manifest.setdefault("jobs", {})
-        return manifest
-    return {"jobs": {}}
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("jobs", {}), dict):
+            raise ValueError("not a manifest")
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path} cannot be read ({type(err).__name__}); rerun with --restart "
+                        "to run every job again.") from err
+    manifest.setdefault("jobs", {})
+    return manifest
 
 
 def job_hashes(report: Report) -> dict[str, str]:
@@ -95,16 +103,12 @@ def _entry(job: Job, digest: str, settings: dict) -> dict:
             "caption": job.caption, "status": "pending", "seconds": None, "error": None}
 
 
-def run_job(job: Job, out: Path, settings: dict, target: Path) -> dict:
-    """Run one job's command into ``target``; returns its results (writes results.json)."""
+def run_job(job: Job, settings: dict, target: Path) -> dict:
+    """Run one job's command into ``target`` (its run folder: checked, locked, resumable)."""
     command = get_command(job.command)
-    namespace = namespace_for(command, {**settings, "out": str(target)})
     target.mkdir(parents=True, exist_ok=True)
     with open(target / "log.txt", "a") as log, contextlib.redirect_stdout(_Tee(sys.stdout, log)):
-        results = command.run(namespace)
-    if not (target / "results.json").is_file():
-        write_json(target / "results.json", results if isinstance(results, dict) else {})
-    return results
+        return command.execute(command.Settings.from_dict({**settings, "out": str(target)}))
 
 
 def _decide(job: Job, digest: str, jobs: dict, out: Path) -> str:
@@ -126,16 +130,17 @@ def waves(jobs: Sequence[Job]) -> list[list[Job]]:
         if jobs else []
 
 
-def _execute(job: Job, entry: dict, out: Path, target: Path, owner: bool,
-             save: Callable[[], None], echo: Callable[[str], None]) -> None:
-    """Run one job, updating ``entry``; ``owner`` writes the job folder and error.txt."""
+def _execute(job: Job, entry: dict, out: Path, owner: bool, save: Callable[[], None],
+             echo: Callable[[str], None]) -> None:
+    """Run one job, updating ``entry``; ``owner`` writes error.txt."""
     folder = job_dir(out, job.id)
     entry.update(status="running", started=time.strftime("%Y-%m-%d %H:%M:%S"))
     save()
     start = time.perf_counter()
     try:
-        run_job(job, out, entry["settings"], target)
-        entry.update(status="done")
+        results = run_job(job, entry["settings"], folder)
+        finished = results.get("finished", True) if isinstance(results, dict) else True
+        entry.update(status="done" if finished else "stopped")
     except Exception as err:  # one failing job must not stop the report
         message = f"{type(err).__name__}: {err}".strip()
         entry.update(status="failed", error=message)
@@ -144,8 +149,6 @@ def _execute(job: Job, entry: dict, out: Path, target: Path, owner: bool,
         echo(f"job {job.id} failed: {message}")
     entry["seconds"] = round(time.perf_counter() - start, 2)
     save()
-    if target != folder:
-        shutil.rmtree(target, ignore_errors=True)
     if entry["seconds"] > 1:  # free a big job's model before the next (gc costs ~0.2 s)
         gc.collect()
         if torch.cuda.is_available():
@@ -157,12 +160,12 @@ def run_report(report: Report, out: str | Path, *, only: Sequence[str] | None = 
     """Run every (selected) job that is not already done; returns the manifest.
 
     With several processes, jobs of one wave whose command shards its prompts
-    (``distributed.SHARD_AWARE``) run on all ranks together; the others are dealt out
+    (``Command.shards``) run on all ranks together; the others are dealt out
     round-robin, one rank each (inside ``distributed.solo()``), and the ranks exchange their
     manifest entries after every wave.
     """
     out = Path(out)
-    info = distributed.dist_info()
+    info = distributed.process_info()
     manifest = distributed.broadcast_object(read_manifest(out) if info.is_main else None)
     hashes = job_hashes(report)
     old = manifest.get("jobs", {})
@@ -205,31 +208,24 @@ def run_report(report: Report, out: str | Path, *, only: Sequence[str] | None = 
             todo.append(job)
         save()
         distributed.barrier()
-        together = [j for j in todo if j.command in distributed.SHARD_AWARE or info.world_size == 1]
+        together = [j for j in todo if get_command(j.command).shards or info.world_size == 1]
         spread = [j for j in todo if j not in together]
         mine: dict[str, dict] = {}
-        for job in together:
+        for job in together:  # every process runs it; the main one writes (RunDir)
             bar.set_postfix_str(job.id)
-            target = job_dir(out, job.id) if info.is_main else \
-                out / ".scratch" / f"rank{info.rank}" / job.id
-            _execute(job, jobs[job.id], out, target, info.is_main, save, echo)
+            _execute(job, jobs[job.id], out, info.is_main, save, echo)
             bar.update(1)
             distributed.barrier()
         for job in spread[info.rank::info.world_size]:
             bar.set_postfix_str(job.id)
             with distributed.solo():  # this rank alone: its library loops must not wait for others
-                _execute(job, jobs[job.id], out, job_dir(out, job.id), True, save, echo)
+                _execute(job, jobs[job.id], out, True, save, echo)
             mine[job.id] = jobs[job.id]
         for entries in distributed.all_gather_objects(mine):
             jobs.update(entries)
         bar.update(len(spread))
         save()
     bar.close()
-    if info.world_size > 1:  # remove the other ranks' (empty) scratch folders
-        shutil.rmtree(out / ".scratch" / f"rank{info.rank}", ignore_errors=True)
-        distributed.barrier()
-        if info.is_main and (out / ".scratch").is_dir() and not any((out / ".scratch").iterdir()):
-            (out / ".scratch").rmdir()
     return manifest
 
 

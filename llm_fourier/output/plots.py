@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llm_fourier.report.files import save_figure
+from llm_fourier.output.files import save_figure
 
 
 def pyplot():

@@ -1,6 +1,8 @@
 """Atomic file writes: a crash never leaves a half-written result behind.
 
-Every writer writes to a temporary file in the same folder and renames it into place.
+Every writer writes to a temporary file in the same folder and renames it into place. The
+file gets the mode an ordinary ``open()`` would give it under the user's umask (0644 under
+umask 022), not the 0600 of a temporary file, so shared folders and web servers can read it.
 """
 
 from __future__ import annotations
@@ -16,11 +18,19 @@ from pathlib import Path
 import numpy as np
 
 
+def file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -82,12 +92,4 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
-
-
-def atomic_torch_save(obj, path: str | Path) -> Path:
-    import torch
-
-    buf = io.BytesIO()
-    torch.save(obj, buf)
     return atomic_write_bytes(path, buf.getvalue())

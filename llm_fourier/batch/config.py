@@ -29,7 +29,6 @@ Any mistake raises a ``UserError`` naming the key and the problem.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import re
@@ -38,7 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llm_fourier.commands import Command, get_command
+from llm_fourier.commands import get_command
 from llm_fourier.errors import UserError
 
 if sys.version_info >= (3, 11):
@@ -145,38 +144,6 @@ def _seeds(value, key: str, source: str) -> list[int]:
     return value
 
 
-def _actions(command: Command) -> dict[str, argparse.Action]:
-    parser = argparse.ArgumentParser(prog=command.name, add_help=False)
-    command.add_arguments(parser)
-    return {a.dest: a for a in parser._actions}
-
-
-def _check_setting(actions: dict, key: str, name: str, value, source: str):
-    """Validate one setting against the command's argparse action; convert str if typed."""
-    if name not in actions:
-        known = ", ".join(sorted(actions))
-        raise _fail(source, key, f"the command has no option {name!r} (known: {known})")
-    action = actions[name]
-    if isinstance(value, dict):
-        raise _fail(source, key, "must be a value or a list, not a table")
-    convert = action.type if callable(action.type) and action.type is not str else None
-    if convert is not None:
-        def one(v):
-            if not isinstance(v, str) or REF.search(v):
-                return v
-            try:
-                return convert(v)
-            except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
-                raise _fail(source, key, f"cannot convert {v!r} ({err})") from err
-
-        value = [one(v) for v in value] if isinstance(value, list) else one(value)
-    if action.choices is not None:
-        for v in value if isinstance(value, list) else [value]:
-            if v not in action.choices:
-                raise _fail(source, key, f"{v!r} is not one of {list(action.choices)}")
-    return value
-
-
 def _substitute(value, names: dict[str, str]):
     if isinstance(value, str):
         for k, v in names.items():
@@ -250,7 +217,7 @@ def _expand(entry, key: str, models: dict, tasks: dict, top_seeds: list[int],
         command = get_command(entry["command"])
     except UserError as err:
         raise _fail(source, f"{key}.command", str(err).rstrip(".")) from err
-    actions = _actions(command)
+    options = set(command.Settings.option_names())
     name = entry.get("name", command.name.replace(" ", "-"))
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.+\-]+", name):
         raise _fail(source, f"{key}.name", "use letters, digits, '.', '_', '+' or '-'")
@@ -258,25 +225,27 @@ def _expand(entry, key: str, models: dict, tasks: dict, top_seeds: list[int],
     if not isinstance(settings, dict):
         raise _fail(source, f"{key}.settings", "must be a table of the command's options")
     settings = {k.replace("-", "_"): v for k, v in settings.items()}
-    for k, v in settings.items():
-        settings[k] = _check_setting(actions, f"{key}.settings.{k}", k, v, source)
+    for k in settings:
+        if k not in options:
+            raise _fail(source, f"{key}.settings.{k}", f"the command has no option {k!r} "
+                        f"(known: {', '.join(sorted(options))})")
 
     model_setting = entry.get("model_setting", "model")
     seed_setting = entry.get("seed_setting", "seed")
     model_names = _names(entry["models"], models, f"{key}.models", source) \
         if "models" in entry else [None]
-    if model_names != [None] and model_setting not in actions:
+    if model_names != [None] and model_setting not in options:
         raise _fail(source, f"{key}.models", f"command {command.name!r} has no option "
                     f"{model_setting!r}; set model_setting to the option that takes a model")
     task_names = _names(entry["tasks"], tasks, f"{key}.tasks", source) \
         if "tasks" in entry else [None]
     if "seeds" in entry:
         seeds: list = _seeds(entry["seeds"], f"{key}.seeds", source)
-        if seed_setting not in actions:
+        if seed_setting not in options:
             raise _fail(source, f"{key}.seeds", f"command {command.name!r} has no option "
                         f"{seed_setting!r}")
     else:
-        seeds = top_seeds if seed_setting in actions and seed_setting not in settings else [None]
+        seeds = top_seeds if seed_setting in options and seed_setting not in settings else [None]
     needs = entry.get("needs", [])
     if not isinstance(needs, list) or not all(isinstance(n, str) for n in needs):
         raise _fail(source, f"{key}.needs", "must be a list of job ids")
@@ -291,17 +260,26 @@ def _expand(entry, key: str, models: dict, tasks: dict, top_seeds: list[int],
                 if task is not None:
                     for k, v in tasks[task].items():
                         k = k.replace("-", "_")
-                        s[k] = _check_setting(actions, f"tasks.{task}.{k}", k, v, source)
+                        if k not in options:
+                            raise _fail(source, f"tasks.{task}.{k}", f"command "
+                                        f"{command.name!r} has no option {k!r}")
+                        s[k] = v
                 if model is not None:
                     s[model_setting] = models[model]
                 if seed is not None:  # a list option (``--seeds 0 1``) gets [seed]
-                    many = actions[seed_setting].nargs in ("+", "*")
-                    s[seed_setting] = [seed] if many else seed
+                    s[seed_setting] = [seed] if command.Settings.is_list(seed_setting) \
+                        else seed
                 parts = [name] + [x for x in (model, task) if x is not None]
                 parts += [] if seed is None else [f"s{seed}"]
                 refs = [r for v in s.values() for r in _refs(v)]
                 deps = tuple(dict.fromkeys([_substitute(n, names) for n in needs] + refs))
-                jobs.append(Job(id="-".join(parts), command=command.name, settings=s,
+                job_id = "-".join(parts)
+                try:  # the command's own checks: types, ranges, choices, consistency
+                    command.Settings.from_dict({**s, "out": "(job folder)"})
+                except UserError as err:
+                    raise UserError(f"{source + ': ' if source else ''}job {job_id}: "
+                                    f"{err}") from None
+                jobs.append(Job(id=job_id, command=command.name, settings=s,
                                 needs=deps, model=model, task=task, seed=seed,
                                 caption=str(entry.get("caption", ""))))
     return jobs

@@ -1,4 +1,4 @@
-"""``llm-fourier demo``: the whole toolkit on one built-in report, offline, in minutes on a CPU.
+"""The built-in report of ``llm-fourier demo``: the whole toolkit offline, in minutes on a CPU.
 
 The built-in report config (``demo_config``) trains small GPT-2-architecture adders from
 scratch with and without transplanted Fourier number embeddings (``transplant``), runs the
@@ -14,13 +14,9 @@ test-sized variant (seconds).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
-
-from llm_fourier.commands import Command
-from llm_fourier.report.config import parse_config
 
 # sizes of the built-in report: (full demo, --quick)
 # (the full demo's adders use the transplant command's CPU preset: operands 0..50, width 64,
@@ -74,7 +70,7 @@ def demo_config(model: str | None = None, quick: bool = False) -> dict:
              "caption": "Adders trained from scratch (scratch arm) and with frozen number "
                         "embeddings transplanted from the source (transplant arm)."},
             {"command": "embed", "models": "*",
-             "settings": {"max_number": 2 * task["max_operand"], "tau": 10}},
+             "settings": {"max_number": 2 * task["max_operand"], "tau": 10 if not quick else 4}},
             {"command": "probe", "models": "*", "tasks": ["add"],
              "settings": {**llm, "tau": 10 if not quick else 4}},
             {"command": "ablate", "models": "*", "tasks": ["add"],
@@ -83,7 +79,7 @@ def demo_config(model: str | None = None, quick: bool = False) -> dict:
              "caption": f"One-layer transformer on (a + b) mod {p}, half of the pairs for "
                         "training, AdamW with weight decay 1."},
             {"command": "toy analyze", "name": "grok-analysis",
-             "settings": {"checkpoint": "{jobs.grok}/checkpoint.pt"}},
+             "settings": {"checkpoint": "{jobs.grok}/checkpoint.safetensors"}},
         ],
     }
 
@@ -108,25 +104,3 @@ The same report on a pretrained model, on a machine with its weights (hub id or 
   llm-fourier demo --model gpt2 --out runs/demo-gpt2
   llm-fourier demo --model meta-llama/Meta-Llama-3-8B --out runs/demo-llama
 The paper-sized pipelines ship as presets: llm-fourier report --list-presets"""
-
-
-def run(args: argparse.Namespace) -> dict:
-    from llm_fourier.commands.report import execute
-
-    report = parse_config(demo_config(args.model, args.quick), source="(built-in demo)")
-    summary = execute(report, args.out, progress=not args.quick)
-    if "index" in summary:
-        print(NEXT_STEPS.format(index=Path(summary["index"]).resolve()))
-    return summary
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None,
-                        help="run the LLM parts on this pretrained causal LM (hub id or local "
-                             "folder; needs its weights) instead of the trained adders")
-    parser.add_argument("--quick", action="store_true",
-                        help="test-sized settings (seconds; for checking an installation)")
-
-
-COMMAND = Command("demo", "the built-in offline report: adders with and without Fourier "
-                  "embeddings, probed and ablated, plus a grokking run", add_arguments, run)

@@ -1,0 +1,79 @@
+"""A command is one object: its typed settings, its run into one run folder, its report view.
+
+Subclasses set ``name``, ``help`` and ``Settings`` (a ``settings.Settings`` dataclass with
+``out`` and ``restart``, see ``options.OutputOptions``) and implement ``run(settings, run)``,
+which writes into the ``RunDir`` and returns the results dictionary (``run.finish`` writes it
+as ``results.json``). ``shards = True`` marks commands whose ``run`` shares its prompts among
+the processes of an ``accelerate launch`` / ``torchrun`` (every process calls it, the main
+one writes). The batch report renders a command's jobs through its view: ``section``,
+``heading``, ``intro`` and ``order`` place it on the page, ``captions`` name its figures, and
+``job_html`` / ``section_html`` / ``findings`` draw from its own results.
+
+Calling the object is the Python API: ``ProbeCommand()(model="gpt2", layers=[10])`` checks
+the settings exactly as the CLI does and returns the results; ``out=None`` writes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from llm_fourier.commands.settings import Settings
+from llm_fourier.distributed import process_info
+from llm_fourier.output.rundir import RunDir
+
+
+@dataclass
+class JobView:
+    """What a report knows of one finished job: its folder, manifest entry and results."""
+
+    id: str
+    folder: Path
+    entry: dict
+    results: dict = field(default_factory=dict)
+
+    @property
+    def model(self) -> str:
+        return self.entry.get("model") or str(self.results.get("model", self.id))
+
+
+class Command:
+    name: ClassVar[str]
+    help: ClassVar[str]
+    Settings: ClassVar[type[Settings]]
+    shards: ClassVar[bool] = False
+    extendable: ClassVar[tuple[str, ...]] = ()  # settings a resumed run may change
+    # report view
+    section: ClassVar[str] = "other"
+    heading: ClassVar[str] = "Other analyses"
+    intro: ClassVar[str] = ""
+    order: ClassVar[int] = 100
+    captions: ClassVar[dict[str, str]] = {}
+
+    def run(self, settings, run: RunDir) -> dict:
+        raise NotImplementedError
+
+    # -------------------------------------------------------------- execution
+    def execute(self, settings) -> dict:
+        """Open the run folder (checked, locked, resumable) and run in it."""
+        main = process_info().is_main if self.shards else True
+        with RunDir(settings.out, self.name, settings.identity(), restart=settings.restart,
+                    extendable=self.extendable, main=main) as run:
+            return self.run(settings, run)
+
+    def __call__(self, **settings) -> dict:
+        return self.execute(self.Settings.from_dict(settings))
+
+    # -------------------------------------------------------------- report view
+    def job_html(self, job: JobView) -> str:
+        """Extra HTML for one job (figures and CSVs are rendered by the page already)."""
+        return ""
+
+    def section_html(self, jobs: list[JobView], out: Path) -> str:
+        """HTML comparing the jobs of this command (report-level files go under ``out``)."""
+        return ""
+
+    def findings(self, job: JobView) -> list[str]:
+        """Plain sentences for the page's summary."""
+        return []

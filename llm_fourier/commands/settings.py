@@ -1,0 +1,238 @@
+"""Typed settings: one dataclass per command declares its options once.
+
+A field made with ``option(default, help=..., min=..., choices=...)`` is at the same time
+an ``argparse`` option (``--max-operand`` for ``max_operand``; its type from the
+annotation: ``int``, ``float``, ``str``, ``bool``, ``list[int]``, ... or ``X | None``), a
+key of a report config's ``settings`` table (``from_dict``), and a checked value: ranges and
+choices are verified when the object is made, and ``validate()`` adds the checks between
+fields (e.g. tau within the spectrum of the chosen numbers). Every failure is a
+``UserError`` naming the option, so the CLI, the report config and the Python API refuse a
+mistake with the same sentence, before any heavy work. Fields with ``identity=False``
+(batch sizes, progress bars, ``--restart``) do not count as a change of the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from llm_fourier.errors import UserError
+
+_META = "llm_fourier"
+
+
+def option(default: Any = dataclasses.MISSING, *, help: str, min: float | None = None,
+           max: float | None = None, above: float | None = None,
+           choices: typing.Sequence | None = None, positional: bool = False,
+           identity: bool = True, metavar: str | None = None,
+           flag: str | None = None) -> Any:
+    """A settings field: ``min``/``max`` inclusive bounds, ``above`` an exclusive lower bound
+    (``above=0`` for learning rates and fractions), ``choices`` the allowed values (of each
+    element for lists), ``identity=False`` for options that do not change results."""
+    meta = {_META: {"help": help, "min": min, "max": max, "above": above,
+                    "choices": tuple(choices) if choices is not None else None,
+                    "positional": positional, "identity": identity, "metavar": metavar,
+                    "flag": flag}}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda d=default: list(d), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _kind(annotation) -> tuple[type, bool, bool]:
+    """(element type, is a list, may be None) of an annotation such as ``list[int] | None``."""
+    optional = False
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        optional = type(None) in args
+        annotation = next(a for a in args if a is not type(None))
+    if typing.get_origin(annotation) is list:
+        return typing.get_args(annotation)[0], True, optional
+    return annotation, False, optional
+
+
+def _flag(name: str, meta: dict) -> str:
+    return meta["flag"] or "--" + name.replace("_", "-")
+
+
+@dataclasses.dataclass(kw_only=True)
+class Settings:
+    """Base of every command's settings (see the module docstring)."""
+
+    command: ClassVar[str] = "command"
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            self._check_field(f)
+        self.validate()
+
+    # -------------------------------------------------------------- checks
+    def validate(self) -> None:
+        """Checks between fields; subclasses extend (and call super)."""
+
+    def fail(self, name: str, problem: str) -> UserError:
+        """A ``UserError`` about option ``name``, e.g. ``fail("tau", "must be ...")``."""
+        meta = self._meta(name)
+        label = name if meta["positional"] else _flag(name, meta)
+        return UserError(f"{self.command}: {label} {problem}.")
+
+    @classmethod
+    def _meta(cls, name: str) -> dict:
+        field = {f.name: f for f in dataclasses.fields(cls)}[name]
+        return field.metadata.get(_META, {"positional": False, "flag": None})
+
+    def _check_field(self, f: dataclasses.Field) -> None:
+        meta = f.metadata.get(_META)
+        if meta is None:
+            return
+        value = getattr(self, f.name)
+        elem, many, optional = _kind(typing.get_type_hints(type(self))[f.name])
+        if value is None:
+            if f.default is dataclasses.MISSING and not optional:
+                raise self.fail(f.name, "is required")
+            if not optional:
+                raise self.fail(f.name, "needs a value")
+            return
+        values = value if many else [value]
+        if many and not isinstance(value, (list, tuple)):
+            raise self.fail(f.name, f"must be a list, got {value!r}")
+        if many and not values:
+            raise self.fail(f.name, "needs at least one value")
+        for v in values:
+            if elem is bool and not isinstance(v, bool):
+                raise self.fail(f.name, f"must be true or false, got {v!r}")
+            if elem in (int, float) and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                        or (elem is int and not float(v).is_integer())):
+                raise self.fail(f.name, f"must be a{'n integer' if elem is int else ' number'}, "
+                                f"got {v!r}")
+            if elem is float and not math.isfinite(v):
+                raise self.fail(f.name, f"must be a finite number, got {v!r}")
+            if elem is str and not isinstance(v, str):
+                raise self.fail(f.name, f"must be text, got {v!r}")
+            if meta["choices"] is not None and v not in meta["choices"]:
+                raise self.fail(f.name, f"must be one of {', '.join(map(str, meta['choices']))}, "
+                                f"got {v!r}")
+            if meta["min"] is not None and v < meta["min"]:
+                raise self.fail(f.name, f"must be at least {meta['min']:g}, got {v!r}")
+            if meta["max"] is not None and v > meta["max"]:
+                raise self.fail(f.name, f"must be at most {meta['max']:g}, got {v!r}")
+            if meta["above"] is not None and not v > meta["above"]:
+                raise self.fail(f.name, f"must be above {meta['above']:g}, got {v!r}")
+
+    # -------------------------------------------------------------- views
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def identity(self) -> dict:
+        """The settings that change a run's results (what resume compares)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.metadata.get(_META, {}).get("identity", True)}
+
+    def replace(self, **changes) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    # -------------------------------------------------------------- construction
+    @classmethod
+    def option_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls) if _META in f.metadata]
+
+    @classmethod
+    def is_list(cls, name: str) -> bool:
+        return _kind(typing.get_type_hints(cls)[name])[1]
+
+    @classmethod
+    def from_dict(cls, values: Mapping, source: str = "") -> Settings:
+        """Settings from a mapping (a report config's table, Python keyword arguments): keys
+        with dashes or underscores; strings converted for numeric options."""
+        known = cls.option_names()
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for key, value in values.items():
+            name = str(key).replace("-", "_")
+            if name not in known:
+                where = f"{source}: " if source else ""
+                raise UserError(f"{where}{cls.command} has no setting {key!r} (known: "
+                                f"{', '.join(sorted(known))}).")
+            kwargs[name] = _convert(cls, name, hints[name], value, source)
+        return cls(**kwargs)
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser,
+                      defaults: Mapping | None = None) -> None:
+        """One argparse option per field; ``defaults`` override the dataclass defaults
+        shown by the CLI (e.g. ``out``)."""
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            meta = f.metadata.get(_META)
+            if meta is None:
+                continue
+            elem, many, _ = _kind(hints[f.name])
+            default = (defaults or {}).get(f.name, _default(f))
+            kw: dict[str, Any] = {"help": meta["help"] + (
+                f" (default: {_show(default)})" if default not in (None, False, [])
+                and elem is not bool else "")}
+            if meta["metavar"]:
+                kw["metavar"] = meta["metavar"]
+            if elem is bool and not many:
+                kw["action"] = argparse.BooleanOptionalAction if default else "store_true"
+            else:
+                kw["type"] = elem
+                if many:
+                    kw["nargs"] = "+"
+                if meta["choices"] is not None:
+                    kw["choices"] = meta["choices"]
+            if meta["positional"]:
+                if f.default is not dataclasses.MISSING or f.default_factory is not \
+                        dataclasses.MISSING:
+                    kw["nargs"] = "?"
+                kw.pop("metavar", None)
+                parser.add_argument(f.name, default=default, **kw)
+            else:
+                parser.add_argument(_flag(f.name, meta), dest=f.name, default=default,
+                                    required=f.default is dataclasses.MISSING
+                                    and f.default_factory is dataclasses.MISSING, **kw)
+
+    @classmethod
+    def from_namespace(cls, namespace: argparse.Namespace) -> Settings:
+        return cls(**{n: getattr(namespace, n) for n in cls.option_names()
+                      if hasattr(namespace, n)})
+
+
+def _default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _show(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _convert(cls, name: str, annotation, value, source: str):
+    """Numbers written as text in a config ("1e-3") to the option's type; lists element-wise.
+    Anything else is left for the field checks to refuse with their sentence."""
+    elem, many, _ = _kind(annotation)
+
+    def one(v):
+        if isinstance(v, str) and elem in (int, float):
+            try:
+                return elem(v)
+            except ValueError:
+                where = f"{source}: " if source else ""
+                raise UserError(f"{where}{cls.command}: {name} must be a number, got "
+                                f"{v!r}.") from None
+        if elem is float and isinstance(v, int) and not isinstance(v, bool):
+            return float(v)
+        return v
+
+    if many and isinstance(value, (list, tuple)):
+        return [one(v) for v in value]
+    if many and value is not None and not isinstance(value, (list, tuple)):
+        return [one(value)]  # a single value for a list option
+    return one(value)

@@ -1,1 +1,0 @@
-"""Writing results: atomic JSON/CSV/figure files, console tables (and, later, HTML)."""
