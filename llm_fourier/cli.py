@@ -9,7 +9,7 @@ import sys
 from llm_fourier.batch.commands import BATCH_COMMANDS
 from llm_fourier.commands import all_commands
 from llm_fourier.commands.base import Command
-from llm_fourier.errors import UserError
+from llm_fourier.errors import RunFailed, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,13 +44,19 @@ def build_parser(commands: dict[str, Command] | None = None) -> argparse.Argumen
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, or a parse error already printed as one line
+        return int(done.code or 0)
     command: Command = args._command
     try:
         command.execute(command.Settings.from_namespace(args))
     except UserError as err:
         print(f"llm-fourier: error: {err}", file=sys.stderr)
         return 2
+    except RunFailed as err:
+        print(f"llm-fourier: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("llm-fourier: interrupted; finished outputs are kept and the same command "
               "resumes.", file=sys.stderr)

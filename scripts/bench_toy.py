@@ -22,7 +22,7 @@ from torch import nn
 from toy.data import make_task, split_indices
 from toy.models import ModelConfig, build_model
 from toy.progress import loss_and_accuracy
-from toy.train import StackedAdamW, TrainConfig, lr_at, train
+from toy.train import StackedAdamW, GrokConfig, lr_at, train
 
 
 class Reference(nn.Module):
@@ -83,7 +83,7 @@ def bench_ours(task, seeds, n):
     x, y = task.inputs[idx], task.labels[idx]
     opt = StackedAdamW(dict(model.named_parameters()), len(seeds))
     active = torch.ones(len(seeds), dtype=torch.bool)
-    cfg, count = TrainConfig(), [0]
+    cfg, count = GrokConfig(), [0]
 
     def step():
         loss, _ = loss_and_accuracy(model(x), y)
@@ -116,7 +116,7 @@ def main() -> None:
     print(f"ours 8 seeds: {eight * 1e3:.1f} ms/step = {eight / one:.2f}x one seed "
           f"(target <= 4)")
     if args.grok:
-        cfg = TrainConfig(epochs=50000, log_every=100, measure_every=0, checkpoint_every=0,
+        cfg = GrokConfig(epochs=50000, log_every=100, measure_every=0, checkpoint_every=0,
                           stop_accuracy=0.99)
         t0 = time.perf_counter()
         deadline = t0 + args.grok_limit

@@ -275,6 +275,7 @@ def _expand(entry, key: str, models: dict, tasks: dict, top_seeds: list[int],
                 deps = tuple(dict.fromkeys([_substitute(n, names) for n in needs] + refs))
                 job_id = "-".join(parts)
                 try:  # the command's own checks: types, ranges, choices, consistency
+                    s = command.Settings.convert(s)
                     command.Settings.from_dict({**s, "out": "(job folder)"})
                 except UserError as err:
                     raise UserError(f"{source + ': ' if source else ''}job {job_id}: "

@@ -42,8 +42,8 @@ class EmbedSettings(SourceOptions, SpectrumOptions, OutputOptions):
     leading_space: bool = option(False, help='number tokens written with a leading space (" 17")')
     unembed: bool = option(False, help="analyse the unembedding W_U instead of the input "
                            "embedding")
-    mod_periods: list[int] = option([2, 5, 10], min=2, help="periods T of the linear mod-T "
-                                    "probes on the rows")
+    mod_periods: list[int] = option([2, 5, 10], min=2, empty=True, help="periods T of the "
+                                    "linear mod-T probes on the rows (none: no probes)")
 
     def validate(self) -> None:
         if self.max_number is not None:

@@ -55,7 +55,7 @@ def lens_unit(state: dict) -> tuple[dict, dict]:
     tensors = {}
     for role, acc in state["roles"].items():
         data["n"][role] = acc["n"]
-        data["hits"][role] = sorted(acc["hits"])
+        data["hits"][role] = list(acc["hits"])  # in order: results keep it
         tensors[f"{role}.magnitude_sum"] = acc["magnitude_sum"]
         for name, counts in acc["hits"].items():
             tensors[f"{role}.hits.{name}"] = counts

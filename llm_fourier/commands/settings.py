@@ -30,14 +30,15 @@ def option(default: Any = dataclasses.MISSING, *, help: str, min: float | None =
            max: float | None = None, above: float | None = None,
            choices: typing.Sequence | None = None, positional: bool = False,
            identity: bool = True, metavar: str | None = None,
-           flag: str | None = None) -> Any:
+           flag: str | None = None, empty: bool = False) -> Any:
     """A settings field: ``min``/``max`` inclusive bounds, ``above`` an exclusive lower bound
     (``above=0`` for learning rates and fractions), ``choices`` the allowed values (of each
-    element for lists), ``identity=False`` for options that do not change results."""
+    element for lists), ``identity=False`` for options that do not change results,
+    ``empty=True`` for list options that may be given without values (none)."""
     meta = {_META: {"help": help, "min": min, "max": max, "above": above,
                     "choices": tuple(choices) if choices is not None else None,
                     "positional": positional, "identity": identity, "metavar": metavar,
-                    "flag": flag}}
+                    "flag": flag, "empty": empty}}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda d=default: list(d), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -100,7 +101,7 @@ class Settings:
         values = value if many else [value]
         if many and not isinstance(value, (list, tuple)):
             raise self.fail(f.name, f"must be a list, got {value!r}")
-        if many and not values:
+        if many and not values and not meta["empty"]:
             raise self.fail(f.name, "needs at least one value")
         for v in values:
             if elem is bool and not isinstance(v, bool):
@@ -145,20 +146,25 @@ class Settings:
         return _kind(typing.get_type_hints(cls)[name])[1]
 
     @classmethod
-    def from_dict(cls, values: Mapping, source: str = "") -> Settings:
-        """Settings from a mapping (a report config's table, Python keyword arguments): keys
-        with dashes or underscores; strings converted for numeric options."""
+    def convert(cls, values: Mapping, source: str = "") -> dict:
+        """``values`` keyed by field name (dashes become underscores), numbers written as text
+        converted to the option's type; an unknown key is a ``UserError`` naming it."""
         known = cls.option_names()
         hints = typing.get_type_hints(cls)
-        kwargs = {}
+        out = {}
         for key, value in values.items():
             name = str(key).replace("-", "_")
             if name not in known:
                 where = f"{source}: " if source else ""
                 raise UserError(f"{where}{cls.command} has no setting {key!r} (known: "
                                 f"{', '.join(sorted(known))}).")
-            kwargs[name] = _convert(cls, name, hints[name], value, source)
-        return cls(**kwargs)
+            out[name] = _convert(cls, name, hints[name], value, source)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: Mapping, source: str = "") -> Settings:
+        """Settings from a mapping (a report config's table, Python keyword arguments)."""
+        return cls(**cls.convert(values, source))
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser,
@@ -182,7 +188,7 @@ class Settings:
             else:
                 kw["type"] = elem
                 if many:
-                    kw["nargs"] = "+"
+                    kw["nargs"] = "*" if meta["empty"] else "+"
                 if meta["choices"] is not None:
                     kw["choices"] = meta["choices"]
             if meta["positional"]:

@@ -6,8 +6,8 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from llm_fourier.commands.demo import demo_config
-from llm_fourier.commands.report import PRESETS, preset_names
+from llm_fourier.batch.demo import demo_config
+from llm_fourier.batch.commands import PRESETS, preset_names
 
 from llm_fourier.batch.config import load_config, parse_config
 from llm_fourier.batch.runner import run_report
@@ -16,8 +16,8 @@ from llm_fourier.output.files import read_json
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_JOBS = {"transplant", "embed-adder-scratch", "embed-adder-fourier",
-             "probe-adder-scratch-add-s0", "probe-adder-fourier-add-s0",
-             "ablate-adder-scratch-add-s0", "ablate-adder-fourier-add-s0", "grok",
+             "probe-adder-scratch-add", "probe-adder-fourier-add",
+             "ablate-adder-scratch-add", "ablate-adder-fourier-add", "grok",
              "grok-analysis-s0"}
 
 
@@ -35,10 +35,10 @@ def test_quick_demo_runs_every_job_and_ends_with_the_report_path(demo_run, capsy
     assert {j: e["status"] for j, e in jobs.items()} == dict.fromkeys(DEMO_JOBS, "done")
     # probe and ablate ran on the folders the transplant job trained
     scratch = (out / "jobs/transplant/seed0/scratch/model").resolve()
-    assert jobs["probe-adder-scratch-add-s0"]["settings"]["model"] == str(scratch)
+    assert jobs["probe-adder-scratch-add"]["settings"]["model"] == str(scratch)
     assert (scratch / "config.json").is_file()
     assert read_json(out / "jobs/grok-analysis-s0/results.json")["checkpoint"] == \
-        str((out / "jobs/grok/checkpoint.pt").resolve())
+        str((out / "jobs/grok/checkpoint.safetensors").resolve())
     page = (out / "index.html").read_text()
     for heading in ("Number embeddings", "Per-layer Fourier analysis", "Frequency ablations",
                     "Transplanted number embeddings", "Toy models and grokking"):
@@ -68,14 +68,14 @@ def test_demo_with_a_model_runs_the_llm_parts_on_it(tiny_dir, tmp_path):
     report = parse_config(demo_config(model, quick=True))
     name = Path(model).name
     ids = {j.id for j in report.jobs}
-    assert {f"embed-{name}", f"probe-{name}-add-s0", f"ablate-{name}-add-s0"} <= ids
+    assert {f"embed-{name}", f"probe-{name}-add", f"ablate-{name}-add"} <= ids
     assert not any("adder" in i for i in ids)
     assert report.job("transplant").settings["source"] == model  # its embeddings transplanted
-    probe = report.job(f"probe-{name}-add-s0")
+    probe = report.job(f"probe-{name}-add")
     assert probe.settings["model"] == model and probe.settings["shots"] == 3
     manifest = run_report(report, tmp_path, only=["probe-*"], progress=False)
-    assert list(manifest["jobs"]) == [f"probe-{name}-add-s0"]
-    results = read_json(tmp_path / "jobs" / f"probe-{name}-add-s0" / "results.json")
+    assert list(manifest["jobs"]) == [f"probe-{name}-add"]
+    results = read_json(tmp_path / "jobs" / f"probe-{name}-add" / "results.json")
     assert results["model"] == model and results["n_layers"] == 2
 
 

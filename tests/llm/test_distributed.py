@@ -7,10 +7,9 @@ only rank 0 writes. Both ranks also resume runs started by one process.
 
 from __future__ import annotations
 
-import argparse
 import os
-import shutil
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from llm_fourier import distributed
+from llm_fourier.commands.base import Command
+from llm_fourier.commands.options import OutputOptions
+from llm_fourier.commands.settings import option
 from llm_fourier.output.files import read_json, write_json
 
 N, BATCH = 11, 3  # 4 batches of the train split: 2 rounds of one batch per rank
@@ -29,15 +31,11 @@ PROBE_FILES = ("accuracy.csv", "spectra.csv")
 ABLATE_FILES = ("table.csv", "predictions.csv")
 
 
-@pytest.mark.parametrize("n, batch, world", [(11, 3, 2), (10, 5, 2), (7, 2, 3), (1, 4, 2),
-                                             (0, 4, 2), (9, 1, 4)])
-def test_shards_cover_the_single_process_batches_in_order(n, batch, world):
-    shards = [distributed.shard_batches(n, batch, r, world) for r in range(world)]
-    assert [b for s in shards for b in s] == distributed.batch_ranges(n, batch)
+@pytest.mark.parametrize("n, batch", [(11, 3), (10, 5), (7, 2), (1, 4), (0, 4), (9, 1)])
+def test_batches_cover_the_items_in_order(n, batch):
     ranges = distributed.batch_ranges(n, batch)
     assert [i for s, e in ranges for i in range(s, e)] == list(range(n))
-    sizes = [len(s) for s in shards]
-    assert max(sizes) - min(sizes) <= 1
+    assert all(e - s == batch for s, e in ranges[:-1])
 
 
 def test_max_memory_gives_each_process_its_own_gpu_group():
@@ -58,7 +56,7 @@ def test_gpu_groups_split_a_node_between_its_processes():
 
 
 def test_not_distributed_is_a_plain_loop():
-    assert not distributed.active() and distributed.dist_info().world_size == 1
+    assert not distributed.active() and distributed.process_info().world_size == 1
     parts = distributed.map_batches(lambda s, e: torch.arange(s, e), 7, 3, progress=False)
     assert [p.tolist() for p in parts] == [[0, 1, 2], [3, 4, 5], [6]]
     assert distributed.concat(parts).tolist() == list(range(7))
@@ -107,7 +105,7 @@ def _worker(rank: int, world: int, port: int, model_dir: str, root: str) -> None
         log.clear()
         assert main([command, "--model", model_dir, "--out", str(folder), *TASK]) == 0
         counts[name] = sum(n for _, n in log)  # prompts this rank ran
-    assert distributed.active() and distributed.dist_info().rank == rank
+    assert distributed.active() and distributed.process_info().rank == rank
     states, counts["collect"] = _collect(model_dir)
     np.savez(root / f"collect{rank}.npz", **states)
     from llm_fourier.batch.config import parse_config
@@ -164,11 +162,25 @@ def runs(tiny_dir, tmp_path_factory):
                          *TASK]) == 130
     finally:
         torch.set_num_threads(threads)
-    assert (root / "probe_resume" / "probe_state.pt").exists()
-    rows = root / "ablate_resume" / "rows"
-    rows.mkdir(parents=True)
-    for path in sorted((root / "single" / "ablate" / "rows").glob("*.json"))[:3]:
-        shutil.copy(path, rows)  # 3 of the 7 Table 1 rows already finished
+        import llm_fourier.commands.ablate as ablate_cmd
+
+        real_table = ablate_cmd.ablation_table
+
+        def three_rows(*args, on_row, **kwargs):  # killed after 3 of the 7 Table 1 rows
+            def stop(label, result, done=[]):  # noqa: B006 - counts across calls
+                on_row(label, result)
+                done.append(label)
+                if len(done) == 3:
+                    raise KeyboardInterrupt
+
+            return real_table(*args, on_row=stop, **kwargs)
+
+        with pytest.MonkeyPatch.context() as mpatch:
+            mpatch.setattr(ablate_cmd, "ablation_table", three_rows)
+            assert main(["ablate", "--model", model_dir, "--out", str(root / "ablate_resume"),
+                         *TASK]) == 130
+    assert (root / "probe_resume" / ".partial" / "lens.safetensors").exists()
+    assert len(list((root / "ablate_resume" / ".partial").glob("row-*.json"))) == 3
     mp.spawn(_worker, args=(2, _free_port(), model_dir, str(root)), nprocs=2, join=True)
     return root
 
@@ -186,7 +198,7 @@ def test_probe_under_two_processes_writes_the_single_process_results(runs):
     assert res["layers"]["mlp"][0]["tau"] == 4
     for name in res["files"]:  # every plot as well
         assert (runs / "two" / "probe" / name).stat().st_size > 0
-    assert not (runs / "two" / "probe" / "probe_state.pt").exists()
+    assert not (runs / "two" / "probe" / ".partial").exists()
     # the ranks split the prompts: batches 0, 2 (3 + 3) and 1, 3 (3 + 2)
     counts = [read_json(runs / f"counts{r}.json") for r in range(2)]
     assert [c["probe"] for c in counts] == [6, 5]
@@ -194,7 +206,7 @@ def test_probe_under_two_processes_writes_the_single_process_results(runs):
 
 def test_probe_resumes_a_one_process_checkpoint_under_two_processes(runs):
     _same_outputs(runs / "probe_resume", runs / "single" / "probe", PROBE_FILES)
-    assert not (runs / "probe_resume" / "probe_state.pt").exists()
+    assert not (runs / "probe_resume" / ".partial").exists()
     # batch 0 was done: rank 0 ran batches 1, 3 and rank 1 batch 2 (state from rank 0)
     counts = [read_json(runs / f"counts{r}.json") for r in range(2)]
     assert [c["probe_resume"] for c in counts] == [5, 3]
@@ -227,41 +239,45 @@ def test_only_rank_zero_writes(runs):
     assert not (runs / "rank1").exists()
 
 
-def _fake_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--value", type=int, default=0)
-    p.add_argument("--input", default="")
+@dataclass(kw_only=True)
+class FakeSettings(OutputOptions):
+    command = "fake dist"
+    value: int = option(0, help="value")
+    input: str = option("", help="input folder")
 
 
-def _fake_run(a: argparse.Namespace) -> dict:
-    """A job dealt to one rank: inside solo() its batch loops run alone, it writes."""
-    upstream = read_json(Path(a.input) / "results.json")["value"] if a.input else 0
-    local = distributed.map_batches(lambda s, e: list(range(s, e)), 10, 3, progress=False)
-    results = {"value": a.value + upstream, "rank": dist.get_rank(),
-               "seen_world": distributed.dist_info().world_size,
-               "local": distributed.concat(local)}
-    write_json(Path(a.out) / "results.json", results)
-    return results
+class FakeDist(Command):
+    name, help, Settings = "fake dist", "fake", FakeSettings
+
+    def run(self, s: FakeSettings, run) -> dict:
+        """A job dealt to one rank: inside solo() its batch loops run alone, it writes."""
+        upstream = read_json(Path(s.input) / "results.json")["value"] if s.input else 0
+        local = distributed.map_batches(lambda a, b: list(range(a, b)), 10, 3, progress=False)
+        return run.finish({"value": s.value + upstream, "rank": dist.get_rank(),
+                           "seen_world": distributed.process_info().world_size,
+                           "local": distributed.concat(local)})
 
 
-def _sharded_fake_run(a: argparse.Namespace) -> dict:
+class FakeShard(Command):
     """A shard-aware job: every rank runs it, each on its own batches of 10 items."""
-    parts = distributed.map_batches(lambda s, e: list(range(s, e)), 10, 3, progress=False)
-    info = distributed.dist_info()
-    mine = len(distributed.shard_batches(10, 3, info.rank, info.world_size))
-    results = {"gathered": distributed.concat(parts),
-               "batches_per_rank": distributed.all_gather_objects(mine), "writer": info.rank}
-    write_json(Path(a.out) / "results.json", results)
-    return results
+
+    name, help, Settings, shards = "fake shard", "fake", FakeSettings, True
+
+    def run(self, s: FakeSettings, run) -> dict:
+        mine = []
+        parts = distributed.map_batches(lambda a, b: mine.append(1) or list(range(a, b)), 10,
+                                        3, progress=False)
+        info = distributed.process_info()
+        return run.finish({"gathered": distributed.concat(parts),
+                           "batches_per_rank": distributed.all_gather_objects(len(mine)),
+                           "writer": info.rank if run.writes else None})
 
 
 def install_fake() -> None:
     import llm_fourier.commands as registry
-    from llm_fourier.commands import Command
 
-    fake = Command("fake dist", "fake", _fake_args, _fake_run)
-    sharded = Command("fake shard", "fake", lambda p: None, _sharded_fake_run)
-    distributed.SHARD_AWARE.add(sharded.name)
-    registry.all_commands = lambda: {fake.name: fake, sharded.name: sharded}
+    fakes = [FakeDist(), FakeShard()]
+    registry.all_commands = lambda: {c.name: c for c in fakes}
 
 
 REPORT = {"jobs": [
@@ -288,8 +304,9 @@ def test_report_under_two_processes_deals_out_jobs(runs):
     # the shard-aware job ran on both ranks (2 + 2 batches), gathered in order, rank 0 wrote
     assert results["e"] == {"gathered": list(range(10)), "batches_per_rank": [2, 2],
                             "writer": 0}
-    assert not (out / ".scratch").exists()  # rank 1's scratch output removed
 
 
 def test_probe_and_ablate_are_run_by_every_rank_in_a_report():
-    assert {"probe", "ablate"} <= distributed.SHARD_AWARE
+    from llm_fourier.commands import all_commands
+
+    assert {n for n, c in all_commands().items() if c.shards} == {"probe", "ablate"}

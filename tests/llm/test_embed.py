@@ -49,7 +49,7 @@ def test_planted_periods_come_out_as_outliers(planted_gpt2, tmp_path, capsys):
     folder, rows = planted_gpt2
     out = tmp_path / "run"
     code, stdout, _ = _run(["embed", "--model", str(folder), "--out", str(out),
-                            "--mod-periods", "2,5"], capsys)
+                            "--mod-periods", "2", "5"], capsys)
     assert code == 0
     res = json.loads((out / "results.json").read_text())
     assert res["numbers"] == {"min": 0, "max": 200, "p": 201, "leading_space": False}
@@ -77,7 +77,7 @@ def test_max_number_caps_and_dft_basis(planted_gpt2, tmp_path, capsys):
     folder, _ = planted_gpt2
     out = tmp_path / "cap"
     code, stdout, _ = _run(["embed", "--model", str(folder), "--out", str(out),
-                            "--max-number", "99", "--basis", "dft", "--mod-periods", ""],
+                            "--max-number", "99", "--basis", "dft", "--mod-periods"],
                            capsys)
     res = json.loads((out / "results.json").read_text())
     assert code == 0 and res["numbers"]["p"] == 100 and res["basis"] == "dft"
@@ -85,7 +85,7 @@ def test_max_number_caps_and_dft_basis(planted_gpt2, tmp_path, capsys):
     assert res["mod_probes"] == []
     # a range larger than the tokenizer's is capped to it
     code, stdout, _ = _run(["embed", "--model", str(folder), "--out", str(out),
-                            "--max-number", "900", "--mod-periods", ""], capsys)
+                            "--max-number", "900", "--mod-periods"], capsys)
     assert code == 0 and json.loads((out / "results.json").read_text())["numbers"]["p"] == 201
     assert "stop at 200" in stdout
 
@@ -95,12 +95,12 @@ def test_unembed_reads_the_lm_head(tmp_path, capsys):
     plant(model.lm_head.weight, tok, (20, 2.5))
     folder = save_tiny(model, tok, tmp_path / "llama")
     code, _, _ = _run(["embed", "--model", str(folder), "--out", str(tmp_path / "u"),
-                       "--unembed", "--mod-periods", ""], capsys)
+                       "--unembed", "--mod-periods"], capsys)
     res = json.loads((tmp_path / "u" / "results.json").read_text())
     assert code == 0 and res["matrix"] == "unembedding"
     assert [o["period"] for o in res["outliers"]] == [20.0, 2.5]
     code, _, _ = _run(["embed", "--model", str(folder), "--out", str(tmp_path / "e"),
-                       "--mod-periods", ""], capsys)
+                       "--mod-periods"], capsys)
     res = json.loads((tmp_path / "e" / "results.json").read_text())
     assert not {o["period"] for o in res["outliers"]} & {20.0, 2.5}  # W_E left random
 
@@ -110,16 +110,20 @@ def test_encoder_folder(tmp_path, capsys):
     plant(model.embeddings.word_embeddings.weight, tok, (10, 5))
     folder = save_tiny(model, tok, tmp_path / "bert")
     code, _, _ = _run(["embed", "--model", str(folder), "--out", str(tmp_path / "b"),
-                       "--mod-periods", ""], capsys)
+                       "--mod-periods"], capsys)
     res = json.loads((tmp_path / "b" / "results.json").read_text())
     assert code == 0 and [o["period"] for o in res["outliers"]] == [10.0, 5.0]
 
 
 def test_digit_splitting_tokenizer_uses_digits(tiny_dir, tmp_path, capsys):
     code, _, _ = _run(["embed", "--model", str(tiny_dir("qwen2", split_digits=True)),
-                       "--out", str(tmp_path), "--mod-periods", ""], capsys)
+                       "--out", str(tmp_path), "--mod-periods", "--tau", "3"], capsys)
     res = json.loads((tmp_path / "results.json").read_text())
     assert code == 0 and res["numbers"]["p"] == 10 and len(res["spectrum"]) == 4
+    # the default tau (50) lies outside the 4 components of ten digits: one sentence
+    code, _, err = _run(["embed", "--model", str(tiny_dir("qwen2", split_digits=True)),
+                         "--out", str(tmp_path / "t")], capsys)
+    assert code == 2 and "--tau must lie in 1..4" in err
 
 
 def test_missing_folder_is_one_sentence_and_exit_2(tmp_path, capsys):

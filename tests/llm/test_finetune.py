@@ -9,7 +9,14 @@ import torch
 
 from llm_fourier.cli import main
 from llm_fourier.errors import UserError
-from llm_fourier.finetune import TrainConfig, answer_batch, answer_loss, latest_checkpoint, train
+from llm_fourier.finetune import (
+    FinetuneConfig,
+    FineTuner,
+    answer_batch,
+    answer_loss,
+    latest_checkpoint,
+)
+from llm_fourier.models import load_model
 from llm_fourier.numbers import find_number_tokens
 from llm_fourier.output.files import read_json
 from llm_fourier.tasks import make_task
@@ -24,6 +31,11 @@ def tiny_task(**kw):
 
 def tiny(seed: int = 0):
     return tiny_lm("gpt2", max_number=MAX_NUMBER, seed=seed)
+
+
+def train(model, tok, task, numbers, out, cfg, resume=False, **kw):
+    lm = load_model(model, tok)
+    return FineTuner(lm, task, numbers, out, cfg).train(resume=resume, **kw)
 
 
 def params(model) -> dict[str, torch.Tensor]:
@@ -59,8 +71,8 @@ def test_gradient_accumulation_matches_the_larger_batch(tmp_path):
         for m in model.modules():
             if isinstance(m, torch.nn.Dropout):
                 m.p = 0.0
-        cfg = TrainConfig(epochs=1, lr=1e-2, batch_size=bs, grad_accum=accum, max_grad_norm=None)
-        state = train(model, tok, task, numbers, tmp_path / f"bs{bs}", cfg, progress=False)
+        cfg = FinetuneConfig(epochs=1, lr=1e-2, batch_size=bs, grad_accum=accum, max_grad_norm=None)
+        state = train(model, tok, task, numbers, tmp_path / f"bs{bs}", cfg)
         assert state["step"] == 6  # ceil(48 / 8) optimizer steps either way
         finals.append(params(model))
     # Adam turns float noise in the (exactly zero) key-bias gradients into ~1e-5 steps
@@ -74,46 +86,73 @@ def test_gradient_accumulation_matches_the_larger_batch(tmp_path):
 def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path):
     task = tiny_task()
     # dropout stays on (GPT-2 default 0.1): the RNG state must be restored too
-    cfg = TrainConfig(epochs=2, lr=3e-3, batch_size=8, grad_accum=2, weight_decay=0.1,
+    cfg = FinetuneConfig(epochs=2, lr=3e-3, batch_size=8, grad_accum=2, weight_decay=0.1,
                       warmup_steps=2, save_every=2)
     model, tok = tiny()
     numbers = find_number_tokens(tok, MAX_NUMBER)
-    full = train(model, tok, task, numbers, tmp_path / "full", cfg, progress=False)
+    full = train(model, tok, task, numbers, tmp_path / "full", cfg)
     reference = params(model)
 
     model, tok = tiny()
-    stopped = train(model, tok, task, numbers, tmp_path / "killed", cfg, progress=False,
+    stopped = train(model, tok, task, numbers, tmp_path / "killed", cfg,
                     stop_after_steps=5)  # mid-epoch (3 steps per epoch), off the save grid
     assert not stopped["finished"] and stopped["step"] == 5
     assert latest_checkpoint(tmp_path / "killed").name == "step-00000005"
-    with pytest.raises(UserError, match="--resume"):
-        train(tiny()[0], tok, task, numbers, tmp_path / "killed", cfg, progress=False)
 
     model, tok = tiny(seed=123)  # a fresh process: other init, the checkpoint wins
-    resumed = train(model, tok, task, numbers, tmp_path / "killed", cfg, progress=False,
+    resumed = train(model, tok, task, numbers, tmp_path / "killed", cfg,
                     resume=True)
     assert resumed["finished"] and resumed["step"] == full["step"] == 6
     for k, v in reference.items():
         assert torch.equal(model.state_dict()[k], v), k
     assert resumed["history"] == full["history"]
     assert resumed["test"] == full["test"]
-    # a finished run is not trained again
-    again = train(tiny()[0], tok, task, numbers, tmp_path / "killed", cfg, resume=True)
-    assert again["step"] == 6 and again["test"] == resumed["test"]
+
+
+def test_checkpoints_hold_no_pickle_that_runs(tmp_path):
+    """A crafted file in a checkpoint is refused with one sentence; its code never runs."""
+    task = tiny_task()
+    cfg = FinetuneConfig(epochs=1, lr=3e-3, batch_size=8)
+    model, tok = tiny()
+    numbers = find_number_tokens(tok, MAX_NUMBER)
+    train(model, tok, task, numbers, tmp_path / "run", cfg, stop_after_steps=2)
+    ckpt = latest_checkpoint(tmp_path / "run")
+    planted = sorted(p.name for p in ckpt.iterdir() if p.suffix in (".bin", ".pkl", ".pt"))
+    assert planted, "the checkpoint should hold optimizer/scheduler/RNG state files"
+    for name in planted:
+        original = (ckpt / name).read_bytes()
+        marker = tmp_path / f"pwned-{name}"
+        (ckpt / name).write_bytes(evil_pickle(marker))
+        with pytest.raises(UserError, match="cannot be read.*--restart"):
+            train(tiny()[0], tok, task, numbers, tmp_path / "run", cfg, resume=True)
+        assert not marker.exists(), f"code in {name} ran"
+        (ckpt / name).write_bytes(original)
+
+
+def evil_pickle(marker) -> bytes:
+    """A pickle that, if unpickled with a full unpickler, creates ``marker``."""
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    return pickle.dumps(Evil())
 
 
 def test_finetune_command_writes_a_model_folder_that_loads_back(tmp_path, capsys):
     from llm_fourier.ablate import evaluate
-    from llm_fourier.models import load_model
 
     src = save_tiny(*tiny(), tmp_path / "src")
     out = tmp_path / "run"
-    argv = ["finetune", "--model", str(src), "--max-operand", "12", "--ordered", "--limit",
-            "80", "--epochs", "3", "--lr", "1e-2", "--batch-size", "16", "--out", str(out)]
+    argv = ["finetune", "--model", str(src), "--max-operand", "12", "--ordered",
+            "--max-pairs", "80", "--epochs", "3", "--lr", "1e-2", "--batch-size", "16",
+            "--out", str(out)]
     assert main(argv + ["--stop-after", "4"]) == 0
-    assert "--resume" in capsys.readouterr().out
-    assert main(argv) == 2  # the checkpoint is there; refusing to overwrite it
-    assert main(argv + ["--resume"]) == 0
+    assert "run the same command again" in capsys.readouterr().out
+    assert main([*argv[:-4], "--lr", "5e-3", *argv[-2:]]) == 2  # other settings: refused
+    assert "lr 0.01 -> 0.005" in capsys.readouterr().err
+    assert main(argv) == 0  # the same command resumes
     results = read_json(out / "results.json")
     assert results["finished"] and results["steps"] == 12
     assert [h["epoch"] for h in results["history"]] == [1, 2, 3]
@@ -125,7 +164,7 @@ def test_finetune_command_writes_a_model_folder_that_loads_back(tmp_path, capsys
     assert lm.roles.blocks == "transformer.h" and lm.n_layers == 2
     task = make_task("+", 12, ordered=True, limit=80)
     numbers = find_number_tokens(lm.tokenizer, 24)
-    scored = evaluate(lm, task.test, numbers, progress=False)
+    scored = evaluate(lm, task.test, numbers)
     assert scored["accuracy"] == pytest.approx(results["test"]["accuracy"])
     assert scored["loss"] == pytest.approx(results["test"]["loss"], rel=1e-5)
 
@@ -134,6 +173,6 @@ def test_bad_settings_are_user_errors(tmp_path):
     model, tok = tiny()
     numbers = find_number_tokens(tok, MAX_NUMBER)
     with pytest.raises(UserError, match="mixed precision"):
-        train(model, tok, tiny_task(), numbers, tmp_path, TrainConfig(mixed_precision="fp8"))
+        train(model, tok, tiny_task(), numbers, tmp_path, FinetuneConfig(mixed_precision="fp8"))
     with pytest.raises(UserError, match="batch-size"):
-        train(model, tok, tiny_task(), numbers, tmp_path, TrainConfig(batch_size=0))
+        train(model, tok, tiny_task(), numbers, tmp_path, FinetuneConfig(batch_size=0))

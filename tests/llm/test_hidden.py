@@ -208,14 +208,29 @@ def test_hidden_command_end_to_end_and_resume(tiny_dir, tmp_path, monkeypatch, c
     for name in ("probes.csv", "ablation.csv", "kappa_by_layer.png", "r2_by_layer.png"):
         assert (out / name).stat().st_size > 0
     assert "kappa_mod10" in (out / "probes.csv").read_text().splitlines()[0]
-    # a second run reuses the cached states and finished ablation rows
+    # a run killed during the ablations resumes: states and finished rows are reused
     import llm_fourier.commands.hidden as cmd
     import llm_fourier.hidden_ablate as abl
 
+    killed = argv[:-1] + [str(tmp_path / "killed")]
+    real, calls = abl.accuracy, []
+
+    def dies_on_second_row(*a, **k):
+        calls.append(k.get("desc"))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(abl, "accuracy", dies_on_second_row)
+    assert main(killed) == 130
     monkeypatch.setattr(cmd, "collect", lambda *a, **k: pytest.fail("states not reused"))
-    monkeypatch.setattr(abl, "accuracy", lambda *a, **k: pytest.fail("rows not reused"))
-    assert main(argv) == 0
-    assert json.loads((out / "results.json").read_text())["ablation"] == res["ablation"]
+    calls.clear()
+    monkeypatch.setattr(abl, "accuracy", lambda *a, **k: calls.append(k.get("desc"))
+                        or real(*a, **k))
+    assert main(killed) == 0
+    assert calls == ["MLP probe", "MLP random"]  # "none" was kept from the killed run
+    again = json.loads((tmp_path / "killed" / "results.json").read_text())
+    assert again["ablation"] == res["ablation"] and again["probes"] == res["probes"]
     monkeypatch.undo()
     capsys.readouterr()
     assert main(argv[:-2] + ["--layers", "7", "--out", str(tmp_path / "bad")]) == 2

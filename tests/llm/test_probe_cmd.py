@@ -13,9 +13,11 @@ import torch
 
 import llm_fourier.commands.probe as probe_cmd
 from llm_fourier.cli import main
+from llm_fourier.commands.ablate import AblateSettings
 from llm_fourier.models import load_model
 from llm_fourier.numbers import find_number_tokens
-from llm_fourier.output.files import read_json, write_json
+from llm_fourier.output.files import read_json
+from llm_fourier.output.rundir import RunDir
 from llm_fourier.tasks import make_task, tokenize_prompts
 from tests.tiny import tiny_model_dir
 
@@ -62,7 +64,7 @@ def test_probe_end_to_end(model_dir, tmp_path, capsys):
     for name in ("heatmap_attn.png", "heatmap_mlp.png", "lens_accuracy.png", "spectra.csv",
                  "accuracy.csv", "spectrum_attn.png", "spectrum_mlp.png"):
         assert (out / name).stat().st_size > 0 and name in res["files"]
-    assert not (out / "probe_state.pt").exists()
+    assert not (out / ".partial").exists()  # the lens state is gone once results are written
     assert "attn periods" in capsys.readouterr().out
 
 
@@ -80,7 +82,8 @@ def test_probe_resumes_after_an_interruption(model_dir, tmp_path, monkeypatch, c
 
     monkeypatch.setattr(probe_cmd, "run_lens", interrupted)
     assert main(["probe", "--model", model_dir, "--out", str(broken), *TASK]) == 130
-    assert (broken / "probe_state.pt").exists() and not (broken / "results.json").exists()
+    assert (broken / ".partial" / "lens.safetensors").exists()
+    assert not (broken / "results.json").exists()
     monkeypatch.setattr(probe_cmd, "run_lens", real)
     capsys.readouterr()
     assert main(["probe", "--model", model_dir, "--out", str(broken), *TASK]) == 0
@@ -107,13 +110,19 @@ def test_ablate_end_to_end_and_resume(model_dir, tmp_path, capsys):
     for name in ("table.csv", "predictions.csv", "error_histograms.png"):
         assert (out / name).stat().st_size > 0
     assert "MLP high removed" in capsys.readouterr().out
-    # a second run reuses the finished rows (here: a doctored one) instead of recomputing
-    saved = read_json(out / "rows" / "none.json")
-    saved["result"]["accuracy"] = 0.123
-    write_json(out / "rows" / "none.json", saved)
+    # an interrupted run reuses its finished rows (here: a doctored one) instead of
+    # recomputing them
+    run = RunDir(out, "ablate", AblateSettings.from_dict(
+        {"model": model_dir, "keep": [2], "layers": "1", "prediction": "numbers",
+         **{k.lstrip("-").replace("-", "_"): v for k, v in zip(TASK[::2], TASK[1::2])}}
+    ).identity())
+    run.save_unit("row-none", {"label": "none", "result": {**res["table"][0], "accuracy": 0.123,
+                                                           "predictions": [0] * 24}})
+    run.close()
+    capsys.readouterr()
     assert main(args) == 0
     assert read_json(out / "results.json")["table"][0]["accuracy"] == 0.123
-    assert "resuming: 10 finished" in capsys.readouterr().out
+    assert "resuming: 1 finished" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("extra, words", [

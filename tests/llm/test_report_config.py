@@ -2,32 +2,45 @@
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 
 import pytest
 
 import llm_fourier.commands as registry
 from llm_fourier.batch.config import load_config, parse_config, resolve_refs
 from llm_fourier.cli import main
-from llm_fourier.commands import Command
+from llm_fourier.commands.base import Command
+from llm_fourier.commands.options import OutputOptions
+from llm_fourier.commands.settings import option
 from llm_fourier.errors import UserError
 
 
-def _train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="gpt2")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--op", choices=["+", "*"], default="+")
-    p.add_argument("--max-operand", type=int, default=10)
+@dataclass(kw_only=True)
+class TrainSettings(OutputOptions):
+    command = "fake train"
+    model: str = option("gpt2", help="model")
+    seed: int = option(0, help="seed")
+    lr: float = option(1e-3, above=0, help="learning rate")
+    op: str = option("+", choices=("+", "*"), help="op")
+    max_operand: int = option(10, min=1, help="operands")
 
 
-def _use_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--source", default="")
-    p.add_argument("--layers", type=int, nargs="*", default=None)
+@dataclass(kw_only=True)
+class UseSettings(OutputOptions):
+    command = "fake use"
+    source: str = option("", help="source")
+    layers: list[int] | None = option(None, help="layers")
 
 
-FAKES = [Command("fake train", "train", _train_args, lambda a: {}),
-         Command("fake use", "use", _use_args, lambda a: {})]
+class FakeTrain(Command):
+    name, help, Settings = "fake train", "train", TrainSettings
+
+
+class FakeUse(Command):
+    name, help, Settings = "fake use", "use", UseSettings
+
+
+FAKES = [FakeTrain(), FakeUse()]
 
 
 @pytest.fixture(autouse=True)
@@ -99,9 +112,12 @@ def test_placeholders_and_model_override():
     (lambda c: c["jobs"][1].update(command="nope"), r"jobs\[1\].command: unknown command"),
     (lambda c: c["jobs"][1].update(settings={"lrr": 1}), r"jobs\[1\].settings.lrr: the command "
                                                          "has no option 'lrr'"),
-    (lambda c: c["jobs"][1].update(settings={"lr": "fast"}), r"jobs\[1\].settings.lr: cannot "
-                                                             "convert 'fast'"),
-    (lambda c: c["tasks"]["add"].update(op="-"), r"tasks.add.op: '-' is not one of"),
+    (lambda c: c["jobs"][1].update(settings={"lr": "fast"}), r"job train-small-add-s0: "
+                                                             "fake train: lr must be a number"),
+    (lambda c: c["jobs"][1].update(settings={"lr": -1}), r"job train-small-add-s0: fake "
+                                                         "train: --lr must be above 0"),
+    (lambda c: c["tasks"]["add"].update(op="-"), r"job train-small-add-s0: fake train: --op "
+                                                 "must be one of"),
     (lambda c: c["jobs"][1].update(models=["big"]), r"jobs\[1\].models: unknown name 'big'"),
     (lambda c: c["jobs"][0].update(models=["small"]), r"jobs\[0\].models: command 'fake use' "
                                                       "has no option 'model'"),
@@ -150,7 +166,7 @@ def test_cli_config_error_is_one_sentence_exit_2(tmp_path, capsys):
     bad.write_text('[[jobs]]\ncommand = "fake train"\nsettings = { lr = "x" }\n')
     assert main(["report", str(bad), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("llm-fourier: error:") and "jobs[0].settings.lr" in err
+    assert err.startswith("llm-fourier: error:") and "job fake-train-s0" in err and "lr" in err
     assert "\n" not in err and "Traceback" not in err
     broken = tmp_path / "broken.toml"
     broken.write_text("[[jobs]\n")

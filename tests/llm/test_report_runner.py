@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,36 +16,41 @@ import pytest
 import llm_fourier.commands as registry
 from llm_fourier.batch.config import parse_config
 from llm_fourier.batch.runner import read_manifest, run_report
-from llm_fourier.commands import Command
-from llm_fourier.output.files import read_json, write_json
+from llm_fourier.commands.base import Command
+from llm_fourier.commands.options import OutputOptions
+from llm_fourier.commands.settings import option
+from llm_fourier.output.files import read_json
 
 CALLS: list[str] = []
 
 
-def _args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--value", type=float, default=1.0)
-    p.add_argument("--input", default="")
-    p.add_argument("--fail", action="store_true")
-    p.add_argument("--interrupt", action="store_true")
-    p.add_argument("--sleep", type=float, default=0.0)
+@dataclass(kw_only=True)
+class WorkSettings(OutputOptions):
+    command = "fake work"
+    value: float = option(1.0, help="value")
+    input: str = option("", help="input folder")
+    fail: bool = option(False, help="fail")
+    interrupt: bool = option(False, help="interrupt")
+    sleep: float = option(0.0, min=0, help="sleep")
 
 
-def _run(a: argparse.Namespace) -> dict:
-    CALLS.append(Path(a.out).name)
-    if a.sleep:
-        time.sleep(a.sleep)
-    if a.interrupt:
-        raise KeyboardInterrupt
-    if a.fail:
-        raise ValueError("the fake job failed on purpose")
-    upstream = read_json(Path(a.input) / "results.json")["value"] if a.input else 0.0
-    print(f"value {a.value}")
-    results = {"value": a.value + upstream}
-    write_json(Path(a.out) / "results.json", results)
-    return results
+class FakeWork(Command):
+    name, help, Settings = "fake work", "work", WorkSettings
+
+    def run(self, s: WorkSettings, run) -> dict:
+        CALLS.append(run.path.name)
+        if s.sleep:
+            time.sleep(s.sleep)
+        if s.interrupt:
+            raise KeyboardInterrupt
+        if s.fail:
+            raise ValueError("the fake job failed on purpose")
+        upstream = read_json(Path(s.input) / "results.json")["value"] if s.input else 0.0
+        print(f"value {s.value}")
+        return run.finish({"value": s.value + upstream})
 
 
-FAKE = Command("fake work", "work", _args, _run)
+FAKE = FakeWork()
 
 
 def install(monkeypatch=None):
@@ -179,13 +184,13 @@ def test_report_cli_only_dry_run_html_only_and_failures(tmp_path, capsys):
     assert "a " in listed and "b " in listed and "c " not in listed and CALLS == []
     assert main(["report", str(cfg), "--out", str(out), "--html-only"]) == 2
     assert "holds no report yet" in capsys.readouterr().err
-    assert main(["report", str(cfg), "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    assert main(["report", str(cfg), "--out", str(out)]) == 1  # a job failed
+    printed, err = capsys.readouterr()
     assert CALLS == ["a", "b", "c"]
-    assert "1 job(s) failed and 0 could not start" in printed
+    assert "1 job(s) failed and 0 could not start (b)" in err
     assert f"report: {(out / 'index.html').resolve()}" in printed
     (out / "index.html").unlink()
-    assert main(["report", str(cfg), "--out", str(out), "--html-only"]) == 0
+    assert main(["report", str(cfg), "--out", str(out), "--html-only"]) == 1
     assert CALLS == ["a", "b", "c"] and (out / "index.html").is_file()
     assert main(["report", "--list-presets"]) == 0
     assert "gpt2-xl-paper" in capsys.readouterr().out

@@ -9,7 +9,7 @@ from toy.data import make_task, split_indices
 from toy.models import ModelConfig, build_model
 from toy.plots import phase_epochs
 from toy.progress import basis_for
-from toy.train import TrainConfig, train
+from toy.train import GrokConfig, train
 
 P = 23
 
@@ -51,7 +51,7 @@ def numpy_remove(L: np.ndarray, ks) -> np.ndarray:
 @pytest.fixture(scope="module")
 def grokked():
     mc = ModelConfig(p=P, d_model=64, n_heads=4, d_head=16, d_mlp=128)
-    tc = TrainConfig(p=P, train_frac=0.7, lr=3e-3, epochs=2500, log_every=50,
+    tc = GrokConfig(p=P, train_frac=0.7, lr=3e-3, epochs=2500, log_every=50,
                      measure_every=500, checkpoint_every=0, stop_accuracy=1.0)
     return train(mc, tc, [0], progress=False)
 
@@ -88,7 +88,7 @@ def test_transformer_groks_and_analysis_finds_its_frequencies(grokked):
 
 def test_x_power_mlp_groks_with_neurons_aligned_to_single_frequencies():
     mc = ModelConfig(kind="mlp", p=P, width=128)
-    tc = TrainConfig(p=P, train_frac=0.7, lr=3e-3, epochs=1500, log_every=50,
+    tc = GrokConfig(p=P, train_frac=0.7, lr=3e-3, epochs=1500, log_every=50,
                      measure_every=0, checkpoint_every=0, stop_accuracy=1.0)
     r = train(mc, tc, [0], progress=False)
     a = analyze(r.model, r.task, r.train_idx[0], r.test_idx[0])

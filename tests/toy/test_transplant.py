@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from llm_fourier.commands.demo import planted_embeddings
+from llm_fourier.batch.demo import planted_embeddings
 
 from llm_fourier.errors import UserError
 from llm_fourier.finetune import RowFreezer, embedding_params
@@ -193,7 +193,8 @@ def test_wider_source_is_projected_and_matched(tmp_path):
 
 
 def test_frozen_transplant_stays_bit_identical_through_training(tmp_path):
-    from llm_fourier.finetune import TrainConfig, train
+    from llm_fourier.finetune import FinetuneConfig, FineTuner
+    from llm_fourier.models import load_model
     from llm_fourier.numbers import find_number_tokens
     from llm_fourier.tasks import make_task
     from toy.transplant import transplant_rows
@@ -207,9 +208,9 @@ def test_frozen_transplant_stays_bit_identical_through_training(tmp_path):
         ids = transplant_rows(model, numbers, rows)
         W = model.get_input_embeddings().weight
         before = W.detach().clone()
-        cfg = TrainConfig(epochs=2, lr=1e-2, batch_size=16, weight_decay=0.1)
-        train(model, tok, task, numbers, tmp_path / str(frozen), cfg, progress=False,
-              frozen_token_ids=ids if frozen else None)
+        cfg = FinetuneConfig(epochs=2, lr=1e-2, batch_size=16, weight_decay=0.1)
+        FineTuner(load_model(model, tok), task, numbers, tmp_path / str(frozen), cfg,
+                  frozen_token_ids=ids if frozen else None, progress=False).train()
         results[frozen] = (torch.equal(W[ids], before[ids]),
                            torch.equal(W[ids], torch.as_tensor(rows, dtype=W.dtype)))
         others = np.setdiff1d(np.arange(W.shape[0]), ids)
@@ -221,7 +222,7 @@ def test_frozen_transplant_stays_bit_identical_through_training(tmp_path):
 def test_transplant_command_resumes_a_killed_run_to_the_same_result(tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    import llm_fourier.finetune as ft
+    import toy.transplant_cli as cli_module
     from llm_fourier.cli import main
     from llm_fourier.models import load_model
     from llm_fourier.numbers import find_number_tokens, number_rows
@@ -234,22 +235,23 @@ def test_transplant_command_resumes_a_killed_run_to_the_same_result(tmp_path, mo
                 "--out", str(out), *extra]
 
     assert main(argv(tmp_path / "a")) == 0
-    real, trained = ft.train, []
+    real, trained = cli_module.FineTuner.train, []
 
-    def killed(*args, **kw):  # the transplant arm dies after 3 steps
-        trained.append(Path(args[4]).name)
-        if Path(args[4]).name == "transplant":
-            real(*args, **{**kw, "stop_after_steps": 3})
+    def killed(self, *args, **kw):  # the transplant arm dies after 3 steps
+        trained.append(self.out.name)
+        if self.out.name == "transplant":
+            real(self, *args, **{**kw, "stop_after_steps": 3})
             raise KeyboardInterrupt
-        return real(*args, **kw)
+        return real(self, *args, **kw)
 
-    monkeypatch.setattr(ft, "train", killed)
+    monkeypatch.setattr(cli_module.FineTuner, "train", killed)
     assert main(argv(tmp_path / "b")) == 130
-    monkeypatch.setattr(ft, "train", lambda *a, **kw: trained.append(Path(a[4]).name)
-                        or real(*a, **kw))
+    assert main(argv(tmp_path / "b", "--lr", "1e-3")) == 2  # other settings: refused
+    monkeypatch.setattr(cli_module.FineTuner, "train",
+                        lambda self, *a, **kw: trained.append(self.out.name)
+                        or real(self, *a, **kw))
     assert main(argv(tmp_path / "b")) == 0
     assert trained == ["scratch", "transplant", "transplant"]  # finished arm skipped
-    assert main(argv(tmp_path / "b", "--lr", "1e-3")) == 2  # other settings: refused
 
     a, b = read_json(tmp_path / "a" / "results.json"), read_json(tmp_path / "b" / "results.json")
     assert a["arms"] == b["arms"]
