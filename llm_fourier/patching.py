@@ -123,6 +123,8 @@ def counterfactuals(examples: Sequence[Example], operand: str, op: str, lo: int,
     new answer <= ``max_answer``), in the prompt text too."""
     if operand not in OPERANDS:
         raise UserError(f"operand must be a or b, got {operand!r}.")
+    if op not in OPS:
+        raise UserError(f"unknown operation {op!r}; choose one of {', '.join(OPS)}.")
     fn = OPS[op][0]
     rng = np.random.default_rng(seed)
     out = []
@@ -259,6 +261,9 @@ def helix_patching(
     if train_states is None:
         train_states = collect(lm, train, token=operand, roles=roles, layers=layers,
                                progress=progress)
+    elif train_states.token != operand:
+        raise UserError(f"train_states were collected at token {train_states.token!r}, the "
+                        f"patch is at operand {operand!r}; collect them at the operand.")
     missing = [(r, i) for r in roles for i in layers
                if r not in train_states.states or i not in train_states.layers]
     if missing:

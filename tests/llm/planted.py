@@ -125,7 +125,8 @@ class Head(nn.Module):
         c = torch.arange(len(self.number_ids), dtype=torch.float32)
         number_logits = torch.zeros(*h.shape[:-1], len(c))
         for j, T in enumerate(PERIODS):
-            ca, sa, cb, sb = a[..., 1 + 2 * j], a[..., 2 + 2 * j], b[..., 1 + 2 * j], b[..., 2 + 2 * j]
+            ca, sa = a[..., 1 + 2 * j], a[..., 2 + 2 * j]
+            cb, sb = b[..., 1 + 2 * j], b[..., 2 + 2 * j]
             cos_ab, sin_ab = ca * cb - sa * sb, sa * cb + ca * sb
             phi = 2 * torch.pi * c / T
             number_logits += cos_ab[..., None] * torch.cos(phi) + sin_ab[..., None] * torch.sin(phi)

@@ -163,3 +163,16 @@ def test_subspace_mode_and_a_real_model_end_to_end(planted, tiny_dir, tmp_path):
     with pytest.raises(UserError, match="mode must be"):
         helix_patching(gpt, small.train, small.test, find_number_tokens(gpt.tokenizer, 200),
                        mode="partial")
+
+
+def test_operand_b_is_patched_at_its_own_token(planted):
+    lm, task, numbers, _, _ = planted
+    res = helix_patching(lm, task.train[:600], task.test[:60], numbers, operand="b",
+                         layers=[0], periods=PERIODS, methods=("helix", "circle"),
+                         progress=False)
+    rows = {r["method"]: r for r in res.rows}
+    assert res.settings["operand"] == "b" and all(
+        p["b_counterfactual"] != p["b"] for p in res.pairs)
+    assert rows["helix"]["kept"] == pytest.approx(1, abs=1e-3)
+    assert rows["helix"]["to_counterfactual"] == 1.0
+    assert rows["circle"]["accuracy_same"] < 0.3
