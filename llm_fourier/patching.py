@@ -153,6 +153,13 @@ class PatchResult:
     pairs: list[dict] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
 
+    def as_dict(self) -> dict:
+        """For results.json: ``fits`` flattened to one row per (role, layer, method)."""
+        fits = [{"role": r, "layer": i, **summary} for (r, i), by_method in self.fits.items()
+                for summary in by_method.values()]
+        return {"settings": self.settings, "clean": self.clean, "rows": self.rows,
+                "fits": fits, "pairs": self.pairs}
+
 
 def _ratio(num: float, den: float, scale: float) -> float:
     return float(num / den) if abs(den) > 1e-6 * max(scale, 1.0) else float("nan")

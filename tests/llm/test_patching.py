@@ -1,5 +1,6 @@
 """Helix activation patching: exact positions, counterfactuals, a planted helix model."""
 
+import json
 import math
 import re
 
@@ -19,6 +20,7 @@ from llm_fourier.patching import (
     patch_positions,
     patching_plot,
 )
+from llm_fourier.report.files import write_json
 from llm_fourier.tasks import Example, make_task, tokenize_prompts
 from tests.llm.planted import PERIODS, expected_answer, planted_adder
 
@@ -157,6 +159,9 @@ def test_subspace_mode_and_a_real_model_end_to_end(planted, tiny_dir, tmp_path):
     assert all(np.isfinite(r["ld_same"]) and np.isfinite(r["ld_swap"]) for r in res.rows)
     assert set(res.fits[("block", 1)]) == {"helix", "circle", "polynomial", "pca", "shuffled"}
     assert patching_plot(res.rows, tmp_path / "patch.png").stat().st_size > 0
+    saved = json.loads(write_json(tmp_path / "results.json", res.as_dict()).read_text())
+    assert len(saved["fits"]) == 10 and saved["fits"][0]["role"] == "block"
+    assert saved["rows"][0]["method"] == "helix" and saved["settings"]["n_test"] == 12
     with pytest.raises(UserError, match="unknown method"):
         helix_patching(gpt, small.train, small.test, find_number_tokens(gpt.tokenizer, 200),
                        methods=("helix", "sine"))
