@@ -1,0 +1,359 @@
+"""Fourier neurons of an LLM's MLPs: spectra of their output directions, and knockouts.
+
+A neuron's output direction w_i is its column of the MLP's output projection (what the MLP
+adds to the residual stream per unit of activation: GPT-2 ``c_proj`` is a ``Conv1D`` whose
+weight is d_mlp x D, so w_i is row i; every ``nn.Linear`` (Llama ``down_proj``, GPT-NeoX
+``dense_4h_to_h``, Phi ``fc2``, GPT-J ``fc_out``) stores D x d_mlp, so w_i is column i).
+``PROJECTIONS`` names it per model type; other types fall back to the last Linear/Conv1D
+inside the MLP whose output width is d_model. ``check_projections`` runs one forward and
+refuses a model whose MLP output is not that projection's output (a mixture of experts, an
+extra scale), because the directions would then mean nothing.
+
+Read through the number rows of the unembedding, ``v_i = W_U[numbers] w_i`` (p values, the
+raw readout, no final norm, as ``lens`` and the filters), a neuron's spectrum over a
+``probes.FourierBasis`` gives its top component k (largest energy among k >= 1), its share
+of the non-constant energy, and the constant's share of the total. Blocks that put the MLP
+output through a norm before adding it (Gemma 2/3, OLMo 2/3: ``post_feedforward_layernorm``)
+rescale it by the norm's gain and a data-dependent 1/rms: a neuron's effect is then not
+``v_i``. Such models are refused unless ``allow_post_norm`` (the spectrum is then of the
+direction before the norm; the knockout stays exact).
+
+``knockout`` zeroes chosen neurons' activations (a forward pre-hook on the projection, all
+positions); ``knockout_table`` compares the top-k neurons of a period (by energy at its
+component, pooled over the chosen layers) with random draws of the same number of neurons
+from each of the same layers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from llm_fourier.errors import UserError
+from llm_fourier.numbers import NumberTokens, number_rows
+from probes import FourierBasis
+
+PROJECTIONS = {
+    "gpt2": "c_proj", "gpt_neo": "c_proj", "gptj": "fc_out", "gpt_neox": "dense_4h_to_h",
+    "phi": "fc2", **{t: "down_proj" for t in (
+        "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text",
+        "olmo", "olmo2", "olmo3")},
+}
+_POST_NORM = re.compile(r"post_(feedforward|ffw|ffn|mlp)", re.I)
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+
+
+def _out_width(module: nn.Module) -> int | None:
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    return module.nf if _is_conv1d(module) else None
+
+
+def output_projection(lm, layer: int) -> nn.Module:
+    """The module whose input is the neuron activations of ``layer``'s MLP."""
+    mlp = lm.module(layer, "mlp")
+    model_type = getattr(getattr(lm.model, "config", None), "model_type", None)
+    name = PROJECTIONS.get(model_type)
+    proj = getattr(mlp, name, None) if name else None
+    if proj is not None and _out_width(proj) == lm.d_model:
+        return proj
+    found = [m for m in mlp.modules() if _out_width(m) == lm.d_model]
+    if not found:
+        raise UserError(f"cannot find the output projection of {lm.name}'s MLP (no Linear or "
+                        "Conv1D writing d_model); add its name to llm_fourier.neurons."
+                        "PROJECTIONS.")
+    return found[-1]
+
+
+def neuron_directions(lm, layer: int) -> Tensor:
+    """Output directions of ``layer``'s neurons: d_mlp x D, float32 on the CPU."""
+    proj = output_projection(lm, layer)
+    w = proj.weight.detach()
+    return (w if _is_conv1d(proj) else w.T).to("cpu", torch.float32)
+
+
+def has_post_norm(lm) -> bool:
+    """Whether a block normalises the MLP output before adding it to the residual stream."""
+    return any(_POST_NORM.search(name) and "norm" in type(m).__name__.lower()
+               for name, m in lm.block(0).named_children())
+
+
+def check_projections(lm, layers: Sequence[int]) -> None:
+    """One forward: each MLP's output must equal its projection's output; else refuse."""
+    got: dict[tuple[str, int], Tensor] = {}
+
+    def keep(key):
+        def hook(module, args, output):
+            got[key] = (output[0] if isinstance(output, (tuple, list)) else output).detach()
+        return hook
+
+    handles = []
+    for i in layers:
+        handles.append(lm.module(i, "mlp").register_forward_hook(keep(("mlp", i))))
+        handles.append(output_projection(lm, i).register_forward_hook(keep(("proj", i))))
+    ids = lm.tokenizer("Add 12 and 34. Answer: ", return_tensors="pt")["input_ids"]
+    try:
+        with torch.inference_mode():
+            lm.model(input_ids=ids.to(lm.input_device))
+    finally:
+        for h in handles:
+            h.remove()
+    for i in layers:
+        mlp, proj = got.get(("mlp", i)), got.get(("proj", i))
+        if mlp is None or proj is None or mlp.shape != proj.shape or not torch.allclose(
+                mlp.float(), proj.float(), rtol=1e-3, atol=1e-4 * float(mlp.abs().max()) + 1e-6):
+            raise UserError(f"layer {i}'s MLP output is not the output of its projection "
+                            f"{type(output_projection(lm, i)).__name__} (a mixture of experts "
+                            "or an extra scale?); neuron directions cannot be read from it.")
+
+
+@dataclass
+class NeuronSpectra:
+    """Per layer (rows) and neuron (columns): top component, shares, readout norm."""
+
+    basis: FourierBasis
+    layers: list[int]
+    top_k: np.ndarray  # L x d_mlp: component with the most energy among k >= 1 (0: none)
+    share: np.ndarray  # L x d_mlp: its share of the non-constant energy (NaN: none)
+    constant_share: np.ndarray  # L x d_mlp: constant energy / total energy
+    logit_norm: np.ndarray  # L x d_mlp: |W_U[numbers] w_i|
+    energy_sum: np.ndarray  # L x (K + 1): energy per component summed over neurons
+    component_energy: dict[int, np.ndarray] = field(default_factory=dict)  # k -> L x d_mlp
+    post_norm: bool = False
+
+    def period(self, k) -> np.ndarray:
+        k = np.asarray(k)
+        return np.where(k > 0, self.basis.period(np.maximum(k, 1)), np.nan)
+
+    def table(self, min_share: float = 0.0) -> list[dict]:
+        """One row per neuron whose share is at least ``min_share``."""
+        rows = []
+        for li, layer in enumerate(self.layers):
+            for i in np.flatnonzero(np.nan_to_num(self.share[li], nan=-1) >= min_share):
+                k = int(self.top_k[li, i])
+                rows.append({"layer": layer, "neuron": int(i), "k": k,
+                             "period": float(self.period(k)), "share": float(self.share[li, i]),
+                             "constant_share": float(self.constant_share[li, i]),
+                             "logit_norm": float(self.logit_norm[li, i])})
+        return rows
+
+    def counts(self, min_share: float = 0.5) -> np.ndarray:
+        """K x L: neurons whose top component is k (row k - 1) with share >= ``min_share``."""
+        out = np.zeros((self.basis.n_components, len(self.layers)), dtype=np.int64)
+        ok = np.nan_to_num(self.share, nan=-1) >= min_share
+        for li in range(len(self.layers)):
+            ks = self.top_k[li][ok[li] & (self.top_k[li] > 0)]
+            np.add.at(out[:, li], ks - 1, 1)
+        return out
+
+    def summary(self, min_share: float = 0.5, top: int = 5) -> list[dict]:
+        """Per layer: neurons, Fourier neurons (share >= ``min_share``), their top periods."""
+        counts = self.counts(min_share)
+        rows = []
+        for li, layer in enumerate(self.layers):
+            order = [k for k in np.argsort(-counts[:, li], kind="stable")[:top] if counts[k, li]]
+            rows.append({"layer": layer, "n_neurons": int(self.top_k.shape[1]),
+                         "n_fourier": int(counts[:, li].sum()),
+                         "top_periods": [{"k": int(k + 1),
+                                          "period": float(self.basis.period(k + 1)),
+                                          "n": int(counts[k, li])} for k in order]})
+        return rows
+
+
+def neuron_spectra(
+    lm,
+    numbers: NumberTokens,
+    layers: Sequence[int] | None = None,
+    *,
+    basis_kind: str = "paper",
+    periods: Sequence[float] = (),
+    allow_post_norm: bool = False,
+    check: bool = True,
+) -> NeuronSpectra:
+    """Spectra of every neuron's direction read through ``W_U[numbers]``, per layer.
+
+    ``periods``: keep each neuron's energy at those periods' components (for ``top_neurons``).
+    """
+    layers = list(range(lm.n_layers)) if layers is None else sorted(set(int(i) for i in layers))
+    post = has_post_norm(lm)
+    if post and not allow_post_norm:
+        raise UserError(f"{lm.name} normalises the MLP output before adding it (post-norm), "
+                        "so a neuron's direction is not its effect; pass allow_post_norm=True "
+                        "to read the directions before the norm anyway.")
+    if check:
+        check_projections(lm, layers)
+    if numbers.p < 3:
+        raise UserError(f"a spectrum needs at least 3 single-token numbers, the tokenizer "
+                        f"keeps {numbers.p}.")
+    basis = FourierBasis(numbers.p, basis_kind)
+    ks = {basis.k_of_period(T) for T in periods}
+    bad = [k for k in ks if not 1 <= k <= basis.n_components]
+    if bad:
+        raise UserError(f"periods {list(periods)} fall outside the basis's components "
+                        f"1..{basis.n_components}; choose periods between 2 and {numbers.p - 1}.")
+    W = number_rows(lm.unembedding(), numbers).detach().to("cpu", torch.float64)
+    F = torch.as_tensor(basis.matrix, dtype=torch.float64) @ W  # (1 + 2K) x D
+    parts: dict[str, list] = {k: [] for k in ("top", "share", "const", "norm", "sum")}
+    comp: dict[int, list] = {k: [] for k in ks}
+    for layer in layers:
+        dirs = neuron_directions(lm, layer).to(torch.float64)  # d_mlp x D
+        c = (F @ dirs.T).numpy()  # (1 + 2K) x d_mlp
+        energy = np.concatenate([c[:1] ** 2, c[1::2] ** 2 + c[2::2] ** 2])  # (K + 1) x d_mlp
+        nonconst = energy[1:].sum(0)
+        top = energy[1:].argmax(0) + 1
+        share = np.divide(energy[top, np.arange(energy.shape[1])], nonconst,
+                          out=np.full(nonconst.shape, np.nan), where=nonconst > 0)
+        total = energy.sum(0)
+        parts["top"].append(np.where(nonconst > 0, top, 0))
+        parts["share"].append(share)
+        parts["const"].append(np.divide(energy[0], total, out=np.full(total.shape, np.nan),
+                                        where=total > 0))
+        parts["norm"].append(np.linalg.norm((W @ dirs.T).numpy(), axis=0))
+        parts["sum"].append(energy.sum(1))
+        for k in ks:
+            comp[k].append(energy[k])
+    return NeuronSpectra(basis, layers, np.stack(parts["top"]), np.stack(parts["share"]),
+                         np.stack(parts["const"]), np.stack(parts["norm"]),
+                         np.stack(parts["sum"]), {k: np.stack(v) for k, v in comp.items()},
+                         post)
+
+
+def top_neurons(spectra: NeuronSpectra, period: float, k: int) -> dict[int, list[int]]:
+    """The ``k`` neurons with the most energy at ``period``'s component, pooled over the
+    layers of ``spectra``: {layer: sorted neuron indices}."""
+    comp = spectra.basis.k_of_period(period)
+    if comp not in spectra.component_energy:
+        raise UserError(f"the spectra kept no energies for period {period:g}; pass it in "
+                        "neuron_spectra(periods=...).")
+    energy = spectra.component_energy[comp]
+    if not 1 <= k <= energy.size:
+        raise UserError(f"k must lie in 1..{energy.size} (the neurons of the chosen layers), "
+                        f"got {k}.")
+    flat = np.argsort(-energy, axis=None, kind="stable")[:k]
+    rows, cols = np.unravel_index(flat, energy.shape)
+    out: dict[int, list[int]] = {}
+    for r, c in zip(rows, cols):
+        out.setdefault(spectra.layers[int(r)], []).append(int(c))
+    return {layer: sorted(v) for layer, v in sorted(out.items())}
+
+
+def random_like(selection: dict[int, Sequence[int]], d_mlp: dict[int, int],
+                rng: np.random.Generator) -> dict[int, list[int]]:
+    """As many random neurons from each layer as ``selection`` has there (uniform)."""
+    return {layer: sorted(int(i) for i in rng.choice(d_mlp[layer], len(idx), replace=False))
+            for layer, idx in selection.items()}
+
+
+@contextmanager
+def knockout(lm, neurons: dict[int, Sequence[int]]) -> Iterator[None]:
+    """Zero the activations of ``neurons`` ({layer: indices}) at every position."""
+    handles = []
+
+    def pre_hook(index: Tensor):
+        cache: dict = {}
+
+        def hook(module, args):
+            x = args[0]
+            if x.device not in cache:
+                cache[x.device] = index.to(x.device)
+            return (x.index_fill(-1, cache[x.device], 0), *args[1:])
+
+        return hook
+
+    try:
+        for layer, idx in neurons.items():
+            if len(idx):
+                handles.append(output_projection(lm, layer).register_forward_pre_hook(
+                    pre_hook(torch.as_tensor(list(idx), dtype=torch.long))))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def knockout_table(
+    lm,
+    examples: Sequence,
+    numbers: NumberTokens,
+    periods: Sequence[float],
+    n_neurons: int,
+    *,
+    layers: Sequence[int] | None = None,
+    spectra: NeuronSpectra | None = None,
+    n_random: int = 5,
+    seed: int = 0,
+    basis_kind: str = "paper",
+    prediction: str = "vocab",
+    allow_post_norm: bool = False,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict:
+    """Accuracy and loss with the top ``n_neurons`` neurons of each period knocked out,
+    beside ``n_random`` draws of as many random neurons from each of the same layers."""
+    from tqdm.auto import tqdm
+
+    from llm_fourier.ablate import evaluate
+
+    if n_random < 1:
+        raise UserError(f"n_random must be at least 1, got {n_random}.")
+    if spectra is None:
+        spectra = neuron_spectra(lm, numbers, layers, basis_kind=basis_kind, periods=periods,
+                                 allow_post_norm=allow_post_norm)
+    d_mlp = {layer: spectra.top_k.shape[1] for layer in spectra.layers}
+
+    def run(selection: dict[int, list[int]]) -> dict:
+        with knockout(lm, selection):
+            r = evaluate(lm, examples, numbers, prediction=prediction, batch_size=batch_size,
+                         progress=False)
+        return {"accuracy": r["accuracy"], "loss": r["loss"]}
+
+    bar = tqdm(total=1 + len(periods) * (1 + n_random), desc="knockouts", unit="eval",
+               disable=not progress)
+    baseline = run({})
+    bar.update()
+    out = []
+    for j, T in enumerate(periods):
+        top = top_neurons(spectra, T, n_neurons)
+        knocked = run(top)
+        bar.update()
+        draws = []
+        for d in range(n_random):
+            chosen = random_like(top, d_mlp, np.random.default_rng([seed, j, d]))
+            draws.append({**run(chosen), "neurons": chosen})
+            bar.update()
+        acc = np.array([x["accuracy"] for x in draws])
+        out.append({
+            "period": float(T), "component": spectra.basis.k_of_period(T),
+            "n_neurons": n_neurons, "top": {**knocked, "neurons": top},
+            "random": {"accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std()),
+                       "accuracy_min": float(acc.min()), "accuracy_max": float(acc.max()),
+                       "loss_mean": float(np.mean([x["loss"] for x in draws])),
+                       "draws": draws},
+        })
+    bar.close()
+    return {"baseline": baseline, "periods": out,
+            "settings": {"layers": spectra.layers, "n_neurons": n_neurons,
+                         "n_random": n_random, "seed": seed, "basis": spectra.basis.kind,
+                         "prediction": prediction, "post_norm": spectra.post_norm}}
+
+
+def knockout_rows(result: dict) -> list[dict]:
+    """One summary row per period (CSV / console)."""
+    base = result["baseline"]
+    return [{"period": p["period"], "component": p["component"], "n_neurons": p["n_neurons"],
+             "accuracy_none": base["accuracy"], "accuracy_top": p["top"]["accuracy"],
+             "accuracy_random": p["random"]["accuracy_mean"],
+             "accuracy_random_std": p["random"]["accuracy_std"],
+             "accuracy_random_min": p["random"]["accuracy_min"],
+             "accuracy_random_max": p["random"]["accuracy_max"],
+             "loss_none": base["loss"], "loss_top": p["top"]["loss"],
+             "loss_random": p["random"]["loss_mean"]} for p in result["periods"]]
