@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from llm_fourier.neurons import NeuronSpectra
-from llm_fourier.report.files import save_figure
-from llm_fourier.report.plots import pyplot
+from llm_fourier.output.files import save_figure
+from llm_fourier.output.plots import pyplot
 
 MARKED_PERIODS = (2, 2.5, 5, 10)
 

@@ -43,6 +43,8 @@ from llm_fourier.errors import UserError
 from llm_fourier.hidden import HiddenStates, collect, operand_spans, token_ids_at
 from llm_fourier.hooks import edit, last_token_logits
 from llm_fourier.numbers import NumberTokens, require_numbers
+from llm_fourier.output.files import save_figure
+from llm_fourier.output.plots import pyplot
 from llm_fourier.tasks import OPS, Example, tokenize_prompts
 from probes.reconstruct import METHODS, MODES, fit_reconstructions
 
@@ -330,9 +332,6 @@ def helix_patching(
 def patching_plot(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
     """Fraction of the effect restored per layer, one line per method: "same" (kept) and
     "swap" (moved) side by side, one row of panels per role."""
-    from llm_fourier.report.files import save_figure
-    from llm_fourier.report.plots import pyplot
-
     plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 

@@ -22,7 +22,7 @@ from torch import nn
 from toy.data import make_task, split_indices
 from toy.models import ModelConfig, build_model
 from toy.progress import loss_and_accuracy
-from toy.train import StackedAdamW, GrokConfig, lr_at, train
+from toy.train import GrokConfig, StackedAdamW, lr_at, train
 
 
 class Reference(nn.Module):

@@ -6,10 +6,10 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from llm_fourier.batch.demo import demo_config
-from llm_fourier.batch.commands import PRESETS, preset_names
 
+from llm_fourier.batch.commands import PRESETS, preset_names
 from llm_fourier.batch.config import load_config, parse_config
+from llm_fourier.batch.demo import demo_config
 from llm_fourier.batch.runner import run_report
 from llm_fourier.cli import main
 from llm_fourier.output.files import read_json

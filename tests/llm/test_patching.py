@@ -13,6 +13,7 @@ from llm_fourier.hidden import token_ids_at
 from llm_fourier.hooks import capture
 from llm_fourier.models import load_model
 from llm_fourier.numbers import find_number_tokens
+from llm_fourier.output.files import write_json
 from llm_fourier.patching import (
     NextTokenScorer,
     counterfactuals,
@@ -20,7 +21,6 @@ from llm_fourier.patching import (
     patch_positions,
     patching_plot,
 )
-from llm_fourier.report.files import write_json
 from llm_fourier.tasks import Example, make_task, tokenize_prompts
 from tests.llm.planted import PERIODS, expected_answer, planted_adder
 

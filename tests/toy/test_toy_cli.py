@@ -22,7 +22,8 @@ def test_train_then_analyze(tmp_path, capsys):
     assert main(["toy", "train", "--out", str(run), "--seeds", "0", "3", *TINY]) == 0
     res = read_json(run / "results.json")
     assert [s["seed"] for s in res["seeds"]] == [0, 3]
-    assert {"history.csv", "loss_curves.png", "checkpoint.safetensors"} <= {f.name for f in run.iterdir()}
+    assert {"history.csv", "loss_curves.png", "checkpoint.safetensors"} <= \
+        {f.name for f in run.iterdir()}
     last = [r for r in res["history"] if r["seed"] == 3][-1]
     assert last["epoch"] == 60 and res["seeds"][1]["test_loss"] == last["test_loss"]
     assert "seed" in capsys.readouterr().out

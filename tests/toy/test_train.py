@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from llm_fourier.errors import UserError
-from toy.models import ModelConfig
 from toy.checkpoint import read_checkpoint
-from toy.train import StackedAdamW, GrokConfig, lr_at, train
+from toy.models import ModelConfig
+from toy.train import GrokConfig, StackedAdamW, lr_at, train
 
 P = 11
 MC = ModelConfig(p=P, d_model=16, n_heads=2, d_head=8, d_mlp=32)

@@ -3,13 +3,11 @@ rows written at the right numbers, frozen rows bit-identical through real traini
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from llm_fourier.batch.demo import planted_embeddings
 
+from llm_fourier.batch.demo import planted_embeddings
 from llm_fourier.errors import UserError
 from llm_fourier.finetune import RowFreezer, embedding_params
 from probes import FourierBasis, spectrum
