@@ -74,6 +74,9 @@ def test_digit_lens_matches_numpy_fft(setup):
             hits = (logits.argmax(-1) == np.array([r[1] for r in sel])[:, None]).mean(0)
             assert [a["exact"] for a in acc.accuracy()] == pytest.approx(hits.tolist())
     assert list(acc.spectra()[0].basis.periods) == pytest.approx([10, 5, 10 / 3, 2.5, 2])
+    # why not the paper's basis: over ten points its periods are 9/k, not digit periods
+    assert list(FourierBasis(10, "paper").periods) == pytest.approx([9, 4.5, 3, 2.25])
+    assert lens.readout.basis("paper").kind == "dft"
     summary = lens.summary(tau=3)["mlp"]
     assert len(summary["places"]) == 3 and summary["all"]["n"] == lens.pooled["mlp"].n
     assert set(summary["all"]["layers"][0]) >= {"period_10", "share_2", "low_fraction"}
