@@ -90,7 +90,7 @@ def run_steps(
             nxt = visit(s, out.logits[:, -1], rows)
             if nxt is None or s == n_positions - 1:
                 return
-            cache = out[cache_name] if cache_name in out else out.get("past_key_values")
+            cache = out[cache_name]  # transformers 5 names it "cache", 4.x "past_key_values"
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             pos = pos + 1
             out = model(input_ids=nxt.to(mask.device).view(-1, 1), attention_mask=mask,
