@@ -138,11 +138,12 @@ def digit_intervention(
 
     ``probe`` must be fitted on the states of (``role``, ``layer``) at ``token`` (see
     ``fit_operand_probe``). ``answer_place`` (default: the probe's place) is the answer
-    digit compared. Returns the shares of examples whose answer digit moved by exactly
-    +shift (mod 10) from the unedited answer under the rotation and under the random
-    control, the share where it equals (true answer digit + shift) mod 10, histograms of
-    the digit moves, the share of edited states that the probe itself reads as moved by
-    +shift, and the per-example predictions (``clean``, ``rotated``, ``random``).
+    digit compared. Returns, among the ``n_scored`` examples whose unedited, rotated and
+    random-control answers are all numbers, the shares whose answer digit moved by exactly
+    +shift (mod 10) from the unedited answer under the rotation and under the control,
+    the share where it equals (true answer digit + shift) mod 10, histograms of the digit
+    moves, the share of edited states that the probe itself reads as moved by +shift, and
+    the per-example predictions (``clean``, ``rotated``, ``random``).
     """
     if token not in ("a", "b"):
         raise UserError(f"the digit intervention edits an operand; token must be a or b, "
