@@ -1,21 +1,25 @@
 """Fourier filter ablations inside edit hooks, evaluation and error analysis (Zhou et al.).
 
-Filters are ``probes.filters`` projections built once from the readout ``W_U[numbers]``
-and a Fourier basis, then applied to attention and/or MLP outputs at chosen layers and
-positions through ``hooks.edit``. ``evaluate`` runs a split and reports the next-token
-loss of the answer, accuracy, a signed-error histogram, the fraction of errors that are
-multiples of 10 and mod-2 / mod-10 accuracy. The prediction is either the model's own next
-token (argmax over the whole vocabulary, as in the paper; a non-number token is wrong and
-has no signed error) or the argmax over the number tokens only. ``evaluate``'s batches are
-sharded across processes when a process group is active (``llm_fourier.distributed``) and
-gathered in order, so every rank gets the single-process result.
+Filters are ``probes.filters`` projections built once from a readout
+(``readout.NumberReadout``: ``W_U[numbers]``, or ``W_U[digits 0..9]`` for tokenizers that
+write one token per digit) and a Fourier basis, then applied to attention and/or MLP
+outputs at chosen layers and positions through ``hooks.edit``. ``evaluate`` runs a split
+whose answers are single tokens and reports the next-token loss of the answer, accuracy,
+a signed-error histogram, the fraction of errors that are multiples of 10, mod-2 / mod-10
+accuracy and the digit-space analysis of ``scores.Scores``. The prediction is either the
+model's own next token (argmax over the whole vocabulary, as in the paper; a non-number
+token is wrong and has no signed error) or the argmax over the number tokens only.
+``evaluate_task`` and ``ablation_table`` take a ``NumberFormat`` too: single-token answers
+go through ``evaluate`` (the same numbers as with ``NumberTokens``), answers of several
+tokens through ``answers.evaluate_answers`` (greedy whole answers, teacher-forced loss;
+filters at every answer position). ``evaluate``'s batches are sharded across processes when
+a process group is active (``llm_fourier.distributed``) and gathered in order, so every rank
+gets the single-process result.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,14 +27,22 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from llm_fourier.answers import evaluate_answers
 from llm_fourier.distributed import map_batches, process_info
 from llm_fourier.errors import UserError
 from llm_fourier.hooks import edit, last_token_logits
-from llm_fourier.numbers import NumberTokens, number_rows, require_numbers
+from llm_fourier.number_format import NumberFormat
+from llm_fourier.numbers import NumberTokens, require_numbers
+from llm_fourier.readout import DIGIT_TAU, NumberReadout, number_readout, readout_for
+from llm_fourier.scores import Scores
 from llm_fourier.tasks import Example, tokenize_prompts
-from probes import FourierBasis, FourierFilter, high_pass, keep_only, low_pass
+from probes import FourierFilter
 
-PREDICTIONS = ("vocab", "numbers")
+__all__ = ["MODULES", "PREDICTIONS", "Scores", "ablation_table", "evaluate", "evaluate_task",
+           "filter_edits", "number_filters", "row_label", "score_batch", "table_readout",
+           "table_rows"]
+
+PREDICTIONS = ("vocab", "numbers")  # the same choices as answers.PREDICTIONS
 MODULES = {"attn+MLP": ("attn", "mlp"), "attn": ("attn",), "MLP": ("mlp",)}
 
 
@@ -41,51 +53,13 @@ def number_filters(lm, numbers: NumberTokens, basis_kind: str = "paper", tau: in
     ``"low removed"`` = high-pass (removes 1 <= k < tau), ``"high removed"`` = low-pass
     (removes k >= tau); with ``keep``, ``"keep k=..."`` keeps only those components.
     """
-    W = number_rows(lm.unembedding(), numbers).detach().to("cpu", torch.float64).numpy()
-    basis = FourierBasis(numbers.p, basis_kind)
-    if not 1 <= tau <= basis.n_components:
-        raise UserError(f"tau must lie in 1..{basis.n_components} for p={numbers.p}, got {tau}.")
-    filters = {"low removed": high_pass(W, basis, tau), "high removed": low_pass(W, basis, tau)}
-    if keep:
-        keep = sorted(set(int(k) for k in keep))
-        if keep[0] < 1 or keep[-1] > basis.n_components:
-            raise UserError(f"--keep components must lie in 1..{basis.n_components}, got {keep}.")
-        filters[f"keep k={','.join(map(str, keep))}"] = keep_only(W, basis, keep)
-    return filters
+    return number_readout(lm, numbers).filters(basis_kind, tau, keep)
 
 
 def filter_edits(filt: Callable[[Tensor], Tensor], roles: Iterable[str],
                  layers: Iterable[int]) -> dict[tuple[str, int], Callable[[Tensor], Tensor]]:
     """One edit per (role, layer), all applying the same (pre-built) filter."""
     return {(r, i): filt for r in roles for i in layers}
-
-
-@dataclass
-class Scores:
-    """Per-example predictions of one evaluation (numbers; -1 = not a number token)."""
-
-    answers: np.ndarray
-    predictions: np.ndarray
-    losses: np.ndarray
-
-    def summary(self) -> dict:
-        a, pred = self.answers, self.predictions
-        is_num = pred >= 0
-        wrong = pred != a
-        err = (pred - a)[is_num & wrong]
-        n = max(len(a), 1)
-        return {
-            "n": int(len(a)),
-            "loss": float(self.losses.mean()) if len(a) else float("nan"),
-            "accuracy": float((~wrong).sum() / n),
-            "n_errors": int(wrong.sum()),
-            "n_non_number": int((~is_num).sum()),
-            "error_histogram": {int(k): int(v) for k, v in sorted(Counter(err.tolist()).items())},
-            "frac_errors_mult_10": float((err % 10 == 0).mean()) if err.size else float("nan"),
-            "max_abs_error": int(np.abs(err).max()) if err.size else 0,
-            "mod2_accuracy": float((is_num & (pred % 2 == a % 2)).sum() / n),
-            "mod10_accuracy": float((is_num & (pred % 10 == a % 10)).sum() / n),
-        }
 
 
 def _value_of_token(numbers: NumberTokens, vocab_size: int) -> Tensor:
@@ -145,6 +119,46 @@ def evaluate(
     return {**scores.summary(), "predictions": scores.predictions.tolist()}
 
 
+def _single_numbers(fmt: NumberFormat) -> NumberTokens:
+    """The single-token numbers 0..max_number of a "single" format."""
+    return NumberTokens(fmt.numbers.token_ids[:fmt.max_number + 1], fmt.leading_space)
+
+
+def evaluate_task(
+    lm,
+    examples: Sequence[Example],
+    target: NumberTokens | NumberFormat,
+    edits: dict[tuple[str, int], Callable[[Tensor], Tensor]] | None = None,
+    *,
+    positions: str = "last",
+    prediction: str = "vocab",
+    batch_size: int = 16,
+    progress: bool = True,
+    desc: str = "evaluate",
+) -> dict:
+    """``evaluate`` when the answers are single tokens (``NumberTokens``, or a "single"
+    ``NumberFormat``), else ``answers.evaluate_answers`` (whole answers, edits at every
+    answer position for ``positions`` "last" / "answer"). Both return ``predictions``."""
+    positions = "last" if positions == "answer" else positions
+    if isinstance(target, NumberFormat) and target.family == "single":
+        target = _single_numbers(target)
+    if isinstance(target, NumberTokens):
+        return evaluate(lm, examples, target, edits, positions=positions,
+                        prediction=prediction, batch_size=batch_size, progress=progress,
+                        desc=desc)
+    return evaluate_answers(lm, examples, target, edits, positions=positions,
+                            prediction=prediction, batch_size=batch_size, progress=progress,
+                            desc=desc)
+
+
+def table_readout(lm, target: NumberTokens | NumberFormat) -> NumberReadout:
+    """The readout whose filters the ablation table applies: ``W_U[numbers]`` for
+    single-token answers, ``W_U[digits]`` for one token per digit."""
+    if isinstance(target, NumberTokens):
+        return number_readout(lm, target)
+    return readout_for(lm, target, target.max_number)
+
+
 def table_rows(filter_names: Iterable[str]) -> list[tuple[str, str]]:
     """(filter, modules) rows in Table 1 order: none, then each filter on attn+MLP, attn, MLP."""
     return [("none", "-")] + [(f, m) for f in filter_names for m in MODULES]
@@ -157,9 +171,9 @@ def row_label(filter_name: str, modules: str) -> str:
 def ablation_table(
     lm,
     examples: Sequence[Example],
-    numbers: NumberTokens,
+    numbers: NumberTokens | NumberFormat,
     *,
-    tau: int = 50,
+    tau: int | None = None,
     basis_kind: str = "paper",
     keep: Iterable[int] | None = None,
     layers: Iterable[int] | None = None,
@@ -172,11 +186,18 @@ def ablation_table(
 ) -> list[dict]:
     """Table 1 of Zhou et al.: loss and accuracy with each filter on attn+MLP, attn, MLP.
 
-    ``done`` maps row labels to results already computed (resume); ``on_row(label, result)``
-    is called after each new row. Under a process group every rank calls this with the same
-    ``done`` (broadcast it from rank 0) and gets every row; ``on_row`` runs on every rank.
+    ``numbers``: the single-token numbers, or a ``NumberFormat`` (digit-splitting
+    tokenizers get filters from the digit readout at every answer position, and whole
+    answers are scored). ``tau`` defaults to 50 for the number readout and
+    ``readout.DIGIT_TAU`` (3) for digits. ``done`` maps row labels to results already
+    computed (resume); ``on_row(label, result)`` is called after each new row. Under a
+    process group every rank calls this with the same ``done`` (broadcast it from rank 0)
+    and gets every row; ``on_row`` runs on every rank.
     """
-    filters = number_filters(lm, numbers, basis_kind, tau, keep)
+    readout = table_readout(lm, numbers)
+    if tau is None:
+        tau = DIGIT_TAU if readout.kind == "digit" else 50
+    filters = readout.filters(basis_kind, tau, keep)
     layers = list(range(lm.n_layers)) if layers is None else sorted(set(layers))
     done = dict(done or {})
     rows = []
@@ -186,9 +207,9 @@ def ablation_table(
         if label not in done:
             edits = {} if fname == "none" else filter_edits(filters[fname], MODULES[modules],
                                                             layers)
-            done[label] = evaluate(lm, examples, numbers, edits, positions=positions,
-                                   prediction=prediction, batch_size=batch_size,
-                                   progress=progress, desc=label)
+            done[label] = evaluate_task(lm, examples, numbers, edits, positions=positions,
+                                        prediction=prediction, batch_size=batch_size,
+                                        progress=progress, desc=label)
             if on_row is not None:
                 on_row(label, done[label])
         rows.append({"row": label, "filter": fname, "modules": modules, **done[label]})

@@ -3,28 +3,29 @@
 For each (role, layer) the helix fit (``probes.linear.HelixFit``) gives the cos/sin columns
 of C for the chosen periods; mapped back from PCA space to model space and orthonormalised
 they span a subspace that ``probes.FourierFilter`` projects out (x - R R^T x), inside
-``hooks.edit``. Beside it: a random subspace of the same rank (control), and, when the
-numbers are single tokens, the logit-space filter of Zhou et al. removing the same periods'
-components of ``W_U[numbers]`` (cross-check). Accuracy comes from ``ablate.evaluate`` for
-single-token numbers, else from greedy generation of the answer's tokens.
+``hooks.edit``. Beside it: a random subspace of the same rank (control), and the
+logit-space filter of Zhou et al. removing the same periods' components of the task's
+``readout.NumberReadout`` (cross-check): ``W_U[numbers]`` when the answers are single
+tokens, ``W_U[digits]`` when ``numbers`` is a ``NumberFormat`` of a digit-splitting
+tokenizer. Scores come from ``ablate.evaluate_task``: the next token for single-token
+answers, else greedy generation of the whole answer (``answers.evaluate_answers``).
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Sequence
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
-from llm_fourier.ablate import MODULES, evaluate
+from llm_fourier.ablate import MODULES, evaluate_task
+from llm_fourier.answers import greedy_answers
 from llm_fourier.errors import UserError
-from llm_fourier.hooks import edit
 from llm_fourier.models import LoadedModel
-from llm_fourier.numbers import NumberTokens, number_rows
+from llm_fourier.number_format import NumberFormat, number_format
+from llm_fourier.numbers import NumberTokens
+from llm_fourier.readout import NumberReadout, number_readout, readout_for
 from llm_fourier.tasks import Example
-from probes import FourierBasis, FourierFilter, remove_components
+from probes import FourierFilter
 from probes.linear import HelixFit
 
 GROUPS = {**MODULES, "block": ("block",)}  # the paper's module groups, and the residual
@@ -48,30 +49,12 @@ def random_filters(filters: dict[tuple[str, int], FourierFilter], seed: int = 0
     return out
 
 
-def logit_filter(lm: LoadedModel, numbers: NumberTokens, periods: Sequence[float],
-                 basis_kind: str = "paper") -> FourierFilter:
-    """Zhou et al.'s filter removing the components nearest ``periods`` of W_U[numbers]."""
-    basis = FourierBasis(numbers.p, basis_kind)
-    ks = sorted({min(max(basis.k_of_period(T), 1), basis.n_components) for T in periods})
-    W = number_rows(lm.unembedding(), numbers).detach().to("cpu", torch.float64).numpy()
-    return remove_components(W, basis, ks, "logit T=" + ",".join(
-        f"{basis.period(k):g}" for k in ks))
-
-
-def _parse_digits(tokenizer, new_ids: Sequence[int]) -> int:
-    """The integer written by the first digit tokens of a generation (-1 if none)."""
-    digits = ""
-    for t in new_ids:
-        if t in (tokenizer.eos_token_id, tokenizer.pad_token_id):
-            break
-        raw = tokenizer.decode([int(t)], skip_special_tokens=True)
-        text = raw.strip()
-        if not text and not digits:
-            continue  # a lone word-start marker before the number
-        if not text.isdigit() or (digits and raw[:1].isspace()):
-            break
-        digits += text
-    return int(digits) if digits else -1
+def logit_filter(lm: LoadedModel, numbers: NumberTokens | NumberReadout,
+                 periods: Sequence[float], basis_kind: str = "paper") -> FourierFilter:
+    """Zhou et al.'s filter removing the components nearest ``periods`` of a readout
+    (``W_U[numbers]``, or any ``NumberReadout``, e.g. the digit readout)."""
+    readout = numbers if isinstance(numbers, NumberReadout) else number_readout(lm, numbers)
+    return readout.remove_periods(periods, basis_kind)
 
 
 def generate_answers(
@@ -84,55 +67,45 @@ def generate_answers(
     progress: bool = True,
     desc: str = "generate",
 ) -> np.ndarray:
-    """Greedy answers (as integers, -1 if none) with ``edits`` applied at every step."""
-    tok = lm.tokenizer
-    max_new = len(str(max(e.answer for e in examples))) + 2
-    ids = tok([e.prompt for e in examples])["input_ids"]
-    by_length: dict[int, list[int]] = {}
-    for i, seq in enumerate(ids):
-        by_length.setdefault(len(seq), []).append(i)
-    batches = [idx[j:j + batch_size] for idx in by_length.values()
-               for j in range(0, len(idx), batch_size)]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    preds = np.full(len(examples), -1, dtype=np.int64)
-    for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress):
-        x = torch.tensor([ids[i] for i in batch], device=lm.input_device)
-        with torch.inference_mode(), edit(lm, edits or {}, positions=positions):
-            out = lm.model.generate(input_ids=x, attention_mask=torch.ones_like(x),
-                                    max_new_tokens=max_new, do_sample=False,
-                                    pad_token_id=pad)
-        for i, row in zip(batch, out[:, x.shape[1]:].tolist()):
-            preds[i] = _parse_digits(tok, row)
-    return preds
+    """Greedy whole answers (integers, -1 if none) with ``edits`` applied
+    (``answers.greedy_answers`` with the tokenizer's ``NumberFormat``)."""
+    fmt = number_format(lm.tokenizer, max(e.answer for e in examples))
+    return greedy_answers(lm, fmt, examples, edits, positions=positions,
+                          batch_size=batch_size, progress=progress, desc=desc)
 
 
-def answer_summary(answers: np.ndarray, preds: np.ndarray) -> dict:
-    """Accuracy and signed errors of integer predictions (-1 = no number)."""
-    is_num, wrong = preds >= 0, preds != answers
-    err = (preds - answers)[is_num & wrong]
-    n = max(len(answers), 1)
-    return {"n": int(len(answers)), "accuracy": float((~wrong).sum() / n),
-            "n_non_number": int((~is_num).sum()),
-            "error_histogram": {int(k): int(v) for k, v in sorted(Counter(err.tolist()).items())},
-            "frac_errors_mult_10": float((err % 10 == 0).mean()) if err.size else float("nan"),
-            "mod10_accuracy": float((is_num & (preds % 10 == answers % 10)).sum() / n)}
+def _target(lm, examples: Sequence[Example], numbers) -> NumberTokens | NumberFormat:
+    """What ``evaluate_task`` scores against: the single-token numbers when they cover
+    every answer, else the tokenizer's ``NumberFormat``."""
+    max_answer = max(e.answer for e in examples)
+    if isinstance(numbers, NumberFormat):
+        return numbers
+    if numbers is not None and numbers.p > max_answer:
+        return numbers
+    return number_format(lm.tokenizer, max_answer)
 
 
 def accuracy(lm: LoadedModel, examples: Sequence[Example], edits=None, *,
-             numbers: NumberTokens | None = None, positions: str = "all",
+             numbers: NumberTokens | NumberFormat | None = None, positions: str = "all",
              batch_size: int = 16, progress: bool = True, desc: str = "evaluate") -> dict:
-    """Task accuracy: next-token over number tokens when ``numbers`` covers every answer
-    (``ablate.evaluate``), else greedy generation of the answer's digits."""
-    max_answer = max(e.answer for e in examples)
-    if numbers is not None and numbers.p > max_answer:
-        res = evaluate(lm, examples, numbers, edits, positions=positions,
-                       batch_size=batch_size, progress=progress, desc=desc)
-        res.pop("predictions", None)
-        return {**res, "method": "next token"}
-    preds = generate_answers(lm, examples, edits, positions=positions, batch_size=batch_size,
-                             progress=progress, desc=desc)
-    return {**answer_summary(np.array([e.answer for e in examples]), preds),
-            "method": "greedy generation"}
+    """Task scores: the next token over the number tokens when ``numbers`` covers every
+    answer (``ablate.evaluate``), else greedy generation of the whole answer."""
+    target = _target(lm, examples, numbers)
+    res = evaluate_task(lm, examples, target, edits, positions=positions,
+                        batch_size=batch_size, progress=progress, desc=desc)
+    res.pop("predictions", None)
+    single = isinstance(target, NumberTokens) or target.family == "single"
+    return {**res, "method": "next token" if single else "greedy generation"}
+
+
+def _logit_readout(lm, examples, numbers) -> NumberReadout | None:
+    """The readout of the logit-filter cross-check: ``W_U[numbers]`` for single-token
+    answers, the digit readout for a digit-splitting ``NumberFormat``; else none."""
+    if isinstance(numbers, NumberFormat):
+        return readout_for(lm, numbers, numbers.max_number) if numbers.readout else None
+    if numbers is not None and numbers.p > max(e.answer for e in examples):
+        return number_readout(lm, numbers)
+    return None
 
 
 def probe_ablation(
@@ -142,7 +115,7 @@ def probe_ablation(
     periods: Sequence[float],
     *,
     groups: Sequence[str] = ("attn+MLP", "attn", "MLP"),
-    numbers: NumberTokens | None = None,
+    numbers: NumberTokens | NumberFormat | None = None,
     positions: str = "all",
     batch_size: int = 16,
     seed: int = 0,
@@ -151,7 +124,9 @@ def probe_ablation(
     on_row: Callable[[str, dict], None] | None = None,
 ) -> list[dict]:
     """Accuracy with no edit, then per module group: the probe directions removed, a random
-    subspace of the same rank removed, and (single-token numbers) the logit-space filter.
+    subspace of the same rank removed, and the logit-space filter of the same periods when
+    there is a readout (``numbers`` covering the answers as single tokens, or a
+    ``NumberFormat`` with a number or digit readout).
 
     ``done`` maps row labels to finished results (resume); ``on_row`` is called after each.
     """
@@ -160,8 +135,8 @@ def probe_ablation(
         raise UserError(f"unknown module group(s) {unknown}; choose among {', '.join(GROUPS)}.")
     probe = probe_filters(fits, periods)
     rand = random_filters(probe, seed)
-    single = numbers is not None and numbers.p > max(e.answer for e in examples)
-    logit = logit_filter(lm, numbers, periods) if single else None
+    readout = _logit_readout(lm, examples, numbers)
+    logit = logit_filter(lm, readout, periods) if readout is not None else None
     plan: list[tuple[str, str, str, dict]] = [("none", "-", "none", {})]
     for g in groups:
         keys = [k for k in probe if k[0] in GROUPS[g]]

@@ -1,9 +1,11 @@
 """Logit lens onto the number tokens and per-layer Fourier spectra of module outputs.
 
 The number logits of a module output x (D) are ``W_U[numbers] @ x`` (p values, number
-0..p-1 in order), the readout of Zhou et al.; with ``final_norm=True`` x first goes through
-the model's final norm (the standard logit lens). Default: off, as in the paper's filters,
-because a LayerNorm bias would add the same ``W_U beta`` spectrum to every module.
+0..p-1 in order), the readout of Zhou et al. (``readout.NumberReadout``, shared with the
+ablations); with ``final_norm=True`` x first goes through the model's final norm (the
+standard logit lens). Default: off, as in the paper's filters, because a LayerNorm bias
+would add the same ``W_U beta`` spectrum to every module. Tokenizers that write answers
+one token per digit get the digit lens of ``llm_fourier.digits`` instead.
 
 ``run_lens`` captures attention, MLP and residual-stream (block) outputs at the last real
 token, batch by batch (sharded across processes when a process group is active, see
@@ -21,45 +23,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from llm_fourier.distributed import batch_ranges, map_ranges, process_info, rounds
 from llm_fourier.errors import UserError
 from llm_fourier.hooks import capture, last_token_logits
-from llm_fourier.numbers import NumberTokens, number_rows, require_numbers
+from llm_fourier.numbers import NumberTokens, require_numbers
+from llm_fourier.readout import NumberReadout, number_readout
 from llm_fourier.tasks import Example, tokenize_prompts
 from probes import FourierBasis, Spectrum, component_magnitudes
 
 LENS_ROLES = ("attn", "mlp", "block")
+__all__ = ["LENS_ROLES", "TOLERANCES", "LensAccumulator", "NumberReadout", "layer_summary",
+           "number_readout", "run_lens", "spectra_matrix"]
 TOLERANCES = {"exact": 0, "within_2": 2, "within_10": 10}
-
-
-@dataclass
-class NumberReadout:
-    """``W`` (p x D, float32, CPU): unembedding rows of the numbers 0..p-1 in order."""
-
-    W: Tensor
-    norm: nn.Module | None = None
-
-    @property
-    def p(self) -> int:
-        return self.W.shape[0]
-
-    def logits(self, x: Tensor) -> Tensor:
-        """Number logits (... x p) of rows x (... x D), through the final norm if set."""
-        if self.norm is not None:
-            param = next(self.norm.parameters(), None)
-            dev, dtype = (param.device, param.dtype) if param is not None else (x.device, x.dtype)
-            with torch.no_grad():
-                x = self.norm(x.to(dev, dtype)).to("cpu", torch.float32)
-        return x.to(torch.float32) @ self.W.T
-
-
-def number_readout(lm, numbers: NumberTokens, final_norm: bool = False) -> NumberReadout:
-    """The readout of ``lm`` restricted to ``numbers`` (optionally through its final norm)."""
-    W = number_rows(lm.unembedding(), numbers).detach().to("cpu", torch.float32)
-    return NumberReadout(W, lm.final_norm if final_norm else None)
 
 
 @dataclass
@@ -68,6 +46,7 @@ class LensAccumulator:
 
     n_layers: int
     basis: FourierBasis
+    tolerances: dict = field(default_factory=lambda: dict(TOLERANCES))
     n: int = 0
     hits: dict = field(default_factory=dict)
     magnitude_sum: Tensor | None = None  # L x (K + 1), float64
@@ -76,7 +55,8 @@ class LensAccumulator:
         """One batch's sums (hits per tolerance, magnitudes, count), to ``add`` in order."""
         pred = logits.argmax(-1)  # N x L: index = number value
         err = (pred - answers[:, None]).abs()
-        hits = {name: (err <= tol).sum(0).to(torch.float64) for name, tol in TOLERANCES.items()}
+        hits = {name: (err <= tol).sum(0).to(torch.float64)
+                for name, tol in self.tolerances.items()}
         mag = component_magnitudes(logits.to(torch.float64), self.basis, axis=-1).sum(0)
         return {"n": logits.shape[0], "hits": hits, "magnitude_sum": mag}
 

@@ -16,6 +16,7 @@ from llm_fourier.errors import UserError
 
 # a lone word-start marker that SentencePiece tokenizers add before text ("5" -> "▁" "5")
 _PREFIX_MARKERS = {"▁", ""}
+_BLOCK = 1024  # numbers encoded per tokenizer call
 
 
 @dataclass
@@ -59,14 +60,16 @@ def find_number_tokens(tokenizer, max_number: int = 1000,
     """
     if max_number < 0:
         raise UserError(f"max_number must be >= 0, got {max_number}.")
-    texts = [(" " if leading_space else "") + str(n) for n in range(max_number + 1)]
-    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
     ids: list[int] = []
-    for n, tokens in enumerate(encoded):
-        token = _single_token(tokenizer, list(tokens), n, leading_space)
-        if token is None:
-            break
-        ids.append(token)
+    for start in range(0, max_number + 1, _BLOCK):  # in blocks: most tokenizers stop early
+        block = range(start, min(start + _BLOCK, max_number + 1))
+        texts = [(" " if leading_space else "") + str(n) for n in block]
+        encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        for n, tokens in zip(block, encoded):
+            token = _single_token(tokenizer, list(tokens), n, leading_space)
+            if token is None:
+                return NumberTokens(np.asarray(ids, dtype=np.int64), leading_space)
+            ids.append(token)
     return NumberTokens(np.asarray(ids, dtype=np.int64), leading_space)
 
 

@@ -17,7 +17,6 @@ from llm_fourier.hidden import (
     token_ids_at,
 )
 from llm_fourier.hidden_ablate import (
-    _parse_digits,
     generate_answers,
     logit_filter,
     probe_ablation,
@@ -26,6 +25,7 @@ from llm_fourier.hidden_ablate import (
 )
 from llm_fourier.hooks import capture, edit
 from llm_fourier.models import load_model
+from llm_fourier.number_format import number_format
 from llm_fourier.numbers import find_number_tokens
 from llm_fourier.tasks import Example, make_task
 from probes import FourierBasis
@@ -124,21 +124,20 @@ def test_probe_direction_ablation_removes_the_fitted_subspace(digit_lm, digit_st
         probe_ablation(digit_lm, task.test[:2], fits, [10], groups=("attn",), progress=False)
 
 
-def test_greedy_generation_matches_a_naive_loop(digit_lm):
+def test_greedy_generation_matches_a_loop_of_generate(digit_lm):
     tok = digit_lm.tokenizer
-    assert _parse_digits(tok, tok.convert_tokens_to_ids(["1", "0", "8", ".", "3"])) == 108
-    assert _parse_digits(tok, tok.convert_tokens_to_ids(["Answer", "1"])) == -1
+    fmt = number_format(tok, 99)
+    assert fmt.parse(tok.convert_tokens_to_ids(["1", "0", "8", ".", "3"])) == 108
+    assert fmt.parse(tok.convert_tokens_to_ids(["Answer", "1"])) == -1
     examples = make_task(max_operand=20, seed=3).test[:5]
     preds = generate_answers(digit_lm, examples, progress=False)
+    cap = max(len(str(e.answer)) for e in examples) + 1  # one token per digit, plus one
     for ex, pred in zip(examples, preds):
         ids = tok(ex.prompt, return_tensors="pt")["input_ids"]
-        new = []
-        for _ in range(len(str(ex.answer)) + 2):  # no KV cache, full forward each step
-            with torch.no_grad():
-                nxt = int(digit_lm.model(input_ids=ids).logits[0, -1].argmax())
-            new.append(nxt)
-            ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
-        assert pred == _parse_digits(tok, new)
+        out = digit_lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                      max_new_tokens=cap, do_sample=False,
+                                      pad_token_id=tok.pad_token_id)
+        assert pred == fmt.parse(out[0, ids.shape[1]:].tolist())
 
 
 def test_single_token_numbers_cross_check_with_logit_filter(tiny_dir):

@@ -41,3 +41,15 @@ def test_survives_save_and_auto_load(tmp_path):
         assert back.pad_token_id == tok.pad_token_id == 0
         assert back.eos_token_id == tok.eos_token_id
         assert back.get_vocab() == tok.get_vocab()
+
+
+def test_three_digit_chunks_like_llama3(tmp_path):
+    tok = word_level_tokenizer(0, chunk_digits=3)
+    assert tok.tokenize("Calculate 12345 + 7.") == ["Calculate", "123", "45", "+", "7", "."]
+    assert tok.tokenize("1000050") == ["100", "005", "0"]  # left to right, zeros kept
+    vocab = tok.get_vocab()
+    assert sum(t.isdigit() for t in vocab) == 10 + 100 + 1000
+    assert tok.unk_token_id not in tok.encode("What is the sum of 999 and 4567? Answer: ")
+    tok.save_pretrained(tmp_path)
+    back = AutoTokenizer.from_pretrained(tmp_path)
+    assert back.tokenize("98765") == ["987", "65"]

@@ -1,0 +1,193 @@
+"""Digit probes on hidden states and the digit intervention (Levy & Geva, NAACL 2025).
+
+* ``probe_digit_layers``: on states collected by ``hidden.collect`` (a token of each prompt:
+  the last token of operand a or b, or the last prompt token), for every (role, layer),
+  target number (a, b or the answer) and digit place: the circular, linear 10-class and
+  value probes of ``probes.circular`` on the same held-out numbers, each beside its
+  shuffled-label baseline. Works for every tokenizer.
+* ``digit_intervention``: fit the circular probe of one digit place of an operand at the
+  operand's last token (one role and layer), rotate each prompt's state there by +k digits
+  (``CircularProbe.rotation``: the smallest change that turns the probe's read-out by
+  2 pi k/10), decode the answer greedily, and measure how often the answer's digit at a
+  place moved by +k against the unedited answer, beside a control that adds a random
+  direction of the same norm. The edit touches only the operand's token in the prompt
+  forward (``hooks.edit`` with positions "all" and a function that indexes that token).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from llm_fourier.answers import greedy_batch, max_answer_tokens
+from llm_fourier.errors import UserError
+from llm_fourier.hidden import HiddenStates, token_ids_at
+from llm_fourier.number_format import NumberFormat
+from llm_fourier.scores import n_digits
+from llm_fourier.tasks import Example
+from probes.circular import KINDS, CircularProbe, digit_at, digit_probes, fit_circular
+
+TARGETS = ("a", "b", "answer")
+
+
+def probe_digit_layers(
+    hs: HiddenStates,
+    targets: Sequence[str] = TARGETS,
+    places: Sequence[int] | None = None,
+    *,
+    kinds: Sequence[str] = KINDS,
+    progress: bool = True,
+    **kwargs,
+) -> dict[tuple[str, int, str], list]:
+    """``probes.circular.digit_probes`` for every (role, layer, target); ``places``
+    defaults to every place of the target's largest value. ``kwargs`` go to
+    ``digit_probes`` (``n_splits``, ``pca_dim``, ``alpha``, ``C``, ``seed``, ``shuffled``,
+    ``n_shuffles``)."""
+    out = {}
+    keys = [(r, i, t) for r in hs.roles for i in hs.layers for t in targets]
+    for r, i, t in tqdm(keys, desc="digit probes", unit="probe", disable=not progress):
+        numbers = hs.numbers(t)
+        if len(np.unique(numbers)) < 10:
+            raise UserError(f"only {len(np.unique(numbers))} distinct values of {t}; digit "
+                            "probes need at least 10 (raise the operand range or the count).")
+        ps = range(n_digits(numbers)) if places is None else places
+        out[(r, i, t)] = digit_probes(hs.at(r, i), numbers, ps, kinds=kinds, **kwargs)
+    return out
+
+
+def digit_rows(results: dict[tuple[str, int, str], list]) -> list[dict]:
+    """One CSV row per (role, layer, target, place, kind): accuracy beside its baseline."""
+    rows = []
+    for (role, layer, target), res in results.items():
+        for r in res:
+            if r.shuffled:
+                rows[-1] |= {"accuracy_shuffled": r.accuracy,
+                             "accuracy_shuffled_std": r.accuracy_std}
+                continue
+            rows.append({"role": role, "layer": layer, "target": target, "place": r.place,
+                         "kind": r.kind, "accuracy": r.accuracy, "chance": r.chance,
+                         "n_numbers": r.n_numbers, **({"r2": r.r2} if r.r2 is not None else {})})
+    return rows
+
+
+def fit_operand_probe(hs: HiddenStates, role: str, layer: int, target: str, place: int,
+                      **kwargs) -> CircularProbe:
+    """The circular probe of ``target``'s digit ``place`` on all states of (role, layer)."""
+    return fit_circular(hs.at(role, layer), hs.numbers(target), place, **kwargs)
+
+
+class _AtToken:
+    """Edit function that turns each row's state at its operand token by +k digits of the
+    probe (``random``: adds a random direction of the same norm instead). It acts on the
+    prompt forward only (the decoding steps have one position)."""
+
+    def __init__(self, index: Tensor, probe: CircularProbe, k: int,
+                 random: np.random.Generator | None = None):
+        self.index, self.probe, self.k, self.random = index, probe, k, random
+        self.moved: np.ndarray | None = None  # does the probe read the new state as +k?
+
+    def __call__(self, out: Tensor) -> Tensor:
+        if out.shape[1] == 1:
+            return out
+        n = torch.arange(out.shape[0], device=out.device)
+        idx = self.index.to(out.device)
+        rows = out[n, idx].to(torch.float64).cpu().numpy()
+        delta = self.probe.rotation(rows, self.k)
+        if self.random is not None:
+            noise = self.random.standard_normal(delta.shape)
+            delta = noise * (np.linalg.norm(delta, axis=1, keepdims=True)
+                             / np.linalg.norm(noise, axis=1, keepdims=True))
+        new = rows + delta
+        self.moved = self.probe.decode(new) == (self.probe.decode(rows) + self.k) % 10
+        return out.index_put((n, idx), torch.as_tensor(new, dtype=out.dtype,
+                                                       device=out.device))
+
+
+def _token_index(lm, examples: Sequence[Example], token: str) -> tuple[list[int], list[int]]:
+    """(index of the operand's last token, prompt length) of each prompt, unpadded."""
+    cut = token_ids_at(lm.tokenizer, examples, token)
+    full = lm.tokenizer([e.prompt for e in examples])["input_ids"]
+    return [len(c) - 1 for c in cut], [len(f) for f in full]
+
+
+def _shift_histogram(shift: np.ndarray) -> dict[int, int]:
+    return {int(k): int(v) for k, v in sorted(Counter(shift.tolist()).items())}
+
+
+def digit_intervention(
+    lm,
+    examples: Sequence[Example],
+    fmt: NumberFormat,
+    probe: CircularProbe,
+    *,
+    token: str = "a",
+    role: str = "block",
+    layer: int = 0,
+    shift: int = 1,
+    answer_place: int | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict:
+    """Rotate the probe's digit at ``token`` by +``shift`` and measure the answer's digit.
+
+    ``probe`` must be fitted on the states of (``role``, ``layer``) at ``token`` (see
+    ``fit_operand_probe``). ``answer_place`` (default: the probe's place) is the answer
+    digit compared. Returns, among the ``n_scored`` examples whose unedited, rotated and
+    random-control answers are all numbers, the shares whose answer digit moved by exactly
+    +shift (mod 10) from the unedited answer under the rotation and under the control,
+    the share where it equals (true answer digit + shift) mod 10, histograms of the digit
+    moves, the share of edited states that the probe itself reads as moved by +shift, and
+    the per-example predictions (``clean``, ``rotated``, ``random``).
+    """
+    if token not in ("a", "b"):
+        raise UserError(f"the digit intervention edits an operand; token must be a or b, "
+                        f"got {token!r}.")
+    if not 1 <= shift % 10 <= 9:
+        raise UserError(f"shift must not be a multiple of 10, got {shift}.")
+    place = probe.place if answer_place is None else int(answer_place)
+    cap = max_answer_tokens(fmt, examples)
+    rng = np.random.default_rng(seed)
+    preds = {"clean": [], "rotated": [], "random": []}
+    moved = []
+    batches = [range(s, min(s + batch_size, len(examples)))
+               for s in range(0, len(examples), batch_size)]
+    for idx in tqdm(batches, desc="digit intervention", unit="batch", disable=not progress):
+        batch = [examples[i] for i in idx]
+        index, lengths = _token_index(lm, batch, token)
+        width = max(lengths)
+        where = torch.tensor([width - n + j for j, n in zip(index, lengths)])  # left padding
+        preds["clean"].append(greedy_batch(lm, fmt, batch, cap)[0])
+        for name, noise in (("rotated", None), ("random", rng)):
+            fn = _AtToken(where, probe, shift % 10, noise)
+            preds[name].append(greedy_batch(lm, fmt, batch, cap, edits={(role, layer): fn},
+                                            positions="all")[0])
+            if name == "rotated":
+                moved.append(fn.moved)
+    clean, rotated, random = (np.concatenate(preds[k]) for k in ("clean", "rotated", "random"))
+    answers = np.array([e.answer for e in examples], dtype=np.int64)
+    ok = (clean >= 0) & (rotated >= 0) & (random >= 0)
+    base = digit_at(np.maximum(clean, 0), place)
+    move_rot = (digit_at(np.maximum(rotated, 0), place) - base) % 10
+    move_rand = (digit_at(np.maximum(random, 0), place) - base) % 10
+    k = shift % 10
+    n_ok = max(int(ok.sum()), 1)
+    return {
+        "token": token, "role": role, "layer": layer, "probe_place": probe.place,
+        "answer_place": place, "shift": shift, "n": len(examples), "n_scored": int(ok.sum()),
+        "rate_shifted": float((ok & (move_rot == k)).sum() / n_ok),
+        "rate_shifted_random": float((ok & (move_rand == k)).sum() / n_ok),
+        "rate_changed": float((ok & (rotated != clean)).sum() / n_ok),
+        "rate_changed_random": float((ok & (random != clean)).sum() / n_ok),
+        "rate_target": float((ok & (digit_at(np.maximum(rotated, 0), place)
+                                    == (digit_at(answers, place) + k) % 10)).sum() / n_ok),
+        "probe_moved": float(np.concatenate(moved).mean()),
+        "move_histogram": _shift_histogram(move_rot[ok]),
+        "move_histogram_random": _shift_histogram(move_rand[ok]),
+        "clean": clean.tolist(), "rotated": rotated.tolist(), "random": random.tolist(),
+    }
