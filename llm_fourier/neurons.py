@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from llm_fourier.ablate import evaluate
 from llm_fourier.errors import UserError
 from llm_fourier.numbers import NumberTokens, number_rows
 from probes import FourierBasis
@@ -301,7 +302,6 @@ def knockout_table(
     beside ``n_random`` draws of as many random neurons from each of the same layers."""
     from tqdm.auto import tqdm
 
-    from llm_fourier.ablate import evaluate
 
     if n_random < 1:
         raise UserError(f"n_random must be at least 1, got {n_random}.")

@@ -125,7 +125,7 @@ class GrokTrainCommand(Command):
     def run(self, s: GrokTrainSettings, run: RunDir) -> dict:
         mc, tc = s.configs()
         device = _device(s.device)
-        res = train(mc, tc, s.seeds, out=run.path, resume=run.resumed, device=device)
+        res = train(mc, tc, s.seeds, out=run.workspace(), resume=run.resumed, device=device)
         per_seed = []
         for i, seed in enumerate(res.model.seeds):
             rows = [r for r in res.history if r["seed"] == seed]

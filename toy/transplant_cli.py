@@ -111,6 +111,8 @@ class TransplantSettings(OutputOptions):
                                  "models run fastest on one thread)")
 
     def validate(self) -> None:
+        if self.out is None:
+            raise self.fail("out", "is needed: every arm trains into its own folder there")
         if len(set(self.seeds)) != len(self.seeds):
             raise self.fail("seeds", "must be distinct; give each seed once")
         r = self.resolved()
@@ -201,8 +203,6 @@ class TransplantCommand(Command):
                            "component| per component k and layer."}
 
     def run(self, s: TransplantSettings, run: RunDir) -> dict:
-        if run.path is None:
-            raise s.fail("out", "is needed: every arm trains into its own folder there")
         r = s.resolved()
         if s.threads:
             torch.set_num_threads(s.threads)
@@ -211,17 +211,18 @@ class TransplantCommand(Command):
                                task.max_answer)
         tau = s.tau or max(1, int(50 * (numbers.p - 1) / 520))  # the paper's 50 of 260
         r["tau"] = tau
-        if not run.resumed:  # arms of a finished or discarded run: train afresh
-            for old in run.path.glob("seed*"):
-                shutil.rmtree(old, ignore_errors=True)
         rows, source = build_source(r, numbers, r["d_model"])
+        folder = run.workspace()
         source["spectrum"] = embedding_spectrum(rows, tau)
+        if not run.resumed:  # arms of a finished or discarded run: train afresh
+            for old in folder.glob("seed*"):
+                shutil.rmtree(old, ignore_errors=True)
         analyses: dict[str, dict[int, dict]] = {arm: {} for arm in ARMS}
         for seed in s.seeds:
             for arm in ARMS:
-                folder = run.path / f"seed{seed}" / arm
-                print(f"seed {seed}, arm {arm}: {folder}")
-                analyses[arm][seed] = run_arm(arm, seed, r, task, rows, folder, tau,
+                arm_dir = folder / f"seed{seed}" / arm
+                print(f"seed {seed}, arm {arm}: {arm_dir}")
+                analyses[arm][seed] = run_arm(arm, seed, r, task, rows, arm_dir, tau,
                                               run.resumed)
         first = analyses[ARMS[0]][s.seeds[0]]
         full = sorted(n for n, rk in first.get("filter_ranks", {}).items()
@@ -230,7 +231,7 @@ class TransplantCommand(Command):
                 f"(width below the {numbers.p} numbers' band); those ablation rows are not "
                 "informative: use a --d-model above p - 1." if full else None)
         title = f"{r['source']} ({'trainable' if r['trainable'] else 'frozen'})"
-        files = write_report(run.path, analyses, source["spectrum"], title)
+        files = write_report(folder, analyses, source["spectrum"], title)
         results = {
             "settings": {**r, "seeds": s.seeds, "preset": s.preset}, "task": task.settings,
             "numbers": {"p": numbers.p}, "tau": tau,

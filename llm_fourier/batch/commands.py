@@ -58,9 +58,9 @@ def run_batch(report: Report, run: RunDir, only: list[str] | None = None,
               html_only: bool = False, progress: bool = True) -> dict:
     """Run (or just re-render) a parsed report in its (locked) folder; print the job table;
     return the summary. Raises ``RunFailed`` after the page is written if a job failed."""
-    out = run.path
-    if out is None:
+    if run.path is None:
         raise UserError("a report needs an output folder; pass out=...")
+    out = run.workspace() or run.path
     if html_only:
         if not (out / MANIFEST).is_file():
             raise UserError(f"{out} holds no report yet; run without --html-only first.")

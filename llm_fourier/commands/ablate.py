@@ -129,7 +129,7 @@ class AblateCommand(Command):
             "table": [{k: v for k, v in r.items() if k != "predictions"} for r in table],
             "files": ["table.csv", "predictions.csv", "error_histograms.png"],
         }
-        if not run.writes and run.path is not None:
+        if run.helper:
             return results  # a helper process of a launch: the main one writes and prints
         run.write_csv("table.csv", [{c: r[c] for c in SUMMARY} for r in table])
         run.write_csv("predictions.csv", [

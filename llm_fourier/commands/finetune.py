@@ -120,7 +120,7 @@ class FinetuneCommand(Command):
         lm = s.load_model(device_map={"": "cpu"})
         record_inputs(run, lm, task.train)
         numbers = task_numbers(lm.tokenizer, task.max_answer, lm.name)
-        state = FineTuner(lm, task, numbers, run.path, s.config()).train(
+        state = FineTuner(lm, task, numbers, run.workspace(), s.config()).train(
             resume=run.resumed, stop_after_steps=s.stop_after)
         report = write_training_report(run, state, task, f"fine-tuning {lm.name}")
         results = {"model": lm.name, "settings": s.identity(), "task": task.settings,

@@ -127,7 +127,7 @@ class ProbeCommand(Command):
                 "outliers": [o.as_dict() for o in mean.outliers(top=s.top)],
                 **mean.low_high(s.tau)}
             plots[role] = (spectra, mean)
-        if not run.writes and run.path is not None:
+        if run.helper:
             return results  # a helper process of a launch: the main one writes and prints
         if run.writes:
             for role, (spectra, mean) in plots.items():

@@ -83,12 +83,16 @@ class RunDir:
         self.command = command
         self.settings = to_jsonable(dict(settings))
         self.writes = self.path is not None and main
+        self.helper = self.path is not None and not main  # a helper process of a launch
         self.resumed = False
         self.previous: dict | None = None  # the record found in the folder, if any
         self._lock = None
         self._record: dict = {}
+        self._saved = False  # nothing written yet: a run that fails early leaves nothing
+        self._made = False
         if self.path is None or not main:
             return  # nothing to write: the Python API without out, or a helper process
+        self._made = not self.path.exists()
         check_writable(self.path)
         self._take_lock()
         self._open(restart, set(extendable))
@@ -151,11 +155,13 @@ class RunDir:
                             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
             shutil.rmtree(self.path / PARTIAL, ignore_errors=True)
         self._record.update(status="running", settings_hash=settings_hash(self.settings))
-        self._save_record()
+        if self.resumed:
+            self._save_record()
 
     def _save_record(self) -> None:
         if self.writes:
             write_json(self.path / RUN_FILE, self._record)
+            self._saved = True
 
     def clear(self) -> None:
         """Forget the run's state: ``run.json`` and partial units (``--restart``)."""
@@ -186,6 +192,7 @@ class RunDir:
         """Keep one finished unit of work (JSON ``data`` and optional named tensors)."""
         if not self.writes:
             return
+        self._touch()
         meta, blob = self._unit_paths(name)
         if tensors:
             from safetensors.torch import save
@@ -226,20 +233,35 @@ class RunDir:
         return sorted(p.stem for p in (self.path / PARTIAL).glob(f"{prefix}*.json"))
 
     # ------------------------------------------------------------ outputs
+    def _touch(self) -> None:
+        """Before the first output: record the run, so the folder says what it holds."""
+        if self.writes and not self._saved:
+            self._save_record()
+
+    def workspace(self) -> Path | None:
+        """The folder, for commands that keep their own state files there (checkpoints);
+        None when nothing is written."""
+        self._touch()
+        return self.path if self.writes else None
+
     def file(self, name: str) -> Path | None:
         """The path of an output file (None when nothing is written)."""
+        self._touch()
         return self.path / name if self.writes else None
 
     def write_json(self, name: str, obj) -> None:
         if self.writes:
+            self._touch()
             write_json(self.path / name, obj)
 
     def write_csv(self, name: str, rows: list[dict]) -> None:
         if self.writes:
+            self._touch()
             write_csv(self.path / name, rows)
 
     def write_text(self, name: str, text: str) -> None:
         if self.writes:
+            self._touch()
             atomic_write_text(self.path / name, text)
 
     def finish(self, results: dict) -> dict:
@@ -253,10 +275,17 @@ class RunDir:
         return results
 
     def close(self) -> None:
-        if self._lock is not None:
-            fcntl.flock(self._lock, fcntl.LOCK_UN)
-            self._lock.close()
-            self._lock = None
+        """Release the lock; a run that wrote nothing leaves no trace (not even its folder,
+        when this run made it)."""
+        if self._lock is None:
+            return
+        if not self._saved:
+            (self.path / LOCK_FILE).unlink(missing_ok=True)
+            if self._made and not any(self.path.iterdir()):
+                self.path.rmdir()
+        fcntl.flock(self._lock, fcntl.LOCK_UN)
+        self._lock.close()
+        self._lock = None
 
     def __enter__(self) -> RunDir:
         return self
