@@ -1,10 +1,70 @@
 """The LLM side of llm-fourier: load Hugging Face causal LMs, hook their layers, read module
 outputs through the number-token unembedding, take Fourier spectra and run filter ablations.
 
-Imports ``probes``; never imports ``toy``.
+From Python, ``import llm_fourier as lf`` gives the steps a notebook uses and every command
+as a function of its settings that returns the results the CLI writes::
+
+    lm = lf.load_model("gpt2")
+    task = lf.make_task("+", max_operand=260)
+    res = lf.probe(model="gpt2", limit=200)            # out=None: nothing written
+    lf.run("toy train", p=31, epochs=2000, out="runs/grok")
+
+Names are imported on first use, so ``import llm_fourier`` stays light. Imports ``probes``;
+never imports ``toy`` (its commands are reached through the registry by name).
 """
 
-from llm_fourier.errors import UserError
+from __future__ import annotations
 
-__all__ = ["UserError"]
+import importlib
+
+from llm_fourier.errors import RunFailed, UserError
+
 __version__ = "0.1.0"
+
+# name -> (module, attribute): the library steps and the built-in commands
+_API = {
+    "load_model": ("llm_fourier.models", "load_model"),
+    "LoadedModel": ("llm_fourier.models", "LoadedModel"),
+    "make_task": ("llm_fourier.tasks", "make_task"),
+    "tokenize_prompts": ("llm_fourier.tasks", "tokenize_prompts"),
+    "find_number_tokens": ("llm_fourier.numbers", "find_number_tokens"),
+    "number_format": ("llm_fourier.number_format", "number_format"),
+    "capture": ("llm_fourier.hooks", "capture"),
+    "edit": ("llm_fourier.hooks", "edit"),
+    "number_readout": ("llm_fourier.readout", "number_readout"),
+    "run_lens": ("llm_fourier.lens", "run_lens"),
+    "number_filters": ("llm_fourier.ablate", "number_filters"),
+    "filter_edits": ("llm_fourier.ablate", "filter_edits"),
+    "evaluate": ("llm_fourier.ablate", "evaluate"),
+    "ablation_table": ("llm_fourier.ablate", "ablation_table"),
+    "evaluate_answers": ("llm_fourier.answers", "evaluate_answers"),
+    "collect": ("llm_fourier.hidden", "collect"),
+    "probe_layers": ("llm_fourier.hidden", "probe_layers"),
+    "probe": ("llm_fourier.commands.probe", "COMMAND"),
+    "ablate": ("llm_fourier.commands.ablate", "COMMAND"),
+    "embed": ("llm_fourier.commands.embed", "COMMAND"),
+    "hidden": ("llm_fourier.commands.hidden", "COMMAND"),
+    "finetune": ("llm_fourier.commands.finetune", "COMMAND"),
+    "report": ("llm_fourier.batch.commands", "REPORT"),
+    "demo": ("llm_fourier.batch.commands", "DEMO"),
+}
+
+__all__ = ["RunFailed", "UserError", "run", *_API]
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'llm_fourier' has no attribute {name!r}")
+    module, attribute = _API[name]
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value
+    return value
+
+
+def run(command: str, **settings) -> dict:
+    """Run any registered command by name (``"probe"``, ``"toy train"``, ``"transplant"``...)
+    with keyword settings, checked as on the command line; returns its results."""
+    commands = importlib.import_module("llm_fourier.commands")
+    if command in ("report", "demo"):
+        return __getattr__(command)(**settings)
+    return commands.get_command(command)(**settings)

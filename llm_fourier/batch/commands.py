@@ -161,4 +161,5 @@ class DemoCommand(Command):
         return summary
 
 
-BATCH_COMMANDS: list[Command] = [ReportCommand(), DemoCommand()]
+REPORT, DEMO = ReportCommand(), DemoCommand()
+BATCH_COMMANDS: list[Command] = [REPORT, DEMO]
