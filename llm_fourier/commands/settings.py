@@ -164,7 +164,14 @@ class Settings:
     @classmethod
     def from_dict(cls, values: Mapping, source: str = "") -> Settings:
         """Settings from a mapping (a report config's table, Python keyword arguments)."""
-        return cls(**cls.convert(values, source))
+        values = cls.convert(values, source)
+        for f in dataclasses.fields(cls):
+            if f.name not in values and f.default is dataclasses.MISSING \
+                    and f.default_factory is dataclasses.MISSING:
+                meta = f.metadata.get(_META, {"positional": False, "flag": None})
+                label = f.name if meta["positional"] else _flag(f.name, meta)
+                raise UserError(f"{cls.command}: {label} is required.")
+        return cls(**values)
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser,
