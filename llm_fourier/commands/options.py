@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from llm_fourier.commands.settings import Settings, option
+from llm_fourier.distributed import device_map_kwargs
 from llm_fourier.fingerprint import examples_fingerprint, model_fingerprint, tokenizer_fingerprint
 from llm_fourier.models import LoadedModel, load_model
 from llm_fourier.output.rundir import RunDir
@@ -49,9 +52,17 @@ class ModelOptions(SourceOptions):
                                     "check that attention and MLP outputs add up to the "
                                     "residual stream")
 
+    def validate(self) -> None:
+        if self.device_map and "cuda" in self.device_map and not torch.cuda.is_available():
+            raise self.fail("device_map", f"{self.device_map!r} needs a GPU, but no CUDA device "
+                            "is available; leave --device-map out to run on the CPU")
+
     def load_model(self, **overrides) -> LoadedModel:
+        """The model, on this process's GPUs under a launcher (``device_map_kwargs``)."""
         kwargs = dict(device_map=self.device_map, dtype=self.dtype,
                       trust_remote_code=self.trust_remote_code)
+        if self.device_map is None:
+            kwargs.update(device_map_kwargs())
         if self.revision is not None:
             kwargs["revision"] = self.revision
         if self.skip_roles_check:

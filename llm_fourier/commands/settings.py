@@ -69,11 +69,15 @@ class Settings:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             self._check_field(f)
-        self.validate()
+        for klass in reversed(type(self).__mro__):  # every group's checks, base first
+            check = klass.__dict__.get("validate")
+            if check is not None:
+                check(self)
 
     # -------------------------------------------------------------- checks
     def validate(self) -> None:
-        """Checks between fields; subclasses extend (and call super)."""
+        """Checks between fields of one class (each class of the MRO that defines one runs;
+        no ``super()`` call needed)."""
 
     def fail(self, name: str, problem: str) -> UserError:
         """A ``UserError`` about option ``name``, e.g. ``fail("tau", "must be ...")``."""

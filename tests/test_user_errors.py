@@ -1,0 +1,138 @@
+"""Every user mistake is one sentence and exit code 2, before any heavy work, with nothing
+written to ``--out``: one generated case per range, choice and type of every option of
+every command, plus the mistakes that need more than one option or a file to see."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import typing
+
+import pytest
+
+from llm_fourier.batch.commands import BATCH_COMMANDS
+from llm_fourier.cli import main
+from llm_fourier.commands import all_commands
+from llm_fourier.commands.settings import _META, _flag, _kind
+
+COMMANDS = {**all_commands(), **{c.name: c for c in BATCH_COMMANDS}}
+# required positional values / options that the generated cases keep valid
+REQUIRED = {"toy analyze": ["ckpt.safetensors"], "report": ["grid.toml"]}
+
+
+def _base(command) -> list[str]:
+    argv = [*command.name.split(), *REQUIRED.get(command.name, [])]
+    for f in dataclasses.fields(command.Settings):
+        meta = f.metadata.get(_META)
+        if meta and not meta["positional"] and f.default is dataclasses.MISSING \
+                and f.default_factory is dataclasses.MISSING:
+            argv += [_flag(f.name, meta), "m"]  # never loaded: the bad value fails first
+    return argv
+
+
+def _bad_values(settings_cls) -> list[tuple[str, str, str]]:
+    """(option, bad value, why) for every range, choice and type of the settings."""
+    hints = typing.get_type_hints(settings_cls)
+    cases = []
+    for f in dataclasses.fields(settings_cls):
+        meta = f.metadata.get(_META)
+        if meta is None or meta["positional"]:
+            continue
+        elem, _, _ = _kind(hints[f.name])
+        flag = _flag(f.name, meta)
+        if meta["choices"] is not None:
+            cases.append((flag, "no-such-choice", "choice"))
+        if elem in (int, float):
+            cases.append((flag, "x", "type"))
+            if meta["min"] is not None:
+                cases.append((flag, str(elem(meta["min"] - 1)), "min"))
+            if meta["above"] is not None:
+                cases.append((flag, str(elem(meta["above"])), "above"))
+            if meta["max"] is not None:
+                cases.append((flag, str(elem(meta["max"] + 1)), "max"))
+        if elem is float:
+            cases.append((flag, "nan", "finite"))
+    return cases
+
+
+GENERATED = [pytest.param([*_base(c), flag, value], id=f"{name}{flag}={value}({why})")
+             for name, c in COMMANDS.items() for flag, value, why in _bad_values(c.Settings)]
+SPECIFIC = [
+    (["probe", "--model", "m", "--max-operand", "20"], "--tau must lie in 1..20"),
+    (["embed", "--model", "m", "--max-number", "20"], "--tau must lie in 1..10"),
+    (["ablate", "--model", "m", "--max-operand", "20", "--tau", "5", "--keep", "30"],
+     "--keep components must lie in 1..20"),
+    (["ablate", "--model", "m", "--layers", "1-x"], "cannot read --layers"),
+    (["hidden", "--model", "m", "--ablate-periods", "7"], "were not fitted"),
+    (["hidden", "--model", "m", "--folds", "1"], "--folds must be at least 2"),
+    (["hidden", "--model", "m", "--helix-periods", "0"], "--helix-periods must be at least 2"),
+    (["transplant", "--periods", "0"], "--periods must be at least 2"),
+    (["transplant", "--heads", "3", "--d-model", "16"], "--heads must divide --d-model 16"),
+    (["toy", "train", "--seeds", "1", "1"], "--seeds must be distinct"),
+    (["toy", "train", "--lr", "-1"], "--lr must be above 0"),
+    (["toy", "train", "--train-frac", "2"], "--train-frac must be at most 1"),
+    (["finetune", "--model", "m", "--lr", "0"], "--lr must be above 0"),
+    (["report"], "name a config file or a preset"),
+    (["report", "no-such-config"], "no config file or preset named"),
+]
+if not __import__("torch").cuda.is_available():
+    SPECIFIC.append((["probe", "--model", "m", "--device-map", "cuda"], "no CUDA device"))
+
+
+def _check(argv: list[str], out, capsys) -> str:
+    assert main([*argv, "--out", str(out)]) == 2, argv
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in captured.err + captured.out
+    assert not out.exists(), f"{argv} wrote into --out"
+    return err
+
+
+@pytest.mark.parametrize("argv", GENERATED)
+def test_every_bad_option_value_is_one_sentence_exit_2(argv, tmp_path, capsys):
+    _check(argv, tmp_path / "out", capsys)
+
+
+@pytest.mark.parametrize("argv, words", SPECIFIC)
+def test_mistakes_across_options_are_one_sentence(argv, words, tmp_path, capsys):
+    assert words in _check(argv, tmp_path / "out", capsys)
+
+
+def test_the_table_covers_every_command():
+    covered = {case.id.split("-", 1)[0] for case in GENERATED}
+    assert len(GENERATED) > 60 and {"probe", "ablate", "hidden", "finetune"} <= {
+        n for n in COMMANDS if any(c.values[0][0] == n for c in GENERATED)} and covered
+
+
+@pytest.mark.parametrize("problem", ["file", "under a file", "read-only"])
+def test_out_that_cannot_be_written_is_refused_before_loading(problem, tmp_path, capsys):
+    out = tmp_path / "out"
+    if problem == "file":
+        out.write_text("not a folder")
+    elif problem == "under a file":
+        (tmp_path / "f").write_text("a file")
+        out = tmp_path / "f" / "out"
+    else:
+        out.mkdir()
+        os.chmod(out, 0o500)
+        if os.access(out, os.W_OK):  # root ignores modes
+            pytest.skip("running as root: folder modes are not enforced")
+    # the model does not exist: if --out were checked after loading, the error would name it
+    assert main(["probe", "--model", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "missing" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_failure_after_the_out_check_leaves_no_folder(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["probe", "--model", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert "missing" in capsys.readouterr().err and not out.exists()
+
+
+def test_generated_cases_really_are_out_of_range():
+    ids = [c.id for c in GENERATED]
+    assert "probe--tau=0(min)" in ids and "toy train--lr=0.0(above)" in ids
+    assert any(i.startswith("toy train--train-frac=2.0(max)") for i in ids)
+    assert not math.isfinite(float("nan"))
