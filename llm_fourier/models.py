@@ -21,7 +21,6 @@ from llm_fourier.architectures import (  # noqa: F401 - re-exported
     Roles,
     discover_roles,
     embed_tokens,
-    path_of,
     refusal,
     roles_for,
     scale_of,
@@ -35,10 +34,9 @@ from llm_fourier.sources import (  # noqa: F401 - re-exported
     load_tokenizer,
     resolve_source,
     source_kwargs,
+    weights_kwargs,
 )
 
-_path_of = path_of  # older names, used by embeddings.py
-_load_tokenizer, _load_config = load_tokenizer, load_config
 ROLE_NAMES = ("attn", "mlp", "block")
 
 
@@ -203,7 +201,8 @@ def load_model(
         kwargs["max_memory"] = parse_max_memory(max_memory)
     try:
         hf = AutoModelForCausalLM.from_pretrained(where, config=config,
-                                                  dtype=resolve_dtype(dtype), **kwargs)
+                                                  dtype=resolve_dtype(dtype),
+                                                  **weights_kwargs(kwargs))
     except ValueError as err:
         if "Unrecognized configuration class" in str(err):
             raise UserError(f"{name} is not a causal language model (it has no LM head); "

@@ -132,6 +132,17 @@ def resolve_source(name: str, trust_remote_code: bool = False,
     return str(folder), kwargs
 
 
+def weights_kwargs(kwargs: dict) -> dict:
+    """``kwargs`` for loading the weights: a GGUF file is dequantized to dense weights of the
+    requested dtype (transformers would keep some architectures' blocks packed, and W_U /
+    W_E must be plain matrices here)."""
+    if "gguf_file" not in kwargs:
+        return kwargs
+    from transformers import GgufConfig
+
+    return {**kwargs, "quantization_config": GgufConfig(dequantize=True)}
+
+
 def source_kwargs(name: str, trust_remote_code: bool, revision: str | None = None) -> dict:
     """The keyword arguments of ``resolve_source``."""
     return resolve_source(name, trust_remote_code, revision)[1]
