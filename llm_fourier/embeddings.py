@@ -163,9 +163,9 @@ def load_embedding_matrix(
         except ValueError as err:
             if "Unrecognized configuration class" in str(err):
                 continue
-            raise cannot_load(name, err) from err
+            raise cannot_load(name, err, revision) from err
         except OSError as err:
-            raise cannot_load(name, err) from err
+            raise cannot_load(name, err, revision) from err
         return _matrix_of(hf, name, unembed, scaled), tok
     raise UserError(f"{name} has no language-model head to unembed with; drop --unembed to "
                     "analyse its input embedding.")

@@ -207,9 +207,9 @@ def load_model(
         if "Unrecognized configuration class" in str(err):
             raise UserError(f"{name} is not a causal language model (it has no LM head); "
                             "probe and ablate need one, embed works on any model.") from err
-        raise cannot_load(name, err) from err
+        raise cannot_load(name, err, revision) from err
     except OSError as err:
-        raise cannot_load(name, err) from err
+        raise cannot_load(name, err, revision) from err
     return _finish(hf.eval(), tok, name, verify)
 
 

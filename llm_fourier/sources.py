@@ -148,8 +148,9 @@ def source_kwargs(name: str, trust_remote_code: bool, revision: str | None = Non
     return resolve_source(name, trust_remote_code, revision)[1]
 
 
-def cannot_load(name: str, err: Exception) -> UserError:
-    """One sentence for 'the weights cannot be had' (no network, wrong id, bad folder)."""
+def cannot_load(name: str, err: Exception, revision: str | None = None) -> UserError:
+    """One sentence for 'the weights cannot be had' (no network, wrong id or revision, bad
+    folder)."""
     reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
     if looks_local(name):
         if Path(name).expanduser().is_file() or Path(name).suffix.lower() == ".gguf":
@@ -160,8 +161,10 @@ def cannot_load(name: str, err: Exception) -> UserError:
         return UserError(f"could not load the model folder {name} ({reason}); pass a folder "
                          "written by save_pretrained or huggingface-cli download, with its "
                          "config, tokenizer and weights.")
-    return UserError(f"could not load {name!r} ({reason}); without network, download it "
-                     f"elsewhere (huggingface-cli download {name} --local-dir DIR) and pass "
+    at = "" if revision is None else f" at revision {revision!r}"
+    get = f"huggingface-cli download {name}" + (f" --revision {revision}" if revision else "")
+    return UserError(f"could not load {name!r}{at} ({reason}); check the id and revision, or "
+                     f"without network download it elsewhere ({get} --local-dir DIR) and pass "
                      "the local folder instead.")
 
 
@@ -194,7 +197,7 @@ def load_tokenizer(source, trust_remote_code: bool = False, revision: str | None
             return PreTrainedTokenizerFast.from_pretrained(where, **kwargs)
         return AutoTokenizer.from_pretrained(where, **kwargs)
     except (OSError, ValueError) as err:
-        raise cannot_load(name, err) from err
+        raise cannot_load(name, err, revision) from err
 
 
 def load_config(name: str, trust_remote_code: bool = False, revision: str | None = None):
@@ -206,4 +209,4 @@ def load_config(name: str, trust_remote_code: bool = False, revision: str | None
     try:
         return AutoConfig.from_pretrained(where, **kwargs)
     except (OSError, ValueError) as err:
-        raise cannot_load(name, err) from err
+        raise cannot_load(name, err, revision) from err
