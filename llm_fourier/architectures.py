@@ -115,7 +115,7 @@ class Refusal:
 
     applies: Callable[[object], bool]
     reason: str
-    fix: str = field(default="llm-fourier cannot analyse it")
+    fix: str = field(default="analyse another model")
 
 
 REFUSED: dict[str, list[Refusal]] = {
@@ -141,9 +141,10 @@ def refusal(config) -> str | None:
     model_type = getattr(config, "model_type", None)
     for rule in REFUSED.get(model_type, ()):
         if rule.applies(config):
-            return (f"this {model_type} model {rule.reason}; {rule.fix} (llm-fourier hooks "
-                    "need the residual stream to be the embedding plus each block's "
-                    "contributions).")
+            return (f"this {model_type} model {rule.reason}, and llm-fourier's hooks need the "
+                    "residual stream to be the embedding plus each block's contributions; "
+                    f"{rule.fix}, or pass --skip-roles-check (load_model(..., verify=False)) "
+                    "at your own risk.")
     return None
 
 
@@ -196,6 +197,7 @@ def embed_tokens(model: nn.Module, roles: Roles | None = None,
 _ATTN = re.compile(r"attn|attention", re.I)
 _MLP = re.compile(r"mlp|ffn|feed_?forward", re.I)
 _NORM = re.compile(r"norm|ln_?f", re.I)
+_NOT_A_SUBLAYER = re.compile(r"norm|drop|^ln_?\d*$", re.I)
 _POST_ATTN_NORM = re.compile(r"^post_?(self_?)?(attn|attention).*norm", re.I)
 _POST_MLP_NORM = re.compile(r"^post_?(feed_?forward|ffw|ffn|mlp).*norm", re.I)
 _POSITIONS = re.compile(r"^(wpe|pos|position)|positions?_?emb", re.I)
@@ -210,7 +212,8 @@ def path_of(model: nn.Module, target: nn.Module | None) -> str | None:
 def discover_roles(model: nn.Module) -> Roles:
     """Guess roles from module names: the longest ``ModuleList`` is the stack of blocks; in
     block 0 the post-attention / post-feed-forward norms when it has both (Gemma-2 style),
-    else the first children named like attention / MLP; the last norm outside the blocks;
+    else the first children named like attention / MLP that are not norms or dropouts; the
+    last norm outside the blocks;
     an ``nn.Embedding`` named like positions; ``residual_multiplier`` /
     ``embedding_multiplier`` from the config. The self-check at load verifies the guess."""
     lists = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m)]
@@ -221,9 +224,10 @@ def discover_roles(model: nn.Module) -> Roles:
     children = [n for n, _ in stack[0].named_children()]
     attn = next((n for n in children if _POST_ATTN_NORM.search(n)), None)
     mlp = next((n for n in children if _POST_MLP_NORM.search(n)), None)
-    if attn is None or mlp is None:
-        attn = next((n for n in children if _ATTN.search(n)), None)
-        mlp = next((n for n in children if _MLP.search(n)), None)
+    if attn is None or mlp is None:  # the sublayers themselves, not their norms or dropouts
+        sublayers = [n for n in children if not _NOT_A_SUBLAYER.search(n)]
+        attn = next((n for n in sublayers if _ATTN.search(n)), None)
+        mlp = next((n for n in sublayers if _MLP.search(n)), None)
     outside = [(n, m) for n, m in model.named_modules()
                if n and not n.startswith(blocks + ".") and not list(m.children())]
     norms = [n for n, _ in outside if _NORM.search(n.rsplit(".", 1)[-1])]
@@ -263,12 +267,26 @@ def roles_for(model: nn.Module) -> Roles:
     return discover_roles(model)  # unknown type, or a different layout (e.g. a base model)
 
 
+def set_to_none(model: nn.Module, path: str) -> bool:
+    """Whether ``path``'s last attribute exists and is None (OPT's final_layer_norm when it
+    normalises after each sublayer, its project_in when it has none)."""
+    parent, _, name = path.rpartition(".")
+    try:
+        owner = model.get_submodule(parent) if parent else model
+    except AttributeError:
+        return False
+    return name in owner.__dict__ and owner.__dict__[name] is None
+
+
 def resolves(model: nn.Module, roles: Roles) -> bool:
-    """Whether every required path of ``roles`` names a module of ``model``."""
+    """Whether every required path of ``roles`` names a module of ``model`` (a final norm the
+    model sets to None counts: such a model is refused by the check, or used at one's risk)."""
     paths = [f"{roles.blocks}.0.{roles.attn.path}", f"{roles.blocks}.0.{roles.mlp.path}",
-             roles.final_norm, roles.unembed, roles.embed]
+             roles.unembed, roles.embed]
     if roles.positions:
         paths.append(roles.positions)
+    if not set_to_none(model, roles.final_norm):
+        paths.append(roles.final_norm)
     try:
         for path in paths:
             model.get_submodule(path)

@@ -111,12 +111,16 @@ class _Positions:
 
     def grid(self, out: Tensor, site: Site) -> Tensor:
         """``out`` as N x T x D (a view; only ``flat`` modules need the input's shape)."""
-        if not site.flat or out.dim() != 2:
-            return out
-        if self.tokens is None:
-            raise UserError("a flat (N*T x D) module output needs the forward's input_ids "
-                            "(or inputs_embeds) of shape N x T; pass them to the model.")
-        return out.view(*self.tokens, out.shape[-1])
+        if site.flat and out.dim() == 2:
+            if self.tokens is None:
+                raise UserError("a flat (N*T x D) module output needs the forward's input_ids "
+                                "(or inputs_embeds) of shape N x T; pass them to the model.")
+            return out.view(*self.tokens, out.shape[-1])
+        if out.dim() != 3:
+            raise UserError(f"{type(site.module).__name__} returned a tensor of shape "
+                            f"{tuple(out.shape)}, not N x T x D; a role whose module sees "
+                            "(N*T) x D rows must be marked flat in its Contribution.")
+        return out
 
     def last(self, out: Tensor) -> Tensor | None:
         """Last-token positions for ``out`` (N x T x D) on its device; None = all at T - 1."""

@@ -88,7 +88,11 @@ class LoadedModel:
 
     @property
     def final_norm(self) -> nn.Module:
-        return self.model.get_submodule(self.roles.final_norm)
+        try:
+            return self.model.get_submodule(self.roles.final_norm)
+        except AttributeError:
+            raise UserError(f"{self.name} has no final norm ({self.roles.final_norm} is None); "
+                            "read the residual stream without it.") from None
 
     def unembedding(self) -> torch.Tensor:
         """W_U as (vocab x D), in the model's dtype and device (tied or not)."""

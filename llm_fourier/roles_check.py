@@ -107,7 +107,7 @@ def measure_roles(lm) -> RolesCheck:
             model(input_ids=ids, attention_mask=torch.ones_like(ids), **extra)
             embedded = lm.embed_tokens(ids).to("cpu")
     except (UserError, RuntimeError, IndexError) as err:  # a hook read a misshapen output
-        report.missing = f"the forward with the roles' hooks failed ({str(err)[:160]})"
+        report.missing = f"the forward with the roles' hooks failed: {str(err)[:200].rstrip('.')}"
         return report
     finally:
         for h in handles:

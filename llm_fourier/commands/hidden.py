@@ -121,7 +121,8 @@ def run(args: argparse.Namespace) -> dict:
     if any(T < 2 for T in args.periods):
         raise UserError(f"--periods must be integers >= 2, got {args.periods}.")
     lm = load_model(args.model, args.tokenizer, device_map=args.device_map, dtype=args.dtype,
-                    trust_remote_code=args.trust_remote_code)
+                    trust_remote_code=args.trust_remote_code,
+                    verify=not args.skip_roles_check)
     task = make_task(args.op, args.max_operand, seed=args.seed, shots=args.shots)
     layers = list(range(lm.n_layers)) if args.layers is None else sorted(set(args.layers))
     if not all(0 <= i < lm.n_layers for i in layers):

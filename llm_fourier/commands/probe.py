@@ -45,6 +45,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="accelerate device map (default: auto on GPU, else CPU)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="run the model repository's own code (off by default)")
+    parser.add_argument("--skip-roles-check", action="store_true",
+                        help="experts only: skip the check at load that the hooked attention "
+                             "and MLP outputs add up to the residual stream (off by default)")
 
 
 def add_task_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,7 +86,8 @@ def prepare(args: argparse.Namespace, check_p: Callable[[int], None] | None = No
     if check_p is not None:
         check_p(max_answer + 1)
     lm = load_model(args.model, args.tokenizer, device_map=args.device_map, dtype=args.dtype,
-                    trust_remote_code=args.trust_remote_code)
+                    trust_remote_code=args.trust_remote_code,
+                    verify=not args.skip_roles_check)
     found = find_number_tokens(lm.tokenizer, max_number=max_answer)
     require_numbers(found, max_answer, lm.name)
     # the number space is the answer range 0..max_answer, as in the paper (p = 521)
