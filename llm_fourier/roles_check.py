@@ -85,7 +85,11 @@ def measure_roles(lm) -> RolesCheck:
         store.append(x.detach().to("cpu", copy=True))
 
     def first_tensor(args, kwargs) -> Tensor:
-        return args[0] if args else next(v for v in kwargs.values() if isinstance(v, Tensor))
+        if args:
+            return args[0]
+        if isinstance(kwargs.get("hidden_states"), Tensor):
+            return kwargs["hidden_states"]
+        return next(v for v in kwargs.values() if isinstance(v, Tensor))
 
     handles = [
         lm.block(0).register_forward_pre_hook(
@@ -136,7 +140,7 @@ def measure_roles(lm) -> RolesCheck:
 
 def _missing(lm, seen: dict, blocks: list, cap, last) -> str | None:
     """What did not run exactly once, or a role whose last-token rows are not its output's."""
-    runs = [("block 0's input", len(seen["input"])), ("the final norm", len(seen["final"]))]
+    runs = [("block 0", len(seen["input"])), ("the final norm", len(seen["final"]))]
     runs += [(f"block {i}", len(s)) for i, s in enumerate(blocks)]
     if lm.roles.positions:
         runs.append((f"the position embedding ({lm.roles.positions})", len(seen["positions"])))
