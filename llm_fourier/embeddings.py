@@ -1,9 +1,13 @@
 """The embedding (W_E) or unembedding (W_U) matrix of any Hugging Face model.
 
-For a local folder with safetensors weights only that one tensor is read: the module path
-comes from a weightless skeleton of the model (built on the meta device), so a 70B model's
-embedding costs its own size, not the model's. Otherwise (hub ids, .bin weights, renamed
-checkpoint keys, quantized models) the model is loaded once with ``from_pretrained``.
+W_E is returned as the model adds it to the residual stream (``scaled``, the default):
+times its embedding module's own scale (Gemma's sqrt(d)) and the config multiplier
+(Granite's ``embedding_multiplier``), through a row-wise embedding norm where there is one
+(Bloom). For a local folder with safetensors weights only that one tensor is read: the
+module path and the module's scale come from a weightless skeleton of the model (built on
+the meta device), so a 70B model's embedding costs its own size, not the model's. Otherwise
+(hub ids, GGUF files, .bin weights, renamed checkpoint keys, quantized models, an embedding
+norm) the model is loaded once with ``from_pretrained``.
 """
 
 from __future__ import annotations
@@ -11,17 +15,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import nn
 
+from llm_fourier.architectures import ROLES, embed_tokens, path_of, scale_of, submodule
 from llm_fourier.errors import UserError
-from llm_fourier.models import (
-    _load_config,
-    _load_tokenizer,
-    _path_of,
+from llm_fourier.models import default_device_map, is_encoder, resolve_dtype
+from llm_fourier.sources import (
     cannot_load,
-    default_device_map,
-    is_encoder,
-    resolve_dtype,
-    source_kwargs,
+    load_config,
+    load_tokenizer,
+    resolve_source,
+    weights_kwargs,
 )
 
 
@@ -35,25 +39,51 @@ def _model_classes(config, unembed: bool) -> tuple:
     return (AutoModelForCausalLM, AutoModelForMaskedLM)
 
 
+def _skeleton(config, unembed: bool, trust_remote_code: bool):
+    """A weightless model ``from_pretrained`` would build (None when no class fits)."""
+    for cls in _model_classes(config, unembed):
+        try:
+            with torch.device("meta"):
+                return cls.from_config(config, trust_remote_code=trust_remote_code)
+        except ValueError:  # no such head for this config class
+            continue
+    return None
+
+
 def tensor_name(config, unembed: bool, trust_remote_code: bool = False) -> tuple[str, tuple]:
     """(parameter name of W_E / W_U in the model ``from_pretrained`` would build, shape).
 
     For tied weights the unembedding is the input embedding's parameter."""
-    for cls in _model_classes(config, unembed):
-        try:
-            with torch.device("meta"):
-                skeleton = cls.from_config(config, trust_remote_code=trust_remote_code)
-        except ValueError:  # no such head for this config class
-            continue
-        layer = skeleton.get_output_embeddings() if unembed else skeleton.get_input_embeddings()
-        if layer is None:
-            return "", ()
-        weight = layer.weight
-        for name, param in skeleton.named_parameters():  # tied: the first owner's name
-            if param is weight:
-                return name, tuple(weight.shape)
-        return f"{_path_of(skeleton, layer)}.weight", tuple(weight.shape)
-    return "", ()
+    skeleton = _skeleton(config, unembed, trust_remote_code)
+    layer = None if skeleton is None else (
+        skeleton.get_output_embeddings() if unembed else skeleton.get_input_embeddings())
+    if layer is None:
+        return "", ()
+    weight = layer.weight
+    for name, param in skeleton.named_parameters():  # tied: the first owner's name
+        if param is weight:
+            return name, tuple(weight.shape)
+    return f"{path_of(skeleton, layer)}.weight", tuple(weight.shape)
+
+
+def embedding_scale(config, trust_remote_code: bool = False) -> float | None:
+    """What the model multiplies W_E rows by before block 0: its embedding module's own
+    scale times the config multiplier; None when a row-wise module follows (Bloom's norm) or
+    the embedding module computes something this cannot name (then load the model)."""
+    skeleton = _skeleton(config, False, trust_remote_code)
+    layer = None if skeleton is None else skeleton.get_input_embeddings()
+    if layer is None:
+        return None
+    if type(layer).forward is nn.Embedding.forward:
+        own = 1.0
+    elif isinstance(getattr(layer, "scalar_embed_scale", None), (int, float)):
+        own = float(layer.scalar_embed_scale)  # Gemma's *ScaledWordEmbedding
+    else:
+        return None
+    roles = ROLES.get(config.model_type)
+    if roles is not None and submodule(skeleton, roles.embed_post) is not None:
+        return None
+    return own * scale_of(config, roles.embed_scale if roles else None)
 
 
 def read_from_safetensors(folder: str | Path, name: str, shape: tuple) -> torch.Tensor | None:
@@ -74,19 +104,24 @@ def read_from_safetensors(folder: str | Path, name: str, shape: tuple) -> torch.
     return tensor if tuple(tensor.shape) == tuple(shape) else None
 
 
-def _fast_path(name: str, config, unembed: bool, dtype, trust_remote_code: bool):
+def _fast_path(name: str, config, unembed: bool, dtype, trust_remote_code: bool,
+               scaled: bool = True):
     folder = Path(name).expanduser()
     if (not folder.is_dir() or getattr(config, "quantization_config", None)
             or not any(folder.glob("*.safetensors"))):
         return None
     try:
         param, shape = tensor_name(config, unembed, trust_remote_code)
+        scale = 1.0 if unembed or not scaled else embedding_scale(config, trust_remote_code)
     except Exception:  # noqa: BLE001 - any skeleton failure falls back to a full load
         return None
-    matrix = read_from_safetensors(folder, param, shape) if param else None
+    matrix = read_from_safetensors(folder, param, shape) if param and scale is not None else None
     if matrix is None:
         return None
-    return matrix if dtype == "auto" else matrix.to(dtype)
+    matrix = matrix if dtype == "auto" else matrix.to(dtype)
+    # as the model computes it: W_E in its dtype times the scale (Gemma rounds the scale to
+    # that dtype first; a Python float multiplier behaves the same for Granite's product)
+    return matrix if scale == 1.0 else matrix * torch.tensor(scale, dtype=matrix.dtype)
 
 
 def load_embedding_matrix(
@@ -97,43 +132,51 @@ def load_embedding_matrix(
     dtype: str | torch.dtype = "auto",
     device_map=None,
     trust_remote_code: bool = False,
+    revision: str | None = None,
+    scaled: bool = True,
 ) -> tuple[torch.Tensor, object]:
     """(W_E, or W_U with ``unembed``, as vocab x D; tokenizer) of any model with an input
-    embedding: causal LMs, and encoders (``AutoModel``; their masked-LM head for W_U)."""
+    embedding: causal LMs, and encoders (``AutoModel``; their masked-LM head for W_U).
+    ``scaled``: W_E as the model adds it to the residual stream (else the raw parameter)."""
     from transformers import PreTrainedModel
 
     if isinstance(model, PreTrainedModel):
         hf, name = model, getattr(model, "name_or_path", "") or type(model).__name__
-        tok = _load_tokenizer(tokenizer if tokenizer is not None else name, trust_remote_code)
-        return _matrix_of(hf, name, unembed), tok
+        tok = load_tokenizer(tokenizer if tokenizer is not None else name, trust_remote_code)
+        return _matrix_of(hf, name, unembed, scaled), tok
     name = str(model)
-    kwargs = source_kwargs(name, trust_remote_code)
-    tok = _load_tokenizer(tokenizer if tokenizer is not None else name, trust_remote_code)
-    config = _load_config(name, trust_remote_code)
+    where, kwargs = resolve_source(name, trust_remote_code, revision)
+    own = tokenizer is None
+    tok = load_tokenizer(name if own else tokenizer, trust_remote_code, revision if own else None)
+    config = load_config(name, trust_remote_code, revision)
     dtype = resolve_dtype(dtype)
-    matrix = _fast_path(name, config, unembed, dtype, trust_remote_code)
-    if matrix is not None:
-        return matrix, tok
+    if "gguf_file" not in kwargs:
+        matrix = _fast_path(where, config, unembed, dtype, trust_remote_code, scaled)
+        if matrix is not None:
+            return matrix, tok
     if default_device_map(device_map) is not None:
         kwargs["device_map"] = default_device_map(device_map)
     for cls in _model_classes(config, unembed):
         try:
-            hf = cls.from_pretrained(name, config=config, dtype=dtype, **kwargs)
+            hf = cls.from_pretrained(where, config=config, dtype=dtype,
+                                     **weights_kwargs(kwargs))
         except ValueError as err:
             if "Unrecognized configuration class" in str(err):
                 continue
-            raise cannot_load(name, err) from err
+            raise cannot_load(name, err, revision) from err
         except OSError as err:
-            raise cannot_load(name, err) from err
-        return _matrix_of(hf, name, unembed), tok
+            raise cannot_load(name, err, revision) from err
+        return _matrix_of(hf, name, unembed, scaled), tok
     raise UserError(f"{name} has no language-model head to unembed with; drop --unembed to "
                     "analyse its input embedding.")
 
 
-def _matrix_of(hf, name: str, unembed: bool) -> torch.Tensor:
+def _matrix_of(hf, name: str, unembed: bool, scaled: bool = True) -> torch.Tensor:
     layer = hf.get_output_embeddings() if unembed else hf.get_input_embeddings()
     if layer is None or getattr(layer, "weight", None) is None:
         what = "output (unembedding)" if unembed else "input embedding"
         raise UserError(f"{name} has no {what} matrix; try {'without' if unembed else 'with'} "
                         "--unembed.")
-    return layer.weight.detach()
+    if unembed or not scaled:
+        return layer.weight.detach()
+    return embed_tokens(hf)

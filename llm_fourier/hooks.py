@@ -1,14 +1,18 @@
-"""Capture and edit module outputs at chosen layers and positions (plain forward hooks).
+"""Capture and edit residual contributions at chosen layers and positions (forward hooks).
 
-``capture`` records each hooked module's output at the last real token (or at every
-position) and keeps only those rows, as float32 on the CPU; ``edit`` replaces them by a
-function of themselves. Both are context managers that always remove their hooks.
+``capture`` records what each role adds to the residual stream (``lm.site(layer, role)``:
+a module's output, element 0 of a tuple, times the block's multiplier where it scales it)
+at the last real token (or at every position) and keeps only those rows, as float32 on the
+CPU; ``edit`` makes the block add ``fn(contribution)`` instead (Granite: the module output
+becomes ``fn(m * out) / m``). Both are context managers that always remove their hooks.
 
 The attention mask is read from the ``attention_mask`` keyword of the model's forward (a
 pre-hook on the model root), else from ``.set_mask(mask)``; without either every token is
 treated as real (the last position is T - 1). Module outputs may be tuples (attention
-returns ``(output, weights)``): element 0 is captured or edited. A capture hook returns
-nothing, so logits stay bit-identical to a plain forward.
+returns ``(output, weights)``): element 0 is captured or edited. A module that sees
+(N*T) x D rows (``flat``, OPT's ``fc2``) is viewed as N x T x D through the shape of the
+forward's ``input_ids``. A capture hook returns nothing, so logits stay bit-identical to a
+plain forward.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -62,6 +67,16 @@ def last_token_logits(model: nn.Module, batch: dict, last_only: bool = True) -> 
     return logits[torch.arange(n, device=logits.device), pos]
 
 
+@dataclass(frozen=True)
+class Site:
+    """Where a role is read and written: ``module``'s output times ``scale`` is what the
+    block adds; ``flat`` when the module sees (N*T) x D rows."""
+
+    module: nn.Module
+    scale: float = 1.0
+    flat: bool = False
+
+
 def _output_tensor(output) -> Tensor:
     return output[0] if isinstance(output, (tuple, list)) else output
 
@@ -80,6 +95,7 @@ class _Positions:
     def __init__(self) -> None:
         self.user_mask: Tensor | None = None
         self.forward_mask: Tensor | None = None
+        self.tokens: tuple[int, int] | None = None  # (N, T) of this forward's input
         self._cache: dict = {}
 
     def set_mask(self, mask: Tensor | None) -> None:
@@ -88,7 +104,23 @@ class _Positions:
 
     def pre_hook(self, module: nn.Module, args, kwargs) -> None:
         self.forward_mask = kwargs.get("attention_mask")
+        x = kwargs.get("input_ids", args[0] if args else None)
+        x = kwargs.get("inputs_embeds") if x is None else x
+        self.tokens = tuple(x.shape[:2]) if isinstance(x, Tensor) and x.dim() >= 2 else None
         self._cache = {}
+
+    def grid(self, out: Tensor, site: Site) -> Tensor:
+        """``out`` as N x T x D (a view; only ``flat`` modules need the input's shape)."""
+        if site.flat and out.dim() == 2:
+            if self.tokens is None:
+                raise UserError("a flat (N*T x D) module output needs the forward's input_ids "
+                                "(or inputs_embeds) of shape N x T; pass them to the model.")
+            return out.view(*self.tokens, out.shape[-1])
+        if out.dim() != 3:
+            raise UserError(f"{type(site.module).__name__} returned a tensor of shape "
+                            f"{tuple(out.shape)}, not N x T x D; a role whose module sees "
+                            "(N*T) x D rows must be marked flat in its Contribution.")
+        return out
 
     def last(self, out: Tensor) -> Tensor | None:
         """Last-token positions for ``out`` (N x T x D) on its device; None = all at T - 1."""
@@ -149,13 +181,17 @@ class Capture:
         """Attention mask for forwards that do not pass ``attention_mask`` as a keyword."""
         self._where.set_mask(mask)
 
-    def _hook(self, key: tuple[str, int]) -> Callable:
+    def _hook(self, key: tuple[str, int], site: Site) -> Callable:
+        scale = site.scale
+
         def hook(module: nn.Module, args, output) -> None:
-            out = _output_tensor(output).detach()
+            out = self._where.grid(_output_tensor(output).detach(), site)
             if self.positions == "all":
-                rows = out.clone()  # the model may later update its output in place
+                # a copy: the model may later update its output in place (Falcon does)
+                rows = out * scale if scale != 1.0 else out.clone()
             else:
                 rows = _rows(out, self._where.last(out))
+                rows = rows * scale if scale != 1.0 else rows
             self._pending[key].append(rows)  # stays on its device until the forward ends
 
         return hook
@@ -170,6 +206,11 @@ class Capture:
         for store in (self._pending, self._done):
             for chunks in store.values():
                 chunks.clear()
+
+    def chunks(self, role: str, layer: int) -> int:
+        """How many times (role, layer)'s hook ran (forwards since the last ``clear``)."""
+        self.flush()
+        return len(self._done.get((role, layer), ()))
 
     @property
     def n(self) -> int:
@@ -209,12 +250,14 @@ def capture(lm, roles: Iterable[str] = ROLES, layers: Iterable[int] | None = Non
             positions: str = "last") -> Iterator[Capture]:
     """Record (role, layer) outputs over every forward run inside the block.
 
-    ``lm`` is a ``LoadedModel`` (``.model``, ``.n_layers``, ``.module(layer, role)``).
+    ``lm`` is a ``LoadedModel`` (``.model``, ``.n_layers``, ``.site(layer, role)``).
     """
     roles, layers = _check(lm, roles, layers, positions)
     cap = Capture(roles, layers, positions)
     handles = [lm.model.register_forward_pre_hook(cap._where.pre_hook, with_kwargs=True)]
-    handles += [lm.module(i, r).register_forward_hook(cap._hook((r, i))) for r, i in cap._keys()]
+    for r, i in cap._keys():
+        site = lm.site(i, r)
+        handles.append(site.module.register_forward_hook(cap._hook((r, i), site)))
     handles.append(lm.model.register_forward_hook(cap.flush))
     with _hooked(handles):
         yield cap
@@ -231,17 +274,25 @@ class Editor:
     def set_mask(self, mask: Tensor | None) -> None:
         self._where.set_mask(mask)
 
-    def _hook(self, fn: Callable[[Tensor], Tensor]) -> Callable:
+    def _hook(self, fn: Callable[[Tensor], Tensor], site: Site) -> Callable:
+        scale = site.scale
+        if scale != 1.0:  # the block adds scale * output: edit that, write back / scale
+            user_fn = fn
+
+            def fn(rows: Tensor) -> Tensor:
+                return user_fn(rows * scale) / scale
+
         def hook(module: nn.Module, args, output):
-            out = _output_tensor(output)
+            raw = _output_tensor(output)
+            out = self._where.grid(raw, site)
             if self.positions == "all":
-                new = fn(out)
+                new = fn(out).to(out.dtype)
             else:
                 pos = self._where.last(out)
                 n = torch.arange(out.shape[0], device=out.device)
                 pos = torch.full_like(n, out.shape[1] - 1) if pos is None else pos
                 new = out.index_put((n, pos), fn(out[n, pos]).to(out.dtype))
-            return _replace_output(output, new)
+            return _replace_output(output, new.reshape(raw.shape))
 
         return hook
 
@@ -249,15 +300,17 @@ class Editor:
 @contextmanager
 def edit(lm, edits: dict[tuple[str, int], Callable[[Tensor], Tensor]],
          positions: str = "last") -> Iterator[Editor]:
-    """Replace each (role, layer) output by ``fn(rows)`` at the chosen positions.
+    """Make each (role, layer) add ``fn(contribution)`` at the chosen positions.
 
-    ``fn`` receives N x D rows (the last real token) or N x T x D (positions "all") on the
-    module's device and dtype and returns the same shape.
+    ``fn`` receives N x D rows (the last real token) or N x T x D (positions "all") of what
+    the block adds to the residual stream, on the module's device and dtype, and returns the
+    same shape.
     """
     _check(lm, {r for r, _ in edits}, [i for _, i in edits], positions)
     editor = Editor(positions)
     handles = [lm.model.register_forward_pre_hook(editor._where.pre_hook, with_kwargs=True)]
-    handles += [lm.module(i, r).register_forward_hook(editor._hook(fn))
-                for (r, i), fn in edits.items()]
+    for (r, i), fn in edits.items():
+        site = lm.site(i, r)
+        handles.append(site.module.register_forward_hook(editor._hook(fn, site)))
     with _hooked(handles):
         yield editor

@@ -62,12 +62,26 @@ def test_every_architecture_loads_from_a_folder(tiny_dir, arch):
     assert lm.input_device == torch.device("cpu")
 
 
-@pytest.mark.parametrize("arch", ["gpt_neo", "qwen3", "gemma", "olmo"])
+# the modules each architecture's decoder layer adds to the residual stream, spelled out as
+# attribute accesses on the model (independent of the table's path strings)
+EXTRA = {
+    "gpt_neo": lambda m, i: (m.transformer.h[i].attn, m.transformer.h[i].mlp),
+    "qwen3": lambda m, i: (m.model.layers[i].self_attn, m.model.layers[i].mlp),
+    "gemma": lambda m, i: (m.model.layers[i].self_attn, m.model.layers[i].mlp),
+    "olmo": lambda m, i: (m.model.layers[i].self_attn, m.model.layers[i].mlp),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(EXTRA))
 def test_extra_table_entries_resolve(arch):
     model, tok = tiny_lm(arch)
     lm = load_model(model, tok)
     assert lm.roles == ROLES[arch]
-    assert lm.module(0, "attn") is not None and lm.module(1, "mlp") is not None
+    for layer in range(N_LAYERS):
+        attn, mlp = EXTRA[arch](model, layer)
+        assert lm.module(layer, "attn") is attn and lm.module(layer, "mlp") is mlp
+        assert lm.module(layer, "block") is lm.blocks[layer]
+    assert lm.module(0, "attn") is not lm.module(1, "attn")
 
 
 def test_in_memory_model_and_module_errors(gpt2_pair):
@@ -84,10 +98,11 @@ def test_in_memory_model_and_module_errors(gpt2_pair):
 
 def test_discovery_fallback_reports_its_choice(gpt2_pair, capsys, monkeypatch):
     model, _ = gpt2_pair
+    table = ROLES["gpt2"]
     monkeypatch.delitem(ROLES, "gpt2")
     roles = roles_for(model)
-    assert roles == Roles("transformer.h", "attn", "mlp", "transformer.ln_f", "lm_head",
-                          "transformer.wte")
+    assert roles == table == Roles("transformer.h", "attn", "mlp", "transformer.ln_f",
+                                   "lm_head", "transformer.wte", positions="transformer.wpe")
     assert "discovered" in capsys.readouterr().err
 
 

@@ -1,0 +1,212 @@
+"""Where a model comes from: a hub id (at a revision), a local folder, or a GGUF file.
+
+``resolve_source(name)`` checks the source before anything loads and returns what
+``from_pretrained`` needs: the id or folder, and keyword arguments (``revision``,
+``local_files_only`` when the Hub is out of reach, ``use_safetensors`` in local folders,
+``gguf_file`` for GGUF). A path that exists but is neither a model folder nor a GGUF file
+gets one sentence that says what it is. ``load_tokenizer`` / ``load_config`` use it.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import socket
+from pathlib import Path
+
+from llm_fourier.errors import UserError
+
+GGUF_MAGIC = b"GGUF"
+GGUF_MIN_VERSION = (0, 10, 0)  # transformers' own minimum for its GGUF loader
+GGUF_INSTALL = "pip install 'llm-fourier[gguf]'"
+
+
+def looks_local(name: str) -> bool:
+    return (name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
+            or Path(name).expanduser().exists())
+
+
+def hub_reachable() -> bool:
+    """Whether the Hugging Face Hub's host name resolves (offline mode counts as no).
+
+    Without network, huggingface_hub retries every request for tens of seconds before it
+    gives up; a failed name lookup answers at once and is not worth retrying.
+    """
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except (OSError, UnicodeError):
+        return False
+    return True
+
+
+def is_gguf_file(path: Path) -> bool:
+    """Whether ``path`` is a file that starts with the GGUF magic bytes."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == GGUF_MAGIC
+    except OSError:
+        return False
+
+
+def gguf_version() -> tuple[int, ...] | None:
+    """The installed ``gguf`` package's version, None when it is not installed."""
+    try:
+        text = importlib.metadata.version("gguf")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return tuple(int(p) for p in (text.split(".") + ["0", "0"])[:3] if p.isdigit())
+
+
+def _describe_file(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".safetensors", ".bin", ".pt", ".pth", ".ckpt"):
+        return f"a weights file ({suffix})"
+    if path.name == "config.json":
+        return "a model config file"
+    if suffix == ".gguf":
+        return "named .gguf but not a GGUF file (it does not start with the GGUF magic bytes)"
+    if suffix in (".json", ".txt", ".model"):
+        return f"a {suffix[1:]} file"
+    return "a file"
+
+
+def _local(name: str) -> tuple[Path, str | None]:
+    """(folder, GGUF file name or None) for a local path; one sentence for anything else."""
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise UserError(f"model folder {name} does not exist; pass a folder made by "
+                        "save_pretrained, a .gguf file, or a hub id such as gpt2.")
+    if path.is_file():
+        if is_gguf_file(path):
+            return path.parent, path.name
+        raise UserError(f"{name} is {_describe_file(path)}, not a model folder or a GGUF file; "
+                        "pass the folder that holds config.json, tokenizer and weights, or a "
+                        ".gguf file.")
+    if not path.is_dir():
+        raise UserError(f"{name} is neither a file nor a folder; pass a model folder or a "
+                        ".gguf file.")
+    if (path / "config.json").is_file():
+        return path, None
+    ggufs = sorted(p for p in path.glob("*.gguf") if is_gguf_file(p))
+    if len(ggufs) == 1:
+        return path, ggufs[0].name
+    if ggufs:
+        raise UserError(f"{name} holds {len(ggufs)} GGUF files and no config.json; pass one of "
+                        f"them, e.g. {path / ggufs[0].name}.")
+    raise UserError(f"{name} has no config.json and no .gguf file; pass a folder made by "
+                    "save_pretrained or huggingface-cli download, or a .gguf file.")
+
+
+def resolve_source(name: str, trust_remote_code: bool = False,
+                   revision: str | None = None) -> tuple[str, dict]:
+    """(what ``from_pretrained`` loads, its keyword arguments) for a hub id, folder or GGUF
+    file. A hub id with the Hub out of reach loads from the local cache only."""
+    kwargs: dict = {"trust_remote_code": trust_remote_code}
+    if not looks_local(name):
+        if revision is not None:
+            kwargs["revision"] = revision
+        if not hub_reachable():
+            kwargs["local_files_only"] = True
+        return name, kwargs
+    if revision is not None:
+        raise UserError(f"a revision names a branch, tag or commit of a hub repository, but "
+                        f"{name} is a local path; pass the folder of that revision instead.")
+    folder, gguf = _local(name)
+    if gguf is not None:
+        version = gguf_version()
+        if version is None or version < GGUF_MIN_VERSION:
+            have = "is not installed" if version is None else "is too old"
+            raise UserError(f"{name} is a GGUF file and reading it needs the gguf package "
+                            f"(>= 0.10), which {have}; run {GGUF_INSTALL}.")
+        return str(folder), {**kwargs, "gguf_file": gguf}
+    if any(folder.glob("*.safetensors")):
+        kwargs["use_safetensors"] = True
+    return str(folder), kwargs
+
+
+def weights_kwargs(kwargs: dict) -> dict:
+    """``kwargs`` for loading the weights: a GGUF file is dequantized to dense weights of the
+    requested dtype (transformers would keep some architectures' blocks packed, and W_U /
+    W_E must be plain matrices here)."""
+    if "gguf_file" not in kwargs:
+        return kwargs
+    from transformers import GgufConfig
+
+    return {**kwargs, "quantization_config": GgufConfig(dequantize=True)}
+
+
+def source_kwargs(name: str, trust_remote_code: bool, revision: str | None = None) -> dict:
+    """The keyword arguments of ``resolve_source``."""
+    return resolve_source(name, trust_remote_code, revision)[1]
+
+
+def cannot_load(name: str, err: Exception, revision: str | None = None) -> UserError:
+    """One sentence for 'the weights cannot be had' (no network, wrong id or revision, bad
+    folder)."""
+    reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+    if looks_local(name):
+        if Path(name).expanduser().is_file() or Path(name).suffix.lower() == ".gguf":
+            return UserError(f"could not load the GGUF file {name} ({reason}); transformers "
+                             "reads GGUF files of the architectures its GGUF loader lists "
+                             "(llama, mistral, qwen2/3, phi3, gemma2/3, gpt2, falcon, bloom, "
+                             "stablelm, starcoder2, ...).")
+        return UserError(f"could not load the model folder {name} ({reason}); pass a folder "
+                         "written by save_pretrained or huggingface-cli download, with its "
+                         "config, tokenizer and weights.")
+    at = "" if revision is None else f" at revision {revision!r}"
+    get = f"huggingface-cli download {name}" + (f" --revision {revision}" if revision else "")
+    return UserError(f"could not load {name!r}{at} ({reason}); check the id and revision, or "
+                     f"without network download it elsewhere ({get} --local-dir DIR) and pass "
+                     "the local folder instead.")
+
+
+def _generic_fast_tokenizer(source: str) -> bool:
+    """A local folder whose tokenizer.json was saved by the generic fast class: load it as
+    saved (AutoTokenizer would rebuild it as the model type's class, e.g. Qwen2Tokenizer)."""
+    config = Path(source).expanduser() / "tokenizer_config.json"
+    if not config.is_file() or not config.with_name("tokenizer.json").is_file():
+        return False
+    try:
+        name = json.loads(config.read_text()).get("tokenizer_class")
+    except (OSError, ValueError):
+        return False
+    return name in ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def load_tokenizer(source, trust_remote_code: bool = False, revision: str | None = None):
+    """A tokenizer from a hub id, folder or GGUF file; objects pass through unchanged."""
+    from transformers import AutoTokenizer
+
+    if source is None or not isinstance(source, (str, os.PathLike)):
+        return source
+    name = str(source)
+    where, kwargs = resolve_source(name, trust_remote_code, revision)
+    kwargs.pop("use_safetensors", None)
+    try:
+        if "gguf_file" not in kwargs and looks_local(name) and _generic_fast_tokenizer(where):
+            from transformers import PreTrainedTokenizerFast
+
+            return PreTrainedTokenizerFast.from_pretrained(where, **kwargs)
+        return AutoTokenizer.from_pretrained(where, **kwargs)
+    except (OSError, ValueError) as err:
+        raise cannot_load(name, err, revision) from err
+
+
+def load_config(name: str, trust_remote_code: bool = False, revision: str | None = None):
+    """The model config of a hub id, folder or GGUF file (read before any weights)."""
+    from transformers import AutoConfig
+
+    where, kwargs = resolve_source(name, trust_remote_code, revision)
+    kwargs.pop("use_safetensors", None)
+    try:
+        return AutoConfig.from_pretrained(where, **kwargs)
+    except (OSError, ValueError) as err:
+        raise cannot_load(name, err, revision) from err
