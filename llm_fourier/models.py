@@ -27,6 +27,7 @@ from llm_fourier.architectures import (  # noqa: F401 - re-exported
 )
 from llm_fourier.errors import UserError
 from llm_fourier.hooks import Site
+from llm_fourier.roles_check import verify_roles
 from llm_fourier.sources import (  # noqa: F401 - re-exported
     cannot_load,
     hub_reachable,
@@ -219,8 +220,6 @@ def load_model(
 
 def _finish(hf: nn.Module, tok, name: str, verify: bool) -> LoadedModel:
     """Roles for ``hf`` and, with ``verify``, the check that they add up."""
-    from llm_fourier.roles_check import verify_roles
-
     if verify and (reason := refusal(getattr(hf, "config", None))):
         raise UserError(reason)
     lm = LoadedModel(hf, tok, roles_for(hf), name)

@@ -59,9 +59,19 @@ def _out_width(module: nn.Module) -> int | None:
     return module.nf if _is_conv1d(module) else None
 
 
+def mlp_block(lm, layer: int) -> nn.Module:
+    """``layer``'s MLP module itself. The ``mlp`` role names what the block adds to the
+    residual stream, which is a post-norm after the MLP in Gemma-2/3 and OLMo-2/3."""
+    block = lm.block(layer)
+    for name in ("mlp", "feed_forward", "ffn", "block_sparse_moe"):
+        if isinstance(getattr(block, name, None), nn.Module):
+            return getattr(block, name)
+    return lm.module(layer, "mlp")
+
+
 def output_projection(lm, layer: int) -> nn.Module:
     """The module whose input is the neuron activations of ``layer``'s MLP."""
-    mlp = lm.module(layer, "mlp")
+    mlp = mlp_block(lm, layer)
     model_type = getattr(getattr(lm.model, "config", None), "model_type", None)
     name = PROJECTIONS.get(model_type)
     proj = getattr(mlp, name, None) if name else None
@@ -99,7 +109,7 @@ def check_projections(lm, layers: Sequence[int]) -> None:
 
     handles = []
     for i in layers:
-        handles.append(lm.module(i, "mlp").register_forward_hook(keep(("mlp", i))))
+        handles.append(mlp_block(lm, i).register_forward_hook(keep(("mlp", i))))
         handles.append(output_projection(lm, i).register_forward_hook(keep(("proj", i))))
     ids = lm.tokenizer("Add 12 and 34. Answer: ", return_tensors="pt")["input_ids"]
     try:

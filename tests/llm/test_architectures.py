@@ -299,7 +299,7 @@ def test_cli_exit_2_with_the_sentence_and_the_opt_out(tiny_models, tmp_path, cap
     model, tok = tiny_models("opt", do_layer_norm_before=False)
     folder = save_tiny(model, tok, tmp_path / "opt-post-ln")
     args = ["probe", "--model", str(folder), "--max-operand", "6", "--limit", "2",
-            "--out", str(tmp_path / "probe")]
+            "--tau", "3", "--out", str(tmp_path / "probe")]
     capsys.readouterr()
     assert main(args) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
