@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
         "lens_layers": {role: len(s) for role, s in spectra.items()},
     }
     print(f"pipeline after load: {pipeline:.2f} s (target on one H100/H200: 5 s); "
-          f"{summary['prompts_per_s']:.0f} prompts/s over {passes} passes")
+          f"{summary['prompts_per_s']:.3g} prompts/s over {passes} passes")
     print(f"FLOPs: {flops:.3g} (2 x parameters x tokens x passes); achieved "
           f"{summary['achieved_flops_per_s']:.3g} FLOP/s" + (
               f" = {summary['fraction_of_peak']:.1%} of {peak:.3g}; the FLOP limit is "

@@ -31,6 +31,7 @@ from probes.filters import keep_only, remove_components
 from toy.data import Task
 from toy.models import StackedModel
 from toy.progress import (
+    ANSWER_AXIS_SHORTLIST,
     KEY_LOSS_ATOL,
     KEY_LOSS_RATIO,
     FrequencyParts,
@@ -175,7 +176,8 @@ def analyze(model: StackedModel, task: Task, train_idx: torch.Tensor, test_idx: 
     e_norms, l_norms = m.pop("embed_norms"), m.pop("neuron_logit_norms")
     shares, alive, neuron_source = neuron_shares(one, task, basis, wl)
     parts = FrequencyParts(logits, task, basis)
-    selection = select_key_frequencies(parts, key_loss_ratio, key_loss_atol)
+    shortlist = None if parts.definition == "input_directions" else ANSWER_AXIS_SHORTLIST
+    selection = select_key_frequencies(parts, key_loss_ratio, key_loss_atol, shortlist)
     counts = ((shares[alive] > MOSTLY).sum(axis=0)).astype(float)
     keys = {"loss": selection["key_frequencies"],
             "embed": pick_key_frequencies(e_norms, key_share),

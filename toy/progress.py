@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from probes import FourierBasis, component_magnitudes, cos_sin_norms, fcr, ffd, gini
 from probes import key_frequencies as share_key_frequencies
@@ -163,7 +164,7 @@ class FrequencyParts:
 
     def loss(self, restricted: torch.Tensor) -> float:
         """Mean cross-entropy over all data of restricted logits (classes weigh equally)."""
-        return float(loss_and_accuracy(restricted, self.labels)[0])
+        return float(F.cross_entropy(restricted.double(), self.labels))
 
     def full_loss(self) -> float:
         """Mean cross-entropy of the model's own logits over all data."""
@@ -177,32 +178,40 @@ class FrequencyParts:
 
 KEY_LOSS_RATIO = 2.0
 KEY_LOSS_ATOL = 1e-9
+ANSWER_AXIS_SHORTLIST = 8  # candidates per greedy step when every trial costs N x p
 
 
 def select_key_frequencies(parts: FrequencyParts, loss_ratio: float = KEY_LOSS_RATIO,
-                           loss_atol: float = KEY_LOSS_ATOL) -> dict:
+                           loss_atol: float = KEY_LOSS_ATOL,
+                           shortlist: int | None = None) -> dict:
     """The smallest set of frequencies the model needs, by greedy forward selection.
 
     Reference: the restricted loss with every frequency kept (a linear op: the model's
     logits averaged over each answer class, which drops the per-example noise that every
     restricted loss drops; it is at most the full model's loss, by Jensen). Starting from
     no frequency, add at each step the one whose inclusion lowers the restricted loss most,
-    until ``restricted_loss <= loss_ratio * reference + loss_atol``.
-    Returns the frequencies in the order chosen, the reference, the bound and the path.
+    until ``restricted_loss <= loss_ratio * reference + loss_atol``. With ``shortlist``,
+    each step tries only that many unchosen frequencies, those of largest energy in the
+    logits (their part's squared norm). Returns the frequencies in the order chosen, the
+    reference, the bound and the path.
     """
     if loss_ratio < 1 or loss_atol < 0:
         raise ValueError("loss_ratio must be >= 1 and loss_atol >= 0")
+    if shortlist is not None and shortlist < 1:
+        raise ValueError("shortlist must be a positive number of candidates, or None")
     reference = parts.loss(parts.restricted(parts.basis.ks))
     bound = loss_ratio * reference + loss_atol
+    energy = {int(k): float(parts.part(int(k)).pow(2).sum()) for k in parts.basis.ks}
+    remaining = sorted(energy, key=lambda k: -energy[k])  # largest energy first
     current, chosen = parts.base, []
     path = [{"k": None, "restricted_loss": parts.loss(current)}]
-    remaining = [int(k) for k in parts.basis.ks]
     while path[-1]["restricted_loss"] > bound and remaining:
-        trials = [(parts.loss(current + parts.part(k)), k) for k in remaining]
+        trials = [(parts.loss(current + parts.part(k)), k) for k in remaining[:shortlist]]
         loss, k = min(trials)
         current = current + parts.part(k)
         chosen.append(k)
         remaining.remove(k)
         path.append({"k": k, "restricted_loss": loss})
     return {"key_frequencies": chosen, "reference_loss": reference, "bound": bound,
-            "loss_ratio": loss_ratio, "loss_atol": loss_atol, "path": path}
+            "loss_ratio": loss_ratio, "loss_atol": loss_atol, "shortlist": shortlist,
+            "path": path}

@@ -110,8 +110,9 @@ def test_frequency_parts_match_the_restricted_and_excluded_logits(op, p, n_input
         assert parts.loss_without(k) == pytest.approx(ce_numpy(excluded, task.labels.numpy()),
                                                       rel=1e-9)
     assert parts.full_loss() == pytest.approx(ce_numpy(L, task.labels.numpy()), rel=1e-12)
-    # every frequency kept: class-mean logits (Jensen: never above the full loss)
-    assert parts.loss(parts.restricted(basis.ks)) <= parts.full_loss()
+    # every frequency kept: class-mean logits (Jensen: never above the full loss), or
+    # along the answer axis the logits themselves
+    assert parts.loss(parts.restricted(basis.ks)) <= parts.full_loss() * (1 + 1e-12)
 
 
 def test_select_key_frequencies_is_the_smallest_set_within_the_tolerance():
@@ -139,3 +140,19 @@ def test_select_key_frequencies_is_the_smallest_set_within_the_tolerance():
     assert tight["key_frequencies"] == [2, 5, 4]
     with pytest.raises(ValueError):
         select_key_frequencies(parts, loss_ratio=0.5)
+
+
+def test_answer_axis_selection_with_and_without_a_shortlist():
+    task = make_task("a*b", P)
+    y, c = task.labels[:, None].double(), torch.arange(P).double()
+    L = sum(amp * torch.cos(2 * np.pi * k * (y - c) / P) for k, amp in ((3, 5.0), (5, 3.0)))
+    L = L + 0.3 * torch.randn(L.shape, generator=torch.Generator().manual_seed(0),
+                              dtype=torch.float64)
+    parts = FrequencyParts(L, task, basis_for(P))
+    full = select_key_frequencies(parts)
+    assert full["key_frequencies"] == [3, 5] and full["shortlist"] is None
+    assert select_key_frequencies(parts, shortlist=2)["path"] == full["path"]
+    # the reference keeps every frequency along the answer axis: the logits themselves
+    assert full["reference_loss"] == pytest.approx(ce_numpy(L, task.labels.numpy()), rel=1e-9)
+    with pytest.raises(ValueError):
+        select_key_frequencies(parts, shortlist=0)
