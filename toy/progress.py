@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from llm_fourier.errors import UserError
 from probes import FourierBasis, component_magnitudes, cos_sin_norms, fcr, ffd, gini
 from probes import key_frequencies as share_key_frequencies
 from probes.filters import keep_only, remove_components
@@ -195,10 +196,13 @@ def select_key_frequencies(parts: FrequencyParts, loss_ratio: float = KEY_LOSS_R
     logits (their part's squared norm). Returns the frequencies in the order chosen, the
     reference, the bound and the path.
     """
-    if loss_ratio < 1 or loss_atol < 0:
-        raise ValueError("loss_ratio must be >= 1 and loss_atol >= 0")
+    if not loss_ratio >= 1 or not loss_atol >= 0:
+        raise UserError(f"the key-frequency tolerance needs a loss ratio >= 1 and an absolute "
+                        f"margin >= 0 (got {loss_ratio} and {loss_atol}); the defaults are "
+                        f"{KEY_LOSS_RATIO} and {KEY_LOSS_ATOL}.")
     if shortlist is not None and shortlist < 1:
-        raise ValueError("shortlist must be a positive number of candidates, or None")
+        raise UserError(f"the shortlist must be a positive number of candidates or None "
+                        f"(got {shortlist}).")
     reference = parts.loss(parts.restricted(parts.basis.ks))
     bound = loss_ratio * reference + loss_atol
     energy = {int(k): float(parts.part(int(k)).pow(2).sum()) for k in parts.basis.ks}

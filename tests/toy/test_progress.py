@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from llm_fourier.errors import UserError
 from toy.data import make_task
 from toy.progress import (
     FrequencyParts,
@@ -138,7 +139,7 @@ def test_select_key_frequencies_is_the_smallest_set_within_the_tolerance():
     # no tolerance: the small frequency is needed too (and the noise is not)
     tight = select_key_frequencies(parts, loss_ratio=1.0, loss_atol=0.0)
     assert tight["key_frequencies"] == [2, 5, 4]
-    with pytest.raises(ValueError):
+    with pytest.raises(UserError, match="loss ratio >= 1"):
         select_key_frequencies(parts, loss_ratio=0.5)
 
 
@@ -154,5 +155,5 @@ def test_answer_axis_selection_with_and_without_a_shortlist():
     assert select_key_frequencies(parts, shortlist=2)["path"] == full["path"]
     # the reference keeps every frequency along the answer axis: the logits themselves
     assert full["reference_loss"] == pytest.approx(ce_numpy(L, task.labels.numpy()), rel=1e-9)
-    with pytest.raises(ValueError):
+    with pytest.raises(UserError, match="shortlist"):
         select_key_frequencies(parts, shortlist=0)
