@@ -13,8 +13,9 @@ Peers doing the same capture on the same HF model, when installed (not dependenc
 otherwise one line says why each is missing): nnsight (``NNsight(model).trace`` with
 ``.output[...].save()``) and TransformerLens 4.x (``TransformerBridge.boot_transformers``
 with ``hf_model=``, ``run_with_cache(names_filter=..., pos_slice=-1)``; the bridge forces
-eager attention, so its ratio to an eager HF forward is printed too). Each peer's rows are
-checked against ours. Also prints the memory a probe keeps (N x L x D floats) against
+eager attention, so its ratios to its own forward and to an eager HF forward are printed
+too), timed in interleaved rounds with our plain forward. Each peer's rows are checked
+against ours. Also prints the memory a probe keeps (N x L x D floats) against
 N x T x L x D.
 
     python scripts/bench_hooks.py [--layers 12] [--d-model 768] [--vocab 50257] [--rounds 15]
@@ -63,9 +64,9 @@ def reason(err: Exception) -> str:
     return f"{type(err).__name__}: {text[0][:160] if text else ''}"
 
 
-def time_nnsight(model, inputs, layers: int, median) -> tuple[float, Tensor]:
-    """nnsight (>= 0.4 API): trace the same HF model, save every layer's attention and MLP
-    output at the last position. Returns (median seconds, attention rows N x L x D)."""
+def nnsight_runs(model, inputs, layers: int) -> dict:
+    """nnsight (>= 0.4 API): trace the same HF model and save every layer's attention and
+    MLP output at the last position."""
     from nnsight import NNsight
 
     traced = NNsight(model)
@@ -76,16 +77,16 @@ def time_nnsight(model, inputs, layers: int, median) -> tuple[float, Tensor]:
             for i in range(layers):
                 saved.append(traced.transformer.h[i].attn.output[0][:, -1].save())
                 traced.transformer.h[i].mlp.output[:, -1].save()
-        return saved
+        return torch.stack([torch.as_tensor(r) for r in saved], dim=1)
 
-    rows = torch.stack([torch.as_tensor(r) for r in run()], dim=1)
-    return median(run), rows
+    return {"capture": run}
 
 
-def time_bridge(model, inputs, layers: int, median) -> dict:
+def bridge_runs(model, inputs, layers: int) -> dict:
     """TransformerLens 4.x: ``TransformerBridge.boot_transformers`` around a copy of the same
     HF model (the bridge switches it to eager attention), ``run_with_cache`` of every
-    layer's attention and MLP outputs at the last position (``pos_slice=-1``)."""
+    layer's attention and MLP outputs at the last position (``pos_slice=-1``); also its own
+    forward and an eager-attention HF forward, to separate hooks from attention kernels."""
     from transformers import PreTrainedTokenizerFast
 
     from llm_fourier.tokenizers import word_level_tokenizer
@@ -101,56 +102,64 @@ def time_bridge(model, inputs, layers: int, median) -> dict:
             "gpt2", hf_model=copy.deepcopy(model), tokenizer=tok, device="cpu")
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
     wanted = lambda name: name.endswith(("attn.hook_out", "mlp.hook_out"))  # noqa: E731
-
-    def cached():
-        return bridge.run_with_cache(ids, attention_mask=mask, names_filter=wanted,
-                                     pos_slice=-1)[1]
-
-    rows = torch.stack([cached()[f"blocks.{i}.attn.hook_out"][:, -1] for i in range(layers)],
-                       dim=1)
     eager = copy.deepcopy(model)
     eager.set_attn_implementation("eager")
-    return {"run_with_cache": median(cached),
-            "bridge_forward": median(lambda: bridge(ids, attention_mask=mask)),
-            "hf_eager_forward": median(lambda: eager(**inputs)), "rows": rows}
+
+    def run():
+        cache = bridge.run_with_cache(ids, attention_mask=mask, names_filter=wanted,
+                                      pos_slice=-1)[1]
+        return torch.stack([cache[f"blocks.{i}.attn.hook_out"][:, -1] for i in range(layers)],
+                           dim=1)
+
+    return {"capture": run, "own_forward": lambda: bridge(ids, attention_mask=mask),
+            "hf_eager_forward": lambda: eager(**inputs)}
 
 
-def peer_ratios(model, inputs, plain: float, ours: Tensor, rounds: int) -> dict:
+PEERS = (("nnsight", "nnsight", nnsight_runs),
+         ("TransformerLens", "transformer-lens", bridge_runs))
+
+
+def peer_ratios(model, inputs, plain, ours: Tensor, rounds: int) -> dict:
     """Capture time of each peer against our plain forward (same HF model, same work:
-    attention and MLP outputs of every layer at the last position), or why it is missing."""
-    median = lambda fn: statistics.median(timed(fn)[0] for _ in range(rounds))  # noqa: E731
+    attention and MLP outputs of every layer at the last position), timed in interleaved
+    rounds with it, or why the peer is missing."""
     layers = len(model.transformer.h)
-    out = {}
-    for peer, dist in (("nnsight", "nnsight"), ("TransformerLens", "transformer-lens")):
+    out, runs = {}, {}
+    for peer, dist, make in PEERS:
         version = peer_version(dist)
         if version is None:
             out[peer] = f"not installed (pip install {dist}), skipped"
-        else:
-            try:
-                if peer == "nnsight":
-                    t, rows = time_nnsight(model, inputs, layers, median)
-                    out[peer] = {"version": version, "capture_ratio": t / plain,
-                                 "max_abs_diff": float((rows - ours).abs().max())}
-                else:
-                    r = time_bridge(model, inputs, layers, median)
-                    out[peer] = {"version": version,
-                                 "capture_ratio": r["run_with_cache"] / plain,
-                                 "ratio_to_own_forward": r["run_with_cache"]
-                                 / r["bridge_forward"],
-                                 "ratio_to_hf_eager": r["run_with_cache"] / r["hf_eager_forward"],
-                                 "max_abs_diff": float((r["rows"] - ours).abs().max())}
-            except Exception as err:  # a third-party API we do not pin
-                out[peer] = f"{version} installed but failed ({reason(err)}), skipped"
-        if isinstance(out[peer], str):
-            print(f"{peer}: {out[peer]}")
             continue
+        try:
+            fns = make(model, inputs, layers)
+            rows = fns["capture"]()  # also a warm-up
+            out[peer] = {"version": version,
+                         "max_abs_diff": float((rows - ours).abs().max())}
+            runs[peer] = fns
+        except Exception as err:  # a third-party API we do not pin
+            out[peer] = f"{version} installed but failed ({reason(err)}), skipped"
+    times = {"plain": []} | {(p, k): [] for p, fns in runs.items() for k in fns}
+    for _ in range(rounds if runs else 0):
+        times["plain"].append(timed(plain))
+        for (peer, kind), store in list(times.items())[1:]:
+            store.append(timed(runs[peer][kind]))
+    median = lambda key, i: statistics.median(t[i] for t in times[key])  # noqa: E731
+    for peer, _, _ in PEERS:
         r = out[peer]
-        extra = (f"; to its own forward {r['ratio_to_own_forward']:.3f}, to HF eager "
-                 f"attention (which it forces) {r['ratio_to_hf_eager']:.3f}"
-                 if "ratio_to_own_forward" in r else "")
-        print(f"{peer} {r['version']} capture ratio to our plain forward (wall, median): "
-              f"{r['capture_ratio']:.3f}{extra}; rows differ from ours by at most "
-              f"{r['max_abs_diff']:.1e}")
+        if isinstance(r, str):
+            print(f"{peer}: {r}")
+            continue
+        for clock, i in (("wall", 0), ("cpu", 1)):
+            r[clock] = {"capture_ratio": median((peer, "capture"), i) / median("plain", i)}
+            for kind in ("own_forward", "hf_eager_forward"):
+                if (peer, kind) in times:
+                    r[clock][f"ratio_to_{kind}"] = (median((peer, "capture"), i)
+                                                     / median((peer, kind), i))
+        extra = "".join(f", to {k[9:].replace('_', ' ')} {v:.3f}" for k, v in r["cpu"].items()
+                        if k != "capture_ratio")
+        print(f"{peer} {r['version']}: capture ratio to our plain forward (median, wall "
+              f"{r['wall']['capture_ratio']:.3f}, cpu {r['cpu']['capture_ratio']:.3f}{extra}); "
+              f"rows differ from ours by at most {r['max_abs_diff']:.1e}")
     return out
 
 
@@ -230,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{show(result['capture'])}")
         print(f"(b) low-pass filter on attn+MLP, all layers (target <= 1.10): "
               f"{show(result['filter'])}")
-        result["peers"] = peer_ratios(model, inputs, plain_t, cap.stack("attn"),
+        result["peers"] = peer_ratios(model, inputs, plain, cap.stack("attn"),
                                       min(args.rounds, 5))
 
     kept = sum(cap.stack(r).nbytes for r in cap.roles)
