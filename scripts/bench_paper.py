@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import torch
+from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -123,10 +124,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--peak-flops", type=float, default=None,
                     help=f"the device's peak FLOP/s (default on a GPU: {PEAK_BF16:.3g}, "
                          "dense bf16 of an H100/H200)")
-    ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="CPU threads of torch and of numpy's BLAS (0: their defaults)")
     args = ap.parse_args(argv)
-    if args.threads:
+    if args.threads:  # numpy's BLAS too: the filters' SVDs spin many threads on a busy CPU
         torch.set_num_threads(args.threads)
+        threadpool_limits(args.threads)
     device = torch.device(args.device)
     dtype = resolve_dtype(args.dtype or ("bf16" if device.type == "cuda" else "float32"))
     peak = args.peak_flops or (PEAK_BF16 if device.type == "cuda" else None)
