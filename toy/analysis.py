@@ -106,11 +106,11 @@ def neuron_shares(model: StackedModel, task: Task, basis: FourierBasis,
     (Li et al.); two-input full-grid tasks: its activations over (a, b) (Nanda et al.);
     otherwise its row of the neuron-to-logit map."""
     if model.cfg.kind == "mlp":
-        w_in = model.W_in[0].double().numpy()  # (k, p, width), summed over inputs
+        w_in = model.W_in[0].detach().double().numpy()  # (k, p, width), summed over inputs
         power = sum(power_per_component(w, basis, axis=0) for w in w_in).T
         source = "input_weights"
     elif task.n_inputs == 2 and task.full_grid:
-        acts = model.neurons(task.inputs)[0].double().numpy().reshape(task.p, task.p, -1)
+        acts = model.neurons(task.inputs)[0].detach().double().numpy().reshape(task.p, task.p, -1)
         alive = np.abs(acts).reshape(-1, acts.shape[2]).max(axis=0) > 0
         return neuron_frequency_shares(acts, basis), alive, "activations_2d"
     else:
