@@ -2,8 +2,12 @@
 
 Everything is computed in the exact DFT basis over the p numbers (``probes``):
 
-* key frequencies from the embedding's Fourier norms (default), the neuron-to-logit map
-  W_L, or (for linear ops) the logits' energy in the cos/sin(w_k (a + b)) directions;
+* key frequencies, by default the smallest set whose restricted loss stays near that of
+  every frequency (``toy.progress.select_key_frequencies``); for comparison also the sets
+  holding a sizeable energy share of the embedding, of the neuron-to-logit map W_L, of the
+  neurons (how many each frequency mostly explains) and (linear ops) of the logits in the
+  cos/sin(w_k (a + b)) directions; per frequency, a table of its neuron share, weight
+  norms and the loss without it;
 * restricted / excluded loss (toy.progress), Gini of W_E and W_L, FFD, FCR, sum of squared
   weights;
 * per neuron: maximum normalized power of its row of W_L (Li et al.); for the x^k MLP
@@ -27,23 +31,35 @@ from probes.filters import keep_only, remove_components
 from toy.data import Task
 from toy.models import StackedModel
 from toy.progress import (
+    ANSWER_AXIS_SHORTLIST,
+    KEY_LOSS_ATOL,
+    KEY_LOSS_RATIO,
+    FrequencyParts,
     basis_for,
     embedding_measures,
     linear_directions,
     loss_and_accuracy,
     pick_key_frequencies,
     restricted_excluded_loss,
+    select_key_frequencies,
 )
 
-KEY_SOURCES = ("embed", "neuron_logit", "logits")
-EXPLAINED = 0.85
+# Rules naming the key frequencies; "loss" (the default) is the smallest set whose
+# restricted loss stays near the model's (toy.progress.select_key_frequencies), the others
+# threshold an energy share: of the embedding, of the neuron-to-logit map, of the neurons
+# (how many each frequency mostly explains) or of the logits (linear ops only).
+KEY_SOURCES = ("loss", "embed", "neuron_logit", "neurons", "logits")
+DEFAULT_KEY_SOURCE = "loss"
+EXPLAINED = 0.85  # a neuron is explained by one frequency (Nanda et al.)
+MOSTLY = 0.5  # a neuron counts towards a frequency's neuron share
 
 
 def neuron_frequency_shares(acts: np.ndarray, basis: FourierBasis) -> np.ndarray:
     """Share of each neuron's non-constant variance over the (a, b) grid held by each
     frequency's 2-D terms. ``acts`` is (p, p, neurons); returns (neurons, K)."""
     B = basis.matrix
-    coef = np.einsum("ia,abn,jb->nij", B, acts, B)  # 2-D transform per neuron
+    half = np.tensordot(B, acts, axes=(1, 0))  # (i, b, n): transform along a
+    coef = np.tensordot(half, B, axes=(1, 1)).transpose(1, 0, 2)  # (n, i, j): along b
     power = coef**2
     power[:, 0, 0] = 0.0  # the constant term is not variance
     total = power.sum(axis=(1, 2))
@@ -83,11 +99,65 @@ def frequency_ablation(logits: torch.Tensor, labels: torch.Tensor, order, basis:
     return curve
 
 
+def neuron_shares(model: StackedModel, task: Task, basis: FourierBasis,
+                  neuron_logit: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    """Per neuron, the share of its (non-constant) power or variance held by each frequency:
+    ``(shares (neurons, K), alive (neurons,), source)``. The x^k MLP: its input weights
+    (Li et al.); two-input full-grid tasks: its activations over (a, b) (Nanda et al.);
+    otherwise its row of the neuron-to-logit map."""
+    if model.cfg.kind == "mlp":
+        w_in = model.W_in[0].detach().double().numpy()  # (k, p, width), summed over inputs
+        power = sum(power_per_component(w, basis, axis=0) for w in w_in).T
+        source = "input_weights"
+    elif task.n_inputs == 2 and task.full_grid:
+        acts = model.neurons(task.inputs)[0].detach().double().numpy().reshape(task.p, task.p, -1)
+        alive = np.abs(acts).reshape(-1, acts.shape[2]).max(axis=0) > 0
+        return neuron_frequency_shares(acts, basis), alive, "activations_2d"
+    else:
+        power = power_per_component(neuron_logit, basis, axis=1)
+        source = "neuron_logit_map"
+    total = power.sum(axis=1, keepdims=True)
+    shares = np.divide(power, total, out=np.zeros_like(power), where=total > 0)
+    return shares, total[:, 0] > 0, source
+
+
+def key_frequency_table(parts: FrequencyParts, shares: np.ndarray, alive: np.ndarray,
+                        e_norms: np.ndarray, l_norms: np.ndarray, selection: dict) -> list[dict]:
+    """One row per frequency k: its share of the neurons (those whose variance it holds
+    mostly, > ``MOSTLY``), its Fourier norm (and energy share) in the embedding and the
+    neuron-to-logit map, the restricted loss keeping it alone, the loss over all data with
+    it alone removed, and its rank in the loss rule's greedy selection (None: not chosen)."""
+    basis = parts.basis
+    full = parts.full_loss()
+    n_alive = max(int(alive.sum()), 1)
+    rank = {k: i + 1 for i, k in enumerate(selection["key_frequencies"])}
+    rows = []
+    for k in basis.ks:
+        without = parts.loss_without(int(k))
+        rows.append({
+            "k": int(k), "period": float(basis.period(int(k))),
+            "neuron_share": float((shares[alive, k - 1] > MOSTLY).sum() / n_alive),
+            "embed_norm": float(e_norms[k - 1]),
+            "embed_share": float(e_norms[k - 1] ** 2 / max((e_norms**2).sum(), 1e-300)),
+            "neuron_logit_norm": float(l_norms[k - 1]),
+            "neuron_logit_share": float(l_norms[k - 1] ** 2 / max((l_norms**2).sum(), 1e-300)),
+            "restricted_loss_alone": parts.loss(parts.restricted([int(k)])),
+            "loss_without": without, "loss_increase_without": without - full,
+            "selected_rank": rank.get(int(k))})
+    return rows
+
+
 @torch.no_grad()
 def analyze(model: StackedModel, task: Task, train_idx: torch.Tensor, test_idx: torch.Tensor,
-            seed_index: int = 0, key_source: str = "embed",
-            key_share: float | None = None) -> dict:
-    """Every measure of one seed of ``model`` on ``task`` (splits are row indices)."""
+            seed_index: int = 0, key_source: str = DEFAULT_KEY_SOURCE,
+            key_share: float | None = None, key_loss_ratio: float = KEY_LOSS_RATIO,
+            key_loss_atol: float = KEY_LOSS_ATOL) -> dict:
+    """Every measure of one seed of ``model`` on ``task`` (splits are row indices).
+
+    ``key_source`` picks which rule's frequencies drive the restricted/excluded loss and
+    the ablations; every rule's set is returned as ``key_frequencies_<rule>``.
+    ``key_share`` is the share threshold of the share rules, ``key_loss_ratio`` and
+    ``key_loss_atol`` the tolerance of the loss rule."""
     if key_source not in KEY_SOURCES:
         raise ValueError(f"key_source must be one of {KEY_SOURCES}")
     one = model.select([seed_index]) if model.n_seeds > 1 else model
@@ -104,8 +174,15 @@ def analyze(model: StackedModel, task: Task, train_idx: torch.Tensor, test_idx: 
 
     m = embedding_measures(embed, wl, basis)
     e_norms, l_norms = m.pop("embed_norms"), m.pop("neuron_logit_norms")
-    keys = {"embed": pick_key_frequencies(e_norms, key_share),
-            "neuron_logit": pick_key_frequencies(l_norms, key_share)}
+    shares, alive, neuron_source = neuron_shares(one, task, basis, wl)
+    parts = FrequencyParts(logits, task, basis)
+    shortlist = None if parts.definition == "input_directions" else ANSWER_AXIS_SHORTLIST
+    selection = select_key_frequencies(parts, key_loss_ratio, key_loss_atol, shortlist)
+    counts = ((shares[alive] > MOSTLY).sum(axis=0)).astype(float)
+    keys = {"loss": selection["key_frequencies"],
+            "embed": pick_key_frequencies(e_norms, key_share),
+            "neuron_logit": pick_key_frequencies(l_norms, key_share),
+            "neurons": pick_key_frequencies(np.sqrt(counts), key_share)}
     if task.linear_coeffs is not None and task.full_grid:
         keys["logits"] = pick_key_frequencies(np.sqrt(logit_frequency_energy(logits, task, basis)),
                                               key_share)
@@ -114,6 +191,10 @@ def analyze(model: StackedModel, task: Task, train_idx: torch.Tensor, test_idx: 
     ks = keys[key_source]
     res.update({"key_frequencies": ks, "key_source": key_source,
                 **{f"key_frequencies_{k}": v for k, v in keys.items()}})
+    res["key_frequency_table"] = key_frequency_table(parts, shares, alive, e_norms, l_norms,
+                                                     selection)
+    res["key_selection"] = {"full_loss": parts.full_loss(),
+                            **{k: v for k, v in selection.items() if k != "key_frequencies"}}
     res.update(restricted_excluded_loss(logits, task, ks, train_idx, basis))
     res.update(m)
     res["sum_squared_weights"] = float(one.sum_squared_weights()[0])
@@ -122,30 +203,14 @@ def analyze(model: StackedModel, task: Task, train_idx: torch.Tensor, test_idx: 
     res["max_normalized_power_mean"] = float(share.mean())
     res["max_normalized_power"] = share
     res["neuron_logit_frequency"] = dom
-    if one.cfg.kind == "mlp":  # Li et al.: each neuron's input weights, summed over inputs
-        w_in = one.W_in[0].double().numpy()  # (k, p, width)
-        power = sum(power_per_component(w, basis, axis=0) for w in w_in)  # (K, width)
-        total = power.sum(axis=0)
-        best = np.divide(power.max(axis=0), total, out=np.zeros_like(total), where=total > 0)
+    best = shares.max(axis=1)
+    res["neuron_frequency"] = np.where(alive, shares.argmax(axis=1) + 1, 0)
+    res["neuron_explained_share"] = best
+    res["fraction_neurons_explained"] = float((best[alive] > EXPLAINED).mean()) \
+        if alive.any() else 0.0
+    res["neuron_frequency_source"] = neuron_source
+    if one.cfg.kind == "mlp":
         res["max_normalized_power_input_mean"] = float(best.mean())
-        res["neuron_frequency"] = np.where(total > 0, power.argmax(axis=0) + 1, 0)
-        res["neuron_explained_share"] = best
-        res["fraction_neurons_explained"] = float((best > EXPLAINED).mean())
-        res["neuron_frequency_source"] = "input_weights"
-    elif task.n_inputs == 2 and task.full_grid:
-        acts = one.neurons(task.inputs)[0].double().numpy().reshape(task.p, task.p, -1)
-        shares = neuron_frequency_shares(acts, basis)
-        best = shares.max(axis=1)
-        alive = np.abs(acts).reshape(-1, acts.shape[2]).max(axis=0) > 0
-        res["neuron_frequency"] = np.where(alive, shares.argmax(axis=1) + 1, 0)
-        res["neuron_explained_share"] = best
-        res["fraction_neurons_explained"] = float((best[alive] > EXPLAINED).mean()) \
-            if alive.any() else 0.0
-        res["neuron_frequency_source"] = "activations_2d"
-    else:  # no (a, b) grid: fall back on each neuron's output weights
-        res["neuron_frequency"] = dom
-        res["fraction_neurons_explained"] = float((share > EXPLAINED).mean())
-        res["neuron_frequency_source"] = "neuron_logit_map"
     counts = np.bincount(res["neuron_frequency"], minlength=basis.n_components + 1)
     res["neuron_frequency_histogram"] = {int(k): int(c) for k, c in enumerate(counts) if c}
 
@@ -162,7 +227,7 @@ def analyze(model: StackedModel, task: Task, train_idx: torch.Tensor, test_idx: 
     return res
 
 
-SUMMARY_KEYS = ("key_frequencies", "train_accuracy", "test_accuracy", "test_loss",
+SUMMARY_KEYS = ("key_frequencies", "key_source", "train_accuracy", "test_accuracy", "test_loss",
                 "restricted_loss", "excluded_loss", "gini_embed", "gini_neuron_logit", "ffd",
                 "fcr", "fraction_neurons_explained", "max_normalized_power_mean",
                 "sum_squared_weights")

@@ -12,13 +12,18 @@ All Fourier math uses ``probes`` with the exact DFT over the p numbers
   (``probes.filters``), and ``restricted_definition`` says which was used.
 * Gini of the Fourier norms of the embedding and of the neuron-to-logit map, sum of
   squared weights, FFD and FCR of the embedding.
+* ``FrequencyParts`` / ``select_key_frequencies``: the restricted logits as a sum of one
+  part per frequency, and the smallest set of frequencies (greedy) whose restricted loss
+  stays within a tolerance of the restricted loss of every frequency.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from llm_fourier.errors import UserError
 from probes import FourierBasis, component_magnitudes, cos_sin_norms, fcr, ffd, gini
 from probes import key_frequencies as share_key_frequencies
 from probes.filters import keep_only, remove_components
@@ -115,3 +120,102 @@ def progress_measures(model, task: Task, train_idx: torch.Tensor,
         m.pop("restricted_definition")
         out.append({"key_frequencies": ks, **m, "sum_squared_weights": float(ssw[s])})
     return out
+
+
+class FrequencyParts:
+    """One seed's full-data logits (N, p) split into a base plus one part per frequency k.
+
+    Linear op on a full grid: the restricted logits are a function of the class
+    s = sum_i c_i x_i mod p only (every class holds N / p rows), so they are computed on the
+    p class-mean logits M: M's DFT along s, kept at the constant (the base) and at the
+    chosen frequencies. ``restricted(ks)`` then equals ``restricted_excluded_logits`` on the
+    class rows, at 1/p of the cost. Nonlinear op: the parts are the DFT components of each
+    logit vector along the answer axis, as in ``restricted_excluded_logits``.
+    With every frequency kept, the restricted logits are M itself (linear) or the logits
+    themselves (nonlinear).
+    """
+
+    def __init__(self, logits: torch.Tensor, task: Task, basis: FourierBasis) -> None:
+        L = logits.double()
+        B = torch.as_tensor(basis.matrix, dtype=torch.float64)  # (1 + 2K, p), orthonormal
+        self.basis, self.logits, self.data_labels = basis, L, task.labels
+        if task.linear_coeffs is not None and task.full_grid:
+            coeffs = torch.tensor(task.linear_coeffs, dtype=torch.long)
+            self.row_of = (task.inputs * coeffs).sum(1) % task.p  # each row's class s
+            counts = torch.bincount(self.row_of, minlength=task.p).double()
+            M = L.new_zeros(task.p, L.shape[1]).index_add_(0, self.row_of, L) / counts[:, None]
+            self.U, self.V = B.T, B @ M  # part_k = U[:, rows_k] @ V[rows_k]
+            self.labels = torch.arange(task.p)
+            self.definition = "input_directions"
+        else:
+            self.row_of = torch.arange(L.shape[0])
+            self.U, self.V = L @ B.T, B
+            self.labels = task.labels
+            self.definition = "answer_axis"
+        self.base = self.U[:, :1] @ self.V[:1]
+
+    def part(self, k: int) -> torch.Tensor:
+        rows = torch.as_tensor(self.basis.rows_of([k]))
+        return self.U[:, rows] @ self.V[rows]
+
+    def restricted(self, ks) -> torch.Tensor:
+        """Restricted logits (one row per class, or per data row) keeping frequencies ks."""
+        rows = torch.as_tensor(self.basis.rows_of(ks, include_constant=True))
+        return self.U[:, rows] @ self.V[rows]
+
+    def loss(self, restricted: torch.Tensor) -> float:
+        """Mean cross-entropy over all data of restricted logits (classes weigh equally)."""
+        return float(F.cross_entropy(restricted.double(), self.labels))
+
+    def full_loss(self) -> float:
+        """Mean cross-entropy of the model's own logits over all data."""
+        return float(loss_and_accuracy(self.logits, self.data_labels)[0])
+
+    def loss_without(self, k: int) -> float:
+        """Loss over all data of the logits with frequency k's part removed (excluded-style)."""
+        removed = self.logits - self.part(k)[self.row_of]
+        return float(loss_and_accuracy(removed, self.data_labels)[0])
+
+
+KEY_LOSS_RATIO = 2.0
+KEY_LOSS_ATOL = 1e-9
+ANSWER_AXIS_SHORTLIST = 8  # candidates per greedy step when every trial costs N x p
+
+
+def select_key_frequencies(parts: FrequencyParts, loss_ratio: float = KEY_LOSS_RATIO,
+                           loss_atol: float = KEY_LOSS_ATOL,
+                           shortlist: int | None = None) -> dict:
+    """The smallest set of frequencies the model needs, by greedy forward selection.
+
+    Reference: the restricted loss with every frequency kept (a linear op: the model's
+    logits averaged over each answer class, which drops the per-example noise that every
+    restricted loss drops; it is at most the full model's loss, by Jensen). Starting from
+    no frequency, add at each step the one whose inclusion lowers the restricted loss most,
+    until ``restricted_loss <= loss_ratio * reference + loss_atol``. With ``shortlist``,
+    each step tries only that many unchosen frequencies, those of largest energy in the
+    logits (their part's squared norm). Returns the frequencies in the order chosen, the
+    reference, the bound and the path.
+    """
+    if not loss_ratio >= 1 or not loss_atol >= 0:
+        raise UserError(f"the key-frequency tolerance needs a loss ratio >= 1 and an absolute "
+                        f"margin >= 0 (got {loss_ratio} and {loss_atol}); the defaults are "
+                        f"{KEY_LOSS_RATIO} and {KEY_LOSS_ATOL}.")
+    if shortlist is not None and shortlist < 1:
+        raise UserError(f"the shortlist must be a positive number of candidates or None "
+                        f"(got {shortlist}).")
+    reference = parts.loss(parts.restricted(parts.basis.ks))
+    bound = loss_ratio * reference + loss_atol
+    energy = {int(k): float(parts.part(int(k)).pow(2).sum()) for k in parts.basis.ks}
+    remaining = sorted(energy, key=lambda k: -energy[k])  # largest energy first
+    current, chosen = parts.base, []
+    path = [{"k": None, "restricted_loss": parts.loss(current)}]
+    while path[-1]["restricted_loss"] > bound and remaining:
+        trials = [(parts.loss(current + parts.part(k)), k) for k in remaining[:shortlist]]
+        loss, k = min(trials)
+        current = current + parts.part(k)
+        chosen.append(k)
+        remaining.remove(k)
+        path.append({"k": k, "restricted_loss": loss})
+    return {"key_frequencies": chosen, "reference_loss": reference, "bound": bound,
+            "loss_ratio": loss_ratio, "loss_atol": loss_atol, "shortlist": shortlist,
+            "path": path}

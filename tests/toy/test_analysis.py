@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.toy.test_progress import ce_numpy
 from toy.analysis import analyze, frequency_ablation, neuron_frequency_shares
 from toy.data import make_task, split_indices
 from toy.models import ModelConfig, build_model
@@ -48,6 +49,67 @@ def numpy_remove(L: np.ndarray, ks) -> np.ndarray:
     return np.fft.irfft(F, n=L.shape[1], axis=1)
 
 
+def planted_mlp(p=23, keys=(2, 5, 7), per_key=33, rare=3, amp=6.0, rare_amp=5.0):
+    """An x^2 MLP on (a + b) mod p built by hand: ``per_key`` neurons per key frequency
+    (random phases; output weights fitted so each group adds amp cos(w_k (a + b - c))), plus
+    ONE neuron (1% of 100) on frequency ``rare`` with large input weights (so the embedding
+    rule counts it) and a tiny output."""
+    rng = np.random.default_rng(0)
+    task = make_task("a+b", p)
+    a, b = task.inputs[:, 0].numpy(), task.inputs[:, 1].numpy()
+    x = np.arange(p)
+    width = per_key * len(keys) + 1
+    W_in, W_out = np.zeros((2, p, width)), np.zeros((width, p))
+    for g, k in enumerate(keys):
+        w, cols = 2 * np.pi * k / p, slice(g * per_key, (g + 1) * per_key)
+        phase = rng.uniform(0, 2 * np.pi, (2, 1, per_key))
+        W_in[:, :, cols] = np.cos(w * x[None, :, None] + phase)
+        hidden = (W_in[0][a][:, cols] + W_in[1][b][:, cols]) ** 2
+        target = amp * np.cos(w * ((a + b)[:, None] - x[None]))
+        W_out[cols] = np.linalg.lstsq(hidden, target, rcond=None)[0]
+    w = 2 * np.pi * rare / p
+    W_in[:, :, -1] = rare_amp * np.cos(w * x[None] + np.array([[0.0], [1.0]]))
+    W_out[-1] = 5e-4 * np.cos(w * x)
+    state = {"W_in": torch.tensor(W_in)[None], "W_out": torch.tensor(W_out)[None]}
+    return build_model(ModelConfig(kind="mlp", p=p, width=width), [0], state), task
+
+
+def numpy_restricted(L, s, p, ks):
+    """Least-squares projection of each logit column on 1, cos/sin(w_k s) for k in ks."""
+    cols = [np.ones_like(s, dtype=float)]
+    for k in ks:
+        cols += [np.cos(2 * np.pi * k * s / p), np.sin(2 * np.pi * k * s / p)]
+    X = np.stack(cols, axis=1)
+    return X @ np.linalg.lstsq(X, L, rcond=None)[0]
+
+
+def test_loss_rule_names_the_planted_frequencies_and_drops_a_one_percent_one():
+    p = 23
+    model, task = planted_mlp(p)
+    tr, te = split_indices(len(task), 0.5, 0)
+    a = analyze(model, task, tr, te)
+    assert sorted(a["key_frequencies"]) == [2, 5, 7] and a["key_source"] == "loss"
+    assert sorted(a["key_frequencies_embed"]) == [2, 3, 5, 7]  # the trap the loss rule avoids
+    assert sorted(a["key_frequencies_neurons"]) == [2, 5, 7]
+    table = {row["k"]: row for row in a["key_frequency_table"]}
+    assert table[3]["neuron_share"] == pytest.approx(0.01)
+    assert [table[k]["neuron_share"] for k in (2, 5, 7)] == pytest.approx([0.33] * 3)
+    assert table[3]["embed_share"] > 1.5 / (p // 2) and table[3]["selected_rank"] is None
+    # independent: losses of the planted logits, with numpy least squares and cross-entropy
+    L = model(task.inputs)[0].detach().double().numpy()
+    y, s = task.labels.numpy(), task.inputs.sum(1).numpy()
+    for k in (2, 3, 5, 7):
+        removed = L - (numpy_restricted(L, s, p, [k]) - L.mean(0))
+        assert table[k]["loss_without"] == pytest.approx(ce_numpy(removed, y), rel=1e-9)
+    sel = a["key_selection"]
+    reference = ce_numpy(numpy_restricted(L, s, p, range(1, p // 2 + 1)), y)
+    assert sel["reference_loss"] == pytest.approx(reference, rel=1e-9)
+    assert sel["bound"] == pytest.approx(2 * reference + 1e-9)
+    assert ce_numpy(numpy_restricted(L, s, p, [2, 5, 7]), y) <= sel["bound"]
+    for pair in ([2, 5], [2, 7], [5, 7], [2, 5, 3], [5, 7, 3]):  # smaller sets fail
+        assert ce_numpy(numpy_restricted(L, s, p, pair), y) > sel["bound"]
+
+
 @pytest.fixture(scope="module")
 def grokked():
     mc = ModelConfig(p=P, d_model=64, n_heads=4, d_head=16, d_mlp=128)
@@ -63,11 +125,22 @@ def test_transformer_groks_and_analysis_finds_its_frequencies(grokked):
     a = analyze(r.model, r.task, r.train_idx[0], r.test_idx[0])
     assert a["test_accuracy"] >= 0.99 and a["train_accuracy"] == 1.0
     ks = a["key_frequencies"]
-    assert 1 <= len(ks) <= 6
-    # independent: the embedding's largest rFFT norms are the key frequencies
+    assert a["key_source"] == "loss" and 1 <= len(ks) <= 6
+    # independent: the embedding rule's set is the embedding's largest rFFT norms
     E = r.model.W_E[0, :P].detach().double().numpy()
     norms = np.linalg.norm(np.fft.rfft(E, axis=0), axis=1)[1:]
-    assert set(np.argsort(-norms)[: len(ks)] + 1) == set(ks)
+    ke = a["key_frequencies_embed"]
+    assert set(np.argsort(-norms)[: len(ke)] + 1) == set(ke)
+    # the loss rule: every key frequency carries neurons and matters on its own; the
+    # others do not (removing one changes the loss 10x less than removing any key)
+    table = {row["k"]: row for row in a["key_frequency_table"]}
+    assert all(table[k]["neuron_share"] >= 0.1 and table[k]["selected_rank"] for k in ks)
+    assert min(table[k]["loss_increase_without"] for k in ks) > 10 * max(
+        abs(table[k]["loss_increase_without"]) for k in table if k not in ks)
+    sel = a["key_selection"]
+    assert sel["path"][-1]["restricted_loss"] <= sel["bound"] < sel["path"][-2]["restricted_loss"]
+    assert a["restricted_loss"] == pytest.approx(sel["path"][-1]["restricted_loss"], rel=1e-9)
+    assert sel["reference_loss"] <= sel["full_loss"]
     # independent: removing the key frequencies kills accuracy, removing the rest does not
     L = r.model(r.task.inputs)[0].detach().double().numpy()
     y = r.task.labels.numpy()

@@ -4,13 +4,17 @@ import numpy as np
 import pytest
 import torch
 
+from llm_fourier.errors import UserError
 from toy.data import make_task
 from toy.progress import (
+    FrequencyParts,
     basis_for,
     embedding_measures,
     loss_and_accuracy,
     pick_key_frequencies,
+    restricted_excluded_logits,
     restricted_excluded_loss,
+    select_key_frequencies,
 )
 
 P = 13
@@ -88,3 +92,68 @@ def test_embedding_measures_on_planted_embedding():
     assert m["fcr"] == pytest.approx(0.5)  # freq 2 balanced (1), freq 5 cos only (0)
     assert pick_key_frequencies(m["embed_norms"]) == [5, 2]
     assert m["gini_neuron_logit"] == pytest.approx(1 - 1 / K)  # one component only
+
+
+@pytest.mark.parametrize("op,p,n_inputs", [("a+b", 13, 2), ("a-b", 12, 2), ("sum", 7, 3),
+                                           ("a*b", 11, 2)])
+def test_frequency_parts_match_the_restricted_and_excluded_logits(op, p, n_inputs):
+    task = make_task(op, p, n_inputs)
+    L = torch.randn(len(task), p, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    basis = basis_for(p)
+    parts = FrequencyParts(L, task, basis)
+    for ks in ([], [2], [1, 3], list(basis.ks)):
+        restricted, _, how = restricted_excluded_logits(L, task, ks, basis)
+        assert parts.definition == how
+        assert parts.loss(parts.restricted(ks)) == pytest.approx(
+            ce_numpy(restricted, task.labels.numpy()), rel=1e-9)
+    for k in (1, 3):
+        _, excluded, _ = restricted_excluded_logits(L, task, [k], basis)
+        assert parts.loss_without(k) == pytest.approx(ce_numpy(excluded, task.labels.numpy()),
+                                                      rel=1e-9)
+    assert parts.full_loss() == pytest.approx(ce_numpy(L, task.labels.numpy()), rel=1e-12)
+    # every frequency kept: class-mean logits (Jensen: never above the full loss), or
+    # along the answer axis the logits themselves
+    assert parts.loss(parts.restricted(basis.ks)) <= parts.full_loss() * (1 + 1e-12)
+
+
+def test_select_key_frequencies_is_the_smallest_set_within_the_tolerance():
+    # 2 and 5 carry the answer; 4 is small; the rest is per-example noise
+    task, L = planted_logits(P, [2, 5, 4], [4.0, 3.0, 0.3])
+    noise = 0.3 * torch.randn(L.shape, generator=torch.Generator().manual_seed(0),
+                              dtype=torch.float64)
+    parts = FrequencyParts(L + noise, task, basis_for(P))
+    sel = select_key_frequencies(parts)
+    assert sel["key_frequencies"] == [2, 5]  # largest amplitude first
+    y = task.labels.numpy()
+    noisy = (L + noise).numpy()
+    class_means = np.stack([noisy[y == c].mean(0) for c in range(P)])
+    assert sel["reference_loss"] == pytest.approx(ce_numpy(class_means, np.arange(P)), rel=1e-9)
+    assert sel["bound"] == pytest.approx(2 * sel["reference_loss"] + 1e-9)
+    # the path's losses are the restricted losses of its prefixes (input directions)
+    for i, step in enumerate(sel["path"]):
+        r, _, _ = restricted_excluded_logits(L + noise, task, sel["key_frequencies"][:i],
+                                             basis_for(P))
+        assert step["restricted_loss"] == pytest.approx(ce_numpy(r, y), rel=1e-9)
+    assert ce_numpy(restricted_excluded_logits(L + noise, task, [2], basis_for(P))[0], y) \
+        > sel["bound"] >= sel["path"][-1]["restricted_loss"]
+    # no tolerance: the small frequency is needed too (and the noise is not)
+    tight = select_key_frequencies(parts, loss_ratio=1.0, loss_atol=0.0)
+    assert tight["key_frequencies"] == [2, 5, 4]
+    with pytest.raises(UserError, match="loss ratio >= 1"):
+        select_key_frequencies(parts, loss_ratio=0.5)
+
+
+def test_answer_axis_selection_with_and_without_a_shortlist():
+    task = make_task("a*b", P)
+    y, c = task.labels[:, None].double(), torch.arange(P).double()
+    L = sum(amp * torch.cos(2 * np.pi * k * (y - c) / P) for k, amp in ((3, 5.0), (5, 3.0)))
+    L = L + 0.3 * torch.randn(L.shape, generator=torch.Generator().manual_seed(0),
+                              dtype=torch.float64)
+    parts = FrequencyParts(L, task, basis_for(P))
+    full = select_key_frequencies(parts)
+    assert full["key_frequencies"] == [3, 5] and full["shortlist"] is None
+    assert select_key_frequencies(parts, shortlist=2)["path"] == full["path"]
+    # the reference keeps every frequency along the answer axis: the logits themselves
+    assert full["reference_loss"] == pytest.approx(ce_numpy(L, task.labels.numpy()), rel=1e-9)
+    with pytest.raises(UserError, match="shortlist"):
+        select_key_frequencies(parts, shortlist=0)
