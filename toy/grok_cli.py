@@ -19,7 +19,7 @@ from llm_fourier.errors import UserError
 from llm_fourier.output.html import flat_record, html_table, percent
 from llm_fourier.output.rundir import RunDir
 from llm_fourier.output.tables import format_table
-from toy.analysis import KEY_SOURCES, SUMMARY_KEYS, analyze
+from toy.analysis import DEFAULT_KEY_SOURCE, KEY_SOURCES, SUMMARY_KEYS, analyze
 from toy.checkpoint import CHECKPOINT_NAME
 from toy.data import ALL_OPS, make_task, nanda_split, split_indices
 from toy.importers import FORMATS, load_checkpoint
@@ -31,6 +31,7 @@ from toy.plots import (
     plot_neuron_histogram,
     plot_training,
 )
+from toy.progress import KEY_LOSS_ATOL, KEY_LOSS_RATIO
 from toy.quantize import QUANT_MODES
 from toy.train import GrokConfig, train
 
@@ -194,9 +195,15 @@ class GrokAnalyzeSettings(OutputOptions):
     split: str = option("auto", choices=("auto", "ours", "nanda"), help="how the train split "
                         "was drawn: ours (torch.randperm) or nanda (their random.shuffle); "
                         "auto: by checkpoint format")
-    key_source: str = option("embed", choices=KEY_SOURCES, help="where key frequencies come "
-                             "from")
-    key_share: float | None = option(None, above=0, max=1, help="key-frequency energy share")
+    key_source: str = option(DEFAULT_KEY_SOURCE, choices=KEY_SOURCES, help="rule for the key "
+                             "frequencies: loss (the smallest set whose restricted loss stays "
+                             "near the model's), or the embedding / neuron-logit / neuron / "
+                             "logit energy shares; every rule is kept in results.json")
+    key_share: float | None = option(None, above=0, max=1, help="energy share of the share "
+                                     "rules (default: 1.5 / number of frequencies)")
+    key_loss_ratio: float = option(KEY_LOSS_RATIO, min=1, help="loss rule: restricted loss at "
+                                   "most this times the all-frequency restricted loss")
+    key_loss_atol: float = option(KEY_LOSS_ATOL, min=0, help="loss rule: plus this many nats")
 
 
 class GrokAnalyzeCommand(Command):
@@ -238,7 +245,7 @@ class GrokAnalyzeCommand(Command):
         if s.key_source == "logits" and (task.linear_coeffs is None or not task.full_grid):
             raise UserError("--key-source logits needs a linear op (a+b, a-b, sum).")
         a = analyze(model, task, train_idx, test_idx, model.seeds.index(seed), s.key_source,
-                    s.key_share)
+                    s.key_share, key_loss_ratio=s.key_loss_ratio, key_loss_atol=s.key_loss_atol)
         neurons = [{"neuron": i, "frequency": int(f), "explained_share": e,
                     "max_normalized_power": float(m), "neuron_logit_frequency": int(d)}
                    for i, (f, e, m, d) in enumerate(zip(
@@ -250,6 +257,7 @@ class GrokAnalyzeCommand(Command):
                    **a}
         run.write_csv("neurons.csv", neurons)
         run.write_csv("embedding_spectrum.csv", a["embed_spectrum"])
+        run.write_csv("key_frequencies.csv", a.get("key_frequency_table", []))
         if run.writes:
             plot_embedding_spectrum(a, run.file("embedding_spectrum.png"))
             plot_neuron_histogram(a, run.file("neuron_frequencies.png"))

@@ -127,7 +127,8 @@ def test_gguf_dtype_folder_and_embedding(tiny_gguf, tmp_path):
 
 def test_gguf_through_the_cli(tiny_gguf, tmp_path):
     path, _, _ = tiny_gguf
-    assert main(["embed", "--model", str(path), "--tau", "2", "--out", str(tmp_path / "embed")]) == 0
+    assert main(["embed", "--model", str(path), "--tau", "2",
+                 "--out", str(tmp_path / "embed")]) == 0
     assert (tmp_path / "embed" / "results.json").is_file()
 
 

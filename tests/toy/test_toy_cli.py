@@ -36,7 +36,7 @@ def test_train_then_analyze(tmp_path, capsys):
     loaded = load_checkpoint(run / "checkpoint.safetensors")
     task = make_task("a+b", 11)
     tr, te = split_indices(len(task), 0.5, 3)
-    direct = analyze(loaded.model, task, tr, te, seed_index=1)
+    direct = analyze(loaded.model, task, tr, te, seed_index=1, key_source=got["key_source"])
     for key in REQUIRED:
         assert got[key] == pytest.approx(direct[key]), key
     assert got["test_loss"] == pytest.approx(last["test_loss"], rel=1e-6)  # same split
