@@ -130,7 +130,7 @@ class ReportCommand(Command):
             return {"jobs": [j.id for j in jobs]}
         if s.restart:
             _restart(s.out)
-        with RunDir(s.out, self.name, {}, main=process_info().is_main) as run:
+        with RunDir(s.out, self.name, {}, restart=s.restart, main=process_info().is_main) as run:
             return run_batch(report, run, s.only, s.html_only)
 
 
@@ -154,7 +154,7 @@ class DemoCommand(Command):
         report = parse_config(demo_config(s.model, s.quick), source="(built-in demo)")
         if s.restart:
             _restart(s.out)
-        with RunDir(s.out, self.name, {}, main=process_info().is_main) as run:
+        with RunDir(s.out, self.name, {}, restart=s.restart, main=process_info().is_main) as run:
             summary = run_batch(report, run, progress=not s.quick)
         if "index" in summary:
             print(NEXT_STEPS.format(index=Path(summary["index"]).resolve()))

@@ -103,12 +103,14 @@ def _entry(job: Job, digest: str, settings: dict) -> dict:
             "caption": job.caption, "status": "pending", "seconds": None, "error": None}
 
 
-def run_job(job: Job, settings: dict, target: Path) -> dict:
-    """Run one job's command into ``target`` (its run folder: checked, locked, resumable)."""
+def run_job(job: Job, settings: dict, target: Path, restart: bool = False) -> dict:
+    """Run one job's command into ``target`` (its run folder: checked, locked, resumable;
+    ``restart`` discards what a failed attempt left there)."""
     command = get_command(job.command)
     target.mkdir(parents=True, exist_ok=True)
     with open(target / "log.txt", "a") as log, contextlib.redirect_stdout(_Tee(sys.stdout, log)):
-        return command.execute(command.Settings.from_dict({**settings, "out": str(target)}))
+        return command.execute(command.Settings.from_dict(
+            {**settings, "out": str(target), "restart": restart}))
 
 
 def _decide(job: Job, digest: str, jobs: dict, out: Path) -> str:
@@ -132,13 +134,16 @@ def waves(jobs: Sequence[Job]) -> list[list[Job]]:
 
 def _execute(job: Job, entry: dict, out: Path, owner: bool, save: Callable[[], None],
              echo: Callable[[str], None]) -> None:
-    """Run one job, updating ``entry``; ``owner`` writes error.txt."""
+    """Run one job, updating ``entry``; ``owner`` writes error.txt. A job that failed
+    before starts over (its partial state may be why it failed); one that was killed while
+    running resumes."""
     folder = job_dir(out, job.id)
+    restart = entry.pop("failed_before", False)
     entry.update(status="running", started=time.strftime("%Y-%m-%d %H:%M:%S"))
     save()
     start = time.perf_counter()
     try:
-        results = run_job(job, entry["settings"], folder)
+        results = run_job(job, entry["settings"], folder, restart)
         finished = results.get("finished", True) if isinstance(results, dict) else True
         entry.update(status="done" if finished else "stopped")
     except Exception as err:  # one failing job must not stop the report
@@ -195,6 +200,8 @@ def run_report(report: Report, out: str | Path, *, only: Sequence[str] | None = 
                         for k, v in job.settings.items()}
             previous = jobs.get(job.id)
             entry = jobs[job.id] = _entry(job, hashes[job.id], settings)
+            if previous and previous.get("status") == "failed":
+                entry["failed_before"] = True
             if decisions[job.id] == "blocked":
                 bad = [n for n in job.needs if jobs.get(n, {}).get("status") != "done"]
                 entry.update(status="blocked", error=f"needs {', '.join(bad)}, which did not "

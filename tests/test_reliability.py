@@ -1,0 +1,208 @@
+"""Kills, hostile files, locks and file modes.
+
+* Every resumable command (and a report of training and probing jobs) is SIGKILLed at
+  random points of a run; running the same command again gives the results of an
+  uninterrupted run.
+* A pickle that would create a file is planted in each state file a killed run leaves
+  behind: nothing runs, and the command either recomputes that part or says in one
+  sentence how to start over (``--restart``), which then works.
+* A second run on a folder in use says who holds it; outputs follow the umask.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import pickle
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from tqdm.auto import tqdm
+
+from llm_fourier.cli import main
+from llm_fourier.output.files import read_json, write_json
+from llm_fourier.output.rundir import RunDir
+from tests.test_golden import RUNS, differences
+from tests.tiny import tiny_model_dir
+
+COMMANDS = ("probe", "ablate", "hidden", "finetune", "transplant", "toy-train")
+STATE = (".partial", "checkpoints", "checkpoint.safetensors", "run.json", "manifest.json",
+         "analysis.json", "latest.json", "state.json")
+REPORT = """
+title = "kill me"
+[models]
+tiny = "{model}"
+[[jobs]]
+command = "toy train"
+name = "grok"
+settings = {{ p = 11, epochs = 60, d_model = 16, heads = 2, d_head = 8, d_mlp = 32, \
+log_every = 5, measure_every = 20, checkpoint_every = 10, seeds = [0] }}
+[[jobs]]
+command = "probe"
+models = ["tiny"]
+settings = {{ max_operand = 12, limit = 24, batch_size = 4, tau = 4 }}
+[[jobs]]
+command = "toy analyze"
+name = "analysis"
+settings = {{ checkpoint = "{{jobs.grok}}/checkpoint.safetensors" }}
+"""
+
+
+def _child(argv: list[str]) -> None:
+    # tqdm's default lock is a multiprocessing lock inherited through fork: a child killed
+    # while holding it would leave the parent waiting forever, so the child uses its own
+    tqdm.set_lock(threading.RLock())
+    os._exit(main(argv))
+
+
+def run_killed(argv: list[str], after: float) -> int:
+    """Run the command in a forked process and SIGKILL it ``after`` seconds in."""
+    proc = mp.get_context("fork").Process(target=_child, args=(argv,))
+    proc.start()
+    proc.join(after)
+    if proc.is_alive():
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join()
+    return proc.exitcode
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> str:
+    return str(tiny_model_dir(tmp_path_factory.mktemp("models"), "gpt2"))
+
+
+def argv_of(name: str, model: str, out: Path) -> list[str]:
+    if name == "report":
+        config = out.parent / "report.toml"
+        config.write_text(REPORT.format(model=model))
+        return ["report", str(config), "--out", str(out)]
+    return [*RUNS[name](model), "--out", str(out)]
+
+
+def results_of(name: str, out: Path) -> dict:
+    if name != "report":
+        return read_json(out / "results.json")
+    jobs = read_json(out / "manifest.json")["jobs"]
+    return {j: {"status": e["status"], **read_json(out / "jobs" / j / "results.json")}
+            for j, e in jobs.items()}
+
+
+def state_files(out: Path) -> list[Path]:
+    return sorted(p for p in out.rglob("*") if p.is_file()
+                  and any(part in STATE for part in p.relative_to(out).parts)
+                  and p.suffix in (".json", ".safetensors", ".bin", ".pkl"))
+
+
+def evil(marker: Path) -> bytes:
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    return pickle.dumps(Evil())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [*COMMANDS, "report"])
+def test_killed_runs_resume_to_the_uninterrupted_result(name, model, tmp_path, capsys):
+    reference = tmp_path / "reference"
+    start = time.perf_counter()
+    assert main(argv_of(name, model, reference)) == 0
+    duration = time.perf_counter() - start
+    expected = results_of(name, reference)
+    rng = random.Random(name)
+    for point in range(2):
+        out = tmp_path / f"killed{point}"
+        argv = argv_of(name, model, out)
+        for _ in range(2):  # killed twice at random points, then run to the end
+            run_killed(argv, rng.uniform(0.15, 0.85) * duration)
+        capsys.readouterr()
+        assert main(argv) == 0, capsys.readouterr().err
+        assert differences(expected, results_of(name, out)) == [], point
+        csvs = sorted(p.name for p in reference.glob("*.csv"))
+        for csv in csvs:
+            assert (out / csv).read_bytes() == (reference / csv).read_bytes(), csv
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [*COMMANDS, "report"])
+def test_a_planted_pickle_in_any_state_file_never_runs(name, model, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = argv_of(name, model, out)
+    start = time.perf_counter()
+    assert main(argv) == 0
+    duration = time.perf_counter() - start
+
+    def killed_state() -> list[Path]:
+        """A run killed part-way, freshly (as much state as a few tries leave)."""
+        for attempt in range(6):
+            run_killed([*argv, "--restart"], (0.3 + 0.1 * attempt) * duration)
+            if state_files(out):
+                break
+        return state_files(out)
+
+    names = [p.relative_to(out) for p in killed_state()]
+    assert names, "a killed run should leave state files"
+    for rel in names:
+        path = out / rel
+        if not path.exists() and rel not in [p.relative_to(out) for p in killed_state()]:
+            continue  # this kill stopped before that file was written
+        marker = tmp_path / f"ran-{rel.name}"
+        path.write_bytes(evil(marker))
+        capsys.readouterr()
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert not marker.exists(), f"the pickle in {rel} ran"
+        if name == "report" and code == 1:  # the job with the file failed, the report says so
+            assert "failed" in err and "Run the same command again" in err
+            # a retry starts the failed job over; a file of a finished job that another job
+            # reads needs --restart
+            assert main(argv) == 0 or main([*argv, "--restart"]) == 0
+            killed_state()
+            continue
+        assert code in (0, 2), (rel, err)
+        if code == 2:
+            assert len(err.strip().splitlines()) == 1 and "--restart" in err, (rel, err)
+            assert main([*argv, "--restart"]) == 0
+        killed_state()
+
+
+def test_a_folder_in_use_says_who_holds_it(tmp_path, capsys):
+    with RunDir(tmp_path / "busy", "probe", {}) as run:
+        run.write_json("x.json", {})
+        assert main(["toy", "train", "--epochs", "1", "--out", str(tmp_path / "busy")]) == 2
+    err = capsys.readouterr().err
+    assert "in use by 'probe' (pid" in err and len(err.strip().splitlines()) == 1
+    # released, it still holds an unfinished probe run: refused until --restart
+    tiny = ["toy", "train", "--epochs", "1", "--p", "7", "--d-model", "8", "--heads", "1",
+            "--d-head", "8", "--d-mlp", "8", "--out", str(tmp_path / "busy")]
+    assert main(tiny) == 2 and "unfinished 'probe' run" in capsys.readouterr().err
+    assert main([*tiny, "--restart"]) == 0
+
+
+def test_two_reports_on_one_folder_do_not_mix(tmp_path, capsys):
+    config = tmp_path / "r.toml"
+    config.write_text('[[jobs]]\ncommand = "toy train"\nsettings = { p = 7, epochs = 1, '
+                      'd_model = 8, heads = 1, d_head = 8, d_mlp = 8 }\n')
+    with RunDir(tmp_path / "out", "report", {}) as run:
+        run.write_json("manifest.json", {"jobs": {}})
+        assert main(["report", str(config), "--out", str(tmp_path / "out")]) == 2
+    assert "in use by 'report'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_outputs_follow_the_umask(umask, mode, tmp_path):
+    old = os.umask(umask)
+    try:
+        write_json(tmp_path / "a.json", {"a": 1})
+        assert main(["toy", "train", "--epochs", "2", "--p", "7", "--d-model", "8", "--heads",
+                     "1", "--d-head", "8", "--d-mlp", "8", "--out", str(tmp_path / "t")]) == 0
+    finally:
+        os.umask(old)
+    files = [tmp_path / "a.json", *[p for p in (tmp_path / "t").iterdir() if p.is_file()
+                                    and p.name != ".lock"]]
+    assert len(files) >= 4
+    assert {p.name: p.stat().st_mode & 0o777 for p in files} == {p.name: mode for p in files}
