@@ -290,6 +290,12 @@ def _load_tokenizer(source, trust_remote_code: bool):
         raise cannot_load(source, err) from err
 
 
+def load_tokenizer(model, tokenizer=None, *, trust_remote_code: bool = False):
+    """The tokenizer ``load_model(model, tokenizer)`` would use (``tokenizer``: an object, id
+    or folder; default the model's own), without loading any weights."""
+    return _load_tokenizer(tokenizer if tokenizer is not None else str(model), trust_remote_code)
+
+
 def _load_config(name: str, trust_remote_code: bool):
     from transformers import AutoConfig
 
