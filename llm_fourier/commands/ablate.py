@@ -39,7 +39,7 @@ from llm_fourier.commands.digit_views import (
 from llm_fourier.commands.options import (
     ModelOptions,
     OutputOptions,
-    SpectrumOptions,
+    ReadoutOptions,
     SplitOptions,
     TaskOptions,
     answer_keys,
@@ -87,7 +87,7 @@ def parse_layers(text: str | None, n_layers: int | None = None) -> list[int] | N
 
 
 @dataclass(kw_only=True)
-class AblateSettings(ModelOptions, TaskOptions, SplitOptions, SpectrumOptions, OutputOptions):
+class AblateSettings(ModelOptions, TaskOptions, SplitOptions, ReadoutOptions, OutputOptions):
     command = "ablate"
     layers: str = option("all", help="layers to filter: 'all' or e.g. '0,3,8-11'")
     positions: str = option("last", choices=("last", "all"), help="last: filter at the answer "

@@ -98,7 +98,7 @@ def lens_headline(results: dict) -> dict:
     for role, name in (("attn", "attn"), ("mlp", "MLP")):
         count = Counter(strongest_period(layer)
                         for layer in lens.get(role, {}).get("all", {}).get("layers", []))
-        out[f"{name}: strongest periods"] = " ".join(p for p, _ in count.most_common(3) if p)
+        out[f"{name}: most frequent periods"] = " ".join(p for p, _ in count.most_common(3) if p)
     return out
 
 

@@ -38,7 +38,12 @@ import torch
 
 from llm_fourier.commands.base import Command, JobView
 from llm_fourier.commands.digit_views import DIGIT_CAPTIONS, best_probe_rows, csv_row
-from llm_fourier.commands.hidden_digits import digit_probe_rows, intervene
+from llm_fourier.commands.hidden_digits import (
+    digit_html,
+    digit_probe_rows,
+    intervene,
+    intervention_findings,
+)
 from llm_fourier.commands.options import (
     ModelOptions,
     OutputOptions,
@@ -360,22 +365,7 @@ class HiddenCommand(Command):
 
     def job_html(self, job: JobView) -> str:
         res = job.results
-        parts = []
-        if res.get("digit_probes"):
-            parts.append(html_table(best_probe_rows(res["digit_probes"]), caption=(
-                "Digit probes (Levy & Geva): per role, digit place and kind, the layer with the "
-                "best held-out accuracy, beside shuffled labels, the random-init model and "
-                "the most frequent digit's share (chance).")))
-        if res.get("intervention"):
-            iv = res["intervention"]
-            parts.append(html_table([{k: iv.get(k) for k in (
-                "token", "role", "layer", "probe_place", "shift", "n_scored", "rate_shifted",
-                "rate_shifted_random", "rate_target", "rate_changed", "rate_changed_random",
-                "probe_moved")}], caption=(
-                f"Digit intervention: {iv.get('token')}'s digit {iv.get('probe_place')} rotated "
-                f"by +{iv.get('shift')} along its circular probe; rate_shifted = share of "
-                "prompts whose answer digit moved by the same shift, against a random direction "
-                "of the same norm (rate_shifted_random).")))
+        parts = [digit_html(res)]
         if res.get("ablation"):
             parts.append(html_table([{k: r.get(k) for k in (
                 "row", "rank", "accuracy", "loss", "teacher_forced_accuracy", "method")}
@@ -386,13 +376,7 @@ class HiddenCommand(Command):
         return "\n".join(p for p in parts if p)
 
     def findings(self, job: JobView) -> list[str]:
-        iv = job.results.get("intervention")
-        if not iv:
-            return []
-        return [f"{job.id}: rotating {iv['token']}'s digit {iv['probe_place']} by +{iv['shift']} "
-                f"({iv['role']} layer {iv['layer']}) moved the answer's digit by +{iv['shift']} "
-                f"in {percent(iv['rate_shifted'])} of prompts (random direction: "
-                f"{percent(iv['rate_shifted_random'])})."]
+        return intervention_findings(job.id, job.results)
 
 
 COMMAND = HiddenCommand()

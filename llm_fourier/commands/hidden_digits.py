@@ -11,6 +11,7 @@ runs ``digit_probes.digit_intervention`` on the test prompts (kept as a unit of 
 
 from __future__ import annotations
 
+from llm_fourier.commands.digit_views import best_probe_rows
 from llm_fourier.digit_probes import (
     digit_intervention,
     digit_rows,
@@ -20,6 +21,7 @@ from llm_fourier.digit_probes import (
 from llm_fourier.errors import UserError
 from llm_fourier.hidden import HiddenStates
 from llm_fourier.number_format import NumberFormat
+from llm_fourier.output.html import html_table, percent
 from llm_fourier.output.rundir import RunDir
 
 PER_EXAMPLE = ("clean", "rotated", "random")  # intervention lists that go to the CSV
@@ -84,3 +86,36 @@ def intervene(s, run: RunDir, lm, fmt: NumberFormat, hs: HiddenStates, examples,
     csv_rows = [{"prompt": e.prompt, "a": e.a, "b": e.b, "answer": e.answer,
                  **{k: res[k][i] for k in PER_EXAMPLE}} for i, e in enumerate(examples)]
     return summary, csv_rows
+
+
+# ------------------------------------------------------------------ report view
+def digit_html(results: dict) -> str:
+    """The digit-probe table (best layer per role, place and kind with its baselines) and
+    the intervention's summary, where the job has them."""
+    parts = []
+    if results.get("digit_probes"):
+        parts.append(html_table(best_probe_rows(results["digit_probes"]), caption=(
+            "Digit probes (Levy & Geva): per role, digit place and kind, the layer with the "
+            "best held-out accuracy, beside shuffled labels, the random-init model and the "
+            "most frequent digit's share (chance).")))
+    iv = results.get("intervention")
+    if iv:
+        parts.append(html_table([{k: iv.get(k) for k in (
+            "token", "role", "layer", "probe_place", "shift", "n_scored", "rate_shifted",
+            "rate_shifted_random", "rate_target", "rate_changed", "rate_changed_random",
+            "probe_moved")}], caption=(
+            f"Digit intervention: {iv.get('token')}'s digit {iv.get('probe_place')} rotated by "
+            f"+{iv.get('shift')} along its circular probe; rate_shifted = share of prompts "
+            "whose answer digit moved by the same shift, against a random direction of the "
+            "same norm (rate_shifted_random).")))
+    return "\n".join(parts)
+
+
+def intervention_findings(job_id: str, results: dict) -> list[str]:
+    iv = results.get("intervention")
+    if not iv:
+        return []
+    return [f"{job_id}: rotating {iv['token']}'s digit {iv['probe_place']} by +{iv['shift']} "
+            f"({iv['role']} layer {iv['layer']}) moved the answer's digit by +{iv['shift']} in "
+            f"{percent(iv['rate_shifted'])} of prompts (random direction: "
+            f"{percent(iv['rate_shifted_random'])})."]

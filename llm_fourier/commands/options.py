@@ -5,7 +5,8 @@ load a causal LM (``answer_format`` first loads only its tokenizer and finds how
 the task's answers: ``number_format``); ``TaskOptions`` build the arithmetic prompts;
 ``SplitOptions`` pick the examples a command runs on; ``SpectrumOptions`` choose the Fourier
 basis and the low/high threshold tau, checked against the number range before anything
-loads and against the answers' readout (numbers or digits) once the tokenizer is known.
+loads; ``ReadoutOptions`` (probe, ablate) also check tau against the answers' readout
+(numbers or digits) once the tokenizer is known, with a default for each.
 ``answer_keys`` gives the ``numbers`` / ``readout`` entries of results.json that report
 views choose their views from.
 """
@@ -106,9 +107,8 @@ class SplitOptions(Settings):
 class SpectrumOptions(Settings):
     basis: str = option("paper", choices=BASES, help="Fourier basis: paper (period (p-1)/k, "
                         "Zhou et al.) or dft (exact, period p/k)")
-    tau: int | None = option(None, min=1, help="low/high threshold on the component index k "
-                             "(low: k < tau); default 50 for number tokens, 3 for digits "
-                             "(low: periods 10 and 5)")
+    tau: int = option(50, min=1, help="low/high threshold on the component index k "
+                      "(low: k < tau)")
 
     def check_tau(self, p: int, what: str = "numbers") -> None:
         """Refuse a tau outside the components 1..K of the basis over ``p`` numbers (before
@@ -117,6 +117,17 @@ class SpectrumOptions(Settings):
         if self.tau is not None and self.tau > k_max:
             raise self.fail("tau", f"must lie in 1..{k_max} for the {what} 0..{p - 1}, got "
                             f"{self.tau}; pass a smaller --tau")
+
+
+@dataclass(kw_only=True)
+class ReadoutOptions(SpectrumOptions):
+    """``SpectrumOptions`` for the readout of a task's answers: the number tokens, or the ten
+    digit tokens for tokenizers that write one token per digit (whose basis is the DFT over
+    ten points, five components), so tau's default and range follow the readout."""
+
+    tau: int | None = option(None, min=1, help="low/high threshold on the component index k "
+                             "(low: k < tau); default 50 for number tokens, 3 for digits "
+                             "(low: periods 10 and 5)")
 
     @staticmethod
     def readout_what(fmt: NumberFormat, max_answer: int) -> str:

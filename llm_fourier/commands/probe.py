@@ -48,7 +48,7 @@ from llm_fourier.commands.digit_views import (
 from llm_fourier.commands.options import (
     ModelOptions,
     OutputOptions,
-    SpectrumOptions,
+    ReadoutOptions,
     SplitOptions,
     TaskOptions,
     answer_keys,
@@ -70,7 +70,7 @@ from probes import Spectrum
 
 
 @dataclass(kw_only=True)
-class ProbeSettings(ModelOptions, TaskOptions, SplitOptions, SpectrumOptions, OutputOptions):
+class ProbeSettings(ModelOptions, TaskOptions, SplitOptions, ReadoutOptions, OutputOptions):
     command = "probe"
     final_norm: bool = option(False, help="apply the model's final norm before W_U (the "
                               "standard logit lens; default off: logits = W_U[numbers] x, as "
@@ -318,7 +318,7 @@ class ProbeCommand(Command):
         return [f"{job.id}: the digit lens reads the answer digits off the last layer's "
                 f"residual stream with {percent(head.get('last-layer resid exact'))} "
                 f"accuracy (teacher forced); MLP digit logits put most energy at period "
-                f"{head.get('MLP: strongest periods', '').split(' ')[0] or 'n/a'}."]
+                f"{head.get('MLP: most frequent periods', '').split(' ')[0] or 'n/a'}."]
 
 
 def console_rows(results: dict) -> list[dict]:
