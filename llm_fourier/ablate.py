@@ -32,7 +32,7 @@ from llm_fourier.distributed import map_batches, process_info
 from llm_fourier.errors import UserError
 from llm_fourier.hooks import edit, last_token_logits
 from llm_fourier.number_format import NumberFormat
-from llm_fourier.numbers import NumberTokens, require_numbers
+from llm_fourier.numbers import NumberTokens, require_numbers, value_of_token
 from llm_fourier.readout import DIGIT_TAU, NumberReadout, number_readout, readout_for
 from llm_fourier.scores import Scores
 from llm_fourier.tasks import Example, tokenize_prompts
@@ -62,14 +62,6 @@ def filter_edits(filt: Callable[[Tensor], Tensor], roles: Iterable[str],
     return {(r, i): filt for r in roles for i in layers}
 
 
-def _value_of_token(numbers: NumberTokens, vocab_size: int) -> Tensor:
-    """Lookup table token id -> number value (-1 for every other token)."""
-    table = torch.full((max(vocab_size, int(numbers.token_ids.max()) + 1),), -1,
-                       dtype=torch.long)
-    table[torch.as_tensor(numbers.token_ids, dtype=torch.long)] = torch.arange(numbers.p)
-    return table
-
-
 def score_batch(logits: Tensor, answers: Tensor, numbers: NumberTokens,
                 prediction: str = "vocab") -> tuple[Tensor, Tensor]:
     """(predicted numbers, per-example loss) from last-position logits (N x vocab).
@@ -84,7 +76,7 @@ def score_batch(logits: Tensor, answers: Tensor, numbers: NumberTokens,
     if prediction == "numbers":
         pred = logits[:, ids].argmax(-1)
     else:
-        pred = _value_of_token(numbers, logits.shape[-1]).to(logits.device)[logits.argmax(-1)]
+        pred = value_of_token(numbers, logits.shape[-1]).to(logits.device)[logits.argmax(-1)]
     return pred.cpu(), loss.cpu()
 
 

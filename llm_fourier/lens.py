@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from llm_fourier.distributed import batch_ranges, map_ranges, process_info, rounds
 from llm_fourier.errors import UserError
 from llm_fourier.hooks import capture, last_token_logits
-from llm_fourier.numbers import NumberTokens, require_numbers
+from llm_fourier.numbers import NumberTokens, require_numbers, value_of_token
 from llm_fourier.readout import NumberReadout, number_readout
 from llm_fourier.tasks import Example, tokenize_prompts
 from probes import FourierBasis, Spectrum, component_magnitudes
@@ -38,6 +38,7 @@ LENS_ROLES = ("attn", "mlp", "block")
 __all__ = ["LENS_ROLES", "TOLERANCES", "LensAccumulator", "NumberReadout", "layer_summary",
            "number_readout", "run_lens", "spectra_matrix"]
 TOLERANCES = {"exact": 0, "within_2": 2, "within_10": 10}
+_PREDICTED = "model prediction"  # key of a batch's predictions among its per-role stats
 
 
 @dataclass
@@ -101,6 +102,7 @@ def run_lens(
     state: dict | None = None,
     on_batch: Callable[[int, dict], None] | None = None,
     progress: bool = True,
+    predictions: list[int] | None = None,
 ) -> dict[str, LensAccumulator]:
     """Lens accuracy and spectra per role and layer over ``examples``.
 
@@ -108,6 +110,12 @@ def run_lens(
     ``on_batch(batches_done, state)`` is called after every batch, or under a process group
     on every rank after every round of one batch per rank (the state covers the first
     ``batches_done`` batches, so it resumes under any number of processes).
+
+    ``predictions``: a list that receives the model's own prediction of every example, in
+    order, from the same forward: its next token (argmax over the vocabulary, logits of the
+    last position only) as a number, -1 for any other token (``ablate.evaluate``'s "vocab"
+    prediction, up to the last bits of the logits of a full forward). The state carries
+    them, so a resumed run fills the list as well.
     """
     if not examples:
         raise UserError("no examples to run the lens on; use a larger operand range or "
@@ -121,6 +129,11 @@ def run_lens(
         done = state["batches_done"]
         for r in roles:
             accs[r].load_state_dict(state["roles"][r])
+        if predictions is not None:
+            if "predictions" not in state:
+                raise UserError("the saved lens state holds no model predictions; start the "
+                                "run over (--restart).")
+            predictions[:] = state["predictions"]
     batches = batch_ranges(len(examples), batch_size)
 
     def run_batch(start: int, end: int) -> dict[str, dict]:
@@ -128,8 +141,10 @@ def run_lens(
         enc = tokenize_prompts(lm.tokenizer, [e.prompt for e in batch], device=lm.input_device)
         answers = torch.tensor([e.answer for e in batch])
         with torch.inference_mode(), capture(lm, roles=roles, positions="last") as cap:
-            last_token_logits(lm.model, enc)  # the logits are not needed: only the last
-        return {r: accs[r].batch_stats(readout.logits(cap.stack(r)), answers) for r in roles}
+            logits = last_token_logits(lm.model, enc)  # only the last position's
+        stats = {r: accs[r].batch_stats(readout.logits(cap.stack(r)), answers) for r in roles}
+        stats[_PREDICTED] = value_of_token(numbers, logits.shape[-1])[logits.argmax(-1).cpu()]
+        return stats
 
     bar = tqdm(desc="lens", unit="batch", initial=done, total=len(batches),
                disable=not progress or not process_info().is_main)
@@ -137,11 +152,15 @@ def run_lens(
         for stats in map_ranges(run_batch, chunk, progress=False):  # in batch order
             for r in roles:
                 accs[r].add(stats[r])
+            if predictions is not None:
+                predictions += stats[_PREDICTED].tolist()
         done += len(chunk)
         bar.update(len(chunk))
         if on_batch is not None:
             on_batch(done, {"batches_done": done,
-                            "roles": {r: a.state_dict() for r, a in accs.items()}})
+                            "roles": {r: a.state_dict() for r, a in accs.items()},
+                            **({"predictions": list(predictions)}
+                               if predictions is not None else {})})
     bar.close()
     return accs
 

@@ -97,8 +97,10 @@ class NumberFormat:
         texts = [self.text_of(t)[0] for t in seq]
         unk = getattr(self.tokenizer, "unk_token_id", None)
         if not seq or "".join(texts) != str(value) or (unk is not None and unk in seq):
+            top = max(value, self.max_number)
             raise UserError(f"the tokenizer does not write {value} back as {value} (tokens "
-                            f"{texts}); it cannot score this task's answers.")
+                            f"{texts}), so answers up to {top} cannot be scored; use smaller "
+                            f"operands (answers below {value}).")
         return tuple(seq)
 
     def digit_part(self, seq: Sequence[int]) -> list[int]:

@@ -84,8 +84,8 @@ def require_numbers(numbers: NumberTokens, max_answer: int, tokenizer_name: str 
     else:
         have = f"{who} keeps only 0..{numbers.max_number} as single tokens{space}"
     raise UserError(f"answers go up to {max_answer} but {have}; use smaller operands "
-                    f"(answers <= {max(numbers.max_number, 0)}), or the hidden-state probes "
-                    "for digit-splitting tokenizers.")
+                    f"(answers <= {max(numbers.max_number, 0)}), or score whole answers with "
+                    "the tokenizer's number_format (the commands do this by themselves).")
 
 
 def number_rows(matrix: torch.Tensor, numbers: NumberTokens) -> torch.Tensor:
@@ -97,6 +97,14 @@ def number_rows(matrix: torch.Tensor, numbers: NumberTokens) -> torch.Tensor:
                         "model.")
     index = torch.as_tensor(numbers.token_ids, dtype=torch.long, device=matrix.device)
     return matrix.index_select(0, index)
+
+
+def value_of_token(numbers: NumberTokens, vocab_size: int) -> torch.Tensor:
+    """Lookup table token id -> number value (-1 for every other token)."""
+    size = max(vocab_size, int(numbers.token_ids.max()) + 1 if numbers.p else 0)
+    table = torch.full((size,), -1, dtype=torch.long)
+    table[torch.as_tensor(numbers.token_ids, dtype=torch.long)] = torch.arange(numbers.p)
+    return table
 
 
 def task_numbers(tokenizer, max_answer: int, name: str = "") -> NumberTokens:

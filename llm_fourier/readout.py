@@ -103,6 +103,23 @@ class NumberReadout:
                 "periods": [round(float(T), 6) for T in basis.periods]}
 
 
+def default_tau(kind: str) -> int:
+    """The low/high threshold a readout gets unless told: Zhou et al.'s 50 for the number
+    readout, ``DIGIT_TAU`` for digits."""
+    return DIGIT_TAU if kind == "digit" else 50
+
+
+def answer_basis(fmt, max_answer: int, basis_kind: str = "paper") -> FourierBasis | None:
+    """The Fourier basis of the readout ``readout_for`` gives a task's answers, known from
+    the tokenizer alone (so settings can be checked before the model loads): over the numbers
+    0..max_answer, the DFT over the ten digits, or None (chunks, mixed: no readout)."""
+    if fmt.readout == "number":
+        return FourierBasis(max_answer + 1, basis_kind)
+    if fmt.readout == "digit":
+        return FourierBasis(10, "dft")
+    return None
+
+
 def number_readout(lm, numbers: NumberTokens, final_norm: bool = False,
                    kind: str = "number") -> NumberReadout:
     """The readout of ``lm`` restricted to ``numbers`` (optionally through its final norm)."""

@@ -24,21 +24,22 @@ def run(default_model: str, default_out: str, default_shots: int) -> int:
     ap.add_argument("--limit", type=int, default=None, help="first N test prompts (default: all)")
     ap.add_argument("--shots", type=int, default=default_shots, help="in-context examples")
     ap.add_argument("--max-operand", type=int, default=260, help="operands 0..N (default: 260)")
-    ap.add_argument("--tau", type=int, default=50, help="low/high threshold on k (default: 50)")
+    ap.add_argument("--tau", type=int, default=None, help="low/high threshold on k (default: "
+                    "50 for number tokens, 3 for digits)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--no-ablate", action="store_true", help="probe only")
     args = ap.parse_args()
     common = ["--model", args.model, "--max-operand", str(args.max_operand),
-              "--shots", str(args.shots), "--tau", str(args.tau),
-              "--batch-size", str(args.batch_size)]
+              "--shots", str(args.shots), "--batch-size", str(args.batch_size)]
     common += ["--limit", str(args.limit)] if args.limit else []
+    common += ["--tau", str(args.tau)] if args.tau else []
     out = Path(args.out)
     code = cli(["probe", "--out", str(out / "probe"), *common])
     if code == 0 and not args.no_ablate:
         code = cli(["ablate", "--out", str(out / "ablate"), *common])
     if code == 0:
-        print(f"figures: {out / 'probe'}/heatmap_attn.png, heatmap_mlp.png, lens_accuracy.png; "
-              f"{out / 'ablate'}/error_histograms.png")
+        print(f"figures and predictions.csv: {out / 'probe'} (heatmaps, lens accuracy), "
+              f"{out / 'ablate'} (error histograms)")
     return code
 
 

@@ -2,10 +2,23 @@
 
 Rows: none; attn+MLP / attn / MLP with low frequencies removed (high-pass, k < tau); the
 same with high frequencies removed (low-pass, k >= tau); with ``--keep K ...`` also the
-keep-only-those-components filter. Writes ``results.json`` (the table with loss, accuracy,
-signed-error histograms, fraction of errors that are multiples of 10, mod-2 / mod-10
-accuracy), ``table.csv``, ``predictions.csv`` and ``error_histograms.png``. Every finished
-row is kept in the run folder, so a killed run resumes at the next row.
+keep-only-those-components filter. The filters act on the readout the answers get
+(``readout.readout_for``, named in ``results.json["readout"]``):
+
+* single-token numbers: ``W_U[numbers]`` at the last position, scored on the next token
+  (the paper's; tau 50 by default);
+* one token per digit: ``W_U[digits 0..9]`` (DFT over ten digits, tau 3 by default) at every
+  answer position, scored on the whole answer: greedy decoding (as many tokens as the answer
+  needs, batched, stopping early) and the teacher-forced log-probability of the correct
+  answer (``loss`` = mean -log p(answer), ``teacher_forced_accuracy``);
+* chunks of digits or BPE merges: no readout, so only the ``none`` row (whole-answer scores).
+
+Writes ``results.json`` (the table with loss, accuracy, signed-error histograms, fraction of
+errors that are multiples of 10, mod-2 / mod-10 accuracy and the digit-space analysis:
+per-place accuracy, share of wrong answers that differ in exactly one digit, by place),
+``table.csv``, ``predictions.csv`` (each prompt, its answer and the prediction of every
+row) and ``error_histograms.png`` (plus ``digit_errors.png`` for whole answers). Every
+finished row is kept in the run folder, so a killed run resumes at the next row.
 """
 
 from __future__ import annotations
@@ -14,29 +27,42 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from llm_fourier.ablate import PREDICTIONS, ablation_table
+from llm_fourier.ablate import PREDICTIONS, ablation_table, evaluate_task
 from llm_fourier.commands.base import Command, JobView
+from llm_fourier.commands.digit_views import (
+    DIGIT_CAPTIONS,
+    flat_table_row,
+    is_whole_answer_run,
+    readout_kind,
+    whole_answer_rows,
+)
 from llm_fourier.commands.options import (
     ModelOptions,
     OutputOptions,
-    SpectrumOptions,
+    ReadoutOptions,
     SplitOptions,
     TaskOptions,
+    answer_keys,
     record_inputs,
 )
 from llm_fourier.commands.settings import option
+from llm_fourier.digit_plots import digit_error_panels
 from llm_fourier.distributed import broadcast_object
 from llm_fourier.errors import UserError
-from llm_fourier.numbers import task_numbers
+from llm_fourier.number_format import NumberFormat
+from llm_fourier.numbers import NumberTokens
 from llm_fourier.output.files import write_csv
 from llm_fourier.output.html import html_table, percent
 from llm_fourier.output.plots import error_histograms
 from llm_fourier.output.rundir import RunDir
 from llm_fourier.output.tables import format_table
+from llm_fourier.readout import answer_basis, readout_for
 from probes import FourierBasis
 
 SUMMARY = ("row", "loss", "accuracy", "n_errors", "frac_errors_mult_10", "mod2_accuracy",
            "mod10_accuracy", "max_abs_error")
+# whole-answer and digit-space columns of table.csv (digit_accuracy_<place> follow)
+EXTRA = ("teacher_forced_accuracy", "frac_errors_one_digit", "n_non_number", "method")
 # Zhou et al., Table 1: fine-tuned GPT-2-XL test accuracy (%) per ablation row
 PAPER_TABLE1 = {"none": 99.74, "attn+MLP low removed": 5.94, "attn low removed": 99.12,
                 "MLP low removed": 35.89, "attn+MLP high removed": 27.08,
@@ -61,15 +87,18 @@ def parse_layers(text: str | None, n_layers: int | None = None) -> list[int] | N
 
 
 @dataclass(kw_only=True)
-class AblateSettings(ModelOptions, TaskOptions, SplitOptions, SpectrumOptions, OutputOptions):
+class AblateSettings(ModelOptions, TaskOptions, SplitOptions, ReadoutOptions, OutputOptions):
     command = "ablate"
     layers: str = option("all", help="layers to filter: 'all' or e.g. '0,3,8-11'")
-    positions: str = option("last", choices=("last", "all"), help="filter the last token only "
-                            "or every position")
+    positions: str = option("last", choices=("last", "all"), help="last: filter at the answer "
+                            "positions only (the last prompt token; for answers of several "
+                            "tokens every answer position); all: at every position")
     keep: list[int] | None = option(None, min=1, metavar="K", help="also run the filter "
                                     "keeping only components K (e.g. 52 104)")
     prediction: str = option("vocab", choices=PREDICTIONS, help="vocab: the model's own next "
-                             "token (the paper's); numbers: argmax over the number tokens only")
+                             "token (the paper's; greedy decoding for answers of several "
+                             "tokens); numbers: argmax over the number tokens only (digits: "
+                             "over the ten digit tokens, for exactly the answer's digit count)")
 
     def validate(self) -> None:
         p = self.max_answer + 1
@@ -80,6 +109,37 @@ class AblateSettings(ModelOptions, TaskOptions, SplitOptions, SpectrumOptions, O
             raise self.fail("keep", f"components must lie in 1..{k_max} for the numbers "
                             f"0..{p - 1}, got {bad}")
         parse_layers(self.layers)
+
+    def check_readout(self, fmt: NumberFormat) -> int | None:
+        """tau for the answers' readout; --keep and --prediction checked against it."""
+        tau = self.readout_tau(fmt, self.max_answer)
+        basis = answer_basis(fmt, self.max_answer, self.basis)
+        if basis is not None:
+            bad = [k for k in self.keep or [] if k > basis.n_components]
+            if bad:
+                raise self.fail("keep", f"components must lie in 1..{basis.n_components} for "
+                                f"{self.readout_what(fmt, self.max_answer)}, got {bad}")
+        elif self.prediction == "numbers":
+            raise self.fail("prediction", f"numbers needs single-token answers or one token "
+                            f"per digit; this tokenizer writes answers up to {self.max_answer} "
+                            f"as {fmt.family} tokens, so use --prediction vocab")
+        return tau
+
+
+def _prediction_text(prediction: str, single: bool) -> str:
+    if single:
+        return ("argmax over the whole vocabulary (the model's next token)"
+                if prediction == "vocab" else "argmax over the number tokens")
+    return ("greedy decoding over the whole vocabulary (the model's whole answer)"
+            if prediction == "vocab" else
+            "greedy decoding over the ten digit tokens, for exactly the answer's digit count")
+
+
+def _column(job: JobView) -> str:
+    """A job's column in the cross-job table: its id, marked when not the number readout."""
+    kind = readout_kind(job.results)
+    return job.id if kind == "number" else \
+        f"{job.id} ({'digit readout' if kind == 'digit' else 'whole answers, unfiltered'})"
 
 
 def _slug(label: str) -> str:
@@ -98,15 +158,18 @@ class AblateCommand(Command):
              "leave: multiples of 10 when low frequencies go, small errors when high ones go.")
     captions = {"error_histograms": "Signed errors (prediction - answer) for each ablation: "
                                     "multiples of 10 point to lost low frequencies, small "
-                                    "errors to lost high ones."}
+                                    "errors to lost high ones.",
+                "digit_errors": DIGIT_CAPTIONS["digit_errors"]}
 
     def run(self, s: AblateSettings, run: RunDir) -> dict:
         task = s.task()
         examples = s.examples(task)
-        lm = s.load_model()
+        fmt = s.answer_format(task.max_answer)
+        tau = s.check_readout(fmt)
+        lm = s.load_model(tokenizer=fmt.tokenizer)
         record_inputs(run, lm, examples)
         layers = parse_layers(s.layers, lm.n_layers)
-        numbers = task_numbers(lm.tokenizer, task.max_answer, lm.name)
+        readout = readout_for(lm, fmt, task.max_answer) if fmt.readout else None
         done = {}
         for unit in run.units("row-"):
             saved = run.load_unit(unit)
@@ -115,47 +178,88 @@ class AblateCommand(Command):
         if done:
             print(f"resuming: {len(done)} finished row(s) in {run.path}")
         done = broadcast_object(done)  # every process runs the same rows
-        table = ablation_table(
-            lm, examples, numbers, tau=s.tau, basis_kind=s.basis, keep=s.keep, layers=layers,
-            positions=s.positions, prediction=s.prediction, batch_size=s.batch_size, done=done,
-            on_row=lambda label, res: run.save_unit(f"row-{_slug(label)}",
-                                                    {"label": label, "result": res}))
+
+        def on_row(label: str, res: dict) -> None:
+            run.save_unit(f"row-{_slug(label)}", {"label": label, "result": res})
+
+        single = fmt.family == "single"
+        target = NumberTokens(fmt.numbers.token_ids[:task.max_answer + 1],
+                              fmt.leading_space) if single else fmt
+        if readout is not None:
+            table = ablation_table(
+                lm, examples, target, tau=tau, basis_kind=s.basis, keep=s.keep, layers=layers,
+                positions=s.positions, prediction=s.prediction, batch_size=s.batch_size,
+                done=done, on_row=on_row)
+        else:  # no readout to filter through: the whole answers as they are
+            if "none" not in done:
+                done["none"] = evaluate_task(lm, examples, fmt, prediction=s.prediction,
+                                             batch_size=s.batch_size, desc="none")
+                on_row("none", done["none"])
+            table = [{"row": "none", "filter": "none", "modules": "-", **done["none"]}]
+        for row in table:
+            row.setdefault("method", "next token")
         results = {
             "model": lm.name, "settings": s.identity(), "n_examples": len(examples),
-            "numbers": {"p": numbers.p, "leading_space": numbers.leading_space},
-            "layers": layers,
-            "prediction": ("argmax over the whole vocabulary (the model's next token)"
-                           if s.prediction == "vocab" else "argmax over the number tokens"),
+            **answer_keys(fmt, readout, s.basis), "tau": tau, "layers": layers,
+            "prediction": _prediction_text(s.prediction, single),
+            "positions": ("every position" if s.positions == "all" else
+                          "the answer position" if single else "every answer position"),
             "table": [{k: v for k, v in r.items() if k != "predictions"} for r in table],
-            "files": ["table.csv", "predictions.csv", "error_histograms.png"],
         }
+        if readout is None:
+            results["note"] = (f"answers up to {task.max_answer} are written as {fmt.family} "
+                               "tokens, which have no readout to filter through; only the "
+                               "unfiltered whole answers are scored (single-token or "
+                               "digit-splitting answers get the filters)")
+            print(f"note: {results['note']}.")
+        files = ["table.csv", "predictions.csv", "error_histograms.png"]
+        if not single:
+            files.append("digit_errors.png")
+        results["files"] = files
         if run.helper:
             return results  # a helper process of a launch: the main one writes and prints
-        run.write_csv("table.csv", [{c: r[c] for c in SUMMARY} for r in table])
+        columns = SUMMARY + EXTRA
+        run.write_csv("table.csv", [flat_table_row(r, columns) for r in table])
         run.write_csv("predictions.csv", [
-            {"a": e.a, "b": e.b, "answer": e.answer, **{r["row"]: r["predictions"][i]
-                                                        for r in table}}
+            {"prompt": e.prompt, "a": e.a, "b": e.b, "answer": e.answer,
+             **{r["row"]: r["predictions"][i] for r in table}}
             for i, e in enumerate(examples)])
         if run.writes:
             error_histograms({r["row"]: r["error_histogram"] for r in table},
                              run.file("error_histograms.png"),
                              "signed errors (prediction - answer)")
+            if not single:
+                digit_error_panels(table, run.file("digit_errors.png"),
+                                   "wrong whole answers in digit space")
         run.finish(results)
-        print(format_table(results["table"], list(SUMMARY)))
+        shown = list(SUMMARY) if single else list(SUMMARY[:3]) + [
+            "teacher_forced_accuracy", "n_errors", "frac_errors_one_digit",
+            "frac_errors_mult_10", "max_abs_error"]
+        print(format_table(results["table"], shown))
         if run.writes:
-            print(f"results: {run.file('results.json')} (error histograms: "
-                  f"{run.file('error_histograms.png')})")
+            print(f"results: {run.file('results.json')} (table.csv, predictions.csv and plots "
+                  f"in {run.path})")
         return results
 
     # -------------------------------------------------------------- report view
     def job_html(self, job: JobView) -> str:
+        table = job.results.get("table", [])
+        if is_whole_answer_run(job.results):
+            kind = readout_kind(job.results)
+            where = ("through the ten digit tokens at every answer position" if kind == "digit"
+                     else "(no readout: unfiltered only)")
+            return html_table(whole_answer_rows(table), caption=(
+                f"Filter ablations {where}, scored on whole answers: greedy accuracy, "
+                "teacher-forced accuracy (every answer token the argmax given the correct "
+                "prefix), mean -log p of the whole answer, and the share of wrong answers "
+                "that differ from the answer in exactly one digit."))
         rows = [{"ablation": r.get("row"),
                  "accuracy %": None if r.get("accuracy") is None else 100 * r["accuracy"],
                  "loss": r.get("loss"), "errors": r.get("n_errors"),
                  "errors multiple of 10": r.get("frac_errors_mult_10"),
                  "max |error|": r.get("max_abs_error"),
                  "mod-10 accuracy": r.get("mod10_accuracy")}
-                for r in job.results.get("table", [])]
+                for r in table]
         return html_table(rows, caption="Filter ablations (Table 1 layout): accuracy on the "
                           "split with the named components removed at every filtered layer.")
 
@@ -169,22 +273,27 @@ class AblateCommand(Command):
             for job in jobs:
                 match = [r for r in job.results.get("table", []) if r.get("row") == label]
                 acc = match[0].get("accuracy") if match else None
-                row[job.id] = None if acc is None else 100 * acc
+                row[_column(job)] = None if acc is None else 100 * acc
             row["paper (GPT-2-XL)"] = PAPER_TABLE1.get(label)
             rows.append(row)
         if not rows:
             return ""
         write_csv(out / "tables" / "ablation_table1.csv", rows)
         return html_table(rows, caption="Test accuracy (%) per ablation and job, beside Zhou et "
-                          "al.'s Table 1 for fine-tuned GPT-2-XL (tables/ablation_table1.csv).")
+                          "al.'s Table 1 for fine-tuned GPT-2-XL (tables/ablation_table1.csv). "
+                          "Jobs marked 'digit readout' filter W_U[digits 0..9] at every answer "
+                          "position and score whole answers (low: periods 10 and 5 at tau 3).")
 
     def findings(self, job: JobView) -> list[str]:
         rows = {r["row"]: r.get("accuracy") for r in job.results.get("table", [])}
         worst = min((r for r in rows if r != "none"), key=lambda r: rows[r] or 0, default=None)
+        kind = readout_kind(job.results)
         if worst is None:
-            return []
+            return [f"{job.id}: whole-answer accuracy {percent(rows['none'])} (no readout "
+                    "for the filters)."] if "none" in rows and kind is None else []
+        what = " (digit readout, whole answers)" if kind == "digit" else ""
         return [f"{job.id}: accuracy {percent(rows.get('none'))} without ablation, "
-                f"{percent(rows[worst])} with {worst}."]
+                f"{percent(rows[worst])} with {worst}{what}."]
 
 
 COMMAND = AblateCommand()

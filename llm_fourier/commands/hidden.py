@@ -7,11 +7,25 @@ its shuffled-label baseline and the same probe on a randomly initialised copy of
 and whether the per-number mean states show a Fourier spike at each T. Optional:
 ``--control FILE`` (a per-number scalar such as token counts: its spectrum beside the
 embedding's) and ``--ablate-periods`` (remove the fitted Fourier directions and measure
-task accuracy, beside a random subspace and, for single-token numbers, the logit filter).
+task accuracy, beside a random subspace and the logit filter of the answers' readout:
+``W_U[numbers]`` for single-token numbers, ``W_U[digits]`` for digit-splitting tokenizers;
+answers of several tokens are scored whole).
 
-Writes ``results.json``, ``probes.csv``, ``ablation.csv`` and PNGs (kappa and R^2 by layer).
-Collected states and finished ablation rows are kept in the run folder, so a killed run
-resumes.
+Digit probes (Levy & Geva; every tokenizer): per digit place of ``--target`` and per (role,
+layer), a circular probe (cos and sin of 2 pi d/10), a linear 10-class probe and a value
+probe on the same held-out numbers, each beside its shuffled-label baseline and the same
+probe on the random-init copy (``--digit-kinds``, ``--digit-places``; none with
+``--digit-kinds`` alone). The probe results keep their per-sample held-out predictions, so
+intervals over numbers can be attached where ``_digit_probe_rows`` builds the rows. With
+``--intervene-place P`` the circular probe of operand ``--token``'s digit P is fitted at
+one (role, layer) and each test prompt's state there rotated by ``--intervene-shift``
+digits: how often the answer's digit P moves by the same shift, against a random direction
+of the same norm (``digit_probes.digit_intervention``).
+
+Writes ``results.json``, ``probes.csv``, ``digit_probes.csv``, ``ablation.csv``,
+``intervention.csv`` and PNGs (kappa, R^2 and digit-probe accuracy by layer). Collected
+states, finished ablation rows and the intervention are kept in the run folder, so a killed
+run resumes.
 """
 
 from __future__ import annotations
@@ -23,8 +37,22 @@ import numpy as np
 import torch
 
 from llm_fourier.commands.base import Command, JobView
-from llm_fourier.commands.options import ModelOptions, OutputOptions, TaskOptions, record_inputs
+from llm_fourier.commands.digit_views import DIGIT_CAPTIONS, best_probe_rows, csv_row
+from llm_fourier.commands.hidden_digits import (
+    digit_html,
+    digit_probe_rows,
+    intervene,
+    intervention_findings,
+)
+from llm_fourier.commands.options import (
+    ModelOptions,
+    OutputOptions,
+    TaskOptions,
+    answer_keys,
+    record_inputs,
+)
 from llm_fourier.commands.settings import option
+from llm_fourier.digit_plots import digit_probe_plot
 from llm_fourier.errors import UserError
 from llm_fourier.hidden import (
     ROLES,
@@ -41,10 +69,13 @@ from llm_fourier.hidden import (
 from llm_fourier.hidden_ablate import GROUPS, probe_ablation
 from llm_fourier.numbers import find_number_tokens, number_rows
 from llm_fourier.output.files import save_figure
-from llm_fourier.output.html import record_tables
+from llm_fourier.output.html import html_table, percent, record_tables
 from llm_fourier.output.plots import pyplot
 from llm_fourier.output.rundir import RunDir
 from llm_fourier.output.tables import format_table
+from llm_fourier.readout import readout_for
+from llm_fourier.scores import n_digits
+from probes.circular import KINDS
 from probes.fourier import FourierBasis, spectrum
 from probes.linear import per_number_means
 
@@ -80,7 +111,24 @@ class HiddenSettings(ModelOptions, TaskOptions, OutputOptions):
                                       help="module outputs to ablate")
     ablate_positions: str | None = option(None, choices=("all", "last"), help="where to ablate "
                                           "(default: last for --token last, else all)")
-    n_eval: int = option(200, min=1, help="test prompts to evaluate")
+    digit_kinds: list[str] = option(list(KINDS), choices=KINDS, empty=True, help="digit "
+                                    "probes per place of --target: circular (cos/sin of "
+                                    "2 pi d/10), linear (10 classes), value (the number); "
+                                    "give none to skip them")
+    digit_places: list[int] | None = option(None, min=0, help="digit places to probe (0 = "
+                                            "units; default: every place of --target)")
+    digit_alpha: float = option(1.0, above=0, help="ridge penalty of the circular and value "
+                                "probes (scaled PCA features)")
+    intervene_place: int | None = option(None, min=0, help="rotate digit place P (0 = units) "
+                                         "of operand --token by --intervene-shift along its "
+                                         "circular probe and measure the answer's digit P "
+                                         "(Levy & Geva; + only)")
+    intervene_shift: int = option(1, min=1, max=9, help="digits to rotate by")
+    intervene_layer: int | None = option(None, min=0, help="layer of the rotation (default: "
+                                         "the probed layer whose circular probe of that place "
+                                         "is most accurate)")
+    intervene_role: str = option("block", choices=ROLES, help="module output to rotate")
+    n_eval: int = option(200, min=1, help="test prompts to evaluate (ablations, intervention)")
     batch_size: int = option(32, min=1, identity=False, help="prompts per forward")
     quiet: bool = option(False, identity=False, help="no progress bars")
 
@@ -93,6 +141,38 @@ class HiddenSettings(ModelOptions, TaskOptions, OutputOptions):
         if unfitted:
             raise self.fail("ablate_periods", f"{unfitted} were not fitted; choose among "
                             f"--helix-periods {self.helix_periods}")
+        top = self.max_answer if self.probed == "answer" else self.max_operand
+        bad = [p for p in self.digit_places or [] if p >= n_digits([top])]
+        if bad:
+            raise self.fail("digit_places", f"{bad} leave the places 0..{n_digits([top]) - 1} "
+                            f"of {self.probed} (at most {top})")
+        if self.intervene_place is not None:
+            self._check_intervention()
+
+    def _check_intervention(self) -> None:
+        if self.token not in ("a", "b"):
+            raise self.fail("intervene_place", "rotates a digit of an operand; pass --token a "
+                            "or --token b")
+        if self.op != "+":
+            raise self.fail("intervene_place", f"expects the answer's digit to move with the "
+                            f"operand's, which holds for + only (got --op {self.op})")
+        if self.intervene_place >= n_digits([self.max_operand]):
+            raise self.fail("intervene_place", f"must be a place of the operands 0.."
+                            f"{self.max_operand} (0..{n_digits([self.max_operand]) - 1})")
+        if self.intervene_role not in self.roles:
+            raise self.fail("intervene_role", f"{self.intervene_role} is not among --roles "
+                            f"{self.roles}")
+        if self.intervene_layer is None and ("circular" not in self.digit_kinds
+                                             or self.probed != self.token
+                                             or self.intervene_place not in
+                                             (self.digit_places or [self.intervene_place])):
+            raise self.fail("intervene_place", "needs --intervene-layer when no circular "
+                            f"probe of {self.token}'s digit {self.intervene_place} runs "
+                            "(see --digit-kinds, --target, --digit-places)")
+        if self.intervene_layer is not None and self.layers is not None \
+                and self.intervene_layer not in self.layers:
+            raise self.fail("intervene_layer", f"{self.intervene_layer} is not among --layers "
+                            f"{self.layers}")
 
 
 def _collect(run: RunDir, unit: str, lm, examples, s: HiddenSettings, layers,
@@ -156,18 +236,25 @@ class HiddenCommand(Command):
              "helix regression per layer, beside the Fourier spectra they should agree with.")
     captions = {"kappa_by_layer": "Cohen's kappa of the mod-T probes per layer (solid: model, "
                                   "dashed: random init, dotted: shuffled labels).",
-                "r2_by_layer": "Held-out R^2 of the helix fit per layer."}
+                "r2_by_layer": "Held-out R^2 of the helix fit per layer.",
+                "digit_probes": DIGIT_CAPTIONS["digit_probes"]}
 
     def run(self, s: HiddenSettings, run: RunDir) -> dict:
         if s.control is not None and not Path(s.control).is_file():
             raise s.fail("control", f"names no file ({s.control})")
         task = s.task()
         examples = task.train[:s.n_probe]
-        lm = s.load_model()
+        # answers are scored (ablation, intervention): how the tokenizer writes them
+        scored = bool(s.ablate_periods) or s.intervene_place is not None
+        fmt = s.answer_format(task.max_answer) if scored else None
+        lm = s.load_model(tokenizer=fmt.tokenizer if fmt is not None else None)
         record_inputs(run, lm, examples)
         layers = list(range(lm.n_layers)) if s.layers is None else sorted(set(s.layers))
         if max(layers) >= lm.n_layers:
             raise s.fail("layers", f"{s.layers} leave the model's layers 0..{lm.n_layers - 1}")
+        if s.intervene_layer is not None and s.intervene_layer not in layers:
+            raise s.fail("intervene_layer", f"{s.intervene_layer} is not among the probed "
+                         f"layers 0..{lm.n_layers - 1}")
         progress, target = not s.quiet, s.probed
         kw = {"pca_dim": s.pca_dim, "mod_pca_dim": s.mod_pca_dim, "n_splits": s.folds,
               "seed": s.seed, "progress": progress}
@@ -175,7 +262,7 @@ class HiddenCommand(Command):
         fits = probe_layers(hs, target, s.periods, s.helix_periods, **kw)
         spikes = _spikes(hs, target, s.periods)
         rows = [{**flat_row(r, i, res), **spikes.get((r, i), {})} for (r, i), res in fits.items()]
-        random_res = None
+        random_res = rhs = None
         if not s.no_random_baseline:
             rand = random_copy(lm, s.seed)
             rhs = _collect(run, "states-random", rand, examples, s, layers, progress)
@@ -196,24 +283,47 @@ class HiddenCommand(Command):
                         "spectrum": spikes.get((r, i))}
                        for (r, i), res in fits.items()],
         }
-        numbers = find_number_tokens(lm.tokenizer, max_number=task.max_answer)
+        digit = digit_probe_rows(s, hs, rhs, target, progress) if s.digit_kinds else []
+        if s.digit_kinds:
+            results |= {"digit_kinds": list(s.digit_kinds), "digit_probes": digit}
+        if fmt is not None:
+            readout = readout_for(lm, fmt, task.max_answer) if fmt.readout else None
+            results |= answer_keys(fmt, readout)  # the logit row's readout
         if s.control:
+            numbers = find_number_tokens(lm.tokenizer, max_number=task.max_answer)
             results["frequency_control"] = self._control(s, lm, hs, numbers, task, layers,
                                                          target)
         if s.ablate_periods:
-            results["ablation"] = self._ablate(s, run, lm, task, fits, numbers, progress)
+            results["ablation"] = self._ablate(s, run, lm, task, fits, fmt, progress)
+        if s.intervene_place is not None:
+            results["intervention"], per_prompt = intervene(
+                s, run, lm, fmt, hs, task.test[:s.n_eval], digit, progress)
+            run.write_csv("intervention.csv", per_prompt)
         run.write_csv("probes.csv", rows)
+        if digit:
+            run.write_csv("digit_probes.csv", digit)
         if run.writes:
             _plot(rows, s.periods, list(s.roles), run.file("kappa_by_layer.png"),
                   run.file("r2_by_layer.png"))
+            if digit:
+                digit_probe_plot(digit, run.file("digit_probes.png"),
+                                 f"digit probes of {target} at the {s.token} token")
         run.finish(results)
         cols = ["role", "layer"] + [f"kappa_mod{T}" for T in s.periods[:3]] + \
             [f"kappa_mod{s.periods[0]}_shuffled", "r2_test", "r2_test_shuffled"]
         if random_res is not None:
             cols += [f"random_kappa_mod{s.periods[0]}", "random_r2_test"]
         print(format_table(rows, cols))
+        if digit:
+            print(format_table(best_probe_rows(digit)))
         if "ablation" in results:
             print(format_table(results["ablation"], ["row", "rank", "accuracy", "method"]))
+        if "intervention" in results:
+            iv = results["intervention"]
+            print(f"digit intervention ({iv['role']} layer {iv['layer']}, {s.token}'s digit "
+                  f"{iv['probe_place']} +{iv['shift']}): answer digit moved by +{iv['shift']} "
+                  f"in {percent(iv['rate_shifted'])} of {iv['n_scored']} prompts, random "
+                  f"direction {percent(iv['rate_shifted_random'])}")
         if run.writes:
             print(f"results: {run.file('results.json')}")
         return results
@@ -236,7 +346,7 @@ class HiddenCommand(Command):
                 "beside_what": what if beside is not None else None}
 
     @staticmethod
-    def _ablate(s: HiddenSettings, run: RunDir, lm, task, fits, numbers,
+    def _ablate(s: HiddenSettings, run: RunDir, lm, task, fits, fmt,
                 progress: bool) -> list[dict]:
         done = {}
         for unit in run.units("ablation-"):
@@ -246,16 +356,27 @@ class HiddenCommand(Command):
         positions = s.ablate_positions or ("last" if s.token == "last" else "all")
         rows = probe_ablation(
             lm, task.test[:s.n_eval], {k: v["fit"] for k, v in fits.items()}, s.ablate_periods,
-            groups=s.ablate_groups, numbers=numbers, positions=positions,
+            groups=s.ablate_groups, numbers=fmt, positions=positions,
             batch_size=s.batch_size, seed=s.seed, progress=progress, done=done,
             on_row=lambda label, res: run.save_unit(f"ablation-{label}",
                                                     {"label": label, "result": res}))
-        run.write_csv("ablation.csv", [{k: v for k, v in r.items() if k != "error_histogram"}
-                                       for r in rows])
+        run.write_csv("ablation.csv", [csv_row(r) for r in rows])
         return rows
 
     def job_html(self, job: JobView) -> str:
-        return record_tables(job.results)
+        res = job.results
+        parts = [digit_html(res)]
+        if res.get("ablation"):
+            parts.append(html_table([{k: r.get(k) for k in (
+                "row", "rank", "accuracy", "loss", "teacher_forced_accuracy", "method")}
+                for r in res["ablation"]], caption="Probe-direction ablation: task accuracy "
+                "with the fitted Fourier directions removed, beside a random subspace of the "
+                "same rank and the logit filter of the answers' readout."))
+        parts.append(record_tables(res, skip=("digit_probes",)))
+        return "\n".join(p for p in parts if p)
+
+    def findings(self, job: JobView) -> list[str]:
+        return intervention_findings(job.id, job.results)
 
 
 COMMAND = HiddenCommand()

@@ -1,9 +1,14 @@
 """Option groups shared by commands, declared once with one default each.
 
 ``OutputOptions`` (``--out``, ``--restart``) belong to every command; ``ModelOptions``
-load a causal LM; ``TaskOptions`` build the arithmetic prompts; ``SplitOptions`` pick the
-examples a command runs on; ``SpectrumOptions`` choose the Fourier basis and the low/high
-threshold tau, checked against the number range before anything loads.
+load a causal LM (``answer_format`` first loads only its tokenizer and finds how it writes
+the task's answers: ``number_format``); ``TaskOptions`` build the arithmetic prompts;
+``SplitOptions`` pick the examples a command runs on; ``SpectrumOptions`` choose the Fourier
+basis and the low/high threshold tau, checked against the number range before anything
+loads; ``ReadoutOptions`` (probe, ablate) also check tau against the answers' readout
+(numbers or digits) once the tokenizer is known, with a default for each.
+``answer_keys`` gives the ``numbers`` / ``readout`` entries of results.json that report
+views choose their views from.
 """
 
 from __future__ import annotations
@@ -16,7 +21,10 @@ from llm_fourier.commands.settings import Settings, option
 from llm_fourier.distributed import device_map_kwargs
 from llm_fourier.fingerprint import examples_fingerprint, model_fingerprint, tokenizer_fingerprint
 from llm_fourier.models import LoadedModel, load_model
+from llm_fourier.number_format import NumberFormat, number_format
 from llm_fourier.output.rundir import RunDir
+from llm_fourier.readout import NumberReadout, answer_basis, default_tau
+from llm_fourier.sources import load_tokenizer
 from llm_fourier.tasks import OPS, TaskSplits, make_task
 from probes import FourierBasis
 
@@ -57,8 +65,9 @@ class ModelOptions(SourceOptions):
             raise self.fail("device_map", f"{self.device_map!r} needs a GPU, but no CUDA device "
                             "is available; leave --device-map out to run on the CPU")
 
-    def load_model(self, **overrides) -> LoadedModel:
-        """The model, on this process's GPUs under a launcher (``device_map_kwargs``)."""
+    def load_model(self, tokenizer=None, **overrides) -> LoadedModel:
+        """The model, with ``tokenizer`` (an object already loaded) or the configured one, on
+        this process's GPUs under a launcher (``device_map_kwargs``)."""
         kwargs = dict(device_map=self.device_map, dtype=self.dtype,
                       trust_remote_code=self.trust_remote_code)
         if self.device_map is None:
@@ -67,7 +76,20 @@ class ModelOptions(SourceOptions):
             kwargs["revision"] = self.revision
         if self.skip_roles_check:
             kwargs["verify"] = False
-        return load_model(self.model, self.tokenizer, **{**kwargs, **overrides})
+        return load_model(self.model, tokenizer if tokenizer is not None else self.tokenizer,
+                          **{**kwargs, **overrides})
+
+    def load_tokenizer(self):
+        """The tokenizer ``load_model`` would use, without loading any weights."""
+        own = self.tokenizer is None
+        return load_tokenizer(self.model if own else self.tokenizer, self.trust_remote_code,
+                              self.revision if own else None)
+
+    def answer_format(self, max_answer: int) -> NumberFormat:
+        """How the tokenizer writes the answers 0..``max_answer`` (its family: single tokens,
+        digits, chunks, mixed), from the tokenizer alone; pass ``fmt.tokenizer`` to
+        ``load_model`` to load the model with it."""
+        return number_format(self.load_tokenizer(), max_answer)
 
 
 @dataclass(kw_only=True)
@@ -106,11 +128,54 @@ class SpectrumOptions(Settings):
                       "(low: k < tau)")
 
     def check_tau(self, p: int, what: str = "numbers") -> None:
-        """Refuse a tau outside the components 1..K of the basis over ``p`` numbers."""
+        """Refuse a tau outside the components 1..K of the basis over ``p`` numbers (before
+        loading: the number readout has the most components, so this bounds every readout)."""
         k_max = FourierBasis(p, self.basis).n_components
-        if self.tau > k_max:
+        if self.tau is not None and self.tau > k_max:
             raise self.fail("tau", f"must lie in 1..{k_max} for the {what} 0..{p - 1}, got "
                             f"{self.tau}; pass a smaller --tau")
+
+
+@dataclass(kw_only=True)
+class ReadoutOptions(SpectrumOptions):
+    """``SpectrumOptions`` for the readout of a task's answers: the number tokens, or the ten
+    digit tokens for tokenizers that write one token per digit (whose basis is the DFT over
+    ten points, five components), so tau's default and range follow the readout."""
+
+    tau: int | None = option(None, min=1, help="low/high threshold on the component index k "
+                             "(low: k < tau); default 50 for number tokens, 3 for digits "
+                             "(low: periods 10 and 5)")
+
+    @staticmethod
+    def readout_what(fmt: NumberFormat, max_answer: int) -> str:
+        return ("the digit readout (components 1..5: periods 10, 5, 3.33, 2.5, 2)"
+                if fmt.readout == "digit" else f"the numbers 0..{max_answer}")
+
+    def readout_tau(self, fmt: NumberFormat, max_answer: int) -> int | None:
+        """tau for the readout the answers get (default 50 for numbers, 3 for digits),
+        checked against its components; None when the answers have no readout (chunks,
+        mixed). ``--basis`` does not apply to digits: they always use the DFT."""
+        basis = answer_basis(fmt, max_answer, self.basis)
+        if basis is None:
+            return None
+        tau = self.tau if self.tau is not None else default_tau(fmt.readout)
+        if tau > basis.n_components:
+            given = "" if self.tau is not None else " (the default)"
+            raise self.fail("tau", f"must lie in 1..{basis.n_components} for "
+                            f"{self.readout_what(fmt, max_answer)}, got {tau}{given}; pass "
+                            "a smaller --tau")
+        return tau
+
+
+def answer_keys(fmt: NumberFormat, readout: NumberReadout | None,
+                basis_kind: str = "paper") -> dict:
+    """results.json's ``numbers`` (how the tokenizer writes answers; ``p`` = the number space
+    of a number readout) and ``readout`` (which readout and basis were used, or None)."""
+    numbers = fmt.describe()
+    if readout is not None and readout.kind == "number":
+        numbers["p"] = readout.p
+    return {"numbers": numbers,
+            "readout": readout.describe(basis_kind) if readout is not None else None}
 
 
 def record_inputs(run: RunDir, lm: LoadedModel, examples=None) -> None:

@@ -1,12 +1,30 @@
 """``llm-fourier probe``: per-layer logit-lens accuracy and Fourier spectra on addition prompts.
 
-Loads a model, builds the task split, captures every layer's attention, MLP and residual
-(block) outputs at the last token, reads them through ``W_U[numbers]`` and writes
-``results.json`` (per-layer accuracy and, for attention, MLP and the residual stream,
-per-layer outliers with periods and low/high energy; the same for the spectrum averaged
-over layers), ``accuracy.csv``, ``spectra.csv`` and PNGs: component x layer heatmaps,
-layer-averaged spectra with their outliers, lens accuracy per layer. The lens sums are kept
-after every batch, so a killed run resumes where it stopped.
+Loads a model, builds the task split, finds how its tokenizer writes the answers
+(``number_format``) and reads every layer's attention, MLP and residual (block) outputs
+through the readout the answers get (``readout.readout_for``; ``results.json`` says which in
+``readout``, and how numbers are written in ``numbers``):
+
+* numbers that are single tokens (GPT-2 up to 520, Llama-3 up to 999): the number lens at
+  the last token through ``W_U[numbers]`` (``lens.run_lens``): ``results.json`` (per-layer
+  accuracy and, for attention, MLP and the residual stream, per-layer outliers with periods
+  and low/high energy; the same for the spectrum averaged over layers), ``accuracy.csv``,
+  ``spectra.csv`` and PNGs (component x layer heatmaps, layer-averaged spectra with their
+  outliers, lens accuracy per layer);
+* one token per digit (Llama-2, Mistral, Qwen, ...): the digit lens at every answer
+  position, teacher forced, through ``W_U[digits 0..9]`` (``digits.run_digit_lens``; its
+  basis is the DFT over the ten digits: periods 10, 5, 3.33, 2.5, 2):
+  ``results.json["digit_lens"]`` (per role, pooled and per digit place: accuracy and the
+  five components' magnitudes, energy shares and low/high split per layer),
+  ``digit_accuracy.csv``, ``digit_spectra.csv`` and PNGs (component x layer heatmaps, lens
+  accuracy per layer and place);
+* chunks of digits or BPE merges (Llama-3 above 999, GPT-2 above 520): no readout exists,
+  so the command refuses and says what runs instead.
+
+Both write ``predictions.csv``: each prompt, its answer and the model's own prediction (the
+next token for single-token numbers, the greedy whole answer otherwise), so a row can be
+re-checked with ``model.generate``. The lens sums are kept after every batch, so a killed
+run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -17,28 +35,42 @@ from pathlib import Path
 
 import numpy as np
 
+from llm_fourier.answers import greedy_answers
 from llm_fourier.commands.base import Command, JobView
+from llm_fourier.commands.digit_views import (
+    DIGIT_CAPTIONS,
+    digit_console_rows,
+    digit_layer_rows,
+    digit_lens_csv,
+    is_digit_run,
+    lens_headline,
+)
 from llm_fourier.commands.options import (
     ModelOptions,
     OutputOptions,
-    SpectrumOptions,
+    ReadoutOptions,
     SplitOptions,
     TaskOptions,
+    answer_keys,
     record_inputs,
 )
 from llm_fourier.commands.settings import option
+from llm_fourier.digit_plots import digit_lens_accuracy_plot
+from llm_fourier.digits import run_digit_lens
 from llm_fourier.distributed import broadcast_object
+from llm_fourier.errors import UserError
 from llm_fourier.lens import LENS_ROLES, layer_summary, run_lens, spectra_matrix
-from llm_fourier.numbers import task_numbers
-from llm_fourier.output.html import html_table, periods_text
+from llm_fourier.numbers import NumberTokens
+from llm_fourier.output.html import html_table, percent, periods_text
 from llm_fourier.output.plots import component_layer_heatmap, layer_accuracy_plot, spectrum_plot
 from llm_fourier.output.rundir import RunDir
 from llm_fourier.output.tables import format_table
+from llm_fourier.readout import readout_for
 from probes import Spectrum
 
 
 @dataclass(kw_only=True)
-class ProbeSettings(ModelOptions, TaskOptions, SplitOptions, SpectrumOptions, OutputOptions):
+class ProbeSettings(ModelOptions, TaskOptions, SplitOptions, ReadoutOptions, OutputOptions):
     command = "probe"
     final_norm: bool = option(False, help="apply the model's final norm before W_U (the "
                               "standard logit lens; default off: logits = W_U[numbers] x, as "
@@ -49,32 +81,50 @@ class ProbeSettings(ModelOptions, TaskOptions, SplitOptions, SpectrumOptions, Ou
         self.check_tau(self.max_answer + 1)
 
 
-def lens_unit(state: dict) -> tuple[dict, dict]:
-    """A ``run_lens`` state as (JSON data, named tensors) for ``RunDir.save_unit``."""
-    data = {"batches_done": state["batches_done"], "n": {}, "hits": {}}
+def accumulators_unit(accs: dict) -> tuple[dict, dict]:
+    """``LensAccumulator`` states by name as (JSON data, named tensors)."""
+    data = {"n": {}, "hits": {}}
     tensors = {}
-    for role, acc in state["roles"].items():
-        data["n"][role] = acc["n"]
-        data["hits"][role] = list(acc["hits"])  # in order: results keep it
-        tensors[f"{role}.magnitude_sum"] = acc["magnitude_sum"]
+    for key, acc in accs.items():
+        data["n"][key] = acc["n"]
+        data["hits"][key] = list(acc["hits"])  # in order: results keep it
+        tensors[f"{key}.magnitude_sum"] = acc["magnitude_sum"]
         for name, counts in acc["hits"].items():
-            tensors[f"{role}.hits.{name}"] = counts
+            tensors[f"{key}.hits.{name}"] = counts
+    return data, tensors
+
+
+def accumulators_state(data: dict, tensors: dict) -> dict:
+    """The inverse of ``accumulators_unit``."""
+    return {key: {"n": n, "magnitude_sum": tensors[f"{key}.magnitude_sum"],
+                  "hits": {h: tensors[f"{key}.hits.{h}"] for h in data["hits"][key]}}
+            for key, n in data["n"].items()}
+
+
+def lens_unit(state: dict) -> tuple[dict, dict]:
+    """A ``run_lens`` (or ``run_digit_lens``: accumulators under ``lens``) state as (JSON
+    data, named tensors) for ``RunDir.save_unit``."""
+    key = "roles" if "roles" in state else "lens"
+    data, tensors = accumulators_unit(state[key])
+    data |= {"batches_done": state["batches_done"], "key": key}
+    if "predictions" in state:
+        data["predictions"] = state["predictions"]
     return data, tensors
 
 
 def lens_state(data: dict, tensors: dict) -> dict:
     """The inverse of ``lens_unit``."""
-    return {"batches_done": data["batches_done"],
-            "roles": {role: {"n": n, "magnitude_sum": tensors[f"{role}.magnitude_sum"],
-                             "hits": {h: tensors[f"{role}.hits.{h}"]
-                                      for h in data["hits"][role]}}
-                      for role, n in data["n"].items()}}
+    state = {"batches_done": data["batches_done"],
+             data.get("key", "roles"): accumulators_state(data, tensors)}
+    if "predictions" in data:
+        state["predictions"] = data["predictions"]
+    return state
 
 
 class ProbeCommand(Command):
     name = "probe"
     help = "per-layer logit lens and Fourier spectra of attention and MLP outputs on addition " \
-           "prompts"
+           "prompts (number tokens, or digit tokens for digit-splitting tokenizers)"
     Settings = ProbeSettings
     shards = True
     section, heading, order = "probe", "Per-layer Fourier analysis", 30
@@ -82,7 +132,10 @@ class ProbeCommand(Command):
              "position, read through the unembedding of the numbers and transformed to the "
              "Fourier basis. Heatmaps show the magnitude of each Fourier component per layer; "
              "MLPs tend to carry the low-frequency (approximate magnitude) part, attention the "
-             "high-frequency (modular) part.")
+             "high-frequency (modular) part. Models whose tokenizers write one token per digit "
+             "get the digit lens instead: every answer position (teacher forced) read through "
+             "the ten digit tokens, whose spectrum has five components (periods 10, 5, 3.33, "
+             "2.5, 2).")
     captions = {
         "heatmap_attn": "Attention outputs read through the number unembedding: mean |Fourier "
                         "component| (colour) per component k (vertical; periods marked on the "
@@ -95,63 +148,137 @@ class ProbeCommand(Command):
                     "labelled by period.",
         "lens_accuracy": "Logit-lens accuracy per layer (exact, within 2, within 10) of the "
                          "attention, MLP and residual-stream outputs read through the numbers.",
+        **DIGIT_CAPTIONS,
     }
 
     def run(self, s: ProbeSettings, run: RunDir) -> dict:
         task = s.task()
         examples = s.examples(task)
-        lm = s.load_model()
+        fmt = s.answer_format(task.max_answer)
+        tau = s.readout_tau(fmt, task.max_answer)
+        if fmt.readout is None:
+            raise UserError(
+                f"probe: answers up to {task.max_answer} are written as {fmt.family} tokens "
+                f"(single tokens only up to {fmt.numbers.max_number}), so there is no lens "
+                f"readout; use --max-operand so that answers stay <= "
+                f"{fmt.numbers.max_number}, or run ablate (whole-answer scores) and hidden "
+                "(hidden-state and digit probes), which work on any tokenizer.")
+        lm = s.load_model(tokenizer=fmt.tokenizer)
         record_inputs(run, lm, examples)
-        numbers = task_numbers(lm.tokenizer, task.max_answer, lm.name)
+        readout = readout_for(lm, fmt, task.max_answer, s.final_norm)
+        results = {"model": lm.name, "settings": s.identity(), "n_examples": len(examples),
+                   **answer_keys(fmt, readout, s.basis), "tau": tau, "n_layers": lm.n_layers}
         saved = run.load_unit("lens")
         state = broadcast_object(lens_state(*saved) if saved else None)
         if state:
             print(f"resuming the lens from {run.path} ({state['batches_done']} batches done)")
-        accs = run_lens(lm, examples, numbers, final_norm=s.final_norm, basis_kind=s.basis,
-                        batch_size=s.batch_size, state=state,
-                        on_batch=lambda done, st: run.save_unit("lens", *lens_unit(st)))
-        results = {"model": lm.name, "settings": s.identity(), "n_examples": len(examples),
-                   "numbers": {"p": numbers.p, "leading_space": numbers.leading_space},
-                   "n_layers": lm.n_layers, "accuracy": {}, "layers": {},
-                   "mean_over_layers": {}}
-        acc_rows, spec_rows, plots = [], [], {}
-        for role in LENS_ROLES:
-            spectra = accs[role].spectra()
-            results["accuracy"][role] = accs[role].accuracy()
-            results["layers"][role] = layer_summary(spectra, s.tau, top=s.top)
-            acc_rows += [{"role": role, **r} for r in results["accuracy"][role]]
-            spec_rows += [{"role": role, "layer": i, **rec}
-                          for i, sp in enumerate(spectra) for rec in sp.records()]
-            mean = Spectrum(spectra[0].basis, np.mean([sp.magnitude for sp in spectra], axis=0))
-            results["mean_over_layers"][role] = {
-                "outliers": [o.as_dict() for o in mean.outliers(top=s.top)],
-                **mean.low_high(s.tau)}
-            plots[role] = (spectra, mean)
+        on_batch = lambda done, st: run.save_unit("lens", *lens_unit(st))  # noqa: E731
+        if readout.kind == "number":
+            numbers = NumberTokens(fmt.numbers.token_ids[:task.max_answer + 1],
+                                   fmt.leading_space)
+            predictions: list[int] = []
+            accs = run_lens(lm, examples, numbers, final_norm=s.final_norm, basis_kind=s.basis,
+                            batch_size=s.batch_size, state=state, on_batch=on_batch,
+                            predictions=predictions)
+            plots = self._number_results(s, results, accs, tau)
+        else:
+            lens = run_digit_lens(lm, examples, fmt, final_norm=s.final_norm,
+                                  batch_size=s.batch_size, state=state, on_batch=on_batch)
+            results["digit_lens"] = lens.summary(tau)
+            predictions = self._greedy(run, lm, fmt, examples, s.batch_size)
+        answers = np.array([e.answer for e in examples])
+        results["model_accuracy"] = float(np.mean(np.asarray(predictions) == answers))
+        results["prediction"] = ("the model's next token (argmax over the vocabulary)"
+                                 if readout.kind == "number" else
+                                 "the model's greedy whole answer")
         if run.helper:
             return results  # a helper process of a launch: the main one writes and prints
         if run.writes:
-            for role, (spectra, mean) in plots.items():
-                component_layer_heatmap(spectra_matrix(spectra), run.file(f"heatmap_{role}.png"),
-                                        f"{role} number logits: mean |Fourier component|",
-                                        spectra[0].basis.periods)
-                spectrum_plot(mean.nonconstant, run.file(f"spectrum_{role}.png"),
-                              results["mean_over_layers"][role]["outliers"],
-                              f"{role} number logits, mean over layers", "mean magnitude")
-            layer_accuracy_plot(results["accuracy"], run.file("lens_accuracy.png"),
-                                f"logit lens onto numbers 0..{numbers.p - 1}")
-            run.write_csv("accuracy.csv", acc_rows)
-            run.write_csv("spectra.csv", spec_rows)
+            run.write_csv("predictions.csv", [
+                {"prompt": e.prompt, "a": e.a, "b": e.b, "answer": e.answer, "prediction": p}
+                for e, p in zip(examples, predictions)])
+            if readout.kind == "number":
+                self._number_files(run, results, plots)
+            else:
+                self._digit_files(run, results, lens)
             results["files"] = sorted(p.name for p in run.path.iterdir()
                                       if p.suffix in (".png", ".csv"))
         run.finish(results)
-        print(format_table(console_rows(results)))
+        if readout.kind == "number":
+            print(format_table(console_rows(results)))
+        else:
+            print(format_table(digit_console_rows(results)))
+        print(f"model accuracy ({results['prediction']}): {percent(results['model_accuracy'])}")
         if run.writes:
-            print(f"results: {run.file('results.json')} (plots in {run.path}: heatmap_attn.png, "
-                  "heatmap_mlp.png, spectrum_attn.png, spectrum_mlp.png, lens_accuracy.png)")
+            print(f"results: {run.file('results.json')} (plots, CSVs and predictions.csv in "
+                  f"{run.path})")
         return results
+
+    @staticmethod
+    def _greedy(run: RunDir, lm, fmt, examples, batch_size: int) -> list[int]:
+        """The model's greedy whole answers, kept as a unit of the run."""
+        saved = broadcast_object(run.load_unit("predictions"))
+        if saved is not None:
+            return list(saved[0])
+        preds = greedy_answers(lm, fmt, examples, batch_size=batch_size,
+                               desc="model answers").tolist()
+        run.save_unit("predictions", preds)
+        return preds
+
+    @staticmethod
+    def _number_results(s: ProbeSettings, results: dict, accs: dict, tau: int) -> dict:
+        results |= {"accuracy": {}, "layers": {}, "mean_over_layers": {}}
+        plots = {}
+        for role in LENS_ROLES:
+            spectra = accs[role].spectra()
+            results["accuracy"][role] = accs[role].accuracy()
+            results["layers"][role] = layer_summary(spectra, tau, top=s.top)
+            mean = Spectrum(spectra[0].basis, np.mean([sp.magnitude for sp in spectra], axis=0))
+            results["mean_over_layers"][role] = {
+                "outliers": [o.as_dict() for o in mean.outliers(top=s.top)],
+                **mean.low_high(tau)}
+            plots[role] = (spectra, mean)
+        return plots
+
+    @staticmethod
+    def _number_files(run: RunDir, results: dict, plots: dict) -> None:
+        acc_rows, spec_rows = [], []
+        for role, (spectra, mean) in plots.items():
+            acc_rows += [{"role": role, **r} for r in results["accuracy"][role]]
+            spec_rows += [{"role": role, "layer": i, **rec}
+                          for i, sp in enumerate(spectra) for rec in sp.records()]
+            component_layer_heatmap(spectra_matrix(spectra), run.file(f"heatmap_{role}.png"),
+                                    f"{role} number logits: mean |Fourier component|",
+                                    spectra[0].basis.periods)
+            spectrum_plot(mean.nonconstant, run.file(f"spectrum_{role}.png"),
+                          results["mean_over_layers"][role]["outliers"],
+                          f"{role} number logits, mean over layers", "mean magnitude")
+        layer_accuracy_plot(results["accuracy"], run.file("lens_accuracy.png"),
+                            f"logit lens onto numbers 0..{results['numbers']['p'] - 1}")
+        run.write_csv("accuracy.csv", acc_rows)
+        run.write_csv("spectra.csv", spec_rows)
+
+    @staticmethod
+    def _digit_files(run: RunDir, results: dict, lens) -> None:
+        acc_rows, spec_rows = digit_lens_csv(results["digit_lens"], lens)
+        run.write_csv("digit_accuracy.csv", acc_rows)
+        run.write_csv("digit_spectra.csv", spec_rows)
+        for role, acc in lens.pooled.items():
+            spectra = acc.spectra()
+            component_layer_heatmap(spectra_matrix(spectra), run.file(f"digit_heatmap_{role}.png"),
+                                    f"{role} digit logits: mean |Fourier component|",
+                                    spectra[0].basis.periods)
+        digit_lens_accuracy_plot(results["digit_lens"], run.file("digit_lens_accuracy.png"),
+                                 "digit lens at the answer positions (teacher forced)")
 
     # -------------------------------------------------------------- report view
     def job_html(self, job: JobView) -> str:
+        if is_digit_run(job.results):
+            return html_table(digit_layer_rows(job.results), caption=(
+                "Per layer: digit-lens accuracy (teacher forced, every answer digit) of the "
+                "residual stream, attention and MLP; the period with most of each module's "
+                "digit-logit energy and the low-frequency share (periods 10 and 5 at the "
+                "default tau 3)."))
         if not job.results.get("layers"):
             return ""
         return html_table(layer_rows(job.results), caption="Per layer: logit-lens accuracy of "
@@ -160,10 +287,16 @@ class ProbeCommand(Command):
 
     def section_html(self, jobs: list[JobView], out: Path) -> str:
         rows = []
+        digits = any(is_digit_run(job.results) for job in jobs)
         for job in jobs:
             res = job.results
             row: dict = {"job": job.id, "model": Path(job.model).name,
                          "examples": res.get("n_examples")}
+            if digits:
+                row["readout"] = (res.get("readout") or {}).get("readout", "number")
+            if is_digit_run(res):
+                rows.append({**row, **lens_headline(res)})
+                continue
             block = res.get("accuracy", {}).get("block", [])
             if block:
                 row["last-layer resid exact"] = block[-1].get("exact")
@@ -175,7 +308,17 @@ class ProbeCommand(Command):
                     f"{p:g}" for p, _ in count.most_common(5))
             rows.append(row)
         return html_table(rows, caption="Per job: final-layer lens accuracy and the outlier "
-                          "periods seen most often across layers.")
+                          "periods seen most often across layers (number lens), or the "
+                          "periods with most digit-logit energy (digit lens).")
+
+    def findings(self, job: JobView) -> list[str]:
+        if not is_digit_run(job.results):
+            return []
+        head = lens_headline(job.results)
+        return [f"{job.id}: the digit lens reads the answer digits off the last layer's "
+                f"residual stream with {percent(head.get('last-layer resid exact'))} "
+                f"accuracy (teacher forced); MLP digit logits put most energy at period "
+                f"{head.get('MLP: most frequent periods', '').split(' ')[0] or 'n/a'}."]
 
 
 def console_rows(results: dict) -> list[dict]:

@@ -36,3 +36,19 @@ def digit_tokenizer():
 def gpt2_pair():
     """A fresh in-memory tiny GPT-2 (model, tokenizer)."""
     return tiny_lm("gpt2")
+
+
+@pytest.fixture(scope="session")
+def family_dir(tiny_root):
+    """``family_dir(family) -> Path``: the tiny model of ``tests.llm.families.family_lm``
+    ("single", "digits", "chunks") saved once per session, for the commands."""
+    from tests.llm.families import family_lm
+
+    def make(family: str):
+        folder = tiny_root / f"family-{family}"
+        if not (folder / "config.json").is_file():
+            lm = family_lm(family)
+            lm.model.save_pretrained(folder)
+            lm.tokenizer.save_pretrained(folder)
+        return folder
+    return make

@@ -202,10 +202,18 @@ def test_hidden_command_end_to_end_and_resume(tiny_dir, tmp_path, monkeypatch, c
     assert {"mod", "helix", "random_init", "spectrum"} <= set(p)
     assert set(p["mod"]["10"]) >= {"kappa", "accuracy", "kappa_shuffled"}
     assert p["random_init"]["mod"]["10"]["kappa"] > 0.7  # last digit, as above (chance: 0)
-    assert [r["row"] for r in res["ablation"]] == ["none", "MLP probe", "MLP random"]
+    # one token per digit: the logit row filters the digit readout W_U[0..9]
+    assert [r["row"] for r in res["ablation"]] == ["none", "MLP probe", "MLP random",
+                                                   "MLP logit"]
+    assert res["ablation"][-1]["filter"] == "logit T=10"
+    assert res["readout"]["readout"] == "digit" and res["numbers"]["family"] == "digits"
     assert res["frequency_control"]["beside_what"].startswith("mean block state")
-    for name in ("probes.csv", "ablation.csv", "kappa_by_layer.png", "r2_by_layer.png"):
+    for name in ("probes.csv", "ablation.csv", "kappa_by_layer.png", "r2_by_layer.png",
+                 "digit_probes.csv", "digit_probes.png"):
         assert (out / name).stat().st_size > 0
+    assert {(r["place"], r["kind"]) for r in res["digit_probes"]} == {
+        (p, k) for p in (0, 1) for k in ("circular", "linear", "value")}
+    assert "[" not in (out / "ablation.csv").read_text()  # lists flattened, not reprs
     assert "kappa_mod10" in (out / "probes.csv").read_text().splitlines()[0]
     # a run killed during the ablations resumes: states and finished rows are reused
     import llm_fourier.commands.hidden as cmd
@@ -227,7 +235,7 @@ def test_hidden_command_end_to_end_and_resume(tiny_dir, tmp_path, monkeypatch, c
     monkeypatch.setattr(abl, "accuracy", lambda *a, **k: calls.append(k.get("desc"))
                         or real(*a, **k))
     assert main(killed) == 0
-    assert calls == ["MLP probe", "MLP random"]  # "none" was kept from the killed run
+    assert calls == ["MLP probe", "MLP random", "MLP logit"]  # "none" kept from the killed run
     again = json.loads((tmp_path / "killed" / "results.json").read_text())
     assert again["ablation"] == res["ablation"] and again["probes"] == res["probes"]
     monkeypatch.undo()

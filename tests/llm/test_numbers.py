@@ -26,7 +26,7 @@ def test_number_keeping_tokenizer(number_tokenizer):
 def test_digit_splitting_tokenizer(digit_tokenizer):
     nums = find_number_tokens(digit_tokenizer)
     assert nums.p == 10  # 0..9 are tokens, 10 splits into "1" "0"
-    with pytest.raises(UserError, match=r"answers go up to 520 .* 0\.\.9 .*hidden-state"):
+    with pytest.raises(UserError, match=r"answers go up to 520 .* 0\.\.9 .*number_format"):
         require_numbers(nums, 520, "tiny")
 
 

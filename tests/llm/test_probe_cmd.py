@@ -127,7 +127,7 @@ def test_ablate_end_to_end_and_resume(model_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("extra, words", [
     (["--model", "/no/such/folder"], "/no/such/folder"),
-    (["--max-operand", "150"], "answers go up to 300"),
+    (["--max-operand", "150"], "answers up to 300 cannot be scored"),
     (["--layers", "7"], "--layers"),
     (["--keep", "99"], "--keep"),
     (["--tau", "13", "--model", "/never/loaded"], "--tau must lie in 1..12"),
