@@ -162,7 +162,10 @@ def run_arm(arm: str, seed: int, r: dict, task, rows: np.ndarray | None, folder:
     """Train one (seed, arm) (resuming), then analyse it from its saved folder."""
     done = folder / "analysis.json"
     if resume and done.exists():
-        return read_json(done)
+        try:
+            return read_json(done)
+        except (OSError, ValueError):  # unreadable: analyse the trained arm again
+            print(f"note: {done} cannot be read; the arm is analysed again.")
     config = AdderConfig(max_number=max_answer(r["op"], r["max_operand"]), n_layer=r["layers"],
                          d_model=r["d_model"], n_head=r["heads"], dropout=r["dropout"])
     model, tok = build_adder(config, seed)
