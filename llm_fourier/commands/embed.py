@@ -87,8 +87,9 @@ class EmbedCommand(Command):
                             "labels mark outliers with their period T."}
 
     def run(self, s: EmbedSettings, run: RunDir) -> dict:
+        revision = {} if s.revision is None else {"revision": s.revision}
         W, tokenizer = load_embedding_matrix(s.model, unembed=s.unembed, dtype=s.dtype,
-                                             trust_remote_code=s.trust_remote_code)
+                                             trust_remote_code=s.trust_remote_code, **revision)
         run.check_inputs(tokenizer=tokenizer_fingerprint(tokenizer))
         search = DEFAULT_SEARCH if s.max_number is None else s.max_number
         numbers = find_number_tokens(tokenizer, search, leading_space=s.leading_space)
@@ -105,7 +106,8 @@ class EmbedCommand(Command):
         outliers = [o.as_dict() for o in spec.outliers()]
         matrix = "unembedding" if s.unembed else "embedding"
         probes = embedding_mod_probes(rows, s.mod_periods)
-        results = {"model": str(s.model), "matrix": matrix, "basis": s.basis,
+        results = {"model": str(s.model), "revision": s.revision, "matrix": matrix,
+                   "basis": s.basis,
                    "numbers": numbers.describe(), "d_model": int(rows.shape[1]),
                    "spectrum": spec.records(), "outliers": outliers,
                    "low_high": spec.low_high(s.tau), "mod_probes": probes}
