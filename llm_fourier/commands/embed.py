@@ -16,6 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from llm_fourier.commands.base import Command, JobView
+from llm_fourier.commands.emergence import emergence_html
 from llm_fourier.commands.options import OutputOptions, SourceOptions, SpectrumOptions
 from llm_fourier.commands.settings import option
 from llm_fourier.embeddings import load_embedding_matrix
@@ -156,6 +157,7 @@ class EmbedCommand(Command):
             path = save_figure(fig, out / "figures" / "embedding_spectra.png")
             parts.append(figure(path, "All embedding spectra on one axis (log scale): outliers "
                                       "stand above the smooth low-frequency background."))
+        parts.append(emergence_html(jobs, out, "embed"))
         return "\n".join(parts)
 
     def findings(self, job: JobView) -> list[str]:
