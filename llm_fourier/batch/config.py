@@ -222,6 +222,7 @@ def parse_config(raw: dict, source: str = "",
     for j in jobs:
         if ids.count(j.id) > 1:
             raise _fail(source, "jobs", f"two jobs have the id {j.id!r}; give one a distinct name")
+    for j in jobs:
         for need in j.needs:
             if need not in ids:
                 raise _fail(source, f"job {j.id}", f"refers to unknown job {need!r} "
