@@ -12,6 +12,7 @@ import pytest
 
 import llm_fourier.ablate as ablate_lib
 import llm_fourier.commands.patch as patch_cmd
+import llm_fourier.neurons as neurons_lib
 import llm_fourier.patching as patching_lib
 from llm_fourier.cli import main
 from llm_fourier.errors import UserError
@@ -158,10 +159,14 @@ def test_neurons_resume_at_the_next_period(knocked, tmp_path, monkeypatch, capsy
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(ablate_lib, "evaluate", dies_at_the_second_period)
+    def use(fake) -> None:  # wherever knockout_table finds evaluate
+        monkeypatch.setattr(ablate_lib, "evaluate", fake)
+        monkeypatch.setattr(neurons_lib, "evaluate", fake, raising=False)
+
+    use(dies_at_the_second_period)
     assert main(argv) == 130
     calls.clear()
-    monkeypatch.setattr(ablate_lib, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    use(lambda *a, **k: calls.append(1) or real(*a, **k))
     assert main(argv) == 0
     assert len(calls) == 3  # only period 10: its top neurons and two random draws
     assert "resuming: 2 finished" in capsys.readouterr().out
