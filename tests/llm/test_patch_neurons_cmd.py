@@ -197,3 +197,30 @@ def test_no_knockout_writes_the_spectra_only(tiny_dir, tmp_path):
         ["neurons.csv", "neurons.png"]
     share = np.array([float(r["share"]) for r in csv.DictReader(open(tmp_path / "neurons.csv"))])
     assert (share >= 0.9).all()
+
+
+def test_report_page_shows_both_commands(patched, knocked, tmp_path):
+    import shutil
+
+    from llm_fourier.batch.html import build_html
+    from llm_fourier.output.files import write_json
+
+    out = tmp_path / "report"
+    jobs = {}
+    for job_id, (command, folder) in {"patch-tiny": ("patch", patched[1]),
+                                      "neurons-tiny": ("neurons", knocked[1])}.items():
+        shutil.copytree(folder, out / "jobs" / job_id)
+        jobs[job_id] = {"command": command, "status": "done", "settings": {}, "model": "tiny"}
+    write_json(out / "manifest.json", {"title": "t", "jobs": jobs})
+    page = build_html(out).read_text()
+    for text in ("Helix activation patching", "Fourier neurons", "patching.png",
+                 "neurons.png", "knockout.png", "keeps up to", "knocking out the top 6"):
+        assert text in page, text
+    best = {(r["role"], r["method"]): r for r in patch_cmd.best_rows(patched[2])}
+    rows = [r for r in patched[2]["rows"] if r["role"] == "mlp" and r["method"] == "helix"
+            and r["kept"] is not None]
+    assert best[("mlp", "helix")]["kept"] == max(r["kept"] for r in rows)
+    with open(out / "tables" / "patching_best.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 2 * 5
+    with open(out / "tables" / "neurons_knockout.csv") as fh:
+        assert [r["period"] for r in csv.DictReader(fh)] == ["2.0", "10.0"]

@@ -106,7 +106,7 @@ CONFIG = """
 title = "tiny checkpoints"
 revisions = ["step1000", "step0"]
 [models]
-tiny = "%s"
+tiny = "REPO"
 [tasks]
 add = { op = "+", max_operand = 29 }
 [[jobs]]
@@ -119,7 +119,7 @@ models = ["tiny"]
 tasks = ["add"]
 settings = { n_probe = 120, roles = ["block"], periods = [2, 10], helix_periods = [10], \
 pca_dim = 8, mod_pca_dim = 16, folds = 2, no_random_baseline = true, quiet = true }
-""" % REPO
+""".replace("REPO", REPO)
 
 
 def _strength(rows: np.ndarray, period: float) -> float:
