@@ -45,6 +45,8 @@ _API = {
     "embed": ("llm_fourier.commands.embed", "COMMAND"),
     "hidden": ("llm_fourier.commands.hidden", "COMMAND"),
     "finetune": ("llm_fourier.commands.finetune", "COMMAND"),
+    "patch": ("llm_fourier.commands.patch", "COMMAND"),
+    "neurons": ("llm_fourier.commands.neurons", "COMMAND"),
     "report": ("llm_fourier.batch.commands", "REPORT"),
     "demo": ("llm_fourier.batch.commands", "DEMO"),
 }

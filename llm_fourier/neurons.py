@@ -27,7 +27,7 @@ from each of the same layers.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -307,9 +307,14 @@ def knockout_table(
     allow_post_norm: bool = False,
     batch_size: int = 16,
     progress: bool = True,
+    done: Mapping[str, dict] | None = None,
+    on_unit: Callable[[str, dict], None] | None = None,
 ) -> dict:
     """Accuracy and loss with the top ``n_neurons`` neurons of each period knocked out,
-    beside ``n_random`` draws of as many random neurons from each of the same layers."""
+    beside ``n_random`` draws of as many random neurons from each of the same layers.
+
+    Units are ``"baseline"`` and ``unit_name(T)`` per period: ``done`` holds finished ones
+    (a resumed run; taken as they are), ``on_unit(name, result)`` is called after each."""
     from tqdm.auto import tqdm
 
 
@@ -326,12 +331,21 @@ def knockout_table(
                          progress=False)
         return {"accuracy": r["accuracy"], "loss": r["loss"]}
 
+    done = done or {}
     bar = tqdm(total=1 + len(periods) * (1 + n_random), desc="knockouts", unit="eval",
                disable=not progress)
-    baseline = run({})
+    baseline = done.get("baseline")
+    if baseline is None:
+        baseline = run({})
+        if on_unit is not None:
+            on_unit("baseline", baseline)
     bar.update()
     out = []
     for j, T in enumerate(periods):
+        if unit_name(T) in done:
+            out.append(done[unit_name(T)])
+            bar.update(1 + n_random)
+            continue
         top = top_neurons(spectra, T, n_neurons)
         knocked = run(top)
         bar.update()
@@ -349,11 +363,18 @@ def knockout_table(
                        "loss_mean": float(np.mean([x["loss"] for x in draws])),
                        "draws": draws},
         })
+        if on_unit is not None:
+            on_unit(unit_name(T), out[-1])
     bar.close()
     return {"baseline": baseline, "periods": out,
             "settings": {"layers": spectra.layers, "n_neurons": n_neurons,
                          "n_random": n_random, "seed": seed, "basis": spectra.basis.kind,
                          "prediction": prediction, "post_norm": spectra.post_norm}}
+
+
+def unit_name(period: float) -> str:
+    """The name of one period's knockout unit (``knockout_table``'s ``done`` / ``on_unit``)."""
+    return f"period-{float(period):g}"
 
 
 def knockout_rows(result: dict) -> list[dict]:

@@ -28,7 +28,7 @@ finds the operand's token from each row's first real token and checks its id. Th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,6 +241,8 @@ def helix_patching(
     seed: int = 0,
     batch_size: int = 16,
     progress: bool = True,
+    done: Mapping[tuple[str, int], dict] | None = None,
+    on_unit: Callable[[str, int, dict], None] | None = None,
 ) -> PatchResult:
     """Fit the reconstructions on ``train`` prompts' operand states at each (role, layer) and
     patch them into the ``test`` prompts (see the module docstring for the metrics).
@@ -248,6 +250,9 @@ def helix_patching(
     ``scorer`` defaults to ``NextTokenScorer(numbers, prediction)``; ``max_answer`` (largest
     answer the scorer can score) to ``numbers.max_number``. ``train_states``: states of
     ``train`` at the operand's token already collected (``hidden.collect``).
+    ``done``: finished (role, layer) units, ``{"rows": [...], "fits": {method: summary}}``,
+    taken as they are (a resumed run); ``on_unit(role, layer, unit)`` is called after each
+    (role, layer) is computed.
     """
     if mode not in MODES:
         raise UserError(f"mode must be one of {', '.join(MODES)}, got {mode!r}.")
@@ -289,8 +294,8 @@ def helix_patching(
     scores, preds = runner.scores()
     keep = np.flatnonzero(preds == targets[:, 0]) if correct_only else np.arange(len(test))
     if len(keep) == 0:
-        raise UserError("the model answers none of the test prompts correctly; patch with "
-                        "correct_only=False (all prompts) or use a better model.")
+        raise UserError("the model answers none of the test prompts correctly; patch all "
+                        "prompts (correct_only=False, --all-prompts) or use a better model.")
     clean = _summary(scores[keep], preds[keep], targets[keep])
     test, swapped, runner = [test[i] for i in keep], [swapped[i] for i in keep], \
         runner.subset(keep)
@@ -301,7 +306,12 @@ def helix_patching(
 
     rows, fits = [], {}
     keys = [(r, i) for r in roles for i in layers]
+    done = done or {}
     for role, layer in tqdm(keys, desc="helix patching", unit="module", disable=not progress):
+        if (role, layer) in done:
+            fits[(role, layer)] = dict(done[(role, layer)]["fits"])
+            rows += done[(role, layer)]["rows"]
+            continue
         x_train = train_states.at(role, layer)
         recs = fit_reconstructions(x_train, n_train, periods, methods,
                                    pca_dim=pca_dim, seed=seed)
@@ -312,12 +322,16 @@ def helix_patching(
         refs = {"ld_clean": clean["ld"], "ld_mean": mean["ld"], "ld_actual": actual["ld"],
                 "accuracy_clean": clean["accuracy"], "accuracy_mean": mean["accuracy"],
                 "to_counterfactual_actual": actual["to_counterfactual"]}
+        unit = []
         for method, rec in recs.items():
             same = runner.run(role, layer, rec.patched(n_same, h_now, h_now, mode))
             swap = runner.run(role, layer, rec.patched(n_swap, h_other, h_now, mode))
-            rows.append({"role": role, "layer": layer, "method": method,
+            unit.append({"role": role, "layer": layer, "method": method,
                          "n_params": rec.n_params, "r2_heldout": rec.r2_heldout,
                          **_metrics(clean, mean, actual, same, swap), **refs})
+        rows += unit
+        if on_unit is not None:
+            on_unit(role, layer, {"rows": unit, "fits": fits[(role, layer)]})
     pairs = [{"a": e.a, "b": e.b, "answer": e.answer, f"{operand}_counterfactual":
               getattr(s, operand), "answer_counterfactual": s.answer}
              for e, s in zip(test, swapped)]

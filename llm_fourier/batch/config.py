@@ -4,6 +4,7 @@ Layout (every key but ``jobs`` optional)::
 
     title = "Fourier features in GPT-2"
     seeds = [0, 1]                         # default seeds of jobs whose command takes --seed
+    revisions = ["step1000", "step143000"] # default hub revisions of jobs that load a model
 
     [models]                               # name -> hub id, local folder or job output
     gpt2 = "gpt2"
@@ -18,13 +19,18 @@ Layout (every key but ``jobs`` optional)::
     models = ["gpt2"]                      # or "*"; sets the "model" setting
     tasks = ["add"]                        # or "*"
     seeds = [0]                            # overrides the top-level seeds
+    revisions = ["main"]                   # overrides the top-level revisions
     needs = ["finetune-gpt2-add-s0"]       # extra dependencies (references add their own)
     settings = { batch_size = 16 }         # the command's options, dashes or underscores
 
-Each job expands to models x tasks x seeds, with the id ``name[-model][-task][-sSEED]``.
-In settings, ``{model}``, ``{task}`` and ``{seed}`` are replaced by the job's names and
-``{jobs.ID}`` by job ID's output folder (resolved at run time; the job then depends on ID).
-Any mistake raises a ``UserError`` naming the key and the problem.
+Each job expands to models x tasks x revisions x seeds, with the id
+``name[-model][-task][-rREVISION][-sSEED]`` (characters other than letters, digits, ``.``,
+``_``, ``+`` and ``-`` of a revision become ``_`` in the id). Revisions set the command's
+``revision`` setting (a hub branch, tag or commit, e.g. Pythia's ``step1000``); the
+top-level list applies to the jobs whose command has that setting and whose settings do not
+set it. In settings, ``{model}``, ``{task}``, ``{revision}`` and ``{seed}`` are replaced by
+the job's names and ``{jobs.ID}`` by job ID's output folder (resolved at run time; the job
+then depends on ID). Any mistake raises a ``UserError`` naming the key and the problem.
 """
 
 from __future__ import annotations
@@ -46,9 +52,10 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 REF = re.compile(r"\{jobs\.([A-Za-z0-9_.+\-]+)\}")
-TOP_KEYS = {"title", "description", "seeds", "models", "tasks", "jobs"}
-JOB_KEYS = {"command", "name", "models", "tasks", "seeds", "needs", "settings",
+TOP_KEYS = {"title", "description", "seeds", "revisions", "models", "tasks", "jobs"}
+JOB_KEYS = {"command", "name", "models", "tasks", "seeds", "revisions", "needs", "settings",
             "model_setting", "seed_setting", "caption"}
+ID_CHARS = re.compile(r"[^A-Za-z0-9_.+\-]")
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,7 @@ class Job:
     task: str | None = None
     seed: int | None = None
     caption: str = ""
+    revision: str | None = None
 
     def settings_hash(self, upstream: Mapping[str, str] | None = None) -> str:
         """sha256 of the command, the unresolved settings and the hashes of its needs."""
@@ -144,6 +152,24 @@ def _seeds(value, key: str, source: str) -> list[int]:
     return value
 
 
+def _revisions(value, key: str, source: str) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(r, str) and r.strip() for r in value):
+        raise _fail(source, key, "must be a revision name or a list of them (hub branches, "
+                    "tags or commits such as \"step1000\")")
+    if not value:
+        raise _fail(source, key, "name at least one (or leave the key out)")
+    if len(set(value)) < len(value):
+        raise _fail(source, key, f"names a revision twice ({', '.join(value)})")
+    return value
+
+
+def revision_slug(revision: str) -> str:
+    """A revision as it appears in job ids (``-r<slug>``)."""
+    return ID_CHARS.sub("_", revision)
+
+
 def _substitute(value, names: dict[str, str]):
     if isinstance(value, str):
         for k, v in names.items():
@@ -183,17 +209,20 @@ def parse_config(raw: dict, source: str = "",
     if not isinstance(tasks, dict) or not all(isinstance(v, dict) for v in tasks.values()):
         raise _fail(source, "tasks", "must map names to tables of task settings")
     top_seeds = _seeds(raw.get("seeds", [0]), "seeds", source)
+    top_revisions = _revisions(raw["revisions"], "revisions", source) \
+        if "revisions" in raw else []
     entries = raw.get("jobs")
     if not isinstance(entries, list) or not entries:
         raise _fail(source, "jobs", "give at least one [[jobs]] table with a command")
 
     jobs: list[Job] = []
     for i, entry in enumerate(entries):
-        jobs += _expand(entry, f"jobs[{i}]", models, tasks, top_seeds, source)
+        jobs += _expand(entry, f"jobs[{i}]", models, tasks, top_seeds, top_revisions, source)
     ids = [j.id for j in jobs]
     for j in jobs:
         if ids.count(j.id) > 1:
             raise _fail(source, "jobs", f"two jobs have the id {j.id!r}; give one a distinct name")
+    for j in jobs:
         for need in j.needs:
             if need not in ids:
                 raise _fail(source, f"job {j.id}", f"refers to unknown job {need!r} "
@@ -204,7 +233,7 @@ def parse_config(raw: dict, source: str = "",
 
 
 def _expand(entry, key: str, models: dict, tasks: dict, top_seeds: list[int],
-            source: str) -> list[Job]:
+            top_revisions: list[str], source: str) -> list[Job]:
     if not isinstance(entry, dict):
         raise _fail(source, key, "must be a table with at least `command`")
     unknown = sorted(set(entry) - JOB_KEYS)
@@ -246,43 +275,57 @@ def _expand(entry, key: str, models: dict, tasks: dict, top_seeds: list[int],
                         f"{seed_setting!r}")
     else:
         seeds = top_seeds if seed_setting in options and seed_setting not in settings else [None]
+    if "revisions" in entry:
+        revisions: list = _revisions(entry["revisions"], f"{key}.revisions", source)
+        if "revision" not in options:
+            raise _fail(source, f"{key}.revisions", f"command {command.name!r} has no option "
+                        "'revision'")
+        if "revision" in settings:
+            raise _fail(source, f"{key}.revisions", "the job's settings set a revision too; "
+                        "keep one of them")
+    else:
+        revisions = top_revisions if top_revisions and "revision" in options \
+            and "revision" not in settings else [None]
     needs = entry.get("needs", [])
     if not isinstance(needs, list) or not all(isinstance(n, str) for n in needs):
         raise _fail(source, f"{key}.needs", "must be a list of job ids")
 
     jobs = []
-    for model in model_names:
-        for task in task_names:
-            for seed in seeds:
-                names = {"model": model or "", "task": task or "",
-                         "seed": "" if seed is None else str(seed)}
-                s = {k: _substitute(v, names) for k, v in settings.items()}
-                if task is not None:
-                    for k, v in tasks[task].items():
-                        k = k.replace("-", "_")
-                        if k not in options:
-                            raise _fail(source, f"tasks.{task}.{k}", f"command "
-                                        f"{command.name!r} has no option {k!r}")
-                        s[k] = v
-                if model is not None:
-                    s[model_setting] = models[model]
-                if seed is not None:  # a list option (``--seeds 0 1``) gets [seed]
-                    s[seed_setting] = [seed] if command.Settings.is_list(seed_setting) \
-                        else seed
-                parts = [name] + [x for x in (model, task) if x is not None]
-                parts += [] if seed is None else [f"s{seed}"]
-                refs = [r for v in s.values() for r in _refs(v)]
-                deps = tuple(dict.fromkeys([_substitute(n, names) for n in needs] + refs))
-                job_id = "-".join(parts)
-                try:  # the command's own checks: types, ranges, choices, consistency
-                    s = command.Settings.convert(s)
-                    command.Settings.from_dict({**s, "out": "(job folder)"})
-                except UserError as err:
-                    raise UserError(f"{source + ': ' if source else ''}job {job_id}: "
-                                    f"{err}") from None
-                jobs.append(Job(id=job_id, command=command.name, settings=s,
-                                needs=deps, model=model, task=task, seed=seed,
-                                caption=str(entry.get("caption", ""))))
+    grid = [(m, t, r, x) for m in model_names for t in task_names for r in revisions
+            for x in seeds]
+    for model, task, revision, seed in grid:
+        names = {"model": model or "", "task": task or "", "revision": revision or "",
+                 "seed": "" if seed is None else str(seed)}
+        s = {k: _substitute(v, names) for k, v in settings.items()}
+        if task is not None:
+            for k, v in tasks[task].items():
+                k = k.replace("-", "_")
+                if k not in options:
+                    raise _fail(source, f"tasks.{task}.{k}", f"command "
+                                f"{command.name!r} has no option {k!r}")
+                s[k] = v
+        if model is not None:
+            s[model_setting] = models[model]
+        if revision is not None:
+            s["revision"] = revision
+        if seed is not None:  # a list option (``--seeds 0 1``) gets [seed]
+            s[seed_setting] = [seed] if command.Settings.is_list(seed_setting) \
+                else seed
+        parts = [name] + [x for x in (model, task) if x is not None]
+        parts += [] if revision is None else [f"r{revision_slug(revision)}"]
+        parts += [] if seed is None else [f"s{seed}"]
+        refs = [r for v in s.values() for r in _refs(v)]
+        deps = tuple(dict.fromkeys([_substitute(n, names) for n in needs] + refs))
+        job_id = "-".join(parts)
+        try:  # the command's own checks: types, ranges, choices, consistency
+            s = command.Settings.convert(s)
+            command.Settings.from_dict({**s, "out": "(job folder)"})
+        except UserError as err:
+            raise UserError(f"{source + ': ' if source else ''}job {job_id}: "
+                            f"{err}") from None
+        jobs.append(Job(id=job_id, command=command.name, settings=s,
+                        needs=deps, model=model, task=task, seed=seed,
+                        caption=str(entry.get("caption", "")), revision=revision))
     return jobs
 
 

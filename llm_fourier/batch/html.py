@@ -84,7 +84,7 @@ def _load(out: Path, job_id: str) -> dict:
 
 def _job_html(job: JobView, command: Command | None) -> str:
     entry = job.entry
-    meta = ", ".join(f"{k} {entry[k]}" for k in ("model", "task", "seed")
+    meta = ", ".join(f"{k} {entry[k]}" for k in ("model", "task", "revision", "seed")
                      if entry.get(k) is not None)
     seconds = entry.get("seconds")
     parts = [f"<div class='job' id='job-{esc(job.id)}'><h3>{esc(job.id)}</h3>",

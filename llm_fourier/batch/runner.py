@@ -99,7 +99,8 @@ class _Tee:
 
 def _entry(job: Job, digest: str, settings: dict) -> dict:
     return {"command": job.command, "settings": settings, "hash": digest,
-            "needs": list(job.needs), "model": job.model, "task": job.task, "seed": job.seed,
+            "needs": list(job.needs), "model": job.model, "task": job.task,
+            "revision": job.revision, "seed": job.seed,
             "caption": job.caption, "status": "pending", "seconds": None, "error": None}
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from llm_fourier.commands.base import Command, JobView
+from llm_fourier.commands.emergence import emergence_html
 from llm_fourier.commands.options import OutputOptions, SourceOptions, SpectrumOptions
 from llm_fourier.commands.settings import option
 from llm_fourier.embeddings import load_embedding_matrix
@@ -87,8 +88,9 @@ class EmbedCommand(Command):
                             "labels mark outliers with their period T."}
 
     def run(self, s: EmbedSettings, run: RunDir) -> dict:
+        revision = {} if s.revision is None else {"revision": s.revision}
         W, tokenizer = load_embedding_matrix(s.model, unembed=s.unembed, dtype=s.dtype,
-                                             trust_remote_code=s.trust_remote_code)
+                                             trust_remote_code=s.trust_remote_code, **revision)
         run.check_inputs(tokenizer=tokenizer_fingerprint(tokenizer))
         search = DEFAULT_SEARCH if s.max_number is None else s.max_number
         numbers = find_number_tokens(tokenizer, search, leading_space=s.leading_space)
@@ -105,7 +107,8 @@ class EmbedCommand(Command):
         outliers = [o.as_dict() for o in spec.outliers()]
         matrix = "unembedding" if s.unembed else "embedding"
         probes = embedding_mod_probes(rows, s.mod_periods)
-        results = {"model": str(s.model), "matrix": matrix, "basis": s.basis,
+        results = {"model": str(s.model), "revision": s.revision, "matrix": matrix,
+                   "basis": s.basis,
                    "numbers": numbers.describe(), "d_model": int(rows.shape[1]),
                    "spectrum": spec.records(), "outliers": outliers,
                    "low_high": spec.low_high(s.tau), "mod_probes": probes}
@@ -154,6 +157,7 @@ class EmbedCommand(Command):
             path = save_figure(fig, out / "figures" / "embedding_spectra.png")
             parts.append(figure(path, "All embedding spectra on one axis (log scale): outliers "
                                       "stand above the smooth low-frequency background."))
+        parts.append(emergence_html(jobs, out, "embed"))
         return "\n".join(parts)
 
     def findings(self, job: JobView) -> list[str]:

@@ -38,6 +38,7 @@ import torch
 
 from llm_fourier.commands.base import Command, JobView
 from llm_fourier.commands.digit_views import DIGIT_CAPTIONS, best_probe_rows, csv_row
+from llm_fourier.commands.emergence import emergence_html
 from llm_fourier.commands.hidden_digits import (
     digit_html,
     digit_probe_rows,
@@ -374,6 +375,9 @@ class HiddenCommand(Command):
                 "same rank and the logit filter of the answers' readout."))
         parts.append(record_tables(res, skip=("digit_probes",)))
         return "\n".join(p for p in parts if p)
+
+    def section_html(self, jobs: list[JobView], out: Path) -> str:
+        return emergence_html(jobs, out, "hidden")  # mod-T kappa against training step
 
     def findings(self, job: JobView) -> list[str]:
         return intervention_findings(job.id, job.results)

@@ -23,6 +23,7 @@ class TrainSettings(OutputOptions):
     lr: float = option(1e-3, above=0, help="learning rate")
     op: str = option("+", choices=("+", "*"), help="op")
     max_operand: int = option(10, min=1, help="operands")
+    revision: str | None = option(None, help="hub revision")
 
 
 @dataclass(kw_only=True)
@@ -128,6 +129,16 @@ def test_placeholders_and_model_override():
      "job use: refers to unknown job 'zzz'"),
     (lambda c: c["jobs"].append(dict(c["jobs"][0])), "two jobs have the id 'use'"),
     (lambda c: c.update(jobs=[]), "jobs: give at least one"),
+    (lambda c: c.update(revisions=""), "revisions: must be a revision name"),
+    (lambda c: c.update(revisions=[]), "revisions: name at least one"),
+    (lambda c: c.update(revisions=["a", 3]), "revisions: must be a revision name"),
+    (lambda c: c.update(revisions=["step1", "step1"]), "names a revision twice"),
+    (lambda c: c["jobs"][0].update(revisions=["main"]), r"jobs\[0\].revisions: command "
+                                                        "'fake use' has no option 'revision'"),
+    (lambda c: c["jobs"][1].update(revisions=["main"], settings={"revision": "x"}),
+     r"jobs\[1\].revisions: the job's settings set a revision too"),
+    (lambda c: c.update(revisions=["v1/x", "v1_x"]), "two jobs have the id "
+                                                     "'train-small-add-rv1_x-s0'"),
     (lambda c: c["jobs"][1].update(needs=["use"]),
      "part of a dependency cycle"),
 ])
@@ -174,3 +185,31 @@ def test_cli_config_error_is_one_sentence_exit_2(tmp_path, capsys):
     assert "cannot parse the config" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "missing.toml")]) == 2
     assert "no config file or preset" in capsys.readouterr().err
+
+
+def test_revisions_expand_jobs_and_set_the_revision_setting():
+    raw = {"revisions": ["step0", "step1000"], "seeds": [0], "models": {"m": "org/m"},
+           "jobs": [
+               {"command": "fake train", "name": "t", "models": ["m"]},  # the top-level axis
+               {"command": "fake train", "name": "own", "revisions": "main", "seeds": [1]},
+               {"command": "fake train", "name": "fixed", "settings": {"revision": "v2"}},
+               {"command": "fake train", "name": "c", "revisions": ["v1.0/rc"],
+                "settings": {"model": "ckpt-{revision}"}},
+               {"command": "fake use", "name": "u",  # no revision option: no axis
+                "settings": {"source": "{jobs.t-m-rstep1000-s0}/x"}},
+           ]}
+    report = parse_config(raw)
+    ids = [j.id for j in report.jobs]
+    assert sorted(ids) == sorted(["t-m-rstep0-s0", "t-m-rstep1000-s0", "own-rmain-s1",
+                                  "fixed-s0", "c-rv1.0_rc-s0", "u"])
+    job = report.job("t-m-rstep1000-s0")
+    assert job.settings == {"model": "org/m", "revision": "step1000", "seed": 0}
+    assert (job.model, job.revision, job.seed) == ("m", "step1000", 0)
+    assert report.job("own-rmain-s1").settings["revision"] == "main"
+    fixed = report.job("fixed-s0")
+    assert fixed.settings["revision"] == "v2" and fixed.revision is None
+    assert report.job("c-rv1.0_rc-s0").settings["model"] == "ckpt-v1.0/rc"
+    use = report.job("u")
+    assert "revision" not in use.settings and use.needs == ("t-m-rstep1000-s0",)
+    # the revision takes part in the settings hash, so a new revision is a new job
+    assert report.job("t-m-rstep0-s0").settings_hash() != job.settings_hash()

@@ -1,0 +1,225 @@
+"""``llm-fourier neurons``: Fourier neurons of an LLM's MLPs, and what knocking them out does.
+
+For each chosen MLP layer, every neuron's output direction is read through ``W_U[numbers]``
+(numbers 0..max answer of the task) and transformed to the Fourier basis: its top component
+k (period T), that component's share of the non-constant energy, the constant's share and
+the readout norm (``llm_fourier.neurons``). Neurons whose top share is at least
+``--min-share`` count as Fourier neurons of that period. Then, unless ``--no-knockout``,
+the task accuracy with the ``--n-neurons`` neurons that write most energy at each of
+``--periods`` zeroed (pooled over the chosen layers), beside ``--n-random`` draws of as many
+random neurons from each of the same layers.
+
+Writes ``results.json``, ``neurons.csv`` (one row per neuron with share >= --min-share),
+``knockout.csv``, ``neurons.png`` (neurons per component and layer) and ``knockout.png``.
+Every finished knockout (the baseline, each period) is kept in the run folder, so a killed
+run resumes at the next period.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from llm_fourier.ablate import PREDICTIONS
+from llm_fourier.commands.base import Command, JobView
+from llm_fourier.commands.options import (
+    BASES,
+    ModelOptions,
+    OutputOptions,
+    SplitOptions,
+    TaskOptions,
+    record_inputs,
+)
+from llm_fourier.commands.settings import option
+from llm_fourier.neuron_plots import knockout_plot, neuron_period_heatmap
+from llm_fourier.neurons import knockout_rows, knockout_table, neuron_spectra
+from llm_fourier.numbers import task_numbers
+from llm_fourier.output.files import write_csv
+from llm_fourier.output.html import html_table, percent
+from llm_fourier.output.rundir import RunDir
+from llm_fourier.output.tables import format_table
+from probes import FourierBasis
+
+KNOCKOUT_CONSOLE = ("period", "component", "n_neurons", "accuracy_none", "accuracy_top",
+                    "accuracy_random", "accuracy_random_std", "accuracy_random_min",
+                    "accuracy_random_max")
+
+
+@dataclass(kw_only=True)
+class NeuronsSettings(ModelOptions, TaskOptions, SplitOptions, OutputOptions):
+    command = "neurons"
+    layers: list[int] | None = option(None, min=0, help="MLP layers to read (default: all)")
+    basis: str = option("paper", choices=BASES, help="Fourier basis: paper (period (p-1)/k, "
+                        "Zhou et al.) or dft (exact, period p/k)")
+    min_share: float = option(0.5, min=0, max=1, help="a Fourier neuron's top component holds "
+                              "at least this share of its non-constant energy")
+    periods: list[float] = option([2, 2.5, 5, 10], min=2, help="periods whose top neurons are "
+                                  "knocked out")
+    n_neurons: int = option(20, min=1, help="neurons knocked out per period, pooled over the "
+                            "chosen layers")
+    n_random: int = option(5, min=1, help="random draws of as many neurons per layer")
+    seed: int = option(0, help="seed of the random draws")
+    prediction: str = option("vocab", choices=PREDICTIONS, help="vocab: the model's own next "
+                             "token (the paper's); numbers: argmax over the number tokens only")
+    allow_post_norm: bool = option(False, help="read the directions before a post-MLP norm "
+                                   "(Gemma 2/3, OLMo 2): the spectrum is then of the direction "
+                                   "before the norm")
+    no_knockout: bool = option(False, help="spectra only, no knockouts")
+    quiet: bool = option(False, identity=False, help="no progress bars")
+
+    @property
+    def p(self) -> int:
+        return self.max_answer + 1
+
+    def validate(self) -> None:
+        if len(set(self.periods)) < len(self.periods):
+            raise self.fail("periods", f"names a period twice ({self.periods})")
+        basis = FourierBasis(self.p, self.basis)
+        ks = [basis.k_of_period(T) for T in self.periods]
+        bad = [T for T, k in zip(self.periods, ks) if not 1 <= k <= basis.n_components]
+        if bad:
+            raise self.fail("periods", f"{bad} fall outside the components of the numbers "
+                            f"0..{self.p - 1}; choose periods between 2 and {self.p - 1}")
+        if len(set(ks)) < len(ks):
+            raise self.fail("periods", f"{self.periods} share a Fourier component over the "
+                            f"numbers 0..{self.p - 1}; choose periods further apart")
+
+
+def _restore(name: str, result: dict) -> dict:
+    """A knockout unit read back from JSON: neuron lists keyed by int layers again."""
+    if name == "baseline":
+        return result
+
+    def layers(sel: dict) -> dict:
+        return {int(k): v for k, v in sel.items()}
+
+    top = {**result["top"], "neurons": layers(result["top"]["neurons"])}
+    draws = [{**d, "neurons": layers(d["neurons"])} for d in result["random"]["draws"]]
+    return {**result, "top": top, "random": {**result["random"], "draws": draws}}
+
+
+def summary_rows(summary: list[dict], n: int = 4) -> list[dict]:
+    """Per layer: neurons, Fourier neurons and their most frequent periods as text."""
+    return [{"layer": r["layer"], "n_neurons": r["n_neurons"], "n_fourier": r["n_fourier"],
+             "top periods": " ".join(f"{t['period']:.3g} ({t['n']})"
+                                     for t in r["top_periods"][:n])}
+            for r in summary]
+
+
+class NeuronsCommand(Command):
+    name = "neurons"
+    help = "Fourier neurons: the spectrum of every MLP neuron's output direction through " \
+           "W_U[numbers], and knockouts of each period's top neurons against random ones"
+    Settings = NeuronsSettings
+    section, heading, order = "neurons", "Fourier neurons", 45
+    intro = ("Each MLP neuron's output direction read through the unembedding of the numbers, "
+             "in the Fourier basis: which period it writes (its top component) and how "
+             "exclusively (that component's share of its energy). Knocking out the neurons that "
+             "write most at a period, beside as many random neurons of the same layers, tests "
+             "whether the task needs them.")
+    captions = {"neurons": "Fourier neurons per top component k (rows) and layer (columns): "
+                           "neurons whose top component holds at least the --min-share of "
+                           "their non-constant energy.",
+                "knockout": "Accuracy with each period's top neurons knocked out (red) beside "
+                            "random neurons of the same layers (blue: mean of the draws, std "
+                            "as error bar, min..max as a line); dashed: nothing knocked out."}
+
+    def run(self, s: NeuronsSettings, run: RunDir) -> dict:
+        task = s.task()
+        examples = [] if s.no_knockout else s.examples(task)
+        lm = s.load_model()
+        record_inputs(run, lm, examples or None)
+        layers = list(range(lm.n_layers)) if s.layers is None else sorted(set(s.layers))
+        if max(layers) >= lm.n_layers:
+            raise s.fail("layers", f"{s.layers} leave the model's layers 0..{lm.n_layers - 1}")
+        numbers = task_numbers(lm.tokenizer, task.max_answer, lm.name)
+        spectra = neuron_spectra(lm, numbers, layers, basis_kind=s.basis, periods=s.periods,
+                                 allow_post_norm=s.allow_post_norm)
+        total = int(spectra.top_k.size)
+        if not s.no_knockout and s.n_neurons > total:
+            raise s.fail("n_neurons", f"must be at most {total} (the neurons of layers "
+                         f"{layers}), got {s.n_neurons}")
+        knock = None
+        if not s.no_knockout:
+            done = {}
+            for unit in run.units("knockout-"):
+                saved = run.load_unit(unit)
+                if saved is not None:
+                    done[saved[0]["name"]] = _restore(saved[0]["name"], saved[0]["result"])
+            if done:
+                print(f"resuming: {len(done)} finished knockout unit(s) in {run.path}")
+            knock = knockout_table(
+                lm, examples, numbers, s.periods, s.n_neurons, spectra=spectra,
+                n_random=s.n_random, seed=s.seed, basis_kind=s.basis, prediction=s.prediction,
+                allow_post_norm=s.allow_post_norm, batch_size=s.batch_size,
+                progress=not s.quiet, done=done,
+                on_unit=lambda name, res: run.save_unit(f"knockout-{name}",
+                                                        {"name": name, "result": res}))
+        summary = spectra.summary(s.min_share)
+        results = {"model": lm.name, "revision": s.revision, "settings": s.identity(),
+                   "numbers": {"p": numbers.p, "leading_space": numbers.leading_space},
+                   "basis": s.basis, "layers": layers, "post_norm": spectra.post_norm,
+                   "min_share": s.min_share, "summary": summary, "knockout": knock,
+                   "n_examples": len(examples),
+                   "files": ["neurons.csv", "neurons.png"]
+                   + ([] if knock is None else ["knockout.csv", "knockout.png"])}
+        run.write_csv("neurons.csv", spectra.table(s.min_share))
+        name = Path(lm.name).name
+        if run.writes:
+            neuron_period_heatmap(spectra, run.file("neurons.png"), s.min_share,
+                                  f"{name}: Fourier neurons per component and layer")
+        if knock is not None:
+            run.write_csv("knockout.csv", knockout_rows(knock))
+            if run.writes:
+                knockout_plot(knock, run.file("knockout.png"),
+                              f"{name}: {s.n_neurons} neurons knocked out per period")
+        run.finish(results)
+        print(format_table(summary_rows(summary, 3)))
+        if knock is not None:
+            print(format_table(knockout_rows(knock), list(KNOCKOUT_CONSOLE)))
+        if run.writes:
+            print(f"results: {run.file('results.json')}")
+        return results
+
+    # -------------------------------------------------------------- report view
+    def job_html(self, job: JobView) -> str:
+        res = job.results
+        parts = [html_table(summary_rows(res.get("summary") or [], 5), caption=(
+            f"Per layer: neurons, Fourier neurons (top component's share >= "
+            f"{res.get('min_share')}) and their most frequent periods (count)."))]
+        if res.get("knockout"):
+            parts.append(html_table(knockout_rows(res["knockout"]), list(KNOCKOUT_CONSOLE),
+                                    caption="Accuracy with each period's top neurons knocked "
+                                    "out, beside random neurons of the same layers."))
+        return "\n".join(parts)
+
+    def section_html(self, jobs: list[JobView], out: Path) -> str:
+        rows = []
+        for job in jobs:
+            res = job.results
+            fourier = sum(r.get("n_fourier", 0) for r in res.get("summary") or [])
+            total = sum(r.get("n_neurons", 0) for r in res.get("summary") or [])
+            for r in knockout_rows(res["knockout"]) if res.get("knockout") else [{}]:
+                rows.append({"job": job.id, "Fourier neurons": fourier, "neurons": total,
+                             **{k: r.get(k) for k in KNOCKOUT_CONSOLE if k in r}})
+        if not rows:
+            return ""
+        write_csv(out / "tables" / "neurons_knockout.csv", rows)
+        return html_table(rows, caption="Per job: Fourier neurons among all neurons of the "
+                          "chosen layers, and accuracy with each period's top neurons knocked "
+                          "out beside random ones (tables/neurons_knockout.csv).")
+
+    def findings(self, job: JobView) -> list[str]:
+        knock = job.results.get("knockout")
+        if not knock or not knock.get("periods"):
+            return []
+        rows = knockout_rows(knock)
+        worst = max(rows, key=lambda r: (r["accuracy_random"] or 0) - (r["accuracy_top"] or 0))
+        return [f"{job.id}: knocking out the top {worst['n_neurons']} neurons of period "
+                f"{worst['period']:g} leaves {percent(worst['accuracy_top'])} accuracy (none "
+                f"knocked out: {percent(worst['accuracy_none'])}; as many random neurons: "
+                f"{percent(worst['accuracy_random'])} +/- "
+                f"{100 * (worst['accuracy_random_std'] or 0):.1f} points)."]
+
+
+COMMAND = NeuronsCommand()

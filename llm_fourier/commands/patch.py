@@ -1,0 +1,241 @@
+"""``llm-fourier patch``: does the model use the helix? Helix activation patching.
+
+Kantamneni & Tegmark (2025) test the helix causally: fit it to the operand's states on
+training prompts at one (role, layer), then on held-out prompts replace the state at the
+operand's token by the fit's point for the same number (``kept``: the fraction of the clean
+logit difference that survives, over mean ablation) or for another number a' (``moved``:
+how far the answer moves toward a' op b, as a fraction of patching in the real state of the
+prompt with a'). Beside the helix, baselines with as many parameters: a circle, a
+polynomial in a, the top PCA components and a helix fitted to shuffled numbers
+(``llm_fourier.patching``, ``probes.reconstruct``).
+
+Writes ``results.json``, ``patching.csv`` (one row per role, layer and method), ``fits.csv``,
+``pairs.csv`` (the counterfactual operands) and ``patching.png`` (fraction of the effect
+restored per layer). The training states and every finished (role, layer) are kept in the
+run folder, so a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from llm_fourier.ablate import PREDICTIONS
+from llm_fourier.commands.base import Command, JobView
+from llm_fourier.commands.options import ModelOptions, OutputOptions, TaskOptions, record_inputs
+from llm_fourier.commands.settings import option
+from llm_fourier.errors import UserError
+from llm_fourier.hidden import ROLES, HiddenStates, collect
+from llm_fourier.numbers import task_numbers
+from llm_fourier.output.files import write_csv
+from llm_fourier.output.html import html_table
+from llm_fourier.output.rundir import RunDir
+from llm_fourier.output.tables import format_table
+from llm_fourier.patching import OPERANDS, helix_patching, patching_plot
+from probes.reconstruct import METHODS, MODES
+
+CONSOLE = ("role", "layer", "method", "n_params", "r2_heldout", "kept", "moved",
+           "accuracy_same", "to_counterfactual")
+
+
+@dataclass(kw_only=True)
+class PatchSettings(ModelOptions, TaskOptions, OutputOptions):
+    command = "patch"
+    max_operand: int = option(99, min=1, help="operands 0..N (the paper: 0..99)")
+    operand: str = option("a", choices=OPERANDS, help="operand whose token is patched")
+    roles: list[str] = option(["block"], choices=ROLES, help="states to patch: block = the "
+                              "residual stream after the layer; attn / mlp = that module's "
+                              "output")
+    layers: list[int] | None = option(None, min=0, help="layers to patch (default: all)")
+    periods: list[float] = option([2, 5, 10, 100], min=2, help="periods T of the helix and "
+                                  "the circle")
+    methods: list[str] = option(list(METHODS), choices=METHODS, help="helix and its "
+                                "baselines with as many parameters")
+    mode: str = option("replace", choices=MODES, help="replace the whole state (the paper) or "
+                       "only its component in the method's span")
+    pca_dim: int = option(100, min=1, help="PCA dimension the helix, circle and polynomial "
+                          "are fitted in")
+    prediction: str = option("vocab", choices=PREDICTIONS, help="vocab: the model's own next "
+                             "token; numbers: argmax over the number tokens")
+    all_prompts: bool = option(False, help="patch every test prompt, not only those the "
+                               "model answers correctly (the paper's choice)")
+    train_limit: int = option(2000, min=1, help="training prompts whose operand states the "
+                              "reconstructions are fitted on")
+    test_limit: int = option(200, min=1, help="test prompts to patch")
+    seed: int = option(0, help="seed of the held-out numbers, the shuffled control and the "
+                       "counterfactual operands")
+    batch_size: int = option(16, min=1, identity=False, help="prompts per forward")
+    quiet: bool = option(False, identity=False, help="no progress bars")
+
+    def validate(self) -> None:
+        for name in ("periods", "roles", "methods"):
+            values = getattr(self, name)
+            if len(set(values)) < len(values):
+                raise self.fail(name, f"names a value twice ({values})")
+        if self.max_operand < 4:
+            raise self.fail("max_operand", "must be at least 4: the fits hold out a fifth of "
+                            f"the operand's values, got {self.max_operand}")
+        if self.train_limit < 10:
+            raise self.fail("train_limit", f"must be at least 10 prompts to fit on, got "
+                            f"{self.train_limit}")
+
+
+def _finite(row: dict) -> dict:
+    """A row read back from JSON: None (NaN in the run) back to NaN."""
+    return {k: math.nan if v is None else v for k, v in row.items()}
+
+
+def _train_states(run: RunDir, lm, train, s: PatchSettings, layers: list[int]) -> HiddenStates:
+    """The training prompts' states at the operand, kept as a unit of the run."""
+    saved = run.load_unit("train-states")
+    if saved is not None:
+        return HiddenStates({r: saved[1][r].numpy() for r in s.roles}, layers, list(train),
+                            s.operand)
+    hs = collect(lm, train, token=s.operand, roles=s.roles, layers=layers,
+                 batch_size=s.batch_size, progress=not s.quiet)
+    run.save_unit("train-states", {"layers": layers},
+                  {r: torch.from_numpy(v) for r, v in hs.states.items()})
+    return hs
+
+
+def _done_units(run: RunDir) -> dict:
+    done = {}
+    for name in run.units("unit-"):
+        saved = run.load_unit(name)
+        if saved is not None:
+            data = saved[0]
+            done[(data["role"], data["layer"])] = {
+                "rows": [_finite(r) for r in data["rows"]],
+                "fits": {m: _finite(f) for m, f in data["fits"].items()}}
+    return done
+
+
+class PatchCommand(Command):
+    name = "patch"
+    help = "helix activation patching: does the model use the fitted helix? (Kantamneni & " \
+           "Tegmark 2025), beside circle, polynomial, PCA and shuffled fits"
+    Settings = PatchSettings
+    section, heading, order = "patch", "Helix activation patching", 55
+    intro = ("Does the model use the helix? At each layer the state at the operand's token is "
+             "replaced by a fit: of the same number (kept: the fraction of the clean logit "
+             "difference that survives, 0 = mean ablation, 1 = all of it) or of another number "
+             "a' (moved: how far the answer moves toward a' op b, 1 = as far as patching in the "
+             "real state of the prompt with a'). Baselines have as many parameters: a circle, a "
+             "polynomial in a, the top PCA components, a helix fitted to shuffled numbers "
+             "(Kantamneni & Tegmark 2025).")
+    captions = {"patching": "Fraction of the effect restored per layer and method. Left: the "
+                            "same number's fit (1 = the clean logit difference, 0 = mean "
+                            "ablation). Right: another number's fit (1 = as far toward its "
+                            "answer as patching in the real state)."}
+
+    def run(self, s: PatchSettings, run: RunDir) -> dict:
+        task = s.task()
+        train, test = task.train[:s.train_limit], task.test[:s.test_limit]
+        lm = s.load_model()
+        record_inputs(run, lm, list(train) + list(test))
+        layers = list(range(lm.n_layers)) if s.layers is None else sorted(set(s.layers))
+        if max(layers) >= lm.n_layers:
+            raise s.fail("layers", f"{s.layers} leave the model's layers 0..{lm.n_layers - 1}")
+        values = {getattr(e, s.operand) for e in train}
+        if len(values) < 5:
+            raise UserError(f"the {len(train)} training prompts hold only {len(values)} values "
+                            f"of {s.operand}; raise --train-limit or --max-operand.")
+        numbers = task_numbers(lm.tokenizer, task.max_answer, lm.name)
+        states = _train_states(run, lm, train, s, layers)
+        done = _done_units(run)
+        if done:
+            print(f"resuming: {len(done)} finished (role, layer) unit(s) in {run.path}")
+        result = helix_patching(
+            lm, train, test, numbers, operand=s.operand, op=s.op, roles=s.roles, layers=layers,
+            periods=s.periods, methods=s.methods, mode=s.mode, pca_dim=s.pca_dim,
+            prediction=s.prediction, correct_only=not s.all_prompts, train_states=states,
+            seed=s.seed, batch_size=s.batch_size, progress=not s.quiet, done=done,
+            on_unit=lambda role, layer, unit: run.save_unit(
+                f"unit-{role}-{layer}", {"role": role, "layer": layer, **unit}))
+        out = result.as_dict()
+        results = {"model": lm.name, "revision": s.revision, "task": task.settings,
+                   "numbers": {"p": numbers.p, "leading_space": numbers.leading_space},
+                   **out, "files": ["patching.csv", "fits.csv", "pairs.csv", "patching.png"]}
+        run.write_csv("patching.csv", out["rows"])
+        run.write_csv("fits.csv", out["fits"])
+        run.write_csv("pairs.csv", out["pairs"])
+        if run.writes:
+            patching_plot(out["rows"], run.file("patching.png"),
+                          f"{Path(lm.name).name}: helix patching at operand {s.operand}")
+        run.finish(results)
+        clean = out["clean"]
+        print(f"clean: accuracy {clean['accuracy']:.4g}, ld_clean {clean['ld']:.4g}, "
+              f"n {clean['n']}")
+        print(format_table(out["rows"], list(CONSOLE)))
+        if run.writes:
+            print(f"results: {run.file('results.json')} (plot: {run.file('patching.png')})")
+        return results
+
+    # -------------------------------------------------------------- report view
+    def job_html(self, job: JobView) -> str:
+        rows = best_rows(job.results)
+        clean = job.results.get("clean") or {}
+        return html_table(rows, caption=f"Per role and method: the layer where the same "
+                          f"number's fit keeps the most of the clean logit difference, and the "
+                          f"layer where another number's fit moves the answer furthest (clean "
+                          f"accuracy {_num(clean.get('accuracy'))} on {clean.get('n')} "
+                          "prompts).")
+
+    def section_html(self, jobs: list[JobView], out: Path) -> str:
+        rows = [{"job": job.id, **row} for job in jobs for row in best_rows(job.results)]
+        if not rows:
+            return ""
+        write_csv(out / "tables" / "patching_best.csv", rows)
+        return html_table(rows, caption="Per job, role and method: best layer for keeping the "
+                          "logit difference (same number) and for moving it (another number); "
+                          "tables/patching_best.csv.")
+
+    def findings(self, job: JobView) -> list[str]:
+        rows = [r for r in best_rows(job.results) if r["method"] == "helix"]
+        if not rows or rows[0].get("kept") is None:
+            return []
+        best = max(rows, key=lambda r: r["kept"] if r["kept"] is not None else -math.inf)
+        others = {r["method"]: r for r in best_rows(job.results)
+                  if r["role"] == best["role"] and r["method"] != "helix"}
+        beside = ", ".join(f"{m} {_pct(r.get('kept'))}" for m, r in others.items())
+        operand = (job.results.get("settings") or {}).get("operand", "a")
+        return [f"{job.id}: the helix fit of {operand} keeps up to {_pct(best['kept'])} of the "
+                f"logit difference ({best['role']}, layer {best['kept_layer']}"
+                f"{'; ' + beside + ', each at its best layer' if beside else ''}) and moves the "
+                f"answer up to {_pct(best.get('moved'))} of the way to the counterfactual "
+                f"(layer {best['moved_layer']})."]
+
+
+def _num(x) -> str:
+    return "n/a" if x is None else f"{x:.3g}"
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.0f}%"
+
+
+def best_rows(results: dict) -> list[dict]:
+    """Per (role, method): the layer with the largest ``kept`` and the one with the largest
+    ``moved`` (NaN / missing values skipped), and the method's mean held-out R^2."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results.get("rows") or []:
+        groups.setdefault((r.get("role"), r.get("method")), []).append(r)
+    out = []
+    for (role, method), rows in groups.items():
+        row: dict = {"role": role, "method": method, "n_params": rows[0].get("n_params")}
+        for key in ("kept", "moved"):
+            ok = [r for r in rows if isinstance(r.get(key), (int, float))
+                  and not math.isnan(r[key])]
+            best = max(ok, key=lambda r: r[key]) if ok else None
+            row[key] = best[key] if best else None
+            row[f"{key}_layer"] = best["layer"] if best else None
+        r2 = [r["r2_heldout"] for r in rows if isinstance(r.get("r2_heldout"), (int, float))]
+        row["mean r2_heldout"] = sum(r2) / len(r2) if r2 else None
+        out.append(row)
+    return out
+
+
+COMMAND = PatchCommand()
