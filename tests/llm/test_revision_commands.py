@@ -54,7 +54,13 @@ def test_the_revision_reaches_the_loader(command, monkeypatch, tmp_path):
         seen.update(kwargs)
         raise _Loaded
 
+    def tokenizer_loader(source, trust_remote_code=False, revision=None):  # sources' order
+        if revision is not None:
+            seen["revision"] = revision
+        raise _Loaded
+
     monkeypatch.setattr(options, "load_model", loader)
+    monkeypatch.setattr(options, "load_tokenizer", tokenizer_loader)
     monkeypatch.setattr(embed_cmd, "load_embedding_matrix", loader)
     with pytest.raises(_Loaded):
         command(model=REPO, revision="step1000", out=str(tmp_path / "a"))
