@@ -26,13 +26,27 @@ def setup():
 
 
 def _manual(lm, examples, numbers, role: str, final_norm: bool):
-    """Number logits N x L x p, by an independent path: the model's own hidden states."""
+    """Number logits N x L x p, by an independent path: plain hooks on Llama's own modules
+    keep every position, and the last column is the last real token (left padding)."""
     enc = tokenize_prompts(lm.tokenizer, [e.prompt for e in examples])
-    with torch.no_grad():
-        with capture(lm, roles=[role]) as cap:
+    assert enc["attention_mask"][:, -1].all()  # left padded
+    outs = []
+    layers = lm.model.model.layers
+    modules = [layer if role == "block" else getattr(layer, {"attn": "self_attn",
+                                                             "mlp": "mlp"}[role])
+               for layer in layers]
+    handles = [m.register_forward_hook(
+        lambda m, a, o: outs.append((o[0] if isinstance(o, tuple) else o)[:, -1].detach()))
+        for m in modules]
+    try:
+        with torch.no_grad():
             lm.model(**enc)
-        x = cap.stack(role)
-        x = (lm.final_norm(x) if final_norm else x).double()
+    finally:
+        for h in handles:
+            h.remove()
+    with torch.no_grad():
+        x = torch.stack(outs, dim=1)
+        x = (lm.model.model.norm(x) if final_norm else x).double()
         W = lm.unembedding().double()[torch.as_tensor(numbers.token_ids)]
         return (x @ W.T).numpy()
 

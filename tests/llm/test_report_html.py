@@ -75,8 +75,11 @@ def report_dir(tmp_path) -> tuple[Path, dict]:
     rows = {"none": 1.0, "MLP low removed": 0.375}
     write_json(tmp_path / "jobs/ablate-a/results.json", _ablate_results(rows))
     write_json(tmp_path / "jobs/ablate-b/results.json", _ablate_results({"none": 0.5}))
-    write_json(tmp_path / "jobs/toy-train-s0/results.json", {"final": {"test_loss": 0.001},
-                                                             "epochs": 300})
+    # the layout toy/grok_cli.py writes (checked against a real run in tests/toy)
+    write_json(tmp_path / "jobs/toy-train-s0/results.json", {"seeds": [
+        {"seed": 0, "epoch": 300, "memorized_epoch": 40, "grokked_epoch": 250,
+         "train_accuracy": 1.0, "test_accuracy": 0.99, "test_loss": 0.001,
+         "key_frequencies": [3, 7]}], "history": []})
     return tmp_path, pngs
 
 
@@ -133,11 +136,11 @@ def test_tables_carry_the_numbers_of_the_results(report_dir):
     assert "<td>0.875</td>" in page and "<td>2 5</td>" in page
     # the probe's CSV as an HTML table, and a link to the file
     assert "href='jobs/probe-tiny/accuracy.csv'" in page
-    # embed: outlier periods, kappa; toy train: headline numbers (nested ones dotted)
+    # embed: outlier periods, kappa; toy train: its own view (grokking epochs per seed)
     assert "<td>10</td>" in page and "<td>0.5</td>" in page
-    with open(out / "tables/toy.csv") as fh:
-        assert list(csv.DictReader(fh)) == [{"job": "toy-train-s0", "final.test_loss": "0.001",
-                                             "epochs": "300"}]
+    assert "<td>250</td>" in page and "<td>3 7</td>" in page
+    assert ("toy-train-s0 seed 0: memorised at epoch 40, grokked at epoch 250 (test accuracy "
+            "99.0%, key frequencies 3 7).") in page
     # the summary: one sentence per job with a headline result
     assert "ablate-a: accuracy 100.0% without ablation, 37.5% with MLP low removed." in page
     assert "embed-tiny: number-embedding spectrum outliers at periods 10." in page

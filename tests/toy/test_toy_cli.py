@@ -24,6 +24,9 @@ def test_train_then_analyze(tmp_path, capsys):
     assert [s["seed"] for s in res["seeds"]] == [0, 3]
     assert {"history.csv", "loss_curves.png", "checkpoint.safetensors"} <= \
         {f.name for f in run.iterdir()}
+    assert set(res["seeds"][0]) >= {"seed", "epoch", "memorized_epoch", "grokked_epoch",
+                                    "train_accuracy", "test_accuracy", "test_loss",
+                                    "key_frequencies"}  # the layout the report view reads
     last = [r for r in res["history"] if r["seed"] == 3][-1]
     assert last["epoch"] == 60 and res["seeds"][1]["test_loss"] == last["test_loss"]
     assert "seed" in capsys.readouterr().out
