@@ -184,7 +184,9 @@ def ablation_table(
     ``readout.DIGIT_TAU`` (3) for digits. ``done`` maps row labels to results already
     computed (resume); ``on_row(label, result)`` is called after each new row. Under a
     process group every rank calls this with the same ``done`` (broadcast it from rank 0)
-    and gets every row; ``on_row`` runs on every rank.
+    and gets every row; ``on_row`` runs on every rank. Each row carries its filter's
+    ``rank`` (dimensions removed) and ``knockout`` = the rank reaches the width ``d_model``:
+    then the filter removes the whole module output, not a frequency band.
     """
     readout = table_readout(lm, numbers)
     if tau is None:
@@ -204,5 +206,9 @@ def ablation_table(
                                         progress=progress, desc=label)
             if on_row is not None:
                 on_row(label, done[label])
-        rows.append({"row": label, "filter": fname, "modules": modules, **done[label]})
+        rank = filters[fname].rank if fname != "none" else 0
+        # a filter whose removed rows span the whole width removes everything: a knockout
+        rows.append({"row": label, "filter": fname, "modules": modules, "rank": rank,
+                     "width": lm.d_model, "knockout": bool(rank >= lm.d_model),
+                     **done[label]})
     return rows

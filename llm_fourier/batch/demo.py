@@ -18,14 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-# sizes of the built-in report: (full demo, --quick)
+# sizes of the built-in report: (full demo, --quick). tau splits the adders' numbers 0..100
+# (0..16 quick) so that neither band's Fourier rows span the adders' width (64; 16 quick):
+# every ablation row is a frequency ablation, not a knockout (k >= 25 is periods <= 4)
 # (the full demo's adders use the transplant command's CPU preset: operands 0..50, width 64,
 # 60 epochs, where the transplant effect shows; see toy/transplant_cli.py)
 SIZES = {
     False: {"operand": 50, "limit": 200, "p": 31, "toy_epochs": 3000, "llm_operand": 99,
-            "llm_limit": 200},
+            "llm_limit": 200, "tau": 25},
     True: {"operand": 8, "adder_epochs": 2, "eval_every": 1, "limit": 24, "p": 11,
-           "toy_epochs": 40, "llm_operand": 20, "llm_limit": 16},
+           "toy_epochs": 40, "llm_operand": 20, "llm_limit": 16, "tau": 4},
 }
 
 
@@ -70,11 +72,11 @@ def demo_config(model: str | None = None, quick: bool = False) -> dict:
              "caption": "Adders trained from scratch (scratch arm) and with frozen number "
                         "embeddings transplanted from the source (transplant arm)."},
             {"command": "embed", "models": "*",
-             "settings": {"max_number": 2 * task["max_operand"], "tau": 10 if not quick else 4}},
+             "settings": {"max_number": 2 * task["max_operand"], "tau": z["tau"]}},
             {"command": "probe", "models": "*", "tasks": ["add"],
-             "settings": {**llm, "tau": 10 if not quick else 4}},
+             "settings": {**llm, "tau": z["tau"]}},
             {"command": "ablate", "models": "*", "tasks": ["add"],
-             "settings": {**llm, "tau": 10 if not quick else 4}},
+             "settings": {**llm, "tau": z["tau"]}},
             {"command": "toy train", "name": "grok", "settings": {**toy, "seeds": [0]},
              "caption": f"One-layer transformer on (a + b) mod {p}, half of the pairs for "
                         "training, AdamW with weight decay 1."},

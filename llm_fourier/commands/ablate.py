@@ -52,15 +52,15 @@ from llm_fourier.errors import UserError
 from llm_fourier.number_format import NumberFormat
 from llm_fourier.numbers import NumberTokens
 from llm_fourier.output.files import write_csv
-from llm_fourier.output.html import html_table, percent
+from llm_fourier.output.html import esc, html_table, percent
 from llm_fourier.output.plots import error_histograms
 from llm_fourier.output.rundir import RunDir
 from llm_fourier.output.tables import format_table
 from llm_fourier.readout import answer_basis, readout_for
 from probes import FourierBasis
 
-SUMMARY = ("row", "loss", "accuracy", "n_errors", "frac_errors_mult_10", "mod2_accuracy",
-           "mod10_accuracy", "max_abs_error")
+SUMMARY = ("row", "rank", "loss", "accuracy", "n_errors", "frac_errors_mult_10",
+           "mod2_accuracy", "mod10_accuracy", "max_abs_error")
 # whole-answer and digit-space columns of table.csv (digit_accuracy_<place> follow)
 EXTRA = ("teacher_forced_accuracy", "frac_errors_one_digit", "n_non_number", "method")
 # Zhou et al., Table 1: fine-tuned GPT-2-XL test accuracy (%) per ablation row
@@ -212,6 +212,14 @@ class AblateCommand(Command):
                                "unfiltered whole answers are scored (single-token or "
                                "digit-splitting answers get the filters)")
             print(f"note: {results['note']}.")
+        knockouts = [r["row"] for r in table if r.get("knockout")]
+        if knockouts:
+            results["warning"] = (
+                f"the filters of {', '.join(knockouts)} remove all {lm.d_model} dimensions of "
+                "the module output (their Fourier rows span the whole width): these rows are "
+                "knockouts, not frequency ablations; use a model wider than the band, or "
+                "another --tau")
+            print(f"warning: {results['warning']}.")
         files = ["table.csv", "predictions.csv", "error_histograms.png"]
         if not single:
             files.append("digit_errors.png")
@@ -232,7 +240,7 @@ class AblateCommand(Command):
                 digit_error_panels(table, run.file("digit_errors.png"),
                                    "wrong whole answers in digit space")
         run.finish(results)
-        shown = list(SUMMARY) if single else list(SUMMARY[:3]) + [
+        shown = list(SUMMARY) if single else list(SUMMARY[:4]) + [
             "teacher_forced_accuracy", "n_errors", "frac_errors_one_digit",
             "frac_errors_mult_10", "max_abs_error"]
         print(format_table(results["table"], shown))
@@ -253,15 +261,20 @@ class AblateCommand(Command):
                 "teacher-forced accuracy (every answer token the argmax given the correct "
                 "prefix), mean -log p of the whole answer, and the share of wrong answers "
                 "that differ from the answer in exactly one digit."))
-        rows = [{"ablation": r.get("row"),
+        rows = [{"ablation": r.get("row") + (" (knockout)" if r.get("knockout") else ""),
+                 "filter rank": r.get("rank"),
                  "accuracy %": None if r.get("accuracy") is None else 100 * r["accuracy"],
                  "loss": r.get("loss"), "errors": r.get("n_errors"),
                  "errors multiple of 10": r.get("frac_errors_mult_10"),
                  "max |error|": r.get("max_abs_error"),
                  "mod-10 accuracy": r.get("mod10_accuracy")}
                 for r in table]
-        return html_table(rows, caption="Filter ablations (Table 1 layout): accuracy on the "
-                          "split with the named components removed at every filtered layer.")
+        warning = job.results.get("warning")
+        note = f"<p class='failed'>Warning: {esc(warning)}.</p>" if warning else ""
+        return note + html_table(rows, caption="Filter ablations (Table 1 layout): accuracy on "
+                                 "the split with the named components removed at every filtered "
+                                 "layer; the filter rank is the number of dimensions removed, "
+                                 "and a knockout removes all of them.")
 
     def section_html(self, jobs: list[JobView], out: Path) -> str:
         labels: list[str] = []
@@ -273,7 +286,9 @@ class AblateCommand(Command):
             for job in jobs:
                 match = [r for r in job.results.get("table", []) if r.get("row") == label]
                 acc = match[0].get("accuracy") if match else None
-                row[_column(job)] = None if acc is None else 100 * acc
+                value = None if acc is None else 100 * acc
+                knockout = bool(match and match[0].get("knockout"))
+                row[_column(job)] = f"{value:.4g} (knockout)" if knockout else value
             row["paper (GPT-2-XL)"] = PAPER_TABLE1.get(label)
             rows.append(row)
         if not rows:

@@ -140,7 +140,8 @@ def test_ablation_table_layout_rows_and_resume(wide):
     assert labels[:7] == ["none", "attn+MLP low removed", "attn low removed", "MLP low removed",
                           "attn+MLP high removed", "attn high removed", "MLP high removed"]
     assert labels[7:] == ["attn+MLP keep k=3", "attn keep k=3", "MLP keep k=3"]
-    assert table[0] == {"row": "none", "filter": "none", "modules": "-",
+    assert table[0] == {"row": "none", "filter": "none", "modules": "-", "rank": 0,
+                        "width": lm.d_model, "knockout": False,
                         **evaluate(lm, examples, numbers, prediction="numbers",
                                    progress=False)}
     # the "MLP low removed" row is the high-pass filter on every MLP, built independently
@@ -171,3 +172,28 @@ def test_filter_argument_errors(wide):
         number_filters(lm, numbers, "paper", 5, keep=[99])
     with pytest.raises(UserError, match="examples"):
         evaluate(lm, [], numbers)
+
+
+def test_filters_that_span_the_width_are_flagged_as_knockouts(tmp_path, capsys):
+    """Width 32, numbers 0..60 (30 components), tau 4: "low removed" takes k = 1..3 (6 rows),
+    "high removed" k = 4..30 (54 rows > 32), so it removes the whole output: a knockout,
+    flagged in the table, warned about, and marked in the report view."""
+    from llm_fourier.cli import main
+    from llm_fourier.commands.ablate import COMMAND
+    from llm_fourier.commands.base import JobView
+    from llm_fourier.output.files import read_json
+    from tests.tiny import tiny_model_dir
+
+    model = tiny_model_dir(tmp_path, "gpt2")
+    out = tmp_path / "ablate"
+    assert main(["ablate", "--model", str(model), "--max-operand", "30", "--tau", "4",
+                 "--limit", "8", "--out", str(out)]) == 0
+    res = read_json(out / "results.json")
+    ranks = {r["row"]: (r["rank"], r["knockout"]) for r in res["table"]}
+    assert ranks["none"] == (0, False)
+    assert ranks["MLP low removed"] == (6, False)
+    assert ranks["MLP high removed"] == (32, True)
+    assert "attn+MLP high removed" in res["warning"] and "knockouts" in res["warning"]
+    assert "warning:" in capsys.readouterr().out
+    html = COMMAND.job_html(JobView("ablate", out, {}, res))
+    assert "MLP high removed (knockout)" in html and "MLP low removed (knockout)" not in html

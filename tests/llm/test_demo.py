@@ -39,6 +39,10 @@ def test_quick_demo_runs_every_job_and_ends_with_the_report_path(demo_run, capsy
     assert (scratch / "config.json").is_file()
     assert read_json(out / "jobs/grok-analysis-s0/results.json")["checkpoint"] == \
         str((out / "jobs/grok/checkpoint.safetensors").resolve())
+    for arm in ("scratch", "fourier"):  # the demo's tau keeps every filter below the width
+        table = read_json(out / f"jobs/ablate-adder-{arm}-add/results.json")["table"]
+        assert all(0 < r["rank"] < r["width"] for r in table if r["filter"] != "none")
+        assert not any(r["knockout"] for r in table)
     page = (out / "index.html").read_text()
     for heading in ("Number embeddings", "Per-layer Fourier analysis", "Frequency ablations",
                     "Transplanted number embeddings", "Toy models and grokking"):
