@@ -166,10 +166,12 @@ def _check(lm, roles: Iterable[str], layers: Iterable[int] | None, positions: st
 class Capture:
     """Rows captured by ``capture``; ``stack(role)`` gives N x L x D (or N x T x L x D)."""
 
-    def __init__(self, roles: Sequence[str], layers: Sequence[int], positions: str) -> None:
+    def __init__(self, roles: Sequence[str], layers: Sequence[int], positions: str,
+                 device: str | torch.device = "cpu") -> None:
         self.roles = tuple(roles)
         self.layers = list(layers)
         self.positions = positions
+        self.device = torch.device(device)
         self._where = _Positions()
         self._pending: dict[tuple[str, int], list[Tensor]] = {k: [] for k in self._keys()}
         self._done: dict[tuple[str, int], list[Tensor]] = {k: [] for k in self._keys()}
@@ -197,9 +199,10 @@ class Capture:
         return hook
 
     def flush(self, *_ignored) -> None:
-        """Move this forward's rows to the CPU as float32 (one transfer per forward)."""
+        """Move this forward's rows to ``device`` (the CPU by default) as float32, once per
+        forward (no sync per layer)."""
         for key, chunks in self._pending.items():
-            self._done[key] += [c.to("cpu", torch.float32) for c in chunks]
+            self._done[key] += [c.to(self.device, torch.float32) for c in chunks]
             chunks.clear()
 
     def clear(self) -> None:
@@ -247,13 +250,15 @@ def _hooked(handles: list) -> Iterator[None]:
 
 @contextmanager
 def capture(lm, roles: Iterable[str] = ROLES, layers: Iterable[int] | None = None,
-            positions: str = "last") -> Iterator[Capture]:
-    """Record (role, layer) outputs over every forward run inside the block.
+            positions: str = "last", device: str | torch.device = "cpu") -> Iterator[Capture]:
+    """Record (role, layer) outputs over every forward run inside the block, kept as float32
+    on ``device`` (the CPU by default; an accelerator keeps the rows where a readout of
+    them is fast).
 
     ``lm`` is a ``LoadedModel`` (``.model``, ``.n_layers``, ``.site(layer, role)``).
     """
     roles, layers = _check(lm, roles, layers, positions)
-    cap = Capture(roles, layers, positions)
+    cap = Capture(roles, layers, positions, device)
     handles = [lm.model.register_forward_pre_hook(cap._where.pre_hook, with_kwargs=True)]
     for r, i in cap._keys():
         site = lm.site(i, r)

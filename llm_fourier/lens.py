@@ -55,11 +55,11 @@ class LensAccumulator:
     def batch_stats(self, logits: Tensor, answers: Tensor) -> dict:
         """One batch's sums (hits per tolerance, magnitudes, count), to ``add`` in order."""
         pred = logits.argmax(-1)  # N x L: index = number value
-        err = (pred - answers[:, None]).abs()
-        hits = {name: (err <= tol).sum(0).to(torch.float64)
+        err = (pred - answers.to(pred.device)[:, None]).abs()
+        hits = {name: (err <= tol).sum(0).to(torch.float64).cpu()
                 for name, tol in self.tolerances.items()}
         mag = component_magnitudes(logits.to(torch.float64), self.basis, axis=-1).sum(0)
-        return {"n": logits.shape[0], "hits": hits, "magnitude_sum": mag}
+        return {"n": logits.shape[0], "hits": hits, "magnitude_sum": mag.cpu()}
 
     def add(self, stats: dict) -> None:
         for name, counts in stats["hits"].items():
@@ -135,12 +135,17 @@ def run_lens(
                                 "run over (--restart).")
             predictions[:] = state["predictions"]
     batches = batch_ranges(len(examples), batch_size)
+    where = lm.unembedding().device
+    where = torch.device("cpu") if where.type == "meta" else where
 
     def run_batch(start: int, end: int) -> dict[str, dict]:
         batch = examples[start:end]
         enc = tokenize_prompts(lm.tokenizer, [e.prompt for e in batch], device=lm.input_device)
         answers = torch.tensor([e.answer for e in batch])
-        with torch.inference_mode(), capture(lm, roles=roles, positions="last") as cap:
+        # rows stay where W_U is: on an accelerator the readout and spectra run there too,
+        # and only the per-layer sums come back
+        with torch.inference_mode(), capture(lm, roles=roles, positions="last",
+                                             device=where) as cap:
             logits = last_token_logits(lm.model, enc)  # only the last position's
         stats = {r: accs[r].batch_stats(readout.logits(cap.stack(r)), answers) for r in roles}
         stats[_PREDICTED] = value_of_token(numbers, logits.shape[-1])[logits.argmax(-1).cpu()]

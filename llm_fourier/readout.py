@@ -48,13 +48,22 @@ class NumberReadout:
         return self.W.shape[0]
 
     def logits(self, x: Tensor) -> Tensor:
-        """Readout logits (... x p) of rows x (... x D), through the final norm if set."""
+        """Readout logits (... x p) of rows x (... x D), through the final norm if set, as
+        float32 on x's device (W is copied there once)."""
         if self.norm is not None:
             param = next(self.norm.parameters(), None)
             dev, dtype = (param.device, param.dtype) if param is not None else (x.device, x.dtype)
             with torch.no_grad():
-                x = self.norm(x.to(dev, dtype)).to("cpu", torch.float32)
-        return x.to(torch.float32) @ self.W.T
+                x = self.norm(x.to(dev, dtype)).to(x.device, torch.float32)
+        return x.to(torch.float32) @ self._W_on(x.device).T
+
+    def _W_on(self, device: torch.device) -> Tensor:
+        if self.W.device == device:
+            return self.W
+        cache = self.__dict__.setdefault("_W_cache", {})
+        if device not in cache:
+            cache[device] = self.W.to(device)
+        return cache[device]
 
     def basis(self, basis_kind: str = "paper") -> FourierBasis:
         """The Fourier basis over the p values (the DFT over ten points for digits)."""
