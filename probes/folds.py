@@ -8,7 +8,13 @@ the training set, the probe predicts the neighbours' residues, and kappa goes *b
 (-0.11 at T = 10, -0.14 at T = 5, -0.2 at T = 2 for decade clusters; see
 tests/probes/test_calibration.py). Holding out whole blocks of consecutive numbers whose
 length is a multiple of T removes every residue of a neighbourhood alike, so no residue is
-favoured. Blocks are aligned to multiples of their length and dealt to the folds at random.
+favoured. Blocks are aligned to multiples of their length and dealt to the folds in turn
+(block i to fold i mod K): every fold spans the whole range, and the folds do not depend on
+a seed, so the estimate varies only with the data (what the refitted label shuffles of
+``probes.stats`` measure). A residual bias remains for states that vary smoothly on the
+scale of T (a kernel-like probe sees the held-out number's own residue only T away, the
+others nearer): about -0.02 to -0.04 at T = 10 for a Gaussian-process curve of length
+scale 8; it only makes the test conservative.
 
 Training rows are weighted so that every number counts once and every class mod T has the
 same total weight: the class prior a probe learns cannot lean against the held-out fold.
@@ -24,10 +30,12 @@ import math
 import numpy as np
 
 
-def number_folds(numbers, n_splits: int = 5, seed: int = 0, block: int = 1) -> np.ndarray:
+def number_folds(numbers, n_splits: int = 5, seed: int | None = None,
+                 block: int = 1) -> np.ndarray:
     """Fold index of each sample: numbers are cut into blocks ``[j*block, (j+1)*block)``
-    and whole blocks are dealt at random to ``min(n_splits, n_blocks)`` folds (as evenly
-    as possible). ``block=1`` deals single numbers. All samples of a number share a fold."""
+    and the i-th block (in order) goes to fold ``i mod min(n_splits, n_blocks)``, so every
+    fold spans the whole range. ``seed`` deals the blocks at random instead. ``block=1``
+    deals single numbers. All samples of a number share a fold."""
     n = np.asarray(numbers, dtype=np.int64)
     if block < 1:
         raise ValueError(f"block must be >= 1, got {block}")
@@ -37,9 +45,10 @@ def number_folds(numbers, n_splits: int = 5, seed: int = 0, block: int = 1) -> n
     if k < 2:
         raise ValueError(f"cross-validation by number needs at least two blocks of {block} "
                          f"numbers; the numbers span {len(uniq)}")
-    rng = np.random.default_rng(seed)
+    order = np.arange(len(uniq)) if seed is None else \
+        np.random.default_rng(seed).permutation(len(uniq))
     fold_of_block = np.empty(len(uniq), dtype=np.int64)
-    fold_of_block[rng.permutation(len(uniq))] = np.arange(len(uniq)) % k
+    fold_of_block[order] = np.arange(len(uniq)) % k
     return fold_of_block[inverse]
 
 

@@ -138,14 +138,16 @@ def mod_probes(
     n_shuffles: int = 5,
     max_iter: int = 1000,
     block: int | None = None,
+    deal: str = "interleaved",
     groups=None,
     stats: StatsConfig | None = None,
 ) -> list[ModProbeResult]:
     """Cross-validated accuracy and Cohen's kappa of linear probes for ``n mod T``.
 
     Folds hold out whole blocks of consecutive numbers (``probes.folds``: block = the least
-    common multiple of the periods when the numbers span ``n_splits`` such blocks, else T);
-    scores are pooled over the folds' held-out rows. Each score gets a bootstrap interval
+    common multiple of the periods when the numbers span ``n_splits`` such blocks, else T;
+    dealt to the folds in turn, or at random by ``seed`` with ``deal="random"``); scores
+    are pooled over the folds' held-out rows. Each score gets a bootstrap interval
     over numbers and a permutation p-value (``probes.stats``; ``stats=StatsConfig(n_boot=0,
     n_perm=0)`` skips them). ``groups`` (one value per row, e.g. the token id where the
     state was read) are regressed out per fold first: the token-identity control. With
@@ -158,6 +160,8 @@ def mod_probes(
     n = np.asarray(numbers, dtype=np.int64)
     if any(T < 2 for T in periods):
         raise ValueError(f"periods must be >= 2, got {list(periods)}")
+    if deal not in ("interleaved", "random"):
+        raise ValueError(f"deal must be 'interleaved' or 'random', got {deal!r}")
     groups = None if groups is None else np.asarray(groups)
     stats = StatsConfig(seed=seed) if stats is None else stats
     with_stats = bool(stats.n_boot or stats.n_perm)
@@ -165,7 +169,7 @@ def mod_probes(
     rng = np.random.default_rng(seed + 1)
     results: dict[int, list[ModProbeResult]] = {}
     for blen, block_periods in fold_blocks(n, periods, n_splits, block).items():
-        fold = number_folds(n, n_splits, seed, blen)
+        fold = number_folds(n, n_splits, None if deal == "interleaved" else seed, blen)
         tasks = [(T, False, np.mod(n, T)) for T in block_periods]
         tasks = [t for T, _, lab in tasks for t in [(T, False, lab)] + [
             (T, True, _shuffled_within(n, lab, fold, rng)) for _ in range(n_refits)]]

@@ -147,6 +147,7 @@ def test_folds_hold_out_whole_blocks_dealt_evenly():
     assert len(np.unique(number_folds(n, 5, seed=3, block=40))) == 3  # 3 blocks, 3 folds
     with pytest.raises(ValueError, match="two blocks"):
         number_folds(np.arange(10), 5, block=10)
+    assert number_folds(n, 5, block=10).tolist() == ((n // 10) % 5).tolist()  # in turn
     assert fold_blocks(n, [2, 5, 10]) == {10: [2, 5, 10]}  # lcm: one design, one PCA
     assert fold_blocks(np.arange(40), [2, 7]) == {2: [2], 7: [7]}  # lcm 14: < 5 blocks
     assert fold_blocks(n, [2, 5], block=20) == {20: [2, 5]}
