@@ -187,9 +187,9 @@ def test_token_identity_control_removes_what_the_token_says_and_keeps_the_rest()
     plain = {r.period: r for r in mod_probes(x, n, [10, 3], pca_dim=16, stats=cheap)}
     ctl = {r.period: r for r in mod_probes(x, n, [10, 3], pca_dim=16, stats=cheap,
                                            groups=n % 10)}
-    assert plain[10].kappa > 0.95 and plain[3].kappa > 0.9
+    assert plain[10].kappa > 0.95 and plain[3].kappa > 0.8
     assert abs(ctl[10].kappa) < 0.1 and ctl[10].kappa_ci_low <= 0 <= ctl[10].kappa_ci_high
-    assert ctl[3].kappa > 0.9 and ctl[3].kappa_p_value < 0.02
+    assert ctl[3].kappa > 0.8 and ctl[3].kappa_p_value < 0.02
     helix = fit_helix(x, n, (3,), pca_dim=8, groups=n % 10)
     assert helix.groups_removed and helix.r2_test > 0.5
 
