@@ -176,15 +176,17 @@ def token_identity(token_ids, numbers, periods: Sequence[int],
     """
     tok, n = np.asarray(token_ids), np.asarray(numbers, dtype=np.int64)
     _, t_idx = np.unique(tok, return_inverse=True)
-    uniq, n_idx = np.unique(n, return_inverse=True)
+    # rows sharing both number and token: a number's own rows at its token
+    _, pair_idx, pair_count = np.unique(np.stack([n, t_idx]), axis=1, return_inverse=True,
+                                        return_counts=True)
+    own = pair_count[pair_idx.ravel()]
     out = {}
     for T in periods:
         r = np.mod(n, int(T))
         table = np.zeros((t_idx.max() + 1, int(T)))
         np.add.at(table, (t_idx, r), 1.0)
-        own = np.zeros((len(uniq), t_idx.max() + 1, int(T)))
-        np.add.at(own, (n_idx, t_idx, r), 1.0)
-        others = table[t_idx] - own[n_idx, t_idx]  # rows of other numbers at this token
+        others = table[t_idx]  # rows at this token, minus the number's own (all residue r)
+        others[np.arange(len(r)), r] -= own
         known = others.sum(1) > 0
         correct = known & (others.argmax(1) == r)
         acc = float(correct.mean())
