@@ -8,10 +8,15 @@
   prompts are batched by length, so no padding is involved. The batches are sharded across
   processes when a process group is active (``llm_fourier.distributed``), gathered in order.
 * ``probe_layers``: mod-T probes and helix fits (``probes.linear``) per (role, layer), each
-  beside its shuffled-label baseline, and ``random_copy`` gives the randomly initialised
+  beside its shuffled-label baseline and with bootstrap intervals over numbers and
+  permutation p-values (``probes.stats``); ``random_copy`` gives the randomly initialised
   model whose states are probed the same way.
-* ``frequency_control``: the spectrum of a user-supplied per-number scalar (e.g. token
-  counts) with its outliers, to put beside an embedding's spectrum.
+* ``token_identity``: is ``n mod T`` told by the identity of the token where the state is
+  read (an operand's last digit with digit-splitting tokenizers)? ``probe_layers`` then adds
+  the control: the same probes with per-token-id means regressed out.
+* ``frequency_control``: the spectrum of a per-number scalar (e.g. token counts, from a
+  file or counted in a corpus by ``llm_fourier.corpus``) with its outliers, to put beside
+  an embedding's spectrum.
 * ``probe_ablation`` (in ``llm_fourier.hidden_ablate``): remove the fitted Fourier
   directions from module outputs and measure task accuracy.
 """
@@ -34,6 +39,7 @@ from llm_fourier.models import LoadedModel
 from llm_fourier.tasks import Example
 from probes import FourierBasis, spectrum
 from probes.linear import fit_helix, mod_probes
+from probes.stats import StatsConfig
 
 TOKENS = ("a", "b", "last")
 TARGETS = ("a", "b", "answer")
@@ -148,6 +154,51 @@ def random_copy(lm: LoadedModel, seed: int = 0) -> LoadedModel:
                        f"{lm.name} (random init, seed {seed})")
 
 
+def read_token_ids(tokenizer, examples: Sequence[Example], token: str = "last") -> np.ndarray:
+    """The id of the token whose state is read (``token`` in a, b, last), one per example."""
+    return np.array([ids[-1] for ids in token_ids_at(tokenizer, examples, token)],
+                    dtype=np.int64)
+
+
+def token_identity(token_ids, numbers, periods: Sequence[int],
+                   threshold: float = 0.9) -> dict[int, dict]:
+    """Per period T: how far the token id at the read position alone tells ``n mod T`` for
+    numbers it never saw.
+
+    With a digit-splitting tokenizer the state at an operand's last token sits on that
+    digit, so ``a mod 10`` (and mod 2, mod 5) *is* the token's identity: any probe, even on
+    a random model, decodes it, and a perfect probe says nothing about Fourier features.
+    ``token_accuracy``: each number's rows are given the residue most common among the rows
+    of *other* numbers read at the same token id (no such rows: wrong), as a probe that
+    knew only the token would do on held-out numbers; ``function_of_token``: every token id
+    carries one residue. ``confounded`` when ``token_accuracy >= threshold``. With one token
+    per number (single-token numbers) no other number shares the token: never confounded.
+    """
+    tok, n = np.asarray(token_ids), np.asarray(numbers, dtype=np.int64)
+    _, t_idx = np.unique(tok, return_inverse=True)
+    # rows sharing both number and token: a number's own rows at its token
+    _, pair_idx, pair_count = np.unique(np.stack([n, t_idx]), axis=1, return_inverse=True,
+                                        return_counts=True)
+    own = pair_count[pair_idx.ravel()]
+    out = {}
+    for T in periods:
+        r = np.mod(n, int(T))
+        table = np.zeros((t_idx.max() + 1, int(T)))
+        np.add.at(table, (t_idx, r), 1.0)
+        others = table[t_idx]  # rows at this token, minus the number's own (all residue r)
+        others[np.arange(len(r)), r] -= own
+        known = others.sum(1) > 0
+        correct = known & (others.argmax(1) == r)
+        acc = float(correct.mean())
+        out[int(T)] = {
+            "period": int(T), "token_accuracy": acc,
+            "function_of_token": bool(((table > 0).sum(1) == 1).all()),
+            "chance": float(np.bincount(r).max() / len(r)),
+            "n_token_ids": int(t_idx.max() + 1), "confounded": acc >= threshold,
+        }
+    return out
+
+
 def probe_states(
     x: np.ndarray,
     numbers: np.ndarray,
@@ -159,53 +210,102 @@ def probe_states(
     n_splits: int = 5,
     seed: int = 0,
     shuffled: bool = True,
+    stats: StatsConfig | None = None,
+    groups: np.ndarray | None = None,
 ) -> dict:
-    """Mod-T probes and a helix fit of one (role, layer), with shuffled-label baselines."""
-    out: dict = {"mod": {}}
+    """Mod-T probes and a helix fit of one (role, layer), with shuffled-label baselines.
+
+    Every score carries ``*_ci_low``, ``*_ci_high`` (bootstrap over numbers) and
+    ``*_p_value`` (permutation) unless ``stats`` has ``n_boot = n_perm = 0``. ``groups``
+    (e.g. the token id at the read position) are regressed out first: the
+    token-identity control.
+    """
+    stats = StatsConfig(seed=seed) if stats is None else stats
+    out: dict = {"mod": {}, "n_numbers": int(len(np.unique(numbers)))}
     for r in mod_probes(x, numbers, periods, n_splits=n_splits, pca_dim=mod_pca_dim,
-                        seed=seed, shuffled=shuffled):
+                        seed=seed, shuffled=shuffled, stats=stats, groups=groups):
         row = out["mod"].setdefault(r.period, {})
         if r.shuffled:
             row |= {"accuracy_shuffled": r.accuracy, "kappa_shuffled": r.kappa,
                     "kappa_shuffled_std": r.kappa_std}
         else:
-            row |= {"accuracy": r.accuracy, "kappa": r.kappa, "chance": r.chance_accuracy}
-    fit = fit_helix(x, numbers, helix_periods, pca_dim=pca_dim, seed=seed)
+            row |= {"accuracy": r.accuracy, "kappa": r.kappa, "chance": r.chance_accuracy,
+                    "block": r.block, **{k: getattr(r, k) for k in MOD_STAT_KEYS}}
+    fit = fit_helix(x, numbers, helix_periods, pca_dim=pca_dim, seed=seed, stats=stats,
+                    groups=groups)
     out["helix"] = fit.summary()
     out["fit"] = fit
     if shuffled:
-        base = fit_helix(x, numbers, helix_periods, pca_dim=pca_dim, seed=seed, shuffle=True)
+        base = fit_helix(x, numbers, helix_periods, pca_dim=pca_dim, seed=seed, shuffle=True,
+                         groups=groups)
         out["helix"] |= {"r2_test_shuffled": base.r2_test,
                          "decode_accuracy_shuffled": base.decode_accuracy}
     return out
 
 
+MOD_STAT_KEYS = ("accuracy_ci_low", "accuracy_ci_high", "accuracy_p_value", "kappa_ci_low",
+                 "kappa_ci_high", "kappa_p_value", "ci_inflation")
+HELIX_STAT_KEYS = ("r2_test_ci_low", "r2_test_ci_high", "r2_test_p_value",
+                   "decode_accuracy_ci_low", "decode_accuracy_ci_high",
+                   "decode_accuracy_p_value")
+CONTROLS = ("auto", "always", "never")
+
+
 def probe_layers(
     hs: HiddenStates, target: str, periods: Sequence[int], helix_periods: Sequence[float],
-    *, progress: bool = True, **kwargs,
+    *, progress: bool = True, token_ids: np.ndarray | None = None, control: str = "auto",
+    **kwargs,
 ) -> dict[tuple[str, int], dict]:
-    """``probe_states`` for every captured (role, layer)."""
+    """``probe_states`` for every captured (role, layer).
+
+    With ``token_ids`` (``read_token_ids``: the token where each state was read), each
+    module's result also gets ``"control"``: the same probes with the token-identity means
+    regressed out (``groups``), when ``control="always"`` or, for ``"auto"``, when
+    ``token_identity`` finds a period confounded.
+    """
     numbers = hs.numbers(target)
     if len(np.unique(numbers)) < 10:
         raise UserError(f"only {len(np.unique(numbers))} distinct values of {target}; probes "
                         "need at least 10 (raise --max-operand or --limit).")
+    if control not in CONTROLS:
+        raise UserError(f"--token-control must be one of {', '.join(CONTROLS)}, "
+                        f"got {control!r}.")
+    run_control = token_ids is not None and (control == "always" or (
+        control == "auto" and any(v["confounded"] for v in
+                                  token_identity(token_ids, numbers, periods).values())))
     keys = [(r, i) for r in hs.states for i in hs.layers]
-    return {(r, i): probe_states(hs.at(r, i), numbers, periods, helix_periods, **kwargs)
-            for r, i in tqdm(keys, desc=f"probe {target}", unit="module", disable=not progress)}
+    out = {}
+    for r, i in tqdm(keys, desc=f"probe {target}", unit="module", disable=not progress):
+        res = probe_states(hs.at(r, i), numbers, periods, helix_periods, **kwargs)
+        if run_control:
+            ctl = probe_states(hs.at(r, i), numbers, periods, helix_periods,
+                               **{**kwargs, "shuffled": False}, groups=token_ids)
+            res["control"] = {k: v for k, v in ctl.items() if k != "fit"}
+        out[(r, i)] = res
+    return out
 
 
 def flat_row(role: str, layer: int, result: dict, prefix: str = "") -> dict:
-    """One CSV/table row: kappa/accuracy per period, helix R^2, with baselines."""
+    """One CSV/table row: per period kappa/accuracy with interval and p-value, helix R^2 and
+    decoding with theirs, the baselines, and the token-identity control (``control_``)."""
     row = {"role": role, "layer": layer}
     for T, m in result["mod"].items():
-        for key in ("accuracy", "kappa", "kappa_shuffled", "kappa_shuffled_std"):
-            if key in m:
-                head, _, tail = key.partition("_")
-                row[f"{prefix}{head}_mod{T}" + (f"_{tail}" if tail else "")] = m[key]
+        for key, v in m.items():
+            if key in ("chance", "block"):
+                continue
+            head, _, tail = key.partition("_")
+            if head not in ("accuracy", "kappa"):
+                head, tail = key, ""
+            row[f"{prefix}{head}_mod{T}" + (f"_{tail}" if tail else "")] = v
     h = result["helix"]
-    for key in ("r2_test", "r2_test_shuffled", "decode_accuracy"):
+    for key in ("r2_test", "r2_test_shuffled", "decode_accuracy", "decode_accuracy_shuffled",
+                *HELIX_STAT_KEYS):
         if key in h:
             row[f"{prefix}{key}"] = h[key]
+    if "control" in result:
+        row |= {k: v for k, v in flat_row(role, layer, result["control"],
+                                          f"{prefix}control_").items()
+                if k not in ("role", "layer")}
     return row
 
 

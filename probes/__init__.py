@@ -3,7 +3,15 @@
 Imports numpy, torch and scikit-learn only; no model code lives here.
 """
 
-from probes.filters import FourierFilter, high_pass, keep_only, low_pass, remove_components
+from probes.filters import (
+    FourierFilter,
+    choose_tau,
+    high_pass,
+    keep_only,
+    low_pass,
+    remove_components,
+    tau_window,
+)
 from probes.fourier import (
     FourierBasis,
     Outlier,
@@ -11,6 +19,7 @@ from probes.fourier import (
     coefficients,
     component_magnitudes,
     find_outliers,
+    find_peaks,
     low_high_energy,
     spectrum,
 )
@@ -26,7 +35,7 @@ from probes.measures import (
 
 __all__ = [
     "FourierBasis", "Outlier", "Spectrum", "coefficients", "component_magnitudes",
-    "find_outliers", "low_high_energy", "spectrum", "FourierFilter", "high_pass", "keep_only",
-    "low_pass", "remove_components", "cos_sin_norms", "fcr", "ffd", "gini", "key_frequencies",
-    "max_normalized_power", "power_per_component",
+    "find_outliers", "find_peaks", "low_high_energy", "spectrum", "FourierFilter", "high_pass",
+    "keep_only", "low_pass", "remove_components", "tau_window", "choose_tau", "cos_sin_norms",
+    "fcr", "ffd", "gini", "key_frequencies", "max_normalized_power", "power_per_component",
 ]

@@ -6,6 +6,12 @@ components S, the filter maps a vector x in R^D to the closest y with
 the row space of ``(F W)[rows of S]``. The constant component is never removed.
 
 "Low-pass" keeps the low components and so removes k >= tau; "high-pass" removes k < tau.
+
+When the removed rows span the whole width (rank r = D) the filter maps every x to 0: a
+module knockout, not a frequency ablation, and the low- and high-removed rows of Table 1
+become identical. ``FourierFilter.knockout`` says so, ``summary`` gives what a results file
+should record, and ``tau_window`` / ``choose_tau`` find the taus where neither filter of the
+pair is a knockout.
 """
 
 from __future__ import annotations
@@ -38,6 +44,16 @@ class FourierFilter:
     @property
     def rank(self) -> int:
         return self.R.shape[1]
+
+    @property
+    def knockout(self) -> bool:
+        """The removed subspace is the whole width: the filter zeroes its input."""
+        return self.dim > 0 and self.rank >= self.dim
+
+    def summary(self) -> dict:
+        """``{name, rank, width, knockout, removed}`` for results files and tables."""
+        return {"name": self.name, "rank": self.rank, "width": self.dim,
+                "knockout": self.knockout, "removed": len(self.removed)}
 
     def matrix(self) -> np.ndarray:
         """The D x D projection I - R R^T (for inspection; ``apply`` never builds it)."""
@@ -107,3 +123,42 @@ def keep_only(readout: np.ndarray, basis: FourierBasis, ks) -> FourierFilter:
 
 def identity_filter(dim: int) -> FourierFilter:
     return FourierFilter(np.zeros((dim, 0)), (), "none")
+
+
+def _is_knockout(readout: np.ndarray, basis: FourierBasis, ks) -> bool:
+    """Would removing ``ks`` remove the whole width? (No SVD when too few rows to tell.)"""
+    rows = basis.rows_of(ks)
+    rows = rows[np.any(basis.matrix[rows] != 0, axis=1)] if len(rows) else rows
+    if len(rows) < readout.shape[1]:
+        return False
+    return orthonormal_row_space(basis.matrix[rows] @ readout).shape[1] >= readout.shape[1]
+
+
+def tau_window(readout: np.ndarray, basis: FourierBasis) -> tuple[int, int] | None:
+    """``(lo, hi)``: every tau in lo..hi leaves both ``low_pass`` (removes k >= tau) and
+    ``high_pass`` (removes 1 <= k < tau) below full rank; None when no tau does.
+
+    The low-pass rank falls and the high-pass rank rises with tau, so each bound is a
+    binary search (at most 2 log2(K) SVDs, none when the width exceeds the rows).
+    """
+    readout = np.asarray(readout, dtype=float)
+    K = basis.n_components
+
+    def first(pred, lo: int, hi: int) -> int:  # smallest t in lo..hi with pred(t), else hi+1
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            if pred(mid):
+                hi = mid - 1
+            else:
+                lo = mid + 1
+        return lo
+
+    lo = first(lambda t: not _is_knockout(readout, basis, range(t, K + 1)), 1, K)
+    hi = first(lambda t: _is_knockout(readout, basis, range(1, t)), 1, K) - 1
+    return (lo, hi) if lo <= hi else None
+
+
+def choose_tau(readout: np.ndarray, basis: FourierBasis, preferred: int = 50) -> int | None:
+    """The tau of ``tau_window`` nearest ``preferred`` (None: every tau gives a knockout)."""
+    window = tau_window(readout, basis)
+    return None if window is None else int(min(max(preferred, window[0]), window[1]))

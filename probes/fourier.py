@@ -1,19 +1,30 @@
-"""Fourier bases over a number line 0..p-1, spectra, outliers and low/high energy.
+"""Fourier bases over a number line 0..p-1, spectra, outliers, peaks and low/high energy.
 
-Two bases are offered (both as a matrix of rows over the p numbers):
+Three bases are offered (each a matrix of rows over the p numbers):
 
-* ``"paper"`` -- Zhou et al. (2024), Def. A.3: ``w_k = 2 pi k / (p - 1)``, rows constant,
-  then ``cos(w_k x)``, ``sin(w_k x)`` for ``k = 1..(p-1)//2``, each row scaled to unit
-  norm. Period of component k is ``(p - 1) / k``, so for p = 521 periods 10, 5, 2.5, 2 are
-  k = 52, 104, 208, 260. When ``p - 1`` is even the last sine is identically zero and kept
-  as a zero row; the basis is then not complete over p points (use ``"dft"`` where that
-  matters).
+* ``"paper"`` -- Zhou et al. (2024), Def. A.3, exactly as written: ``w_k = 2 pi k / (p-1)``,
+  the constant row ``sqrt(1/(p-1))``, then ``sqrt(2/(p-1)) cos(w_k x)`` and
+  ``sqrt(2/(p-1)) sin(w_k x)`` for ``k = 1..(p-1)//2``. Period of component k is
+  ``(p-1)/k``, so for p = 521 periods 10, 5, 2.5, 2 are k = 52, 104, 208, 260. The rows are
+  not unit vectors over the p points: the period-2 cosine ``(-1)^x`` has norm
+  ``sqrt(2p/(p-1))`` (1.415 for p = 521) where the others have ~1, which is how the paper's
+  figures show it. Figures and tables of this toolkit use this basis by default.
+* ``"unit"`` -- the same rows, each scaled to unit norm over the p points (earlier versions
+  of this toolkit called it "paper"): the period-2 component comes out sqrt(2p/(p-1)) smaller
+  relative to its neighbours than in the paper's figures.
 * ``"dft"`` -- the exact orthonormal real DFT over p points: ``w_k = 2 pi k / p``, period
   ``p / k``; for even p the Nyquist sine is a zero row.
 
-Every component k >= 1 owns one cosine row and one sine row, so code can address
+When ``p - 1`` is even the last sine of "paper"/"unit" is identically zero and kept as a
+zero row; those bases are then not complete over p points (use ``"dft"`` where that
+matters). Filters (``probes.filters``) depend only on the row spaces, the same for "paper"
+and "unit". Every component k >= 1 owns one cosine row and one sine row, so code can address
 components without caring which basis it holds. Functions accept numpy arrays or torch
 tensors along any "number axis" and return the same kind.
+
+Two rules pick components out of a spectrum: ``find_outliers`` (robust: stands out of its
+neighbourhood; for embedding spectra) and ``find_peaks`` (the paper's annotation: the
+largest local maxima at or above tau; for lens and ablation figures; never k = 1).
 """
 
 from __future__ import annotations
@@ -29,7 +40,7 @@ try:  # torch is a dependency of the toolkit but the math here does not need it
 except ImportError:  # pragma: no cover
     torch = None
 
-BASIS_KINDS = ("paper", "dft")
+BASIS_KINDS = ("paper", "unit", "dft")
 
 
 @dataclass(frozen=True)
@@ -52,12 +63,12 @@ class FourierBasis:
     @property
     def n_components(self) -> int:
         """K: the number of non-constant components."""
-        return (self.p - 1) // 2 if self.kind == "paper" else self.p // 2
+        return self.p // 2 if self.kind == "dft" else (self.p - 1) // 2
 
     @property
     def period_base(self) -> int:
-        """The length whose divisors are the periods: p - 1 (paper) or p (dft)."""
-        return self.p - 1 if self.kind == "paper" else self.p
+        """The length whose divisors are the periods: p - 1 (paper, unit) or p (dft)."""
+        return self.p if self.kind == "dft" else self.p - 1
 
     @property
     def ks(self) -> np.ndarray:
@@ -103,6 +114,10 @@ class FourierBasis:
         rows[1::2] = np.cos(w)
         rows[2::2] = np.sin(w)
         rows[np.all(np.abs(rows) < 1e-9, axis=1)] = 0.0  # sin(pi x) is exactly zero
+        if self.kind == "paper":  # Def. A.3's factors, not unit rows
+            rows[0] *= np.sqrt(1.0 / (self.p - 1))
+            rows[1:] *= np.sqrt(2.0 / (self.p - 1))
+            return rows
         norms = np.linalg.norm(rows, axis=1, keepdims=True)
         return np.divide(rows, norms, out=np.zeros_like(rows), where=norms > 0)
 
@@ -159,6 +174,8 @@ class Spectrum:
 
     basis: FourierBasis
     magnitude: np.ndarray  # (K + 1,), index 0 = constant
+    # (K + 1,) mean squared magnitude over what was pooled (pool="mean"), else None
+    mean_energy: np.ndarray | None = None
 
     @property
     def ks(self) -> np.ndarray:
@@ -178,7 +195,13 @@ class Spectrum:
         ]
 
     def outliers(self, **kwargs) -> list[Outlier]:
+        """Robust outliers (``find_outliers``): the rule beside embedding spectra."""
         return find_outliers(self, **kwargs)
+
+    def peaks(self, min_k: int = 2, top: int | None = 10) -> list[Outlier]:
+        """The largest local maxima at k >= min_k (``find_peaks``): the paper's annotation,
+        the rule beside lens and ablation figures (``min_k = tau``)."""
+        return find_peaks(self, min_k=min_k, top=top)
 
     def low_high(self, tau: int = 50) -> dict:
         return low_high_energy(self, tau)
@@ -189,7 +212,8 @@ def spectrum(x, basis: FourierBasis, axis: int = -1, pool: str = "l2") -> Spectr
 
     ``pool="l2"``: sqrt of the summed squared magnitudes (the paper's per-component L2 norm
     over the columns of an embedding matrix); ``pool="mean"``: mean magnitude (a spectrum
-    averaged over a data set of logit vectors).
+    averaged over a data set of logit vectors), with the mean squared magnitude kept in
+    ``mean_energy`` (the two give different low/high fractions, see ``low_high_energy``).
     """
     mag = component_magnitudes(x, basis, axis)
     if _is_tensor(mag):
@@ -198,7 +222,7 @@ def spectrum(x, basis: FourierBasis, axis: int = -1, pool: str = "l2") -> Spectr
     if pool == "l2":
         pooled = np.sqrt((mag**2).sum(axis=0))
     elif pool == "mean":
-        pooled = mag.mean(axis=0)
+        return Spectrum(basis, mag.mean(axis=0), (mag**2).mean(axis=0))
     else:
         raise ValueError(f"pool must be 'l2' or 'mean', got {pool!r}")
     return Spectrum(basis, pooled)
@@ -246,16 +270,48 @@ def find_outliers(
     return found[:top] if top else found
 
 
+def find_peaks(spec: Spectrum, min_k: int = 2, top: int | None = 10) -> list[Outlier]:
+    """The largest components at or above ``min_k`` that are local maxima, largest first.
+
+    This is how Zhou et al. annotate their logit spectra (the largest components at or
+    above tau): a ranking, not a test. A local maximum is at least its left neighbour and
+    above its right one (the last component: above its left one), so a spike that leaks
+    into k +- 1 is listed once. k = 1 (the
+    period p - 1 trend of the number line) is never listed (``min_k`` is raised to 2).
+    """
+    m = spec.nonconstant.astype(float)
+    left = np.concatenate([[-np.inf], m[:-1]])
+    right = np.concatenate([m[1:], [-np.inf]])
+    local = (m >= left) & (m > right)
+    local[-1] = m.size > 1 and m[-1] > m[-2]  # the last (period 2) must rise above k - 1
+    hits = local & (spec.ks >= max(int(min_k), 2)) & (m > 0)
+    found = [Outlier(int(k), float(spec.basis.period(int(k))), float(mag))
+             for k, mag in zip(spec.ks[hits], m[hits])]
+    found.sort(key=lambda o: -o.magnitude)
+    return found[:top] if top else found
+
+
 def low_high_energy(spec: Spectrum, tau: int = 50) -> dict:
-    """Energy (squared magnitude) below and at/above component ``tau``, constant excluded."""
-    energy = spec.nonconstant.astype(float) ** 2
-    low = float(energy[spec.ks < tau].sum())
-    high = float(energy[spec.ks >= tau].sum())
-    total = low + high
-    return {
-        "tau": tau,
-        "low_energy": low,
-        "high_energy": high,
-        "low_fraction": low / total if total > 0 else math.nan,
-        "high_fraction": high / total if total > 0 else math.nan,
-    }
+    """Energy below and at/above component ``tau``, constant excluded.
+
+    ``low_energy`` / ``low_fraction`` use the spectrum's magnitudes squared: for a data-set
+    spectrum (``pool="mean"``) that is the energy of the *mean magnitude* (components whose
+    phase varies between prompts do not cancel, but their spread does not count either).
+    When the spectrum carries ``mean_energy``, ``low_mean_energy`` / ``low_fraction_mean_energy``
+    give the same split of the *mean energy per prompt* (mean of squared magnitudes).
+    """
+    def split(energy: np.ndarray) -> tuple[float, float, float, float]:
+        low = float(energy[spec.ks < tau].sum())
+        high = float(energy[spec.ks >= tau].sum())
+        total = low + high
+        return (low, high, low / total if total > 0 else math.nan,
+                high / total if total > 0 else math.nan)
+
+    low, high, lf, hf = split(spec.nonconstant.astype(float) ** 2)
+    out = {"tau": tau, "low_energy": low, "high_energy": high, "low_fraction": lf,
+           "high_fraction": hf}
+    if spec.mean_energy is not None:
+        low, high, lf, hf = split(np.asarray(spec.mean_energy, dtype=float)[1:])
+        out |= {"low_mean_energy": low, "high_mean_energy": high,
+                "low_fraction_mean_energy": lf, "high_fraction_mean_energy": hf}
+    return out

@@ -1,14 +1,14 @@
-"""Linear probes for number features: mod-T classification and circle/helix regression.
+"""Linear probes for number features: mod-T classification, with the helix re-exported.
 
 * ``mod_probes``: is ``n mod T`` linearly decodable from a state?  PCA -> one global
-  scale -> L2-regularised multinomial logistic regression, cross-validated with folds by
-  number (``number_folds``), so a number's states are never in both train and test.
-  Reports accuracy and Cohen's kappa; ``shuffled=True`` adds the shuffled-label baseline
-  (labels permuted between numbers, so it must sit at chance, kappa ~ 0).
-* ``fit_helix``: Kantamneni & Tegmark (2025): after PCA, fit
-  ``h ~ c0 + C [n, cos(2 pi n/T), sin(2 pi n/T) for T in periods]`` on train numbers and
-  report R^2 on held-out numbers (split by number value), the fitted amplitude and phase
-  per period, the R^2 lost when a period is dropped, and decoding of n from the fit.
+  scale -> L2-regularised multinomial logistic regression with balanced weights,
+  cross-validated on folds that hold out whole blocks of consecutive numbers
+  (``probes.folds``: why blocks), so a number's states are never in both train and test and
+  a probe without mod-T information scores kappa ~ 0. Accuracy and Cohen's kappa, pooled
+  over the folds, each with a bootstrap interval over numbers and a permutation p-value
+  (``probes.stats``); ``shuffled=True`` adds the shuffled-label baseline (labels permuted
+  between numbers). ``groups`` regresses e.g. token identity out first.
+* ``fit_helix`` and friends live in ``probes.helix`` (Kantamneni & Tegmark 2025).
 * ``fourier_vs_decodable``: a Fourier spike at period T beside the mod-T probe, because
   Fourier sparsity alone does not imply that n mod T is linearly decodable.
 
@@ -17,44 +17,26 @@ numpy and scikit-learn only; no model code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
+from probes.common import as_2d, pca_basis, per_number_means, shuffled_by_number
+from probes.folds import balanced_weights, fold_blocks, number_folds, remove_group_means
 from probes.fourier import FourierBasis, spectrum
+from probes.helix import HelixFit, fit_helix, helix_features, period_scan, split_numbers
+from probes.stats import (
+    StatsConfig,
+    accuracy_from_confusion,
+    classification_estimates,
+    kappa_from_confusion,
+)
 
-
-def _as_2d(features) -> np.ndarray:
-    if hasattr(features, "detach"):
-        features = features.detach().float().cpu().numpy()
-    x = np.asarray(features, dtype=np.float64)
-    if x.ndim != 2:
-        raise ValueError(f"features must be (N, D), got shape {x.shape}")
-    return x
-
-
-def pca_basis(xc: np.ndarray, dim: int) -> np.ndarray:
-    """Top ``dim`` principal directions (rows, orthonormal) of centred rows ``xc``.
-
-    Eigen-decomposes the smaller of the Gram and covariance matrices: far faster than a
-    general SVD for the tall or wide matrices of hidden states.
-    """
-    n, d = xc.shape
-    dim = max(1, min(dim, n, d))
-    if d <= n:
-        w, v = np.linalg.eigh(xc.T @ xc)
-        return v[:, ::-1][:, :dim].T.copy()
-    w, u = np.linalg.eigh(xc @ xc.T)
-    w, u = w[::-1][:dim], u[:, ::-1][:, :dim]
-    comps = (xc.T @ u) / np.sqrt(np.maximum(w, 1e-300))
-    return comps.T.copy()
-
-
-def _shuffled_by_number(numbers: np.ndarray, values: np.ndarray, rng) -> np.ndarray:
-    """``values`` (one per sample, a function of the number) permuted between numbers."""
-    uniq, inverse = np.unique(numbers, return_inverse=True)
-    first = np.array([values[numbers == u][0] for u in uniq])
-    return rng.permutation(first)[inverse]
+__all__ = [
+    "ModProbeResult", "mod_probes", "mod_probe", "cross_val_predict", "confusion",
+    "fourier_vs_decodable", "number_folds", "pca_basis", "per_number_means", "HelixFit",
+    "fit_helix", "helix_features", "period_scan", "split_numbers",
+]
 
 
 # ----------------------------------------------------------------------------- mod-T probes
@@ -62,6 +44,9 @@ def _shuffled_by_number(numbers: np.ndarray, values: np.ndarray, rng) -> np.ndar
 
 @dataclass
 class ModProbeResult:
+    """Cross-validated scores of one period (pooled over folds); for a real probe each
+    score has a bootstrap interval over numbers and a permutation p-value."""
+
     period: int
     accuracy: float
     kappa: float
@@ -71,25 +56,17 @@ class ModProbeResult:
     n_folds: int
     shuffled: bool = False
     kappa_std: float | None = None  # spread over the label shuffles of a baseline
+    block: int = 1  # numbers held out together (consecutive, aligned to multiples)
+    accuracy_ci_low: float | None = None
+    accuracy_ci_high: float | None = None
+    accuracy_p_value: float | None = None
+    kappa_ci_low: float | None = None
+    kappa_ci_high: float | None = None
+    kappa_p_value: float | None = None
+    ci_inflation: float | None = None  # see probes.stats.classification_estimates
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-def number_folds(numbers, n_splits: int = 5, seed: int = 0, stratify: int = 1) -> np.ndarray:
-    """Fold index of each sample: all samples of a number share a fold, and the numbers of
-    each residue mod ``stratify`` are dealt evenly over the folds (so every class mod T,
-    T dividing ``stratify``, is balanced; unbalanced folds bias kappa below zero)."""
-    n = np.asarray(numbers)
-    uniq = np.unique(n)
-    k = min(n_splits, len(uniq))
-    if k < 2:
-        raise ValueError("cross-validation by number needs at least two distinct numbers")
-    rng = np.random.default_rng(seed)
-    order = np.lexsort((rng.random(len(uniq)), np.mod(uniq, max(stratify, 1))))
-    start = rng.integers(k)  # deal each residue's numbers round-robin
-    fold_of = {int(u): (start + i) % k for i, u in enumerate(uniq[order])}
-    return np.array([fold_of[int(v)] for v in n])
 
 
 def _shuffled_within(n: np.ndarray, values: np.ndarray, fold: np.ndarray, rng) -> np.ndarray:
@@ -97,8 +74,55 @@ def _shuffled_within(n: np.ndarray, values: np.ndarray, fold: np.ndarray, rng) -
     out = values.copy()
     for f in np.unique(fold):
         idx = np.flatnonzero(fold == f)
-        out[idx] = _shuffled_by_number(n[idx], values[idx], rng)
+        out[idx] = shuffled_by_number(n[idx], values[idx], rng)
     return out
+
+
+def cross_val_predict(x: np.ndarray, n: np.ndarray, label_sets, fold: np.ndarray, *,
+                      pca_dim: int | None = 64, C: float = 1.0, max_iter: int = 1000,
+                      groups=None) -> list[np.ndarray]:
+    """Held-out predictions of a logistic probe for each labelling in ``label_sets``.
+
+    Per fold: (optionally) group means removed (``folds.remove_group_means``), PCA on the
+    centred training states, one global scale, then L2 logistic regression with balanced
+    weights (``folds.balanced_weights``). Folds and their PCA are shared by all labellings.
+    """
+    from threadpoolctl import threadpool_limits
+
+    preds = [np.empty_like(n) for _ in label_sets]
+    # L-BFGS on a few hundred small rows: threaded BLAS only adds contention (40x slower
+    # on a busy machine), so the solver runs on one thread
+    with threadpool_limits(1):
+        for f in np.unique(fold):
+            _fit_fold(x, n, label_sets, preds, fold == f, pca_dim, C, max_iter, groups)
+    return preds
+
+
+def _fit_fold(x, n, label_sets, preds, is_test, pca_dim, C, max_iter, groups) -> None:
+    """One fold of ``cross_val_predict``: fills ``preds`` at the held-out rows."""
+    from sklearn.linear_model import LogisticRegression
+
+    train, test = np.flatnonzero(~is_test), np.flatnonzero(is_test)
+    x_tr, x_te = x[train], x[test]
+    if groups is not None:
+        x_tr, x_te = remove_group_means(x_tr, groups[train], x_te, groups[test])
+    # PCA on the centred states, then one global scale (not per dimension: standardizing
+    # would blow low-variance, number-specific noise up to the size of the signal and
+    # let the probe memorise the training numbers through it)
+    dim = min(pca_dim or x.shape[1], x.shape[1], len(train) - 1)
+    mean = x_tr.mean(axis=0)
+    comps = pca_basis(x_tr - mean, dim) if dim < x.shape[1] else None
+    z_tr, z_te = ((v - mean) if comps is None else (v - mean) @ comps.T
+                  for v in (x_tr, x_te))
+    scale = np.sqrt(z_tr.var(axis=0).mean()) or 1.0
+    for pred, labels in zip(preds, label_sets):
+        y = labels[train]
+        if len(np.unique(y)) < 2:  # one class left: predict it
+            pred[test] = y[0]
+            continue
+        clf = LogisticRegression(C=C, max_iter=max_iter).fit(
+            z_tr / scale, y, sample_weight=balanced_weights(n[train], y))
+        pred[test] = clf.predict(z_te / scale)
 
 
 def mod_probes(
@@ -113,64 +137,80 @@ def mod_probes(
     shuffled: bool = False,
     n_shuffles: int = 5,
     max_iter: int = 1000,
+    block: int | None = None,
+    deal: str = "interleaved",
+    groups=None,
+    stats: StatsConfig | None = None,
 ) -> list[ModProbeResult]:
     """Cross-validated accuracy and Cohen's kappa of linear probes for ``n mod T``.
 
-    The folds (by number) and their PCA are shared by every period; with ``shuffled`` each
-    period's shuffled-label baseline (labels permuted between the numbers of each fold; mean
-    over ``n_shuffles`` permutations, their spread in ``kappa_std``: with few numbers one
-    permutation's kappa varies by +-0.2) follows its result in the list.
+    Folds hold out whole blocks of consecutive numbers (``probes.folds``: block = the least
+    common multiple of the periods when the numbers span ``n_splits`` such blocks, else T;
+    dealt to the folds in turn, or at random by ``seed`` with ``deal="random"``); scores
+    are pooled over the folds' held-out rows. Each score gets a bootstrap interval
+    over numbers and a permutation p-value (``probes.stats``; ``stats=StatsConfig(n_boot=0,
+    n_perm=0)`` skips them). ``groups`` (one value per row, e.g. the token id where the
+    state was read) are regressed out per fold first: the token-identity control. With
+    ``shuffled`` each period's shuffled-label baseline (labels permuted between the numbers
+    of each fold and the probe refitted; mean over the shuffles, their spread in
+    ``kappa_std``) follows its result in the list. The refits also calibrate the interval
+    (``stats.n_refit`` of them at least), so intervals cost ~``n_refit`` x the probe.
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, cohen_kappa_score
-    from threadpoolctl import threadpool_limits
-
-    x = _as_2d(features)
+    x = as_2d(features)
     n = np.asarray(numbers, dtype=np.int64)
     if any(T < 2 for T in periods):
         raise ValueError(f"periods must be >= 2, got {list(periods)}")
+    if deal not in ("interleaved", "random"):
+        raise ValueError(f"deal must be 'interleaved' or 'random', got {deal!r}")
+    groups = None if groups is None else np.asarray(groups)
+    stats = StatsConfig(seed=seed) if stats is None else stats
+    with_stats = bool(stats.n_boot or stats.n_perm)
+    n_refits = max(n_shuffles if shuffled else 0, stats.n_refit if with_stats else 0)
     rng = np.random.default_rng(seed + 1)
-    lcm = int(np.lcm.reduce([int(T) for T in periods]))
-    fold = number_folds(n, n_splits, seed, lcm if lcm <= len(np.unique(n)) else max(periods))
-    tasks = [(int(T), False, np.mod(n, int(T))) for T in periods]
-    if shuffled:
+    results: dict[int, list[ModProbeResult]] = {}
+    for blen, block_periods in fold_blocks(n, periods, n_splits, block).items():
+        fold = number_folds(n, n_splits, None if deal == "interleaved" else seed, blen)
+        tasks = [(T, False, np.mod(n, T)) for T in block_periods]
         tasks = [t for T, _, lab in tasks for t in [(T, False, lab)] + [
-            (T, True, _shuffled_within(n, lab, fold, rng)) for _ in range(n_shuffles)]]
-    if any(len(np.unique(lab)) < 2 for *_, lab in tasks):
-        raise ValueError("a mod-T probe needs numbers in at least two classes")
-    folds = [(np.flatnonzero(fold != f), np.flatnonzero(fold == f)) for f in np.unique(fold)]
-    preds = [np.empty_like(n) for _ in tasks]
-    for train, test in folds:
-        # PCA on the centred states, then one global scale (not per dimension: standardizing
-        # would blow low-variance, number-specific noise up to the size of the signal and
-        # let the probe memorise the training numbers through it)
-        dim = min(pca_dim or x.shape[1], x.shape[1], len(train) - 1)
-        mean = x[train].mean(axis=0)
-        comps = pca_basis(x[train] - mean, dim) if dim < x.shape[1] else None
-        z_tr, z_te = ((v - mean) if comps is None else (v - mean) @ comps.T
-                      for v in (x[train], x[test]))
-        scale = np.sqrt(z_tr.var(axis=0).mean()) or 1.0
-        for pred, (_, _, labels) in zip(preds, tasks):
-            if len(np.unique(labels[train])) < 2:  # one class left: predict it
-                pred[test] = labels[train][0]
-                continue
-            # L-BFGS on a few hundred small rows: threaded BLAS only adds contention (40x
-            # slower on a busy machine), so the solver runs on one thread
-            with threadpool_limits(1):
-                clf = LogisticRegression(C=C, max_iter=max_iter).fit(z_tr / scale,
-                                                                     labels[train])
-            pred[test] = clf.predict(z_te / scale)
-    scores: dict[tuple[int, bool], list] = {}
-    for pred, (T, sh, labels) in zip(preds, tasks):
-        scores.setdefault((T, sh), []).append(
-            (accuracy_score(labels, pred), cohen_kappa_score(labels, pred),
-             np.bincount(labels).max() / len(labels)))
-    return [ModProbeResult(
-        period=T, accuracy=float(np.mean([a for a, _, _ in v])),
-        kappa=float(np.mean([k for _, k, _ in v])), chance_accuracy=float(v[0][2]),
-        n_samples=len(n), n_numbers=len(np.unique(n)), n_folds=len(folds), shuffled=sh,
-        kappa_std=float(np.std([k for _, k, _ in v])) if sh else None,
-    ) for (T, sh), v in scores.items()]
+            (T, True, _shuffled_within(n, lab, fold, rng)) for _ in range(n_refits)]]
+        if any(len(np.unique(lab)) < 2 for *_, lab in tasks):
+            raise ValueError("a mod-T probe needs numbers in at least two classes")
+        preds = cross_val_predict(x, n, [lab for *_, lab in tasks], fold, pca_dim=pca_dim,
+                                  C=C, max_iter=max_iter, groups=groups)
+        common = dict(n_samples=len(n), n_numbers=len(np.unique(n)),
+                      n_folds=len(np.unique(fold)), block=blen)
+        for T in block_periods:
+            mine = [(sh, lab, p) for (t, sh, lab), p in zip(tasks, preds) if t == T]
+            (_, lab, pred), base = mine[0], mine[1:]
+            conf = [confusion(lab_s, p_s, T) for _, lab_s, p_s in base]
+            kap = [float(kappa_from_confusion(c)) for c in conf]
+            chance = float(np.bincount(lab).max() / len(lab))
+            if with_stats:
+                est = classification_estimates(lab, pred, n, T, stats, refit_kappas=kap,
+                                               folds=fold)
+                extra = {k: v for key in ("accuracy", "kappa")
+                         for k, v in est[key].as_dict(key).items() if k != key}
+                extra["ci_inflation"] = est["kappa"].inflation
+                acc, kappa = est["accuracy"].value, est["kappa"].value
+            else:
+                extra = {}
+                c = confusion(lab, pred, T)
+                acc, kappa = float(accuracy_from_confusion(c)), float(kappa_from_confusion(c))
+            res = [ModProbeResult(T, acc, kappa, chance, **common, **extra)]
+            if shuffled and base:
+                res.append(ModProbeResult(
+                    T, float(np.mean([accuracy_from_confusion(c) for c in conf])),
+                    float(np.mean(kap)), chance, **common, shuffled=True,
+                    kappa_std=float(np.std(kap))))
+            results[T] = res
+    return [r for T in periods for r in results[int(T)]]
+
+
+def confusion(labels, predictions, n_classes: int) -> np.ndarray:
+    """Confusion counts (true x predicted)."""
+    out = np.zeros((n_classes, n_classes))
+    np.add.at(out, (np.asarray(labels), np.asarray(predictions)), 1.0)
+    return out
 
 
 def mod_probe(features, numbers, period: int, *, shuffle: bool = False, seed: int = 0,
@@ -180,200 +220,7 @@ def mod_probe(features, numbers, period: int, *, shuffle: bool = False, seed: in
     return results[-1]
 
 
-# ----------------------------------------------------------------------- helix regression
-
-
-def helix_features(numbers, periods, linear: bool = True, scale: float = 1.0) -> np.ndarray:
-    """Design matrix [n/scale, cos(2 pi n/T_1), sin(2 pi n/T_1), ...] (N x (linear + 2P))."""
-    n = np.asarray(numbers, dtype=np.float64)
-    cols = [n / scale] if linear else []
-    for T in periods:
-        cols += [np.cos(2 * np.pi * n / T), np.sin(2 * np.pi * n / T)]
-    return np.stack(cols, axis=1) if cols else np.zeros((len(n), 0))
-
-
-def _lstsq(design: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    x = np.concatenate([np.ones((len(design), 1)), design], axis=1)
-    sol, *_ = np.linalg.lstsq(x, z, rcond=None)
-    return sol[0], sol[1:].T  # intercept (k,), coef (k x m)
-
-
-def _r2(z: np.ndarray, pred: np.ndarray) -> float:
-    sst = ((z - z.mean(axis=0)) ** 2).sum()
-    return float(1 - ((z - pred) ** 2).sum() / sst) if sst > 0 else float("nan")
-
-
-@dataclass
-class HelixFit:
-    """A fitted helix in PCA space; ``model_coef`` maps it back to model space."""
-
-    periods: tuple[float, ...]
-    linear: bool
-    scale: float
-    mean: np.ndarray  # (D,) feature mean of the train split
-    components: np.ndarray  # (k, D) PCA rows (orthonormal)
-    intercept: np.ndarray  # (k,)
-    coef: np.ndarray  # (k, m) columns: [n] + [cos T, sin T for T in periods]
-    r2_train: float
-    r2_test: float
-    train_numbers: np.ndarray
-    test_numbers: np.ndarray
-    r2_without: dict = field(default_factory=dict)  # period -> held-out R^2 without it
-    decode_accuracy: float | None = None
-    shuffled: bool = False
-
-    @property
-    def pca_dim(self) -> int:
-        return self.components.shape[0]
-
-    def _cols(self, period: float) -> list[int]:
-        if period not in self.periods:
-            raise ValueError(f"period {period} was not fitted; fitted: {list(self.periods)}")
-        i = int(self.linear) + 2 * self.periods.index(period)
-        return [i, i + 1]
-
-    def model_coef(self) -> np.ndarray:
-        """C in model space (D x m)."""
-        return self.components.T @ self.coef
-
-    def predict(self, numbers) -> np.ndarray:
-        """Model-space states the fit places at ``numbers`` (N x D)."""
-        z = self.intercept + helix_features(numbers, self.periods, self.linear, self.scale) @ \
-            self.coef.T
-        return self.mean + z @ self.components
-
-    def project(self, features) -> np.ndarray:
-        return (_as_2d(features) - self.mean) @ self.components.T
-
-    def decode(self, features, candidates) -> np.ndarray:
-        """The candidate number whose fitted point is nearest each state (in PCA space)."""
-        cand = np.asarray(candidates)
-        table = self.intercept + helix_features(cand, self.periods, self.linear,
-                                                self.scale) @ self.coef.T
-        z = self.project(features)
-        d = (z**2).sum(1)[:, None] - 2 * z @ table.T + (table**2).sum(1)[None, :]
-        return cand[np.argmin(d, axis=1)]
-
-    def directions(self, periods=None) -> np.ndarray:
-        """Orthonormal model-space basis (D x r) of the cos/sin columns of ``periods``."""
-        periods = self.periods if periods is None else tuple(periods)
-        cols = [c for T in periods for c in self._cols(T)]
-        block = self.model_coef()[:, cols]
-        u, s, _ = np.linalg.svd(block, full_matrices=False)
-        rank = int((s > 1e-10 * max(s.max(initial=0.0), 1e-300)).sum())
-        return u[:, :rank]
-
-    def circle(self, period: float, direction=None) -> dict:
-        """Amplitude and phase of one period.
-
-        The model-space block [c_cos, c_sin] has singular values ``amplitude`` >= ``minor``
-        (a circle has minor ~ amplitude, a line minor ~ 0). Along a unit ``direction`` u
-        (default: the leading singular direction, signed so its largest entry is positive)
-        the fit is ``a cos(2 pi n/T + phase)`` with ``a = along_amplitude``.
-        """
-        block = self.model_coef()[:, self._cols(period)]
-        u, s, _ = np.linalg.svd(block, full_matrices=False)
-        if direction is None:
-            direction = u[:, 0] * np.sign(u[np.argmax(np.abs(u[:, 0])), 0])
-        direction = np.asarray(direction, dtype=np.float64)
-        a_cos, a_sin = direction @ block / np.linalg.norm(direction)
-        return {
-            "period": float(period),
-            "amplitude": float(s[0]),
-            "minor": float(s[1]),
-            "circularity": float(s[1] / s[0]) if s[0] > 0 else float("nan"),
-            "phase": float(np.arctan2(-a_sin, a_cos)),
-            "along_amplitude": float(np.hypot(a_cos, a_sin)),
-            "r2_without": self.r2_without.get(float(period)),
-        }
-
-    def summary(self) -> dict:
-        return {
-            "periods": [float(T) for T in self.periods], "linear": self.linear,
-            "pca_dim": self.pca_dim, "r2_train": self.r2_train, "r2_test": self.r2_test,
-            "n_train_numbers": int(len(np.unique(self.train_numbers))),
-            "n_test_numbers": int(len(np.unique(self.test_numbers))),
-            "decode_accuracy": self.decode_accuracy, "shuffled": self.shuffled,
-            "circles": [self.circle(T) for T in self.periods],
-        }
-
-
-def split_numbers(numbers, test_fraction: float = 0.2, seed: int = 0) -> np.ndarray:
-    """Boolean mask of test samples: a random ``test_fraction`` of the distinct numbers."""
-    n = np.asarray(numbers)
-    uniq = np.unique(n)
-    n_test = int(round(test_fraction * len(uniq)))
-    if n_test < 1 or n_test >= len(uniq):
-        raise ValueError(f"cannot hold out {test_fraction:.0%} of {len(uniq)} distinct numbers")
-    test = np.random.default_rng(seed).choice(uniq, n_test, replace=False)
-    return np.isin(n, test)
-
-
-def fit_helix(
-    features,
-    numbers,
-    periods=(2, 5, 10, 100),
-    *,
-    pca_dim: int = 100,
-    linear: bool = True,
-    test_fraction: float = 0.2,
-    seed: int = 0,
-    shuffle: bool = False,
-    decode: bool = True,
-) -> HelixFit:
-    """Fit the helix on train numbers after PCA (fit on train only); R^2 on held-out ones.
-
-    ``pca_dim`` is capped by the train samples and the width. ``shuffle=True`` is the
-    baseline: states are matched to the wrong numbers (permuted between numbers).
-    """
-    x = _as_2d(features)
-    n = np.asarray(numbers, dtype=np.int64)
-    periods = tuple(float(T) for T in periods)
-    if not periods and not linear:
-        raise ValueError("fit_helix needs at least one period or the linear term")
-    if shuffle:
-        n = _shuffled_by_number(n, n, np.random.default_rng(seed + 1))
-    test = split_numbers(n, test_fraction, seed)
-    train = ~test
-    mean = x[train].mean(axis=0)
-    xc = x[train] - mean
-    comps = pca_basis(xc, min(pca_dim, int(train.sum()) - 1))
-    z_tr, z_te = xc @ comps.T, (x[test] - mean) @ comps.T
-    scale = float(max(np.abs(n).max(), 1))
-
-    def fit(ps):
-        b_tr, b_te = (helix_features(v, ps, linear, scale) for v in (n[train], n[test]))
-        c0, C = _lstsq(b_tr, z_tr)
-        return c0, C, _r2(z_tr, c0 + b_tr @ C.T), _r2(z_te, c0 + b_te @ C.T)
-
-    c0, C, r2_tr, r2_te = fit(periods)
-    result = HelixFit(periods, linear, scale, mean, comps, c0, C, r2_tr, r2_te,
-                      n[train], n[test], shuffled=shuffle)
-    if linear or len(periods) > 1:
-        result.r2_without = {T: fit(tuple(q for q in periods if q != T))[3] for T in periods}
-    if decode:
-        cand = np.arange(n.min(), n.max() + 1)
-        result.decode_accuracy = float((result.decode(x[test], cand) == n[test]).mean())
-    return result
-
-
-def period_scan(features, numbers, candidates, **kwargs) -> list[dict]:
-    """Held-out R^2 of a single-period fit (no linear term) for each candidate period."""
-    kwargs = {"linear": False, "decode": False, **kwargs}
-    return [{"period": float(T), "r2_test": fit_helix(features, numbers, (T,), **kwargs).r2_test}
-            for T in candidates]
-
-
 # ------------------------------------------------------ Fourier sparsity vs decodability
-
-
-def per_number_means(features, numbers) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct numbers (sorted) and the mean state of each (n_numbers x D)."""
-    x, n = _as_2d(features), np.asarray(numbers, dtype=np.int64)
-    uniq, inverse = np.unique(n, return_inverse=True)
-    sums = np.zeros((len(uniq), x.shape[1]))
-    np.add.at(sums, inverse, x)
-    return uniq, sums / np.bincount(inverse)[:, None]
 
 
 def fourier_vs_decodable(

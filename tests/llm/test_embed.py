@@ -56,10 +56,11 @@ def test_planted_periods_come_out_as_outliers(planted_gpt2, tmp_path, capsys):
     assert [o["period"] for o in res["outliers"]] == [10.0, 5.0]
     assert [o["k"] for o in res["outliers"]] == [20, 40]
     assert len(res["spectrum"]) == 100 and res["spectrum"][19]["period"] == 10.0
-    # the spectrum is the per-column L2 norm of the paper-basis coefficients (numpy check)
+    # the spectrum is the per-column L2 norm of the paper-basis coefficients (numpy check;
+    # Def. A.3's rows sqrt(2/(p-1)) cos / sin)
     x = np.arange(P)
     w = 2 * np.pi * 20 * x / (P - 1)
-    cos, sin = np.cos(w) / np.linalg.norm(np.cos(w)), np.sin(w) / np.linalg.norm(np.sin(w))
+    cos, sin = np.sqrt(2 / (P - 1)) * np.cos(w), np.sqrt(2 / (P - 1)) * np.sin(w)
     expected = np.sqrt(((cos @ rows) ** 2 + (sin @ rows) ** 2).sum())
     assert res["spectrum"][19]["magnitude"] == pytest.approx(expected, rel=1e-4)
     # the planted n mod 5 structure is linearly decodable, n mod 2 is not

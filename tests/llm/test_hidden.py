@@ -9,11 +9,15 @@ import torch
 from llm_fourier.cli import main
 from llm_fourier.errors import UserError
 from llm_fourier.hidden import (
+    HiddenStates,
     collect,
+    flat_row,
     frequency_control,
     load_scalar,
     probe_layers,
     random_copy,
+    read_token_ids,
+    token_identity,
     token_ids_at,
 )
 from llm_fourier.hidden_ablate import (
@@ -29,6 +33,7 @@ from llm_fourier.number_format import number_format
 from llm_fourier.numbers import find_number_tokens
 from llm_fourier.tasks import Example, make_task
 from probes import FourierBasis
+from probes.stats import StatsConfig
 
 
 @pytest.fixture(scope="module")
@@ -280,3 +285,81 @@ def test_helix_planted_in_the_embeddings_is_found_through_the_model(tiny_dir):
     ar = probe_layers(ahs, "a", [10], [10], pca_dim=8, mod_pca_dim=8, progress=False,
                       shuffled=False)[("block", 0)]
     assert ar["mod"][10]["kappa"] < 0.3
+
+
+def test_token_identity_finds_the_digit_confound(digit_lm, number_tokenizer):
+    task = make_task(max_operand=99, seed=0)
+    examples = task.train[:400]
+    a = np.array([e.a for e in examples])
+    ids = read_token_ids(digit_lm.tokenizer, examples, "a")
+    tok = digit_lm.tokenizer
+    assert tok.convert_ids_to_tokens(int(ids[0])) == str(examples[0].a % 10)  # last digit
+    res = token_identity(ids, a, [2, 3, 5, 10])
+    for T in (2, 5, 10):  # the last digit is a mod 10: token identity tells all three
+        assert res[T]["confounded"] and res[T]["function_of_token"]
+        assert res[T]["token_accuracy"] == pytest.approx(1.0)
+    assert not res[3]["confounded"] and res[3]["token_accuracy"] < 0.5  # the digit != a mod 3
+    assert res[10]["n_token_ids"] == 10
+    # a plain loop: the most common residue among other numbers with the same last digit
+    T, hits = 3, 0
+    for i, e in enumerate(examples):
+        others = [f.a % T for f, t in zip(examples, ids) if t == ids[i] and f.a != e.a]
+        hits += bool(others) and max(set(others), key=others.count) == e.a % T
+    assert res[3]["token_accuracy"] == pytest.approx(hits / len(examples))
+    # single-token numbers: no other number shares a's token, so nothing is confounded
+    single = token_identity(read_token_ids(number_tokenizer, examples, "a"), a, [2, 10])
+    assert not any(v["confounded"] for v in single.values())
+    assert single[10]["token_accuracy"] == 0.0 and single[10]["function_of_token"]
+    # the last prompt token (":") is the same for every prompt: it tells nothing
+    last = token_identity(read_token_ids(tok, examples, "last"), a, [2, 10])
+    assert not any(v["confounded"] for v in last.values()) and last[10]["n_token_ids"] == 1
+
+
+def test_token_control_removes_the_digit_from_a_random_model(digit_lm, digit_states):
+    hs, _ = digit_states
+    rand = random_copy(digit_lm, seed=5)
+    rhs = collect(rand, hs.examples, token="a", roles=("block",), layers=[0], progress=False)
+    ids = read_token_ids(digit_lm.tokenizer, hs.examples, "a")
+    cheap = StatsConfig(n_boot=200, n_perm=200)
+    res = probe_layers(rhs, "a", [10, 3], [10], pca_dim=8, mod_pca_dim=32, progress=False,
+                       token_ids=ids, stats=cheap)[("block", 0)]
+    assert res["mod"][10]["kappa"] > 0.7 and res["mod"][10]["kappa_p_value"] < 0.01
+    ctl = res["control"]["mod"]
+    assert ctl[10]["kappa_ci_low"] <= 0.05 and ctl[10]["kappa"] < 0.2  # the digit was all
+    assert "fit" not in res["control"] and "kappa_shuffled" not in ctl[10]
+    row = flat_row("block", 0, res)
+    for key in ("kappa_mod10", "kappa_mod10_ci_low", "kappa_mod10_ci_high",
+                "kappa_mod10_p_value", "accuracy_mod10_ci_low", "ci_inflation_mod10",
+                "kappa_mod10_shuffled", "r2_test_ci_low", "r2_test_p_value",
+                "decode_accuracy_ci_high", "control_kappa_mod10", "control_kappa_mod10_ci_low",
+                "control_r2_test"):
+        assert key in row, key
+    never = probe_layers(rhs, "a", [10], [10], pca_dim=8, mod_pca_dim=32, progress=False,
+                         token_ids=ids, control="never", stats=cheap)
+    assert "control" not in never[("block", 0)]
+    with pytest.raises(UserError, match="token-control"):
+        probe_layers(rhs, "a", [10], [10], token_ids=ids, control="maybe", progress=False)
+
+
+def test_null_calibration_on_real_states_with_shuffled_targets(digit_lm):
+    """States of a tiny random transformer on digit-splitting prompts (clustered by digits,
+    strongly anisotropic) probed for targets permuted between numbers: no mod-T information,
+    so the intervals must cover 0 (all but at most one of 12 probes)."""
+    task = make_task(max_operand=59, seed=1)
+    examples = task.train[:360]
+    hs = collect(digit_lm, examples, token="last", roles=("block",), progress=False)
+    answers = np.array([e.answer for e in examples])
+    covered, kappas = [], []
+    for seed in range(2):
+        perm = np.random.default_rng(seed).permutation(answers.max() + 1)
+        shuffled = HiddenStates(hs.states, hs.layers, [
+            Example(e.a, e.b, int(perm[e.answer]), e.prompt) for e in examples], "last")
+        res = probe_layers(shuffled, "answer", [2, 5, 10], [10], pca_dim=8, mod_pca_dim=16,
+                           progress=False, shuffled=False, seed=seed,
+                           stats=StatsConfig(n_boot=300, n_perm=0, seed=seed))
+        for r in res.values():
+            for m in r["mod"].values():
+                covered.append(m["kappa_ci_low"] <= 0 <= m["kappa_ci_high"])
+                kappas.append(m["kappa"])
+    assert sum(covered) >= len(covered) - 1, (covered, kappas)
+    assert abs(np.mean(kappas)) < 0.05

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from probes import FourierBasis, component_magnitudes, high_pass, keep_only, low_pass
-from probes.filters import remove_components
+from probes.filters import choose_tau, remove_components, tau_window
 
 
 @pytest.fixture
@@ -85,3 +85,27 @@ def test_torch_apply_matches_numpy_and_keeps_dtype(setup):
     assert out.dtype == torch.bfloat16
     np.testing.assert_allclose(out.float().numpy(), f(t.double().numpy()), atol=0.1)
     np.testing.assert_allclose(f(torch.tensor(X)).numpy(), f(X), atol=1e-12)
+
+
+def test_knockout_flag_and_the_tau_window_match_brute_force():
+    """The demo's setting (width 64, p = 101, tau = 10): "high removed" spans the width."""
+    W = np.random.default_rng(7).standard_normal((101, 64))
+    basis = FourierBasis(101)
+    high_removed, low_removed = low_pass(W, basis, 10), high_pass(W, basis, 10)
+    assert high_removed.knockout and high_removed.rank == 64
+    np.testing.assert_allclose(high_removed(np.eye(64)), 0, atol=1e-9)  # zeroes everything
+    assert not low_removed.knockout and low_removed.rank == 18  # 2 rows x k = 1..9
+    assert high_removed.summary() == {"name": "low_pass", "rank": 64, "width": 64,
+                                      "knockout": True, "removed": 41}
+    ok = [t for t in range(1, 51)
+          if not low_pass(W, basis, t).knockout and not high_pass(W, basis, t).knockout]
+    assert tau_window(W, basis) == (ok[0], ok[-1]) == (19, 32)  # k >= 19: 63 nonzero rows
+    assert ok == list(range(ok[0], ok[-1] + 1))
+    assert choose_tau(W, basis, preferred=10) == 19
+    assert choose_tau(W, basis, preferred=25) == 25
+    assert choose_tau(W, basis, preferred=50) == 32
+    # a width above the rows never knocks out; a tiny width always does
+    assert tau_window(np.random.default_rng(0).standard_normal((41, 96)), FourierBasis(41)) \
+        == (1, 20)
+    assert tau_window(np.random.default_rng(0).standard_normal((41, 2)), FourierBasis(41)) \
+        is None

@@ -28,20 +28,58 @@ def test_dft_magnitudes_match_numpy_fft(p):
 
 
 def test_paper_basis_rows_match_definition():
+    """Def. A.3 as written: constant sqrt(1/(p-1)), cos/sin rows sqrt(2/(p-1)) cos/sin(w x)."""
     p = 521
     basis = FourierBasis(p, "paper")
     assert basis.n_components == 260
     assert basis.matrix.shape == (521, 521)
     x = np.arange(p)
     k = 37
-    row = np.sin(2 * np.pi * k / (p - 1) * x)
-    np.testing.assert_allclose(basis.matrix[basis.sin_rows[k - 1]], row / np.linalg.norm(row))
+    w = 2 * np.pi * k / (p - 1)
+    np.testing.assert_allclose(basis.matrix[0], np.full(p, np.sqrt(1 / (p - 1))))
+    np.testing.assert_allclose(basis.matrix[basis.sin_rows[k - 1]],
+                               np.sqrt(2 / (p - 1)) * np.sin(w * x))
+    np.testing.assert_allclose(basis.matrix[basis.cos_rows[k - 1]],
+                               np.sqrt(2 / (p - 1)) * np.cos(w * x))
     assert np.all(basis.matrix[basis.sin_rows[-1]] == 0)  # sin(pi x) vanishes
-    # on the p - 1 points of its own period the paper basis is orthogonal
+    # on the p - 1 points of its own period the paper basis is orthonormal
     F = basis.matrix[:, : p - 1]
     F = F[np.linalg.norm(F, axis=1) > 0]
     G = F @ F.T
-    np.testing.assert_allclose(G - np.diag(np.diag(G)), 0, atol=1e-10)
+    np.testing.assert_allclose(G[:-1, :-1], np.eye(len(G) - 1), atol=1e-10)
+    assert G[-1, -1] == pytest.approx(2)  # except (-1)^x, which has norm 2 on them
+
+
+def test_unit_basis_is_the_paper_rows_at_unit_norm():
+    p = 101
+    paper, unit = FourierBasis(p, "paper").matrix, FourierBasis(p, "unit").matrix
+    norms = np.linalg.norm(paper, axis=1)
+    nonzero = norms > 0
+    np.testing.assert_allclose(unit[nonzero], paper[nonzero] / norms[nonzero, None])
+    np.testing.assert_allclose(np.linalg.norm(unit[nonzero], axis=1), 1)
+    assert FourierBasis(p, "unit").periods.tolist() == FourierBasis(p, "paper").periods.tolist()
+
+
+@pytest.mark.parametrize("p", [11, 521])
+def test_period_two_component_against_a_hand_computation(p):
+    """The paper's coefficient of (-1)^x on component K = (p-1)/2 is sqrt(2/(p-1)) * p, that
+    of cos(w_1 x) on k = 1 is sqrt(2/(p-1)) * sum cos^2 = sqrt(2/(p-1)) * (p + 1) / 2 (the
+    sum of cos(2 w_1 x) over 0..p-1 is 1); unit rows give sqrt(p) and sqrt((p + 1) / 2)."""
+    x = np.arange(p)
+    K = (p - 1) // 2
+    period2, period_p1 = (-1.0) ** x, np.cos(2 * np.pi * x / (p - 1))
+    mag = {kind: (component_magnitudes(period2, FourierBasis(p, kind))[K],
+                  component_magnitudes(period_p1, FourierBasis(p, kind))[1])
+           for kind in ("paper", "unit")}
+    s = np.sqrt(2 / (p - 1))
+    assert mag["paper"] == pytest.approx((s * p, s * (p + 1) / 2))
+    assert mag["unit"] == pytest.approx((np.sqrt(p), np.sqrt((p + 1) / 2)))
+    # relative to the k = 1 component, period 2 is sqrt(2p/(p+1)) larger in the paper's
+    # basis than with unit rows: 1.413 for p = 521, the "1.42x" of the issue
+    ratio = (mag["paper"][0] / mag["paper"][1]) / (mag["unit"][0] / mag["unit"][1])
+    assert ratio == pytest.approx(np.sqrt(2 * p / (p + 1)))
+    if p == 521:
+        assert ratio == pytest.approx(1.4129, abs=1e-3)
 
 
 def test_period_ten_cosine_lands_on_k52():

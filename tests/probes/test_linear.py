@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from probes.folds import balanced_weights, fold_blocks, remove_group_means
 from probes.linear import (
     fit_helix,
     fourier_vs_decodable,
@@ -14,6 +15,7 @@ from probes.linear import (
     period_scan,
     split_numbers,
 )
+from probes.stats import StatsConfig
 
 P10, P5 = 0.7, -1.9  # planted phases
 A10, A5, ALIN = 2.0, 1.5, 3.0
@@ -133,15 +135,76 @@ def test_helpers():
         mod_probe(np.zeros((4, 2)), [0, 0, 0, 0], 2)
 
 
-def test_folds_by_number_are_balanced_and_noise_is_not_biased():
+def test_folds_hold_out_whole_blocks_dealt_evenly():
     n = np.repeat(np.arange(100), 2)
-    fold = number_folds(n, 5, seed=3, stratify=10)
-    for u in range(100):  # every number's samples share one fold
-        assert len(set(fold[n == u])) == 1
+    fold = number_folds(n, 5, seed=3, block=10)
+    for b in range(10):  # every block of 10 consecutive numbers sits in one fold
+        assert len(set(fold[n // 10 == b])) == 1
+    assert np.bincount(fold).tolist() == [40] * 5  # two blocks per fold
     counts = np.array([[np.sum((fold == f) & (n % 10 == r)) for r in range(10)]
                        for f in range(5)])
-    assert counts.max() - counts.min() == 0  # 10 numbers per residue, 2 per fold
-    # pure noise: every kappa near 0 (unbalanced folds would push it clearly below)
-    x = np.random.default_rng(1).standard_normal((200, 16))
-    kappas = [r.kappa for r in mod_probes(x, n, [2, 5, 10], pca_dim=8, shuffled=True)]
-    assert abs(np.mean(kappas)) < 0.05 and max(abs(k) for k in kappas) < 0.15
+    assert counts.max() == counts.min() == 4  # every residue mod 10 alike in every fold
+    assert len(np.unique(number_folds(n, 5, seed=3, block=40))) == 3  # 3 blocks, 3 folds
+    with pytest.raises(ValueError, match="two blocks"):
+        number_folds(np.arange(10), 5, block=10)
+    assert number_folds(n, 5, block=10).tolist() == ((n // 10) % 5).tolist()  # in turn
+    assert fold_blocks(n, [2, 5, 10]) == {10: [2, 5, 10]}  # lcm: one design, one PCA
+    assert fold_blocks(np.arange(40), [2, 7]) == {2: [2], 7: [7]}  # lcm 14: < 5 blocks
+    assert fold_blocks(n, [2, 5], block=20) == {20: [2, 5]}
+
+
+def test_balanced_weights_give_each_number_and_class_the_same_weight():
+    n = np.array([0, 0, 0, 1, 2, 2, 3, 4])  # classes mod 2: {0, 2, 4} and {1, 3}
+    w = balanced_weights(n, n % 2)
+    per_number = np.array([w[n == u].sum() for u in range(5)])
+    assert w.mean() == pytest.approx(1.0)
+    assert per_number[0] == pytest.approx(per_number[2]) == pytest.approx(per_number[4])
+    assert per_number[[0, 2, 4]].sum() == pytest.approx(per_number[[1, 3]].sum())
+
+
+def test_group_means_use_training_rows_only():
+    rng = np.random.default_rng(0)
+    x_tr, x_te = rng.standard_normal((6, 3)), rng.standard_normal((3, 3))
+    g_tr, g_te = np.array([1, 1, 2, 2, 2, 5]), np.array([2, 7, 1])
+    a, b = remove_group_means(x_tr, g_tr, x_te, g_te)
+    for g in (1, 2, 5):  # a plain loop
+        np.testing.assert_allclose(a[g_tr == g], x_tr[g_tr == g] - x_tr[g_tr == g].mean(0))
+    np.testing.assert_allclose(b[0], x_te[0] - x_tr[g_tr == 2].mean(0))
+    np.testing.assert_allclose(b[1], x_te[1] - x_tr.mean(0))  # unseen group: grand mean
+    np.testing.assert_allclose(b[2], x_te[2] - x_tr[g_tr == 1].mean(0))
+
+
+def test_token_identity_control_removes_what_the_token_says_and_keeps_the_rest():
+    """States = one vector per last digit (what a digit token gives) + a period-3 circle:
+    mod 10 is decodable, but only through the digit; regressing the digit out leaves
+    kappa ~ 0 for mod 10 and keeps mod 3."""
+    rng = np.random.default_rng(0)
+    n = np.repeat(np.arange(120), 2)
+    digit = rng.standard_normal((10, 16))
+    x = 2 * digit[n % 10] + 0.1 * rng.standard_normal((240, 16))
+    x[:, :2] += 2 * np.stack([np.cos(2 * np.pi * n / 3), np.sin(2 * np.pi * n / 3)], 1)
+    cheap = StatsConfig(n_boot=100, n_perm=100)
+    plain = {r.period: r for r in mod_probes(x, n, [10, 3], pca_dim=16, stats=cheap)}
+    ctl = {r.period: r for r in mod_probes(x, n, [10, 3], pca_dim=16, stats=cheap,
+                                           groups=n % 10)}
+    assert plain[10].kappa > 0.95 and plain[3].kappa > 0.8
+    assert abs(ctl[10].kappa) < 0.1 and ctl[10].kappa_ci_low <= 0 <= ctl[10].kappa_ci_high
+    assert ctl[3].kappa > 0.8 and ctl[3].kappa_p_value < 0.02
+    helix = fit_helix(x, n, (3,), pca_dim=8, groups=n % 10)
+    assert helix.groups_removed and helix.r2_test > 0.5
+
+
+def test_probe_results_carry_intervals_and_p_values():
+    x, n, _ = helix_states(n_numbers=100, repeats=2, dim=16)
+    r = mod_probe(x, n, 10, pca_dim=8, stats=StatsConfig(n_boot=200, n_perm=200))
+    assert r.kappa_ci_low <= r.kappa <= r.kappa_ci_high and r.kappa_ci_low > 0.9
+    assert r.kappa_p_value == pytest.approx(1 / 201) and r.accuracy_p_value < 0.01
+    assert r.n_numbers == 100 and r.block == 10 and r.ci_inflation >= 1
+    none = mod_probe(x, n, 10, pca_dim=8, stats=StatsConfig(n_boot=0, n_perm=0))
+    assert none.kappa_ci_low is None and none.kappa == pytest.approx(r.kappa)
+    fit = fit_helix(x, n, (10, 5), pca_dim=8, stats=StatsConfig(n_boot=200, n_perm=200))
+    s = fit.summary()
+    assert s["r2_test_ci_low"] < s["r2_test"] < s["r2_test_ci_high"]
+    assert s["r2_test"] == pytest.approx(fit.r2_test) and s["r2_test_p_value"] < 0.01
+    assert s["decode_accuracy_ci_low"] <= s["decode_accuracy"] <= s["decode_accuracy_ci_high"]
+    assert "r2_test_ci_low" not in fit_helix(x, n, (10,), pca_dim=8, shuffle=True).summary()
