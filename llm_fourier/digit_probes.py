@@ -31,6 +31,7 @@ from llm_fourier.number_format import NumberFormat
 from llm_fourier.scores import n_digits
 from llm_fourier.tasks import Example
 from probes.circular import KINDS, CircularProbe, digit_at, digit_probes, fit_circular
+from probes.stats import StatsConfig, classification_estimates
 
 TARGETS = ("a", "b", "answer")
 
@@ -60,8 +61,11 @@ def probe_digit_layers(
     return out
 
 
-def digit_rows(results: dict[tuple[str, int, str], list]) -> list[dict]:
-    """One CSV row per (role, layer, target, place, kind): accuracy beside its baseline."""
+def digit_rows(results: dict[tuple[str, int, str], list],
+               stats: StatsConfig | None = None) -> list[dict]:
+    """One CSV row per (role, layer, target, place, kind): accuracy beside its baseline and,
+    with ``stats``, its bootstrap interval over the held-out numbers and permutation p-value
+    (``probes.stats``, the statistics of the other hidden-state probes)."""
     rows = []
     for (role, layer, target), res in results.items():
         for r in res:
@@ -72,6 +76,10 @@ def digit_rows(results: dict[tuple[str, int, str], list]) -> list[dict]:
             rows.append({"role": role, "layer": layer, "target": target, "place": r.place,
                          "kind": r.kind, "accuracy": r.accuracy, "chance": r.chance,
                          "n_numbers": r.n_numbers, **({"r2": r.r2} if r.r2 is not None else {})})
+            if stats is not None and len(r.numbers) and (stats.n_boot or stats.n_perm):
+                est = classification_estimates(r.labels, r.predictions, r.numbers, 10, stats)
+                rows[-1] |= {k: v for k, v in est["accuracy"].as_dict("accuracy").items()
+                             if k != "accuracy"}
     return rows
 
 

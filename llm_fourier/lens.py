@@ -51,6 +51,7 @@ class LensAccumulator:
     n: int = 0
     hits: dict = field(default_factory=dict)
     magnitude_sum: Tensor | None = None  # L x (K + 1), float64
+    energy_sum: Tensor | None = None  # L x (K + 1): sums of squared magnitudes
 
     def batch_stats(self, logits: Tensor, answers: Tensor) -> dict:
         """One batch's sums (hits per tolerance, magnitudes, count), to ``add`` in order."""
@@ -58,14 +59,16 @@ class LensAccumulator:
         err = (pred - answers.to(pred.device)[:, None]).abs()
         hits = {name: (err <= tol).sum(0).to(torch.float64).cpu()
                 for name, tol in self.tolerances.items()}
-        mag = component_magnitudes(logits.to(torch.float64), self.basis, axis=-1).sum(0)
-        return {"n": logits.shape[0], "hits": hits, "magnitude_sum": mag.cpu()}
+        mag = component_magnitudes(logits.to(torch.float64), self.basis, axis=-1)
+        return {"n": logits.shape[0], "hits": hits, "magnitude_sum": mag.sum(0).cpu(),
+                "energy_sum": (mag * mag).sum(0).cpu()}
 
     def add(self, stats: dict) -> None:
         for name, counts in stats["hits"].items():
             self.hits[name] = self.hits.get(name, 0) + counts
-        mag = stats["magnitude_sum"]
+        mag, energy = stats["magnitude_sum"], stats["energy_sum"]
         self.magnitude_sum = mag if self.magnitude_sum is None else self.magnitude_sum + mag
+        self.energy_sum = energy if self.energy_sum is None else self.energy_sum + energy
         self.n += stats["n"]
 
     def accuracy(self) -> list[dict]:
@@ -73,20 +76,29 @@ class LensAccumulator:
                 for i in range(self.n_layers)]
 
     def spectra(self) -> list[Spectrum]:
-        """One data-set-averaged spectrum per layer (mean magnitude over examples)."""
-        mean = (self.magnitude_sum / max(self.n, 1)).numpy()
-        return [Spectrum(self.basis, mean[i]) for i in range(self.n_layers)]
+        """One data-set-averaged spectrum per layer: the mean magnitude over examples, with
+        the mean energy (squared magnitude) per example kept beside it."""
+        n = max(self.n, 1)
+        mean, energy = (self.magnitude_sum / n).numpy(), (self.energy_sum / n).numpy()
+        return [Spectrum(self.basis, mean[i], energy[i]) for i in range(self.n_layers)]
 
     def state_dict(self) -> dict:
-        return {"n": self.n, "hits": dict(self.hits), "magnitude_sum": self.magnitude_sum}
+        return {"n": self.n, "hits": dict(self.hits), "magnitude_sum": self.magnitude_sum,
+                "energy_sum": self.energy_sum}
 
     def load_state_dict(self, state: dict) -> None:
-        self.n, self.hits, self.magnitude_sum = state["n"], state["hits"], state["magnitude_sum"]
+        self.n, self.hits = state["n"], state["hits"]
+        self.magnitude_sum, self.energy_sum = state["magnitude_sum"], state["energy_sum"]
+
+
+PEAK_RULE = "the largest local maxima at k >= tau (the paper's annotation of lens spectra)"
 
 
 def layer_summary(spectra: Sequence[Spectrum], tau: int = 50, top: int | None = 10) -> list[dict]:
-    """Per layer: outliers ({k, period, magnitude}, largest first) and low/high energy."""
-    return [{"layer": i, "outliers": [o.as_dict() for o in s.outliers(top=top)],
+    """Per layer: the spectrum's peaks at k >= tau as ``outliers`` ({k, period, magnitude},
+    largest first; ``PEAK_RULE``, never the k = 1 trend) and the low/high split of both the
+    mean spectrum's energy and the mean energy per prompt."""
+    return [{"layer": i, "outliers": [o.as_dict() for o in s.peaks(min_k=tau, top=top)],
              **s.low_high(tau)} for i, s in enumerate(spectra)]
 
 

@@ -10,7 +10,7 @@ For digit place i (0 = units) of the numbers n, the digit is d = (n // 10^i) mod
   point that values are not encoded linearly while digits are).
 
 All kinds share the preprocessing of ``probes.linear.mod_probes`` (PCA fitted on the train
-fold, one global scale) and the folds by number (``number_folds``, units digits dealt evenly
+fold, one global scale) and the folds by number (``residue_folds``, units digits dealt evenly
 over the folds), so a number's states are never in train and test, and every kind and place
 is scored on the same held-out numbers. Each result keeps its per-sample held-out
 predictions (``numbers``, ``labels``, ``predictions``), so intervals over numbers can be
@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from probes.linear import _as_2d, _shuffled_within, number_folds, pca_basis
+from probes.common import as_2d, pca_basis
+from probes.folds import residue_folds, shuffled_within
 
 BASE = 10
 KINDS = ("circular", "linear", "value")
@@ -117,7 +118,7 @@ def digit_probes(
     from sklearn.linear_model import LogisticRegression
     from threadpoolctl import threadpool_limits
 
-    x = _as_2d(features)
+    x = as_2d(features)
     n = np.asarray(numbers, dtype=np.int64)
     if n.min() < 0:
         raise ValueError("digit probes need non-negative numbers")
@@ -125,9 +126,9 @@ def digit_probes(
     if bad:
         raise ValueError(f"unknown probe kind(s) {bad}; choose among {KINDS}")
     places = [int(p) for p in places]
-    fold = number_folds(n, n_splits, seed, BASE)
+    fold = residue_folds(n, n_splits, seed, BASE)
     rng = np.random.default_rng(seed + 1)
-    versions = [(False, n)] + [(True, _shuffled_within(n, n, fold, rng))
+    versions = [(False, n)] + [(True, shuffled_within(n, n, fold, rng))
                                for _ in range(n_shuffles if shuffled else 0)]
     # preds[(version, place, kind)]: held-out predicted digit per sample
     preds = {(v, p, k): np.empty_like(n) for v in range(len(versions)) for p in places
@@ -203,7 +204,7 @@ class CircularProbe:
     base: int = BASE
 
     def predict(self, features) -> np.ndarray:
-        return (_as_2d(features) - self.mean) @ self.weight.T + self.intercept
+        return (as_2d(features) - self.mean) @ self.weight.T + self.intercept
 
     def decode(self, features) -> np.ndarray:
         return nearest_digit(self.predict(features), self.base)
@@ -221,7 +222,7 @@ def fit_circular(features, numbers, place: int, *, pca_dim: int | None = 64,
                  alpha: float = 1.0) -> CircularProbe:
     """Fit the circular probe of digit ``place`` on every sample (PCA and scale as in
     ``digit_probes``), mapped back to model space."""
-    x = _as_2d(features)
+    x = as_2d(features)
     mean = x.mean(axis=0)
     dim = min(pca_dim or x.shape[1], x.shape[1], len(x) - 1)
     comps = pca_basis(x - mean, dim) if dim < x.shape[1] else np.eye(x.shape[1])

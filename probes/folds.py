@@ -29,6 +29,8 @@ import math
 
 import numpy as np
 
+from probes.common import shuffled_by_number
+
 
 def number_folds(numbers, n_splits: int = 5, seed: int | None = None,
                  block: int = 1) -> np.ndarray:
@@ -101,3 +103,30 @@ def remove_group_means(x_train: np.ndarray, g_train, x_test: np.ndarray,
     test_means = np.where(seen[:, None], means[np.minimum(pos, len(groups) - 1)],
                           x_train.mean(axis=0))
     return x_train - means[inv], x_test - test_means
+
+
+def residue_folds(numbers, n_splits: int = 5, seed: int = 0, stratify: int = 1) -> np.ndarray:
+    """Fold index of each sample with single numbers dealt, not blocks: all samples of a
+    number share a fold, and the numbers of each residue mod ``stratify`` are dealt evenly
+    over the folds, so every class mod T (T dividing ``stratify``) is balanced. The digit
+    probes use it (with ``stratify=10``, every digit of every place stays in training);
+    mod-T probes on states that vary smoothly in n need ``number_folds``' blocks instead."""
+    n = np.asarray(numbers)
+    uniq = np.unique(n)
+    k = min(n_splits, len(uniq))
+    if k < 2:
+        raise ValueError("cross-validation by number needs at least two distinct numbers")
+    rng = np.random.default_rng(seed)
+    order = np.lexsort((rng.random(len(uniq)), np.mod(uniq, max(stratify, 1))))
+    start = rng.integers(k)  # deal each residue's numbers round-robin
+    fold_of = {int(u): (start + i) % k for i, u in enumerate(uniq[order])}
+    return np.array([fold_of[int(v)] for v in n])
+
+
+def shuffled_within(n: np.ndarray, values: np.ndarray, fold: np.ndarray, rng) -> np.ndarray:
+    """``values`` permuted between the numbers of each fold (class counts per fold kept)."""
+    out = values.copy()
+    for f in np.unique(fold):
+        idx = np.flatnonzero(fold == f)
+        out[idx] = shuffled_by_number(n[idx], values[idx], rng)
+    return out

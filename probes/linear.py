@@ -21,8 +21,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from probes.common import as_2d, pca_basis, per_number_means, shuffled_by_number
-from probes.folds import balanced_weights, fold_blocks, number_folds, remove_group_means
+from probes.common import as_2d, pca_basis, per_number_means
+from probes.folds import (
+    balanced_weights,
+    fold_blocks,
+    number_folds,
+    remove_group_means,
+    shuffled_within,
+)
 from probes.fourier import FourierBasis, spectrum
 from probes.helix import HelixFit, fit_helix, helix_features, period_scan, split_numbers
 from probes.stats import (
@@ -67,15 +73,6 @@ class ModProbeResult:
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-def _shuffled_within(n: np.ndarray, values: np.ndarray, fold: np.ndarray, rng) -> np.ndarray:
-    """``values`` permuted between the numbers of each fold (class counts per fold kept)."""
-    out = values.copy()
-    for f in np.unique(fold):
-        idx = np.flatnonzero(fold == f)
-        out[idx] = shuffled_by_number(n[idx], values[idx], rng)
-    return out
 
 
 def cross_val_predict(x: np.ndarray, n: np.ndarray, label_sets, fold: np.ndarray, *,
@@ -172,7 +169,7 @@ def mod_probes(
         fold = number_folds(n, n_splits, None if deal == "interleaved" else seed, blen)
         tasks = [(T, False, np.mod(n, T)) for T in block_periods]
         tasks = [t for T, _, lab in tasks for t in [(T, False, lab)] + [
-            (T, True, _shuffled_within(n, lab, fold, rng)) for _ in range(n_refits)]]
+            (T, True, shuffled_within(n, lab, fold, rng)) for _ in range(n_refits)]]
         if any(len(np.unique(lab)) < 2 for *_, lab in tasks):
             raise ValueError("a mod-T probe needs numbers in at least two classes")
         preds = cross_val_predict(x, n, [lab for *_, lab in tasks], fold, pca_dim=pca_dim,

@@ -17,7 +17,12 @@ from tqdm.auto import tqdm
 
 from llm_fourier.commands.base import Command, JobView
 from llm_fourier.commands.emergence import emergence_html
-from llm_fourier.commands.options import OutputOptions, SourceOptions, SpectrumOptions
+from llm_fourier.commands.options import (
+    OutputOptions,
+    SourceOptions,
+    SpectrumOptions,
+    StatsOptions,
+)
 from llm_fourier.commands.settings import option
 from llm_fourier.embeddings import load_embedding_matrix
 from llm_fourier.errors import UserError
@@ -30,12 +35,13 @@ from llm_fourier.output.rundir import RunDir
 from llm_fourier.output.tables import format_table
 from probes import FourierBasis, spectrum
 from probes.linear import mod_probe
+from probes.stats import StatsConfig
 
 DEFAULT_SEARCH = 1000  # numbers searched when --max-number is not given
 
 
 @dataclass(kw_only=True)
-class EmbedSettings(SourceOptions, SpectrumOptions, OutputOptions):
+class EmbedSettings(SourceOptions, SpectrumOptions, StatsOptions, OutputOptions):
     command = "embed"
     max_number: int | None = option(None, min=2, help="analyse numbers 0..N, capped to the "
                                     "single-token range (default: the whole range found up to "
@@ -51,16 +57,21 @@ class EmbedSettings(SourceOptions, SpectrumOptions, OutputOptions):
             self.check_tau(self.max_number + 1)
 
 
-def embedding_mod_probes(rows: np.ndarray, periods: list[int], seed: int = 0) -> list[dict]:
-    """Cross-validated linear probes for n mod T on the number rows (one row per number)."""
+PROBE_KEYS = ("accuracy", "kappa", "chance_accuracy", "kappa_ci_low", "kappa_ci_high",
+              "kappa_p_value", "accuracy_ci_low", "accuracy_ci_high", "accuracy_p_value")
+
+
+def embedding_mod_probes(rows: np.ndarray, periods: list[int], seed: int = 0,
+                         stats: StatsConfig | None = None) -> list[dict]:
+    """Cross-validated linear probes for n mod T on the number rows (one row per number),
+    each score with its bootstrap interval over numbers and permutation p-value."""
     numbers = np.arange(len(rows))
     out = []
     for period in tqdm(periods, desc="mod-T probes", leave=False, disable=len(periods) < 2):
         if period >= len(rows) // 2:  # too few numbers per class to cross-validate
             continue
-        r = mod_probe(rows, numbers, period, seed=seed)
-        out.append({"period": period, "accuracy": r.accuracy, "kappa": r.kappa,
-                    "chance_accuracy": r.chance_accuracy})
+        r = mod_probe(rows, numbers, period, seed=seed, stats=stats).as_dict()
+        out.append({"period": period, **{k: r.get(k) for k in PROBE_KEYS}})
     return out
 
 
@@ -74,6 +85,15 @@ def plot_spectrum(spec, outliers: list[dict], title: str, path: Path) -> None:
                     xytext=(3, 3), textcoords="offset points")
     ax.set(xlabel="Fourier component k", ylabel="L2 norm over columns", title=title)
     save_figure(fig, path)
+
+
+def _with_interval(probe: dict) -> str:
+    """A kappa with its interval, e.g. "0.82 [0.71, 0.90]" (the interval when computed)."""
+    kappa, lo, hi = probe.get("kappa"), probe.get("kappa_ci_low"), probe.get("kappa_ci_high")
+    if kappa is None:
+        return ""
+    return f"{kappa:.3g}" + (f" [{lo:.3g}, {hi:.3g}]" if lo is not None and hi is not None
+                             else "")
 
 
 class EmbedCommand(Command):
@@ -106,7 +126,7 @@ class EmbedCommand(Command):
         spec = spectrum(rows, FourierBasis(numbers.p, s.basis), axis=0, pool="l2")
         outliers = [o.as_dict() for o in spec.outliers()]
         matrix = "unembedding" if s.unembed else "embedding"
-        probes = embedding_mod_probes(rows, s.mod_periods)
+        probes = embedding_mod_probes(rows, s.mod_periods, stats=s.stats_config())
         results = {"model": str(s.model), "revision": s.revision, "matrix": matrix,
                    "basis": s.basis,
                    "numbers": numbers.describe(), "d_model": int(rows.shape[1]),
@@ -123,7 +143,8 @@ class EmbedCommand(Command):
         print(format_table(outliers, ["k", "period", "magnitude"]) if outliers
               else "no outlier components")
         if probes:
-            print(format_table(probes, ["period", "accuracy", "kappa", "chance_accuracy"]))
+            print(format_table(probes, ["period", "accuracy", "kappa", "kappa_ci_low",
+                                        "kappa_ci_high", "kappa_p_value", "chance_accuracy"]))
         lh = results["low_high"]
         print(f"low (k<{lh['tau']}) / high energy: {lh['low_fraction']:.3f} / "
               f"{lh['high_fraction']:.3f}")
@@ -138,7 +159,7 @@ class EmbedCommand(Command):
         for job in jobs:
             res = job.results
             spec = [r for r in res.get("spectrum", []) if r.get("k", 0) >= 1]
-            kappas = {p.get("period"): p.get("kappa") for p in res.get("mod_probes") or []}
+            kappas = {p.get("period"): _with_interval(p) for p in res.get("mod_probes") or []}
             rows.append({"job": job.id, "model": Path(job.model).name,
                          "outlier periods": periods_text(res.get("outliers"), 6),
                          "low frac": (res.get("low_high") or {}).get("low_fraction"),

@@ -39,6 +39,10 @@ import torch
 from llm_fourier.commands.base import Command, JobView
 from llm_fourier.commands.digit_views import DIGIT_CAPTIONS, best_probe_rows, csv_row
 from llm_fourier.commands.emergence import emergence_html
+from llm_fourier.commands.hidden_controls import (
+    frequency_control_result,
+    token_identity_result,
+)
 from llm_fourier.commands.hidden_digits import (
     digit_html,
     digit_probe_rows,
@@ -46,15 +50,17 @@ from llm_fourier.commands.hidden_digits import (
     intervention_findings,
 )
 from llm_fourier.commands.options import (
+    BASES,
     ModelOptions,
     OutputOptions,
+    StatsOptions,
     TaskOptions,
     answer_keys,
     record_inputs,
 )
 from llm_fourier.commands.settings import option
+from llm_fourier.corpus import COUNT_MODES
 from llm_fourier.digit_plots import digit_probe_plot
-from llm_fourier.errors import UserError
 from llm_fourier.hidden import (
     ROLES,
     TARGETS,
@@ -62,13 +68,10 @@ from llm_fourier.hidden import (
     HiddenStates,
     collect,
     flat_row,
-    frequency_control,
-    load_scalar,
     probe_layers,
     random_copy,
 )
 from llm_fourier.hidden_ablate import GROUPS, probe_ablation
-from llm_fourier.numbers import find_number_tokens, number_rows
 from llm_fourier.output.files import save_figure
 from llm_fourier.output.html import html_table, percent, record_tables
 from llm_fourier.output.plots import pyplot
@@ -79,10 +82,11 @@ from llm_fourier.scores import n_digits
 from probes.circular import KINDS
 from probes.fourier import FourierBasis, spectrum
 from probes.linear import per_number_means
+from probes.stats import StatsConfig
 
 
 @dataclass(kw_only=True)
-class HiddenSettings(ModelOptions, TaskOptions, OutputOptions):
+class HiddenSettings(ModelOptions, TaskOptions, StatsOptions, OutputOptions):
     command = "hidden"
     seed: int = option(0, help="seed of the cross-validation folds and the random-init copy")
     n_probe: int = option(1000, min=1, help="training-split prompts whose states are probed")
@@ -103,8 +107,16 @@ class HiddenSettings(ModelOptions, TaskOptions, OutputOptions):
                                       "needs a second model in memory)")
     control: str | None = option(None, metavar="FILE", help="per-number scalar (CSV/JSON/NPY, "
                                  "e.g. token counts): its spectrum beside the embedding's")
-    basis: str = option("paper", choices=("paper", "dft"), help="Fourier basis of the control "
-                        "spectra")
+    corpus: str | None = option(None, metavar="FILE", help="without --control: count the "
+                                "numbers 0..p-1 in this text file and show the spectrum of "
+                                "their frequency beside the embedding's (the convergent-"
+                                "evolution control)")
+    corpus_count: str = option("text", choices=COUNT_MODES, help="text: whole numbers written "
+                               "in the text; tokens: each number's own token")
+    token_control: str = option("auto", choices=("auto", "always", "never"), help="probe again "
+                                "with the token-identity directions removed: auto (where the "
+                                "read token alone decodes n mod T), always, or never")
+    basis: str = option("paper", choices=BASES, help="Fourier basis of the control spectra")
     ablate_periods: list[float] | None = option(None, min=2, help="remove the fitted directions "
                                                 "of these periods (a subset of --helix-periods) "
                                                 "and measure accuracy")
@@ -260,7 +272,10 @@ class HiddenCommand(Command):
         kw = {"pca_dim": s.pca_dim, "mod_pca_dim": s.mod_pca_dim, "n_splits": s.folds,
               "seed": s.seed, "progress": progress}
         hs = _collect(run, "states", lm, examples, s, layers, progress)
-        fits = probe_layers(hs, target, s.periods, s.helix_periods, **kw)
+        token_ids, identity = token_identity_result(s, lm, examples, hs, target)
+        fits = probe_layers(hs, target, s.periods, s.helix_periods, **kw,
+                            stats=s.stats_config(s.seed), token_ids=token_ids,
+                            control=s.token_control)
         spikes = _spikes(hs, target, s.periods)
         rows = [{**flat_row(r, i, res), **spikes.get((r, i), {})} for (r, i), res in fits.items()]
         random_res = rhs = None
@@ -268,7 +283,8 @@ class HiddenCommand(Command):
             rand = random_copy(lm, s.seed)
             rhs = _collect(run, "states-random", rand, examples, s, layers, progress)
             random_res = probe_layers(rhs, target, s.periods, s.helix_periods,
-                                      **{**kw, "progress": False}, shuffled=False)
+                                      **{**kw, "progress": False}, shuffled=False,
+                                      stats=StatsConfig(n_boot=0, n_perm=0, n_refit=0))
             del rand
             for row, res in zip(rows, random_res.values()):
                 row.update({k: v for k, v in flat_row(row["role"], row["layer"], res,
@@ -277,7 +293,10 @@ class HiddenCommand(Command):
         results: dict = {
             "model": lm.name, "token": s.token, "target": target, "layers": layers,
             "roles": list(s.roles), "periods": s.periods, "helix_periods": s.helix_periods,
-            "n_examples": len(examples), "task": task.settings,
+            "n_examples": len(examples), "task": task.settings, "token_identity": identity,
+            "statistics": {"bootstrap": s.bootstrap, "permutations": s.permutations,
+                           "refits": s.refits, "level": s.ci_level, "method": s.ci_method,
+                           "unit": "distinct numbers (not prompts)"},
             "probes": [{"role": r, "layer": i, **{k: v for k, v in res.items() if k != "fit"},
                         "random_init": None if random_res is None else
                         {k: v for k, v in random_res[(r, i)].items() if k != "fit"},
@@ -290,10 +309,10 @@ class HiddenCommand(Command):
         if fmt is not None:
             readout = readout_for(lm, fmt, task.max_answer) if fmt.readout else None
             results |= answer_keys(fmt, readout)  # the logit row's readout
-        if s.control:
-            numbers = find_number_tokens(lm.tokenizer, max_number=task.max_answer)
-            results["frequency_control"] = self._control(s, lm, hs, numbers, task, layers,
-                                                         target)
+        control = frequency_control_result(s, lm, hs, task, layers, target)
+        if control is not None:
+            results["frequency_control"] = control[0]
+            run.write_csv("control_values.csv", control[1])
         if s.ablate_periods:
             results["ablation"] = self._ablate(s, run, lm, task, fits, fmt, progress)
         if s.intervene_place is not None:
@@ -310,8 +329,12 @@ class HiddenCommand(Command):
                 digit_probe_plot(digit, run.file("digit_probes.png"),
                                  f"digit probes of {target} at the {s.token} token")
         run.finish(results)
+        T0 = s.periods[0]
         cols = ["role", "layer"] + [f"kappa_mod{T}" for T in s.periods[:3]] + \
-            [f"kappa_mod{s.periods[0]}_shuffled", "r2_test", "r2_test_shuffled"]
+            [f"kappa_mod{T0}_ci_low", f"kappa_mod{T0}_ci_high", f"kappa_mod{T0}_p_value",
+             f"kappa_mod{T0}_shuffled", "r2_test", "r2_test_ci_low", "r2_test_ci_high"]
+        if any(f"control_kappa_mod{T0}" in r for r in rows):
+            cols.append(f"control_kappa_mod{T0}")
         if random_res is not None:
             cols += [f"random_kappa_mod{s.periods[0]}", "random_r2_test"]
         print(format_table(rows, cols))
@@ -328,23 +351,6 @@ class HiddenCommand(Command):
         if run.writes:
             print(f"results: {run.file('results.json')}")
         return results
-
-    @staticmethod
-    def _control(s: HiddenSettings, lm, hs: HiddenStates, numbers, task, layers,
-                 target) -> dict:
-        values = load_scalar(s.control)
-        if numbers.p >= min(len(values), task.max_answer + 1):  # numbers are single tokens
-            beside = number_rows(lm.embedding(), numbers).float().cpu().numpy()
-            what = "embedding"
-        else:
-            uniq, beside = per_number_means(hs.at(hs.roles[0], layers[0]), hs.numbers(target))
-            beside = beside if np.array_equal(uniq, np.arange(len(uniq))) else None
-            what = f"mean {hs.roles[0]} state, layer {layers[0]}"
-        if beside is not None and len(values) < len(beside):
-            raise UserError(f"--control {s.control} holds {len(values)} values but the numbers "
-                            f"beside it run 0..{len(beside) - 1}; give one value per number.")
-        return {**frequency_control(values, beside, s.basis),
-                "beside_what": what if beside is not None else None}
 
     @staticmethod
     def _ablate(s: HiddenSettings, run: RunDir, lm, task, fits, fmt,

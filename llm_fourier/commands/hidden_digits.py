@@ -4,8 +4,8 @@
 the random-init copy's) and turns the results into one row per (role, layer, target, place,
 kind) with its baselines: the rows of ``digit_probes.csv`` and ``results["digit_probes"]``.
 The ``DigitProbeResult`` objects keep every held-out prediction per sample
-(``DigitProbeResult.per_number``), so intervals over numbers belong in ``_rows`` once the
-probes' statistics offer them. ``intervene`` fits the circular probe of one operand digit and
+(``DigitProbeResult.per_number``): each accuracy gets its bootstrap interval over numbers
+and permutation p-value there. ``intervene`` fits the circular probe of one operand digit and
 runs ``digit_probes.digit_intervention`` on the test prompts (kept as a unit of the run).
 """
 
@@ -27,9 +27,10 @@ from llm_fourier.output.rundir import RunDir
 PER_EXAMPLE = ("clean", "rotated", "random")  # intervention lists that go to the CSV
 
 
-def _rows(results: dict, random_results: dict | None) -> list[dict]:
-    """``digit_rows`` with the random-init copy's accuracy beside each probe."""
-    rows = digit_rows(results)
+def _rows(results: dict, random_results: dict | None, stats=None) -> list[dict]:
+    """``digit_rows`` (with intervals and p-values) and the random-init copy's accuracy
+    beside each probe."""
+    rows = digit_rows(results, stats)
     if random_results is not None:
         rand = {(r["role"], r["layer"], r["target"], r["place"], r["kind"]): r["accuracy"]
                 for r in digit_rows(random_results)}
@@ -49,7 +50,7 @@ def digit_probe_rows(s, hs: HiddenStates, random_hs: HiddenStates | None, target
                              progress=progress, **kw)
     rand = None if random_hs is None else probe_digit_layers(
         random_hs, (target,), s.digit_places, shuffled=False, progress=False, **kw)
-    return _rows(res, rand)
+    return _rows(res, rand, s.stats_config(s.seed))
 
 
 def intervention_layer(s, rows: list[dict]) -> int:

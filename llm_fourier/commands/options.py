@@ -27,10 +27,11 @@ from llm_fourier.readout import NumberReadout, answer_basis, default_tau
 from llm_fourier.sources import load_tokenizer
 from llm_fourier.tasks import OPS, TaskSplits, make_task
 from probes import FourierBasis
+from probes.stats import CI_METHODS, StatsConfig
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SPLITS = ("train", "val", "test")
-BASES = ("paper", "dft")
+BASES = ("paper", "unit", "dft")
 
 
 @dataclass(kw_only=True)
@@ -122,8 +123,10 @@ class SplitOptions(Settings):
 
 @dataclass(kw_only=True)
 class SpectrumOptions(Settings):
-    basis: str = option("paper", choices=BASES, help="Fourier basis: paper (period (p-1)/k, "
-                        "Zhou et al.) or dft (exact, period p/k)")
+    basis: str = option("paper", choices=BASES, help="Fourier basis: paper (Zhou et al.'s "
+                        "Def. A.3: w_k = 2 pi k/(p-1), factors sqrt(1/(p-1)), sqrt(2/(p-1)); "
+                        "figures use it), unit (the same rows scaled to unit norm) or dft (the "
+                        "exact orthonormal DFT over p points, period p/k)")
     tau: int = option(50, min=1, help="low/high threshold on the component index k "
                       "(low: k < tau)")
 
@@ -185,3 +188,26 @@ def record_inputs(run: RunDir, lm: LoadedModel, examples=None) -> None:
     if examples is not None:
         prints["task examples"] = examples_fingerprint(examples)
     run.check_inputs(**prints)
+
+
+@dataclass(kw_only=True)
+class StatsOptions(Settings):
+    """Uncertainty of probe scores: the sample is the distinct numbers, not the prompts."""
+
+    bootstrap: int = option(1000, min=0, identity=False, help="bootstrap draws over numbers "
+                            "for each score's confidence interval (0: none)")
+    permutations: int = option(1000, min=0, identity=False, help="label permutations between "
+                               "numbers for each score's p-value (0: none)")
+    refits: int = option(20, min=0, help="refitted label shuffles that calibrate the mod-T "
+                         "intervals (0, or at least 2)")
+    ci_level: float = option(0.95, above=0, max=0.999, help="confidence level")
+    ci_method: str = option("percentile", choices=CI_METHODS, help="bootstrap interval")
+
+    def validate(self) -> None:
+        if self.refits == 1:
+            raise self.fail("refits", "must be 0 or at least 2 (a spread needs two refits)")
+
+    def stats_config(self, seed: int = 0) -> StatsConfig:
+        return StatsConfig(n_boot=self.bootstrap, n_perm=self.permutations,
+                           level=self.ci_level, method=self.ci_method, seed=seed,
+                           n_refit=self.refits)

@@ -59,7 +59,7 @@ from llm_fourier.digit_plots import digit_lens_accuracy_plot
 from llm_fourier.digits import run_digit_lens
 from llm_fourier.distributed import broadcast_object
 from llm_fourier.errors import UserError
-from llm_fourier.lens import LENS_ROLES, layer_summary, run_lens, spectra_matrix
+from llm_fourier.lens import LENS_ROLES, PEAK_RULE, layer_summary, run_lens, spectra_matrix
 from llm_fourier.numbers import NumberTokens
 from llm_fourier.output.html import html_table, percent, periods_text
 from llm_fourier.output.plots import component_layer_heatmap, layer_accuracy_plot, spectrum_plot
@@ -89,6 +89,7 @@ def accumulators_unit(accs: dict) -> tuple[dict, dict]:
         data["n"][key] = acc["n"]
         data["hits"][key] = list(acc["hits"])  # in order: results keep it
         tensors[f"{key}.magnitude_sum"] = acc["magnitude_sum"]
+        tensors[f"{key}.energy_sum"] = acc["energy_sum"]
         for name, counts in acc["hits"].items():
             tensors[f"{key}.hits.{name}"] = counts
     return data, tensors
@@ -97,6 +98,7 @@ def accumulators_unit(accs: dict) -> tuple[dict, dict]:
 def accumulators_state(data: dict, tensors: dict) -> dict:
     """The inverse of ``accumulators_unit``."""
     return {key: {"n": n, "magnitude_sum": tensors[f"{key}.magnitude_sum"],
+                  "energy_sum": tensors[f"{key}.energy_sum"],
                   "hits": {h: tensors[f"{key}.hits.{h}"] for h in data["hits"][key]}}
             for key, n in data["n"].items()}
 
@@ -167,7 +169,8 @@ class ProbeCommand(Command):
         record_inputs(run, lm, examples)
         readout = readout_for(lm, fmt, task.max_answer, s.final_norm)
         results = {"model": lm.name, "settings": s.identity(), "n_examples": len(examples),
-                   **answer_keys(fmt, readout, s.basis), "tau": tau, "n_layers": lm.n_layers}
+                   **answer_keys(fmt, readout, s.basis), "tau": tau, "n_layers": lm.n_layers,
+                   "outlier_rule": PEAK_RULE}
         saved = run.load_unit("lens")
         state = broadcast_object(lens_state(*saved) if saved else None)
         if state:
@@ -233,9 +236,10 @@ class ProbeCommand(Command):
             spectra = accs[role].spectra()
             results["accuracy"][role] = accs[role].accuracy()
             results["layers"][role] = layer_summary(spectra, tau, top=s.top)
-            mean = Spectrum(spectra[0].basis, np.mean([sp.magnitude for sp in spectra], axis=0))
+            mean = Spectrum(spectra[0].basis, np.mean([sp.magnitude for sp in spectra], axis=0),
+                            np.mean([sp.mean_energy for sp in spectra], axis=0))
             results["mean_over_layers"][role] = {
-                "outliers": [o.as_dict() for o in mean.outliers(top=s.top)],
+                "outliers": [o.as_dict() for o in mean.peaks(min_k=tau, top=s.top)],
                 **mean.low_high(tau)}
             plots[role] = (spectra, mean)
         return plots

@@ -100,15 +100,20 @@ def test_resume_from_state_gives_the_same_result(setup):
     torch.testing.assert_close(resumed["attn"].magnitude_sum, full["attn"].magnitude_sum)
 
 
-def test_layer_summary_finds_a_planted_period():
+def test_layer_summary_names_the_largest_peaks_at_or_above_tau():
+    """The paper annotates the largest components at or above tau: a planted k = 40
+    (period 2.5) comes first, a larger k = 10 below tau and the k = 1 trend never appear."""
     basis = FourierBasis(101)
     rng = np.random.default_rng(0)
     mag = np.concatenate([[5.0], 1 + 0.05 * rng.standard_normal(basis.n_components)])
-    mag[10] = 6.0  # component k = 10: period (p - 1) / k = 10
+    mag[1], mag[10], mag[40] = 50.0, 8.0, 6.0
     flat = Spectrum(basis, np.concatenate([[5.0], np.ones(basis.n_components)]))
-    summary = layer_summary([Spectrum(basis, mag), flat], tau=20)
-    assert [o["period"] for o in summary[0]["outliers"]] == [10.0]
-    assert summary[1]["outliers"] == []
+    summary = layer_summary([Spectrum(basis, mag), flat], tau=20, top=3)
+    assert [o["period"] for o in summary[0]["outliers"]][0] == 2.5
+    assert {o["k"] for o in summary[0]["outliers"]} & {1, 10} == set()
+    assert all(o["k"] >= 20 for o in summary[0]["outliers"])
+    assert layer_summary([Spectrum(basis, mag)], tau=1)[0]["outliers"][0]["k"] == 10
+    assert summary[1]["outliers"] == []  # a flat spectrum has no peak
     assert summary[1]["low_fraction"] == pytest.approx(19 / 50)
 
 
