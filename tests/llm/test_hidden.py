@@ -363,3 +363,34 @@ def test_null_calibration_on_real_states_with_shuffled_targets(digit_lm):
                 kappas.append(m["kappa"])
     assert sum(covered) >= len(covered) - 1, (covered, kappas)
     assert abs(np.mean(kappas)) < 0.05
+
+
+def test_hidden_reports_intervals_the_token_confound_and_a_corpus_control(tiny_dir, tmp_path):
+    """A digit tokenizer read at operand a's last digit: a mod 10 is the token's identity
+    (flagged, and probed again with it removed); every kappa carries an interval over numbers
+    and a p-value; without --control, number counts in a text become the control."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("3 apples and 3 pears, 12 eggs; 40 and 3.\n7 7 7 12\n")
+    out = tmp_path / "run"
+    argv = ["hidden", "--model", str(tiny_dir("gpt2", split_digits=True, seed=1)),
+            "--max-operand", "39", "--n-probe", "160", "--roles", "block", "--layers", "0",
+            "--periods", "2", "10", "--helix-periods", "10", "--pca-dim", "8",
+            "--mod-pca-dim", "16", "--folds", "4", "--digit-kinds", "--no-random-baseline",
+            "--bootstrap", "200", "--permutations", "200", "--refits", "2",
+            "--corpus", str(corpus), "--quiet", "--out", str(out)]
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["token_identity"]["10"]["confounded"] and res["token_identity"]["2"]["confounded"]
+    probe = res["probes"][0]
+    mod10 = probe["mod"]["10"]
+    assert mod10["kappa_ci_low"] <= mod10["kappa"] <= mod10["kappa_ci_high"]
+    assert 0 < mod10["kappa_p_value"] <= 1
+    assert "control" in probe  # the same probes with the token-identity means removed
+    assert probe["control"]["mod"]["10"]["kappa"] < mod10["kappa"]
+    rows = (out / "probes.csv").read_text().splitlines()
+    assert "kappa_mod10_ci_low" in rows[0] and "control_kappa_mod10" in rows[0]
+    control = res["frequency_control"]
+    assert control["source"] == f"number text counts in {corpus}"
+    counts = {int(r.split(",")[0]): float(r.split(",")[1])
+              for r in (out / "control_values.csv").read_text().splitlines()[1:]}
+    assert (counts[3], counts[7], counts[12], counts[40], counts[5]) == (3, 3, 2, 1, 0)
