@@ -199,6 +199,7 @@ def test_hidden_command_end_to_end_and_resume(tiny_dir, tmp_path, monkeypatch, c
             "mlp", "--periods", "2", "10", "--helix-periods", "10", "--pca-dim", "8",
             "--mod-pca-dim", "32", "--folds", "3", "--ablate-periods", "10",
             "--ablate-groups", "MLP", "--control", str(tmp_path / "counts.npy"), "--quiet",
+            "--bootstrap", "100", "--permutations", "100", "--refits", "2",
             "--out", str(out)]
     assert main(argv) == 0
     res = json.loads((out / "results.json").read_text())

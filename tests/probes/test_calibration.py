@@ -55,7 +55,8 @@ def run(make, seeds, intervals: bool = True, **kwargs):
     kappas, covered = {T: [] for T in PERIODS}, {T: [] for T in PERIODS}
     for s in seeds:
         x, n = make(s)
-        stats = StatsConfig(n_boot=300 if intervals else 0, n_perm=0, seed=s)
+        stats = StatsConfig(n_boot=300, n_perm=0, seed=s) if intervals else \
+            StatsConfig(n_boot=0, n_perm=0, n_refit=0, seed=s)  # a mean needs no refits
         for r in mod_probes(x, n, PERIODS, seed=s, pca_dim=16, stats=stats, **kwargs):
             kappas[r.period].append(r.kappa)
             if intervals:
@@ -67,11 +68,11 @@ def run(make, seeds, intervals: bool = True, **kwargs):
 @pytest.mark.slow
 def test_random_vector_per_number_scores_kappa_zero_with_calibrated_intervals():
     """Measured on 200 seeds (200 numbers): coverage 0.95, 0.96, 0.92 at T = 2, 5, 10;
-    here 40 seeds, so each period's coverage is allowed 0.85 and their pool must reach 0.9."""
+    here 24 seeds, so each period's coverage is allowed 0.85 and their pool must reach 0.9."""
     mean, _ = run(random_vectors, range(100), intervals=False)
     for T in PERIODS:
         assert abs(mean[T]) <= 0.02, (T, mean)
-    _, coverage = run(random_vectors, range(40))
+    _, coverage = run(random_vectors, range(24))
     for T in PERIODS:
         assert coverage[T] >= 0.85, (T, coverage)
     assert np.mean(list(coverage.values())) >= 0.9, coverage
@@ -83,7 +84,7 @@ def test_structured_states_without_mod_information_score_kappa_zero(make):
     mean, _ = run(make, range(40), intervals=False)  # 150 seeds: within 0.001 of 0
     for T in PERIODS:
         assert abs(mean[T]) <= 0.02, (T, mean)
-    _, coverage = run(make, range(10))
+    _, coverage = run(make, range(6))
     assert np.mean(list(coverage.values())) >= 0.9, coverage
 
 
