@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from llm_fourier.answers import greedy_batch, max_answer_tokens
 from llm_fourier.errors import UserError
-from llm_fourier.hidden import HiddenStates, token_ids_at
+from llm_fourier.hidden_states import HiddenStates, token_ids_at
 from llm_fourier.number_format import NumberFormat
 from llm_fourier.scores import n_digits
 from llm_fourier.tasks import Example

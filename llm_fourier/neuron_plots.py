@@ -1,4 +1,4 @@
-"""Figures for ``llm_fourier.neurons``: which periods the neurons write, and knockouts."""
+"""Figures for ``llm_fourier.fourier_neurons``: which periods the neurons write, and knockouts."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llm_fourier.neurons import NeuronSpectra
+from llm_fourier.fourier_neurons import NeuronSpectra
 from llm_fourier.output.files import save_figure
 from llm_fourier.output.plots import pyplot
 

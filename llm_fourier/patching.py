@@ -38,9 +38,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from llm_fourier.ablate import score_batch
+from llm_fourier.ablation import score_batch
 from llm_fourier.errors import UserError
-from llm_fourier.hidden import HiddenStates, collect, operand_spans, token_ids_at
+from llm_fourier.hidden_states import HiddenStates, collect, operand_spans, token_ids_at
 from llm_fourier.hooks import edit, last_token_logits
 from llm_fourier.numbers import NumberTokens, require_numbers
 from llm_fourier.output.files import save_figure

@@ -39,7 +39,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from llm_fourier.ablate import filter_edits  # noqa: E402
+from llm_fourier.ablation import filter_edits  # noqa: E402
 from llm_fourier.hooks import capture, edit  # noqa: E402
 from llm_fourier.models import LoadedModel, roles_for  # noqa: E402
 from probes import FourierBasis, low_pass  # noqa: E402

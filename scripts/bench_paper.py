@@ -34,7 +34,7 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from llm_fourier.ablate import (  # noqa: E402
+from llm_fourier.ablation import (  # noqa: E402
     MODULES,
     evaluate,
     filter_edits,

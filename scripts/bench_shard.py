@@ -46,7 +46,7 @@ def build_model(folder: Path, layers: int, d_model: int) -> str:
 def evaluate(model: str, n: int, batch: int, threads: int) -> tuple[dict, float]:
     """(evaluate summary + lens accuracy/spectra, seconds) for this process (or rank)."""
     from llm_fourier import distributed
-    from llm_fourier.ablate import evaluate as run_evaluate
+    from llm_fourier.ablation import evaluate as run_evaluate
     from llm_fourier.lens import run_lens
     from llm_fourier.models import load_model
     from llm_fourier.numbers import find_number_tokens

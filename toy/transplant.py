@@ -20,7 +20,7 @@ When the source width differs from the target's, ``project_rows`` maps the rows:
 
 The rows are written into the input embedding, which the adder ties to the unembedding
 (an untied output embedding gets the same rows). Freezing is done by the trainer
-(``llm_fourier.finetune.train(frozen_token_ids=...)``).
+(``llm_fourier.finetuning.train(frozen_token_ids=...)``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import torch
 
 from llm_fourier.embeddings import load_embedding_matrix
 from llm_fourier.errors import UserError
-from llm_fourier.finetune import embedding_params
+from llm_fourier.finetuning import embedding_params
 from llm_fourier.numbers import find_number_tokens, number_rows
 
 PROJECTIONS = ("pca", "random")

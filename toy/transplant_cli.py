@@ -6,7 +6,7 @@ from ``--source``; frozen unless ``--trainable``). Sources: ``synthetic`` (Fouri
 at ``--periods`` plus ``--n-low`` smooth components), the controls ``synthetic:low`` and
 ``synthetic:random`` (matched norms), a Hugging Face id or folder (``gpt2``, Llama-3,
 BERT, ...; projected to the adder's width by ``--projection``) or another run's folder.
-Each (seed, arm) trains with ``llm_fourier.finetune.FineTuner`` into ``OUT/seedS/ARM/`` and
+Each (seed, arm) trains with ``llm_fourier.finetuning.FineTuner`` into ``OUT/seedS/ARM/`` and
 is analysed from its saved folder by the code of ``probe`` and ``ablate``. Running the same
 command again skips finished arms and resumes the one in progress from its checkpoint.
 
@@ -29,7 +29,7 @@ import torch
 from llm_fourier.commands.base import Command, JobView
 from llm_fourier.commands.options import OutputOptions
 from llm_fourier.commands.settings import option
-from llm_fourier.finetune import FinetuneConfig, FineTuner
+from llm_fourier.finetuning import FinetuneConfig, FineTuner
 from llm_fourier.models import load_model
 from llm_fourier.numbers import task_numbers
 from llm_fourier.output.files import read_json, write_json

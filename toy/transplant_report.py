@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llm_fourier.ablate import ablation_table, number_filters
+from llm_fourier.ablation import ablation_table, number_filters
 from llm_fourier.lens import layer_summary, run_lens
 from llm_fourier.numbers import number_rows
 from llm_fourier.output.files import save_figure, write_csv

@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from llm_fourier.ablate import PREDICTIONS, ablation_table, evaluate_task
+from llm_fourier.ablation import PREDICTIONS, ablation_table, evaluate_task
 from llm_fourier.commands.base import Command, JobView
 from llm_fourier.commands.digit_views import (
     DIGIT_CAPTIONS,

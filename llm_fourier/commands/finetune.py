@@ -1,6 +1,6 @@
 """``llm-fourier finetune``: fine-tune a causal LM on addition (or multiplication) prompts.
 
-The loss is on the answer token only (see ``llm_fourier.finetune``). Writes ``model/`` (a
+The loss is on the answer token only (see ``llm_fourier.finetuning``). Writes ``model/`` (a
 Hugging Face folder that ``probe`` / ``ablate`` take as ``--model``), ``results.json``
 (settings, validation metrics per epoch, test metrics), ``history.csv``,
 ``predictions.csv``, ``history.png`` and ``test_errors.png``. Checkpoints in
@@ -16,7 +16,7 @@ from pathlib import Path
 from llm_fourier.commands.base import Command, JobView
 from llm_fourier.commands.options import ModelOptions, OutputOptions, TaskOptions, record_inputs
 from llm_fourier.commands.settings import option
-from llm_fourier.finetune import MIXED_PRECISION, FinetuneConfig, FineTuner
+from llm_fourier.finetuning import MIXED_PRECISION, FinetuneConfig, FineTuner
 from llm_fourier.numbers import task_numbers
 from llm_fourier.output.files import save_figure
 from llm_fourier.output.html import html_table

@@ -61,7 +61,8 @@ from llm_fourier.commands.options import (
 from llm_fourier.commands.settings import option
 from llm_fourier.corpus import COUNT_MODES
 from llm_fourier.digit_plots import digit_probe_plot
-from llm_fourier.hidden import (
+from llm_fourier.hidden_ablation import GROUPS, probe_ablation
+from llm_fourier.hidden_states import (
     ROLES,
     TARGETS,
     TOKENS,
@@ -71,7 +72,6 @@ from llm_fourier.hidden import (
     probe_layers,
     random_copy,
 )
-from llm_fourier.hidden_ablate import GROUPS, probe_ablation
 from llm_fourier.output.files import save_figure
 from llm_fourier.output.html import html_table, percent, record_tables
 from llm_fourier.output.plots import pyplot

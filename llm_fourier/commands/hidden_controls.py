@@ -15,7 +15,7 @@ import numpy as np
 
 from llm_fourier.corpus import corpus_counts
 from llm_fourier.errors import UserError
-from llm_fourier.hidden import (
+from llm_fourier.hidden_states import (
     HiddenStates,
     frequency_control,
     load_scalar,

@@ -19,7 +19,7 @@ from llm_fourier.digit_probes import (
     probe_digit_layers,
 )
 from llm_fourier.errors import UserError
-from llm_fourier.hidden import HiddenStates
+from llm_fourier.hidden_states import HiddenStates
 from llm_fourier.number_format import NumberFormat
 from llm_fourier.output.html import html_table, percent
 from llm_fourier.output.rundir import RunDir

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from llm_fourier.ablate import PREDICTIONS
+from llm_fourier.ablation import PREDICTIONS
 from llm_fourier.commands.base import Command, JobView
 from llm_fourier.commands.options import ModelOptions, OutputOptions, TaskOptions, record_inputs
 from llm_fourier.commands.settings import option
 from llm_fourier.errors import UserError
-from llm_fourier.hidden import ROLES, HiddenStates, collect
+from llm_fourier.hidden_states import ROLES, HiddenStates, collect
 from llm_fourier.numbers import task_numbers
 from llm_fourier.output.files import write_csv
 from llm_fourier.output.html import html_table

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 import transformers as T
 
-from llm_fourier.ablate import (
+from llm_fourier.ablation import (
     Scores,
     ablation_table,
     evaluate,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from llm_fourier.ablate import ablation_table, evaluate, evaluate_task
+from llm_fourier.ablation import ablation_table, evaluate, evaluate_task
 from llm_fourier.answers import (
     evaluate_answers,
     greedy_answers,

@@ -44,8 +44,9 @@ def test_settings_are_checked_as_on_the_command_line(tiny_dir):
         lf.probe(model=str(tiny_dir("gpt2")), max_operand=12, tau=13)
     with pytest.raises(lf.UserError, match="probe has no setting 'taus'"):
         lf.probe(model="gpt2", taus=3)
-    with pytest.raises(lf.UserError, match="--model is required"):
-        lf.embed()
+    for command in (lf.ablate, lf.embed, lf.hidden, lf.finetune, lf.patch, lf.neurons):
+        with pytest.raises(lf.UserError, match="--model is required"):
+            command()
 
 
 def test_run_reaches_every_registered_command_by_name(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 
 from llm_fourier.corpus import corpus_counts, count_number_tokens, count_numbers
 from llm_fourier.errors import UserError
-from llm_fourier.hidden import frequency_control
+from llm_fourier.hidden_states import frequency_control
 from llm_fourier.numbers import find_number_tokens
 
 TEXT = """In 1999 there were 12 cats and 7 dogs; 12 more came.

@@ -16,7 +16,7 @@ from llm_fourier.digit_probes import (
     probe_digit_layers,
 )
 from llm_fourier.errors import UserError
-from llm_fourier.hidden import collect
+from llm_fourier.hidden_states import collect
 from llm_fourier.models import load_model
 from llm_fourier.number_format import number_format
 from llm_fourier.tasks import Example

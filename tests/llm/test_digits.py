@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from llm_fourier.ablate import ablation_table, filter_edits
+from llm_fourier.ablation import ablation_table, filter_edits
 from llm_fourier.answers import evaluate_answers
 from llm_fourier.digits import run_digit_lens
 from llm_fourier.errors import UserError
-from llm_fourier.hidden_ablate import probe_ablation
+from llm_fourier.hidden_ablation import probe_ablation
 from llm_fourier.hooks import capture
 from llm_fourier.number_format import number_format
 from llm_fourier.readout import digit_readout, readout_for

@@ -72,7 +72,7 @@ def _free_port() -> int:
 
 def _count_prompts(log: list) -> None:
     """Record how many prompts this process tokenizes in the lens and evaluate loops."""
-    import llm_fourier.ablate as ablate
+    import llm_fourier.ablation as ablate
     import llm_fourier.lens as lens
 
     for module, name in ((lens, "lens"), (ablate, "evaluate")):
@@ -119,7 +119,7 @@ def _worker(rank: int, world: int, port: int, model_dir: str, root: str) -> None
 
 def _collect(model_dir: str) -> tuple[dict, int]:
     """hidden.collect's states at operand a (batches grouped by length), and the forwards run."""
-    from llm_fourier.hidden import collect
+    from llm_fourier.hidden_states import collect
     from llm_fourier.models import load_model
     from llm_fourier.tasks import make_task
 

@@ -9,7 +9,7 @@ import torch
 
 from llm_fourier.cli import main
 from llm_fourier.errors import UserError
-from llm_fourier.finetune import (
+from llm_fourier.finetuning import (
     FinetuneConfig,
     FineTuner,
     answer_batch,
@@ -141,7 +141,7 @@ def evil_pickle(marker) -> bytes:
 
 
 def test_finetune_command_writes_a_model_folder_that_loads_back(tmp_path, capsys):
-    from llm_fourier.ablate import evaluate
+    from llm_fourier.ablation import evaluate
 
     src = save_tiny(*tiny(), tmp_path / "src")
     out = tmp_path / "run"

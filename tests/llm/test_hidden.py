@@ -8,7 +8,14 @@ import torch
 
 from llm_fourier.cli import main
 from llm_fourier.errors import UserError
-from llm_fourier.hidden import (
+from llm_fourier.hidden_ablation import (
+    generate_answers,
+    logit_filter,
+    probe_ablation,
+    probe_filters,
+    random_filters,
+)
+from llm_fourier.hidden_states import (
     HiddenStates,
     collect,
     flat_row,
@@ -19,13 +26,6 @@ from llm_fourier.hidden import (
     read_token_ids,
     token_identity,
     token_ids_at,
-)
-from llm_fourier.hidden_ablate import (
-    generate_answers,
-    logit_filter,
-    probe_ablation,
-    probe_filters,
-    random_filters,
 )
 from llm_fourier.hooks import capture, edit
 from llm_fourier.models import load_model
@@ -223,7 +223,7 @@ def test_hidden_command_end_to_end_and_resume(tiny_dir, tmp_path, monkeypatch, c
     assert "kappa_mod10" in (out / "probes.csv").read_text().splitlines()[0]
     # a run killed during the ablations resumes: states and finished rows are reused
     import llm_fourier.commands.hidden as cmd
-    import llm_fourier.hidden_ablate as abl
+    import llm_fourier.hidden_ablation as abl
 
     killed = argv[:-1] + [str(tmp_path / "killed")]
     real, calls = abl.accuracy, []

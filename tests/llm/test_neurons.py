@@ -8,10 +8,7 @@ import torch
 import transformers as T
 
 from llm_fourier.errors import UserError
-from llm_fourier.hooks import capture
-from llm_fourier.models import load_model
-from llm_fourier.neuron_plots import knockout_plot, neuron_period_heatmap
-from llm_fourier.neurons import (
+from llm_fourier.fourier_neurons import (
     check_projections,
     has_post_norm,
     knockout,
@@ -22,6 +19,9 @@ from llm_fourier.neurons import (
     output_projection,
     top_neurons,
 )
+from llm_fourier.hooks import capture
+from llm_fourier.models import load_model
+from llm_fourier.neuron_plots import knockout_plot, neuron_period_heatmap
 from llm_fourier.numbers import find_number_tokens, number_rows
 from llm_fourier.tasks import TEMPLATES, Example
 from probes import FourierBasis

@@ -10,15 +10,15 @@ import math
 import numpy as np
 import pytest
 
-import llm_fourier.ablate as ablate_lib
+import llm_fourier.ablation as ablate_lib
 import llm_fourier.commands.patch as patch_cmd
-import llm_fourier.neurons as neurons_lib
+import llm_fourier.fourier_neurons as neurons_lib
 import llm_fourier.patching as patching_lib
 from llm_fourier.cli import main
 from llm_fourier.errors import UserError
-from llm_fourier.hidden import collect
+from llm_fourier.fourier_neurons import knockout_table, neuron_spectra
+from llm_fourier.hidden_states import collect
 from llm_fourier.models import load_model
-from llm_fourier.neurons import knockout_table, neuron_spectra
 from llm_fourier.numbers import task_numbers
 from llm_fourier.patching import helix_patching
 from llm_fourier.tasks import make_task

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from llm_fourier.errors import UserError
-from llm_fourier.hidden import token_ids_at
+from llm_fourier.hidden_states import token_ids_at
 from llm_fourier.hooks import capture
 from llm_fourier.models import load_model
 from llm_fourier.numbers import find_number_tokens

@@ -9,7 +9,7 @@ import torch
 
 from llm_fourier.batch.demo import planted_embeddings
 from llm_fourier.errors import UserError
-from llm_fourier.finetune import RowFreezer, embedding_params
+from llm_fourier.finetuning import RowFreezer, embedding_params
 from probes import FourierBasis, spectrum
 from toy.adders import AdderConfig, build_adder
 from toy.transplant import project_rows, rescale_rows, synthetic_embeddings
@@ -191,7 +191,7 @@ def test_wider_source_is_projected_and_matched(tmp_path):
 
 
 def test_frozen_transplant_stays_bit_identical_through_training(tmp_path):
-    from llm_fourier.finetune import FinetuneConfig, FineTuner
+    from llm_fourier.finetuning import FinetuneConfig, FineTuner
     from llm_fourier.models import load_model
     from llm_fourier.numbers import find_number_tokens
     from llm_fourier.tasks import make_task

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from llm_fourier.ablate import evaluate
+from llm_fourier.ablation import evaluate
 from llm_fourier.errors import UserError
 from llm_fourier.numbers import NumberTokens, number_rows
 from probes import FourierBasis
@@ -80,7 +80,7 @@ def output_projection(lm, layer: int) -> nn.Module:
     found = [m for m in mlp.modules() if _out_width(m) == lm.d_model]
     if not found:
         raise UserError(f"cannot find the output projection of {lm.name}'s MLP (no Linear or "
-                        "Conv1D writing d_model); add its name to llm_fourier.neurons."
+                        "Conv1D writing d_model); add its name to llm_fourier.fourier_neurons."
                         "PROJECTIONS.")
     return found[-1]
 

@@ -17,7 +17,7 @@
 * ``frequency_control``: the spectrum of a per-number scalar (e.g. token counts, from a
   file or counted in a corpus by ``llm_fourier.corpus``) with its outliers, to put beside
   an embedding's spectrum.
-* ``probe_ablation`` (in ``llm_fourier.hidden_ablate``): remove the fitted Fourier
+* ``probe_ablation`` (in ``llm_fourier.hidden_ablation``): remove the fitted Fourier
   directions from module outputs and measure task accuracy.
 """
 

@@ -38,7 +38,7 @@ from accelerate.utils import load as accelerate_load
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from llm_fourier.ablate import evaluate
+from llm_fourier.ablation import evaluate
 from llm_fourier.errors import UserError
 from llm_fourier.models import LoadedModel
 from llm_fourier.output.files import read_json, to_jsonable, write_json

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from llm_fourier.ablate import MODULES, evaluate_task
+from llm_fourier.ablation import MODULES, evaluate_task
 from llm_fourier.answers import greedy_answers
 from llm_fourier.errors import UserError
 from llm_fourier.models import LoadedModel
