@@ -56,14 +56,22 @@ def demo_config(model: str | None = None, quick: bool = False) -> dict:
            "lr": 3e-3, "log_every": max(1, z["toy_epochs"] // 100),
            "measure_every": max(1, z["toy_epochs"] // 10),
            "checkpoint_every": max(1, z["toy_epochs"] // 5)}
+    # hidden-state probes with their intervals over numbers (quick: 17 answers, few draws)
+    hidden = {"roles": ["block"], "periods": [2, 5, 10], "helix_periods": [2, 5, 10],
+              "pca_dim": 16, "mod_pca_dim": 16, "digit_kinds": [], "batch_size": 32,
+              "n_probe": 1000, "token": "a"} if not quick else \
+        {"roles": ["block"], "periods": [2, 5], "helix_periods": [2, 5], "pca_dim": 8,
+         "mod_pca_dim": 8, "folds": 3, "digit_kinds": [], "token": "last",
+         "bootstrap": 200, "permutations": 200, "refits": 2, "quiet": True}
     what = ("the two trained adders" if model is None else model)
     return {
         "title": "llm-fourier demo: Fourier number features end to end",
         "description": (
             "Small GPT-2-architecture adders trained from scratch, with and without "
             "transplanted (frozen) Fourier number embeddings; the LLM pipeline (embedding "
-            f"spectra, per-layer logit lens and Fourier spectra, frequency ablations) run on "
-            f"{what}; and a small grokking run of (a + b) mod {p} with its progress measures."),
+            f"spectra, per-layer logit lens and Fourier spectra, frequency ablations, "
+            f"hidden-state probes with their intervals over numbers) run on {what}; and a "
+            f"small grokking run of (a + b) mod {p} with its progress measures."),
         "seeds": [0],
         "models": models,
         "tasks": {"add": task},
@@ -77,6 +85,7 @@ def demo_config(model: str | None = None, quick: bool = False) -> dict:
              "settings": {**llm, "tau": z["tau"]}},
             {"command": "ablate", "models": "*", "tasks": ["add"],
              "settings": {**llm, "tau": z["tau"]}},
+            {"command": "hidden", "models": "*", "tasks": ["add"], "settings": hidden},
             {"command": "toy train", "name": "grok", "settings": {**toy, "seeds": [0]},
              "caption": f"One-layer transformer on (a + b) mod {p}, half of the pairs for "
                         "training, AdamW with weight decay 1."},

@@ -228,14 +228,17 @@ def _plot(rows: list[dict], periods, roles, path_kappa: Path, path_r2: Path) -> 
             for j, m in enumerate(metrics):
                 c = f"C{j}"
                 ax.plot(x, [r[m] for r in sel], "o-", color=c, label=m.replace("kappa_", ""))
+                if sel[0].get(m + "_ci_low") is not None:  # the interval over numbers
+                    ax.fill_between(x, [r[m + "_ci_low"] for r in sel],
+                                    [r[m + "_ci_high"] for r in sel], color=c, alpha=0.15, lw=0)
                 ax.plot(x, [r[m + "_shuffled"] for r in sel], ":", color=c, alpha=0.7)
                 if f"random_{m}" in sel[0]:
                     ax.plot(x, [r[f"random_{m}"] for r in sel], "--", color=c, alpha=0.7)
             ax.set(title=role, xlabel="layer", ylabel=metrics[0].split("_")[0])
             ax.xaxis.get_major_locator().set_params(integer=True)
             ax.axhline(0, color="grey", lw=0.5)
-        axes[0, 0].legend(fontsize=7, title="solid: model, dashed: random init, "
-                          "dotted: shuffled", title_fontsize=6)
+        axes[0, 0].legend(fontsize=7, title="solid: model (band: its interval over numbers), "
+                          "dashed: random init, dotted: shuffled", title_fontsize=6)
         save_figure(fig, path)
 
 
@@ -248,8 +251,10 @@ class HiddenCommand(Command):
     intro = ("Linear probes on hidden states: mod-T classification (Cohen's kappa) and circle or "
              "helix regression per layer, beside the Fourier spectra they should agree with.")
     captions = {"kappa_by_layer": "Cohen's kappa of the mod-T probes per layer (solid: model, "
-                                  "dashed: random init, dotted: shuffled labels).",
-                "r2_by_layer": "Held-out R^2 of the helix fit per layer.",
+                                  "with its confidence interval over numbers as a band; dashed: "
+                                  "random init, dotted: shuffled labels).",
+                "r2_by_layer": "Held-out R^2 of the helix fit per layer, with its confidence "
+                               "interval over numbers.",
                 "digit_probes": DIGIT_CAPTIONS["digit_probes"]}
 
     def run(self, s: HiddenSettings, run: RunDir) -> dict:

@@ -17,7 +17,8 @@ from llm_fourier.output.files import read_json
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_JOBS = {"transplant", "embed-adder-scratch", "embed-adder-fourier",
              "probe-adder-scratch-add", "probe-adder-fourier-add",
-             "ablate-adder-scratch-add", "ablate-adder-fourier-add", "grok",
+             "ablate-adder-scratch-add", "ablate-adder-fourier-add",
+             "hidden-adder-scratch-add-s0", "hidden-adder-fourier-add-s0", "grok",
              "grok-analysis-s0"}
 
 
@@ -43,7 +44,12 @@ def test_quick_demo_runs_every_job_and_ends_with_the_report_path(demo_run, capsy
         table = read_json(out / f"jobs/ablate-adder-{arm}-add/results.json")["table"]
         assert all(0 < r["rank"] < r["width"] for r in table if r["filter"] != "none")
         assert not any(r["knockout"] for r in table)
+    hidden = read_json(out / "jobs/hidden-adder-fourier-add-s0/results.json")
+    kappa = hidden["probes"][0]["mod"]["2"]  # every probe score carries its uncertainty
+    assert kappa["kappa_ci_low"] <= kappa["kappa"] <= kappa["kappa_ci_high"]
+    assert hidden["statistics"]["unit"] == "distinct numbers (not prompts)"
     page = (out / "index.html").read_text()
+    assert "interval over numbers" in page
     for heading in ("Number embeddings", "Per-layer Fourier analysis", "Frequency ablations",
                     "Transplanted number embeddings", "Toy models and grokking"):
         assert heading in page
