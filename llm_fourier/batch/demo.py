@@ -34,7 +34,7 @@ SIZES = {
 def demo_config(model: str | None = None, quick: bool = False) -> dict:
     """The built-in report: transplant adders + LLM pipeline + grokking, as a config dict."""
     z = SIZES[quick]
-    transplant = {"seeds": [0]}
+    transplant = {"seeds": [0], "tau": z["tau"]}
     if quick:
         transplant.update(max_operand=z["operand"], epochs=z["adder_epochs"],
                           eval_every=z["eval_every"], layers=1, d_model=16, heads=2,

@@ -40,6 +40,8 @@ def test_quick_demo_runs_every_job_and_ends_with_the_report_path(demo_run, capsy
     assert (scratch / "config.json").is_file()
     assert read_json(out / "jobs/grok-analysis-s0/results.json")["checkpoint"] == \
         str((out / "jobs/grok/checkpoint.safetensors").resolve())
+    ranks = read_json(out / "jobs/transplant/seed0/scratch/analysis.json")["filter_ranks"]
+    assert max(ranks.values()) < 16  # the adders' own ablations: no knockout either
     for arm in ("scratch", "fourier"):  # the demo's tau keeps every filter below the width
         table = read_json(out / f"jobs/ablate-adder-{arm}-add/results.json")["table"]
         assert all(0 < r["rank"] < r["width"] for r in table if r["filter"] != "none")
