@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from llm_fourier.architectures import ROLES, embed_tokens, path_of, scale_of, submodule
@@ -25,6 +26,7 @@ from llm_fourier.sources import (
     load_config,
     load_tokenizer,
     resolve_source,
+    unreadable_weights,
     weights_kwargs,
 )
 
@@ -151,7 +153,10 @@ def load_embedding_matrix(
     config = load_config(name, trust_remote_code, revision)
     dtype = resolve_dtype(dtype)
     if "gguf_file" not in kwargs:
-        matrix = _fast_path(where, config, unembed, dtype, trust_remote_code, scaled)
+        try:
+            matrix = _fast_path(where, config, unembed, dtype, trust_remote_code, scaled)
+        except SafetensorError as err:
+            raise unreadable_weights(name, err) from err
         if matrix is not None:
             return matrix, tok
     if default_device_map(device_map) is not None:
@@ -166,6 +171,8 @@ def load_embedding_matrix(
             raise cannot_load(name, err, revision) from err
         except OSError as err:
             raise cannot_load(name, err, revision) from err
+        except SafetensorError as err:
+            raise unreadable_weights(name, err) from err
         return _matrix_of(hf, name, unembed, scaled), tok
     raise UserError(f"{name} has no language-model head to unembed with; drop --unembed to "
                     "analyse its input embedding.")

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from llm_fourier.architectures import (  # noqa: F401 - re-exported
@@ -35,6 +36,7 @@ from llm_fourier.sources import (  # noqa: F401 - re-exported
     load_tokenizer,
     resolve_source,
     source_kwargs,
+    unreadable_weights,
     weights_kwargs,
 )
 
@@ -215,6 +217,8 @@ def load_model(
         raise cannot_load(name, err, revision) from err
     except OSError as err:
         raise cannot_load(name, err, revision) from err
+    except SafetensorError as err:
+        raise unreadable_weights(name, err) from err
     return _finish(hf.eval(), tok, name, verify)
 
 

@@ -181,8 +181,19 @@ def _generic_fast_tokenizer(source: str) -> bool:
     return name in ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt",
+                   "tokenizer.model", "spiece.model", "merges.txt", "sentencepiece.bpe.model")
+
+
+def _no_tokenizer(name: str) -> UserError:
+    return UserError(f"{name} holds no tokenizer (none of {', '.join(TOKENIZER_FILES[:4])}, "
+                     "...); pass one with --tokenizer ID_OR_FOLDER, or save the model's "
+                     "tokenizer into the folder.")
+
+
 def load_tokenizer(source, trust_remote_code: bool = False, revision: str | None = None):
-    """A tokenizer from a hub id, folder or GGUF file; objects pass through unchanged."""
+    """A tokenizer from a hub id, folder or GGUF file; objects pass through unchanged. A
+    folder without tokenizer files is refused (transformers would build an empty one)."""
     from transformers import AutoTokenizer
 
     if source is None or not isinstance(source, (str, os.PathLike)):
@@ -190,14 +201,28 @@ def load_tokenizer(source, trust_remote_code: bool = False, revision: str | None
     name = str(source)
     where, kwargs = resolve_source(name, trust_remote_code, revision)
     kwargs.pop("use_safetensors", None)
+    local = "gguf_file" not in kwargs and looks_local(name)
+    if local and not any((Path(where) / f).is_file() for f in TOKENIZER_FILES):
+        raise _no_tokenizer(name)
     try:
-        if "gguf_file" not in kwargs and looks_local(name) and _generic_fast_tokenizer(where):
+        if local and _generic_fast_tokenizer(where):
             from transformers import PreTrainedTokenizerFast
 
-            return PreTrainedTokenizerFast.from_pretrained(where, **kwargs)
-        return AutoTokenizer.from_pretrained(where, **kwargs)
+            tok = PreTrainedTokenizerFast.from_pretrained(where, **kwargs)
+        else:
+            tok = AutoTokenizer.from_pretrained(where, **kwargs)
     except (OSError, ValueError) as err:
         raise cannot_load(name, err, revision) from err
+    if len(tok) == 0:
+        raise _no_tokenizer(name)
+    return tok
+
+
+def unreadable_weights(name: str, err: Exception) -> UserError:
+    """One sentence for a weights file that exists but cannot be read (truncated, corrupt)."""
+    reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+    return UserError(f"the weights of {name} cannot be read ({reason}); the file is probably "
+                     "truncated or corrupt: copy or download it again.")
 
 
 def load_config(name: str, trust_remote_code: bool = False, revision: str | None = None):

@@ -136,3 +136,38 @@ def test_generated_cases_really_are_out_of_range():
     assert "probe--tau=0(min)" in ids and "toy train--lr=0.0(above)" in ids
     assert any(i.startswith("toy train--train-frac=2.0(max)") for i in ids)
     assert not math.isfinite(float("nan"))
+
+
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory):
+    """A model folder whose weights file was cut short, and one without a tokenizer."""
+    import shutil
+
+    from tests.tiny import tiny_model_dir
+
+    root = tmp_path_factory.mktemp("damaged")
+    good = tiny_model_dir(root / "good", "gpt2")
+    cut = shutil.copytree(good, root / "cut")
+    data = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(data[:len(data) // 3])
+    bare = shutil.copytree(good, root / "bare")
+    for path in bare.glob("tokenizer*"):
+        path.unlink()
+    return cut, bare
+
+
+@pytest.mark.parametrize("argv", [["probe", "--tau", "4"], ["embed", "--tau", "4"], ["hidden"],
+                                  ["finetune"], ["ablate", "--tau", "4"]])
+def test_a_truncated_weights_file_is_named_in_one_sentence(argv, damaged, tmp_path, capsys):
+    cut, _ = damaged
+    err = _check([*argv, "--model", str(cut), "--max-operand", "20"]
+                 if argv[0] not in ("embed",) else [*argv, "--model", str(cut)],
+                 tmp_path / "out", capsys)
+    assert str(cut) in err and "truncated or corrupt" in err
+
+
+def test_a_folder_without_a_tokenizer_says_so(damaged, tmp_path, capsys):
+    _, bare = damaged
+    err = _check(["probe", "--model", str(bare), "--max-operand", "20", "--tau", "4"],
+                 tmp_path / "out", capsys)
+    assert "holds no tokenizer" in err and "--tokenizer" in err
