@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from transformers.utils import logging as hf_logging
+
 from llm_fourier.batch.commands import BATCH_COMMANDS
 from llm_fourier.commands import all_commands
 from llm_fourier.commands.base import Command
@@ -44,6 +46,9 @@ def build_parser(commands: dict[str, Command] | None = None) -> argparse.Argumen
 
 
 def main(argv: list[str] | None = None) -> int:
+    # transformers' bars for loading checkpoint shards would crowd stderr, where a user
+    # error is one line; downloads (huggingface_hub) and our own bars keep theirs
+    hf_logging.disable_progress_bar()
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as done:  # --help, or a parse error already printed as one line
