@@ -1,6 +1,6 @@
 """Digit probes on hidden states and the digit intervention (Levy & Geva, NAACL 2025).
 
-* ``probe_digit_layers``: on states collected by ``hidden.collect`` (a token of each prompt:
+* ``probe_digit_layers``: on states collected by ``hidden_states.collect`` (a token of each prompt:
   the last token of operand a or b, or the last prompt token), for every (role, layer),
   target number (a, b or the answer) and digit place: the circular, linear 10-class and
   value probes of ``probes.circular`` on the same held-out numbers, each beside its

@@ -6,7 +6,7 @@ Under a launcher (``WORLD_SIZE`` > 1) ``process_info()`` starts accelerate's
 batches a single process would run (same prompts, same padding) are dealt out as contiguous
 blocks (``PartialState.split_between_processes``) and gathered back in rank order
 (``gather_object``), so the result equals the single-process run exactly. The library's
-batch loops (``lens.run_lens``, ``ablate.evaluate``, ``hidden.collect``) use ``map_ranges``
+batch loops (``lens.run_lens``, ``ablation.evaluate``, ``hidden_states.collect``) use ``map_ranges``
 and so shard whenever several processes run, and are plain loops otherwise. ``solo()``
 runs a block on one process alone (a report's one-rank jobs). Big models take several GPUs
 per process: before CUDA starts, each process of a node sees only its own contiguous group

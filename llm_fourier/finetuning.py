@@ -5,7 +5,7 @@ next-token logits at the last prompt position (left padding, the position ids ev
 uses) against that token. AdamW with linear decay to 0 (optional warmup), gradient
 accumulation, clipping, mixed precision and data parallelism through ``accelerate``.
 ``FineTuner`` splits a run into ``step`` (one optimizer step over a group of micro-batches),
-``evaluate`` (a split, by ``ablate.evaluate``) and ``checkpoint`` / ``restore``.
+``evaluate`` (a split, by ``ablation.evaluate``) and ``checkpoint`` / ``restore``.
 
 Checkpoints (``OUT/checkpoints/step-N/``) are ``Accelerator.save_state`` (model as
 safetensors; optimizer, scheduler, scaler and per-process RNG states read back with

@@ -7,7 +7,7 @@ they span a subspace that ``probes.FourierFilter`` projects out (x - R R^T x), i
 logit-space filter of Zhou et al. removing the same periods' components of the task's
 ``readout.NumberReadout`` (cross-check): ``W_U[numbers]`` when the answers are single
 tokens, ``W_U[digits]`` when ``numbers`` is a ``NumberFormat`` of a digit-splitting
-tokenizer. Scores come from ``ablate.evaluate_task``: the next token for single-token
+tokenizer. Scores come from ``ablation.evaluate_task``: the next token for single-token
 answers, else greedy generation of the whole answer (``answers.evaluate_answers``).
 """
 
@@ -89,7 +89,7 @@ def accuracy(lm: LoadedModel, examples: Sequence[Example], edits=None, *,
              numbers: NumberTokens | NumberFormat | None = None, positions: str = "all",
              batch_size: int = 16, progress: bool = True, desc: str = "evaluate") -> dict:
     """Task scores: the next token over the number tokens when ``numbers`` covers every
-    answer (``ablate.evaluate``), else greedy generation of the whole answer."""
+    answer (``ablation.evaluate``), else greedy generation of the whole answer."""
     target = _target(lm, examples, numbers)
     res = evaluate_task(lm, examples, target, edits, positions=positions,
                         batch_size=batch_size, progress=progress, desc=desc)

@@ -125,7 +125,7 @@ def run_lens(
 
     ``predictions``: a list that receives the model's own prediction of every example, in
     order, from the same forward: its next token (argmax over the vocabulary, logits of the
-    last position only) as a number, -1 for any other token (``ablate.evaluate``'s "vocab"
+    last position only) as a number, -1 for any other token (``ablation.evaluate``'s "vocab"
     prediction, up to the last bits of the logits of a full forward). The state carries
     them, so a resumed run fills the list as well.
     """

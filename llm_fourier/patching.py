@@ -249,7 +249,7 @@ def helix_patching(
 
     ``scorer`` defaults to ``NextTokenScorer(numbers, prediction)``; ``max_answer`` (largest
     answer the scorer can score) to ``numbers.max_number``. ``train_states``: states of
-    ``train`` at the operand's token already collected (``hidden.collect``).
+    ``train`` at the operand's token already collected (``hidden_states.collect``).
     ``done``: finished (role, layer) units, ``{"rows": [...], "fits": {method: summary}}``,
     taken as they are (a resumed run); ``on_unit(role, layer, unit)`` is called after each
     (role, layer) is computed.

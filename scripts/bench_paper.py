@@ -7,8 +7,8 @@ Builds a GPT-2-XL-shaped model with random weights (48 layers, d 1600, 25 heads,
 50257: 1.56e9 parameters) and the paper's task (a + b, 0 <= a, b <= 260, the 3,420-prompt
 test split), then times each stage through the library: build, number tokens and task,
 the lens over attention/MLP/block outputs with per-layer spectra and outliers
-(``lens.run_lens`` + ``layer_summary``), the filters (``ablate.number_filters``) and each
-Table 1 row (``ablate.evaluate`` with ``filter_edits``), after a one-batch warm-up
+(``lens.run_lens`` + ``layer_summary``), the filters (``ablation.number_filters``) and each
+Table 1 row (``ablation.evaluate`` with ``filter_edits``), after a one-batch warm-up
 that counts as loading. It prints prompts per second,
 peak memory (process RSS; ``torch.cuda.max_memory_allocated`` on a GPU), the achieved
 FLOP/s counted as 2 x parameters x tokens run per forward, and its fraction of

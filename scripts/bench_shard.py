@@ -3,7 +3,7 @@
     python scripts/bench_shard.py --procs 2 --prompts 256
     python scripts/bench_shard.py --model /data/gpt2-xl --procs 4      # a real model
 
-Builds a random GPT-2 (or loads ``--model``), runs ``ablate.evaluate`` and ``lens.run_lens``
+Builds a random GPT-2 (or loads ``--model``), runs ``ablation.evaluate`` and ``lens.run_lens``
 (the loops of ``llm-fourier ablate`` / ``probe``, which shard themselves under a process
 group) over addition prompts in one process, then in K processes (gloo on CPU, NCCL when
 there are K GPUs), and prints the wall times, the speed-up ratios (against one process using

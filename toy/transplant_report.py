@@ -3,7 +3,7 @@
 Each trained adder is loaded back from its Hugging Face folder with
 ``llm_fourier.models.load_model`` and analysed by the same functions as ``probe`` and
 ``ablate``: ``lens.run_lens`` / ``layer_summary`` (per-layer attention / MLP spectra of the
-number logits, outliers, low/high energy, lens accuracy) and ``ablate.ablation_table``
+number logits, outliers, low/high energy, lens accuracy) and ``ablation.ablation_table``
 (Table 1 filters). The error structure splits the test errors into off-by-1 (|e| = 1),
 within 2 and nonzero multiples of 10; the embedding spectrum is the per-component L2 norm
 over the columns of the number rows of W_E (``probes.spectrum``).

@@ -118,7 +118,7 @@ def _worker(rank: int, world: int, port: int, model_dir: str, root: str) -> None
 
 
 def _collect(model_dir: str) -> tuple[dict, int]:
-    """hidden.collect's states at operand a (batches grouped by length), and the forwards run."""
+    """hidden_states.collect at operand a (batches grouped by length), and the forwards run."""
     from llm_fourier.hidden_states import collect
     from llm_fourier.models import load_model
     from llm_fourier.tasks import make_task
