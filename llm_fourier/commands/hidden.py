@@ -73,7 +73,7 @@ from llm_fourier.hidden_states import (
     random_copy,
 )
 from llm_fourier.output.files import save_figure
-from llm_fourier.output.html import html_table, percent, record_tables
+from llm_fourier.output.html import esc, html_table, percent, record_tables
 from llm_fourier.output.plots import pyplot
 from llm_fourier.output.rundir import RunDir
 from llm_fourier.output.tables import format_table
@@ -377,7 +377,14 @@ class HiddenCommand(Command):
 
     def job_html(self, job: JobView) -> str:
         res = job.results
-        parts = [digit_html(res)]
+        confounded = [T for T, r in (res.get("token_identity") or {}).items()
+                      if r.get("confounded")]
+        parts = [f"<p class='failed'>Token identity: at the {esc(res.get('token'))} token, "
+                 f"{esc(res.get('target'))} mod {esc(', '.join(confounded))} is what the token "
+                 "itself says (a digit-splitting tokenizer), so those probes decode it on any "
+                 "model; the control_ columns of probes.csv remove the token-identity "
+                 "directions and show what remains.</p>" if confounded else "",
+                 digit_html(res)]
         if res.get("ablation"):
             parts.append(html_table([{k: r.get(k) for k in (
                 "row", "rank", "accuracy", "loss", "teacher_forced_accuracy", "method")}

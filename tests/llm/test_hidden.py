@@ -395,3 +395,8 @@ def test_hidden_reports_intervals_the_token_confound_and_a_corpus_control(tiny_d
     counts = {int(r.split(",")[0]): float(r.split(",")[1])
               for r in (out / "control_values.csv").read_text().splitlines()[1:]}
     assert (counts[3], counts[7], counts[12], counts[40], counts[5]) == (3, 3, 2, 1, 0)
+    from llm_fourier.commands.base import JobView
+    from llm_fourier.commands.hidden import COMMAND
+
+    html = COMMAND.job_html(JobView("hidden", out, {}, res))
+    assert "Token identity: at the a token, a mod 2, 10 is what the token itself says" in html
