@@ -30,7 +30,7 @@ from llm_fourier.fingerprint import tokenizer_fingerprint
 from llm_fourier.numbers import find_number_tokens, number_rows
 from llm_fourier.output.files import save_figure
 from llm_fourier.output.html import figure, html_table, periods_text
-from llm_fourier.output.plots import pyplot
+from llm_fourier.output.plots import pyplot, spectrum_plot
 from llm_fourier.output.rundir import RunDir
 from llm_fourier.output.tables import format_table
 from probes import FourierBasis, spectrum
@@ -73,18 +73,6 @@ def embedding_mod_probes(rows: np.ndarray, periods: list[int], seed: int = 0,
         r = mod_probe(rows, numbers, period, seed=seed, stats=stats).as_dict()
         out.append({"period": period, **{k: r.get(k) for k in PROBE_KEYS}})
     return out
-
-
-def plot_spectrum(spec, outliers: list[dict], title: str, path: Path) -> None:
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(8, 3))
-    ax.plot(spec.ks, spec.nonconstant, lw=0.8, color="tab:blue")
-    for o in outliers:
-        ax.plot(o["k"], o["magnitude"], "o", color="tab:red", ms=4)
-        ax.annotate(f"T={o['period']:g}", (o["k"], o["magnitude"]), fontsize=8,
-                    xytext=(3, 3), textcoords="offset points")
-    ax.set(xlabel="Fourier component k", ylabel="L2 norm over columns", title=title)
-    save_figure(fig, path)
 
 
 def _with_interval(probe: dict) -> str:
@@ -136,7 +124,8 @@ class EmbedCommand(Command):
         if run.writes:
             title = (f"{Path(str(s.model)).name}: {'W_U' if s.unembed else 'W_E'} rows of "
                      f"numbers 0..{numbers.max_number} ({s.basis} basis)")
-            plot_spectrum(spec, outliers, title, run.file(f"{matrix}_spectrum.png"))
+            spectrum_plot(spec.nonconstant, run.file(f"{matrix}_spectrum.png"), outliers, title,
+                          "L2 norm over columns")
         run.finish(results)
         print(f"{s.model}: {matrix} rows of numbers 0..{numbers.max_number} "
               f"(p={numbers.p}, D={rows.shape[1]})")

@@ -129,16 +129,10 @@ class Settings:
                 raise self.fail(f.name, f"must be above {meta['above']:g}, got {v!r}")
 
     # -------------------------------------------------------------- views
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
     def identity(self) -> dict:
         """The settings that change a run's results (what resume compares)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if f.metadata.get(_META, {}).get("identity", True)}
-
-    def replace(self, **changes) -> Settings:
-        return dataclasses.replace(self, **changes)
 
     # -------------------------------------------------------------- construction
     @classmethod

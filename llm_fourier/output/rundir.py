@@ -35,7 +35,6 @@ from pathlib import Path
 from llm_fourier.errors import UserError
 from llm_fourier.output.files import (
     atomic_write_bytes,
-    atomic_write_text,
     read_json,
     to_jsonable,
     write_csv,
@@ -258,11 +257,6 @@ class RunDir:
         if self.writes:
             self._touch()
             write_csv(self.path / name, rows)
-
-    def write_text(self, name: str, text: str) -> None:
-        if self.writes:
-            self._touch()
-            atomic_write_text(self.path / name, text)
 
     def finish(self, results: dict) -> dict:
         """Write ``results.json`` (atomically), mark the run finished, drop partial units."""
