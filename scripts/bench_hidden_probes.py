@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from llm_fourier.hidden_states import probe_states
+from llm_fourier.analyses.hidden_states import probe_states
 from probes.linear import mod_probe, mod_probes
 
 PERIODS = (2, 5, 10)

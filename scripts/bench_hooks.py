@@ -1,4 +1,4 @@
-"""Overhead of llm_fourier.hooks against a plain forward on a GPT-2-small-shaped model.
+"""Overhead of llm_fourier.model.hooks against a plain forward on a GPT-2-small-shaped model.
 
 Random GPT-2 (12 layers, d 768, vocab 50257 by default), batch 64 x 12 tokens (half the
 rows left-padded, positions counted over real tokens as ``tokenize_prompts`` gives them),
@@ -39,9 +39,9 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from llm_fourier.ablation import filter_edits  # noqa: E402
-from llm_fourier.hooks import capture, edit  # noqa: E402
-from llm_fourier.models import LoadedModel, roles_for  # noqa: E402
+from llm_fourier.analyses.ablation import filter_edits  # noqa: E402
+from llm_fourier.model.hooks import capture, edit  # noqa: E402
+from llm_fourier.model.loading import LoadedModel, roles_for  # noqa: E402
 from probes import FourierBasis, low_pass  # noqa: E402
 
 
@@ -89,7 +89,7 @@ def bridge_runs(model, inputs, layers: int) -> dict:
     forward and an eager-attention HF forward, to separate hooks from attention kernels."""
     from transformers import PreTrainedTokenizerFast
 
-    from llm_fourier.tokenizers import word_level_tokenizer
+    from llm_fourier.model.tokenizers import word_level_tokenizer
 
     try:
         from transformer_lens.model_bridge import TransformerBridge

@@ -34,7 +34,7 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from llm_fourier.ablation import (  # noqa: E402
+from llm_fourier.analyses.ablation import (  # noqa: E402
     MODULES,
     evaluate,
     filter_edits,
@@ -42,11 +42,11 @@ from llm_fourier.ablation import (  # noqa: E402
     row_label,
     table_rows,
 )
-from llm_fourier.lens import layer_summary, run_lens  # noqa: E402
-from llm_fourier.models import load_model, resolve_dtype  # noqa: E402
-from llm_fourier.numbers import find_number_tokens  # noqa: E402
-from llm_fourier.tasks import make_task, tokenize_prompts  # noqa: E402
-from llm_fourier.tokenizers import word_level_tokenizer  # noqa: E402
+from llm_fourier.analyses.lens import layer_summary, run_lens  # noqa: E402
+from llm_fourier.model.loading import load_model, resolve_dtype  # noqa: E402
+from llm_fourier.model.numbers import find_number_tokens  # noqa: E402
+from llm_fourier.model.tasks import make_task, tokenize_prompts  # noqa: E402
+from llm_fourier.model.tokenizers import word_level_tokenizer  # noqa: E402
 
 XL = {"n_layer": 48, "n_embd": 1600, "n_head": 25, "vocab_size": 50257}
 SMALL = {"n_layer": 2, "n_embd": 64, "n_head": 2, "vocab_size": None}  # None: the tokenizer's

@@ -24,9 +24,9 @@ import time
 import torch
 import transformers as T
 
-from llm_fourier.models import load_model
-from llm_fourier.roles_check import verify_roles
-from llm_fourier.tokenizers import word_level_tokenizer
+from llm_fourier.model.loading import load_model
+from llm_fourier.model.roles_check import verify_roles
+from llm_fourier.model.tokenizers import word_level_tokenizer
 
 
 def build(arch: str, layers: int | None):
@@ -59,7 +59,7 @@ def main() -> None:
                                          "load, verify=True": [], "check alone": [],
                                          "one probe batch": []}
         fresh = (f"import time, torch; torch.set_num_threads({args.threads}); "
-                 "t = time.perf_counter(); from llm_fourier.models import load_model; "
+                 "t = time.perf_counter(); from llm_fourier.model.loading import load_model; "
                  f"load_model({folder!r}, verify=False); print(time.perf_counter() - t)")
         batch = torch.randint(0, 200, (16, 12))
         for _ in range(args.rounds):

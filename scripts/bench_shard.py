@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def build_model(folder: Path, layers: int, d_model: int) -> str:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from llm_fourier.tokenizers import word_level_tokenizer
+    from llm_fourier.model.tokenizers import word_level_tokenizer
 
     tok = word_level_tokenizer(520)
     config = GPT2Config(vocab_size=len(tok), n_embd=d_model, n_layer=layers, n_head=4,
@@ -45,12 +45,12 @@ def build_model(folder: Path, layers: int, d_model: int) -> str:
 
 def evaluate(model: str, n: int, batch: int, threads: int) -> tuple[dict, float]:
     """(evaluate summary + lens accuracy/spectra, seconds) for this process (or rank)."""
-    from llm_fourier import distributed
-    from llm_fourier.ablation import evaluate as run_evaluate
-    from llm_fourier.lens import run_lens
-    from llm_fourier.models import load_model
-    from llm_fourier.numbers import find_number_tokens
-    from llm_fourier.tasks import make_task
+    from llm_fourier.analyses.ablation import evaluate as run_evaluate
+    from llm_fourier.analyses.lens import run_lens
+    from llm_fourier.model import distributed
+    from llm_fourier.model.loading import load_model
+    from llm_fourier.model.numbers import find_number_tokens
+    from llm_fourier.model.tasks import make_task
 
     torch.set_num_threads(threads)
     lm = load_model(model, **distributed.device_map_kwargs())
@@ -70,7 +70,7 @@ def evaluate(model: str, n: int, batch: int, threads: int) -> tuple[dict, float]
 
 
 def _worker(rank: int, k: int, port: int, args: argparse.Namespace, out: str) -> None:
-    from llm_fourier import distributed
+    from llm_fourier.model import distributed
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(k), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(k))

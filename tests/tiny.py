@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import transformers as T
 
-from llm_fourier.tokenizers import word_level_tokenizer
+from llm_fourier.model.tokenizers import word_level_tokenizer
 
 CAUSAL_ARCHS = ("gpt2", "llama", "gpt_neox", "phi", "phi3", "qwen2", "mistral", "gptj")
 ARCHS = ("gpt2", "gptj", "gpt_neo", "gpt_neox", "gpt_bigcode", "phi", "phi3", "llama",

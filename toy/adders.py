@@ -3,7 +3,7 @@
 The model is a plain Hugging Face ``GPT2LMHeadModel`` built from a ``GPT2Config`` of chosen
 depth and width with tied input/output embeddings, so every tool of the LLM side
 (``load_model``, ``probe``, ``ablate``, ``finetune``) works on it unchanged. Its tokenizer is
-``llm_fourier.tokenizers.word_level_tokenizer``: every number of the task (operands and
+``llm_fourier.model.tokenizers.word_level_tokenizer``: every number of the task (operands and
 answers) is one token, as in GPT-2's tokenizer for 0..520.
 """
 
@@ -15,7 +15,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from llm_fourier.errors import UserError
-from llm_fourier.tokenizers import word_level_tokenizer
+from llm_fourier.model.tokenizers import word_level_tokenizer
 
 
 @dataclass

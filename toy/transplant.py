@@ -3,7 +3,7 @@
 Sources of the rows for the numbers 0..p-1, matched by number value (row n = number n):
 
 * any Hugging Face model or folder (GPT-2, Llama-3, BERT/RoBERTa, another trained run):
-  ``llm_fourier.embeddings.load_embedding_matrix`` + ``numbers.find_number_tokens`` /
+  ``llm_fourier.analyses.embeddings.load_embedding_matrix`` + ``numbers.find_number_tokens`` /
   ``number_rows``;
 * synthetic embeddings with chosen Fourier periods and their controls (``synthetic_embeddings``).
 
@@ -20,7 +20,7 @@ When the source width differs from the target's, ``project_rows`` maps the rows:
 
 The rows are written into the input embedding, which the adder ties to the unembedding
 (an untied output embedding gets the same rows). Freezing is done by the trainer
-(``llm_fourier.finetuning.train(frozen_token_ids=...)``).
+(``llm_fourier.analyses.finetuning.train(frozen_token_ids=...)``).
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llm_fourier.embeddings import load_embedding_matrix
+from llm_fourier.analyses.embeddings import load_embedding_matrix
+from llm_fourier.analyses.finetuning import embedding_params
 from llm_fourier.errors import UserError
-from llm_fourier.finetuning import embedding_params
-from llm_fourier.numbers import find_number_tokens, number_rows
+from llm_fourier.model.numbers import find_number_tokens, number_rows
 
 PROJECTIONS = ("pca", "random")
 SYNTHETIC_KINDS = ("fourier", "low", "random")

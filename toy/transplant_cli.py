@@ -6,9 +6,10 @@ from ``--source``; frozen unless ``--trainable``). Sources: ``synthetic`` (Fouri
 at ``--periods`` plus ``--n-low`` smooth components), the controls ``synthetic:low`` and
 ``synthetic:random`` (matched norms), a Hugging Face id or folder (``gpt2``, Llama-3,
 BERT, ...; projected to the adder's width by ``--projection``) or another run's folder.
-Each (seed, arm) trains with ``llm_fourier.finetuning.FineTuner`` into ``OUT/seedS/ARM/`` and
-is analysed from its saved folder by the code of ``probe`` and ``ablate``. Running the same
-command again skips finished arms and resumes the one in progress from its checkpoint.
+Each (seed, arm) trains with ``llm_fourier.analyses.finetuning.FineTuner`` into
+``OUT/seedS/ARM/`` and is analysed from its saved folder by the code of ``probe`` and
+``ablate``. Running the same command again skips finished arms and resumes the one in
+progress from its checkpoint.
 
 ``--preset cpu`` (default): operands 0..50 (ordered pairs), 2 layers, width 64, 60 epochs
 (about 4k steps of batch 32 per arm; minutes on 2 cores). At this width the high band's
@@ -26,17 +27,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llm_fourier.analyses.finetuning import FinetuneConfig, FineTuner
 from llm_fourier.commands.base import Command, JobView
 from llm_fourier.commands.options import OutputOptions
 from llm_fourier.commands.settings import option
-from llm_fourier.finetuning import FinetuneConfig, FineTuner
-from llm_fourier.models import load_model
-from llm_fourier.numbers import task_numbers
+from llm_fourier.model.loading import load_model
+from llm_fourier.model.numbers import task_numbers
+from llm_fourier.model.tasks import make_task
 from llm_fourier.output.files import read_json, write_json
 from llm_fourier.output.html import flat_record, html_table, percent
 from llm_fourier.output.rundir import RunDir
 from llm_fourier.output.tables import format_table
-from llm_fourier.tasks import make_task
 from toy.adders import AdderConfig, adder_tokenizer, build_adder, max_answer
 from toy.transplant import (
     PROJECTIONS,

@@ -1,7 +1,7 @@
 """Analysis and report of the transplant experiment (``llm-fourier transplant``).
 
 Each trained adder is loaded back from its Hugging Face folder with
-``llm_fourier.models.load_model`` and analysed by the same functions as ``probe`` and
+``llm_fourier.model.loading.load_model`` and analysed by the same functions as ``probe`` and
 ``ablate``: ``lens.run_lens`` / ``layer_summary`` (per-layer attention / MLP spectra of the
 number logits, outliers, low/high energy, lens accuracy) and ``ablation.ablation_table``
 (Table 1 filters). The error structure splits the test errors into off-by-1 (|e| = 1),
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from llm_fourier.ablation import ablation_table, number_filters
-from llm_fourier.lens import layer_summary, run_lens
-from llm_fourier.numbers import number_rows
+from llm_fourier.analyses.ablation import ablation_table, number_filters
+from llm_fourier.analyses.lens import layer_summary, run_lens
+from llm_fourier.model.numbers import number_rows
 from llm_fourier.output.files import save_figure, write_csv
 from llm_fourier.output.plots import component_layer_heatmap, error_histograms, pyplot
 from probes import FourierBasis, spectrum

@@ -20,8 +20,8 @@ from llm_fourier.batch.runner import MANIFEST, read_manifest, run_report, select
 from llm_fourier.commands.base import Command
 from llm_fourier.commands.options import OutputOptions
 from llm_fourier.commands.settings import option
-from llm_fourier.distributed import process_info
 from llm_fourier.errors import RunFailed, UserError
+from llm_fourier.model.distributed import process_info
 from llm_fourier.output.rundir import RunDir
 from llm_fourier.output.tables import format_table
 

@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from llm_fourier.ablation import PREDICTIONS, ablation_table, evaluate_task
+from llm_fourier.analyses.ablation import PREDICTIONS, ablation_table, evaluate_task
 from llm_fourier.commands.base import Command, JobView
 from llm_fourier.commands.digit_views import (
     DIGIT_CAPTIONS,
@@ -46,17 +46,17 @@ from llm_fourier.commands.options import (
     record_inputs,
 )
 from llm_fourier.commands.settings import option
-from llm_fourier.digit_plots import digit_error_panels
-from llm_fourier.distributed import broadcast_object
 from llm_fourier.errors import UserError
-from llm_fourier.number_format import NumberFormat
-from llm_fourier.numbers import NumberTokens
+from llm_fourier.model.distributed import broadcast_object
+from llm_fourier.model.number_format import NumberFormat
+from llm_fourier.model.numbers import NumberTokens
+from llm_fourier.model.readout import answer_basis, readout_for
+from llm_fourier.output.digit_plots import digit_error_panels
 from llm_fourier.output.files import write_csv
 from llm_fourier.output.html import esc, html_table, percent
 from llm_fourier.output.plots import error_histograms
 from llm_fourier.output.rundir import RunDir
 from llm_fourier.output.tables import format_table
-from llm_fourier.readout import answer_basis, readout_for
 from probes import FourierBasis
 
 SUMMARY = ("row", "rank", "loss", "accuracy", "n_errors", "frac_errors_mult_10",

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from llm_fourier.commands.settings import Settings
-from llm_fourier.distributed import process_info
+from llm_fourier.model.distributed import process_info
 from llm_fourier.output.rundir import RunDir
 
 

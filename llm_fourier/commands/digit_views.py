@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from llm_fourier.lens import LENS_ROLES
+from llm_fourier.analyses.lens import LENS_ROLES
 
 DIGIT_CAPTIONS = {
     "digit_heatmap_attn": "Attention outputs at every answer position (teacher forced) read "

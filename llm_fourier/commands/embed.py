@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from llm_fourier.analyses.embeddings import load_embedding_matrix
 from llm_fourier.commands.base import Command, JobView
 from llm_fourier.commands.emergence import emergence_html
 from llm_fourier.commands.options import (
@@ -24,10 +25,9 @@ from llm_fourier.commands.options import (
     StatsOptions,
 )
 from llm_fourier.commands.settings import option
-from llm_fourier.embeddings import load_embedding_matrix
 from llm_fourier.errors import UserError
-from llm_fourier.fingerprint import tokenizer_fingerprint
-from llm_fourier.numbers import find_number_tokens, number_rows
+from llm_fourier.model.fingerprint import tokenizer_fingerprint
+from llm_fourier.model.numbers import find_number_tokens, number_rows
 from llm_fourier.output.files import save_figure
 from llm_fourier.output.html import figure, html_table, periods_text
 from llm_fourier.output.plots import pyplot, spectrum_plot

@@ -1,6 +1,6 @@
 """``llm-fourier finetune``: fine-tune a causal LM on addition (or multiplication) prompts.
 
-The loss is on the answer token only (see ``llm_fourier.finetuning``). Writes ``model/`` (a
+The loss is on the answer token only (see ``llm_fourier.analyses.finetuning``). Writes ``model/`` (a
 Hugging Face folder that ``probe`` / ``ablate`` take as ``--model``), ``results.json``
 (settings, validation metrics per epoch, test metrics), ``history.csv``,
 ``predictions.csv``, ``history.png`` and ``test_errors.png``. Checkpoints in
@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from llm_fourier.analyses.finetuning import MIXED_PRECISION, FinetuneConfig, FineTuner
 from llm_fourier.commands.base import Command, JobView
 from llm_fourier.commands.options import ModelOptions, OutputOptions, TaskOptions, record_inputs
 from llm_fourier.commands.settings import option
-from llm_fourier.finetuning import MIXED_PRECISION, FinetuneConfig, FineTuner
-from llm_fourier.numbers import task_numbers
+from llm_fourier.model.numbers import task_numbers
 from llm_fourier.output.files import save_figure
 from llm_fourier.output.html import html_table
 from llm_fourier.output.plots import error_histograms, pyplot

@@ -36,6 +36,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llm_fourier.analyses.corpus import COUNT_MODES
+from llm_fourier.analyses.hidden_ablation import GROUPS, probe_ablation
+from llm_fourier.analyses.hidden_states import (
+    ROLES,
+    TARGETS,
+    TOKENS,
+    HiddenStates,
+    collect,
+    flat_row,
+    probe_layers,
+    random_copy,
+)
 from llm_fourier.commands.base import Command, JobView
 from llm_fourier.commands.digit_views import DIGIT_CAPTIONS, best_probe_rows, csv_row
 from llm_fourier.commands.emergence import emergence_html
@@ -59,26 +71,14 @@ from llm_fourier.commands.options import (
     record_inputs,
 )
 from llm_fourier.commands.settings import option
-from llm_fourier.corpus import COUNT_MODES
-from llm_fourier.digit_plots import digit_probe_plot
-from llm_fourier.hidden_ablation import GROUPS, probe_ablation
-from llm_fourier.hidden_states import (
-    ROLES,
-    TARGETS,
-    TOKENS,
-    HiddenStates,
-    collect,
-    flat_row,
-    probe_layers,
-    random_copy,
-)
+from llm_fourier.model.readout import readout_for
+from llm_fourier.model.scores import n_digits
+from llm_fourier.output.digit_plots import digit_probe_plot
 from llm_fourier.output.files import save_figure
 from llm_fourier.output.html import esc, html_table, percent, record_tables
 from llm_fourier.output.plots import pyplot
 from llm_fourier.output.rundir import RunDir
 from llm_fourier.output.tables import format_table
-from llm_fourier.readout import readout_for
-from llm_fourier.scores import n_digits
 from probes.circular import KINDS
 from probes.fourier import FourierBasis, spectrum
 from probes.linear import per_number_means

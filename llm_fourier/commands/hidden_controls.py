@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from llm_fourier.corpus import corpus_counts
-from llm_fourier.errors import UserError
-from llm_fourier.hidden_states import (
+from llm_fourier.analyses.corpus import corpus_counts
+from llm_fourier.analyses.hidden_states import (
     HiddenStates,
     frequency_control,
     load_scalar,
     read_token_ids,
     token_identity,
 )
-from llm_fourier.numbers import find_number_tokens, number_rows
+from llm_fourier.errors import UserError
+from llm_fourier.model.numbers import find_number_tokens, number_rows
 from probes.common import per_number_means
 
 

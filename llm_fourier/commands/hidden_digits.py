@@ -11,16 +11,16 @@ runs ``digit_probes.digit_intervention`` on the test prompts (kept as a unit of 
 
 from __future__ import annotations
 
-from llm_fourier.commands.digit_views import best_probe_rows
-from llm_fourier.digit_probes import (
+from llm_fourier.analyses.digit_probes import (
     digit_intervention,
     digit_rows,
     fit_operand_probe,
     probe_digit_layers,
 )
+from llm_fourier.analyses.hidden_states import HiddenStates
+from llm_fourier.commands.digit_views import best_probe_rows
 from llm_fourier.errors import UserError
-from llm_fourier.hidden_states import HiddenStates
-from llm_fourier.number_format import NumberFormat
+from llm_fourier.model.number_format import NumberFormat
 from llm_fourier.output.html import html_table, percent
 from llm_fourier.output.rundir import RunDir
 

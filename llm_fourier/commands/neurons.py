@@ -3,7 +3,7 @@
 For each chosen MLP layer, every neuron's output direction is read through ``W_U[numbers]``
 (numbers 0..max answer of the task) and transformed to the Fourier basis: its top component
 k (period T), that component's share of the non-constant energy, the constant's share and
-the readout norm (``llm_fourier.fourier_neurons``). Neurons whose top share is at least
+the readout norm (``llm_fourier.analyses.fourier_neurons``). Neurons whose top share is at least
 ``--min-share`` count as Fourier neurons of that period. Then, unless ``--no-knockout``,
 the task accuracy with the ``--n-neurons`` neurons that write most energy at each of
 ``--periods`` zeroed (pooled over the chosen layers), beside ``--n-random`` draws of as many
@@ -20,7 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from llm_fourier.ablation import PREDICTIONS
+from llm_fourier.analyses.ablation import PREDICTIONS
+from llm_fourier.analyses.fourier_neurons import knockout_rows, knockout_table, neuron_spectra
 from llm_fourier.commands.base import Command, JobView
 from llm_fourier.commands.options import (
     BASES,
@@ -31,11 +32,10 @@ from llm_fourier.commands.options import (
     record_inputs,
 )
 from llm_fourier.commands.settings import option
-from llm_fourier.fourier_neurons import knockout_rows, knockout_table, neuron_spectra
-from llm_fourier.neuron_plots import knockout_plot, neuron_period_heatmap
-from llm_fourier.numbers import task_numbers
+from llm_fourier.model.numbers import task_numbers
 from llm_fourier.output.files import write_csv
 from llm_fourier.output.html import html_table, percent
+from llm_fourier.output.neuron_plots import knockout_plot, neuron_period_heatmap
 from llm_fourier.output.rundir import RunDir
 from llm_fourier.output.tables import format_table
 from probes import FourierBasis

@@ -18,14 +18,18 @@ from dataclasses import dataclass
 import torch
 
 from llm_fourier.commands.settings import Settings, option
-from llm_fourier.distributed import device_map_kwargs
-from llm_fourier.fingerprint import examples_fingerprint, model_fingerprint, tokenizer_fingerprint
-from llm_fourier.models import LoadedModel, load_model
-from llm_fourier.number_format import NumberFormat, number_format
+from llm_fourier.model.distributed import device_map_kwargs
+from llm_fourier.model.fingerprint import (
+    examples_fingerprint,
+    model_fingerprint,
+    tokenizer_fingerprint,
+)
+from llm_fourier.model.loading import LoadedModel, load_model
+from llm_fourier.model.number_format import NumberFormat, number_format
+from llm_fourier.model.readout import NumberReadout, answer_basis, default_tau
+from llm_fourier.model.sources import load_tokenizer
+from llm_fourier.model.tasks import OPS, TaskSplits, make_task
 from llm_fourier.output.rundir import RunDir
-from llm_fourier.readout import NumberReadout, answer_basis, default_tau
-from llm_fourier.sources import load_tokenizer
-from llm_fourier.tasks import OPS, TaskSplits, make_task
 from probes import FourierBasis
 from probes.stats import CI_METHODS, StatsConfig
 

@@ -7,7 +7,7 @@ logit difference that survives, over mean ablation) or for another number a' (``
 how far the answer moves toward a' op b, as a fraction of patching in the real state of the
 prompt with a'). Beside the helix, baselines with as many parameters: a circle, a
 polynomial in a, the top PCA components and a helix fitted to shuffled numbers
-(``llm_fourier.patching``, ``probes.reconstruct``).
+(``llm_fourier.analyses.patching``, ``probes.reconstruct``).
 
 Writes ``results.json``, ``patching.csv`` (one row per role, layer and method), ``fits.csv``,
 ``pairs.csv`` (the counterfactual operands) and ``patching.png`` (fraction of the effect
@@ -23,18 +23,18 @@ from pathlib import Path
 
 import torch
 
-from llm_fourier.ablation import PREDICTIONS
+from llm_fourier.analyses.ablation import PREDICTIONS
+from llm_fourier.analyses.hidden_states import ROLES, HiddenStates, collect
+from llm_fourier.analyses.patching import OPERANDS, helix_patching, patching_plot
 from llm_fourier.commands.base import Command, JobView
 from llm_fourier.commands.options import ModelOptions, OutputOptions, TaskOptions, record_inputs
 from llm_fourier.commands.settings import option
 from llm_fourier.errors import UserError
-from llm_fourier.hidden_states import ROLES, HiddenStates, collect
-from llm_fourier.numbers import task_numbers
+from llm_fourier.model.numbers import task_numbers
 from llm_fourier.output.files import write_csv
 from llm_fourier.output.html import html_table
 from llm_fourier.output.rundir import RunDir
 from llm_fourier.output.tables import format_table
-from llm_fourier.patching import OPERANDS, helix_patching, patching_plot
 from probes.reconstruct import METHODS, MODES
 
 CONSOLE = ("role", "layer", "method", "n_params", "r2_heldout", "kept", "moved",

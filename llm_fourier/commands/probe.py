@@ -35,7 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-from llm_fourier.answers import greedy_answers
+from llm_fourier.analyses.answers import greedy_answers
+from llm_fourier.analyses.digits import run_digit_lens
+from llm_fourier.analyses.lens import LENS_ROLES, PEAK_RULE, layer_summary, run_lens, spectra_matrix
 from llm_fourier.commands.base import Command, JobView
 from llm_fourier.commands.digit_views import (
     DIGIT_CAPTIONS,
@@ -55,17 +57,15 @@ from llm_fourier.commands.options import (
     record_inputs,
 )
 from llm_fourier.commands.settings import option
-from llm_fourier.digit_plots import digit_lens_accuracy_plot
-from llm_fourier.digits import run_digit_lens
-from llm_fourier.distributed import broadcast_object
 from llm_fourier.errors import UserError
-from llm_fourier.lens import LENS_ROLES, PEAK_RULE, layer_summary, run_lens, spectra_matrix
-from llm_fourier.numbers import NumberTokens
+from llm_fourier.model.distributed import broadcast_object
+from llm_fourier.model.numbers import NumberTokens
+from llm_fourier.model.readout import readout_for
+from llm_fourier.output.digit_plots import digit_lens_accuracy_plot
 from llm_fourier.output.html import html_table, percent, periods_text
 from llm_fourier.output.plots import component_layer_heatmap, layer_accuracy_plot, spectrum_plot
 from llm_fourier.output.rundir import RunDir
 from llm_fourier.output.tables import format_table
-from llm_fourier.readout import readout_for
 from probes import Spectrum
 
 

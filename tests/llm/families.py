@@ -1,6 +1,6 @@
 """Tiny models of the three ways tokenizers write numbers, for the multi-token tests.
 
-``family_tokenizer(family)``: word-level tokenizers (``llm_fourier.tokenizers``) that keep
+``family_tokenizer(family)``: word-level tokenizers (``llm_fourier.model.tokenizers``) that keep
 0..200 as single tokens (GPT-2 style), split digits (Llama-2 style) or split numbers into
 left-to-right 3-digit chunks (Llama-3 style). ``family_lm(family)``: a tiny random causal
 LM over it whose unembedding rows of number tokens are scaled up, so greedy decoding writes
@@ -13,9 +13,9 @@ from functools import cache
 
 import torch
 
-from llm_fourier.models import load_model
-from llm_fourier.number_format import is_digits, split_marker
-from llm_fourier.tokenizers import word_level_tokenizer
+from llm_fourier.model.loading import load_model
+from llm_fourier.model.number_format import is_digits, split_marker
+from llm_fourier.model.tokenizers import word_level_tokenizer
 from tests.tiny import tiny_config
 
 FAMILIES = ("single", "digits", "chunks")

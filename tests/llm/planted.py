@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from llm_fourier.models import LoadedModel, Roles
-from llm_fourier.numbers import find_number_tokens
-from llm_fourier.tokenizers import word_level_tokenizer
+from llm_fourier.model.loading import LoadedModel, Roles
+from llm_fourier.model.numbers import find_number_tokens
+from llm_fourier.model.tokenizers import word_level_tokenizer
 
 D = 64
 PERIODS = (2, 5, 10)

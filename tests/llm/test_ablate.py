@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 import transformers as T
 
-from llm_fourier.ablation import (
+from llm_fourier.analyses.ablation import (
     Scores,
     ablation_table,
     evaluate,
@@ -17,10 +17,10 @@ from llm_fourier.ablation import (
     score_batch,
 )
 from llm_fourier.errors import UserError
-from llm_fourier.hooks import capture, edit
-from llm_fourier.models import load_model
-from llm_fourier.numbers import NumberTokens, find_number_tokens
-from llm_fourier.tasks import make_task, tokenize_prompts
+from llm_fourier.model.hooks import capture, edit
+from llm_fourier.model.loading import load_model
+from llm_fourier.model.numbers import NumberTokens, find_number_tokens
+from llm_fourier.model.tasks import make_task, tokenize_prompts
 from probes import FourierBasis, coefficients, remove_components
 from probes.filters import identity_filter
 from tests.tiny import tiny_lm, tiny_tokenizer

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from llm_fourier.ablation import ablation_table, evaluate, evaluate_task
-from llm_fourier.answers import (
+from llm_fourier.analyses.ablation import ablation_table, evaluate, evaluate_task
+from llm_fourier.analyses.answers import (
     evaluate_answers,
     greedy_answers,
     max_answer_tokens,
@@ -18,10 +18,10 @@ from llm_fourier.answers import (
     teacher_forced_batch,
 )
 from llm_fourier.errors import UserError
-from llm_fourier.hooks import edit
-from llm_fourier.number_format import number_format
-from llm_fourier.numbers import NumberTokens
-from llm_fourier.tasks import make_task
+from llm_fourier.model.hooks import edit
+from llm_fourier.model.number_format import number_format
+from llm_fourier.model.numbers import NumberTokens
+from llm_fourier.model.tasks import make_task
 from probes import FourierFilter
 from tests.llm.families import family_lm
 

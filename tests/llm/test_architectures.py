@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from llm_fourier import architectures
-from llm_fourier.architectures import ROLES, Contribution
+from llm_fourier.analyses.embeddings import load_embedding_matrix
 from llm_fourier.cli import main
-from llm_fourier.embeddings import load_embedding_matrix
 from llm_fourier.errors import UserError
-from llm_fourier.hooks import capture, edit
-from llm_fourier.models import load_model
-from llm_fourier.roles_check import measure_roles
+from llm_fourier.model import architectures
+from llm_fourier.model.architectures import ROLES, Contribution
+from llm_fourier.model.hooks import capture, edit
+from llm_fourier.model.loading import load_model
+from llm_fourier.model.roles_check import measure_roles
 from tests.tiny import ARCHS, N_LAYERS, perturb_norms, save_tiny, tiny_lm
 
 # every type the issue names, and what happens to it; the README's list must say the same
@@ -131,7 +131,7 @@ def test_a_wrong_role_is_refused(tiny_models, monkeypatch, arch, change, where):
         load_model(model, tok)
     text = str(err.value)
     assert f"this {arch} model" in text and where in text and "\n" not in text
-    assert "llm_fourier.architectures.ROLES" in text and "--skip-roles-check" in text
+    assert "llm_fourier.model.architectures.ROLES" in text and "--skip-roles-check" in text
 
 
 DISCOVERED_REFUSED = {"bloom", "opt"}  # discovery misses Bloom's embedding norm, OPT's fc2

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from llm_fourier.tasks import make_task
-from llm_fourier.tokenizers import word_level_tokenizer
+from llm_fourier.model.tasks import make_task
+from llm_fourier.model.tokenizers import word_level_tokenizer
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_paper.py"
 

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from llm_fourier.corpus import corpus_counts, count_number_tokens, count_numbers
+from llm_fourier.analyses.corpus import corpus_counts, count_number_tokens, count_numbers
+from llm_fourier.analyses.hidden_states import frequency_control
 from llm_fourier.errors import UserError
-from llm_fourier.hidden_states import frequency_control
-from llm_fourier.numbers import find_number_tokens
+from llm_fourier.model.numbers import find_number_tokens
 
 TEXT = """In 1999 there were 12 cats and 7 dogs; 12 more came.
 Pi is 3.14, a crowd of 1,000 and agent 007 met 0 times, then 10 and 20 and 20th place.

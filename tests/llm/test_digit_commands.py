@@ -15,11 +15,11 @@ import torch
 
 import llm_fourier.commands.probe as probe_cmd
 from llm_fourier.cli import main
-from llm_fourier.hooks import capture, edit
-from llm_fourier.models import load_model
-from llm_fourier.number_format import number_format
+from llm_fourier.model.hooks import capture, edit
+from llm_fourier.model.loading import load_model
+from llm_fourier.model.number_format import number_format
+from llm_fourier.model.tasks import make_task
 from llm_fourier.output.files import read_json
-from llm_fourier.tasks import make_task
 from probes import FourierBasis, remove_components
 
 TASKS = {"add": {"op": "+", "max_operand": 60}, "big": {"op": "+", "max_operand": 700}}

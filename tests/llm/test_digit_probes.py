@@ -8,19 +8,19 @@ import pytest
 import torch
 import transformers as T
 
-from llm_fourier.answers import greedy_answers
-from llm_fourier.digit_probes import (
+from llm_fourier.analyses.answers import greedy_answers
+from llm_fourier.analyses.digit_probes import (
     digit_intervention,
     digit_rows,
     fit_operand_probe,
     probe_digit_layers,
 )
+from llm_fourier.analyses.hidden_states import collect
 from llm_fourier.errors import UserError
-from llm_fourier.hidden_states import collect
-from llm_fourier.models import load_model
-from llm_fourier.number_format import number_format
-from llm_fourier.tasks import Example
-from llm_fourier.tokenizers import word_level_tokenizer
+from llm_fourier.model.loading import load_model
+from llm_fourier.model.number_format import number_format
+from llm_fourier.model.tasks import Example
+from llm_fourier.model.tokenizers import word_level_tokenizer
 
 
 @pytest.fixture(scope="module")

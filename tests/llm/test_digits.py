@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from llm_fourier.ablation import ablation_table, filter_edits
-from llm_fourier.answers import evaluate_answers
-from llm_fourier.digits import run_digit_lens
+from llm_fourier.analyses.ablation import ablation_table, filter_edits
+from llm_fourier.analyses.answers import evaluate_answers
+from llm_fourier.analyses.digits import run_digit_lens
+from llm_fourier.analyses.hidden_ablation import probe_ablation
 from llm_fourier.errors import UserError
-from llm_fourier.hidden_ablation import probe_ablation
-from llm_fourier.hooks import capture
-from llm_fourier.number_format import number_format
-from llm_fourier.readout import digit_readout, readout_for
-from llm_fourier.tasks import make_task
+from llm_fourier.model.hooks import capture
+from llm_fourier.model.number_format import number_format
+from llm_fourier.model.readout import digit_readout, readout_for
+from llm_fourier.model.tasks import make_task
 from probes import FourierBasis, coefficients, remove_components
 from probes.linear import fit_helix
 from tests.llm.families import family_lm

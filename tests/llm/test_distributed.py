@@ -18,10 +18,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from llm_fourier import distributed
 from llm_fourier.commands.base import Command
 from llm_fourier.commands.options import OutputOptions
 from llm_fourier.commands.settings import option
+from llm_fourier.model import distributed
 from llm_fourier.output.files import read_json, write_json
 
 N, BATCH = 11, 3  # 4 batches of the train split: 2 rounds of one batch per rank
@@ -72,8 +72,8 @@ def _free_port() -> int:
 
 def _count_prompts(log: list) -> None:
     """Record how many prompts this process tokenizes in the lens and evaluate loops."""
-    import llm_fourier.ablation as ablate
-    import llm_fourier.lens as lens
+    import llm_fourier.analyses.ablation as ablate
+    import llm_fourier.analyses.lens as lens
 
     for module, name in ((lens, "lens"), (ablate, "evaluate")):
         real = module.tokenize_prompts
@@ -119,9 +119,9 @@ def _worker(rank: int, world: int, port: int, model_dir: str, root: str) -> None
 
 def _collect(model_dir: str) -> tuple[dict, int]:
     """hidden_states.collect at operand a (batches grouped by length), and the forwards run."""
-    from llm_fourier.hidden_states import collect
-    from llm_fourier.models import load_model
-    from llm_fourier.tasks import make_task
+    from llm_fourier.analyses.hidden_states import collect
+    from llm_fourier.model.loading import load_model
+    from llm_fourier.model.tasks import make_task
 
     lm = load_model(model_dir, device_map=None, dtype="float32")
     forwards = []

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from llm_fourier.cli import main
-from llm_fourier.numbers import find_number_tokens
+from llm_fourier.model.numbers import find_number_tokens
 from tests.tiny import save_tiny, tiny_lm
 
 P = 201  # numbers 0..200: with the paper's basis period T is component k = 200 / T

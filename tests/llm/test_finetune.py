@@ -7,19 +7,19 @@ import numpy as np
 import pytest
 import torch
 
-from llm_fourier.cli import main
-from llm_fourier.errors import UserError
-from llm_fourier.finetuning import (
+from llm_fourier.analyses.finetuning import (
     FinetuneConfig,
     FineTuner,
     answer_batch,
     answer_loss,
     latest_checkpoint,
 )
-from llm_fourier.models import load_model
-from llm_fourier.numbers import find_number_tokens
+from llm_fourier.cli import main
+from llm_fourier.errors import UserError
+from llm_fourier.model.loading import load_model
+from llm_fourier.model.numbers import find_number_tokens
+from llm_fourier.model.tasks import make_task
 from llm_fourier.output.files import read_json
-from llm_fourier.tasks import make_task
 from tests.tiny import save_tiny, tiny_lm
 
 MAX_NUMBER = 30
@@ -141,7 +141,7 @@ def evil_pickle(marker) -> bytes:
 
 
 def test_finetune_command_writes_a_model_folder_that_loads_back(tmp_path, capsys):
-    from llm_fourier.ablation import evaluate
+    from llm_fourier.analyses.ablation import evaluate
 
     src = save_tiny(*tiny(), tmp_path / "src")
     out = tmp_path / "run"

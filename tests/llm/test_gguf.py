@@ -14,11 +14,11 @@ import pytest
 import torch
 import transformers as T
 
-from llm_fourier import sources
+from llm_fourier.analyses.embeddings import load_embedding_matrix
 from llm_fourier.cli import main
-from llm_fourier.embeddings import load_embedding_matrix
 from llm_fourier.errors import UserError
-from llm_fourier.models import load_model
+from llm_fourier.model import sources
+from llm_fourier.model.loading import load_model
 from tests.tiny import tiny_config
 
 gguf = pytest.importorskip("gguf")

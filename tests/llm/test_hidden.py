@@ -6,16 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from llm_fourier.cli import main
-from llm_fourier.errors import UserError
-from llm_fourier.hidden_ablation import (
+from llm_fourier.analyses.hidden_ablation import (
     generate_answers,
     logit_filter,
     probe_ablation,
     probe_filters,
     random_filters,
 )
-from llm_fourier.hidden_states import (
+from llm_fourier.analyses.hidden_states import (
     HiddenStates,
     collect,
     flat_row,
@@ -27,11 +25,13 @@ from llm_fourier.hidden_states import (
     token_identity,
     token_ids_at,
 )
-from llm_fourier.hooks import capture, edit
-from llm_fourier.models import load_model
-from llm_fourier.number_format import number_format
-from llm_fourier.numbers import find_number_tokens
-from llm_fourier.tasks import Example, make_task
+from llm_fourier.cli import main
+from llm_fourier.errors import UserError
+from llm_fourier.model.hooks import capture, edit
+from llm_fourier.model.loading import load_model
+from llm_fourier.model.number_format import number_format
+from llm_fourier.model.numbers import find_number_tokens
+from llm_fourier.model.tasks import Example, make_task
 from probes import FourierBasis
 from probes.stats import StatsConfig
 
@@ -222,8 +222,8 @@ def test_hidden_command_end_to_end_and_resume(tiny_dir, tmp_path, monkeypatch, c
     assert "[" not in (out / "ablation.csv").read_text()  # lists flattened, not reprs
     assert "kappa_mod10" in (out / "probes.csv").read_text().splitlines()[0]
     # a run killed during the ablations resumes: states and finished rows are reused
+    import llm_fourier.analyses.hidden_ablation as abl
     import llm_fourier.commands.hidden as cmd
-    import llm_fourier.hidden_ablation as abl
 
     killed = argv[:-1] + [str(tmp_path / "killed")]
     real, calls = abl.accuracy, []

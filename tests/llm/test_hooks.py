@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from llm_fourier.errors import UserError
-from llm_fourier.hooks import capture, edit, last_token_logits, last_token_positions
-from llm_fourier.models import load_model
-from llm_fourier.tasks import tokenize_prompts
+from llm_fourier.model.hooks import capture, edit, last_token_logits, last_token_positions
+from llm_fourier.model.loading import load_model
+from llm_fourier.model.tasks import tokenize_prompts
 from tests.tiny import CAUSAL_ARCHS, tiny_lm, tiny_model_dir
 
 PROMPTS = ["Put together 15 and 93 . Answer :", "Total of 3 and 4 . Answer :",

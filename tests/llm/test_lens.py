@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from llm_fourier.analyses.lens import layer_summary, number_readout, run_lens
 from llm_fourier.errors import UserError
-from llm_fourier.hooks import capture
-from llm_fourier.lens import layer_summary, number_readout, run_lens
-from llm_fourier.models import load_model
-from llm_fourier.numbers import find_number_tokens
-from llm_fourier.tasks import make_task, tokenize_prompts
+from llm_fourier.model.hooks import capture
+from llm_fourier.model.loading import load_model
+from llm_fourier.model.numbers import find_number_tokens
+from llm_fourier.model.tasks import make_task, tokenize_prompts
 from probes import FourierBasis, Spectrum
 from tests.tiny import tiny_lm
 

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from llm_fourier.embeddings import load_embedding_matrix
+from llm_fourier.analyses.embeddings import load_embedding_matrix
 from llm_fourier.errors import UserError
-from llm_fourier.models import (
+from llm_fourier.model.loading import (
     ROLES,
     Roles,
     discover_roles,
@@ -182,7 +182,7 @@ def test_embedding_read_from_safetensors_equals_full_load(tiny_dir, monkeypatch,
                                                            unembed):
     import transformers
 
-    from llm_fourier import embeddings
+    from llm_fourier.analyses import embeddings
 
     folder = tiny_dir(arch)
     fast, _ = load_embedding_matrix(folder, unembed=unembed)
@@ -255,7 +255,7 @@ def test_hub_out_of_reach_means_cache_only(monkeypatch):
 
     from huggingface_hub import constants
 
-    from llm_fourier.models import hub_reachable, source_kwargs
+    from llm_fourier.model.loading import hub_reachable, source_kwargs
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: [("resolved",)])

@@ -7,8 +7,7 @@ import pytest
 import torch
 import transformers as T
 
-from llm_fourier.errors import UserError
-from llm_fourier.fourier_neurons import (
+from llm_fourier.analyses.fourier_neurons import (
     check_projections,
     has_post_norm,
     knockout,
@@ -19,11 +18,12 @@ from llm_fourier.fourier_neurons import (
     output_projection,
     top_neurons,
 )
-from llm_fourier.hooks import capture
-from llm_fourier.models import load_model
-from llm_fourier.neuron_plots import knockout_plot, neuron_period_heatmap
-from llm_fourier.numbers import find_number_tokens, number_rows
-from llm_fourier.tasks import TEMPLATES, Example
+from llm_fourier.errors import UserError
+from llm_fourier.model.hooks import capture
+from llm_fourier.model.loading import load_model
+from llm_fourier.model.numbers import find_number_tokens, number_rows
+from llm_fourier.model.tasks import TEMPLATES, Example
+from llm_fourier.output.neuron_plots import knockout_plot, neuron_period_heatmap
 from probes import FourierBasis
 from tests.tiny import CAUSAL_ARCHS, tiny_lm
 

@@ -7,7 +7,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from llm_fourier.errors import UserError
-from llm_fourier.number_format import number_format, split_marker
+from llm_fourier.model.number_format import number_format, split_marker
 from tests.llm.families import family_tokenizer
 
 

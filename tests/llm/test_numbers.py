@@ -10,7 +10,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from llm_fourier.errors import UserError
-from llm_fourier.numbers import NumberTokens, find_number_tokens, number_rows, require_numbers
+from llm_fourier.model.numbers import NumberTokens, find_number_tokens, number_rows, require_numbers
 
 
 def test_number_keeping_tokenizer(number_tokenizer):

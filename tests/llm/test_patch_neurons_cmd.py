@@ -10,18 +10,18 @@ import math
 import numpy as np
 import pytest
 
-import llm_fourier.ablation as ablate_lib
+import llm_fourier.analyses.ablation as ablate_lib
+import llm_fourier.analyses.fourier_neurons as neurons_lib
+import llm_fourier.analyses.patching as patching_lib
 import llm_fourier.commands.patch as patch_cmd
-import llm_fourier.fourier_neurons as neurons_lib
-import llm_fourier.patching as patching_lib
+from llm_fourier.analyses.fourier_neurons import knockout_table, neuron_spectra
+from llm_fourier.analyses.hidden_states import collect
+from llm_fourier.analyses.patching import helix_patching
 from llm_fourier.cli import main
 from llm_fourier.errors import UserError
-from llm_fourier.fourier_neurons import knockout_table, neuron_spectra
-from llm_fourier.hidden_states import collect
-from llm_fourier.models import load_model
-from llm_fourier.numbers import task_numbers
-from llm_fourier.patching import helix_patching
-from llm_fourier.tasks import make_task
+from llm_fourier.model.loading import load_model
+from llm_fourier.model.numbers import task_numbers
+from llm_fourier.model.tasks import make_task
 
 PATCH = ["--max-operand", "29", "--train-limit", "150", "--test-limit", "10", "--all-prompts",
          "--periods", "2", "5", "10", "--pca-dim", "12", "--roles", "block", "mlp", "--quiet"]

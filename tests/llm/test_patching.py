@@ -8,20 +8,20 @@ import numpy as np
 import pytest
 import torch
 
-from llm_fourier.errors import UserError
-from llm_fourier.hidden_states import token_ids_at
-from llm_fourier.hooks import capture
-from llm_fourier.models import load_model
-from llm_fourier.numbers import find_number_tokens
-from llm_fourier.output.files import write_json
-from llm_fourier.patching import (
+from llm_fourier.analyses.hidden_states import token_ids_at
+from llm_fourier.analyses.patching import (
     NextTokenScorer,
     counterfactuals,
     helix_patching,
     patch_positions,
     patching_plot,
 )
-from llm_fourier.tasks import Example, make_task, tokenize_prompts
+from llm_fourier.errors import UserError
+from llm_fourier.model.hooks import capture
+from llm_fourier.model.loading import load_model
+from llm_fourier.model.numbers import find_number_tokens
+from llm_fourier.model.tasks import Example, make_task, tokenize_prompts
+from llm_fourier.output.files import write_json
 from tests.llm.planted import PERIODS, expected_answer, planted_adder
 
 

@@ -14,11 +14,11 @@ import torch
 import llm_fourier.commands.probe as probe_cmd
 from llm_fourier.cli import main
 from llm_fourier.commands.ablate import AblateSettings
-from llm_fourier.models import load_model
-from llm_fourier.numbers import find_number_tokens
+from llm_fourier.model.loading import load_model
+from llm_fourier.model.numbers import find_number_tokens
+from llm_fourier.model.tasks import make_task, tokenize_prompts
 from llm_fourier.output.files import read_json
 from llm_fourier.output.rundir import RunDir
-from llm_fourier.tasks import make_task, tokenize_prompts
 from tests.tiny import tiny_model_dir
 
 TASK = ["--max-operand", "12", "--tau", "4", "--batch-size", "8"]

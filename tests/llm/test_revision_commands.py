@@ -16,14 +16,14 @@ import torch
 
 import llm_fourier.commands.embed as embed_cmd
 import llm_fourier.commands.options as options
+from llm_fourier.analyses.embeddings import load_embedding_matrix
 from llm_fourier.batch.runner import MANIFEST, job_dir
 from llm_fourier.cli import main
 from llm_fourier.commands import BUILTIN_MODULES
 from llm_fourier.commands.base import JobView
 from llm_fourier.commands.emergence import emergence_html, emergence_rows
-from llm_fourier.embeddings import load_embedding_matrix
-from llm_fourier.models import load_model
-from llm_fourier.numbers import find_number_tokens
+from llm_fourier.model.loading import load_model
+from llm_fourier.model.numbers import find_number_tokens
 from tests.tiny import save_tiny, tiny_lm
 
 REPO = "tiny-org/tiny-gpt2"

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from llm_fourier.errors import UserError
-from llm_fourier.models import load_model
+from llm_fourier.model.loading import load_model
 from tests.tiny import save_tiny, tiny_lm
 
 REPO = "tiny-org/tiny-gpt2"

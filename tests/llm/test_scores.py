@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from llm_fourier.scores import Scores, digits_of, n_digits
+from llm_fourier.model.scores import Scores, digits_of, n_digits
 
 
 def test_value_and_digit_space_against_a_hand_computation():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from llm_fourier.errors import UserError
-from llm_fourier.tasks import ANSWER_PREFIX, TEMPLATES, make_task, tokenize_prompts
+from llm_fourier.model.tasks import ANSWER_PREFIX, TEMPLATES, make_task, tokenize_prompts
 
 
 @pytest.fixture(scope="module")

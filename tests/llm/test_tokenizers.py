@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from transformers import AutoTokenizer
 
-from llm_fourier.tasks import MUL_TEMPLATES, TEMPLATES
-from llm_fourier.tokenizers import word_level_tokenizer
+from llm_fourier.model.tasks import MUL_TEMPLATES, TEMPLATES
+from llm_fourier.model.tokenizers import word_level_tokenizer
 
 
 def test_numbers_are_single_tokens_and_templates_known(tmp_path):

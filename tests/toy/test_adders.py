@@ -8,9 +8,9 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from llm_fourier.errors import UserError
-from llm_fourier.models import load_model
-from llm_fourier.numbers import find_number_tokens
-from llm_fourier.tasks import make_task, tokenize_prompts
+from llm_fourier.model.loading import load_model
+from llm_fourier.model.numbers import find_number_tokens
+from llm_fourier.model.tasks import make_task, tokenize_prompts
 from toy.adders import GPT2_SMALL, AdderConfig, build_adder, max_answer
 
 SMALL = AdderConfig(max_number=60, n_layer=3, d_model=24, n_head=3)

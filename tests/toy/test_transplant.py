@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from llm_fourier.analyses.finetuning import RowFreezer, embedding_params
 from llm_fourier.batch.demo import planted_embeddings
 from llm_fourier.errors import UserError
-from llm_fourier.finetuning import RowFreezer, embedding_params
 from probes import FourierBasis, spectrum
 from toy.adders import AdderConfig, build_adder
 from toy.transplant import project_rows, rescale_rows, synthetic_embeddings
@@ -117,7 +117,7 @@ def shuffled_tokenizer(max_number: int, seed: int):
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
-    from llm_fourier.tokenizers import word_level_tokenizer
+    from llm_fourier.model.tokenizers import word_level_tokenizer
 
     base = word_level_tokenizer(max_number)
     tokens = sorted(base.get_vocab(), key=base.get_vocab().get)
@@ -155,7 +155,7 @@ def source_folder(tmp_path, arch: str, width: int):
 
 @pytest.mark.parametrize("arch", ["gpt2", "bert"])
 def test_source_rows_land_on_the_same_numbers(tmp_path, arch):
-    from llm_fourier.numbers import find_number_tokens
+    from llm_fourier.model.numbers import find_number_tokens
     from toy.transplant import source_number_rows, transplant_rows
 
     run_dir, src_tok = source_folder(tmp_path, arch, width=16)
@@ -175,7 +175,7 @@ def test_source_rows_land_on_the_same_numbers(tmp_path, arch):
 
 
 def test_wider_source_is_projected_and_matched(tmp_path):
-    from llm_fourier.numbers import find_number_tokens
+    from llm_fourier.model.numbers import find_number_tokens
     from toy.transplant import source_number_rows, transplant_rows
 
     run_dir, _ = source_folder(tmp_path, "gpt2", width=40)
@@ -191,10 +191,10 @@ def test_wider_source_is_projected_and_matched(tmp_path):
 
 
 def test_frozen_transplant_stays_bit_identical_through_training(tmp_path):
-    from llm_fourier.finetuning import FinetuneConfig, FineTuner
-    from llm_fourier.models import load_model
-    from llm_fourier.numbers import find_number_tokens
-    from llm_fourier.tasks import make_task
+    from llm_fourier.analyses.finetuning import FinetuneConfig, FineTuner
+    from llm_fourier.model.loading import load_model
+    from llm_fourier.model.numbers import find_number_tokens
+    from llm_fourier.model.tasks import make_task
     from toy.transplant import transplant_rows
 
     task = make_task("+", 10, ordered=True, seed=0)
@@ -222,8 +222,8 @@ def test_transplant_command_resumes_a_killed_run_to_the_same_result(tmp_path, mo
 
     import toy.transplant_cli as cli_module
     from llm_fourier.cli import main
-    from llm_fourier.models import load_model
-    from llm_fourier.numbers import find_number_tokens, number_rows
+    from llm_fourier.model.loading import load_model
+    from llm_fourier.model.numbers import find_number_tokens, number_rows
     from llm_fourier.output.files import read_json
 
     def argv(out, *extra):

@@ -38,14 +38,14 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from llm_fourier.ablation import score_batch
+from llm_fourier.analyses.ablation import score_batch
+from llm_fourier.analyses.hidden_states import HiddenStates, collect, operand_spans, token_ids_at
 from llm_fourier.errors import UserError
-from llm_fourier.hidden_states import HiddenStates, collect, operand_spans, token_ids_at
-from llm_fourier.hooks import edit, last_token_logits
-from llm_fourier.numbers import NumberTokens, require_numbers
+from llm_fourier.model.hooks import edit, last_token_logits
+from llm_fourier.model.numbers import NumberTokens, require_numbers
+from llm_fourier.model.tasks import OPS, Example, tokenize_prompts
 from llm_fourier.output.files import save_figure
 from llm_fourier.output.plots import pyplot
-from llm_fourier.tasks import OPS, Example, tokenize_prompts
 from probes.reconstruct import METHODS, MODES, fit_reconstructions
 
 OPERANDS = ("a", "b")

@@ -219,7 +219,7 @@ def discover_roles(model: nn.Module) -> Roles:
     lists = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m)]
     if not lists:
         raise UserError(f"cannot find the transformer blocks of {type(model).__name__}: it has "
-                        "no ModuleList; add its roles to llm_fourier.architectures.ROLES.")
+                        "no ModuleList; add its roles to llm_fourier.model.architectures.ROLES.")
     blocks, stack = max(lists, key=lambda nm: len(nm[1]))
     children = [n for n, _ in stack[0].named_children()]
     attn = next((n for n in children if _POST_ATTN_NORM.search(n)), None)
@@ -244,7 +244,7 @@ def discover_roles(model: nn.Module) -> Roles:
     if missing:
         raise UserError(f"cannot find the {', '.join(missing)} module(s) of "
                         f"{type(model).__name__} (blocks at {blocks!r}); add its roles to "
-                        "llm_fourier.architectures.ROLES.")
+                        "llm_fourier.model.architectures.ROLES.")
     config = getattr(model, "config", None)
     scale = "residual_multiplier" if hasattr(config, "residual_multiplier") else None
     roles = Roles(blocks=blocks, attn=Contribution(attn, scale), mlp=Contribution(mlp, scale),

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from llm_fourier.errors import UserError
-from llm_fourier.numbers import NumberTokens, number_rows
+from llm_fourier.model.numbers import NumberTokens, number_rows
 from probes import FourierBasis, FourierFilter, high_pass, keep_only, low_pass, remove_components
 
 READOUTS = ("number", "digit")

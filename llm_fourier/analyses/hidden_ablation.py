@@ -17,14 +17,14 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from llm_fourier.ablation import MODULES, evaluate_task
-from llm_fourier.answers import greedy_answers
+from llm_fourier.analyses.ablation import MODULES, evaluate_task
+from llm_fourier.analyses.answers import greedy_answers
 from llm_fourier.errors import UserError
-from llm_fourier.models import LoadedModel
-from llm_fourier.number_format import NumberFormat, number_format
-from llm_fourier.numbers import NumberTokens
-from llm_fourier.readout import NumberReadout, number_readout, readout_for
-from llm_fourier.tasks import Example
+from llm_fourier.model.loading import LoadedModel
+from llm_fourier.model.number_format import NumberFormat, number_format
+from llm_fourier.model.numbers import NumberTokens
+from llm_fourier.model.readout import NumberReadout, number_readout, readout_for
+from llm_fourier.model.tasks import Example
 from probes import FourierFilter
 from probes.linear import HelixFit
 

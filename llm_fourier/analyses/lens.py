@@ -5,11 +5,11 @@ The number logits of a module output x (D) are ``W_U[numbers] @ x`` (p values, n
 ablations); with ``final_norm=True`` x first goes through the model's final norm (the
 standard logit lens). Default: off, as in the paper's filters, because a LayerNorm bias
 would add the same ``W_U beta`` spectrum to every module. Tokenizers that write answers
-one token per digit get the digit lens of ``llm_fourier.digits`` instead.
+one token per digit get the digit lens of ``llm_fourier.analyses.digits`` instead.
 
 ``run_lens`` captures attention, MLP and residual-stream (block) outputs at the last real
 token, batch by batch (sharded across processes when a process group is active, see
-``llm_fourier.distributed``; the sums are folded in batch order, so the result equals the
+``llm_fourier.model.distributed``; the sums are folded in batch order, so the result equals the
 single-process run), and accumulates per layer: lens accuracy (exact, within 2, within
 10; the prediction is the argmax over the number tokens) and the Fourier spectrum of the
 number logits averaged over the data set (``probes.spectrum(..., pool="mean")``), from
@@ -26,12 +26,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from llm_fourier.distributed import batch_ranges, map_ranges, process_info, rounds
 from llm_fourier.errors import UserError
-from llm_fourier.hooks import capture, last_token_logits
-from llm_fourier.numbers import NumberTokens, require_numbers, value_of_token
-from llm_fourier.readout import NumberReadout, number_readout
-from llm_fourier.tasks import Example, tokenize_prompts
+from llm_fourier.model.distributed import batch_ranges, map_ranges, process_info, rounds
+from llm_fourier.model.hooks import capture, last_token_logits
+from llm_fourier.model.numbers import NumberTokens, require_numbers, value_of_token
+from llm_fourier.model.readout import NumberReadout, number_readout
+from llm_fourier.model.tasks import Example, tokenize_prompts
 from probes import FourierBasis, Spectrum, component_magnitudes
 
 LENS_ROLES = ("attn", "mlp", "block")

@@ -31,12 +31,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from llm_fourier.distributed import map_batches
 from llm_fourier.errors import UserError
-from llm_fourier.hooks import capture, edit
-from llm_fourier.number_format import NumberFormat, NumberParser
-from llm_fourier.scores import Scores
-from llm_fourier.tasks import Example, tokenize_prompts
+from llm_fourier.model.distributed import map_batches
+from llm_fourier.model.hooks import capture, edit
+from llm_fourier.model.number_format import NumberFormat, NumberParser
+from llm_fourier.model.scores import Scores
+from llm_fourier.model.tasks import Example, tokenize_prompts
 
 PREDICTIONS = ("vocab", "numbers")
 POSITIONS = ("last", "answer", "all")  # "last" = "answer": every answer position

@@ -13,7 +13,7 @@ token is wrong and has no signed error) or the argmax over the number tokens onl
 go through ``evaluate`` (the same numbers as with ``NumberTokens``), answers of several
 tokens through ``answers.evaluate_answers`` (greedy whole answers, teacher-forced loss;
 filters at every answer position). ``evaluate``'s batches are sharded across processes when
-a process group is active (``llm_fourier.distributed``) and gathered in order, so every rank
+a process group is active (``llm_fourier.model.distributed``) and gathered in order, so every rank
 gets the single-process result.
 """
 
@@ -27,15 +27,15 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from llm_fourier.answers import evaluate_answers
-from llm_fourier.distributed import map_batches, process_info
+from llm_fourier.analyses.answers import evaluate_answers
 from llm_fourier.errors import UserError
-from llm_fourier.hooks import edit, last_token_logits
-from llm_fourier.number_format import NumberFormat
-from llm_fourier.numbers import NumberTokens, require_numbers, value_of_token
-from llm_fourier.readout import DIGIT_TAU, NumberReadout, number_readout, readout_for
-from llm_fourier.scores import Scores
-from llm_fourier.tasks import Example, tokenize_prompts
+from llm_fourier.model.distributed import map_batches, process_info
+from llm_fourier.model.hooks import edit, last_token_logits
+from llm_fourier.model.number_format import NumberFormat
+from llm_fourier.model.numbers import NumberTokens, require_numbers, value_of_token
+from llm_fourier.model.readout import DIGIT_TAU, NumberReadout, number_readout, readout_for
+from llm_fourier.model.scores import Scores
+from llm_fourier.model.tasks import Example, tokenize_prompts
 from probes import FourierFilter
 
 __all__ = ["MODULES", "PREDICTIONS", "Scores", "ablation_table", "evaluate", "evaluate_task",

@@ -6,7 +6,7 @@
   token. A causal model's state at token j depends on tokens <= j only, so the prompt is
   cut after that token and the forward captures the last position (``hooks.capture``);
   prompts are batched by length, so no padding is involved. The batches are sharded across
-  processes when a process group is active (``llm_fourier.distributed``), gathered in order.
+  processes when a process group is active (``llm_fourier.model.distributed``), gathered in order.
 * ``probe_layers``: mod-T probes and helix fits (``probes.linear``) per (role, layer), each
   beside its shuffled-label baseline and with bootstrap intervals over numbers and
   permutation p-values (``probes.stats``); ``random_copy`` gives the randomly initialised
@@ -15,9 +15,9 @@
   read (an operand's last digit with digit-splitting tokenizers)? ``probe_layers`` then adds
   the control: the same probes with per-token-id means regressed out.
 * ``frequency_control``: the spectrum of a per-number scalar (e.g. token counts, from a
-  file or counted in a corpus by ``llm_fourier.corpus``) with its outliers, to put beside
+  file or counted in a corpus by ``llm_fourier.analyses.corpus``) with its outliers, to put beside
   an embedding's spectrum.
-* ``probe_ablation`` (in ``llm_fourier.hidden_ablation``): remove the fitted Fourier
+* ``probe_ablation`` (in ``llm_fourier.analyses.hidden_ablation``): remove the fitted Fourier
   directions from module outputs and measure task accuracy.
 """
 
@@ -32,11 +32,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from llm_fourier.distributed import concat, map_ranges
 from llm_fourier.errors import UserError
-from llm_fourier.hooks import capture
-from llm_fourier.models import LoadedModel
-from llm_fourier.tasks import Example
+from llm_fourier.model.distributed import concat, map_ranges
+from llm_fourier.model.hooks import capture
+from llm_fourier.model.loading import LoadedModel
+from llm_fourier.model.tasks import Example
 from probes import FourierBasis, spectrum
 from probes.linear import fit_helix, mod_probes
 from probes.stats import StatsConfig

@@ -18,10 +18,10 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from llm_fourier.architectures import ROLES, embed_tokens, path_of, scale_of, submodule
 from llm_fourier.errors import UserError
-from llm_fourier.models import default_device_map, is_encoder, resolve_dtype
-from llm_fourier.sources import (
+from llm_fourier.model.architectures import ROLES, embed_tokens, path_of, scale_of, submodule
+from llm_fourier.model.loading import default_device_map, is_encoder, resolve_dtype
+from llm_fourier.model.sources import (
     cannot_load,
     load_config,
     load_tokenizer,

@@ -16,7 +16,8 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from llm_fourier.architectures import (  # noqa: F401 - re-exported
+from llm_fourier.errors import UserError
+from llm_fourier.model.architectures import (  # noqa: F401 - re-exported
     ROLES,
     Contribution,
     Roles,
@@ -26,10 +27,9 @@ from llm_fourier.architectures import (  # noqa: F401 - re-exported
     roles_for,
     scale_of,
 )
-from llm_fourier.errors import UserError
-from llm_fourier.hooks import Site
-from llm_fourier.roles_check import verify_roles
-from llm_fourier.sources import (  # noqa: F401 - re-exported
+from llm_fourier.model.hooks import Site
+from llm_fourier.model.roles_check import verify_roles
+from llm_fourier.model.sources import (  # noqa: F401 - re-exported
     cannot_load,
     hub_reachable,
     load_config,

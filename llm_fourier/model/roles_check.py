@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from llm_fourier.architectures import refusal
 from llm_fourier.errors import UserError
-from llm_fourier.hooks import _accepts, _output_tensor, capture
+from llm_fourier.model.architectures import refusal
+from llm_fourier.model.hooks import _accepts, _output_tensor, capture
 
 CHECK_TOKENS = 8
 
@@ -177,7 +177,7 @@ def verify_roles(lm) -> RolesCheck:
     report = measure_roles(lm)
     if report.ok:
         return report
-    fix = ("add its roles to llm_fourier.architectures.ROLES (see ARCHITECTURE.md), or pass "
+    fix = ("add its roles to llm_fourier.model.architectures.ROLES (see ARCHITECTURE.md), or pass "
            "--skip-roles-check (load_model(..., verify=False)) at your own risk")
     if report.missing:
         raise UserError(f"the roles of this {report.model_type} model are wrong: "

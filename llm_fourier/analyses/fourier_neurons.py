@@ -35,9 +35,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from llm_fourier.ablation import evaluate
+from llm_fourier.analyses.ablation import evaluate
 from llm_fourier.errors import UserError
-from llm_fourier.numbers import NumberTokens, number_rows
+from llm_fourier.model.numbers import NumberTokens, number_rows
 from probes import FourierBasis
 
 PROJECTIONS = {
@@ -80,8 +80,8 @@ def output_projection(lm, layer: int) -> nn.Module:
     found = [m for m in mlp.modules() if _out_width(m) == lm.d_model]
     if not found:
         raise UserError(f"cannot find the output projection of {lm.name}'s MLP (no Linear or "
-                        "Conv1D writing d_model); add its name to llm_fourier.fourier_neurons."
-                        "PROJECTIONS.")
+                        "Conv1D writing d_model); add its name to "
+                        "llm_fourier.analyses.fourier_neurons.PROJECTIONS.")
     return found[-1]
 
 

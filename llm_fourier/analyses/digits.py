@@ -22,14 +22,14 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from llm_fourier.answers import run_steps
-from llm_fourier.distributed import batch_ranges, map_ranges, process_info, rounds
+from llm_fourier.analyses.answers import run_steps
+from llm_fourier.analyses.lens import LENS_ROLES, LensAccumulator
 from llm_fourier.errors import UserError
-from llm_fourier.lens import LENS_ROLES, LensAccumulator
-from llm_fourier.number_format import NumberFormat
-from llm_fourier.readout import NumberReadout, digit_readout
-from llm_fourier.scores import n_digits
-from llm_fourier.tasks import Example
+from llm_fourier.model.distributed import batch_ranges, map_ranges, process_info, rounds
+from llm_fourier.model.number_format import NumberFormat
+from llm_fourier.model.readout import NumberReadout, digit_readout
+from llm_fourier.model.scores import n_digits
+from llm_fourier.model.tasks import Example
 from probes import Spectrum
 
 DIGIT_TOLERANCES = {"exact": 0}

@@ -1,19 +1,20 @@
-"""Figures for ``llm_fourier.fourier_neurons``: which periods the neurons write, and knockouts."""
+"""Figures of Fourier neurons (``analyses.fourier_neurons``): which periods the neurons write,
+and knockouts. Takes any object with the ``NeuronSpectra`` interface (no analysis import)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from llm_fourier.fourier_neurons import NeuronSpectra
 from llm_fourier.output.files import save_figure
 from llm_fourier.output.plots import pyplot
 
 MARKED_PERIODS = (2, 2.5, 5, 10)
 
 
-def neuron_period_heatmap(spectra: NeuronSpectra, path: str | Path, min_share: float = 0.5,
+def neuron_period_heatmap(spectra: Any, path: str | Path, min_share: float = 0.5,
                           title: str = "") -> Path:
     """Neurons per top component (rows, k = 1..K) and layer (columns), counting those whose
     top component holds at least ``min_share`` of their non-constant energy."""

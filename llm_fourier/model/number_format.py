@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from llm_fourier.errors import UserError
-from llm_fourier.numbers import NumberTokens, find_number_tokens
+from llm_fourier.model.numbers import NumberTokens, find_number_tokens
 
 FAMILIES = ("single", "digits", "chunks", "mixed")
 MARKERS = ("▁", "Ġ", " ")  # word-start markers: SentencePiece, byte-level BPE, plain space
