@@ -9,7 +9,6 @@ CONFIG is a file or the name of a preset shipped in ``llm_fourier/batch/presets`
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from llm_fourier.output.rundir import RunDir
 from llm_fourier.output.tables import format_table
 
 PRESETS = Path(__file__).resolve().parent / "presets"
+DISCARD = (MANIFEST, "jobs")  # what --restart removes of a report (under its lock)
 
 
 def preset_names() -> list[str]:
@@ -85,12 +85,6 @@ def run_batch(report: Report, run: RunDir, only: list[str] | None = None,
     return summary
 
 
-def _restart(out: str | None) -> None:
-    if out is not None:
-        (Path(out) / MANIFEST).unlink(missing_ok=True)
-        shutil.rmtree(Path(out) / "jobs", ignore_errors=True)
-
-
 @dataclass(kw_only=True)
 class ReportSettings(OutputOptions):
     command = "report"
@@ -105,6 +99,9 @@ class ReportSettings(OutputOptions):
     html_only: bool = option(False, identity=False, help="rebuild index.html from finished "
                              "jobs without running any")
     list_presets: bool = option(False, identity=False, help="list the shipped presets")
+    trust_remote_code: bool = option(False, identity=False, help="let jobs whose config "
+                                     "settings ask for trust_remote_code run their model "
+                                     "folder's own Python code (only for code you trust)")
 
     def validate(self) -> None:
         if not self.config and not self.list_presets:
@@ -122,15 +119,15 @@ class ReportCommand(Command):
                 first = (PRESETS / f"{name}.toml").read_text().splitlines()[0].lstrip("# ")
                 print(f"{name:24s} {first}")
             return {"presets": preset_names()}
-        report = load_config(config_path(s.config), parse_overrides(s.model))
+        report = load_config(config_path(s.config), parse_overrides(s.model),
+                             trust_remote_code=s.trust_remote_code)
         if s.dry_run:
             jobs = select(report, s.only)
             print(format_table([{"job": j.id, "command": j.command, "needs": " ".join(j.needs)}
                                 for j in jobs]))
             return {"jobs": [j.id for j in jobs]}
-        if s.restart:
-            _restart(s.out)
-        with RunDir(s.out, self.name, {}, restart=s.restart, main=process_info().is_main) as run:
+        with RunDir(s.out, self.name, {}, restart=s.restart, main=process_info().is_main,
+                    discard=DISCARD) as run:  # --restart discards under the lock
             return run_batch(report, run, s.only, s.html_only)
 
 
@@ -152,9 +149,8 @@ class DemoCommand(Command):
 
     def execute(self, s: DemoSettings) -> dict:
         report = parse_config(demo_config(s.model, s.quick), source="(built-in demo)")
-        if s.restart:
-            _restart(s.out)
-        with RunDir(s.out, self.name, {}, restart=s.restart, main=process_info().is_main) as run:
+        with RunDir(s.out, self.name, {}, restart=s.restart, main=process_info().is_main,
+                    discard=DISCARD) as run:
             summary = run_batch(report, run, progress=not s.quick)
         if "index" in summary:
             print(NEXT_STEPS.format(index=Path(summary["index"]).resolve()))
