@@ -9,6 +9,7 @@ CONFIG is a file or the name of a preset shipped in ``llm_fourier/batch/presets`
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,10 @@ def run_batch(report: Report, run: RunDir, only: list[str] | None = None,
     return the summary. Raises ``RunFailed`` after the page is written if a job failed."""
     if run.path is None:
         raise UserError("a report needs an output folder; pass out=...")
+    if run.writes and run.previous_command not in ("report", "demo") and (
+            os.path.lexists(run.path / MANIFEST) or os.path.lexists(run.path / "jobs")):
+        raise UserError(f"{run.path} holds a {MANIFEST} or jobs/ that no report wrote; choose "
+                        "another --out (nothing was changed there).")
     out = run.workspace() or run.path
     if html_only:
         if not (out / MANIFEST).is_file():

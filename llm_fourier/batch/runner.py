@@ -33,7 +33,13 @@ from llm_fourier.batch.config import Job, Report, resolve_refs
 from llm_fourier.commands import get_command
 from llm_fourier.errors import UserError
 from llm_fourier.output.files import atomic_write_text, read_json, write_json
-from llm_fourier.output.paths import make_own_dir, open_private, path_component, remove
+from llm_fourier.output.paths import (
+    UnsafePath,
+    make_own_dir,
+    open_private,
+    path_component,
+    remove,
+)
 
 MANIFEST = "manifest.json"
 
@@ -54,7 +60,7 @@ def read_manifest(out: str | Path) -> dict:
             raise ValueError("not a manifest")
     except (OSError, ValueError) as err:
         raise UserError(f"{path} cannot be read ({type(err).__name__}); rerun with --restart "
-                        "to run every job again.") from err
+                        "to run every job again, or choose another --out.") from err
     manifest.setdefault("jobs", {})
     return manifest
 
@@ -149,6 +155,8 @@ def _execute(job: Job, entry: dict, out: Path, owner: bool, save: Callable[[], N
         results = run_job(job, entry["settings"], folder, restart)
         finished = results.get("finished", True) if isinstance(results, dict) else True
         entry.update(status="done" if finished else "stopped")
+    except UnsafePath:  # a planted link: the report stops with one sentence
+        raise
     except Exception as err:  # one failing job must not stop the report
         message = f"{type(err).__name__}: {err}".strip()
         entry.update(status="failed", error=message)

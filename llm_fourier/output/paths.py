@@ -37,6 +37,10 @@ SAFE = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9_.+\-]*")
 UNSAFE_CHAR = re.compile(r"[^A-Za-z0-9_.+\-]")
 
 
+class UnsafePath(UserError):
+    """A link planted in a run folder, or a delete outside it: the whole run stops."""
+
+
 def path_component(name: str) -> str:
     """``name`` as one safe path component (see the module docstring)."""
     name = str(name)
@@ -87,7 +91,7 @@ def check_no_links(path: str | Path) -> None:
     """Refuse to write ``path`` through a link planted inside a run folder."""
     link = _link_below_run(_lexical(path))
     if link is not None:
-        raise UserError(f"{link} is a symbolic link inside a run folder; remove it (the "
+        raise UnsafePath(f"{link} is a symbolic link inside a run folder; remove it (the "
                         "toolkit never writes through links) and run again.")
 
 
@@ -102,14 +106,14 @@ def open_private(path: str | Path, mode: str = "a+"):
         fd = os.open(path, flags, 0o666)
     except OSError as err:
         if path.is_symlink():
-            raise UserError(f"{path} is a symbolic link; remove it (the toolkit never writes "
+            raise UnsafePath(f"{path} is a symbolic link; remove it (the toolkit never writes "
                             "through links) and run again.") from None
-        raise UserError(f"cannot open {path} ({err.strerror or err}); check the folder's "
+        raise UnsafePath(f"cannot open {path} ({err.strerror or err}); check the folder's "
                         "permissions.") from None
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
         os.close(fd)
-        raise UserError(f"{path} is not a plain file of this run folder (a "
+        raise UnsafePath(f"{path} is not a plain file of this run folder (a "
                         f"{'hard link' if stat.S_ISREG(info.st_mode) else 'special file'}); "
                         "remove it and run again.")
     os.set_blocking(fd, True)
@@ -137,21 +141,21 @@ def remove(target: str | Path, root: str | Path, *, made_here: bool = False) -> 
     except ValueError:
         rel = None
     if rel is None or not rel.parts or ".." in rel.parts:
-        raise UserError(f"refusing to delete {target}: it is not inside the run folder {root}; "
+        raise UnsafePath(f"refusing to delete {target}: it is not inside the run folder {root}; "
                         "this is a bug, please report it.")
     if not os.path.lexists(target):
         return False
     way = [root / Path(*rel.parts[:i]) for i in range(1, len(rel.parts))]
     link = next((f for f in way if f.is_symlink()), None)
     if link is not None:
-        raise UserError(f"{link} is a symbolic link inside the run folder {root}; remove it "
+        raise UnsafePath(f"{link} is a symbolic link inside the run folder {root}; remove it "
                         "(the toolkit never deletes through links) and run again.")
     is_link = target.is_symlink()
     own = made_here or is_link or any(
         _is_run_folder(f, strict=True) for f in [*root.parents[:3][::-1], root, *way]) \
         or (target.is_dir() and _is_run_folder(target, strict=True))
     if not own:
-        raise UserError(f"refusing to delete {target}: llm-fourier did not write it (no run "
+        raise UnsafePath(f"refusing to delete {target}: llm-fourier did not write it (no run "
                         f"record in {root}); move it away or choose another --out.")
     if target.is_dir() and not is_link:
         shutil.rmtree(target)

@@ -87,6 +87,7 @@ class RunDir:
         self.helper = self.path is not None and not main  # a helper process of a launch
         self.resumed = False
         self.previous: dict | None = None  # the record found in the folder, if any
+        self.previous_command: str | None = None  # the command of that record
         self._lock = None
         self._record: dict = {}
         self._saved = False  # nothing written yet: a run that fails early leaves nothing
@@ -129,8 +130,9 @@ class RunDir:
                 raise UserError(f"{record_path} cannot be read ({err}); rerun with --restart "
                                 "to start this run over.") from err
         self.previous = old
+        self.previous_command = old.get("command") if old else self._previous_command()
         if restart:  # under the lock: a running report's files are never touched
-            self.clear(self._discard if self._previous_command() == self.command else ())
+            self.clear(self._discard if self.previous_command == self.command else ())
         changed = _changes(old.get("settings", {}), self.settings) if old else []
         unsafe = [c for c in changed if c.split(" ", 1)[0] not in extendable]
         finished = old is not None and old.get("status") == "finished"
