@@ -311,6 +311,15 @@ def test_restart_on_a_folder_that_was_never_a_report_deletes_nothing(user_files,
         assert (out / name).read_text() == '{"jobs": {}}'
 
 
+def test_restart_clears_a_report_whose_record_is_damaged(tmp_path, capsys):
+    cfg, out = first_run(tmp_path, value=2)
+    (out / "run.json").write_bytes(b"\x80 not json")
+    assert report(cfg, out) == 2 and "--restart" in one_line_error(capsys)
+    CALLS.clear()
+    assert report(cfg, out, "--restart") == 0 and CALLS == ["w"]
+    assert json.loads((out / "manifest.json").read_text())["jobs"]["w"]["status"] == "done"
+
+
 # ------------------------------------------------------------------ remote code
 @pytest.mark.parametrize("where", ["settings", "task"])
 def test_trust_remote_code_in_a_config_needs_the_flag(where, tmp_path, capsys):

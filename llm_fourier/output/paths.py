@@ -57,7 +57,8 @@ def _lexical(path: str | Path) -> Path:
 
 
 def _is_run_folder(folder: Path, strict: bool = False) -> bool:
-    """``folder`` holds a plain ``run.json`` (``strict``: of an llm-fourier run) or ``MARK``."""
+    """``folder`` holds ``MARK`` or a plain ``run.json`` (``strict``: not the JSON of another
+    tool; a damaged record still counts, so ``--restart`` can clear it)."""
     try:
         if stat.S_ISREG(os.lstat(folder / MARK).st_mode):
             return True
@@ -69,10 +70,13 @@ def _is_run_folder(folder: Path, strict: bool = False) -> bool:
             return False
         if not strict:
             return True
-        data = json.loads(record.read_bytes())
-        return isinstance(data, dict) and str(data.get("format", "")).startswith(RUN_FORMAT)
-    except (OSError, ValueError):
+    except OSError:
         return False
+    try:
+        data = json.loads(record.read_bytes())
+    except (OSError, ValueError):
+        return True
+    return not isinstance(data, dict) or str(data.get("format", "")).startswith(RUN_FORMAT)
 
 
 def _link_below_run(path: Path) -> Path | None:

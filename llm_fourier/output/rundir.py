@@ -41,7 +41,13 @@ from llm_fourier.output.files import (
     write_csv,
     write_json,
 )
-from llm_fourier.output.paths import RUN_FILE, check_no_links, open_private, remove
+from llm_fourier.output.paths import (
+    RUN_FILE,
+    RUN_FORMAT,
+    check_no_links,
+    open_private,
+    remove,
+)
 
 LOCK_FILE = ".lock"
 PARTIAL = ".partial"
@@ -168,12 +174,18 @@ class RunDir:
             self._saved = True
 
     def _previous_command(self) -> str | None:
-        try:
-            old = read_json(self.path / RUN_FILE)
-            return old.get("command") if isinstance(old, dict) and \
-                old.get("format") == FORMAT else None
-        except (OSError, ValueError):
+        """The command of the record in the folder; a damaged record counts as this
+        command's (``--restart`` then clears what it left), another tool's as none."""
+        record = self.path / RUN_FILE
+        if not record.is_file() or record.is_symlink():
             return None
+        try:
+            old = read_json(record)
+        except (OSError, ValueError):
+            return self.command
+        if not isinstance(old, dict):
+            return self.command
+        return old.get("command") if str(old.get("format", "")).startswith(RUN_FORMAT) else None
 
     def clear(self, discard: Iterable[str] = ()) -> None:
         """Forget the run's state (``--restart``): partial units, the ``discard`` files and
