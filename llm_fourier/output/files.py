@@ -75,7 +75,7 @@ def write_json(path: str | Path, obj) -> Path:
 
 
 def read_json(path: str | Path):
-    return json.loads(Path(path).read_text())
+    return json.loads(Path(path).read_bytes())  # UTF-8 whatever the locale
 
 
 def write_csv(path: str | Path, rows: list[dict]) -> Path:
