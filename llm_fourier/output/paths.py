@@ -4,17 +4,17 @@
   file name: letters, digits, ``_ . + -``, not starting with ``.`` or ``-``, at most 100
   characters. A name that is already safe is kept; any other gets its unsafe characters
   replaced and a hash of the whole name appended, so distinct names stay distinct ids.
-* ``check_no_links(path)``: refuses (``UserError``, one sentence) a path whose folders below
-  its run folder (the outermost folder above it holding ``run.json``) include a symbolic
-  link: a link planted in a run folder is never written through. The run folder itself may
-  be a link (``--out`` is the user's choice).
+* ``check_no_links(path)``: refuses (``UnsafePath``, a ``UserError``: one sentence) a path
+  whose folders below its run folder (the outermost folder above it holding ``run.json`` or
+  ``MARK``) include a symbolic link: a link planted in a run folder is never written
+  through. The run folder itself may be a link (``--out`` is the user's choice).
 * ``open_private(path, mode)``: opens a lock or log file without following a link
   (``O_NOFOLLOW``), refusing anything but a plain file with one name.
 * ``remove(target, root)``: the one delete of the toolkit. It deletes only inside ``root``
   (no ``..``, no link on the way; a link as target is removed, never followed), and only
-  what the toolkit wrote: a folder on the way holds ``run.json`` of a run or the ``MARK``
-  file of a folder the toolkit made (``make_own_dir``), or the caller made the target in
-  this process (``made_here``).
+  what the toolkit wrote: ``root``, a folder on the way (or up to 3 above ``root``) holds
+  ``run.json`` of a run or the ``MARK`` file of a folder the toolkit made (``make_own_dir``),
+  or the caller made the target in this process (``made_here``).
 """
 
 from __future__ import annotations
@@ -56,9 +56,9 @@ def _lexical(path: str | Path) -> Path:
     return Path(os.path.normpath(os.path.abspath(path)))
 
 
-def _is_run_folder(folder: Path, strict: bool = False) -> bool:
-    """``folder`` holds ``MARK`` or a plain ``run.json`` (``strict``: not the JSON of another
-    tool; a damaged record still counts, so ``--restart`` can clear it)."""
+def _is_run_folder(folder: Path) -> bool:
+    """``folder`` holds ``MARK`` or a plain ``run.json`` that is not the JSON of another tool
+    (a damaged record of ours still counts, so ``--restart`` can clear it)."""
     try:
         if stat.S_ISREG(os.lstat(folder / MARK).st_mode):
             return True
@@ -66,11 +66,10 @@ def _is_run_folder(folder: Path, strict: bool = False) -> bool:
         pass
     record = folder / RUN_FILE
     try:
-        if not stat.S_ISREG(os.lstat(record).st_mode):
-            return False
-        if not strict:
-            return True
+        info = os.lstat(record)
     except OSError:
+        return False
+    if not stat.S_ISREG(info.st_mode) or info.st_size > 2**24:
         return False
     try:
         data = json.loads(record.read_bytes())
@@ -96,7 +95,7 @@ def check_no_links(path: str | Path) -> None:
     link = _link_below_run(_lexical(path))
     if link is not None:
         raise UnsafePath(f"{link} is a symbolic link inside a run folder; remove it (the "
-                        "toolkit never writes through links) and run again.")
+                         "toolkit never writes through links) and run again.")
 
 
 def open_private(path: str | Path, mode: str = "a+"):
@@ -111,15 +110,15 @@ def open_private(path: str | Path, mode: str = "a+"):
     except OSError as err:
         if path.is_symlink():
             raise UnsafePath(f"{path} is a symbolic link; remove it (the toolkit never writes "
-                            "through links) and run again.") from None
-        raise UnsafePath(f"cannot open {path} ({err.strerror or err}); check the folder's "
+                             "through links) and run again.") from None
+        raise UserError(f"cannot open {path} ({err.strerror or err}); check the folder's "
                         "permissions.") from None
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
         os.close(fd)
         raise UnsafePath(f"{path} is not a plain file of this run folder (a "
-                        f"{'hard link' if stat.S_ISREG(info.st_mode) else 'special file'}); "
-                        "remove it and run again.")
+                         f"{'hard link' if stat.S_ISREG(info.st_mode) else 'special file'}); "
+                         "remove it and run again.")
     os.set_blocking(fd, True)
     return os.fdopen(fd, mode)
 
@@ -146,21 +145,21 @@ def remove(target: str | Path, root: str | Path, *, made_here: bool = False) -> 
         rel = None
     if rel is None or not rel.parts or ".." in rel.parts:
         raise UnsafePath(f"refusing to delete {target}: it is not inside the run folder {root}; "
-                        "this is a bug, please report it.")
+                         "this is a bug, please report it.")
     if not os.path.lexists(target):
         return False
     way = [root / Path(*rel.parts[:i]) for i in range(1, len(rel.parts))]
     link = next((f for f in way if f.is_symlink()), None)
     if link is not None:
         raise UnsafePath(f"{link} is a symbolic link inside the run folder {root}; remove it "
-                        "(the toolkit never deletes through links) and run again.")
+                         "(the toolkit never deletes through links) and run again.")
     is_link = target.is_symlink()
     own = made_here or is_link or any(
-        _is_run_folder(f, strict=True) for f in [*root.parents[:3][::-1], root, *way]) \
-        or (target.is_dir() and _is_run_folder(target, strict=True))
+        _is_run_folder(f) for f in [*root.parents[:3][::-1], root, *way]) \
+        or (target.is_dir() and _is_run_folder(target))
     if not own:
         raise UnsafePath(f"refusing to delete {target}: llm-fourier did not write it (no run "
-                        f"record in {root}); move it away or choose another --out.")
+                         f"record in {root}); move it away or choose another --out.")
     if target.is_dir() and not is_link:
         shutil.rmtree(target)
     else:

@@ -73,7 +73,8 @@ def check_writable(path: Path) -> None:
         probe = path / f".write-test-{os.getpid()}"
         check_no_links(probe)
         path.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
+        remove(probe, path, made_here=True)  # a stale one (or a planted link) goes first
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         remove(probe, path, made_here=True)
     except OSError as err:
         raise UserError(f"cannot write to --out {path} ({err.strerror or err}); choose a "
