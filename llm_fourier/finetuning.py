@@ -306,7 +306,9 @@ class FineTuner:
         test = self.evaluate_fn(self.lm, self.splits.test, self.numbers, c.eval_batch_size) \
             if self.splits.test else {}
         model_dir = self.out / "model"
-        if acc.is_main_process:
+        if acc.is_main_process:  # a fresh folder: no file of an old one (or link) written through
+            remove(model_dir, self.out)
+            make_own_dir(model_dir)
             acc.unwrap_model(self.model).save_pretrained(model_dir)
             self.lm.tokenizer.save_pretrained(model_dir)
         acc.wait_for_everyone()
