@@ -20,7 +20,6 @@ filter spans all 64 dimensions, so those ablation rows are flagged as uninformat
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from llm_fourier.model.numbers import task_numbers
 from llm_fourier.model.tasks import make_task
 from llm_fourier.output.files import read_json, write_json
 from llm_fourier.output.html import flat_record, html_table, percent
+from llm_fourier.output.paths import remove
 from llm_fourier.output.rundir import RunDir
 from llm_fourier.output.tables import format_table
 from toy.adders import AdderConfig, adder_tokenizer, build_adder, max_answer
@@ -220,7 +220,7 @@ class TransplantCommand(Command):
         source["spectrum"] = embedding_spectrum(rows, tau)
         if not run.resumed:  # arms of a finished or discarded run: train afresh
             for old in folder.glob("seed*"):
-                shutil.rmtree(old, ignore_errors=True)
+                remove(old, folder)
         analyses: dict[str, dict[int, dict]] = {arm: {} for arm in ARMS}
         for seed in s.seeds:
             for arm in ARMS:

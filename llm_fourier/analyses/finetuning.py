@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -43,6 +42,7 @@ from llm_fourier.errors import UserError
 from llm_fourier.model.loading import LoadedModel
 from llm_fourier.model.tasks import tokenize_prompts
 from llm_fourier.output.files import read_json, to_jsonable, write_json
+from llm_fourier.output.paths import make_own_dir, remove
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
@@ -233,18 +233,19 @@ class FineTuner:
         name = f"step-{self.state['step']:08d}"
         tmp = root / f"{name}.tmp"
         if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+            remove(tmp, self.out)
+            make_own_dir(root)
+            tmp.mkdir()
         acc.wait_for_everyone()
         acc.save_state(str(tmp), safe_serialization=True)
         if acc.is_main_process:
             write_json(tmp / "state.json", self.state)
-            shutil.rmtree(root / name, ignore_errors=True)
+            remove(root / name, self.out)
             tmp.rename(root / name)
             write_json(root / "latest.json", {"dir": name})
             for old in root.glob("step-*"):  # keep only the newest checkpoint
                 if old.name != name:
-                    shutil.rmtree(old, ignore_errors=True)
+                    remove(old, self.out)
         acc.wait_for_everyone()
 
     def restore(self, path: Path) -> None:
@@ -271,7 +272,7 @@ class FineTuner:
         c, acc = self.config, self.accelerator
         ckpt = latest_checkpoint(self.out) if resume else None
         if not resume and acc.is_main_process:
-            shutil.rmtree(self.out / "checkpoints", ignore_errors=True)  # a finished run's
+            remove(self.out / "checkpoints", self.out)  # a finished run's
         if ckpt is not None:
             self.restore(ckpt)
         bar = tqdm(total=self.total, initial=self.state["step"], desc=f"train {self.out.name}",
@@ -305,7 +306,9 @@ class FineTuner:
         test = self.evaluate_fn(self.lm, self.splits.test, self.numbers, c.eval_batch_size) \
             if self.splits.test else {}
         model_dir = self.out / "model"
-        if acc.is_main_process:
+        if acc.is_main_process:  # a fresh folder: no file of an old one (or link) written through
+            remove(model_dir, self.out)
+            make_own_dir(model_dir)
             acc.unwrap_model(self.model).save_pretrained(model_dir)
             self.lm.tokenizer.save_pretrained(model_dir)
         acc.wait_for_everyone()

@@ -37,6 +37,7 @@ from llm_fourier.model.distributed import concat, map_ranges
 from llm_fourier.model.hooks import capture
 from llm_fourier.model.loading import LoadedModel
 from llm_fourier.model.tasks import Example
+from llm_fourier.output.reading import finite_numbers, read_data, read_text
 from probes import FourierBasis, spectrum
 from probes.linear import fit_helix, mod_probes
 from probes.stats import StatsConfig
@@ -311,45 +312,50 @@ def flat_row(role: str, layer: int, result: dict, prefix: str = "") -> dict:
 
 def load_scalar(path: str | Path, p: int | None = None) -> np.ndarray:
     """One value per number 0..n-1 from .npy, .json (a list, or {number: value}) or .csv
-    (one column of values, or columns number,value; a header line is skipped)."""
+    (one column of values, or columns number,value; a header line is skipped). Read through
+    ``output.reading``: text that is not UTF-8, null, text or non-finite values are one
+    sentence naming the file."""
     path = Path(path)
+    what = "control file"
     if not path.is_file():
-        raise UserError(f"control file {path} does not exist; give a CSV, JSON or NPY file "
+        raise UserError(f"{what} {path} does not exist; give a CSV, JSON or NPY file "
                         "with one value per number.")
     try:
         if path.suffix == ".npy":
-            values = np.load(path, allow_pickle=False)
+            array = np.load(path, allow_pickle=False)
+            if array.dtype.kind not in "biuf":
+                raise ValueError(f"it holds {array.dtype} values, not numbers")
+            values = array.ravel().tolist()
         elif path.suffix == ".json":
-            import json
-
-            data = json.loads(path.read_text())
+            data = read_data(path, what, "json")
             if isinstance(data, dict):
-                data = _by_number(path, [(k, v) for k, v in data.items()])
-            values = np.asarray(data, dtype=float)
+                data = _by_number(path, list(data.items()))
+            if not isinstance(data, list):
+                raise ValueError("it holds neither a list nor a table of values")
+            values = [v for row in data for v in row] \
+                if data and all(isinstance(row, list) for row in data) else data
         else:
             rows = [r for r in (line.strip().split(",") for line in
-                                path.read_text().splitlines()) if r and r[0]]
+                                read_text(path, what).splitlines()) if r and r[0]]
             if rows and not _is_float(rows[0][-1]):
                 rows = rows[1:]
-            if rows and len(rows[0]) >= 2:
-                values = np.asarray(_by_number(path, [(r[0], r[-1]) for r in rows]))
-            else:
-                values = np.asarray([float(r[-1]) for r in rows])
-    except (ValueError, KeyError) as err:
-        raise UserError(f"cannot read numbers from {path} ({err}); write one value per "
+            values = _by_number(path, [(r[0], r[-1]) for r in rows]) \
+                if rows and len(rows[0]) >= 2 else [r[-1] for r in rows]
+    except (ValueError, KeyError, EOFError, OverflowError, IndexError) as err:
+        raise UserError(f"cannot read numbers from {what} {path} ({err}); write one value per "
                         "number 0..n-1.") from err
-    values = np.asarray(values, dtype=float).ravel()
+    values = np.asarray(finite_numbers(values, path, what), dtype=float)
     if p is not None and len(values) < p:
         raise UserError(f"{path} has {len(values)} values but numbers go up to {p - 1}; give "
                         f"one value for each number 0..{p - 1}.")
     return values[:p] if p is not None else values
 
 
-def _by_number(path: Path, pairs) -> list[float]:
+def _by_number(path: Path, pairs) -> list:
     """Values of (number, value) pairs placed by number; the numbers must be 0..n-1."""
-    placed = {int(float(k)): float(v) for k, v in pairs}
+    placed = {int(float(k)): v for k, v in pairs}
     if sorted(placed) != list(range(len(placed))):
-        missing = sorted(set(range(max(placed, default=-1) + 1)) - set(placed))[:5]
+        missing = [n for n in range(len(placed) + 5) if n not in placed][:5]
         raise UserError(f"{path} gives values for numbers with gaps (missing e.g. {missing}); "
                         "give one value for every number 0..n-1.")
     return [placed[n] for n in range(len(placed))]

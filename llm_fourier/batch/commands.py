@@ -9,7 +9,7 @@ CONFIG is a file or the name of a preset shipped in ``llm_fourier/batch/presets`
 
 from __future__ import annotations
 
-import shutil
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from llm_fourier.output.rundir import RunDir
 from llm_fourier.output.tables import format_table
 
 PRESETS = Path(__file__).resolve().parent / "presets"
+DISCARD = (MANIFEST, "jobs")  # what --restart removes of a report (under its lock)
 
 
 def preset_names() -> list[str]:
@@ -60,6 +61,10 @@ def run_batch(report: Report, run: RunDir, only: list[str] | None = None,
     return the summary. Raises ``RunFailed`` after the page is written if a job failed."""
     if run.path is None:
         raise UserError("a report needs an output folder; pass out=...")
+    if run.writes and run.previous_command not in ("report", "demo") and (
+            os.path.lexists(run.path / MANIFEST) or os.path.lexists(run.path / "jobs")):
+        raise UserError(f"{run.path} holds a {MANIFEST} or jobs/ that no report wrote; choose "
+                        "another --out (nothing was changed there).")
     out = run.workspace() or run.path
     if html_only:
         if not (out / MANIFEST).is_file():
@@ -85,12 +90,6 @@ def run_batch(report: Report, run: RunDir, only: list[str] | None = None,
     return summary
 
 
-def _restart(out: str | None) -> None:
-    if out is not None:
-        (Path(out) / MANIFEST).unlink(missing_ok=True)
-        shutil.rmtree(Path(out) / "jobs", ignore_errors=True)
-
-
 @dataclass(kw_only=True)
 class ReportSettings(OutputOptions):
     command = "report"
@@ -105,6 +104,9 @@ class ReportSettings(OutputOptions):
     html_only: bool = option(False, identity=False, help="rebuild index.html from finished "
                              "jobs without running any")
     list_presets: bool = option(False, identity=False, help="list the shipped presets")
+    trust_remote_code: bool = option(False, identity=False, help="let jobs whose config "
+                                     "settings ask for trust_remote_code run their model "
+                                     "folder's own Python code (only for code you trust)")
 
     def validate(self) -> None:
         if not self.config and not self.list_presets:
@@ -122,15 +124,15 @@ class ReportCommand(Command):
                 first = (PRESETS / f"{name}.toml").read_text().splitlines()[0].lstrip("# ")
                 print(f"{name:24s} {first}")
             return {"presets": preset_names()}
-        report = load_config(config_path(s.config), parse_overrides(s.model))
+        report = load_config(config_path(s.config), parse_overrides(s.model),
+                             trust_remote_code=s.trust_remote_code)
         if s.dry_run:
             jobs = select(report, s.only)
             print(format_table([{"job": j.id, "command": j.command, "needs": " ".join(j.needs)}
                                 for j in jobs]))
             return {"jobs": [j.id for j in jobs]}
-        if s.restart:
-            _restart(s.out)
-        with RunDir(s.out, self.name, {}, restart=s.restart, main=process_info().is_main) as run:
+        with RunDir(s.out, self.name, {}, restart=s.restart, main=process_info().is_main,
+                    discard=DISCARD) as run:  # --restart discards under the lock
             return run_batch(report, run, s.only, s.html_only)
 
 
@@ -152,9 +154,8 @@ class DemoCommand(Command):
 
     def execute(self, s: DemoSettings) -> dict:
         report = parse_config(demo_config(s.model, s.quick), source="(built-in demo)")
-        if s.restart:
-            _restart(s.out)
-        with RunDir(s.out, self.name, {}, restart=s.restart, main=process_info().is_main) as run:
+        with RunDir(s.out, self.name, {}, restart=s.restart, main=process_info().is_main,
+                    discard=DISCARD) as run:
             summary = run_batch(report, run, progress=not s.quick)
         if "index" in summary:
             print(NEXT_STEPS.format(index=Path(summary["index"]).resolve()))

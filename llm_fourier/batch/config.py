@@ -25,7 +25,9 @@ Layout (every key but ``jobs`` optional)::
 
 Each job expands to models x tasks x revisions x seeds, with the id
 ``name[-model][-task][-rREVISION][-sSEED]`` (characters other than letters, digits, ``.``,
-``_``, ``+`` and ``-`` of a revision become ``_`` in the id). Revisions set the command's
+``_``, ``+`` and ``-`` of a revision become ``_`` in the id; an id that would still not be
+one safe file name, e.g. from a model named ``../x``, gets its unsafe characters replaced
+and a hash appended: ``output.paths.path_component``). Revisions set the command's
 ``revision`` setting (a hub branch, tag or commit, e.g. Pythia's ``step1000``); the
 top-level list applies to the jobs whose command has that setting and whose settings do not
 set it. In settings, ``{model}``, ``{task}``, ``{revision}`` and ``{seed}`` are replaced by
@@ -38,18 +40,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from llm_fourier.commands import get_command
 from llm_fourier.errors import UserError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from llm_fourier.output.paths import path_component
+from llm_fourier.output.reading import read_data
 
 REF = re.compile(r"\{jobs\.([A-Za-z0-9_.+\-]+)\}")
 TOP_KEYS = {"title", "description", "seeds", "revisions", "models", "tasks", "jobs"}
@@ -104,23 +102,18 @@ def resolve_refs(value, job_dir):
     return value
 
 
-def load_config(path: str | Path, model_overrides: Mapping[str, str] | None = None) -> Report:
-    """Read a ``.toml`` / ``.yaml`` report config and expand it into jobs."""
+def load_config(path: str | Path, model_overrides: Mapping[str, str] | None = None, *,
+                trust_remote_code: bool = False) -> Report:
+    """Read a ``.toml`` / ``.yaml`` report config (``output.reading``: UTF-8, bounded YAML,
+    string keys) and expand it into jobs."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"report config {path} does not exist; pass the path of a .toml file "
                         "or a preset name (see `llm-fourier report --list-presets`).")
-    text = path.read_text()
-    try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            raw = yaml.safe_load(text) or {}
-        else:
-            raw = tomllib.loads(text)
-    except Exception as err:  # the parsers' messages carry line and column
-        raise UserError(f"{path}: cannot parse the config ({err}); fix the syntax.") from err
-    return parse_config(raw, source=str(path), model_overrides=model_overrides)
+    raw = read_data(path, "report config", "json" if path.suffix.lower() == ".json" else
+                    "yaml" if path.suffix.lower() in (".yaml", ".yml") else "toml")
+    return parse_config(raw if raw is not None else {}, source=str(path),
+                        model_overrides=model_overrides, trust_remote_code=trust_remote_code)
 
 
 def _fail(source: str, key: str, problem: str) -> UserError:
@@ -165,6 +158,12 @@ def _revisions(value, key: str, source: str) -> list[str]:
     return value
 
 
+def job_id_of(parts: list[str]) -> str:
+    """A job's id from its name parts: one safe path component (``output.paths``), the
+    same for the same parts, distinct for distinct ones."""
+    return path_component("-".join(parts))
+
+
 def revision_slug(revision: str) -> str:
     """A revision as it appears in job ids (``-r<slug>``)."""
     return ID_CHARS.sub("_", revision)
@@ -189,8 +188,11 @@ def _refs(value) -> list[str]:
 
 
 def parse_config(raw: dict, source: str = "",
-                 model_overrides: Mapping[str, str] | None = None) -> Report:
-    """Validate a config dictionary (as read from TOML/YAML) and expand it into jobs."""
+                 model_overrides: Mapping[str, str] | None = None, *,
+                 trust_remote_code: bool = False) -> Report:
+    """Validate a config dictionary (as read from TOML/YAML) and expand it into jobs. A job
+    whose settings ask for ``trust_remote_code`` is refused unless ``trust_remote_code``
+    (the report's own ``--trust-remote-code``): a shared config never runs code by itself."""
     if not isinstance(raw, dict):
         raise _fail(source, "(top level)", "must be a table of keys")
     unknown = sorted(set(raw) - TOP_KEYS)
@@ -218,6 +220,12 @@ def parse_config(raw: dict, source: str = "",
     jobs: list[Job] = []
     for i, entry in enumerate(entries):
         jobs += _expand(entry, f"jobs[{i}]", models, tasks, top_seeds, top_revisions, source)
+    for j in jobs:
+        if j.settings.get("trust_remote_code") and not trust_remote_code:
+            raise UserError(f"{source + ': ' if source else ''}job {j.id} sets "
+                            "trust_remote_code, which runs Python code from its model's "
+                            "folder; rerun with --trust-remote-code on the report's command "
+                            "line if you trust that code.")
     ids = [j.id for j in jobs]
     for j in jobs:
         if ids.count(j.id) > 1:
@@ -316,7 +324,7 @@ def _expand(entry, key: str, models: dict, tasks: dict, top_seeds: list[int],
         parts += [] if seed is None else [f"s{seed}"]
         refs = [r for v in s.values() for r in _refs(v)]
         deps = tuple(dict.fromkeys([_substitute(n, names) for n in needs] + refs))
-        job_id = "-".join(parts)
+        job_id = job_id_of(parts)
         try:  # the command's own checks: types, ranges, choices, consistency
             s = command.Settings.convert(s)
             command.Settings.from_dict({**s, "out": "(job folder)"})

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import gc
-import shutil
 import sys
 import time
 import traceback
@@ -34,12 +33,20 @@ from llm_fourier.commands import get_command
 from llm_fourier.errors import UserError
 from llm_fourier.model import distributed
 from llm_fourier.output.files import atomic_write_text, read_json, write_json
+from llm_fourier.output.paths import (
+    UnsafePath,
+    make_own_dir,
+    open_private,
+    path_component,
+    remove,
+)
 
 MANIFEST = "manifest.json"
 
 
 def job_dir(out: str | Path, job_id: str) -> Path:
-    return Path(out) / "jobs" / job_id
+    """``OUT/jobs/<id>``; an id is always one safe path component (``config.job_id``)."""
+    return Path(out) / "jobs" / path_component(job_id)
 
 
 def read_manifest(out: str | Path) -> dict:
@@ -53,7 +60,7 @@ def read_manifest(out: str | Path) -> dict:
             raise ValueError("not a manifest")
     except (OSError, ValueError) as err:
         raise UserError(f"{path} cannot be read ({type(err).__name__}); rerun with --restart "
-                        "to run every job again.") from err
+                        "to run every job again, or choose another --out.") from err
     manifest.setdefault("jobs", {})
     return manifest
 
@@ -108,8 +115,9 @@ def run_job(job: Job, settings: dict, target: Path, restart: bool = False) -> di
     """Run one job's command into ``target`` (its run folder: checked, locked, resumable;
     ``restart`` discards what a failed attempt left there)."""
     command = get_command(job.command)
-    target.mkdir(parents=True, exist_ok=True)
-    with open(target / "log.txt", "a") as log, contextlib.redirect_stdout(_Tee(sys.stdout, log)):
+    make_own_dir(target)
+    with open_private(target / "log.txt", "a") as log, \
+            contextlib.redirect_stdout(_Tee(sys.stdout, log)):
         return command.execute(command.Settings.from_dict(
             {**settings, "out": str(target), "restart": restart}))
 
@@ -147,6 +155,8 @@ def _execute(job: Job, entry: dict, out: Path, owner: bool, save: Callable[[], N
         results = run_job(job, entry["settings"], folder, restart)
         finished = results.get("finished", True) if isinstance(results, dict) else True
         entry.update(status="done" if finished else "stopped")
+    except UnsafePath:  # a planted link: the report stops with one sentence
+        raise
     except Exception as err:  # one failing job must not stop the report
         message = f"{type(err).__name__}: {err}".strip()
         entry.update(status="failed", error=message)
@@ -212,7 +222,7 @@ def run_report(report: Report, out: str | Path, *, only: Sequence[str] | None = 
             folder = job_dir(out, job.id)
             if info.is_main and folder.exists() and previous \
                     and previous.get("hash") != entry["hash"]:
-                shutil.rmtree(folder)  # outputs of different settings: start afresh
+                remove(folder, out)  # outputs of different settings: start afresh
             todo.append(job)
         save()
         distributed.barrier()

@@ -52,6 +52,7 @@ from llm_fourier.commands.base import Command, JobView
 from llm_fourier.commands.digit_views import DIGIT_CAPTIONS, best_probe_rows, csv_row
 from llm_fourier.commands.emergence import emergence_html
 from llm_fourier.commands.hidden_controls import (
+    check_control_file,
     frequency_control_result,
     token_identity_result,
 )
@@ -258,8 +259,8 @@ class HiddenCommand(Command):
                 "digit_probes": DIGIT_CAPTIONS["digit_probes"]}
 
     def run(self, s: HiddenSettings, run: RunDir) -> dict:
-        if s.control is not None and not Path(s.control).is_file():
-            raise s.fail("control", f"names no file ({s.control})")
+        if s.control is not None:  # a bad file is one sentence before the model loads
+            check_control_file(s)
         task = s.task()
         examples = task.train[:s.n_probe]
         # answers are scored (ablation, intervention): how the tokenizer writes them

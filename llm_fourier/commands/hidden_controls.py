@@ -6,10 +6,13 @@
   means regressed out (``"control"`` in each probe result).
 * ``frequency_control_result``: the spectrum of a per-number scalar beside the embedding's
   (or the mean states'): ``--control FILE``, or number frequencies counted in a text the user
-  names (``--corpus FILE``), the convergent-evolution control.
+  names (``--corpus FILE``), the convergent-evolution control; ``check_control_file`` reads
+  ``--control`` before the model loads.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
@@ -49,6 +52,15 @@ def _beside(lm, hs: HiddenStates, numbers, n_values: int, layers, target):
     if not np.array_equal(uniq, np.arange(len(uniq))):
         return None, None
     return means, f"mean {hs.roles[0]} state, layer {layers[0]}"
+
+
+def check_control_file(s) -> None:
+    """``--control FILE`` read once before any heavy work: a missing file, text that is not
+    UTF-8, null, text or non-finite values are one sentence (``hidden_states.load_scalar``
+    reads through ``output.reading``)."""
+    if not Path(s.control).is_file():
+        raise s.fail("control", f"names no file ({s.control})")
+    load_scalar(s.control)
 
 
 def frequency_control_result(s, lm, hs: HiddenStates, task, layers, target

@@ -1,8 +1,10 @@
 """Atomic file writes: a crash never leaves a half-written result behind.
 
-Every writer writes to a temporary file in the same folder and renames it into place. The
-file gets the mode an ordinary ``open()`` would give it under the user's umask (0644 under
-umask 022), not the 0600 of a temporary file, so shared folders and web servers can read it.
+Every writer writes to a temporary file in the same folder and renames it into place (a link
+at the path is replaced, never written through; a link among the folders of a run folder is
+refused, see ``paths.check_no_links``). The file gets the mode an ordinary ``open()`` would
+give it under the user's umask (0644 under umask 022), not the 0600 of a temporary file, so
+shared folders and web servers can read it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from llm_fourier.output.paths import check_no_links, remove
+
 
 def file_mode() -> int:
     """The mode ``open(path, "w")`` gives a new file under the current umask."""
@@ -27,6 +31,7 @@ def file_mode() -> int:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
+    check_no_links(path)  # a link planted in a run folder is never written through
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -37,7 +42,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        remove(tmp, path.parent, made_here=True)
         raise
     return path
 
@@ -70,7 +75,7 @@ def write_json(path: str | Path, obj) -> Path:
 
 
 def read_json(path: str | Path):
-    return json.loads(Path(path).read_text())
+    return json.loads(Path(path).read_bytes())  # UTF-8 whatever the locale
 
 
 def write_csv(path: str | Path, rows: list[dict]) -> Path:

@@ -3,8 +3,9 @@
 ``RunDir(path, command, settings)`` opens a command's ``--out`` folder before any heavy work:
 
 * it makes the folder and checks that it can write there (one sentence if not);
-* it takes an exclusive lock (``.lock``, ``flock``; released by the OS when the process
-  dies), so a second run on the same folder says who holds it instead of mixing files;
+* it takes an exclusive lock (``.lock``, ``flock``, opened without following a link;
+  released by the OS when the process dies), so a second run on the same folder says who
+  holds it instead of mixing files; ``--restart`` discards only under that lock;
 * ``run.json`` records the command, its settings (those that change results), their hash,
   the fingerprints of its inputs (model weights, tokenizer, task) and the status. Running
   the same command again resumes an unfinished run; a run with other settings or other
@@ -14,7 +15,8 @@
 * units (``save_unit`` / ``load_unit``) are partial results, JSON plus optional tensors in
   safetensors, kept under ``.partial/`` until ``finish`` writes ``results.json``; a unit
   that cannot be read is discarded and recomputed (with a note), so a run never gets stuck;
-* every file goes through ``output.files``: atomic, with the user's umask.
+* every file goes through ``output.files``: atomic, with the user's umask; every delete
+  through ``output.paths.remove`` (inside the folder, only what a run wrote).
 
 ``path=None`` (the Python API without ``out``) writes nothing and resumes nothing. Processes
 other than the main one of a launch (``main=False``) write nothing either.
@@ -26,7 +28,6 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
 import socket
 import time
 from collections.abc import Iterable, Mapping
@@ -40,8 +41,14 @@ from llm_fourier.output.files import (
     write_csv,
     write_json,
 )
+from llm_fourier.output.paths import (
+    RUN_FILE,
+    RUN_FORMAT,
+    check_no_links,
+    open_private,
+    remove,
+)
 
-RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
 PARTIAL = ".partial"
 FORMAT = "llm-fourier-run/1"
@@ -63,10 +70,12 @@ def check_writable(path: Path) -> None:
     if path.exists() and not path.is_dir():
         raise UserError(f"--out {path} is a file, not a folder; pass a folder path.")
     try:
-        path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        check_no_links(probe)
+        path.mkdir(parents=True, exist_ok=True)
+        remove(probe, path, made_here=True)  # a stale one (or a planted link) goes first
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        remove(probe, path, made_here=True)
     except OSError as err:
         raise UserError(f"cannot write to --out {path} ({err.strerror or err}); choose a "
                         "folder you can write to.") from err
@@ -77,7 +86,7 @@ class RunDir:
 
     def __init__(self, path: str | Path | None, command: str, settings: Mapping, *,
                  restart: bool = False, extendable: Iterable[str] = (),
-                 main: bool = True) -> None:
+                 main: bool = True, discard: Iterable[str] = ()) -> None:
         self.path = None if path is None else Path(path)
         self.command = command
         self.settings = to_jsonable(dict(settings))
@@ -85,10 +94,12 @@ class RunDir:
         self.helper = self.path is not None and not main  # a helper process of a launch
         self.resumed = False
         self.previous: dict | None = None  # the record found in the folder, if any
+        self.previous_command: str | None = None  # the command of that record
         self._lock = None
         self._record: dict = {}
         self._saved = False  # nothing written yet: a run that fails early leaves nothing
         self._made = False
+        self._discard = tuple(discard)  # what --restart removes besides run.json and units
         if self.path is None or not main:
             return  # nothing to write: the Python API without out, or a helper process
         self._made = not self.path.exists()
@@ -98,7 +109,7 @@ class RunDir:
 
     # ------------------------------------------------------------ opening
     def _take_lock(self) -> None:
-        lock = open(self.path / LOCK_FILE, "a+")  # noqa: SIM115 - held until close()
+        lock = open_private(self.path / LOCK_FILE, "a+")  # never through a link
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -126,8 +137,9 @@ class RunDir:
                 raise UserError(f"{record_path} cannot be read ({err}); rerun with --restart "
                                 "to start this run over.") from err
         self.previous = old
-        if restart:
-            self.clear()
+        self.previous_command = old.get("command") if old else self._previous_command()
+        if restart:  # under the lock: a running report's files are never touched
+            self.clear(self._discard if self.previous_command == self.command else ())
         changed = _changes(old.get("settings", {}), self.settings) if old else []
         unsafe = [c for c in changed if c.split(" ", 1)[0] not in extendable]
         finished = old is not None and old.get("status") == "finished"
@@ -152,7 +164,7 @@ class RunDir:
             self._record = {"format": FORMAT, "command": self.command,
                             "settings": self.settings, "inputs": {}, "history": [],
                             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-            shutil.rmtree(self.path / PARTIAL, ignore_errors=True)
+            remove(self.path / PARTIAL, self.path)
         self._record.update(status="running", settings_hash=settings_hash(self.settings))
         if self.resumed:
             self._save_record()
@@ -162,12 +174,28 @@ class RunDir:
             write_json(self.path / RUN_FILE, self._record)
             self._saved = True
 
-    def clear(self) -> None:
-        """Forget the run's state: ``run.json`` and partial units (``--restart``)."""
+    def _previous_command(self) -> str | None:
+        """The command of the record in the folder; a damaged record counts as this
+        command's (``--restart`` then clears what it left), another tool's as none."""
+        record = self.path / RUN_FILE
+        if not record.is_file() or record.is_symlink():
+            return None
+        try:
+            old = read_json(record)
+        except (OSError, ValueError):
+            return self.command
+        if not isinstance(old, dict):
+            return self.command
+        return old.get("command") if str(old.get("format", "")).startswith(RUN_FORMAT) else None
+
+    def clear(self, discard: Iterable[str] = ()) -> None:
+        """Forget the run's state (``--restart``): partial units, the ``discard`` files and
+        folders of this command's run, then ``run.json`` (last: it marks what may be
+        deleted)."""
         if self.path is None:
             return
-        (self.path / RUN_FILE).unlink(missing_ok=True)
-        shutil.rmtree(self.path / PARTIAL, ignore_errors=True)
+        for name in (PARTIAL, *discard, RUN_FILE):
+            remove(self.path / name, self.path)
 
     def check_inputs(self, **fingerprints: str) -> None:
         """Record input fingerprints (model weights, tokenizer, task...); on a resumed run
@@ -222,8 +250,8 @@ class RunDir:
             print(f"note: discarding unreadable partial result {meta.name} ({type(err).__name__}"
                   "); it is computed again.")
             if self.writes:
-                meta.unlink(missing_ok=True)
-                blob.unlink(missing_ok=True)
+                remove(meta, self.path)
+                remove(blob, self.path)
             return None
 
     def units(self, prefix: str = "") -> list[str]:
@@ -265,7 +293,7 @@ class RunDir:
             self._record.update(status="finished",
                                 finished=time.strftime("%Y-%m-%d %H:%M:%S"))
             self._save_record()
-            shutil.rmtree(self.path / PARTIAL, ignore_errors=True)
+            remove(self.path / PARTIAL, self.path)
         return results
 
     def close(self) -> None:
@@ -274,9 +302,9 @@ class RunDir:
         if self._lock is None:
             return
         if not self._saved:
-            (self.path / LOCK_FILE).unlink(missing_ok=True)
+            remove(self.path / LOCK_FILE, self.path, made_here=True)
             if self._made and not any(self.path.iterdir()):
-                self.path.rmdir()
+                remove(self.path, self.path.parent, made_here=True)
         fcntl.flock(self._lock, fcntl.LOCK_UN)
         self._lock.close()
         self._lock = None
