@@ -30,7 +30,7 @@ from llm_fourier.commands.options import (
     TaskOptions,
     record_inputs,
 )
-from llm_fourier.commands.settings import option
+from llm_fourier.commands.settings import option, seed_option
 from llm_fourier.fourier_neurons import knockout_rows, knockout_table, neuron_spectra
 from llm_fourier.neuron_plots import knockout_plot, neuron_period_heatmap
 from llm_fourier.numbers import task_numbers
@@ -58,7 +58,7 @@ class NeuronsSettings(ModelOptions, TaskOptions, SplitOptions, OutputOptions):
     n_neurons: int = option(20, min=1, help="neurons knocked out per period, pooled over the "
                             "chosen layers")
     n_random: int = option(5, min=1, help="random draws of as many neurons per layer")
-    seed: int = option(0, help="seed of the random draws")
+    seed: int = seed_option(0, help="seed of the random draws")
     prediction: str = option("vocab", choices=PREDICTIONS, help="vocab: the model's own next "
                              "token (the paper's); numbers: argmax over the number tokens only")
     allow_post_norm: bool = option(False, help="read the directions before a post-MLP norm "
