@@ -166,8 +166,8 @@ class ProbeCommand(Command):
                 f"{fmt.numbers.max_number}, or run ablate (whole-answer scores) and hidden "
                 "(hidden-state and digit probes), which work on any tokenizer.")
         lm = s.load_model(tokenizer=fmt.tokenizer)
+        readout = readout_for(lm, fmt, task.max_answer, s.final_norm)  # before any output
         record_inputs(run, lm, examples)
-        readout = readout_for(lm, fmt, task.max_answer, s.final_norm)
         results = {"model": lm.name, "settings": s.identity(), "n_examples": len(examples),
                    **answer_keys(fmt, readout, s.basis), "tau": tau, "n_layers": lm.n_layers,
                    "outlier_rule": PEAK_RULE}
