@@ -9,6 +9,7 @@ import argparse
 import errno
 import sys
 
+from tqdm.std import tqdm
 from transformers.utils import logging as hf_logging
 
 from llm_fourier.batch.commands import BATCH_COMMANDS
@@ -55,7 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
     except KeyboardInterrupt:  # at any moment: parsing, loading, running, reporting
+        _close_bars()
         return interrupted()
+
+
+def _close_bars() -> None:
+    """Finish the progress bars an error left open, so its sentence starts a line."""
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 def disk_full(err: OSError) -> str:
@@ -77,14 +85,17 @@ def _main(argv: list[str] | None) -> int:
     try:
         command.execute(command.Settings.from_namespace(args))
     except UserError as err:
+        _close_bars()
         print(f"llm-fourier: error: {err}", file=sys.stderr)
         return 2
     except RunFailed as err:
+        _close_bars()
         print(f"llm-fourier: {err}", file=sys.stderr)
         return 1
     except OSError as err:
         if err.errno not in FULL:
             raise
+        _close_bars()
         print(f"llm-fourier: error: {disk_full(err)}", file=sys.stderr)
         return 2
     return 0

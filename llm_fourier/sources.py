@@ -277,17 +277,21 @@ def load_config(name: str, trust_remote_code: bool = False, revision: str | None
         raise cannot_load(name, err, revision) from err
 
 
+def _not_the_load_report(record: logging.LogRecord) -> bool:
+    return "LOAD REPORT" not in str(record.msg)
+
+
 @contextlib.contextmanager
 def _no_load_report():
     """transformers' table of missing / mismatched keys off: ``check_loading`` says it in
-    one sentence instead."""
+    one sentence instead. (A filter, not a level: transformers checks tensor-parallel plans,
+    and warns about them, when this logger's level is WARNING or above.)"""
     log = logging.getLogger("transformers.modeling_utils")
-    level = log.level
-    log.setLevel(logging.ERROR)
+    log.addFilter(_not_the_load_report)
     try:
         yield
     finally:
-        log.setLevel(level)
+        log.removeFilter(_not_the_load_report)
 
 
 def from_pretrained(cls, where: str, name: str, config, revision: str | None = None,
