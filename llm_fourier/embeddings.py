@@ -163,7 +163,7 @@ def load_embedding_matrix(
         kwargs["device_map"] = default_device_map(device_map)
     for cls in _model_classes(config, unembed):
         try:
-            hf = from_pretrained(cls, where, name, config, revision, strict=False, dtype=dtype,
+            hf = from_pretrained(cls, where, name, config, strict=False, dtype=dtype,
                                  **weights_kwargs(kwargs))
         except ValueError:  # "Unrecognized configuration class": try the next class
             continue

@@ -208,7 +208,7 @@ def load_model(
     if max_memory is not None:
         kwargs["max_memory"] = parse_max_memory(max_memory)
     try:
-        hf = from_pretrained(AutoModelForCausalLM, where, name, config, revision,
+        hf = from_pretrained(AutoModelForCausalLM, where, name, config,
                              dtype=resolve_dtype(dtype), **weights_kwargs(kwargs))
     except ValueError as err:  # "Unrecognized configuration class"
         raise UserError(f"{name} is not a causal language model (it has no LM head); "

@@ -294,8 +294,7 @@ def _no_load_report():
         log.removeFilter(_not_the_load_report)
 
 
-def from_pretrained(cls, where: str, name: str, config, revision: str | None = None,
-                    strict: bool = True, **kwargs):
+def from_pretrained(cls, where: str, name: str, config, strict: bool = True, **kwargs):
     """``cls.from_pretrained(where, config=config, **kwargs)`` with every "cannot get these
     weights" as one ``UserError`` (``cannot_load``, ``unreadable_weights``) and the loading
     report checked (``check_loading``; ``strict=False``: only the shapes, for a part of a
@@ -303,6 +302,7 @@ def from_pretrained(cls, where: str, name: str, config, revision: str | None = N
     for the caller to try another class."""
     from safetensors import SafetensorError
 
+    revision = kwargs.get("revision")  # in ``kwargs`` for hub ids (``resolve_source``)
     try:
         with _no_load_report():
             hf, info = cls.from_pretrained(where, config=config, output_loading_info=True,
