@@ -1,5 +1,3 @@
-import sys
+from llm_fourier.entry import run
 
-from llm_fourier.cli import main
-
-sys.exit(main())
+run()

@@ -1,17 +1,24 @@
 """The ``llm-fourier`` command: build the parser from the commands' settings, parse, run,
-and turn user errors into one sentence on stderr with exit code 2."""
+and turn user errors into one sentence on stderr with exit code 2: ``UserError``, and a full
+disk (finished outputs are kept; the same command resumes). Ctrl-C is exit code 130 with one
+line (``entry`` guards the imports too)."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
+from tqdm.std import tqdm
 from transformers.utils import logging as hf_logging
 
 from llm_fourier.batch.commands import BATCH_COMMANDS
 from llm_fourier.commands import all_commands
 from llm_fourier.commands.base import Command
+from llm_fourier.entry import interrupted
 from llm_fourier.errors import RunFailed, UserError
+
+FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,6 +53,27 @@ def build_parser(commands: dict[str, Command] | None = None) -> argparse.Argumen
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # at any moment: parsing, loading, running, reporting
+        _close_bars()
+        return interrupted()
+
+
+def _close_bars() -> None:
+    """Finish the progress bars an error left open, so its sentence starts a line."""
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
+def disk_full(err: OSError) -> str:
+    """The sentence for a write that found the disk (or the quota) full."""
+    where = f" writing {err.filename}" if err.filename else ""
+    return (f"no space left on the disk{where} ({err.strerror}); finished outputs are kept: "
+            "free some space (or choose another --out) and run the same command to resume.")
+
+
+def _main(argv: list[str] | None) -> int:
     # transformers' bars for loading checkpoint shards would crowd stderr, where a user
     # error is one line; downloads (huggingface_hub) and our own bars keep theirs
     hf_logging.disable_progress_bar()
@@ -57,15 +85,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         command.execute(command.Settings.from_namespace(args))
     except UserError as err:
+        _close_bars()
         print(f"llm-fourier: error: {err}", file=sys.stderr)
         return 2
     except RunFailed as err:
+        _close_bars()
         print(f"llm-fourier: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("llm-fourier: interrupted; finished outputs are kept and the same command "
-              "resumes.", file=sys.stderr)
-        return 130
+    except OSError as err:
+        if err.errno not in FULL:
+            raise
+        _close_bars()
+        print(f"llm-fourier: error: {disk_full(err)}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -5,7 +5,6 @@ every command, plus the mistakes that need more than one option or a file to see
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import typing
 
@@ -56,8 +55,11 @@ def _bad_values(settings_cls) -> list[tuple[str, str, str]]:
     return cases
 
 
-GENERATED = [pytest.param([*_base(c), flag, value], id=f"{name}{flag}={value}({why})")
+GENERATED = [pytest.param([*_base(c), flag, value], why, id=f"{name}{flag}={value}({why})")
              for name, c in COMMANDS.items() for flag, value, why in _bad_values(c.Settings)]
+# the words each kind of generated case must be refused with (argparse or the settings)
+REASONS = {"choice": "invalid choice", "type": "invalid", "min": "must be at least",
+           "max": "must be at most", "above": "must be above", "finite": "must be a finite"}
 SPECIFIC = [
     (["probe", "--model", "m", "--max-operand", "20", "--tau", "50"], "--tau must lie in 1..20"),
     (["embed", "--model", "m", "--max-number", "20"], "--tau must lie in 1..10"),
@@ -75,6 +77,11 @@ SPECIFIC = [
     (["finetune", "--model", "m", "--lr", "0"], "--lr must be above 0"),
     (["report"], "name a config file or a preset"),
     (["report", "no-such-config"], "no config file or preset named"),
+    (["probe", "--model", "m", "--task-seed", "-3"], "--task-seed must be at least 0, got -3"),
+    (["hidden", "--model", "m", "--seed", "-1"], "--seed must be at least 0"),
+    (["neurons", "--model", "m", "--seed", str(2**40)], "--seed must be at most 4294967295"),
+    (["toy", "train", "--seeds", "0", "-2"], "--seeds must be at least 0"),
+    (["probe", "--model", "m", "--max-operand", "100000"], "use --max-operand"),
 ]
 if not __import__("torch").cuda.is_available():
     SPECIFIC.append((["probe", "--model", "m", "--device-map", "cuda"], "no CUDA device"))
@@ -90,9 +97,10 @@ def _check(argv: list[str], out, capsys) -> str:
     return err
 
 
-@pytest.mark.parametrize("argv", GENERATED)
-def test_every_bad_option_value_is_one_sentence_exit_2(argv, tmp_path, capsys):
-    _check(argv, tmp_path / "out", capsys)
+@pytest.mark.parametrize("argv, why", GENERATED)
+def test_every_bad_option_value_is_one_sentence_exit_2(argv, why, tmp_path, capsys):
+    err = _check(argv, tmp_path / "out", capsys)
+    assert REASONS[why] in err and argv[-2] in err, err  # refused for that option, that reason
 
 
 @pytest.mark.parametrize("argv, words", SPECIFIC)
@@ -101,9 +109,11 @@ def test_mistakes_across_options_are_one_sentence(argv, words, tmp_path, capsys)
 
 
 def test_the_table_covers_every_command():
-    covered = {case.id.split("-", 1)[0] for case in GENERATED}
-    assert len(GENERATED) > 60 and {"probe", "ablate", "hidden", "finetune"} <= {
-        n for n in COMMANDS if any(c.values[0][0] == n for c in GENERATED)} and covered
+    covered = {name for name, c in COMMANDS.items()
+               if any(case.values[0][:len(name.split())] == name.split() for case in GENERATED)}
+    checkable = {name for name, c in COMMANDS.items() if _bad_values(c.Settings)}
+    assert len(GENERATED) > 60 and {"probe", "ablate", "hidden", "finetune"} <= covered
+    assert covered == checkable, checkable - covered
 
 
 @pytest.mark.parametrize("problem", ["file", "under a file", "read-only"])
@@ -135,7 +145,12 @@ def test_generated_cases_really_are_out_of_range():
     ids = [c.id for c in GENERATED]
     assert "probe--tau=0(min)" in ids and "toy train--lr=0.0(above)" in ids
     assert any(i.startswith("toy train--train-frac=2.0(max)") for i in ids)
-    assert not math.isfinite(float("nan"))
+    assert "toy train--lr=nan(finite)" in ids
+    seeds = {i for i in ids if "seed" in i}  # every seed option has both bounds
+    for name, flag in [("probe", "--task-seed"), ("hidden", "--seed"), ("neurons", "--seed"),
+                       ("patch", "--seed"), ("finetune", "--seed"), ("toy train", "--seeds"),
+                       ("transplant", "--seeds"), ("transplant", "--task-seed")]:
+        assert f"{name}{flag}=-1(min)" in seeds and f"{name}{flag}=4294967296(max)" in seeds
 
 
 @pytest.fixture(scope="module")

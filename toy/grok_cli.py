@@ -14,7 +14,7 @@ import torch
 
 from llm_fourier.commands.base import Command, JobView
 from llm_fourier.commands.options import OutputOptions
-from llm_fourier.commands.settings import option
+from llm_fourier.commands.settings import option, seed_option
 from llm_fourier.errors import UserError
 from llm_fourier.output.html import flat_record, html_table, percent
 from llm_fourier.output.rundir import RunDir
@@ -61,8 +61,8 @@ class GrokTrainSettings(OutputOptions):
     p: int = option(_G.p, min=2, help="modulus")
     inputs: int = option(_G.n_inputs, min=2, help="number of inputs for --op sum")
     train_frac: float = option(_G.train_frac, above=0, max=1, help="train fraction")
-    seeds: list[int] = option([0], help="seeds trained together in one batched run")
-    data_seed: int | None = option(_G.data_seed, help="one split for every seed (default: "
+    seeds: list[int] = seed_option([0], help="seeds trained together in one batched run")
+    data_seed: int | None = seed_option(_G.data_seed, help="one split for every seed (default: "
                                    "each seed splits with itself)")
     model: str = option(_M.kind, choices=MODEL_KINDS, help="model kind")
     quant: str = option(_M.quant, choices=QUANT_MODES, help="transformer weights: binary or "
@@ -184,13 +184,13 @@ class GrokAnalyzeSettings(OutputOptions):
     format: str = option("auto", choices=FORMATS, help="checkpoint format")
     trust_pickle: bool = option(False, help="allow unpickling Python objects: a crafted file "
                                 "can run any code, so only for files you trust")
-    seed: int | None = option(None, help="which seed of a multi-seed checkpoint (default: the "
+    seed: int | None = seed_option(None, help="which seed of a multi-seed checkpoint (default: the "
                               "first)")
     op: str | None = option(None, choices=ALL_OPS, help="operation of an imported model "
                             "(default: a+b)")
     train_frac: float | None = option(None, above=0, max=1, help="train fraction of an "
                                       "imported model (default: its config, else 0.3)")
-    data_seed: int | None = option(None, help="split seed of an imported model (default: its "
+    data_seed: int | None = seed_option(None, help="split seed of an imported model (default: its "
                                    "config, else 0)")
     split: str = option("auto", choices=("auto", "ours", "nanda"), help="how the train split "
                         "was drawn: ours (torch.randperm) or nanda (their random.shuffle); "

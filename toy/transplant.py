@@ -142,7 +142,7 @@ def source_number_rows(source: str | Path, p: int, leading_space: bool = False,
     if numbers.p < 3:
         raise UserError(f"{source} keeps fewer than 3 integers as single tokens; pick a "
                         "source whose tokenizer has number tokens (e.g. gpt2).")
-    rows = number_rows(matrix, numbers).detach().to(torch.float64).cpu().numpy()
+    rows = number_rows(matrix, numbers, f"W_E of {source}").detach().to(torch.float64).cpu().numpy()
     info = {"source": str(source), "source_numbers": int(numbers.p), "source_dim": rows.shape[1],
             "source_token_ids": numbers.token_ids[:5].tolist()}
     return rows[:p], info

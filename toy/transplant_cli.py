@@ -29,7 +29,7 @@ import torch
 from llm_fourier.analyses.finetuning import FinetuneConfig, FineTuner
 from llm_fourier.commands.base import Command, JobView
 from llm_fourier.commands.options import OutputOptions
-from llm_fourier.commands.settings import option
+from llm_fourier.commands.settings import option, seed_option
 from llm_fourier.model.loading import load_model
 from llm_fourier.model.numbers import task_numbers
 from llm_fourier.model.tasks import make_task
@@ -74,7 +74,7 @@ class TransplantSettings(OutputOptions):
     source: str | None = option(None, help="synthetic (default on cpu), synthetic:low, "
                                 "synthetic:random, a hub id or folder (gpt2 on the paper "
                                 "preset), or a run folder")
-    seeds: list[int] = option([0, 1, 2], help="training seeds; every arm trains once per seed")
+    seeds: list[int] = seed_option([0, 1, 2], help="training seeds; every arm trains once per seed")
     preset: str = option("cpu", choices=tuple(PRESETS), help="cpu: minutes on 2 cores; paper: "
                          "GPT-2 small, operands <= 260")
     trainable: bool = option(False, help="let the transplanted rows train (default: frozen, as "
@@ -87,7 +87,7 @@ class TransplantSettings(OutputOptions):
                                          "(default: 2 2.5 5 10)")
     n_low: int = option(4, min=0, help="smooth components of the synthetic source")
     op: str = option("+", choices=("+", "*"), help="operation")
-    task_seed: int = option(0, help="seed of the pair shuffle, templates and split")
+    task_seed: int = seed_option(0, help="seed of the pair shuffle, templates and split")
     tau: int | None = option(None, min=1, help="low/high threshold on k (default: 50 scaled "
                              "to p)")
     max_operand: int | None = option(None, min=1, help=f"operands 0..N {_PRESET_HELP}")

@@ -46,7 +46,7 @@ def embedding_spectrum(rows: np.ndarray, tau: int) -> dict:
 
 def analyse_model(lm, examples, numbers, test: dict, tau: int, batch_size: int) -> dict:
     """Error structure, embedding spectrum, lens and ablation table of one trained adder."""
-    rows = number_rows(lm.embedding(), numbers).detach().double().cpu().numpy()
+    rows = number_rows(lm.embedding(), numbers, "W_E").detach().double().cpu().numpy()
     accs = run_lens(lm, examples, numbers, batch_size=batch_size, progress=False)
     lens = {role: {"accuracy": acc.accuracy(),
                    "layers": layer_summary(acc.spectra(), tau, top=6),

@@ -23,9 +23,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from llm_fourier.analyses.answers import run_steps
-from llm_fourier.analyses.lens import LENS_ROLES, LensAccumulator
+from llm_fourier.analyses.lens import LENS_ROLES, LensAccumulator, resume_batches
 from llm_fourier.errors import UserError
-from llm_fourier.model.distributed import batch_ranges, map_ranges, process_info, rounds
+from llm_fourier.model.distributed import map_ranges, process_info, rounds
 from llm_fourier.model.number_format import NumberFormat
 from llm_fourier.model.readout import NumberReadout, digit_readout
 from llm_fourier.model.scores import n_digits
@@ -115,11 +115,10 @@ def run_digit_lens(
 
     lens = DigitLens({r: new() for r in roles}, {r: [new() for _ in range(places)]
                                                   for r in roles}, readout)
-    done = 0
+    _, batches = resume_batches(state, len(examples), batch_size)
+    done = state["batches_done"] if state else 0  # counted on across sessions
     if state:
-        done = state["batches_done"]
         lens.load_state_dict(state["lens"])
-    batches = batch_ranges(len(examples), batch_size)
 
     def run_batch(start: int, end: int) -> list[tuple[str, int, dict]]:
         batch = examples[start:end]
@@ -148,9 +147,9 @@ def run_digit_lens(
         run_steps(lm, [e.prompt for e in batch], m, visit, roles=roles)
         return stats
 
-    bar = tqdm(desc="digit lens", unit="batch", initial=done, total=len(batches),
+    bar = tqdm(desc="digit lens", unit="batch", initial=done, total=done + len(batches),
                disable=not progress or not process_info().is_main)
-    for chunk in rounds(batches[done:]):
+    for chunk in rounds(batches):
         for stats in map_ranges(run_batch, chunk, progress=False):  # in batch order
             for role, place, sums in stats:
                 acc = lens.pooled[role] if place < 0 else lens.by_place[role][place]
@@ -158,6 +157,7 @@ def run_digit_lens(
         done += len(chunk)
         bar.update(len(chunk))
         if on_batch is not None:
-            on_batch(done, {"batches_done": done, "lens": lens.state_dict()})
+            on_batch(done, {"batches_done": done, "examples_done": chunk[-1][1],
+                            "lens": lens.state_dict()})
     bar.close()
     return lens

@@ -22,7 +22,7 @@ from llm_fourier.errors import UserError
 from llm_fourier.model.architectures import ROLES, embed_tokens, path_of, scale_of, submodule
 from llm_fourier.model.loading import default_device_map, is_encoder, resolve_dtype
 from llm_fourier.model.sources import (
-    cannot_load,
+    from_pretrained,
     load_config,
     load_tokenizer,
     resolve_source,
@@ -163,16 +163,10 @@ def load_embedding_matrix(
         kwargs["device_map"] = default_device_map(device_map)
     for cls in _model_classes(config, unembed):
         try:
-            hf = cls.from_pretrained(where, config=config, dtype=dtype,
-                                     **weights_kwargs(kwargs))
-        except ValueError as err:
-            if "Unrecognized configuration class" in str(err):
-                continue
-            raise cannot_load(name, err, revision) from err
-        except OSError as err:
-            raise cannot_load(name, err, revision) from err
-        except SafetensorError as err:
-            raise unreadable_weights(name, err) from err
+            hf = from_pretrained(cls, where, name, config, strict=False, dtype=dtype,
+                                 **weights_kwargs(kwargs))
+        except ValueError:  # "Unrecognized configuration class": try the next class
+            continue
         return _matrix_of(hf, name, unembed, scaled), tok
     raise UserError(f"{name} has no language-model head to unembed with; drop --unembed to "
                     "analyse its input embedding.")

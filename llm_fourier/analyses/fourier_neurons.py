@@ -211,7 +211,7 @@ def neuron_spectra(
     if bad:
         raise UserError(f"periods {list(periods)} fall outside the basis's components "
                         f"1..{basis.n_components}; choose periods between 2 and {numbers.p - 1}.")
-    W = number_rows(lm.unembedding(), numbers).detach().to("cpu", torch.float64)
+    W = number_rows(lm.unembedding(), numbers, "W_U").detach().to("cpu", torch.float64)
     F = torch.as_tensor(basis.matrix, dtype=torch.float64) @ W  # (1 + 2K) x D
     parts: dict[str, list] = {k: [] for k in ("top", "share", "const", "norm", "sum")}
     comp: dict[int, list] = {k: [] for k in ks}

@@ -102,6 +102,19 @@ def layer_summary(spectra: Sequence[Spectrum], tau: int = 50, top: int | None = 
              **s.low_high(tau)} for i, s in enumerate(spectra)]
 
 
+def resume_batches(state: dict | None, n: int, batch_size: int) -> tuple[int, list]:
+    """(examples a saved lens state covers, the (start, end) batches left). States count
+    examples, so a run resumes under another ``batch_size`` (older states counted batches of
+    the size they ran with)."""
+    start = 0
+    if state:
+        start = state.get("examples_done", state["batches_done"] * batch_size)
+        if not 0 <= start <= n:
+            raise UserError(f"the saved lens state covers {start} prompts but the run has {n}; "
+                            "start it over with --restart.")
+    return start, [(a + start, b + start) for a, b in batch_ranges(n - start, batch_size)]
+
+
 def run_lens(
     lm,
     examples: Sequence[Example],
@@ -121,7 +134,8 @@ def run_lens(
     ``state`` (from ``on_batch``'s second argument) resumes an interrupted run:
     ``on_batch(batches_done, state)`` is called after every batch, or under a process group
     on every rank after every round of one batch per rank (the state covers the first
-    ``batches_done`` batches, so it resumes under any number of processes).
+    ``examples_done`` examples, so it resumes under any number of processes and any
+    ``batch_size``).
 
     ``predictions``: a list that receives the model's own prediction of every example, in
     order, from the same forward: its next token (argmax over the vocabulary, logits of the
@@ -136,17 +150,16 @@ def run_lens(
     readout = number_readout(lm, numbers, final_norm)
     basis = FourierBasis(numbers.p, basis_kind)
     accs = {r: LensAccumulator(lm.n_layers, basis) for r in roles}
-    done = 0
+    start, batches = resume_batches(state, len(examples), batch_size)
+    done = state["batches_done"] if state else 0  # counted on across sessions
     if state:
-        done = state["batches_done"]
         for r in roles:
             accs[r].load_state_dict(state["roles"][r])
         if predictions is not None:
             if "predictions" not in state:
                 raise UserError("the saved lens state holds no model predictions; start the "
                                 "run over (--restart).")
-            predictions[:] = state["predictions"]
-    batches = batch_ranges(len(examples), batch_size)
+            predictions[:] = state["predictions"][:start]
     where = lm.unembedding().device
     where = torch.device("cpu") if where.type == "meta" else where
 
@@ -163,9 +176,9 @@ def run_lens(
         stats[_PREDICTED] = value_of_token(numbers, logits.shape[-1])[logits.argmax(-1).cpu()]
         return stats
 
-    bar = tqdm(desc="lens", unit="batch", initial=done, total=len(batches),
+    bar = tqdm(desc="lens", unit="batch", initial=done, total=done + len(batches),
                disable=not progress or not process_info().is_main)
-    for chunk in rounds(batches[done:]):
+    for chunk in rounds(batches):
         for stats in map_ranges(run_batch, chunk, progress=False):  # in batch order
             for r in roles:
                 accs[r].add(stats[r])
@@ -174,7 +187,7 @@ def run_lens(
         done += len(chunk)
         bar.update(len(chunk))
         if on_batch is not None:
-            on_batch(done, {"batches_done": done,
+            on_batch(done, {"batches_done": done, "examples_done": chunk[-1][1],
                             "roles": {r: a.state_dict() for r, a in accs.items()},
                             **({"predictions": list(predictions)}
                                if predictions is not None else {})})

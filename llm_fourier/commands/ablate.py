@@ -167,9 +167,9 @@ class AblateCommand(Command):
         fmt = s.answer_format(task.max_answer)
         tau = s.check_readout(fmt)
         lm = s.load_model(tokenizer=fmt.tokenizer)
-        record_inputs(run, lm, examples)
         layers = parse_layers(s.layers, lm.n_layers)
         readout = readout_for(lm, fmt, task.max_answer) if fmt.readout else None
+        record_inputs(run, lm, examples)  # after the checks of the layers and the readout
         done = {}
         for unit in run.units("row-"):
             saved = run.load_unit(unit)

@@ -99,7 +99,6 @@ class EmbedCommand(Command):
         revision = {} if s.revision is None else {"revision": s.revision}
         W, tokenizer = load_embedding_matrix(s.model, unembed=s.unembed, dtype=s.dtype,
                                              trust_remote_code=s.trust_remote_code, **revision)
-        run.check_inputs(tokenizer=tokenizer_fingerprint(tokenizer))
         search = DEFAULT_SEARCH if s.max_number is None else s.max_number
         numbers = find_number_tokens(tokenizer, search, leading_space=s.leading_space)
         if numbers.p < 3:
@@ -110,7 +109,9 @@ class EmbedCommand(Command):
             print(f"note: single-token numbers stop at {numbers.max_number}; using 0.."
                   f"{numbers.max_number} instead of 0..{s.max_number}")
         s.check_tau(numbers.p, "single-token numbers")
-        rows = number_rows(W, numbers).float().cpu().numpy()
+        what = f"{'W_U' if s.unembed else 'W_E'} of {s.model}"
+        rows = number_rows(W, numbers, what).float().cpu().numpy()
+        run.check_inputs(tokenizer=tokenizer_fingerprint(tokenizer))
         spec = spectrum(rows, FourierBasis(numbers.p, s.basis), axis=0, pool="l2")
         outliers = [o.as_dict() for o in spec.outliers()]
         matrix = "unembedding" if s.unembed else "embedding"

@@ -16,7 +16,7 @@ from pathlib import Path
 from llm_fourier.analyses.finetuning import MIXED_PRECISION, FinetuneConfig, FineTuner
 from llm_fourier.commands.base import Command, JobView
 from llm_fourier.commands.options import ModelOptions, OutputOptions, TaskOptions, record_inputs
-from llm_fourier.commands.settings import option
+from llm_fourier.commands.settings import option, seed_option
 from llm_fourier.model.numbers import task_numbers
 from llm_fourier.output.files import save_figure
 from llm_fourier.output.html import html_table
@@ -48,7 +48,7 @@ class FinetuneSettings(ModelOptions, TaskOptions, OutputOptions):
                                   "forward")
     save_every: int = option(200, min=0, identity=False, help="checkpoint every N optimizer "
                              "steps (and every epoch); 0: epochs only")
-    seed: int = option(0, help="training seed (data order, dropout)")
+    seed: int = seed_option(0, help="training seed (data order, dropout)")
     stop_after: int | None = option(None, min=1, identity=False, metavar="STEPS",
                                     help="stop after this many optimizer steps (checkpoint "
                                     "kept; run the same command again to continue)")

@@ -71,7 +71,7 @@ from llm_fourier.commands.options import (
     answer_keys,
     record_inputs,
 )
-from llm_fourier.commands.settings import option
+from llm_fourier.commands.settings import option, seed_option
 from llm_fourier.model.readout import readout_for
 from llm_fourier.model.scores import n_digits
 from llm_fourier.output.digit_plots import digit_probe_plot
@@ -89,7 +89,7 @@ from probes.stats import StatsConfig
 @dataclass(kw_only=True)
 class HiddenSettings(ModelOptions, TaskOptions, StatsOptions, OutputOptions):
     command = "hidden"
-    seed: int = option(0, help="seed of the cross-validation folds and the random-init copy")
+    seed: int = seed_option(0, help="seed of the cross-validation folds and the random-init copy")
     n_probe: int = option(1000, min=1, help="training-split prompts whose states are probed")
     token: str = option("a", choices=TOKENS, help="where to read the state: last token of "
                         "operand a or b, or the last prompt token")

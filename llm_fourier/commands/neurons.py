@@ -31,7 +31,7 @@ from llm_fourier.commands.options import (
     TaskOptions,
     record_inputs,
 )
-from llm_fourier.commands.settings import option
+from llm_fourier.commands.settings import option, seed_option
 from llm_fourier.model.numbers import task_numbers
 from llm_fourier.output.files import write_csv
 from llm_fourier.output.html import html_table, percent
@@ -58,7 +58,7 @@ class NeuronsSettings(ModelOptions, TaskOptions, SplitOptions, OutputOptions):
     n_neurons: int = option(20, min=1, help="neurons knocked out per period, pooled over the "
                             "chosen layers")
     n_random: int = option(5, min=1, help="random draws of as many neurons per layer")
-    seed: int = option(0, help="seed of the random draws")
+    seed: int = seed_option(0, help="seed of the random draws")
     prediction: str = option("vocab", choices=PREDICTIONS, help="vocab: the model's own next "
                              "token (the paper's); numbers: argmax over the number tokens only")
     allow_post_norm: bool = option(False, help="read the directions before a post-MLP norm "

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from llm_fourier.commands.settings import Settings, option
+from llm_fourier.commands.settings import Settings, option, seed_option
 from llm_fourier.model.distributed import device_map_kwargs
 from llm_fourier.model.fingerprint import (
     examples_fingerprint,
@@ -28,7 +28,7 @@ from llm_fourier.model.loading import LoadedModel, load_model
 from llm_fourier.model.number_format import NumberFormat, number_format
 from llm_fourier.model.readout import NumberReadout, answer_basis, default_tau
 from llm_fourier.model.sources import load_tokenizer
-from llm_fourier.model.tasks import OPS, TaskSplits, make_task
+from llm_fourier.model.tasks import OPS, TaskSplits, check_task_size, make_task
 from llm_fourier.output.rundir import RunDir
 from probes import FourierBasis
 from probes.stats import CI_METHODS, StatsConfig
@@ -103,7 +103,13 @@ class TaskOptions(Settings):
     max_operand: int = option(260, min=1, help="operands 0..N (answers 0..2N for +)")
     ordered: bool = option(False, help="ordered pairs (a, b), not only a <= b")
     shots: int = option(0, min=0, help="solved examples before each prompt")
-    task_seed: int = option(0, help="seed of the pair shuffle, templates and split")
+    task_seed: int = seed_option(0, help="seed of the pair shuffle, templates and split")
+
+    def validate(self) -> None:
+        # instant, before any file or model: a task that cannot fit in memory is refused
+        check_task_size(self.max_operand, self.ordered, self.shots,
+                        getattr(self, "max_pairs", None),
+                        flag=f"{self.command}: --max-operand")
 
     @property
     def max_answer(self) -> int:

@@ -28,7 +28,7 @@ from llm_fourier.analyses.hidden_states import ROLES, HiddenStates, collect
 from llm_fourier.analyses.patching import OPERANDS, helix_patching, patching_plot
 from llm_fourier.commands.base import Command, JobView
 from llm_fourier.commands.options import ModelOptions, OutputOptions, TaskOptions, record_inputs
-from llm_fourier.commands.settings import option
+from llm_fourier.commands.settings import option, seed_option
 from llm_fourier.errors import UserError
 from llm_fourier.model.numbers import task_numbers
 from llm_fourier.output.files import write_csv
@@ -65,7 +65,7 @@ class PatchSettings(ModelOptions, TaskOptions, OutputOptions):
     train_limit: int = option(2000, min=1, help="training prompts whose operand states the "
                               "reconstructions are fitted on")
     test_limit: int = option(200, min=1, help="test prompts to patch")
-    seed: int = option(0, help="seed of the held-out numbers, the shuffled control and the "
+    seed: int = seed_option(0, help="seed of the held-out numbers, the shuffled control and the "
                        "counterfactual operands")
     batch_size: int = option(16, min=1, identity=False, help="prompts per forward")
     quiet: bool = option(False, identity=False, help="no progress bars")

@@ -108,7 +108,8 @@ def lens_unit(state: dict) -> tuple[dict, dict]:
     data, named tensors) for ``RunDir.save_unit``."""
     key = "roles" if "roles" in state else "lens"
     data, tensors = accumulators_unit(state[key])
-    data |= {"batches_done": state["batches_done"], "key": key}
+    data |= {"batches_done": state["batches_done"], "key": key,
+             "examples_done": state.get("examples_done")}
     if "predictions" in state:
         data["predictions"] = state["predictions"]
     return data, tensors
@@ -117,6 +118,8 @@ def lens_unit(state: dict) -> tuple[dict, dict]:
 def lens_state(data: dict, tensors: dict) -> dict:
     """The inverse of ``lens_unit``."""
     state = {"batches_done": data["batches_done"],
+             **({"examples_done": data["examples_done"]} if data.get("examples_done") is not
+                None else {}),
              data.get("key", "roles"): accumulators_state(data, tensors)}
     if "predictions" in data:
         state["predictions"] = data["predictions"]
@@ -166,15 +169,16 @@ class ProbeCommand(Command):
                 f"{fmt.numbers.max_number}, or run ablate (whole-answer scores) and hidden "
                 "(hidden-state and digit probes), which work on any tokenizer.")
         lm = s.load_model(tokenizer=fmt.tokenizer)
+        readout = readout_for(lm, fmt, task.max_answer, s.final_norm)  # before any output
         record_inputs(run, lm, examples)
-        readout = readout_for(lm, fmt, task.max_answer, s.final_norm)
         results = {"model": lm.name, "settings": s.identity(), "n_examples": len(examples),
                    **answer_keys(fmt, readout, s.basis), "tau": tau, "n_layers": lm.n_layers,
                    "outlier_rule": PEAK_RULE}
         saved = run.load_unit("lens")
         state = broadcast_object(lens_state(*saved) if saved else None)
         if state:
-            print(f"resuming the lens from {run.path} ({state['batches_done']} batches done)")
+            print(f"resuming the lens from {run.path} ("
+                  f"{state.get('examples_done', state['batches_done'])} prompts done)")
         on_batch = lambda done, st: run.save_unit("lens", *lens_unit(st))  # noqa: E731
         if readout.kind == "number":
             numbers = NumberTokens(fmt.numbers.token_ids[:task.max_answer + 1],

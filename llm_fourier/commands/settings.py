@@ -9,6 +9,7 @@ fields (e.g. tau within the spectrum of the chosen numbers). Every failure is a
 ``UserError`` naming the option, so the CLI, the report config and the Python API refuse a
 mistake with the same sentence, before any heavy work. Fields with ``identity=False``
 (batch sizes, progress bars, ``--restart``) do not count as a change of the run.
+``seed_option`` declares a seed: an integer in 0..2**32-1, the same rule for every command.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any, ClassVar
 from llm_fourier.errors import UserError
 
 _META = "llm_fourier"
+SEED_MAX = 2**32 - 1  # what numpy, torch and Python's random all take
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, min: float | None = None,
@@ -42,6 +44,12 @@ def option(default: Any = dataclasses.MISSING, *, help: str, min: float | None =
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda d=default: list(d), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def seed_option(default: Any = 0, *, help: str, **kw) -> Any:
+    """A seed: every command's ``--seed`` / ``--task-seed`` / ``--seeds`` takes an integer in
+    0..2**32-1, checked with the other settings (a negative seed is refused, not mapped)."""
+    return option(default, help=help, min=0, max=SEED_MAX, **kw)
 
 
 def _kind(annotation) -> tuple[type, bool, bool]:
@@ -122,11 +130,11 @@ class Settings:
                 raise self.fail(f.name, f"must be one of {', '.join(map(str, meta['choices']))}, "
                                 f"got {v!r}")
             if meta["min"] is not None and v < meta["min"]:
-                raise self.fail(f.name, f"must be at least {meta['min']:g}, got {v!r}")
+                raise self.fail(f.name, f"must be at least {_num(meta['min'])}, got {v!r}")
             if meta["max"] is not None and v > meta["max"]:
-                raise self.fail(f.name, f"must be at most {meta['max']:g}, got {v!r}")
+                raise self.fail(f.name, f"must be at most {_num(meta['max'])}, got {v!r}")
             if meta["above"] is not None and not v > meta["above"]:
-                raise self.fail(f.name, f"must be above {meta['above']:g}, got {v!r}")
+                raise self.fail(f.name, f"must be above {_num(meta['above'])}, got {v!r}")
 
     # -------------------------------------------------------------- views
     def identity(self) -> dict:
@@ -211,6 +219,11 @@ class Settings:
     def from_namespace(cls, namespace: argparse.Namespace) -> Settings:
         return cls(**{n: getattr(namespace, n) for n in cls.option_names()
                       if hasattr(namespace, n)})
+
+
+def _num(bound: float) -> str:
+    """A bound as written: ``4294967295``, not ``4.29497e+09``."""
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
 
 
 def _default(f: dataclasses.Field):

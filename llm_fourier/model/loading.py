@@ -1,7 +1,8 @@
 """Load Hugging Face causal LMs (hub id, folder or GGUF file) and name their parts.
 
 ``load_model`` wraps ``from_pretrained`` (device_map, dtype, max_memory, revision; remote
-code off), turns "cannot get the weights" into one ``UserError``, finds the roles
+code off), turns "cannot get the weights" (and weights that do not fit the config:
+``sources.check_loading``) into one ``UserError``, finds the roles
 (``architectures.roles_for``) and checks them on one short forward (``roles_check``) unless
 ``verify=False``. A ``.gguf`` file (or a folder holding exactly one and no config.json) loads
 through transformers' GGUF support, dequantized to the requested dtype, with the tokenizer
@@ -13,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from safetensors import SafetensorError
 from torch import nn
 
 from llm_fourier.errors import UserError
@@ -31,6 +31,7 @@ from llm_fourier.model.hooks import Site
 from llm_fourier.model.roles_check import verify_roles
 from llm_fourier.model.sources import (  # noqa: F401 - re-exported
     cannot_load,
+    from_pretrained,
     hub_reachable,
     load_config,
     load_tokenizer,
@@ -207,18 +208,11 @@ def load_model(
     if max_memory is not None:
         kwargs["max_memory"] = parse_max_memory(max_memory)
     try:
-        hf = AutoModelForCausalLM.from_pretrained(where, config=config,
-                                                  dtype=resolve_dtype(dtype),
-                                                  **weights_kwargs(kwargs))
-    except ValueError as err:
-        if "Unrecognized configuration class" in str(err):
-            raise UserError(f"{name} is not a causal language model (it has no LM head); "
-                            "probe and ablate need one, embed works on any model.") from err
-        raise cannot_load(name, err, revision) from err
-    except OSError as err:
-        raise cannot_load(name, err, revision) from err
-    except SafetensorError as err:
-        raise unreadable_weights(name, err) from err
+        hf = from_pretrained(AutoModelForCausalLM, where, name, config,
+                             dtype=resolve_dtype(dtype), **weights_kwargs(kwargs))
+    except ValueError as err:  # "Unrecognized configuration class"
+        raise UserError(f"{name} is not a causal language model (it has no LM head); "
+                        "probe and ablate need one, embed works on any model.") from err
     return _finish(hf.eval(), tok, name, verify)
 
 

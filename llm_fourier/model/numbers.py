@@ -88,15 +88,26 @@ def require_numbers(numbers: NumberTokens, max_answer: int, tokenizer_name: str 
                     "the tokenizer's number_format (the commands do this by themselves).")
 
 
-def number_rows(matrix: torch.Tensor, numbers: NumberTokens) -> torch.Tensor:
-    """Rows of ``matrix`` (vocab x D) for the numbers 0..p-1, ordered by number value;
-    same dtype and device as ``matrix``."""
+def number_rows(matrix: torch.Tensor, numbers: NumberTokens,
+                what: str = "the matrix") -> torch.Tensor:
+    """Rows of ``matrix`` (vocab x D; ``what`` names it: "W_U", "W_E") for the numbers
+    0..p-1, ordered by number value; same dtype and device as ``matrix``. Rows holding NaN
+    or inf are refused in one sentence: every analysis of them would be null or wrong."""
     if numbers.p and int(numbers.token_ids.max()) >= matrix.shape[0]:
         raise UserError(f"number token id {int(numbers.token_ids.max())} is outside the "
                         f"matrix's {matrix.shape[0]} rows; the tokenizer does not match the "
                         "model.")
     index = torch.as_tensor(numbers.token_ids, dtype=torch.long, device=matrix.device)
-    return matrix.index_select(0, index)
+    rows = matrix.index_select(0, index)
+    bad = (~torch.isfinite(rows)).any(dim=-1).nonzero().flatten().tolist()
+    if bad:
+        shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+        first = int(numbers.token_ids[bad[0]])
+        raise UserError(f"{what} holds NaN or inf in the rows of the numbers {shown} ("
+                        f"{len(bad)} in all; token id {first} first), so every spectrum and "
+                        "score of them would be meaningless; the weights are damaged: copy "
+                        "or download them again.")
+    return rows
 
 
 def value_of_token(numbers: NumberTokens, vocab_size: int) -> torch.Tensor:

@@ -134,7 +134,7 @@ def number_readout(lm, numbers: NumberTokens, final_norm: bool = False,
     """The readout of ``lm`` restricted to ``numbers`` (optionally through its final norm)."""
     if kind not in READOUTS:
         raise UserError(f"readout must be one of {', '.join(READOUTS)}, got {kind!r}.")
-    W = number_rows(lm.unembedding(), numbers).detach().to("cpu", torch.float32)
+    W = number_rows(lm.unembedding(), numbers, "W_U").detach().to("cpu", torch.float32)
     return NumberReadout(W, lm.final_norm if final_norm else None, kind)
 
 

@@ -15,7 +15,9 @@ Sums are redone in the model's own dtype, in each order a block may add its thre
 block's output to the last bit, so the tolerance can be the dtype's epsilon (relative to
 the row's norm), one rounding step, not a guess. Checking layer by layer (rather than the
 cumulative sum, whose rounding grows with depth) keeps the tolerance that tight at every
-depth and names the first layer that does not add up.
+depth and names the first layer that does not add up. A layer whose output holds NaN or
+inf is refused first, naming the tensor of that layer that holds it (damaged weights, not
+wrong roles).
 """
 
 from __future__ import annotations
@@ -41,15 +43,16 @@ class RolesCheck:
     tolerance: float
     errors: list[tuple[str, float]] = field(default_factory=list)
     missing: str | None = None  # a hooked module that did not run exactly once
+    nonfinite: str | None = None  # the first output holding NaN or inf, and its cause
+
+    @property
+    def ok(self) -> bool:
+        return self.missing is None and self.nonfinite is None and self.failure is None
 
     @property
     def failure(self) -> tuple[str, float] | None:
         """The first (step, error) above the tolerance; None when everything adds up."""
         return next(((w, e) for w, e in self.errors if not e <= self.tolerance), None)
-
-    @property
-    def ok(self) -> bool:
-        return self.missing is None and self.failure is None
 
 
 def tolerance(dtype: torch.dtype) -> float:
@@ -122,6 +125,9 @@ def measure_roles(lm) -> RolesCheck:
     report.missing = _missing(lm, seen, blocks, cap, last)
     if report.missing:
         return report
+    report.nonfinite = _nonfinite(lm, seen["input"][0], [b[0] for b in blocks])
+    if report.nonfinite:
+        return report
     h = seen["input"][0]
     emb = embedded.to(h.dtype)
     if seen["positions"]:
@@ -162,6 +168,29 @@ def _missing(lm, seen: dict, blocks: list, cap, last) -> str | None:
     return None
 
 
+def _bad_tensor(module) -> str | None:
+    """The first parameter or buffer of ``module`` holding NaN or inf."""
+    for name, t in [*module.named_parameters(), *module.named_buffers()]:
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
+
+
+def _nonfinite(lm, embedded: Tensor, outputs: list[Tensor]) -> str | None:
+    """Where the forward first turned NaN or inf, named by the tensor that holds it."""
+    if not bool(torch.isfinite(embedded).all()):
+        emb = lm.model.get_submodule(lm.roles.embed)
+        bad = _bad_tensor(emb)
+        return (f"the embedding ({lm.roles.embed}.{bad})" if bad else
+                "the embedding (block 0's input)")
+    for i, out in enumerate(outputs):
+        if not bool(torch.isfinite(out).all()):
+            bad = _bad_tensor(lm.blocks[i])
+            return (f"layer {i} ({lm.roles.blocks}.{i}.{bad})" if bad else
+                    f"layer {i}'s output")
+    return None
+
+
 _WHERE = {
     "the embedding": "the embedding (block 0's input is not the model's scaled token "
                      "embedding{pos})",
@@ -179,6 +208,11 @@ def verify_roles(lm) -> RolesCheck:
         return report
     fix = ("add its roles to llm_fourier.model.architectures.ROLES (see ARCHITECTURE.md), or pass "
            "--skip-roles-check (load_model(..., verify=False)) at your own risk")
+    if report.nonfinite:
+        raise UserError(f"the weights of {lm.name} hold NaN or inf in {report.nonfinite}: the "
+                        "check's forward gives non-finite values there, so every lens, probe "
+                        "and filter after it would too; the weights are damaged: copy or "
+                        "download them again.")
     if report.missing:
         raise UserError(f"the roles of this {report.model_type} model are wrong: "
                         f"{report.missing}; {fix}.")

@@ -4,14 +4,20 @@
 ``from_pretrained`` needs: the id or folder, and keyword arguments (``revision``,
 ``local_files_only`` when the Hub is out of reach, ``use_safetensors`` in local folders,
 ``gguf_file`` for GGUF). A path that exists but is neither a model folder nor a GGUF file
-gets one sentence that says what it is. ``load_tokenizer`` / ``load_config`` use it.
+gets one sentence that says what it is, and so does a GGUF file that gguf's reader cannot
+parse (cut inside its header or data) or a config.json that is not a JSON object.
+``load_tokenizer`` / ``load_config`` use it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.metadata
 import json
+import logging
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -94,6 +100,7 @@ def _local(name: str) -> tuple[Path, str | None]:
         raise UserError(f"{name} is neither a file nor a folder; pass a model folder or a "
                         ".gguf file.")
     if (path / "config.json").is_file():
+        _check_config_json(path / "config.json")
         return path, None
     ggufs = sorted(p for p in path.glob("*.gguf") if is_gguf_file(p))
     if len(ggufs) == 1:
@@ -103,6 +110,34 @@ def _local(name: str) -> tuple[Path, str | None]:
                         f"them, e.g. {path / ggufs[0].name}.")
     raise UserError(f"{name} has no config.json and no .gguf file; pass a folder made by "
                     "save_pretrained or huggingface-cli download, or a .gguf file.")
+
+
+def _check_config_json(path: Path) -> None:
+    """One sentence for a config.json that is not a JSON object (transformers would fail on
+    it with a traceback, or take a list for an unknown model)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} cannot be read ({err}); copy or download it again.") from err
+    except ValueError as err:
+        raise UserError(f"{path} is not valid JSON ({err}); copy or download it again.") from err
+    if not isinstance(data, dict):
+        raise UserError(f"{path} holds a JSON {type(data).__name__}, not the object (keys such "
+                        "as model_type and hidden_size) a model config is; copy or download "
+                        "it again.")
+
+
+@functools.lru_cache(maxsize=8)
+def _gguf_problem(path: str, size: int, mtime_ns: int) -> str | None:
+    """Why gguf's reader cannot parse the file (header, metadata, tensor table, data cut
+    short), or None; once per file version."""
+    from gguf import GGUFReader
+
+    try:
+        GGUFReader(path)
+    except Exception as err:  # noqa: BLE001 - any failure to parse is a damaged file
+        return (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+    return None
 
 
 def resolve_source(name: str, trust_remote_code: bool = False,
@@ -126,6 +161,11 @@ def resolve_source(name: str, trust_remote_code: bool = False,
             have = "is not installed" if version is None else "is too old"
             raise UserError(f"{name} is a GGUF file and reading it needs the gguf package "
                             f"(>= 0.10), which {have}; run {GGUF_INSTALL}.")
+        file = folder / gguf
+        stat = file.stat()
+        if problem := _gguf_problem(str(file), stat.st_size, stat.st_mtime_ns):
+            raise UserError(f"the GGUF file {file} cannot be read ({problem}); it is probably "
+                            "truncated or corrupt: copy or download it again.")
         return str(folder), {**kwargs, "gguf_file": gguf}
     if any(folder.glob("*.safetensors")):
         kwargs["use_safetensors"] = True
@@ -235,3 +275,79 @@ def load_config(name: str, trust_remote_code: bool = False, revision: str | None
         return AutoConfig.from_pretrained(where, **kwargs)
     except (OSError, ValueError) as err:
         raise cannot_load(name, err, revision) from err
+
+
+def _not_the_load_report(record: logging.LogRecord) -> bool:
+    return "LOAD REPORT" not in str(record.msg)
+
+
+@contextlib.contextmanager
+def _no_load_report():
+    """transformers' table of missing / mismatched keys off: ``check_loading`` says it in
+    one sentence instead. (A filter, not a level: transformers checks tensor-parallel plans,
+    and warns about them, when this logger's level is WARNING or above.)"""
+    log = logging.getLogger("transformers.modeling_utils")
+    log.addFilter(_not_the_load_report)
+    try:
+        yield
+    finally:
+        log.removeFilter(_not_the_load_report)
+
+
+def from_pretrained(cls, where: str, name: str, config, strict: bool = True, **kwargs):
+    """``cls.from_pretrained(where, config=config, **kwargs)`` with every "cannot get these
+    weights" as one ``UserError`` (``cannot_load``, ``unreadable_weights``) and the loading
+    report checked (``check_loading``; ``strict=False``: only the shapes, for a part of a
+    model such as its embedding). A ``ValueError`` about the config class is re-raised
+    for the caller to try another class."""
+    from safetensors import SafetensorError
+
+    revision = kwargs.get("revision")  # in ``kwargs`` for hub ids (``resolve_source``)
+    try:
+        with _no_load_report():
+            hf, info = cls.from_pretrained(where, config=config, output_loading_info=True,
+                                           ignore_mismatched_sizes=True, **kwargs)
+    except ValueError as err:
+        if "Unrecognized configuration class" in str(err):
+            raise
+        raise cannot_load(name, err, revision) from err
+    except OSError as err:
+        raise cannot_load(name, err, revision) from err
+    except SafetensorError as err:
+        raise unreadable_weights(name, err) from err
+    check_loading(name, config, info if strict else {"mismatched_keys":
+                                                      info.get("mismatched_keys")})
+    return hf
+
+
+def _layer(key: str) -> int | None:
+    found = re.search(r"\.(\d+)\.", key)
+    return int(found.group(1)) if found else None
+
+
+def check_loading(name: str, config, info: dict) -> None:
+    """Refuse weights that do not fit the config: a tensor of another shape, a tensor the
+    model needs that the weights lack (a config declaring more layers than the weights hold
+    would otherwise load random layers), or layers beyond those the config declares."""
+    where = f"the config of {name}"
+    if info.get("mismatched_keys"):
+        key, theirs, ours = sorted(info["mismatched_keys"])[0]
+        raise UserError(f"{where} does not match its weights: {key} is "
+                        f"{tuple(theirs)} in the weights but {tuple(ours)} by the config "
+                        f"({len(info['mismatched_keys'])} such tensors); fix config.json "
+                        "(hidden size, vocabulary, heads) or use the weights it belongs to.")
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        layers = getattr(config, "num_hidden_layers", None)
+        hint = (f" (it declares {layers} layers)" if layers is not None
+                and any(_layer(k) is not None for k in missing) else "")
+        raise UserError(f"the weights of {name} lack {missing[0]} ({len(missing)} tensors "
+                        f"missing), which {where} asks for{hint}; fix config.json or use the "
+                        "complete weights, else those parts would be random.")
+    layers = getattr(config, "num_hidden_layers", None)
+    extra = sorted(k for k in info.get("unexpected_keys") or ()
+                   if layers is not None and (_layer(k) or -1) >= layers)
+    if extra:
+        raise UserError(f"the weights of {name} hold more layers than the {layers} its "
+                        f"config declares ({extra[0]}, {len(extra)} tensors unused); fix "
+                        "num_hidden_layers in config.json.")

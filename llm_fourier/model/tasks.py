@@ -8,6 +8,7 @@ solved training examples, one per line, for models that were not fine-tuned.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -82,6 +83,60 @@ def _check_split(split: Sequence[float]) -> tuple[float, float, float]:
     return tuple(float(s) for s in split)
 
 
+# measured peak bytes while ``make_task`` builds: per pair of the grid (meshgrid, mask,
+# shuffled pairs and templates), per kept example (Example, prompt text), per shot
+_GRID_BYTES, _EXAMPLE_BYTES, _SHOT_BYTES = 48, 360, 140
+
+
+def n_pairs(max_operand: int, ordered: bool = False) -> int:
+    """How many pairs (a, b) with 0 <= a, b <= ``max_operand`` the task holds."""
+    n = max_operand + 1
+    return n * n if ordered else n * (n + 1) // 2
+
+
+def task_bytes(max_operand: int, ordered: bool = False, shots: int = 0,
+               limit: int | None = None) -> int:
+    """An estimate of the memory ``make_task`` needs (from its sizes alone, instantly)."""
+    n = max_operand + 1
+    kept = n_pairs(max_operand, ordered) if limit is None else min(limit, n_pairs(
+        max_operand, ordered))
+    return n * n * _GRID_BYTES + kept * (_EXAMPLE_BYTES + shots * _SHOT_BYTES)
+
+
+def available_memory() -> int:
+    """Bytes of memory this process may still take (MemAvailable; else physical memory)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
+def check_task_size(max_operand: int, ordered: bool = False, shots: int = 0,
+                    limit: int | None = None, flag: str = "max_operand") -> None:
+    """Refuse, in one sentence and before building anything, a task that would take more
+    than half of the available memory."""
+    budget = available_memory() // 2
+    need = task_bytes(max_operand, ordered, shots, limit)
+    if need <= budget:
+        return
+    lo, hi = 1, max_operand  # the largest operand range that fits
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if task_bytes(mid, ordered, shots, limit) <= budget else (lo, mid - 1)
+    name = flag.rsplit(" ", 1)[-1]
+    raise UserError(f"{flag} {max_operand} makes {n_pairs(max_operand, ordered):,} "
+                    f"{'ordered ' if ordered else ''}pairs, about {need / 2**30:,.1f} GiB of "
+                    f"prompts, more than half of the {2 * budget / 2**30:,.1f} GiB of memory "
+                    f"available; use {name} {lo} or less.")
+
+
 def make_task(
     op: str = "+",
     max_operand: int = 260,
@@ -106,6 +161,9 @@ def make_task(
         raise UserError(f"shots must be >= 0, got {shots}.")
     if limit is not None and limit < 1:
         raise UserError(f"limit must be a positive number of pairs, got {limit}.")
+    if not 0 <= seed < 2**32:
+        raise UserError(f"seed must be an integer in 0..{2**32 - 1}, got {seed}.")
+    check_task_size(max_operand, ordered, shots, limit)
     fn, default_templates = OPS[op]
     templates = _check_templates(default_templates if templates is None else templates)
     split = _check_split(split)
