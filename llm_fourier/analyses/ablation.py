@@ -25,7 +25,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from llm_fourier.analyses.answers import evaluate_answers
 from llm_fourier.errors import UserError
@@ -36,6 +35,7 @@ from llm_fourier.model.numbers import NumberTokens, require_numbers, value_of_to
 from llm_fourier.model.readout import DIGIT_TAU, NumberReadout, number_readout, readout_for
 from llm_fourier.model.scores import Scores
 from llm_fourier.model.tasks import Example, tokenize_prompts
+from llm_fourier.output.progress import tqdm
 from probes import FourierFilter
 
 __all__ = ["MODULES", "PREDICTIONS", "Scores", "ablation_table", "evaluate", "evaluate_task",

@@ -315,7 +315,7 @@ def knockout_table(
 
     Units are ``"baseline"`` and ``unit_name(T)`` per period: ``done`` holds finished ones
     (a resumed run; taken as they are), ``on_unit(name, result)`` is called after each."""
-    from tqdm.auto import tqdm
+    from llm_fourier.output.progress import tqdm
 
 
     if n_random < 1:

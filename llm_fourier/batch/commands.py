@@ -22,6 +22,7 @@ from llm_fourier.commands.options import OutputOptions
 from llm_fourier.commands.settings import option
 from llm_fourier.errors import RunFailed, UserError
 from llm_fourier.model.distributed import process_info
+from llm_fourier.output.progress import quiet
 from llm_fourier.output.rundir import RunDir
 from llm_fourier.output.tables import format_table
 
@@ -117,6 +118,10 @@ class ReportCommand(Command):
     Settings = ReportSettings
 
     def execute(self, s: ReportSettings) -> dict:
+        with quiet(s.quiet):
+            return self._report(s)
+
+    def _report(self, s: ReportSettings) -> dict:
         if s.list_presets:
             for name in preset_names():
                 first = (PRESETS / f"{name}.toml").read_text().splitlines()[0].lstrip("# ")
@@ -151,6 +156,10 @@ class DemoCommand(Command):
     Settings = DemoSettings
 
     def execute(self, s: DemoSettings) -> dict:
+        with quiet(s.quiet):
+            return self._demo(s)
+
+    def _demo(self, s: DemoSettings) -> dict:
         report = parse_config(demo_config(s.model, s.quick), source="(built-in demo)")
         if s.restart:
             _restart(s.out)

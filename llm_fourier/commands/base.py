@@ -21,6 +21,7 @@ from typing import ClassVar
 
 from llm_fourier.commands.settings import Settings
 from llm_fourier.model.distributed import process_info
+from llm_fourier.output.progress import quiet
 from llm_fourier.output.rundir import RunDir
 
 
@@ -58,8 +59,9 @@ class Command:
     def execute(self, settings) -> dict:
         """Open the run folder (checked, locked, resumable) and run in it."""
         main = process_info().is_main if self.shards else True
-        with RunDir(settings.out, self.name, settings.identity(), restart=settings.restart,
-                    extendable=self.extendable, main=main) as run:
+        with quiet(getattr(settings, "quiet", False)), \
+                RunDir(settings.out, self.name, settings.identity(), restart=settings.restart,
+                       extendable=self.extendable, main=main) as run:
             return self.run(settings, run)
 
     def __call__(self, **settings) -> dict:

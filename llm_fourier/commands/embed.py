@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from llm_fourier.analyses.embeddings import load_embedding_matrix
 from llm_fourier.commands.base import Command, JobView
@@ -31,6 +30,7 @@ from llm_fourier.model.numbers import find_number_tokens, number_rows
 from llm_fourier.output.files import save_figure
 from llm_fourier.output.html import figure, html_table, periods_text
 from llm_fourier.output.plots import pyplot, spectrum_plot
+from llm_fourier.output.progress import tqdm
 from llm_fourier.output.rundir import RunDir
 from llm_fourier.output.tables import format_table
 from probes import FourierBasis, spectrum
@@ -98,6 +98,7 @@ class EmbedCommand(Command):
     def run(self, s: EmbedSettings, run: RunDir) -> dict:
         revision = {} if s.revision is None else {"revision": s.revision}
         W, tokenizer = load_embedding_matrix(s.model, unembed=s.unembed, dtype=s.dtype,
+                                             device_map=s.device_map,
                                              trust_remote_code=s.trust_remote_code, **revision)
         run.check_inputs(tokenizer=tokenizer_fingerprint(tokenizer))
         search = DEFAULT_SEARCH if s.max_number is None else s.max_number

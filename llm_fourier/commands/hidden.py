@@ -63,8 +63,10 @@ from llm_fourier.commands.hidden_digits import (
 )
 from llm_fourier.commands.options import (
     BASES,
+    BatchOptions,
     ModelOptions,
     OutputOptions,
+    SeedOptions,
     StatsOptions,
     TaskOptions,
     answer_keys,
@@ -86,9 +88,9 @@ from probes.stats import StatsConfig
 
 
 @dataclass(kw_only=True)
-class HiddenSettings(ModelOptions, TaskOptions, StatsOptions, OutputOptions):
+class HiddenSettings(ModelOptions, TaskOptions, StatsOptions, SeedOptions, BatchOptions,
+                     OutputOptions):
     command = "hidden"
-    seed: int = option(0, help="seed of the cross-validation folds and the random-init copy")
     n_probe: int = option(1000, min=1, help="training-split prompts whose states are probed")
     token: str = option("a", choices=TOKENS, help="where to read the state: last token of "
                         "operand a or b, or the last prompt token")
@@ -142,8 +144,6 @@ class HiddenSettings(ModelOptions, TaskOptions, StatsOptions, OutputOptions):
                                          "is most accurate)")
     intervene_role: str = option("block", choices=ROLES, help="module output to rotate")
     n_eval: int = option(200, min=1, help="test prompts to evaluate (ablations, intervention)")
-    batch_size: int = option(32, min=1, identity=False, help="prompts per forward")
-    quiet: bool = option(False, identity=False, help="no progress bars")
 
     @property
     def probed(self) -> str:

@@ -44,6 +44,20 @@ class OutputOptions(Settings):
                              "(the Python API writes nothing without it)", identity=False)
     restart: bool = option(False, help="discard an unfinished run in --out (with other "
                            "settings or inputs) and start over", identity=False)
+    quiet: bool = option(False, identity=False, help="no progress bars (results and the "
+                         "console summary are unchanged)")
+
+
+@dataclass(kw_only=True)
+class BatchOptions(Settings):
+    batch_size: int = option(16, min=1, identity=False, help="prompts per forward (memory "
+                             "and speed only: results do not depend on it)")
+
+
+@dataclass(kw_only=True)
+class SeedOptions(Settings):
+    seed: int = option(0, help="seed of every random draw the command makes (folds, "
+                       "held-out numbers, random baselines, training order)")
 
 
 @dataclass(kw_only=True)
@@ -54,21 +68,21 @@ class SourceOptions(Settings):
     dtype: str = option("auto", choices=DTYPES, help="weights' dtype (auto: the checkpoint's)")
     trust_remote_code: bool = option(False, help="run the model repository's own code (off "
                                      "by default: only for repositories you trust)")
-
-
-@dataclass(kw_only=True)
-class ModelOptions(SourceOptions):
-    tokenizer: str | None = option(None, help="tokenizer id or folder (default: the model's)")
     device_map: str | None = option(None, identity=False, help="accelerate device map "
                                     "(default: auto on GPU, else CPU)")
-    skip_roles_check: bool = option(False, identity=False, help="experts only: skip the load "
-                                    "check that attention and MLP outputs add up to the "
-                                    "residual stream")
 
     def validate(self) -> None:
         if self.device_map and "cuda" in self.device_map and not torch.cuda.is_available():
             raise self.fail("device_map", f"{self.device_map!r} needs a GPU, but no CUDA device "
                             "is available; leave --device-map out to run on the CPU")
+
+
+@dataclass(kw_only=True)
+class ModelOptions(SourceOptions):
+    tokenizer: str | None = option(None, help="tokenizer id or folder (default: the model's)")
+    skip_roles_check: bool = option(False, identity=False, help="experts only: skip the load "
+                                    "check that attention and MLP outputs add up to the "
+                                    "residual stream")
 
     def load_model(self, tokenizer=None, **overrides) -> LoadedModel:
         """The model, with ``tokenizer`` (an object already loaded) or the configured one, on
@@ -116,10 +130,9 @@ class TaskOptions(Settings):
 
 
 @dataclass(kw_only=True)
-class SplitOptions(Settings):
+class SplitOptions(BatchOptions):
     split: str = option("test", choices=SPLITS, help="split to run on")
     limit: int | None = option(None, min=1, help="use the first N examples of the split")
-    batch_size: int = option(16, min=1, identity=False, help="prompts per forward")
 
     def examples(self, task: TaskSplits) -> list:
         return task.split(self.split)[:self.limit]

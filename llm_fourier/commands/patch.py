@@ -27,7 +27,14 @@ from llm_fourier.analyses.ablation import PREDICTIONS
 from llm_fourier.analyses.hidden_states import ROLES, HiddenStates, collect
 from llm_fourier.analyses.patching import OPERANDS, helix_patching, patching_plot
 from llm_fourier.commands.base import Command, JobView
-from llm_fourier.commands.options import ModelOptions, OutputOptions, TaskOptions, record_inputs
+from llm_fourier.commands.options import (
+    BatchOptions,
+    ModelOptions,
+    OutputOptions,
+    SeedOptions,
+    TaskOptions,
+    record_inputs,
+)
 from llm_fourier.commands.settings import option
 from llm_fourier.errors import UserError
 from llm_fourier.model.numbers import task_numbers
@@ -42,7 +49,7 @@ CONSOLE = ("role", "layer", "method", "n_params", "r2_heldout", "kept", "moved",
 
 
 @dataclass(kw_only=True)
-class PatchSettings(ModelOptions, TaskOptions, OutputOptions):
+class PatchSettings(ModelOptions, TaskOptions, SeedOptions, BatchOptions, OutputOptions):
     command = "patch"
     max_operand: int = option(99, min=1, help="operands 0..N (the paper: 0..99)")
     operand: str = option("a", choices=OPERANDS, help="operand whose token is patched")
@@ -65,10 +72,6 @@ class PatchSettings(ModelOptions, TaskOptions, OutputOptions):
     train_limit: int = option(2000, min=1, help="training prompts whose operand states the "
                               "reconstructions are fitted on")
     test_limit: int = option(200, min=1, help="test prompts to patch")
-    seed: int = option(0, help="seed of the held-out numbers, the shuffled control and the "
-                       "counterfactual operands")
-    batch_size: int = option(16, min=1, identity=False, help="prompts per forward")
-    quiet: bool = option(False, identity=False, help="no progress bars")
 
     def validate(self) -> None:
         for name in ("periods", "roles", "methods"):
