@@ -61,6 +61,7 @@ from llm_fourier.commands.hidden_digits import (
     intervene,
     intervention_findings,
 )
+from llm_fourier.commands.kept import StatesOptions, keep_states
 from llm_fourier.commands.options import (
     BASES,
     BatchOptions,
@@ -89,9 +90,11 @@ from probes.stats import StatsConfig
 
 @dataclass(kw_only=True)
 class HiddenSettings(ModelOptions, TaskOptions, StatsOptions, SeedOptions, BatchOptions,
-                     OutputOptions):
+                     StatesOptions, OutputOptions):
     command = "hidden"
     n_probe: int = option(1000, min=1, help="training-split prompts whose states are probed")
+    keep_states: bool = option(True, identity=False, help="keep the collected states in "
+                               "OUT/states/ (safetensors + index; lf.load_states reads them)")
     token: str = option("a", choices=TOKENS, help="where to read the state: last token of "
                         "operand a or b, or the last prompt token")
     target: str | None = option(None, choices=TARGETS, help="number to probe for (default: "
@@ -277,6 +280,8 @@ class HiddenCommand(Command):
         kw = {"pca_dim": s.pca_dim, "mod_pca_dim": s.mod_pca_dim, "n_splits": s.folds,
               "seed": s.seed, "progress": progress}
         hs = _collect(run, "states", lm, examples, s, layers, progress)
+        if s.keep_states:
+            keep_states(run, s, lm, hs, "hidden")
         token_ids, identity = token_identity_result(s, lm, examples, hs, target)
         fits = probe_layers(hs, target, s.periods, s.helix_periods, **kw,
                             stats=s.stats_config(s.seed), token_ids=token_ids,
