@@ -59,9 +59,11 @@ class Command:
     def execute(self, settings) -> dict:
         """Open the run folder (checked, locked, resumable) and run in it."""
         main = process_info().is_main if self.shards else True
+        settings.fill_defaults()  # options whose default depends on the model
         with quiet(getattr(settings, "quiet", False)), \
                 RunDir(settings.out, self.name, settings.identity(), restart=settings.restart,
                        extendable=self.extendable, main=main) as run:
+            run.annotations["defaults"] = settings.chosen
             return self.run(settings, run)
 
     def __call__(self, **settings) -> dict:

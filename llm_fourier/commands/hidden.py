@@ -156,7 +156,7 @@ class HiddenSettings(ModelOptions, TaskOptions, StatsOptions, SeedOptions, Batch
         if unfitted:
             raise self.fail("ablate_periods", f"{unfitted} were not fitted; choose among "
                             f"--helix-periods {self.helix_periods}")
-        top = self.max_answer if self.probed == "answer" else self.max_operand
+        top = self.max_answer if self.probed == "answer" else self.operands
         bad = [p for p in self.digit_places or [] if p >= n_digits([top])]
         if bad:
             raise self.fail("digit_places", f"{bad} leave the places 0..{n_digits([top]) - 1} "
@@ -171,9 +171,9 @@ class HiddenSettings(ModelOptions, TaskOptions, StatsOptions, SeedOptions, Batch
         if self.op != "+":
             raise self.fail("intervene_place", f"expects the answer's digit to move with the "
                             f"operand's, which holds for + only (got --op {self.op})")
-        if self.intervene_place >= n_digits([self.max_operand]):
+        if self.intervene_place >= n_digits([self.operands]):
             raise self.fail("intervene_place", f"must be a place of the operands 0.."
-                            f"{self.max_operand} (0..{n_digits([self.max_operand]) - 1})")
+                            f"{self.operands} (0..{n_digits([self.operands]) - 1})")
         if self.intervene_role not in self.roles:
             raise self.fail("intervene_role", f"{self.intervene_role} is not among --roles "
                             f"{self.roles}")

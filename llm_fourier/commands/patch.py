@@ -51,7 +51,10 @@ CONSOLE = ("role", "layer", "method", "n_params", "r2_heldout", "kept", "moved",
 @dataclass(kw_only=True)
 class PatchSettings(ModelOptions, TaskOptions, SeedOptions, BatchOptions, OutputOptions):
     command = "patch"
-    max_operand: int = option(99, min=1, help="operands 0..N (the paper: 0..99)")
+    default_operand = 99  # Kantamneni & Tegmark's range
+    max_operand: int | None = option(None, min=1, help="operands 0..N (default: 0..99, the "
+                                     "paper's, or the largest range whose answers stay single "
+                                     "tokens when the tokenizer keeps fewer whole)")
     operand: str = option("a", choices=OPERANDS, help="operand whose token is patched")
     roles: list[str] = option(["block"], choices=ROLES, help="states to patch: block = the "
                               "residual stream after the layer; attn / mlp = that module's "
@@ -78,9 +81,9 @@ class PatchSettings(ModelOptions, TaskOptions, SeedOptions, BatchOptions, Output
             values = getattr(self, name)
             if len(set(values)) < len(values):
                 raise self.fail(name, f"names a value twice ({values})")
-        if self.max_operand < 4:
+        if self.operands < 4:
             raise self.fail("max_operand", "must be at least 4: the fits hold out a fifth of "
-                            f"the operand's values, got {self.max_operand}")
+                            f"the operand's values, got {self.operands}")
         if self.train_limit < 10:
             raise self.fail("train_limit", f"must be at least 10 prompts to fit on, got "
                             f"{self.train_limit}")
