@@ -62,7 +62,7 @@ REASONS = {"choice": "invalid choice", "type": "invalid", "min": "must be at lea
            "max": "must be at most", "above": "must be above", "finite": "must be a finite"}
 SPECIFIC = [
     (["probe", "--model", "m", "--max-operand", "20", "--tau", "50"], "--tau must lie in 1..20"),
-    (["embed", "--model", "m", "--max-number", "20"], "--tau must lie in 1..10"),
+    (["embed", "--model", "m", "--max-number", "20", "--tau", "50"], "--tau must lie in 1..10"),
     (["ablate", "--model", "m", "--max-operand", "20", "--tau", "5", "--keep", "30"],
      "--keep components must lie in 1..20"),
     (["ablate", "--model", "m", "--layers", "1-x"], "cannot read --layers"),

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from llm_fourier.analyses.answers import run_steps
 from llm_fourier.analyses.lens import LENS_ROLES, LensAccumulator, resume_batches
@@ -30,6 +29,7 @@ from llm_fourier.model.number_format import NumberFormat
 from llm_fourier.model.readout import NumberReadout, digit_readout
 from llm_fourier.model.scores import n_digits
 from llm_fourier.model.tasks import Example
+from llm_fourier.output.progress import tqdm
 from probes import Spectrum
 
 DIGIT_TOLERANCES = {"exact": 0}

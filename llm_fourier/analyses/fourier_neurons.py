@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from llm_fourier.analyses.ablation import evaluate
 from llm_fourier.errors import UserError
 from llm_fourier.model.numbers import NumberTokens, number_rows
+from llm_fourier.output.progress import tqdm
 from probes import FourierBasis
 
 PROJECTIONS = {
@@ -315,9 +316,6 @@ def knockout_table(
 
     Units are ``"baseline"`` and ``unit_name(T)`` per period: ``done`` holds finished ones
     (a resumed run; taken as they are), ``on_unit(name, result)`` is called after each."""
-    from tqdm.auto import tqdm
-
-
     if n_random < 1:
         raise UserError(f"n_random must be at least 1, got {n_random}.")
     if spectra is None:

@@ -30,13 +30,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from llm_fourier.errors import UserError
 from llm_fourier.model.distributed import concat, map_ranges
 from llm_fourier.model.hooks import capture
 from llm_fourier.model.loading import LoadedModel
 from llm_fourier.model.tasks import Example
+from llm_fourier.output.progress import tqdm
 from llm_fourier.output.reading import finite_numbers, read_data, read_text
 from probes import FourierBasis, spectrum
 from probes.linear import fit_helix, mod_probes

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from llm_fourier.errors import UserError
 from llm_fourier.model.distributed import batch_ranges, map_ranges, process_info, rounds
@@ -32,6 +31,7 @@ from llm_fourier.model.hooks import capture, last_token_logits
 from llm_fourier.model.numbers import NumberTokens, require_numbers, value_of_token
 from llm_fourier.model.readout import NumberReadout, number_readout
 from llm_fourier.model.tasks import Example, tokenize_prompts
+from llm_fourier.output.progress import tqdm
 from probes import FourierBasis, Spectrum, component_magnitudes
 
 LENS_ROLES = ("attn", "mlp", "block")

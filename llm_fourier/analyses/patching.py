@@ -36,7 +36,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from llm_fourier.analyses.ablation import score_batch
 from llm_fourier.analyses.hidden_states import HiddenStates, collect, operand_spans, token_ids_at
@@ -46,6 +45,7 @@ from llm_fourier.model.numbers import NumberTokens, require_numbers
 from llm_fourier.model.tasks import OPS, Example, tokenize_prompts
 from llm_fourier.output.files import save_figure
 from llm_fourier.output.plots import pyplot
+from llm_fourier.output.progress import tqdm
 from probes.reconstruct import METHODS, MODES, fit_reconstructions
 
 OPERANDS = ("a", "b")

@@ -26,7 +26,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from llm_fourier.batch.config import Job, Report, resolve_refs
 from llm_fourier.commands import get_command
@@ -40,6 +39,7 @@ from llm_fourier.output.paths import (
     path_component,
     remove,
 )
+from llm_fourier.output.progress import tqdm
 
 MANIFEST = "manifest.json"
 

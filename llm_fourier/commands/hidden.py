@@ -62,17 +62,19 @@ from llm_fourier.commands.hidden_digits import (
     intervene,
     intervention_findings,
 )
+from llm_fourier.commands.kept import StatesOptions, keep_states
 from llm_fourier.commands.options import (
     BASES,
+    BatchOptions,
     ModelOptions,
     OutputOptions,
+    SeedOptions,
     StatsOptions,
     TaskOptions,
-    answer_keys,
     record_inputs,
 )
-from llm_fourier.commands.settings import option, seed_option
-from llm_fourier.model.readout import readout_for
+from llm_fourier.commands.settings import option
+from llm_fourier.model.answer_space import AnswerSpace
 from llm_fourier.model.scores import n_digits
 from llm_fourier.output.digit_plots import digit_probe_plot
 from llm_fourier.output.files import save_figure
@@ -87,10 +89,12 @@ from probes.stats import StatsConfig
 
 
 @dataclass(kw_only=True)
-class HiddenSettings(ModelOptions, TaskOptions, StatsOptions, OutputOptions):
+class HiddenSettings(ModelOptions, TaskOptions, StatsOptions, SeedOptions, BatchOptions,
+                     StatesOptions, OutputOptions):
     command = "hidden"
-    seed: int = seed_option(0, help="seed of the cross-validation folds and the random-init copy")
     n_probe: int = option(1000, min=1, help="training-split prompts whose states are probed")
+    keep_states: bool = option(True, identity=False, help="keep the collected states in "
+                               "OUT/states/ (safetensors + index; lf.load_states reads them)")
     token: str = option("a", choices=TOKENS, help="where to read the state: last token of "
                         "operand a or b, or the last prompt token")
     target: str | None = option(None, choices=TARGETS, help="number to probe for (default: "
@@ -143,19 +147,19 @@ class HiddenSettings(ModelOptions, TaskOptions, StatsOptions, OutputOptions):
                                          "is most accurate)")
     intervene_role: str = option("block", choices=ROLES, help="module output to rotate")
     n_eval: int = option(200, min=1, help="test prompts to evaluate (ablations, intervention)")
-    batch_size: int = option(32, min=1, identity=False, help="prompts per forward")
-    quiet: bool = option(False, identity=False, help="no progress bars")
 
     @property
     def probed(self) -> str:
         return self.target or (self.token if self.token in ("a", "b") else "answer")
 
     def validate(self) -> None:
+        if self.control is not None:  # a bad file is one sentence before anything loads
+            check_control_file(self)
         unfitted = [T for T in self.ablate_periods or [] if T not in self.helix_periods]
         if unfitted:
             raise self.fail("ablate_periods", f"{unfitted} were not fitted; choose among "
                             f"--helix-periods {self.helix_periods}")
-        top = self.max_answer if self.probed == "answer" else self.max_operand
+        top = self.max_answer if self.probed == "answer" else self.operands
         bad = [p for p in self.digit_places or [] if p >= n_digits([top])]
         if bad:
             raise self.fail("digit_places", f"{bad} leave the places 0..{n_digits([top]) - 1} "
@@ -170,9 +174,9 @@ class HiddenSettings(ModelOptions, TaskOptions, StatsOptions, OutputOptions):
         if self.op != "+":
             raise self.fail("intervene_place", f"expects the answer's digit to move with the "
                             f"operand's, which holds for + only (got --op {self.op})")
-        if self.intervene_place >= n_digits([self.max_operand]):
+        if self.intervene_place >= n_digits([self.operands]):
             raise self.fail("intervene_place", f"must be a place of the operands 0.."
-                            f"{self.max_operand} (0..{n_digits([self.max_operand]) - 1})")
+                            f"{self.operands} (0..{n_digits([self.operands]) - 1})")
         if self.intervene_role not in self.roles:
             raise self.fail("intervene_role", f"{self.intervene_role} is not among --roles "
                             f"{self.roles}")
@@ -259,8 +263,6 @@ class HiddenCommand(Command):
                 "digit_probes": DIGIT_CAPTIONS["digit_probes"]}
 
     def run(self, s: HiddenSettings, run: RunDir) -> dict:
-        if s.control is not None:  # a bad file is one sentence before the model loads
-            check_control_file(s)
         task = s.task()
         examples = task.train[:s.n_probe]
         # answers are scored (ablation, intervention): how the tokenizer writes them
@@ -278,6 +280,8 @@ class HiddenCommand(Command):
         kw = {"pca_dim": s.pca_dim, "mod_pca_dim": s.mod_pca_dim, "n_splits": s.folds,
               "seed": s.seed, "progress": progress}
         hs = _collect(run, "states", lm, examples, s, layers, progress)
+        if s.keep_states:
+            keep_states(run, s, lm, hs, "hidden")
         token_ids, identity = token_identity_result(s, lm, examples, hs, target)
         fits = probe_layers(hs, target, s.periods, s.helix_periods, **kw,
                             stats=s.stats_config(s.seed), token_ids=token_ids,
@@ -313,8 +317,8 @@ class HiddenCommand(Command):
         if s.digit_kinds:
             results |= {"digit_kinds": list(s.digit_kinds), "digit_probes": digit}
         if fmt is not None:
-            readout = readout_for(lm, fmt, task.max_answer) if fmt.readout else None
-            results |= answer_keys(fmt, readout)  # the logit row's readout
+            space = AnswerSpace(fmt, task.max_answer)
+            results |= space.describe(space.readout(lm) if space.kind else None)
         control = frequency_control_result(s, lm, hs, task, layers, target)
         if control is not None:
             results["frequency_control"] = control[0]

@@ -37,6 +37,7 @@ import numpy as np
 
 from llm_fourier.analyses.answers import greedy_answers
 from llm_fourier.analyses.digits import run_digit_lens
+from llm_fourier.analyses.hidden_states import collect
 from llm_fourier.analyses.lens import LENS_ROLES, PEAK_RULE, layer_summary, run_lens, spectra_matrix
 from llm_fourier.commands.base import Command, JobView
 from llm_fourier.commands.digit_views import (
@@ -47,20 +48,18 @@ from llm_fourier.commands.digit_views import (
     is_digit_run,
     lens_headline,
 )
+from llm_fourier.commands.kept import StatesOptions, keep_states
 from llm_fourier.commands.options import (
     ModelOptions,
     OutputOptions,
     ReadoutOptions,
     SplitOptions,
     TaskOptions,
-    answer_keys,
     record_inputs,
 )
 from llm_fourier.commands.settings import option
 from llm_fourier.errors import UserError
 from llm_fourier.model.distributed import broadcast_object
-from llm_fourier.model.numbers import NumberTokens
-from llm_fourier.model.readout import readout_for
 from llm_fourier.output.digit_plots import digit_lens_accuracy_plot
 from llm_fourier.output.html import html_table, percent, periods_text
 from llm_fourier.output.plots import component_layer_heatmap, layer_accuracy_plot, spectrum_plot
@@ -70,12 +69,16 @@ from probes import Spectrum
 
 
 @dataclass(kw_only=True)
-class ProbeSettings(ModelOptions, TaskOptions, SplitOptions, ReadoutOptions, OutputOptions):
+class ProbeSettings(ModelOptions, TaskOptions, SplitOptions, ReadoutOptions, StatesOptions,
+                    OutputOptions):
     command = "probe"
     final_norm: bool = option(False, help="apply the model's final norm before W_U (the "
                               "standard logit lens; default off: logits = W_U[numbers] x, as "
                               "the paper's filters)")
     top: int = option(10, min=1, help="keep at most this many outliers per layer")
+    keep_rows: bool = option(False, identity=False, help="also keep the lens rows (every "
+                             "layer's block, attn and mlp output at the last prompt token) "
+                             "in OUT/states/ for lf.load_states")
 
     def validate(self) -> None:
         self.check_tau(self.max_answer + 1)
@@ -159,9 +162,9 @@ class ProbeCommand(Command):
     def run(self, s: ProbeSettings, run: RunDir) -> dict:
         task = s.task()
         examples = s.examples(task)
-        fmt = s.answer_format(task.max_answer)
-        tau = s.readout_tau(fmt, task.max_answer)
-        if fmt.readout is None:
+        space = s.answer_space(s.answer_format(task.max_answer), task.max_answer)
+        fmt, tau = space.fmt, space.tau
+        if space.kind is None:
             raise UserError(
                 f"probe: answers up to {task.max_answer} are written as {fmt.family} tokens "
                 f"(single tokens only up to {fmt.numbers.max_number}), so there is no lens "
@@ -169,10 +172,10 @@ class ProbeCommand(Command):
                 f"{fmt.numbers.max_number}, or run ablate (whole-answer scores) and hidden "
                 "(hidden-state and digit probes), which work on any tokenizer.")
         lm = s.load_model(tokenizer=fmt.tokenizer)
-        readout = readout_for(lm, fmt, task.max_answer, s.final_norm)  # before any output
+        readout = space.readout(lm, s.final_norm)  # before any output: checks the rows
         record_inputs(run, lm, examples)
         results = {"model": lm.name, "settings": s.identity(), "n_examples": len(examples),
-                   **answer_keys(fmt, readout, s.basis), "tau": tau, "n_layers": lm.n_layers,
+                   **space.describe(readout), "tau": tau, "n_layers": lm.n_layers,
                    "outlier_rule": PEAK_RULE}
         saved = run.load_unit("lens")
         state = broadcast_object(lens_state(*saved) if saved else None)
@@ -181,8 +184,7 @@ class ProbeCommand(Command):
                   f"{state.get('examples_done', state['batches_done'])} prompts done)")
         on_batch = lambda done, st: run.save_unit("lens", *lens_unit(st))  # noqa: E731
         if readout.kind == "number":
-            numbers = NumberTokens(fmt.numbers.token_ids[:task.max_answer + 1],
-                                   fmt.leading_space)
+            numbers = space.numbers
             predictions: list[int] = []
             accs = run_lens(lm, examples, numbers, final_norm=s.final_norm, basis_kind=s.basis,
                             batch_size=s.batch_size, state=state, on_batch=on_batch,
@@ -198,6 +200,9 @@ class ProbeCommand(Command):
         results["prediction"] = ("the model's next token (argmax over the vocabulary)"
                                  if readout.kind == "number" else
                                  "the model's greedy whole answer")
+        if s.keep_rows:  # one more forward: the rows the lens reads, kept as they are
+            keep_states(run, s, lm, collect(lm, examples, "last", batch_size=s.batch_size),
+                        "probe")
         if run.helper:
             return results  # a helper process of a launch: the main one writes and prints
         if run.writes:
