@@ -146,6 +146,23 @@ def _parameters(model) -> set[str]:
         return set()
 
 
+def _stacked_edits(conds: Sequence[Condition], n: int) -> Edits:
+    """The edits of conditions stacked along the batch: each acts on its ``n`` rows."""
+    if len(conds) == 1:
+        return conds[0].edits
+
+    def stacked(key) -> Callable[[Tensor], Tensor]:
+        fns = [c.edits.get(key) for c in conds]
+
+        def fn(x: Tensor) -> Tensor:
+            return torch.cat([x[i * n:(i + 1) * n] if f is None else f(x[i * n:(i + 1) * n])
+                              for i, f in enumerate(fns)])
+
+        return fn
+
+    return {key: stacked(key) for key in {key for c in conds for key in c.edits}}
+
+
 class _Stop(Exception):
     """Raised from a hook after the deepest layer read."""
 
@@ -215,12 +232,20 @@ class Engine:
                 for c in conditions}
 
     def _batch(self, batch: Batch, conditions: Sequence[Condition], reduce, spec) -> dict:
+        """Every condition of one batch: those editing only the answer positions through
+        ``edits`` run stacked in one forward on the prefix cache; the others alone."""
         prefix = None
         with torch.inference_mode():
             if batch.length > 1 and any(c.positions == "last" for c in conditions):
                 prefix = self._prefix(batch, spec["stop_after"])
-            return {c.name: reduce(batch, c, self._condition(batch, c, prefix, spec))
-                    for c in conditions}
+            stacked = [c for c in conditions if prefix is not None and c.positions == "last"
+                       and c.hooks is None]
+            outs = self._group(batch, stacked, prefix, spec) if stacked else {}
+            for c in conditions:
+                if c not in stacked:
+                    outs |= self._group(batch, [c], prefix if c.positions == "last" else None,
+                                        spec)
+            return {c.name: reduce(batch, c, outs[c.name]) for c in conditions}
 
     def _prefix(self, batch: Batch, stop_after: int | None):
         """The KV cache of every prompt token before the last, unedited (up to the layer
@@ -236,17 +261,18 @@ class Engine:
                 pass
         return cache
 
-    # ------------------------------------------------------------------ one condition
+    # ------------------------------------------------------------------ conditions
     def _forward(self, ids: Tensor, mask: Tensor, pos: Tensor, cache, keep: int,
-                 cond: Condition, spec: dict, capture_last: int = 0):
-        """One forward of ``ids`` after ``cache`` under ``cond``: (logits of the last
-        ``keep`` positions, rows of the last ``capture_last`` positions, cache)."""
+                 edits: Edits, hooks, spec: dict, capture_last: int = 0):
+        """One forward of ``ids`` after ``cache`` with ``edits`` at every position given
+        and ``hooks``: (logits of the last ``keep`` positions, rows of the last
+        ``capture_last`` positions, cache)."""
         lm = self.lm
         with ExitStack() as stack:
-            if cond.edits:
-                stack.enter_context(edit(lm, cond.edits, "all"))
-            if cond.hooks is not None:
-                stack.enter_context(cond.hooks())
+            if edits:
+                stack.enter_context(edit(lm, edits, "all"))
+            if hooks is not None:
+                stack.enter_context(hooks())
             cap = stack.enter_context(capture(lm, spec["roles"], spec["layers"], "all")) \
                 if spec["roles"] and capture_last else None
             if spec["stop_after"] is not None:
@@ -263,31 +289,39 @@ class Engine:
             return None, rows, None
         return out.logits[:, -keep:].float() if keep else None, rows, out[self.cache]
 
-    def _condition(self, batch: Batch, cond: Condition, prefix, spec) -> Output:
-        enc = batch.enc
-        start = batch.length - 1 if cond.positions == "last" and prefix is not None else 0
-        cache = copy.deepcopy(prefix) if start else None
+    def _group(self, batch: Batch, conds: Sequence[Condition], prefix, spec) -> dict:
+        """Conditions stacked along the batch (condition-major) in one forward from the
+        first edited position: the last prompt token with ``prefix``, else position 0."""
+        enc, n, k = batch.enc, len(batch.rows), len(conds)
+        start = batch.length - 1 if prefix is not None else 0
         ids, mask, pos = enc["input_ids"], enc["attention_mask"], enc["position_ids"]
         m = 0
         if spec["answers"]:  # [last prompt token, answer tokens]: position s predicts token s
             m = max(len(a) for a in batch.answers)
             fed = m if spec["greedy"] is not None else m - 1  # the last one only to see the end
             extra = torch.tensor([(list(a) + [self.pad] * m)[:fed] for a in batch.answers],
-                                 dtype=ids.dtype, device=ids.device).view(len(batch.rows), fed)
+                                 dtype=ids.dtype, device=ids.device).view(n, fed)
             ids = torch.cat([ids, extra], 1)
             mask = torch.cat([mask, torch.ones_like(extra)], 1)
             pos = torch.cat([pos, pos[:, -1:] + torch.arange(1, fed + 1, device=pos.device)], 1)
         reads = ids.shape[1] - batch.length + 1
-        logits, rows, _ = self._forward(ids[:, start:], mask, pos[:, start:], cache,
-                                        reads if spec["logits"] else 0, cond, spec,
-                                        capture_last=reads)
-        m = max(m, 1)
-        out = Output(None if logits is None else logits[:, :m],
-                     {r: x[:, :m] for r, x in rows.items()})
-        if spec["greedy"] is not None:
-            out.predictions, out.generated = self._greedy(batch, cond, prefix, start, logits,
-                                                          spec["greedy"])
-        return out
+        cache = copy.deepcopy(prefix) if start else None
+        if cache is not None and k > 1:
+            cache.batch_select_indices(torch.arange(n, device=ids.device).repeat(k))
+        logits, rows, _ = self._forward(
+            ids[:, start:].repeat(k, 1), mask.repeat(k, 1), pos[:, start:].repeat(k, 1), cache,
+            reads if spec["logits"] else 0, _stacked_edits(conds, n),
+            conds[0].hooks if k == 1 else None, spec, capture_last=reads)
+        m, outs = max(m, 1), {}
+        for i, c in enumerate(conds):
+            part = slice(i * n, (i + 1) * n)
+            lg = None if logits is None else logits[part]
+            out = outs[c.name] = Output(None if lg is None else lg[:, :m],
+                                        {r: x[part, :m] for r, x in rows.items()})
+            if spec["greedy"] is not None:
+                out.predictions, out.generated = self._greedy(batch, c, prefix, start, lg,
+                                                              spec["greedy"])
+        return outs
 
     # ------------------------------------------------------------------ greedy answers
     @staticmethod
@@ -341,7 +375,8 @@ class Engine:
         limits = [len(g.fmt.digit_part(batch.answers[i])) for i in rows]
         spec = dict(roles=(), layers=None, stop_after=None)
         for s in range(g.max_tokens):
-            logits, _, cache = self._forward(ids, mask, pos, cache, 1, cond, spec)
+            logits, _, cache = self._forward(ids, mask, pos, cache, 1, cond.edits, cond.hooks,
+                                             spec)
             nxt = self._choose(logits[:, -1], g)
             for j, t in enumerate(nxt.tolist()):
                 if parsers[j].done:
