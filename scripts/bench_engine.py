@@ -94,12 +94,12 @@ def naive_ablate(lm, examples, space: AnswerSpace, batch: int) -> None:
                         continue
                     answers = fmt.encode_many(e.answer for e in part)
                     parsers = [NumberParser(fmt) for _ in part]
-                    _steps(lm, enc, cap, lambda s, lg: None if all(p.done for p in parsers)
-                           else _feed(parsers, lg.argmax(-1)))
+                    _steps(lm, enc, cap, lambda s, lg, ps=parsers: None
+                           if all(p.done for p in ps) else _feed(ps, lg.argmax(-1)))
                     m = max(len(a) for a in answers)
                     table = torch.tensor([list(a) + [0] * (m - len(a)) for a in answers])
                     _steps(lm, tokenize_prompts(lm.tokenizer, [e.prompt for e in part]), m,
-                           lambda s, lg: (torch.log_softmax(lg.float(), -1), table[:, s])[1])
+                           lambda s, lg, t=table: (torch.log_softmax(lg.float(), -1), t[:, s])[1])
 
 
 def _feed(parsers, toks):
@@ -151,6 +151,9 @@ def main(argv: list[str] | None = None) -> dict:
     for kind in args.models:
         lm, examples, space = build(kind, args.layers)
         examples = examples[:args.prompts]
+        start = time.perf_counter()
+        space.filters(lm)  # built once per run (AnswerSpace keeps them), timed apart
+        print(f"{kind}: filters built in {time.perf_counter() - start:.2f} s (once per run)")
         tokens = [len(lm.tokenizer(e.prompt)["input_ids"]) for e in examples]
         print(f"{kind}: {lm.n_layers} layers, d {lm.d_model}, vocab "
               f"{lm.model.config.vocab_size}, {len(examples)} prompts of "

@@ -146,17 +146,20 @@ def _parameters(model) -> set[str]:
         return set()
 
 
-def _stacked_edits(conds: Sequence[Condition], n: int) -> Edits:
-    """The edits of conditions stacked along the batch: each acts on its ``n`` rows."""
+def _stacked_edits(conds: Sequence[Condition], sizes: int | Sequence[int]) -> Edits:
+    """The edits of conditions stacked along the batch: each acts on its own rows
+    (``sizes`` of them, one count for all or one per condition)."""
     if len(conds) == 1:
         return conds[0].edits
+    sizes = [sizes] * len(conds) if isinstance(sizes, int) else list(sizes)
+    bounds = np.cumsum([0, *sizes]).tolist()
 
     def stacked(key) -> Callable[[Tensor], Tensor]:
         fns = [c.edits.get(key) for c in conds]
 
         def fn(x: Tensor) -> Tensor:
-            return torch.cat([x[i * n:(i + 1) * n] if f is None else f(x[i * n:(i + 1) * n])
-                              for i, f in enumerate(fns)])
+            return torch.cat([x[a:b] if f is None else f(x[a:b])
+                              for f, a, b in zip(fns, bounds, bounds[1:])])
 
         return fn
 
@@ -312,15 +315,15 @@ class Engine:
             ids[:, start:].repeat(k, 1), mask.repeat(k, 1), pos[:, start:].repeat(k, 1), cache,
             reads if spec["logits"] else 0, _stacked_edits(conds, n),
             conds[0].hooks if k == 1 else None, spec, capture_last=reads)
-        m, outs = max(m, 1), {}
-        for i, c in enumerate(conds):
-            part = slice(i * n, (i + 1) * n)
-            lg = None if logits is None else logits[part]
-            out = outs[c.name] = Output(None if lg is None else lg[:, :m],
-                                        {r: x[part, :m] for r, x in rows.items()})
-            if spec["greedy"] is not None:
-                out.predictions, out.generated = self._greedy(batch, c, prefix, start, lg,
-                                                              spec["greedy"])
+        m, parts = max(m, 1), [slice(i * n, (i + 1) * n) for i in range(k)]
+        outs = {c.name: Output(None if logits is None else logits[part, :m],
+                               {r: x[part, :m] for r, x in rows.items()})
+                for c, part in zip(conds, parts)}
+        if spec["greedy"] is not None:
+            greedy = self._greedy(batch, conds, prefix, start, [logits[p] for p in parts],
+                                  spec["greedy"])
+            for c, (pred, gen) in zip(conds, greedy):
+                outs[c.name].predictions, outs[c.name].generated = pred, gen
         return outs
 
     # ------------------------------------------------------------------ greedy answers
@@ -344,39 +347,48 @@ class Engine:
                 return parser, gen
         return None
 
-    def _greedy(self, batch: Batch, cond: Condition, prefix, start: int, logits: Tensor,
-                g: Greedy) -> tuple[np.ndarray, list[list[int]]]:
-        toks = self._choose(logits, g).tolist()  # N x (m + 1)
-        parsers: list[NumberParser | None] = []
-        generated: list[list[int]] = []
-        for i, answer in enumerate(batch.answers):
-            limit = len(g.fmt.digit_part(answer))
-            got = self._replay(toks[i][:len(answer) + 1], answer, g, limit)
-            parsers.append(got[0] if got else None)
-            generated.append(got[1] if got else [])
-        todo = [i for i, p in enumerate(parsers) if p is None]
-        if todo:
-            for i, (p, gen) in zip(todo, self._decode(batch, cond, prefix, start, todo, g)):
-                parsers[i], generated[i] = p, gen
-        return np.array([p.value for p in parsers], dtype=np.int64), generated
+    def _greedy(self, batch: Batch, conds: Sequence[Condition], prefix, start: int,
+                logits: Sequence[Tensor], g: Greedy) -> list[tuple[np.ndarray, list]]:
+        """(predictions, generated tokens) per condition: read from the teacher-forced
+        ``logits`` where they write the answer and end it, the other rows of every
+        condition decoded together, step by step."""
+        results, todo = [], []
+        for lg in logits:
+            toks = self._choose(lg, g).tolist()  # N x (m + 1)
+            got = [self._replay(toks[i][:len(a) + 1], a, g, len(g.fmt.digit_part(a)))
+                   for i, a in enumerate(batch.answers)]
+            results.append(got)
+            todo.append([i for i, x in enumerate(got) if x is None])
+        if any(todo):
+            decoded = iter(self._decode(batch, conds, todo, prefix, start, g))
+            for got, rows in zip(results, todo):
+                for i in rows:
+                    got[i] = next(decoded)
+        return [(np.array([p.value for p, _ in got], dtype=np.int64), [gen for _, gen in got])
+                for got in results]
 
-    def _decode(self, batch: Batch, cond: Condition, prefix, start: int, rows: list[int],
-                g: Greedy) -> list[tuple[NumberParser, list[int]]]:
-        """Step-by-step greedy decoding of ``rows`` of ``batch`` on the prefix cache."""
-        idx = torch.tensor(rows)
+    def _decode(self, batch: Batch, conds: Sequence[Condition], rows: Sequence[list[int]],
+                prefix, start: int, g: Greedy) -> list[tuple[NumberParser, list[int]]]:
+        """Step-by-step greedy decoding of ``rows[i]`` of ``batch`` under ``conds[i]``,
+        stacked, on the prefix cache."""
+        keep = [i for i, r in enumerate(rows) if r]
+        conds, rows = [conds[i] for i in keep], [rows[i] for i in keep]
+        flat = [j for r in rows for j in r]
+        idx = torch.tensor(flat, device=batch.enc["input_ids"].device)
         enc = {k: v[idx.to(v.device)] for k, v in batch.enc.items()}
         cache = copy.deepcopy(prefix) if start else None
-        if cache is not None and len(rows) < len(batch.rows):
-            cache.batch_select_indices(idx.to(enc["input_ids"].device))
+        if cache is not None:
+            cache.batch_select_indices(idx)
         ids, mask, pos = enc["input_ids"][:, start:], enc["attention_mask"], \
             enc["position_ids"][:, start:]
-        parsers = [NumberParser(g.fmt) for _ in rows]
-        gens: list[list[int]] = [[] for _ in rows]
-        limits = [len(g.fmt.digit_part(batch.answers[i])) for i in rows]
+        parsers = [NumberParser(g.fmt) for _ in flat]
+        gens: list[list[int]] = [[] for _ in flat]
+        limits = [len(g.fmt.digit_part(batch.answers[i])) for i in flat]
+        edits = _stacked_edits(conds, [len(r) for r in rows])
+        hooks = conds[0].hooks if len(conds) == 1 else None
         spec = dict(roles=(), layers=None, stop_after=None)
         for s in range(g.max_tokens):
-            logits, _, cache = self._forward(ids, mask, pos, cache, 1, cond.edits, cond.hooks,
-                                             spec)
+            logits, _, cache = self._forward(ids, mask, pos, cache, 1, edits, hooks, spec)
             nxt = self._choose(logits[:, -1], g)
             for j, t in enumerate(nxt.tolist()):
                 if parsers[j].done:
