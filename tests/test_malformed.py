@@ -176,11 +176,12 @@ def test_a_full_disk_is_one_sentence_and_keeps_the_finished_part(good, tmp_path,
     err = sentences(captured.err)
     assert "Traceback" not in captured.err and len(err) == 1, err
     assert "no space left on the disk writing" in err[0] and "the same command to resume" in err[0]
-    assert (out / ".partial" / "lens.json").is_file() and not (out / "results.json").exists()
-    assert read_json(out / ".partial" / "lens.json")["data"]["examples_done"] == 16
+    # the two batches finished before the disk filled are kept as units
+    assert len(list((out / ".partial").glob("lens-lens_*.json"))) == 2
+    assert not (out / "results.json").exists()
     monkeypatch.undo()
     assert main(argv) == 0
-    assert "resuming the lens" in capsys.readouterr().out
+    assert "resuming: 2 of 3" in capsys.readouterr().out
     assert (out / "results.json").is_file()
 
 
@@ -223,7 +224,7 @@ def test_ctrl_c_during_a_run_is_one_line_exit_130_and_resumes(good, tmp_path):
 
     def first_unit(pid: int) -> None:
         deadline = time.time() + 90
-        while not (out / ".partial" / "lens.json").exists():
+        while not list((out / ".partial").glob("lens-lens_*.json")):
             assert time.time() < deadline, "the run never saved a unit"
             time.sleep(0.05)
 
@@ -231,7 +232,7 @@ def test_ctrl_c_during_a_run_is_one_line_exit_130_and_resumes(good, tmp_path):
     assert done.returncode == 130, done.stderr
     assert "Traceback" not in done.stderr and sentences(done.stderr) == [
         "llm-fourier: interrupted; finished outputs are kept and the same command resumes."]
-    assert (out / ".partial" / "lens.json").is_file()
+    assert list((out / ".partial").glob("lens-lens_*.json"))
 
 
 # ------------------------------------------------------------------ resume, other batch size
@@ -243,8 +244,8 @@ class _Stop(KeyboardInterrupt):
     ("probe", ["probe", *TASK, "--limit", "24"]),
     ("ablate", ["ablate", *TASK, "--limit", "24", "--keep", "3"]),
 ])
-def test_a_run_resumes_under_another_batch_size(name, argv, good, tmp_path, monkeypatch,
-                                                capsys):
+def test_a_run_resumed_under_another_batch_size_says_which_it_needs(
+        name, argv, good, tmp_path, monkeypatch, capsys):
     argv = [*argv, "--model", str(good)]
     assert main([*argv, "--batch-size", "4", "--out", str(tmp_path / "whole")]) == 0
     out = tmp_path / "resumed"
@@ -261,7 +262,11 @@ def test_a_run_resumes_under_another_batch_size(name, argv, good, tmp_path, monk
     assert main([*argv, "--batch-size", "4", "--out", str(out)]) == 130
     monkeypatch.undo()
     capsys.readouterr()
-    assert main([*argv, "--batch-size", "16", "--out", str(out)]) == 0, capsys.readouterr().err
+    # units are per (batch, condition): another batching is one sentence naming the old one
+    assert main([*argv, "--batch-size", "16", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--batch-size 4" in err and "Traceback" not in err
+    assert main([*argv, "--batch-size", "4", "--out", str(out)]) == 0, capsys.readouterr().err
     assert "resuming" in capsys.readouterr().out
     expected, got = read_json(tmp_path / "whole" / "results.json"), read_json(
         out / "results.json")

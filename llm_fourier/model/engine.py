@@ -1,0 +1,428 @@
+"""One engine for forward work: the only place that batches prompts and runs the model.
+
+``PromptSet``: a run's prompts (and answer tokens) tokenized once, batched by length in a
+fixed order; resume units are (batch, condition). ``Condition``: edits ``{(role, layer):
+fn}`` and/or a hook context (knockouts, patches), at the answer positions ("last") or at
+every position ("all"). Per batch ``Engine.run`` computes the unedited prefix (every
+prompt token but the last) once on a ``DynamicCache``; the conditions that only edit the
+answer positions run stacked along the batch in one forward of [last prompt token, answer
+tokens] on a copy of it (the others alone, from position 0), which gives the logits and
+captured rows of every answer position; greedy answers are read from it where the
+teacher-forced argmax writes the answer and ends it, the other rows are decoded step by
+step. ``reduce(batch, condition, out)`` makes a unit (CPU tensors, lists, numbers), kept
+in ``store`` (``RunDir.store``); units come back in batch order on every process.
+``stop_after`` ends forwards after that layer by raising from a hook, as nnsight does.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+from transformers import DynamicCache
+
+from llm_fourier.errors import UserError
+from llm_fourier.model.distributed import broadcast_object, map_ranges, process_info, rounds
+from llm_fourier.model.hooks import capture, edit
+from llm_fourier.model.number_format import NumberFormat, NumberParser
+from llm_fourier.model.tasks import Example, tokenize_prompts
+from llm_fourier.output.progress import tqdm
+
+__all__ = ["Batch", "Condition", "Engine", "Greedy", "Output", "PromptSet", "Store"]
+
+Edits = dict[tuple[str, int], Callable[[Tensor], Tensor]]
+POSITIONS = ("last", "all")
+
+
+class Store(Protocol):
+    """Where finished (batch, condition) units are kept: ``RunDir.store`` or a dict."""
+
+    def get(self, key: str) -> Any: ...
+    def __setitem__(self, key: str, value: Any) -> None: ...
+
+
+@dataclass
+class Condition:
+    """One way to run the model: ``edits`` and/or ``hooks`` (a context-manager factory,
+    entered around the condition's forwards) at the answer positions or everywhere."""
+
+    name: str = "none"
+    edits: Edits = field(default_factory=dict)
+    positions: str = "last"
+    hooks: Callable[[], Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.positions not in POSITIONS:
+            raise UserError(f"positions must be one of {', '.join(POSITIONS)}, got "
+                            f"{self.positions!r}.")
+
+
+@dataclass
+class Batch:
+    """Prompts of one batch, left padded: ``rows`` index the prompt set's examples."""
+
+    number: int
+    rows: list[int]
+    enc: dict[str, Tensor]
+    answers: list[tuple[int, ...]] | None
+
+    @property
+    def length(self) -> int:
+        return self.enc["input_ids"].shape[1]
+
+
+@dataclass
+class PromptSet:
+    """Prompts tokenized once, batched by length (ties in example order)."""
+
+    examples: Sequence[Example]
+    batches: list[Batch]
+    fmt: NumberFormat | None = None
+    batch_size: int = 16
+
+    @classmethod
+    def build(cls, lm, examples: Sequence[Example], batch_size: int = 16,
+              fmt: NumberFormat | None = None) -> PromptSet:
+        if not examples:
+            raise UserError("no examples to run; use a larger operand range or another split.")
+        if batch_size < 1:
+            raise UserError(f"batch size must be at least 1, got {batch_size}.")
+        enc = tokenize_prompts(lm.tokenizer, [e.prompt for e in examples])
+        lengths = enc["attention_mask"].sum(1).tolist()
+        order = sorted(range(len(examples)), key=lambda i: lengths[i])
+        answers = fmt.encode_many(e.answer for e in examples) if fmt is not None else None
+        batches = []
+        for b, s in enumerate(range(0, len(order), batch_size)):
+            rows = order[s:s + batch_size]
+            t = max(lengths[i] for i in rows)
+            part = {k: v[rows][:, v.shape[1] - t:].to(lm.input_device) for k, v in enc.items()}
+            batches.append(Batch(b, rows, part,
+                                 [answers[i] for i in rows] if answers is not None else None))
+        return cls(examples, batches, fmt, batch_size)
+
+    def layout(self) -> dict:
+        """What a (batch, condition) unit's key stands for: the batch size and a digest of
+        the rows of every batch (a resumed run must batch the same way)."""
+        rows = ",".join(":".join(map(str, b.rows)) for b in self.batches)
+        return {"batch_size": self.batch_size,
+                "rows": hashlib.sha256(rows.encode()).hexdigest()[:16]}
+
+    def scatter(self, parts: Sequence[Tensor | np.ndarray]) -> np.ndarray:
+        """Per-batch rows (in batch order) back in example order."""
+        out = np.concatenate([np.asarray(p) for p in parts])
+        result = np.empty_like(out)
+        result[np.concatenate([b.rows for b in self.batches])] = out
+        return result
+
+
+@dataclass
+class Greedy:
+    """Greedy whole answers: argmax over the vocabulary, or over ``allowed`` tokens for
+    exactly the answer's digit count; at most ``max_tokens`` per row."""
+
+    fmt: NumberFormat
+    max_tokens: int
+    allowed: Tensor | None = None
+
+
+@dataclass
+class Output:
+    """One (batch, condition): ``logits`` (N x S x V, float32) at the S read positions
+    (answer position s predicts answer token s; S = 1 without answers), ``rows[role]``
+    (N x S x L x D, float32, CPU), greedy ``predictions`` (N) and ``generated`` tokens."""
+
+    logits: Tensor | None
+    rows: dict[str, Tensor]
+    predictions: np.ndarray | None = None
+    generated: list[list[int]] | None = None
+
+
+def _parameters(model) -> set[str]:
+    try:
+        return set(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):  # pragma: no cover - exotic wrapped forwards
+        return set()
+
+
+def _stacked_edits(conds: Sequence[Condition], sizes: int | Sequence[int]) -> Edits:
+    """The edits of conditions stacked along the batch: each acts on its own rows
+    (``sizes`` of them, one count for all or one per condition)."""
+    if len(conds) == 1:
+        return conds[0].edits
+    sizes = [sizes] * len(conds) if isinstance(sizes, int) else list(sizes)
+    bounds = np.cumsum([0, *sizes]).tolist()
+
+    def stacked(key) -> Callable[[Tensor], Tensor]:
+        fns = [c.edits.get(key) for c in conds]
+
+        def fn(x: Tensor) -> Tensor:
+            return torch.cat([x[a:b] if f is None else f(x[a:b])
+                              for f, a, b in zip(fns, bounds, bounds[1:])])
+
+        return fn
+
+    return {key: stacked(key) for key in {key for c in conds for key in c.edits}}
+
+
+class _Stop(Exception):
+    """Raised from a hook after the deepest layer read."""
+
+
+def _stopper(lm, layer: int):
+    def hook(*_):
+        raise _Stop
+
+    return lm.blocks[layer].register_forward_hook(hook)
+
+
+class Engine:
+    """Runs ``conditions`` over a ``PromptSet`` (see the module doc)."""
+
+    def __init__(self, lm, prompts: PromptSet) -> None:
+        self.lm, self.prompts = lm, prompts
+        self.pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+        params = _parameters(lm.model)
+        # transformers 5.25 names the cache "cache", earlier versions "past_key_values"
+        self.cache = "cache" if "cache" in params else "past_key_values"
+        self.keep = {"logits_to_keep": 1} if "logits_to_keep" in params else None
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, conditions: Sequence[Condition],
+            reduce: Callable[[Batch, Condition, Output], Any], *,
+            roles: Sequence[str] = (), layers: Sequence[int] | None = None,
+            answers: bool = False, logits: bool = True, greedy: Greedy | None = None,
+            stop_after: int | None = None, store: Store | None = None,
+            progress: bool = True, desc: str = "forward") -> dict[str, list]:
+        """Units ``reduce(batch, condition, output)`` per condition, in batch order.
+
+        ``answers``: feed the answer tokens (teacher forcing) and read every answer
+        position; else only the last prompt position. ``greedy`` decodes whole answers.
+        """
+        names = [c.name for c in conditions]
+        if len(set(names)) != len(names):
+            raise UserError(f"condition names must differ, got {names}.")
+        spec = dict(roles=tuple(roles), layers=layers, answers=answers or greedy is not None,
+                    logits=logits and stop_after is None, greedy=greedy, stop_after=stop_after)
+        keys = [(b.number, c.name) for b in self.prompts.batches for c in conditions]
+        done = {}
+        if store is not None:
+            self._check_layout(store, f"layout/{names[0]}")
+            # read by the main process, sent to the others
+            done = broadcast_object({k: v for k in keys if (v := store.get(f"{k[1]}/{k[0]}"))
+                                     is not None} if process_info().is_main else None)
+        if done and process_info().is_main:
+            print(f"resuming: {len(done)} of {len(keys)} (batch, condition) units done")
+        todo = [b.number for b in self.prompts.batches
+                if any((b.number, c.name) not in done for c in conditions)]
+        bar = tqdm(desc=desc, unit="batch", total=len(self.prompts.batches),
+                   initial=len(self.prompts.batches) - len(todo),
+                   disable=not progress or not process_info().is_main)
+
+        def one(b: int, _end: int) -> dict:
+            batch = self.prompts.batches[b]
+            return self._batch(batch, [c for c in conditions if (b, c.name) not in done],
+                               reduce, spec)
+
+        for chunk in rounds([(b, b + 1) for b in todo]):
+            for (b, _), units in zip(chunk, map_ranges(one, chunk, progress=False)):
+                for name, unit in units.items():
+                    done[(b, name)] = unit
+                    if store is not None:
+                        store[f"{name}/{b}"] = unit
+            bar.update(len(chunk))
+        bar.close()
+        return {c.name: [done[(b.number, c.name)] for b in self.prompts.batches]
+                for c in conditions}
+
+    def _check_layout(self, store: Store, key: str) -> None:
+        """Units are per batch: a run resumed under another batching is one sentence."""
+        layout = self.prompts.layout()
+        saved = broadcast_object(store.get(key) if process_info().is_main else None)
+        if saved is None:
+            store[key] = layout
+        elif saved != layout:
+            size = saved.get("batch_size") if isinstance(saved, dict) else None
+            raise UserError(f"the saved units of this run were computed in batches of {size} "
+                            "prompts; run it again with --batch-size "
+                            f"{size}, or start over with --restart.")
+
+    def _batch(self, batch: Batch, conditions: Sequence[Condition], reduce, spec) -> dict:
+        """Every condition of one batch: those editing only the answer positions through
+        ``edits`` run stacked in one forward on the prefix cache; the others alone."""
+        prefix = None
+        with torch.inference_mode():
+            if batch.length > 1 and any(c.positions == "last" for c in conditions):
+                prefix = self._prefix(batch, spec["stop_after"])
+            stacked = [c for c in conditions if prefix is not None and c.positions == "last"
+                       and c.hooks is None]
+            outs = self._group(batch, stacked, prefix, spec) if stacked else {}
+            for c in conditions:
+                if c not in stacked:
+                    outs |= self._group(batch, [c], prefix if c.positions == "last" else None,
+                                        spec)
+            return {c.name: reduce(batch, c, outs[c.name]) for c in conditions}
+
+    def _prefix(self, batch: Batch, stop_after: int | None):
+        """The KV cache of every prompt token before the last, unedited (up to the layer
+        ``stop_after`` when set)."""
+        cache = DynamicCache(config=self.lm.model.config)
+        enc = {k: v[:, :-1] for k, v in batch.enc.items()}
+        with ExitStack() as stack:
+            if stop_after is not None:
+                stack.callback(_stopper(self.lm, stop_after).remove)
+            try:
+                self.lm.model(**enc, use_cache=True, **{self.cache: cache}, **(self.keep or {}))
+            except _Stop:
+                pass
+        return cache
+
+    # ------------------------------------------------------------------ conditions
+    def _forward(self, ids: Tensor, mask: Tensor, pos: Tensor, cache, keep: int,
+                 edits: Edits, hooks, spec: dict, capture_last: int = 0):
+        """One forward of ``ids`` after ``cache`` with ``edits`` at every position given
+        and ``hooks``: (logits of the last ``keep`` positions, rows of the last
+        ``capture_last`` positions, cache)."""
+        lm = self.lm
+        with ExitStack() as stack:
+            if edits:
+                stack.enter_context(edit(lm, edits, "all"))
+            if hooks is not None:
+                stack.enter_context(hooks())
+            cap = stack.enter_context(capture(lm, spec["roles"], spec["layers"], "all")) \
+                if spec["roles"] and capture_last else None
+            if spec["stop_after"] is not None:
+                stack.callback(_stopper(lm, spec["stop_after"]).remove)
+            out = None
+            try:
+                out = lm.model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                               use_cache=True, **{self.cache: cache},
+                               **({"logits_to_keep": max(keep, 1)} if self.keep else {}))
+            except _Stop:
+                pass
+        rows = {r: cap.stack(r)[:, -capture_last:] for r in spec["roles"]} if cap else {}
+        if out is None:
+            return None, rows, None
+        return out.logits[:, -keep:].float() if keep else None, rows, out[self.cache]
+
+    def _group(self, batch: Batch, conds: Sequence[Condition], prefix, spec) -> dict:
+        """Conditions stacked along the batch (condition-major) in one forward from the
+        first edited position: the last prompt token with ``prefix``, else position 0."""
+        enc, n, k = batch.enc, len(batch.rows), len(conds)
+        start = batch.length - 1 if prefix is not None else 0
+        ids, mask, pos = enc["input_ids"], enc["attention_mask"], enc["position_ids"]
+        m = 0
+        if spec["answers"]:  # [last prompt token, answer tokens]: position s predicts token s
+            m = max(len(a) for a in batch.answers)
+            fed = m if spec["greedy"] is not None else m - 1  # the last one only to see the end
+            extra = torch.tensor([(list(a) + [self.pad] * m)[:fed] for a in batch.answers],
+                                 dtype=ids.dtype, device=ids.device).view(n, fed)
+            ids = torch.cat([ids, extra], 1)
+            mask = torch.cat([mask, torch.ones_like(extra)], 1)
+            pos = torch.cat([pos, pos[:, -1:] + torch.arange(1, fed + 1, device=pos.device)], 1)
+        reads = ids.shape[1] - batch.length + 1
+        cache = copy.deepcopy(prefix) if start else None
+        if cache is not None and k > 1:
+            cache.batch_select_indices(torch.arange(n, device=ids.device).repeat(k))
+        logits, rows, _ = self._forward(
+            ids[:, start:].repeat(k, 1), mask.repeat(k, 1), pos[:, start:].repeat(k, 1), cache,
+            reads if spec["logits"] else 0, _stacked_edits(conds, n),
+            conds[0].hooks if k == 1 else None, spec, capture_last=reads)
+        m, parts = max(m, 1), [slice(i * n, (i + 1) * n) for i in range(k)]
+        outs = {c.name: Output(None if logits is None else logits[part, :m],
+                               {r: x[part, :m] for r, x in rows.items()})
+                for c, part in zip(conds, parts)}
+        if spec["greedy"] is not None:
+            greedy = self._greedy(batch, conds, prefix, start, [logits[p] for p in parts],
+                                  spec["greedy"])
+            for c, (pred, gen) in zip(conds, greedy):
+                outs[c.name].predictions, outs[c.name].generated = pred, gen
+        return outs
+
+    # ------------------------------------------------------------------ greedy answers
+    @staticmethod
+    def _choose(logits: Tensor, g: Greedy) -> Tensor:
+        if g.allowed is None:
+            return logits.argmax(-1).cpu()
+        return g.allowed[logits[..., g.allowed.to(logits.device)].argmax(-1).cpu()]
+
+    def _replay(self, tokens: list[int], answer: tuple[int, ...], g: Greedy, limit: int
+                ) -> tuple[NumberParser, list[int]] | None:
+        """Greedy decoding of one row from its teacher-forced argmax ``tokens``, or None
+        when it leaves the answer (or does not end within the answer's positions)."""
+        parser, gen = NumberParser(g.fmt), []
+        for s, t in enumerate(tokens[:g.max_tokens]):
+            if s and (s - 1 >= len(answer) or gen[-1] != answer[s - 1]):
+                return None  # the context is no longer the teacher-forced one
+            gen.append(t)
+            if parser.feed(t) or (g.allowed is not None and s + 1 >= limit):
+                parser.done = True
+                return parser, gen
+        return None
+
+    def _greedy(self, batch: Batch, conds: Sequence[Condition], prefix, start: int,
+                logits: Sequence[Tensor], g: Greedy) -> list[tuple[np.ndarray, list]]:
+        """(predictions, generated tokens) per condition: read from the teacher-forced
+        ``logits`` where they write the answer and end it, the other rows of every
+        condition decoded together, step by step."""
+        results, todo = [], []
+        for c, lg in zip(conds, logits):
+            toks = self._choose(lg, g).tolist()  # N x (m + 1)
+            got = [self._replay(toks[i][:len(a) + 1], a, g, len(g.fmt.digit_part(a)))
+                   for i, a in enumerate(batch.answers)]
+            results.append(got)
+            need = [i for i, x in enumerate(got) if x is None]
+            # edits at every position may depend on the row (an operand's token, a patch):
+            # such a condition decodes its whole batch, as its edits were written for
+            todo.append(list(range(len(got))) if need and c.positions == "all" else need)
+        if any(todo):
+            decoded = iter(self._decode(batch, conds, todo, prefix, start, g))
+            for got, rows in zip(results, todo):
+                for i in rows:
+                    one = next(decoded)
+                    got[i] = one if got[i] is None else got[i]
+        return [(np.array([p.value for p, _ in got], dtype=np.int64), [gen for _, gen in got])
+                for got in results]
+
+    def _decode(self, batch: Batch, conds: Sequence[Condition], rows: Sequence[list[int]],
+                prefix, start: int, g: Greedy) -> list[tuple[NumberParser, list[int]]]:
+        """Step-by-step greedy decoding of ``rows[i]`` of ``batch`` under ``conds[i]``,
+        stacked, on the prefix cache."""
+        keep = [i for i, r in enumerate(rows) if r]
+        conds, rows = [conds[i] for i in keep], [rows[i] for i in keep]
+        flat = [j for r in rows for j in r]
+        idx = torch.tensor(flat, device=batch.enc["input_ids"].device)
+        enc = {k: v[idx.to(v.device)] for k, v in batch.enc.items()}
+        cache = copy.deepcopy(prefix) if start else None
+        if cache is not None:
+            cache.batch_select_indices(idx)
+        ids, mask, pos = enc["input_ids"][:, start:], enc["attention_mask"], \
+            enc["position_ids"][:, start:]
+        parsers = [NumberParser(g.fmt) for _ in flat]
+        gens: list[list[int]] = [[] for _ in flat]
+        limits = [len(g.fmt.digit_part(batch.answers[i])) for i in flat]
+        edits = _stacked_edits(conds, [len(r) for r in rows])
+        hooks = conds[0].hooks if len(conds) == 1 else None
+        spec = dict(roles=(), layers=None, stop_after=None)
+        for s in range(g.max_tokens):
+            logits, _, cache = self._forward(ids, mask, pos, cache, 1, edits, hooks, spec)
+            nxt = self._choose(logits[:, -1], g)
+            for j, t in enumerate(nxt.tolist()):
+                if parsers[j].done:
+                    continue
+                gens[j].append(t)
+                if parsers[j].feed(t) or (g.allowed is not None and s + 1 >= limits[j]):
+                    parsers[j].done = True
+            if all(p.done for p in parsers):
+                break
+            ids = nxt.to(mask.device).view(-1, 1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            pos = pos[:, -1:] + 1
+        return list(zip(parsers, gens))
