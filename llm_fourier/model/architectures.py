@@ -233,7 +233,8 @@ def discover_roles(model: nn.Module) -> Roles:
     else the first children named like attention / MLP that are not norms or dropouts; the
     last norm outside the blocks;
     an ``nn.Embedding`` named like positions; ``residual_multiplier`` /
-    ``embedding_multiplier`` from the config. The self-check at load verifies the guess."""
+    ``embedding_multiplier`` from the config; the attention and MLP projections as
+    ``projection`` finds them. The self-check at load verifies the guess."""
     lists = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m)]
     if not lists:
         raise UserError(f"cannot find the transformer blocks of {type(model).__name__}: it has "
@@ -270,6 +271,11 @@ def discover_roles(model: nn.Module) -> Roles:
                   embed_scale="embedding_multiplier" if hasattr(
                       config, "embedding_multiplier") else None,
                   positions=positions)
+    width = getattr(config, "hidden_size", None) or (embed_layer.weight.shape[1]
+                                                     if embed_layer is not None else None)
+    found_proj = {w: path_of(stack[0], projection(stack[0], roles, w, width))
+                  for w in ("attn", "mlp")}
+    roles = replace(roles, attn_proj=found_proj["attn"], mlp_proj=found_proj["mlp"])
     model_type = getattr(config, "model_type", type(model).__name__)
     print(f"llm-fourier: model type {model_type!r} is not in the roles table; discovered "
           f"{roles}", file=sys.stderr)
