@@ -29,11 +29,12 @@ from tqdm.auto import tqdm
 
 from llm_fourier.analyses.answers import evaluate_answers
 from llm_fourier.errors import UserError
+from llm_fourier.model.answer_space import AnswerSpace
 from llm_fourier.model.distributed import map_batches, process_info
 from llm_fourier.model.hooks import edit, last_token_logits
 from llm_fourier.model.number_format import NumberFormat
 from llm_fourier.model.numbers import NumberTokens, require_numbers, value_of_token
-from llm_fourier.model.readout import DIGIT_TAU, NumberReadout, number_readout, readout_for
+from llm_fourier.model.readout import NumberReadout, default_tau, number_readout, readout_for
 from llm_fourier.model.scores import Scores
 from llm_fourier.model.tasks import Example, tokenize_prompts
 from probes import FourierFilter
@@ -143,12 +144,22 @@ def evaluate_task(
                             desc=desc)
 
 
-def table_readout(lm, target: NumberTokens | NumberFormat) -> NumberReadout:
+def table_readout(lm, target: NumberTokens | NumberFormat | AnswerSpace) -> NumberReadout:
     """The readout whose filters the ablation table applies: ``W_U[numbers]`` for
     single-token answers, ``W_U[digits]`` for one token per digit."""
+    if isinstance(target, AnswerSpace):
+        return target.readout(lm)
     if isinstance(target, NumberTokens):
         return number_readout(lm, target)
     return readout_for(lm, target, target.max_number)
+
+
+def answer_target(target: NumberTokens | NumberFormat | AnswerSpace
+                  ) -> NumberTokens | NumberFormat:
+    """What answers are scored against: the single-token numbers or the format."""
+    if isinstance(target, AnswerSpace):
+        return target.numbers if target.single else target.fmt
+    return target
 
 
 def table_rows(filter_names: Iterable[str]) -> list[tuple[str, str]]:
@@ -189,9 +200,12 @@ def ablation_table(
     then the filter removes the whole module output, not a frequency band.
     """
     readout = table_readout(lm, numbers)
-    if tau is None:
-        tau = DIGIT_TAU if readout.kind == "digit" else 50
-    filters = readout.filters(basis_kind, tau, keep)
+    if isinstance(numbers, AnswerSpace):
+        filters = numbers.filters(lm, keep)
+    else:
+        tau = default_tau(readout.kind) if tau is None else tau
+        filters = readout.filters(basis_kind, tau, keep)
+    target = answer_target(numbers)
     layers = list(range(lm.n_layers)) if layers is None else sorted(set(layers))
     done = dict(done or {})
     rows = []
@@ -201,7 +215,7 @@ def ablation_table(
         if label not in done:
             edits = {} if fname == "none" else filter_edits(filters[fname], MODULES[modules],
                                                             layers)
-            done[label] = evaluate_task(lm, examples, numbers, edits, positions=positions,
+            done[label] = evaluate_task(lm, examples, target, edits, positions=positions,
                                         prediction=prediction, batch_size=batch_size,
                                         progress=progress, desc=label)
             if on_row is not None:

@@ -42,15 +42,13 @@ from llm_fourier.commands.options import (
     ReadoutOptions,
     SplitOptions,
     TaskOptions,
-    answer_keys,
     record_inputs,
 )
 from llm_fourier.commands.settings import option
 from llm_fourier.errors import UserError
+from llm_fourier.model.answer_space import AnswerSpace
 from llm_fourier.model.distributed import broadcast_object
 from llm_fourier.model.number_format import NumberFormat
-from llm_fourier.model.numbers import NumberTokens
-from llm_fourier.model.readout import answer_basis, readout_for
 from llm_fourier.output.digit_plots import digit_error_panels
 from llm_fourier.output.files import write_csv
 from llm_fourier.output.html import esc, html_table, percent
@@ -110,20 +108,20 @@ class AblateSettings(ModelOptions, TaskOptions, SplitOptions, ReadoutOptions, Ou
                             f"0..{p - 1}, got {bad}")
         parse_layers(self.layers)
 
-    def check_readout(self, fmt: NumberFormat) -> int | None:
-        """tau for the answers' readout; --keep and --prediction checked against it."""
-        tau = self.readout_tau(fmt, self.max_answer)
-        basis = answer_basis(fmt, self.max_answer, self.basis)
-        if basis is not None:
-            bad = [k for k in self.keep or [] if k > basis.n_components]
-            if bad:
-                raise self.fail("keep", f"components must lie in 1..{basis.n_components} for "
-                                f"{self.readout_what(fmt, self.max_answer)}, got {bad}")
+    def space(self, fmt: NumberFormat) -> AnswerSpace:
+        """The answers' space (tau checked there); --keep and --prediction checked against
+        it."""
+        space = self.answer_space(fmt, self.max_answer)
+        if space.kind is not None:
+            try:
+                space.check_keep(self.keep)
+            except UserError as e:
+                raise UserError(f"{self.command}: {e}") from None
         elif self.prediction == "numbers":
             raise self.fail("prediction", f"numbers needs single-token answers or one token "
                             f"per digit; this tokenizer writes answers up to {self.max_answer} "
                             f"as {fmt.family} tokens, so use --prediction vocab")
-        return tau
+        return space
 
 
 def _prediction_text(prediction: str, single: bool) -> str:
@@ -164,12 +162,12 @@ class AblateCommand(Command):
     def run(self, s: AblateSettings, run: RunDir) -> dict:
         task = s.task()
         examples = s.examples(task)
-        fmt = s.answer_format(task.max_answer)
-        tau = s.check_readout(fmt)
+        space = s.space(s.answer_format(task.max_answer))
+        fmt, tau = space.fmt, space.tau
         lm = s.load_model(tokenizer=fmt.tokenizer)
         record_inputs(run, lm, examples)
         layers = parse_layers(s.layers, lm.n_layers)
-        readout = readout_for(lm, fmt, task.max_answer) if fmt.readout else None
+        readout = space.readout(lm) if space.kind else None
         done = {}
         for unit in run.units("row-"):
             saved = run.load_unit(unit)
@@ -182,12 +180,10 @@ class AblateCommand(Command):
         def on_row(label: str, res: dict) -> None:
             run.save_unit(f"row-{_slug(label)}", {"label": label, "result": res})
 
-        single = fmt.family == "single"
-        target = NumberTokens(fmt.numbers.token_ids[:task.max_answer + 1],
-                              fmt.leading_space) if single else fmt
+        single = space.single
         if readout is not None:
             table = ablation_table(
-                lm, examples, target, tau=tau, basis_kind=s.basis, keep=s.keep, layers=layers,
+                lm, examples, space, keep=s.keep, layers=layers,
                 positions=s.positions, prediction=s.prediction, batch_size=s.batch_size,
                 done=done, on_row=on_row)
         else:  # no readout to filter through: the whole answers as they are
@@ -200,7 +196,7 @@ class AblateCommand(Command):
             row.setdefault("method", "next token")
         results = {
             "model": lm.name, "settings": s.identity(), "n_examples": len(examples),
-            **answer_keys(fmt, readout, s.basis), "tau": tau, "layers": layers,
+            **space.describe(readout), "tau": tau, "layers": layers,
             "prediction": _prediction_text(s.prediction, single),
             "positions": ("every position" if s.positions == "all" else
                           "the answer position" if single else "every answer position"),

@@ -67,11 +67,10 @@ from llm_fourier.commands.options import (
     OutputOptions,
     StatsOptions,
     TaskOptions,
-    answer_keys,
     record_inputs,
 )
 from llm_fourier.commands.settings import option
-from llm_fourier.model.readout import readout_for
+from llm_fourier.model.answer_space import AnswerSpace
 from llm_fourier.model.scores import n_digits
 from llm_fourier.output.digit_plots import digit_probe_plot
 from llm_fourier.output.files import save_figure
@@ -312,8 +311,8 @@ class HiddenCommand(Command):
         if s.digit_kinds:
             results |= {"digit_kinds": list(s.digit_kinds), "digit_probes": digit}
         if fmt is not None:
-            readout = readout_for(lm, fmt, task.max_answer) if fmt.readout else None
-            results |= answer_keys(fmt, readout)  # the logit row's readout
+            space = AnswerSpace(fmt, task.max_answer)
+            results |= space.describe(space.readout(lm) if space.kind else None)
         control = frequency_control_result(s, lm, hs, task, layers, target)
         if control is not None:
             results["frequency_control"] = control[0]

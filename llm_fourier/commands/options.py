@@ -7,8 +7,8 @@ the task's answers: ``number_format``); ``TaskOptions`` build the arithmetic pro
 basis and the low/high threshold tau, checked against the number range before anything
 loads; ``ReadoutOptions`` (probe, ablate) also check tau against the answers' readout
 (numbers or digits) once the tokenizer is known, with a default for each.
-``answer_keys`` gives the ``numbers`` / ``readout`` entries of results.json that report
-views choose their views from.
+``ReadoutOptions.answer_space`` builds the run's ``AnswerSpace`` (whose ``describe`` gives
+results.json's ``numbers`` / ``readout`` entries).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from llm_fourier.commands.settings import Settings, option
+from llm_fourier.errors import UserError
+from llm_fourier.model.answer_space import AnswerSpace
 from llm_fourier.model.distributed import device_map_kwargs
 from llm_fourier.model.fingerprint import (
     examples_fingerprint,
@@ -26,9 +28,9 @@ from llm_fourier.model.fingerprint import (
 )
 from llm_fourier.model.loading import LoadedModel, load_model
 from llm_fourier.model.number_format import NumberFormat, number_format
-from llm_fourier.model.readout import NumberReadout, answer_basis, default_tau
+from llm_fourier.model.readout import check_tau
 from llm_fourier.model.sources import load_tokenizer
-from llm_fourier.model.tasks import OPS, TaskSplits, make_task
+from llm_fourier.model.tasks import OPS, TaskSplits, largest_answer, make_task
 from llm_fourier.output.rundir import RunDir
 from probes import FourierBasis
 from probes.stats import CI_METHODS, StatsConfig
@@ -107,8 +109,7 @@ class TaskOptions(Settings):
 
     @property
     def max_answer(self) -> int:
-        fn = OPS[self.op][0]
-        return int(fn(self.max_operand, self.max_operand))
+        return largest_answer(self.op, self.max_operand)
 
     def task(self, **extra) -> TaskSplits:
         return make_task(self.op, self.max_operand, ordered=self.ordered, seed=self.task_seed,
@@ -137,10 +138,11 @@ class SpectrumOptions(Settings):
     def check_tau(self, p: int, what: str = "numbers") -> None:
         """Refuse a tau outside the components 1..K of the basis over ``p`` numbers (before
         loading: the number readout has the most components, so this bounds every readout)."""
-        k_max = FourierBasis(p, self.basis).n_components
-        if self.tau is not None and self.tau > k_max:
-            raise self.fail("tau", f"must lie in 1..{k_max} for the {what} 0..{p - 1}, got "
-                            f"{self.tau}; pass a smaller --tau")
+        if self.tau is not None:
+            try:
+                check_tau(self.tau, FourierBasis(p, self.basis), f"the {what} 0..{p - 1}")
+            except UserError as e:
+                raise UserError(f"{self.command}: {e}") from None
 
 
 @dataclass(kw_only=True)
@@ -153,36 +155,13 @@ class ReadoutOptions(SpectrumOptions):
                              "(low: k < tau); default 50 for number tokens, 3 for digits "
                              "(low: periods 10 and 5)")
 
-    @staticmethod
-    def readout_what(fmt: NumberFormat, max_answer: int) -> str:
-        return ("the digit readout (components 1..5: periods 10, 5, 3.33, 2.5, 2)"
-                if fmt.readout == "digit" else f"the numbers 0..{max_answer}")
-
-    def readout_tau(self, fmt: NumberFormat, max_answer: int) -> int | None:
-        """tau for the readout the answers get (default 50 for numbers, 3 for digits),
-        checked against its components; None when the answers have no readout (chunks,
-        mixed). ``--basis`` does not apply to digits: they always use the DFT."""
-        basis = answer_basis(fmt, max_answer, self.basis)
-        if basis is None:
-            return None
-        tau = self.tau if self.tau is not None else default_tau(fmt.readout)
-        if tau > basis.n_components:
-            given = "" if self.tau is not None else " (the default)"
-            raise self.fail("tau", f"must lie in 1..{basis.n_components} for "
-                            f"{self.readout_what(fmt, max_answer)}, got {tau}{given}; pass "
-                            "a smaller --tau")
-        return tau
-
-
-def answer_keys(fmt: NumberFormat, readout: NumberReadout | None,
-                basis_kind: str = "paper") -> dict:
-    """results.json's ``numbers`` (how the tokenizer writes answers; ``p`` = the number space
-    of a number readout) and ``readout`` (which readout and basis were used, or None)."""
-    numbers = fmt.describe()
-    if readout is not None and readout.kind == "number":
-        numbers["p"] = readout.p
-    return {"numbers": numbers,
-            "readout": readout.describe(basis_kind) if readout is not None else None}
+    def answer_space(self, fmt: NumberFormat, max_answer: int) -> AnswerSpace:
+        """The answers' space (readout, basis, tau with its default: 50 for numbers, 3 for
+        digits), built once; tau is checked there. ``--basis`` does not apply to digits."""
+        try:
+            return AnswerSpace.build(fmt, max_answer, basis_kind=self.basis, tau=self.tau)
+        except UserError as e:
+            raise UserError(f"{self.command}: {e}") from None
 
 
 def record_inputs(run: RunDir, lm: LoadedModel, examples=None) -> None:

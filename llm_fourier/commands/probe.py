@@ -53,14 +53,11 @@ from llm_fourier.commands.options import (
     ReadoutOptions,
     SplitOptions,
     TaskOptions,
-    answer_keys,
     record_inputs,
 )
 from llm_fourier.commands.settings import option
 from llm_fourier.errors import UserError
 from llm_fourier.model.distributed import broadcast_object
-from llm_fourier.model.numbers import NumberTokens
-from llm_fourier.model.readout import readout_for
 from llm_fourier.output.digit_plots import digit_lens_accuracy_plot
 from llm_fourier.output.html import html_table, percent, periods_text
 from llm_fourier.output.plots import component_layer_heatmap, layer_accuracy_plot, spectrum_plot
@@ -156,9 +153,9 @@ class ProbeCommand(Command):
     def run(self, s: ProbeSettings, run: RunDir) -> dict:
         task = s.task()
         examples = s.examples(task)
-        fmt = s.answer_format(task.max_answer)
-        tau = s.readout_tau(fmt, task.max_answer)
-        if fmt.readout is None:
+        space = s.answer_space(s.answer_format(task.max_answer), task.max_answer)
+        fmt, tau = space.fmt, space.tau
+        if space.kind is None:
             raise UserError(
                 f"probe: answers up to {task.max_answer} are written as {fmt.family} tokens "
                 f"(single tokens only up to {fmt.numbers.max_number}), so there is no lens "
@@ -167,9 +164,9 @@ class ProbeCommand(Command):
                 "(hidden-state and digit probes), which work on any tokenizer.")
         lm = s.load_model(tokenizer=fmt.tokenizer)
         record_inputs(run, lm, examples)
-        readout = readout_for(lm, fmt, task.max_answer, s.final_norm)
+        readout = space.readout(lm, s.final_norm)
         results = {"model": lm.name, "settings": s.identity(), "n_examples": len(examples),
-                   **answer_keys(fmt, readout, s.basis), "tau": tau, "n_layers": lm.n_layers,
+                   **space.describe(readout), "tau": tau, "n_layers": lm.n_layers,
                    "outlier_rule": PEAK_RULE}
         saved = run.load_unit("lens")
         state = broadcast_object(lens_state(*saved) if saved else None)
@@ -177,8 +174,7 @@ class ProbeCommand(Command):
             print(f"resuming the lens from {run.path} ({state['batches_done']} batches done)")
         on_batch = lambda done, st: run.save_unit("lens", *lens_unit(st))  # noqa: E731
         if readout.kind == "number":
-            numbers = NumberTokens(fmt.numbers.token_ids[:task.max_answer + 1],
-                                   fmt.leading_space)
+            numbers = space.numbers
             predictions: list[int] = []
             accs = run_lens(lm, examples, numbers, final_norm=s.final_norm, basis_kind=s.basis,
                             batch_size=s.batch_size, state=state, on_batch=on_batch,

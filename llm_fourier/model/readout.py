@@ -78,9 +78,8 @@ class NumberReadout:
         low-pass (removes k >= tau); with ``keep``, ``"keep k=..."`` keeps only those."""
         basis = self.basis(basis_kind)
         K = basis.n_components
-        if not 1 <= tau <= K:
-            raise UserError(f"tau must lie in 1..{K} for p={self.p}"
-                            f"{' digits' if self.kind == 'digit' else ''}, got {tau}.")
+        check_tau(tau, basis, "the digit readout" if self.kind == "digit"
+                  else f"the numbers 0..{self.p - 1}")
         W = self._matrix()
         filters = {"low removed": high_pass(W, basis, tau), "high removed": low_pass(W, basis, tau)}
         if keep:
@@ -112,21 +111,17 @@ class NumberReadout:
                 "periods": [round(float(T), 6) for T in basis.periods]}
 
 
+def check_tau(tau: int, basis: FourierBasis, what: str, given: bool = True) -> None:
+    """The one check of tau: within the components 1..K of ``basis`` (``what`` names it)."""
+    if not 1 <= tau <= basis.n_components:
+        raise UserError(f"--tau must lie in 1..{basis.n_components} for {what}, got {tau}"
+                        f"{'' if given else ' (the default)'}; pass a smaller --tau.")
+
+
 def default_tau(kind: str) -> int:
     """The low/high threshold a readout gets unless told: Zhou et al.'s 50 for the number
     readout, ``DIGIT_TAU`` for digits."""
     return DIGIT_TAU if kind == "digit" else 50
-
-
-def answer_basis(fmt, max_answer: int, basis_kind: str = "paper") -> FourierBasis | None:
-    """The Fourier basis of the readout ``readout_for`` gives a task's answers, known from
-    the tokenizer alone (so settings can be checked before the model loads): over the numbers
-    0..max_answer, the DFT over the ten digits, or None (chunks, mixed: no readout)."""
-    if fmt.readout == "number":
-        return FourierBasis(max_answer + 1, basis_kind)
-    if fmt.readout == "digit":
-        return FourierBasis(10, "dft")
-    return None
 
 
 def number_readout(lm, numbers: NumberTokens, final_norm: bool = False,

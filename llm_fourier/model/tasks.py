@@ -141,9 +141,16 @@ def make_task(
         "answer_prefix": ANSWER_PREFIX, "seed": seed, "split": list(split), "shots": shots,
         "limit": limit, "n_pairs": n_pairs,
         "sizes": {"train": len(train), "val": len(val), "test": len(test)},
-        "max_answer": int(fn(max_operand, max_operand)),
+        "max_answer": largest_answer(op, max_operand),
     }
     return TaskSplits(train, val, test, settings)
+
+
+def largest_answer(op: str, max_operand: int) -> int:
+    """The largest answer of a task over operands 0..``max_operand`` (the one formula)."""
+    if op not in OPS:
+        raise UserError(f"unknown operation {op!r}; choose one of {', '.join(OPS)}.")
+    return int(OPS[op][0](max_operand, max_operand))
 
 
 def _add_shots(splits, shots: int, rng: np.random.Generator):

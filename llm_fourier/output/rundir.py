@@ -226,6 +226,10 @@ class RunDir:
                 blob.unlink(missing_ok=True)
             return None
 
+    def store(self, prefix: str) -> UnitStore:
+        """The engine's (batch, condition) units, kept as units ``prefix-<key>``."""
+        return UnitStore(self, prefix)
+
     def units(self, prefix: str = "") -> list[str]:
         if self.path is None or not self.resumed or not (self.path / PARTIAL).is_dir():
             return []
@@ -286,3 +290,53 @@ class RunDir:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _pack(obj, path: str, tensors: dict):
+    """JSON data of nested dicts / lists, their tensors and arrays moved to ``tensors``."""
+    import numpy as np
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        tensors[path] = obj.detach().cpu()
+        return {"__tensor__": path}
+    if isinstance(obj, np.ndarray):
+        tensors[path] = torch.from_numpy(np.ascontiguousarray(obj))
+        return {"__array__": path}
+    if isinstance(obj, dict):
+        return {k: _pack(v, f"{path}.{k}", tensors) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_pack(v, f"{path}.{i}", tensors) for i, v in enumerate(obj)]
+    return obj.item() if hasattr(obj, "item") else obj
+
+
+def _unpack(data, tensors: Mapping):
+    if isinstance(data, dict):
+        if "__tensor__" in data:
+            return tensors[data["__tensor__"]]
+        if "__array__" in data:
+            return tensors[data["__array__"]].numpy()
+        return {k: _unpack(v, tensors) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_unpack(v, tensors) for v in data]
+    return data
+
+
+class UnitStore:
+    """A mapping view of a run's units (``get`` / ``store[key] = unit``) for the engine:
+    units are nested dicts and lists of tensors, arrays and JSON values."""
+
+    def __init__(self, run: RunDir, prefix: str) -> None:
+        self.run, self.prefix = run, prefix
+
+    def _name(self, key: str) -> str:
+        return f"{self.prefix}-{key}".replace(".", "_")
+
+    def get(self, key: str):
+        saved = self.run.load_unit(self._name(key))
+        return None if saved is None else _unpack(*saved)
+
+    def __setitem__(self, key: str, unit) -> None:
+        tensors: dict = {}
+        data = _pack(unit, "u", tensors)
+        self.run.save_unit(self._name(key), data, tensors or None)

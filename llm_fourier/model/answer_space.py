@@ -1,0 +1,121 @@
+"""The answer space of a run: what the answers are and how they are read, built once.
+
+An ``AnswerSpace`` holds the task's largest answer (``largest_answer``: the one formula),
+the tokenizer's ``NumberFormat`` (single tokens, digits, chunks, mixed), the readout kind
+it implies ("number": ``W_U[0..max_answer]``; "digit": ``W_U[digits 0..9]`` with the DFT
+over ten points; None: no readout), the Fourier basis and tau, checked once
+(``check_tau``). ``readout(lm)`` reads ``W_U[numbers]`` once per model and final-norm
+choice; ``filters(lm, keep)`` builds the Table 1 filters from it. Every analysis that
+reads answers takes one, and results.json's ``numbers`` / ``readout`` keys come from
+``describe``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from llm_fourier.errors import UserError
+from llm_fourier.model.number_format import NumberFormat, number_format
+from llm_fourier.model.numbers import NumberTokens
+from llm_fourier.model.readout import (
+    NumberReadout,
+    check_tau,
+    default_tau,
+    digit_readout,
+    number_readout,
+)
+from llm_fourier.model.tasks import largest_answer
+from probes import FourierBasis, FourierFilter
+
+__all__ = ["AnswerSpace", "check_tau", "largest_answer"]
+
+
+@dataclass
+class AnswerSpace:
+    """The answers 0..``max_answer`` as the tokenizer writes them and the readout of them."""
+
+    fmt: NumberFormat
+    max_answer: int
+    basis_kind: str = "paper"
+    tau: int | None = None  # resolved by ``build``: None only without a readout
+    _readouts: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def build(cls, fmt_or_tokenizer, max_answer: int, *, basis_kind: str = "paper",
+              tau: int | None = None) -> AnswerSpace:
+        """The space of a task's answers; ``tau`` defaults to the readout's (50 numbers,
+        3 digits) and is checked here, the one place."""
+        fmt = fmt_or_tokenizer if isinstance(fmt_or_tokenizer, NumberFormat) else \
+            number_format(fmt_or_tokenizer, max_answer)
+        space = cls(fmt, int(max_answer), basis_kind)
+        if space.kind is not None:
+            space.tau = default_tau(space.kind) if tau is None else int(tau)
+            check_tau(space.tau, space.basis, space.what, given=tau is not None)
+        return space
+
+    @property
+    def kind(self) -> str | None:
+        """"number", "digit" or None (chunks, mixed: whole answers scored, no readout)."""
+        return self.fmt.readout
+
+    @property
+    def single(self) -> bool:
+        return self.fmt.family == "single"
+
+    @property
+    def numbers(self) -> NumberTokens:
+        """The single-token numbers 0..max_answer (single-token formats only)."""
+        if not self.single:
+            raise UserError(f"answers up to {self.max_answer} are not single tokens.")
+        return NumberTokens(self.fmt.numbers.token_ids[:self.max_answer + 1],
+                            self.fmt.leading_space)
+
+    @property
+    def basis(self) -> FourierBasis | None:
+        if self.kind == "number":
+            return FourierBasis(self.max_answer + 1, self.basis_kind)
+        return FourierBasis(10, "dft") if self.kind == "digit" else None
+
+    @property
+    def what(self) -> str:
+        return ("the digit readout (components 1..5: periods 10, 5, 3.33, 2.5, 2)"
+                if self.kind == "digit" else f"the numbers 0..{self.max_answer}")
+
+    def check_keep(self, keep: Iterable[int] | None) -> list[int]:
+        """``--keep`` components, checked against the basis."""
+        keep = sorted(set(int(k) for k in keep or []))
+        if keep and self.basis is not None:
+            K = self.basis.n_components
+            if keep[0] < 1 or keep[-1] > K:
+                raise UserError(f"--keep components must lie in 1..{K} for {self.what}, got "
+                                f"{keep}.")
+        return keep
+
+    def readout(self, lm, final_norm: bool = False) -> NumberReadout:
+        """``W_U`` rows of the answers' tokens, read once per (model, final_norm)."""
+        key = (id(lm), final_norm)
+        if key not in self._readouts:
+            if self.kind == "number":
+                self._readouts[key] = number_readout(lm, self.numbers, final_norm)
+            elif self.kind == "digit":
+                self._readouts[key] = digit_readout(lm, self.fmt, final_norm)
+            else:
+                raise UserError(
+                    f"answers up to {self.max_answer} are written as {self.fmt.family} tokens "
+                    f"(single tokens only up to {self.fmt.numbers.max_number}); the lens and "
+                    "filters need single-token answers or one token per digit, so use "
+                    "smaller operands (answers are still scored whole).")
+        return self._readouts[key]
+
+    def filters(self, lm, keep: Iterable[int] | None = None) -> dict[str, FourierFilter]:
+        """The Table 1 filters (low removed, high removed, keep k=...) at this tau."""
+        return self.readout(lm).filters(self.basis_kind, self.tau, self.check_keep(keep))
+
+    def describe(self, readout: NumberReadout | None = None) -> dict:
+        """results.json's ``numbers`` and ``readout`` entries."""
+        numbers = self.fmt.describe()
+        if self.kind == "number":
+            numbers["p"] = self.max_answer + 1
+        return {"numbers": numbers,
+                "readout": readout.describe(self.basis_kind) if readout is not None else None}

@@ -1,0 +1,347 @@
+"""One engine for forward work: the only place that batches prompts and runs the model.
+
+``PromptSet`` tokenizes a run's prompts once (and their answers' tokens), sorted by length
+into batches of a fixed order (resume units are (batch, condition)). A ``Condition`` is
+what changes the model: edits ``{(role, layer): fn}`` and/or a context manager installing
+other hooks (knockouts, patches), at the answer positions (``positions="last"``) or at
+every position (``"all"``). ``Engine.run`` computes, per batch, the unedited prompt prefix
+(every token before the last) once with the KV cache (``DynamicCache``, deep-copied per
+condition), then each condition from the first edited position on: one teacher-forced
+forward of [last prompt token, answer tokens] (or of the whole prompt for ``"all"``) gives
+the logits and captured rows of every answer position; greedy answers are read from it
+for the rows whose teacher-forced argmax writes the whole answer and ends the number, and
+decoded step by step on the cache for the others. ``reduce(batch, condition, out)`` turns
+a batch's ``Output`` into a unit (CPU tensors, lists, numbers), kept in ``store`` when
+given (the command layer's ``RunDir.store``); units come back in batch order on every
+process (batches are sharded under a process group). ``stop_after`` ends forwards after
+that layer (rows only, no logits) by raising from a hook, as nnsight does.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from llm_fourier.errors import UserError
+from llm_fourier.model.distributed import broadcast_object, map_ranges, process_info, rounds
+from llm_fourier.model.hooks import capture, edit
+from llm_fourier.model.number_format import NumberFormat, NumberParser
+from llm_fourier.model.tasks import Example, tokenize_prompts
+
+__all__ = ["Batch", "Condition", "Engine", "Greedy", "Output", "PromptSet", "Store"]
+
+Edits = dict[tuple[str, int], Callable[[Tensor], Tensor]]
+POSITIONS = ("last", "all")
+
+
+class Store(Protocol):
+    """Where finished (batch, condition) units are kept: ``RunDir.store`` or a dict."""
+
+    def get(self, key: str) -> Any: ...
+    def __setitem__(self, key: str, value: Any) -> None: ...
+
+
+@dataclass
+class Condition:
+    """One way to run the model: ``edits`` and/or ``hooks`` (a context-manager factory,
+    entered around the condition's forwards) at the answer positions or everywhere."""
+
+    name: str = "none"
+    edits: Edits = field(default_factory=dict)
+    positions: str = "last"
+    hooks: Callable[[], Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.positions not in POSITIONS:
+            raise UserError(f"positions must be one of {', '.join(POSITIONS)}, got "
+                            f"{self.positions!r}.")
+
+
+@dataclass
+class Batch:
+    """Prompts of one batch, left padded: ``rows`` index the prompt set's examples."""
+
+    number: int
+    rows: list[int]
+    enc: dict[str, Tensor]
+    answers: list[tuple[int, ...]] | None
+
+    @property
+    def length(self) -> int:
+        return self.enc["input_ids"].shape[1]
+
+
+@dataclass
+class PromptSet:
+    """Prompts tokenized once, batched by length (ties in example order)."""
+
+    examples: Sequence[Example]
+    batches: list[Batch]
+    fmt: NumberFormat | None = None
+
+    @classmethod
+    def build(cls, lm, examples: Sequence[Example], batch_size: int = 16,
+              fmt: NumberFormat | None = None) -> PromptSet:
+        if not examples:
+            raise UserError("no examples to run; use a larger operand range or another split.")
+        if batch_size < 1:
+            raise UserError(f"batch size must be at least 1, got {batch_size}.")
+        enc = tokenize_prompts(lm.tokenizer, [e.prompt for e in examples])
+        lengths = enc["attention_mask"].sum(1).tolist()
+        order = sorted(range(len(examples)), key=lambda i: lengths[i])
+        answers = fmt.encode_many(e.answer for e in examples) if fmt is not None else None
+        batches = []
+        for b, s in enumerate(range(0, len(order), batch_size)):
+            rows = order[s:s + batch_size]
+            t = max(lengths[i] for i in rows)
+            part = {k: v[rows][:, v.shape[1] - t:].to(lm.input_device) for k, v in enc.items()}
+            batches.append(Batch(b, rows, part,
+                                 [answers[i] for i in rows] if answers is not None else None))
+        return cls(examples, batches, fmt)
+
+    def scatter(self, parts: Sequence[Tensor | np.ndarray]) -> np.ndarray:
+        """Per-batch rows (in batch order) back in example order."""
+        out = np.concatenate([np.asarray(p) for p in parts])
+        result = np.empty_like(out)
+        result[np.concatenate([b.rows for b in self.batches])] = out
+        return result
+
+
+@dataclass
+class Greedy:
+    """Greedy whole answers: argmax over the vocabulary, or over ``allowed`` tokens for
+    exactly the answer's digit count; at most ``max_tokens`` per row."""
+
+    fmt: NumberFormat
+    max_tokens: int
+    allowed: Tensor | None = None
+
+
+@dataclass
+class Output:
+    """One (batch, condition): ``logits`` (N x S x V, float32) at the S read positions
+    (answer position s predicts answer token s; S = 1 without answers), ``rows[role]``
+    (N x S x L x D, float32, CPU), greedy ``predictions`` (N) and ``generated`` tokens."""
+
+    logits: Tensor | None
+    rows: dict[str, Tensor]
+    predictions: np.ndarray | None = None
+    generated: list[list[int]] | None = None
+
+
+def _parameters(model) -> set[str]:
+    try:
+        return set(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):  # pragma: no cover - exotic wrapped forwards
+        return set()
+
+
+class _Stop(Exception):
+    """Raised from a hook after the deepest layer read."""
+
+
+def _stopper(lm, layer: int):
+    def hook(*_):
+        raise _Stop
+
+    return lm.blocks[layer].register_forward_hook(hook)
+
+
+class Engine:
+    """Runs ``conditions`` over a ``PromptSet`` (see the module doc)."""
+
+    def __init__(self, lm, prompts: PromptSet) -> None:
+        self.lm, self.prompts = lm, prompts
+        self.pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+        params = _parameters(lm.model)
+        # transformers 5.25 names the cache "cache", earlier versions "past_key_values"
+        self.cache = "cache" if "cache" in params else "past_key_values"
+        self.keep = {"logits_to_keep": 1} if "logits_to_keep" in params else None
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, conditions: Sequence[Condition],
+            reduce: Callable[[Batch, Condition, Output], Any], *,
+            roles: Sequence[str] = (), layers: Sequence[int] | None = None,
+            answers: bool = False, logits: bool = True, greedy: Greedy | None = None,
+            stop_after: int | None = None, store: Store | None = None,
+            progress: bool = True, desc: str = "forward") -> dict[str, list]:
+        """Units ``reduce(batch, condition, output)`` per condition, in batch order.
+
+        ``answers``: feed the answer tokens (teacher forcing) and read every answer
+        position; else only the last prompt position. ``greedy`` decodes whole answers.
+        """
+        names = [c.name for c in conditions]
+        if len(set(names)) != len(names):
+            raise UserError(f"condition names must differ, got {names}.")
+        spec = dict(roles=tuple(roles), layers=layers, answers=answers or greedy is not None,
+                    logits=logits and stop_after is None, greedy=greedy, stop_after=stop_after)
+        keys = [(b.number, c.name) for b in self.prompts.batches for c in conditions]
+        done = {}
+        if store is not None:
+            done = broadcast_object({k: v for k in keys
+                                     if (v := store.get(f"{k[1]}/{k[0]}")) is not None})
+        todo = [b.number for b in self.prompts.batches
+                if any((b.number, c.name) not in done for c in conditions)]
+        bar = tqdm(desc=desc, unit="batch", total=len(self.prompts.batches),
+                   initial=len(self.prompts.batches) - len(todo),
+                   disable=not progress or not process_info().is_main)
+
+        def one(b: int, _end: int) -> dict:
+            batch = self.prompts.batches[b]
+            return self._batch(batch, [c for c in conditions if (b, c.name) not in done],
+                               reduce, spec)
+
+        for chunk in rounds([(b, b + 1) for b in todo]):
+            for (b, _), units in zip(chunk, map_ranges(one, chunk, progress=False)):
+                for name, unit in units.items():
+                    done[(b, name)] = unit
+                    if store is not None:
+                        store[f"{name}/{b}"] = unit
+            bar.update(len(chunk))
+        bar.close()
+        return {c.name: [done[(b.number, c.name)] for b in self.prompts.batches]
+                for c in conditions}
+
+    def _batch(self, batch: Batch, conditions: Sequence[Condition], reduce, spec) -> dict:
+        prefix = None
+        with torch.inference_mode():
+            if batch.length > 1 and any(c.positions == "last" for c in conditions):
+                prefix = self._prefix(batch)
+            return {c.name: reduce(batch, c, self._condition(batch, c, prefix, spec))
+                    for c in conditions}
+
+    def _prefix(self, batch: Batch):
+        """The KV cache of every prompt token before the last, unedited."""
+        enc = {k: v[:, :-1] for k, v in batch.enc.items()}
+        out = self.lm.model(**enc, use_cache=True, **(self.keep or {}))
+        return out[self.cache]
+
+    # ------------------------------------------------------------------ one condition
+    def _forward(self, ids: Tensor, mask: Tensor, pos: Tensor, cache, keep: int,
+                 cond: Condition, spec: dict, capture_last: int = 0):
+        """One forward of ``ids`` after ``cache`` under ``cond``: (logits of the last
+        ``keep`` positions, rows of the last ``capture_last`` positions, cache)."""
+        lm = self.lm
+        with ExitStack() as stack:
+            if cond.edits:
+                stack.enter_context(edit(lm, cond.edits, "all"))
+            if cond.hooks is not None:
+                stack.enter_context(cond.hooks())
+            cap = stack.enter_context(capture(lm, spec["roles"], spec["layers"], "all")) \
+                if spec["roles"] and capture_last else None
+            if spec["stop_after"] is not None:
+                handle = _stopper(lm, spec["stop_after"])
+                stack.callback(handle.remove)
+            out = None
+            try:
+                out = lm.model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                               use_cache=True, **{self.cache: cache},
+                               **({"logits_to_keep": max(keep, 1)} if self.keep else {}))
+            except _Stop:
+                pass
+        rows = {r: cap.stack(r)[:, -capture_last:] for r in spec["roles"]} if cap else {}
+        if out is None:
+            return None, rows, None
+        return out.logits[:, -keep:].float() if keep else None, rows, out[self.cache]
+
+    def _condition(self, batch: Batch, cond: Condition, prefix, spec) -> Output:
+        enc = batch.enc
+        start = batch.length - 1 if cond.positions == "last" and prefix is not None else 0
+        cache = copy.deepcopy(prefix) if start else None
+        ids, mask, pos = enc["input_ids"], enc["attention_mask"], enc["position_ids"]
+        m = 0
+        if spec["answers"]:  # [last prompt token, answer tokens]: position s predicts token s
+            m = max(len(a) for a in batch.answers)
+            fed = m if spec["greedy"] is not None else m - 1  # the last one only to see the end
+            extra = torch.tensor([(list(a) + [self.pad] * m)[:fed] for a in batch.answers],
+                                 dtype=ids.dtype, device=ids.device).view(len(batch.rows), fed)
+            ids = torch.cat([ids, extra], 1)
+            mask = torch.cat([mask, torch.ones_like(extra)], 1)
+            pos = torch.cat([pos, pos[:, -1:] + torch.arange(1, fed + 1, device=pos.device)], 1)
+        reads = ids.shape[1] - batch.length + 1
+        logits, rows, _ = self._forward(ids[:, start:], mask, pos[:, start:], cache,
+                                        reads if spec["logits"] else 0, cond, spec,
+                                        capture_last=reads)
+        m = max(m, 1)
+        out = Output(None if logits is None else logits[:, :m],
+                     {r: x[:, :m] for r, x in rows.items()})
+        if spec["greedy"] is not None:
+            out.predictions, out.generated = self._greedy(batch, cond, prefix, start, logits,
+                                                          spec["greedy"])
+        return out
+
+    # ------------------------------------------------------------------ greedy answers
+    @staticmethod
+    def _choose(logits: Tensor, g: Greedy) -> Tensor:
+        if g.allowed is None:
+            return logits.argmax(-1).cpu()
+        return g.allowed[logits[..., g.allowed.to(logits.device)].argmax(-1).cpu()]
+
+    def _replay(self, tokens: list[int], answer: tuple[int, ...], g: Greedy, limit: int
+                ) -> tuple[NumberParser, list[int]] | None:
+        """Greedy decoding of one row from its teacher-forced argmax ``tokens``, or None
+        when it leaves the answer (or does not end within the answer's positions)."""
+        parser, gen = NumberParser(g.fmt), []
+        for s, t in enumerate(tokens[:g.max_tokens]):
+            if s and (s - 1 >= len(answer) or gen[-1] != answer[s - 1]):
+                return None  # the context is no longer the teacher-forced one
+            gen.append(t)
+            if parser.feed(t) or (g.allowed is not None and s + 1 >= limit):
+                parser.done = True
+                return parser, gen
+        return None
+
+    def _greedy(self, batch: Batch, cond: Condition, prefix, start: int, logits: Tensor,
+                g: Greedy) -> tuple[np.ndarray, list[list[int]]]:
+        toks = self._choose(logits, g).tolist()  # N x (m + 1)
+        parsers: list[NumberParser | None] = []
+        generated: list[list[int]] = []
+        for i, answer in enumerate(batch.answers):
+            limit = len(g.fmt.digit_part(answer))
+            got = self._replay(toks[i][:len(answer) + 1], answer, g, limit)
+            parsers.append(got[0] if got else None)
+            generated.append(got[1] if got else [])
+        todo = [i for i, p in enumerate(parsers) if p is None]
+        if todo:
+            for i, (p, gen) in zip(todo, self._decode(batch, cond, prefix, start, todo, g)):
+                parsers[i], generated[i] = p, gen
+        return np.array([p.value for p in parsers], dtype=np.int64), generated
+
+    def _decode(self, batch: Batch, cond: Condition, prefix, start: int, rows: list[int],
+                g: Greedy) -> list[tuple[NumberParser, list[int]]]:
+        """Step-by-step greedy decoding of ``rows`` of ``batch`` on the prefix cache."""
+        idx = torch.tensor(rows)
+        enc = {k: v[idx.to(v.device)] for k, v in batch.enc.items()}
+        cache = copy.deepcopy(prefix) if start else None
+        if cache is not None and len(rows) < len(batch.rows):
+            cache.batch_select_indices(idx.to(enc["input_ids"].device))
+        ids, mask, pos = enc["input_ids"][:, start:], enc["attention_mask"], \
+            enc["position_ids"][:, start:]
+        parsers = [NumberParser(g.fmt) for _ in rows]
+        gens: list[list[int]] = [[] for _ in rows]
+        limits = [len(g.fmt.digit_part(batch.answers[i])) for i in rows]
+        spec = dict(roles=(), layers=None, stop_after=None)
+        for s in range(g.max_tokens):
+            logits, _, cache = self._forward(ids, mask, pos, cache, 1, cond, spec)
+            nxt = self._choose(logits[:, -1], g)
+            for j, t in enumerate(nxt.tolist()):
+                if parsers[j].done:
+                    continue
+                gens[j].append(t)
+                if parsers[j].feed(t) or (g.allowed is not None and s + 1 >= limits[j]):
+                    parsers[j].done = True
+            if all(p.done for p in parsers):
+                break
+            ids = nxt.to(mask.device).view(-1, 1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            pos = pos[:, -1:] + 1
+        return list(zip(parsers, gens))
