@@ -7,6 +7,7 @@ attention output of a block without a post-norm.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -66,8 +67,8 @@ def test_heads_add_up_to_attn_and_leave_logits_bit_identical(tiny_models, name):
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "bloom", "opt", "granite"])
 def test_one_head_kept_alone_is_its_term_plus_the_bias(tiny_models, arch):
     model, tok = tiny_models(arch)
-    lm = load_model(_with_biases(model), tok)
-    keep = 1
+    lm = load_model(_with_biases(copy.deepcopy(model)), tok)
+    model, keep = lm.model, 1
 
     def only(z):
         out = torch.zeros_like(z)
