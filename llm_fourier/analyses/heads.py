@@ -256,7 +256,9 @@ def effect(correct: np.ndarray, loss: np.ndarray, base_correct: np.ndarray,
 
 def head_rows(measures: HeadMeasures, tau: int, effects: Mapping[str, dict] | None = None,
               top: int = 3) -> list[dict]:
-    """One row per (layer, head): periods, outliers, low/high, where it looks, effects."""
+    """One row per (layer, head): periods (the peaks at k >= tau, largest first; the top
+    peak's share of the mean spectrum's non-constant energy), outliers, low/high, where it
+    looks, direct effects and, with ``effects``, its ablation."""
     spectra = measures.lens.spectra()
     summary = layer_summary(spectra, tau, top=top)
     accuracy = measures.lens.accuracy()
@@ -267,8 +269,11 @@ def head_rows(measures: HeadMeasures, tau: int, effects: Mapping[str, dict] | No
             j = li * measures.n_heads + h
             peaks = summary[j]["outliers"]
             mass = measures.attention[li, h] / n
+            energy = float((spectra[j].nonconstant ** 2).sum())
             row = {"layer": layer, "head": h,
                    "periods": [p["period"] for p in peaks],
+                   "peak_share": peaks[0]["magnitude"] ** 2 / energy if peaks and energy > 0
+                   else float("nan"),
                    "peaks": peaks,
                    "outliers": [o.as_dict() for o in spectra[j].outliers()[:top]],
                    "low_fraction": summary[j]["low_fraction"],
