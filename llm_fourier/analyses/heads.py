@@ -7,8 +7,9 @@ Per layer and head, at the last prompt token (the answer is one number token):
   ``LensAccumulator`` (one "layer" per head): peaks at k >= tau with their periods, the
   robust outliers, the low/high split, the head's own lens accuracy;
 * attention: the weight from the read token to operand a's tokens, operand b's, the answer
-  prefix (every token after b) and the rest (``output_attentions`` under eager attention,
-  the read row kept);
+  prefix (every token after b) and the rest: a condition of its own under eager attention
+  (whose modules return their probabilities), on the engine's cached prefix, so only the
+  read row is computed and the other measures keep the model's own attention kernel;
 * direct effect: the head's term through the final norm with its scale frozen at the read
   position (``FrozenNorm``), dotted with ``W_U[answer]`` (and with ``W_U[answer]`` minus the
   mean number row: the effect on the answer against the other numbers);
@@ -35,6 +36,7 @@ from llm_fourier.analyses.ablation import score_batch
 from llm_fourier.analyses.hidden_states import operand_spans
 from llm_fourier.analyses.lens import LensAccumulator, layer_summary
 from llm_fourier.errors import UserError
+from llm_fourier.model.architectures import sublayer
 from llm_fourier.model.engine import Condition, Engine, PromptSet
 from llm_fourier.model.heads import FrozenNorm, head_site
 from llm_fourier.model.hooks import edit_heads
@@ -82,15 +84,31 @@ def eager_attention(model) -> Iterator[None]:
         setter(before)
 
 
-def read_attention(lm, enc: Mapping[str, Tensor], layers: Sequence[int]) -> Tensor:
-    """Attention probabilities of the last token: N x L x H x T (float32, CPU)."""
-    with torch.inference_mode(), eager_attention(lm.model):
-        out = lm.model(**enc, output_attentions=True)
-    att = getattr(out, "attentions", None)
-    if not att or att[0] is None:
-        raise UserError(f"{lm.name} returns no attention probabilities (output_attentions); "
-                        "where it looks cannot be read.")
-    return torch.stack([att[i][:, :, -1].float().cpu() for i in layers], 1)
+@contextmanager
+def attention_rows(lm, layers: Sequence[int], sink: dict) -> Iterator[None]:
+    """Under eager attention (whose modules return their probabilities as output[1]),
+    ``sink[layer]`` = the last query's probabilities, N x H x T (float32, CPU). Behind the
+    engine's KV cache the last token is the only query: only the read row is computed."""
+    handles = []
+
+    def keep(layer):
+        def hook(module, args, output):
+            probs = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
+            if not isinstance(probs, Tensor) or probs.dim() != 4:
+                raise UserError(f"{lm.name}'s attention returns no probabilities under eager "
+                                "attention, so where its heads look cannot be read.")
+            sink[layer] = probs[:, :, -1].float().cpu()
+        return hook
+
+    with eager_attention(lm.model):
+        try:
+            for layer in layers:
+                module = sublayer(lm.block(layer), lm.roles, "attn")
+                handles.append(module.register_forward_hook(keep(layer)))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
 
 
 @contextmanager
@@ -159,8 +177,21 @@ def collect(lm, prompts: PromptSet, numbers: NumberTokens, layers: Sequence[int]
     groups = token_groups(lm.tokenizer, prompts.examples)
     examples = prompts.examples
     sink: dict = {}
+    probs: dict = {}
+
+    def looks(batch) -> dict:
+        att = torch.stack([probs.pop(i) for i in layers], 1)  # N x L x H x T
+        mass = torch.zeros(*att.shape[:3], len(GROUPS))
+        t = att.shape[-1]
+        for r, i in enumerate(batch.rows):
+            g = torch.full((t,), 3, dtype=torch.long)
+            g[t - len(groups[i]):] = torch.as_tensor(groups[i])
+            mass[r].index_add_(-1, g, att[r])
+        return {"attention": mass.sum(0)}
 
     def reduce(batch, cond, out) -> dict:
+        if cond.name == "attention":
+            return looks(batch)
         answers = torch.tensor([examples[i].answer for i in batch.rows])
         heads = out.rows["heads"][:, 0].permute(0, 2, 1, 3)[:, at]  # N x L x H x D
         x = out.rows["block"][:, 0, read.index(last)]
@@ -172,26 +203,21 @@ def collect(lm, prompts: PromptSet, numbers: NumberTokens, layers: Sequence[int]
         direct = torch.einsum("nlhd,nd->nlh", terms, w_ans)
         centred = torch.einsum("nlhd,nd->nlh", terms, w_ans - W.mean(0))
         logits = (heads @ W.T).reshape(len(batch.rows), -1, numbers.p)
-        att = read_attention(lm, batch.enc, layers)  # N x L x H x T
-        mass = torch.zeros(*att.shape[:3], len(GROUPS))
-        t = att.shape[-1]
-        for r, i in enumerate(batch.rows):
-            g = torch.full((t,), 3, dtype=torch.long)
-            g[t - len(groups[i]):] = torch.as_tensor(groups[i])
-            mass[r].index_add_(-1, g, att[r])
         pred, loss = score_batch(out.logits[:, 0], answers, numbers, prediction)
-        return {"lens": acc.batch_stats(logits, answers), "attention": mass.sum(0),
+        return {"lens": acc.batch_stats(logits, answers),
                 "direct": direct.sum(0), "centred": centred.sum(0),
                 "z": {str(k): sink[k].reshape(len(batch.rows), h, -1).sum(0) for k in layers},
                 "correct": (pred == answers).numpy(), "loss": loss.numpy()}
 
-    cond = Condition("collect", hooks=lambda: record_heads(lm, layers, sink))
-    units = Engine(lm, prompts).run([cond], reduce, roles=("heads", "block"), layers=read,
-                                    store=store, progress=progress, desc="heads")["collect"]
+    conds = [Condition("collect", hooks=lambda: record_heads(lm, layers, sink)),
+             Condition("attention", hooks=lambda: attention_rows(lm, layers, probs))]
+    both = Engine(lm, prompts).run(conds, reduce, roles=("heads", "block"), layers=read,
+                                   store=store, progress=progress, desc="heads")
+    units = both["collect"]
     for u in units:
         acc.add(u["lens"])
     return HeadMeasures(
-        layers, h, acc, sum(u["attention"] for u in units).numpy(),
+        layers, h, acc, sum(u["attention"] for u in both["attention"]).numpy(),
         sum(u["direct"] for u in units).numpy(), sum(u["centred"] for u in units).numpy(),
         {k: sum(u["z"][str(k)] for u in units) for k in layers},
         prompts.scatter([u["correct"] for u in units]),
