@@ -131,3 +131,30 @@ def test_digit_answers_are_refused_in_one_sentence(tiny_dir, tmp_path, capsys):
     assert main(args) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(err) == 1 and "not single tokens" in err[0]
+
+
+def test_heads_resumes_at_the_next_unit(tiny_dir, tmp_path, monkeypatch, capsys):
+    import llm_fourier.analyses.heads as heads_lib
+
+    args = ["heads", "--model", str(tiny_dir("gpt2")), "--max-operand", "6", "--limit", "6",
+            "--batch-size", "2", "--tau", "2", "--bootstrap", "20", "--top-k", "2",
+            "--n-random", "2", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "clean")]) == 0  # 3 prompts: 2 batches
+    clean = json.loads((tmp_path / "clean" / "results.json").read_text())
+    real, calls = heads_lib.score_batch, []
+
+    def counted(*a, **k):
+        calls.append(1)
+        if die and len(calls) == 9:  # collect: 2 batches; ablations: batch 0, then dies
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(heads_lib, "score_batch", counted)
+    die = True
+    assert main([*args, "--out", str(tmp_path / "run")]) == 130
+    calls.clear()
+    die = False
+    assert main([*args, "--out", str(tmp_path / "run")]) == 0
+    assert len(calls) == 4 + 3 * 2  # the 4 heads' ablations of batch 1; top + 2 random x 2
+    again = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert again["heads"] == clean["heads"] and again["together"] == clean["together"]
