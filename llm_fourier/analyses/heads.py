@@ -149,7 +149,7 @@ class AnswerReads:
               ) -> tuple[np.ndarray, np.ndarray]:
         """Per prompt: every answer token is the argmax (teacher forced), and the summed
         cross-entropy of the answer tokens over the vocabulary."""
-        logits = logits.float()
+        logits = logits.float().cpu()
         lp = torch.log_softmax(logits, -1).gather(-1, toks[..., None])[..., 0]
         loss = -(lp * pos).sum(1)
         pred = logits.argmax(-1)

@@ -340,6 +340,9 @@ def edit(lm, edits: dict[tuple[str, int], Callable[[Tensor], Tensor]],
     same shape.
     """
     _check(lm, {r for r, _ in edits}, [i for _, i in edits], positions)
+    if any(r == "heads" for r, _ in edits):
+        raise UserError("heads are edited through edit_heads (their slices of the attention "
+                        "output projection's input), not edit.")
     editor = Editor(positions)
     handles = [lm.model.register_forward_pre_hook(editor._where.pre_hook, with_kwargs=True)]
     for (r, i), fn in edits.items():
