@@ -13,6 +13,11 @@ returns ``(output, weights)``): element 0 is captured or edited. A module that s
 (N*T) x D rows (``flat``, OPT's ``fc2``) is viewed as N x T x D through the shape of the
 forward's ``input_ids``. A capture hook returns nothing, so logits stay bit-identical to a
 plain forward.
+
+The ``heads`` role (``llm_fourier.model.heads``) captures N x H x D per layer: what each
+attention head adds, read from the attention output projection's input; ``Capture.get``
+gives the heads, ``Capture.head_bias`` the projection's bias term (they sum to ``attn``).
+``edit`` with role ``heads`` (or ``edit_heads``) rewrites chosen heads' slices of that input.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ import torch
 from torch import Tensor, nn
 
 from llm_fourier.errors import UserError
+from llm_fourier.model.heads import head_capture_hooks, head_site
 
-ROLES = ("attn", "mlp", "block")
+ROLES = ("attn", "mlp", "block", "heads")
 POSITIONS = ("last", "all")
 
 
@@ -198,6 +204,14 @@ class Capture:
 
         return hook
 
+    def _rows(self, t: Tensor) -> Tensor:
+        """The captured positions of an N x T x W tensor."""
+        return t.clone() if self.positions == "all" else _rows(t, self._where.last(t))
+
+    def _head_hooks(self, lm, key: tuple[str, int]) -> list:
+        return head_capture_hooks(head_site(lm, key[1]), self._rows,
+                                  self._pending[key].append)
+
     def flush(self, *_ignored) -> None:
         """Move this forward's rows to ``device`` (the CPU by default) as float32, once per
         forward (no sync per layer)."""
@@ -232,10 +246,21 @@ class Capture:
         if self.positions == "all" and len({c.shape[1] for c in chunks}) > 1:
             raise UserError("batches of different lengths cannot be stacked at all positions; "
                             "pad every batch to the same length or capture the last position.")
-        return torch.cat(chunks)
+        out = torch.cat(chunks)
+        return out[..., :-1, :] if role == "heads" else out
+
+    def head_bias(self, layer: int) -> Tensor:
+        """The bias term beside the heads of ``layer`` (N x D): the output projection's bias
+        (through the frozen post-norm with its beta, times the multiplier; zero if none)."""
+        return torch.cat(self._done_chunks("heads", layer))[..., -1, :]
+
+    def _done_chunks(self, role: str, layer: int) -> list[Tensor]:
+        self.get(role, layer)  # the checks
+        return self._done[(role, layer)]
 
     def stack(self, role: str) -> Tensor:
-        """All captured layers of ``role``: N x L x D (N x T x L x D for positions "all")."""
+        """All captured layers of ``role``: N x L x D (N x T x L x D for positions "all";
+        N x H x L x D for heads)."""
         return torch.stack([self.get(role, i) for i in self.layers], dim=-2)
 
 
@@ -260,11 +285,14 @@ def capture(lm, roles: Iterable[str] = ROLES, layers: Iterable[int] | None = Non
     roles, layers = _check(lm, roles, layers, positions)
     cap = Capture(roles, layers, positions, device)
     handles = [lm.model.register_forward_pre_hook(cap._where.pre_hook, with_kwargs=True)]
-    for r, i in cap._keys():
-        site = lm.site(i, r)
-        handles.append(site.module.register_forward_hook(cap._hook((r, i), site)))
-    handles.append(lm.model.register_forward_hook(cap.flush))
     with _hooked(handles):
+        for r, i in cap._keys():
+            if r == "heads":
+                handles += cap._head_hooks(lm, (r, i))
+                continue
+            site = lm.site(i, r)
+            handles.append(site.module.register_forward_hook(cap._hook((r, i), site)))
+        handles.append(lm.model.register_forward_hook(cap.flush))
         yield cap
     cap.flush()
 
@@ -301,6 +329,22 @@ class Editor:
 
         return hook
 
+    def _head_hook(self, fn: Callable[[Tensor], Tensor], site) -> Callable:
+        """A pre-hook on the attention output projection rewriting the heads' slices."""
+        def hook(module: nn.Module, args):
+            x = args[0]
+            if self.positions == "all":
+                z = x.reshape(*x.shape[:2], site.n_heads, site.d_head)
+                return (fn(z).reshape(x.shape).to(x.dtype), *args[1:])
+            pos = self._where.last(x)
+            n = torch.arange(x.shape[0], device=x.device)
+            pos = torch.full_like(n, x.shape[1] - 1) if pos is None else pos
+            z = x[n, pos].reshape(x.shape[0], site.n_heads, site.d_head)
+            new = fn(z).reshape(x.shape[0], -1).to(x.dtype)
+            return (x.index_put((n, pos), new), *args[1:])
+
+        return hook
+
 
 @contextmanager
 def edit(lm, edits: dict[tuple[str, int], Callable[[Tensor], Tensor]],
@@ -309,13 +353,29 @@ def edit(lm, edits: dict[tuple[str, int], Callable[[Tensor], Tensor]],
 
     ``fn`` receives N x D rows (the last real token) or N x T x D (positions "all") of what
     the block adds to the residual stream, on the module's device and dtype, and returns the
-    same shape.
+    same shape. For role ``"heads"`` it receives the head outputs z instead (the attention
+    output projection's input: N x H x d_head, or N x T x H x d_head).
     """
     _check(lm, {r for r, _ in edits}, [i for _, i in edits], positions)
     editor = Editor(positions)
     handles = [lm.model.register_forward_pre_hook(editor._where.pre_hook, with_kwargs=True)]
-    for (r, i), fn in edits.items():
-        site = lm.site(i, r)
-        handles.append(site.module.register_forward_hook(editor._hook(fn, site)))
     with _hooked(handles):
+        for (r, i), fn in edits.items():
+            if r == "heads":
+                site = head_site(lm, i)
+                handles.append(site.proj.register_forward_pre_hook(
+                    editor._head_hook(fn, site)))
+                continue
+            site = lm.site(i, r)
+            handles.append(site.module.register_forward_hook(editor._hook(fn, site)))
+        yield editor
+
+
+@contextmanager
+def edit_heads(lm, edits: dict[int, Callable[[Tensor], Tensor]],
+               positions: str = "last") -> Iterator[Editor]:
+    """``edit`` of role ``"heads"`` at layers ``edits``' keys: replace layer i's head outputs
+    z (model dtype) by ``edits[i](z)``, z N x H x d_head at each row's last real token or
+    N x T x H x d_head at every position of the forward (``positions="all"``)."""
+    with edit(lm, {("heads", i): fn for i, fn in edits.items()}, positions) as editor:
         yield editor
