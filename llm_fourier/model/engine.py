@@ -37,10 +37,19 @@ from llm_fourier.model.hooks import capture, edit
 from llm_fourier.model.number_format import NumberFormat, NumberParser
 from llm_fourier.model.tasks import Example, tokenize_prompts
 
-__all__ = ["Batch", "Condition", "Engine", "Greedy", "Output", "PromptSet", "Store"]
+__all__ = ["Batch", "Condition", "Engine", "Greedy", "Output", "Patch", "PromptSet", "Store"]
 
 Edits = dict[tuple[str, int], Callable[[Tensor], Tensor]]
 POSITIONS = ("last", "all")
+
+
+@dataclass
+class Patch:
+    """Per example i: the state at token ``positions[i]`` (counted from its first real
+    token) replaced by ``vectors[i]`` (examples x D, in the prompt set's example order)."""
+
+    positions: np.ndarray
+    vectors: Tensor
 
 
 class Store(Protocol):
@@ -53,12 +62,15 @@ class Store(Protocol):
 @dataclass
 class Condition:
     """One way to run the model: ``edits`` and/or ``hooks`` (a context-manager factory,
-    entered around the condition's forwards) at the answer positions or everywhere."""
+    entered around the condition's forwards) at the answer positions or everywhere;
+    ``patches`` replace per-example states at per-example prompt tokens (then the whole
+    prompt runs under the condition)."""
 
     name: str = "none"
     edits: Edits = field(default_factory=dict)
     positions: str = "last"
     hooks: Callable[[], Any] | None = None
+    patches: dict[tuple[str, int], Patch] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.positions not in POSITIONS:
@@ -90,12 +102,16 @@ class PromptSet:
 
     @classmethod
     def build(cls, lm, examples: Sequence[Example], batch_size: int = 16,
-              fmt: NumberFormat | None = None) -> PromptSet:
+              fmt: NumberFormat | None = None,
+              ids: Sequence[Sequence[int]] | None = None) -> PromptSet:
+        """``ids``: each prompt's tokens as given (e.g. cut after an operand) instead of
+        tokenizing the prompts."""
         if not examples:
             raise UserError("no examples to run; use a larger operand range or another split.")
         if batch_size < 1:
             raise UserError(f"batch size must be at least 1, got {batch_size}.")
-        enc = tokenize_prompts(lm.tokenizer, [e.prompt for e in examples])
+        enc = tokenize_prompts(lm.tokenizer, [e.prompt for e in examples]) if ids is None \
+            else _left_padded(ids)
         lengths = enc["attention_mask"].sum(1).tolist()
         order = sorted(range(len(examples)), key=lambda i: lengths[i])
         answers = fmt.encode_many(e.answer for e in examples) if fmt is not None else None
@@ -136,6 +152,15 @@ class Output:
     rows: dict[str, Tensor]
     predictions: np.ndarray | None = None
     generated: list[list[int]] | None = None
+
+
+def _left_padded(ids: Sequence[Sequence[int]], pad: int = 0) -> dict[str, Tensor]:
+    """Token id lists as ``tokenize_prompts`` pads prompts (left, positions of real tokens)."""
+    t = max(len(x) for x in ids)
+    input_ids = torch.tensor([[pad] * (t - len(x)) + list(x) for x in ids], dtype=torch.long)
+    mask = torch.tensor([[0] * (t - len(x)) + [1] * len(x) for x in ids], dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": mask,
+            "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
 
 
 def _parameters(model) -> set[str]:
@@ -214,7 +239,8 @@ class Engine:
     def _batch(self, batch: Batch, conditions: Sequence[Condition], reduce, spec) -> dict:
         prefix = None
         with torch.inference_mode():
-            if batch.length > 1 and any(c.positions == "last" for c in conditions):
+            if batch.length > 1 and any(c.positions == "last" and not c.patches
+                                          for c in conditions):
                 prefix = self._prefix(batch)
             return {c.name: reduce(batch, c, self._condition(batch, c, prefix, spec))
                     for c in conditions}
@@ -227,16 +253,19 @@ class Engine:
 
     # ------------------------------------------------------------------ one condition
     def _forward(self, ids: Tensor, mask: Tensor, pos: Tensor, cache, keep: int,
-                 cond: Condition, spec: dict, capture_last: int = 0):
-        """One forward of ``ids`` after ``cache`` under ``cond``: (logits of the last
-        ``keep`` positions, rows of the last ``capture_last`` positions, cache)."""
+                 cond: Condition, spec: dict, capture_last: int = 0, patches: Edits | None = None):
+        """One forward of ``ids`` after ``cache`` under ``cond`` (and ``patches``): (logits
+        of the last ``keep`` positions, rows of the last ``capture_last`` positions, cache)."""
         lm = self.lm
         with ExitStack() as stack:
             if cond.edits:
                 stack.enter_context(edit(lm, cond.edits, "all"))
+            if patches:
+                stack.enter_context(edit(lm, patches, "all"))
             if cond.hooks is not None:
                 stack.enter_context(cond.hooks())
-            cap = stack.enter_context(capture(lm, spec["roles"], spec["layers"], "all")) \
+            where = "last" if capture_last == 1 else "all"  # left padded: last = last column
+            cap = stack.enter_context(capture(lm, spec["roles"], spec["layers"], where)) \
                 if spec["roles"] and capture_last else None
             if spec["stop_after"] is not None:
                 handle = _stopper(lm, spec["stop_after"])
@@ -248,14 +277,35 @@ class Engine:
                                **({"logits_to_keep": max(keep, 1)} if self.keep else {}))
             except _Stop:
                 pass
-        rows = {r: cap.stack(r)[:, -capture_last:] for r in spec["roles"]} if cap else {}
+        rows = {r: cap.stack(r)[:, -capture_last:] if where == "all" else cap.stack(r)[:, None]
+                for r in spec["roles"]} if cap else {}
         if out is None:
             return None, rows, None
         return out.logits[:, -keep:].float() if keep else None, rows, out[self.cache]
 
+    @staticmethod
+    def _patches(cond: Condition, batch: Batch, rows: Sequence[int]) -> Edits:
+        """``cond.patches`` as edits of a forward of ``rows`` of ``batch`` from column 0."""
+        real = batch.enc["attention_mask"].sum(1).cpu()[list(rows)]
+        ex = [batch.rows[j] for j in rows]
+        out: Edits = {}
+        for key, p in cond.patches.items():
+            col = batch.length - real + torch.as_tensor(p.positions[ex], dtype=torch.long)
+            vec = p.vectors[ex]
+
+            def fn(x: Tensor, col=col, vec=vec) -> Tensor:
+                if x.shape[1] < batch.length:  # a decoding step after the prompt
+                    return x
+                n = torch.arange(len(col), device=x.device)
+                return x.index_put((n, col.to(x.device)), vec.to(x.device, x.dtype))
+
+            out[key] = fn
+        return out
+
     def _condition(self, batch: Batch, cond: Condition, prefix, spec) -> Output:
         enc = batch.enc
-        start = batch.length - 1 if cond.positions == "last" and prefix is not None else 0
+        start = batch.length - 1 if cond.positions == "last" and prefix is not None \
+            and not cond.patches else 0
         cache = copy.deepcopy(prefix) if start else None
         ids, mask, pos = enc["input_ids"], enc["attention_mask"], enc["position_ids"]
         m = 0
@@ -270,7 +320,8 @@ class Engine:
         reads = ids.shape[1] - batch.length + 1
         logits, rows, _ = self._forward(ids[:, start:], mask, pos[:, start:], cache,
                                         reads if spec["logits"] else 0, cond, spec,
-                                        capture_last=reads)
+                                        capture_last=reads,
+                                        patches=self._patches(cond, batch, range(len(batch.rows))))
         m = max(m, 1)
         out = Output(None if logits is None else logits[:, :m],
                      {r: x[:, :m] for r, x in rows.items()})
@@ -330,8 +381,10 @@ class Engine:
         gens: list[list[int]] = [[] for _ in rows]
         limits = [len(g.fmt.digit_part(batch.answers[i])) for i in rows]
         spec = dict(roles=(), layers=None, stop_after=None)
+        patches = self._patches(cond, batch, rows) if start == 0 else None
         for s in range(g.max_tokens):
-            logits, _, cache = self._forward(ids, mask, pos, cache, 1, cond, spec)
+            logits, _, cache = self._forward(ids, mask, pos, cache, 1, cond, spec,
+                                             patches=patches)
             nxt = self._choose(logits[:, -1], g)
             for j, t in enumerate(nxt.tolist()):
                 if parsers[j].done:
