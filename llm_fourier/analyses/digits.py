@@ -1,7 +1,7 @@
 """Digit lens: module outputs at every answer position read through W_U[digit tokens].
 
 For tokenizers that write one token per digit (Llama-2, Mistral, Qwen, Gemma, SmolLM), the
-answer is teacher forced (``answers.run_steps``) and at each answer position the attention,
+answer is teacher forced (one pass of ``model.engine``) and at each answer position the attention,
 MLP and residual (block) outputs of every layer are captured (N x L x D per position) and
 read through the digit readout ``W_U[0..9]`` (``readout.digit_readout``, optionally through
 the final norm). Per role, layer and digit place (0 = units) of the digit that position
@@ -9,23 +9,21 @@ predicts, and pooled over places, it accumulates the lens accuracy (argmax over 
 digits = the answer's digit) and the mean magnitude of each Fourier component over the ten
 digits (``FourierBasis(10, "dft")``: periods 10, 5, 3.33, 2.5, 2; see ``readout``).
 Only sums are kept (memory O(L x places)); batches are sharded under a process group and
-folded in batch order, and ``state`` / ``on_batch`` resume an interrupted run as in
-``lens.run_lens``.
+folded in batch order, and ``store`` keeps each batch's sums, as in ``lens.run_lens``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
-from tqdm.auto import tqdm
 
-from llm_fourier.analyses.answers import run_steps
-from llm_fourier.analyses.lens import LENS_ROLES, LensAccumulator
+from llm_fourier.analyses.answers import max_answer_tokens
+from llm_fourier.analyses.lens import LENS_ROLES, LensAccumulator, lens_pass, merge_stats
 from llm_fourier.errors import UserError
-from llm_fourier.model.distributed import batch_ranges, map_ranges, process_info, rounds
+from llm_fourier.model.answer_space import AnswerSpace
+from llm_fourier.model.engine import Greedy, PromptSet, Store
 from llm_fourier.model.number_format import NumberFormat
 from llm_fourier.model.readout import NumberReadout, digit_readout
 from llm_fourier.model.scores import n_digits
@@ -86,27 +84,31 @@ class DigitLens:
 def run_digit_lens(
     lm,
     examples: Sequence[Example],
-    fmt: NumberFormat,
+    fmt: NumberFormat | AnswerSpace,
     *,
     roles: Sequence[str] = LENS_ROLES,
     final_norm: bool = False,
     batch_size: int = 16,
-    state: dict | None = None,
-    on_batch: Callable[[int, dict], None] | None = None,
+    store: Store | None = None,
     progress: bool = True,
+    predictions: list[int] | None = None,
 ) -> DigitLens:
     """Digit lens accuracy and spectra per role, layer and digit place over ``examples``.
 
-    ``on_batch(batches_done, state)`` follows every round of batches; ``state`` resumes.
+    ``store`` keeps each batch's sums (resume); ``predictions`` receives the model's greedy
+    whole answers from the same pass (the teacher-forced forward decides most of them).
     """
     if not examples:
         raise UserError("no examples to run the digit lens on; use a larger operand range "
                         "or another split.")
+    space = fmt if isinstance(fmt, AnswerSpace) else None
+    fmt = space.fmt if space is not None else fmt
     if fmt.family != "digits":
         raise UserError(f"the digit lens needs a tokenizer that writes one token per digit; "
                         f"this one writes the answers as {fmt.family} tokens (use the number "
                         "lens, run_lens).")
-    readout = digit_readout(lm, fmt, final_norm)
+    readout = space.readout(lm, final_norm) if space is not None else \
+        digit_readout(lm, fmt, final_norm)
     basis = readout.basis()
     places = n_digits([e.answer for e in examples])
 
@@ -115,49 +117,43 @@ def run_digit_lens(
 
     lens = DigitLens({r: new() for r in roles}, {r: [new() for _ in range(places)]
                                                   for r in roles}, readout)
-    done = 0
-    if state:
-        done = state["batches_done"]
-        lens.load_state_dict(state["lens"])
-    batches = batch_ranges(len(examples), batch_size)
+    digit_of = {int(t): d for d, t in enumerate(fmt.digit_ids.tolist())}
+    place_of = {e.answer: fmt.places(e.answer) for e in examples}
 
-    def run_batch(start: int, end: int) -> list[tuple[str, int, dict]]:
-        batch = examples[start:end]
-        seqs = fmt.encode_many(e.answer for e in batch)
-        place_of = [fmt.places(e.answer) for e in batch]
-        digit_of = {int(t): d for d, t in enumerate(fmt.digit_ids.tolist())}
-        m = max(len(s) for s in seqs)
-        stats: list[tuple[str, int, dict]] = []  # (role, place or -1 = pooled, sums)
-
-        def visit(s: int, logits: Tensor, rows: dict[str, Tensor]) -> Tensor:
-            rows_ok = [i for i, seq in enumerate(seqs) if s < len(seq) and place_of[i][s] >= 0]
-            if rows_ok:
-                idx = torch.tensor(rows_ok)
-                target = torch.tensor([digit_of[seqs[i][s]] for i in rows_ok])
-                place = torch.tensor([place_of[i][s] for i in rows_ok])
-                for r in roles:
-                    x = readout.logits(rows[r][idx])  # n x L x 10
-                    stats.append((r, -1, lens.pooled[r].batch_stats(x, target)))
-                    for p in place.unique().tolist():
-                        sel = place == p
-                        stats.append((r, p, lens.by_place[r][p].batch_stats(x[sel],
-                                                                            target[sel])))
-            pad = lm.tokenizer.pad_token_id or 0
-            return torch.tensor([seq[s] if s < len(seq) else pad for seq in seqs])
-
-        run_steps(lm, [e.prompt for e in batch], m, visit, roles=roles)
+    def reduce(batch, out) -> dict:
+        stats: dict = {}  # "role/place" (-1 = pooled) -> sums over the batch's positions
+        for s in range(out.rows[roles[0]].shape[1]):
+            ok = [j for j, seq in enumerate(batch.answers)
+                  if s < len(seq) and place_of[examples[batch.rows[j]].answer][s] >= 0]
+            if not ok:
+                continue
+            idx = torch.tensor(ok)
+            target = torch.tensor([digit_of[batch.answers[j][s]] for j in ok])
+            place = torch.tensor([place_of[examples[batch.rows[j]].answer][s] for j in ok])
+            for r in roles:
+                x = readout.logits(out.rows[r][idx, s])  # n x L x 10
+                key = f"{r}/-1"
+                stats[key] = merge_stats(stats.get(key), lens.pooled[r].batch_stats(x, target))
+                for p in place.unique().tolist():
+                    sel, key = place == p, f"{r}/{p}"
+                    stats[key] = merge_stats(stats.get(key), lens.by_place[r][p].batch_stats(
+                        x[sel], target[sel]))
+        if out.predictions is not None:
+            stats["predictions"] = torch.from_numpy(out.predictions)
         return stats
 
-    bar = tqdm(desc="digit lens", unit="batch", initial=done, total=len(batches),
-               disable=not progress or not process_info().is_main)
-    for chunk in rounds(batches[done:]):
-        for stats in map_ranges(run_batch, chunk, progress=False):  # in batch order
-            for role, place, sums in stats:
-                acc = lens.pooled[role] if place < 0 else lens.by_place[role][place]
-                acc.add(sums)
-        done += len(chunk)
-        bar.update(len(chunk))
-        if on_batch is not None:
-            on_batch(done, {"batches_done": done, "lens": lens.state_dict()})
-    bar.close()
+    spec = {"answers": True, "logits": predictions is not None}
+    if predictions is not None:
+        spec["greedy"] = Greedy(fmt, max_answer_tokens(fmt, examples))
+    prompts = PromptSet.build(lm, examples, batch_size, fmt)
+    units = lens_pass(lm, prompts, roles, reduce, store=store, progress=progress,
+                      desc="digit lens", **spec)
+    for unit in units:  # in batch order
+        for key, sums in unit.items():
+            if key != "predictions":
+                role, place = key.split("/")
+                place = int(place)
+                (lens.pooled[role] if place < 0 else lens.by_place[role][place]).add(sums)
+    if predictions is not None:
+        predictions[:] = prompts.scatter([u["predictions"] for u in units]).tolist()
     return lens

@@ -8,9 +8,9 @@ would add the same ``W_U beta`` spectrum to every module. Tokenizers that write 
 one token per digit get the digit lens of ``llm_fourier.analyses.digits`` instead.
 
 ``run_lens`` captures attention, MLP and residual-stream (block) outputs at the last real
-token, batch by batch (sharded across processes when a process group is active, see
-``llm_fourier.model.distributed``; the sums are folded in batch order, so the result equals the
-single-process run), and accumulates per layer: lens accuracy (exact, within 2, within
+token in one pass of ``model.engine`` (batches sharded across processes under a process
+group; the sums are folded in batch order, so the result equals the single-process run),
+and accumulates per layer: lens accuracy (exact, within 2, within
 10; the prediction is the argmax over the number tokens) and the Fourier spectrum of the
 number logits averaged over the data set (``probes.spectrum(..., pool="mean")``), from
 which outliers (with periods) and low/high energy fractions are read.
@@ -24,14 +24,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from llm_fourier.errors import UserError
-from llm_fourier.model.distributed import batch_ranges, map_ranges, process_info, rounds
-from llm_fourier.model.hooks import capture, last_token_logits
+from llm_fourier.model.answer_space import AnswerSpace
+from llm_fourier.model.engine import Condition, Engine, PromptSet, Store
 from llm_fourier.model.numbers import NumberTokens, require_numbers, value_of_token
 from llm_fourier.model.readout import NumberReadout, number_readout
-from llm_fourier.model.tasks import Example, tokenize_prompts
+from llm_fourier.model.tasks import Example
 from probes import FourierBasis, Spectrum, component_magnitudes
 
 LENS_ROLES = ("attn", "mlp", "block")
@@ -102,83 +101,72 @@ def layer_summary(spectra: Sequence[Spectrum], tau: int = 50, top: int | None = 
              **s.low_high(tau)} for i, s in enumerate(spectra)]
 
 
+def merge_stats(a: dict | None, b: dict) -> dict:
+    """Two ``batch_stats`` sums as one (positions of one batch)."""
+    if a is None:
+        return b
+    return {"n": a["n"] + b["n"], "hits": {k: a["hits"][k] + v for k, v in b["hits"].items()},
+            "magnitude_sum": a["magnitude_sum"] + b["magnitude_sum"],
+            "energy_sum": a["energy_sum"] + b["energy_sum"]}
+
+
+def lens_pass(lm, prompts: PromptSet, roles: Sequence[str], reduce: Callable, *,
+              store: Store | None = None, progress: bool = True, desc: str = "lens",
+              **spec) -> list:
+    """The lens's one engine pass (no edit): ``reduce(batch, out)`` per batch, in order;
+    the rows come back in float32 on the CPU."""
+    return Engine(lm, prompts).run([Condition("lens")], lambda b, c, out: reduce(b, out),
+                                   roles=roles, store=store, progress=progress, desc=desc,
+                                   **spec)["lens"]
+
+
 def run_lens(
     lm,
     examples: Sequence[Example],
-    numbers: NumberTokens,
+    numbers: NumberTokens | AnswerSpace,
     *,
     roles: Sequence[str] = LENS_ROLES,
     final_norm: bool = False,
     basis_kind: str = "paper",
     batch_size: int = 16,
-    state: dict | None = None,
-    on_batch: Callable[[int, dict], None] | None = None,
+    store: Store | None = None,
     progress: bool = True,
     predictions: list[int] | None = None,
 ) -> dict[str, LensAccumulator]:
     """Lens accuracy and spectra per role and layer over ``examples``.
 
-    ``state`` (from ``on_batch``'s second argument) resumes an interrupted run:
-    ``on_batch(batches_done, state)`` is called after every batch, or under a process group
-    on every rank after every round of one batch per rank (the state covers the first
-    ``batches_done`` batches, so it resumes under any number of processes).
-
-    ``predictions``: a list that receives the model's own prediction of every example, in
-    order, from the same forward: its next token (argmax over the vocabulary, logits of the
-    last position only) as a number, -1 for any other token (``ablation.evaluate``'s "vocab"
-    prediction, up to the last bits of the logits of a full forward). The state carries
-    them, so a resumed run fills the list as well.
+    ``numbers``: the single-token numbers, or an ``AnswerSpace`` (its basis and readout).
+    ``store`` keeps each batch's sums (resume). ``predictions``: a list that receives the
+    model's own prediction of every example, in order, from the same forward: its next
+    token (argmax over the vocabulary) as a number, -1 for any other token.
     """
     if not examples:
         raise UserError("no examples to run the lens on; use a larger operand range or "
                         "another split.")
+    if isinstance(numbers, AnswerSpace):
+        readout, basis = numbers.readout(lm, final_norm), numbers.basis
+        numbers = numbers.numbers
+    else:
+        readout, basis = number_readout(lm, numbers, final_norm), FourierBasis(numbers.p,
+                                                                               basis_kind)
     require_numbers(numbers, max(e.answer for e in examples), getattr(lm, "name", ""))
-    readout = number_readout(lm, numbers, final_norm)
-    basis = FourierBasis(numbers.p, basis_kind)
     accs = {r: LensAccumulator(lm.n_layers, basis) for r in roles}
-    done = 0
-    if state:
-        done = state["batches_done"]
-        for r in roles:
-            accs[r].load_state_dict(state["roles"][r])
-        if predictions is not None:
-            if "predictions" not in state:
-                raise UserError("the saved lens state holds no model predictions; start the "
-                                "run over (--restart).")
-            predictions[:] = state["predictions"]
-    batches = batch_ranges(len(examples), batch_size)
-    where = lm.unembedding().device
-    where = torch.device("cpu") if where.type == "meta" else where
+    answers = torch.tensor([e.answer for e in examples])
+    prompts = PromptSet.build(lm, examples, batch_size)
 
-    def run_batch(start: int, end: int) -> dict[str, dict]:
-        batch = examples[start:end]
-        enc = tokenize_prompts(lm.tokenizer, [e.prompt for e in batch], device=lm.input_device)
-        answers = torch.tensor([e.answer for e in batch])
-        # rows stay where W_U is: on an accelerator the readout and spectra run there too,
-        # and only the per-layer sums come back
-        with torch.inference_mode(), capture(lm, roles=roles, positions="last",
-                                             device=where) as cap:
-            logits = last_token_logits(lm.model, enc)  # only the last position's
-        stats = {r: accs[r].batch_stats(readout.logits(cap.stack(r)), answers) for r in roles}
+    def reduce(batch, out) -> dict:
+        stats = {r: accs[r].batch_stats(readout.logits(out.rows[r][:, 0]),
+                                        answers[batch.rows]) for r in roles}
+        logits = out.logits[:, 0]
         stats[_PREDICTED] = value_of_token(numbers, logits.shape[-1])[logits.argmax(-1).cpu()]
         return stats
 
-    bar = tqdm(desc="lens", unit="batch", initial=done, total=len(batches),
-               disable=not progress or not process_info().is_main)
-    for chunk in rounds(batches[done:]):
-        for stats in map_ranges(run_batch, chunk, progress=False):  # in batch order
-            for r in roles:
-                accs[r].add(stats[r])
-            if predictions is not None:
-                predictions += stats[_PREDICTED].tolist()
-        done += len(chunk)
-        bar.update(len(chunk))
-        if on_batch is not None:
-            on_batch(done, {"batches_done": done,
-                            "roles": {r: a.state_dict() for r, a in accs.items()},
-                            **({"predictions": list(predictions)}
-                               if predictions is not None else {})})
-    bar.close()
+    units = lens_pass(lm, prompts, roles, reduce, store=store, progress=progress)
+    for unit in units:  # in batch order
+        for r in roles:
+            accs[r].add(unit[r])
+    if predictions is not None:
+        predictions[:] = prompts.scatter([u[_PREDICTED] for u in units]).tolist()
     return accs
 
 

@@ -18,7 +18,7 @@ errors that are multiples of 10, mod-2 / mod-10 accuracy and the digit-space ana
 per-place accuracy, share of wrong answers that differ in exactly one digit, by place),
 ``table.csv``, ``predictions.csv`` (each prompt, its answer and the prediction of every
 row) and ``error_histograms.png`` (plus ``digit_errors.png`` for whole answers). Every
-finished row is kept in the run folder, so a killed run resumes at the next row.
+finished (batch, row) unit is kept in the run folder, so a killed run resumes there.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from llm_fourier.analyses.ablation import PREDICTIONS, ablation_table, evaluate_task
+from llm_fourier.analyses.ablation import PREDICTIONS, ablation_table
+from llm_fourier.analyses.answers import condition, score_conditions
 from llm_fourier.commands.base import Command, JobView
 from llm_fourier.commands.digit_views import (
     DIGIT_CAPTIONS,
@@ -47,7 +48,6 @@ from llm_fourier.commands.options import (
 from llm_fourier.commands.settings import option
 from llm_fourier.errors import UserError
 from llm_fourier.model.answer_space import AnswerSpace
-from llm_fourier.model.distributed import broadcast_object
 from llm_fourier.model.number_format import NumberFormat
 from llm_fourier.output.digit_plots import digit_error_panels
 from llm_fourier.output.files import write_csv
@@ -140,10 +140,6 @@ def _column(job: JobView) -> str:
         f"{job.id} ({'digit readout' if kind == 'digit' else 'whole answers, unfiltered'})"
 
 
-def _slug(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_")
-
-
 class AblateCommand(Command):
     name = "ablate"
     help = "low/high-frequency filter ablations of attention and MLP outputs (Table 1 of " \
@@ -168,30 +164,16 @@ class AblateCommand(Command):
         record_inputs(run, lm, examples)
         layers = parse_layers(s.layers, lm.n_layers)
         readout = space.readout(lm) if space.kind else None
-        done = {}
-        for unit in run.units("row-"):
-            saved = run.load_unit(unit)
-            if saved is not None:
-                done[saved[0]["label"]] = saved[0]["result"]
-        if done:
-            print(f"resuming: {len(done)} finished row(s) in {run.path}")
-        done = broadcast_object(done)  # every process runs the same rows
-
-        def on_row(label: str, res: dict) -> None:
-            run.save_unit(f"row-{_slug(label)}", {"label": label, "result": res})
-
         single = space.single
+        store = run.store("ablate")  # (batch, row) units: a killed run resumes there
         if readout is not None:
             table = ablation_table(
-                lm, examples, space, keep=s.keep, layers=layers,
-                positions=s.positions, prediction=s.prediction, batch_size=s.batch_size,
-                done=done, on_row=on_row)
+                lm, examples, space, keep=s.keep, layers=layers, positions=s.positions,
+                prediction=s.prediction, batch_size=s.batch_size, store=store)
         else:  # no readout to filter through: the whole answers as they are
-            if "none" not in done:
-                done["none"] = evaluate_task(lm, examples, fmt, prediction=s.prediction,
-                                             batch_size=s.batch_size, desc="none")
-                on_row("none", done["none"])
-            table = [{"row": "none", "filter": "none", "modules": "-", **done["none"]}]
+            none = score_conditions(lm, examples, fmt, [condition()], prediction=s.prediction,
+                                    batch_size=s.batch_size, store=store, desc="none")["none"]
+            table = [{"row": "none", "filter": "none", "modules": "-", **none}]
         for row in table:
             row.setdefault("method", "next token")
         results = {

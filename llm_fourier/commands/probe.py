@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 
-from llm_fourier.analyses.answers import greedy_answers
 from llm_fourier.analyses.digits import run_digit_lens
 from llm_fourier.analyses.lens import LENS_ROLES, PEAK_RULE, layer_summary, run_lens, spectra_matrix
 from llm_fourier.commands.base import Command, JobView
@@ -57,7 +56,6 @@ from llm_fourier.commands.options import (
 )
 from llm_fourier.commands.settings import option
 from llm_fourier.errors import UserError
-from llm_fourier.model.distributed import broadcast_object
 from llm_fourier.output.digit_plots import digit_lens_accuracy_plot
 from llm_fourier.output.html import html_table, percent, periods_text
 from llm_fourier.output.plots import component_layer_heatmap, layer_accuracy_plot, spectrum_plot
@@ -76,48 +74,6 @@ class ProbeSettings(ModelOptions, TaskOptions, SplitOptions, ReadoutOptions, Out
 
     def validate(self) -> None:
         self.check_tau(self.max_answer + 1)
-
-
-def accumulators_unit(accs: dict) -> tuple[dict, dict]:
-    """``LensAccumulator`` states by name as (JSON data, named tensors)."""
-    data = {"n": {}, "hits": {}}
-    tensors = {}
-    for key, acc in accs.items():
-        data["n"][key] = acc["n"]
-        data["hits"][key] = list(acc["hits"])  # in order: results keep it
-        tensors[f"{key}.magnitude_sum"] = acc["magnitude_sum"]
-        tensors[f"{key}.energy_sum"] = acc["energy_sum"]
-        for name, counts in acc["hits"].items():
-            tensors[f"{key}.hits.{name}"] = counts
-    return data, tensors
-
-
-def accumulators_state(data: dict, tensors: dict) -> dict:
-    """The inverse of ``accumulators_unit``."""
-    return {key: {"n": n, "magnitude_sum": tensors[f"{key}.magnitude_sum"],
-                  "energy_sum": tensors[f"{key}.energy_sum"],
-                  "hits": {h: tensors[f"{key}.hits.{h}"] for h in data["hits"][key]}}
-            for key, n in data["n"].items()}
-
-
-def lens_unit(state: dict) -> tuple[dict, dict]:
-    """A ``run_lens`` (or ``run_digit_lens``: accumulators under ``lens``) state as (JSON
-    data, named tensors) for ``RunDir.save_unit``."""
-    key = "roles" if "roles" in state else "lens"
-    data, tensors = accumulators_unit(state[key])
-    data |= {"batches_done": state["batches_done"], "key": key}
-    if "predictions" in state:
-        data["predictions"] = state["predictions"]
-    return data, tensors
-
-
-def lens_state(data: dict, tensors: dict) -> dict:
-    """The inverse of ``lens_unit``."""
-    state = {"batches_done": data["batches_done"],
-             data.get("key", "roles"): accumulators_state(data, tensors)}
-    if "predictions" in data:
-        state["predictions"] = data["predictions"]
-    return state
 
 
 class ProbeCommand(Command):
@@ -168,23 +124,17 @@ class ProbeCommand(Command):
         results = {"model": lm.name, "settings": s.identity(), "n_examples": len(examples),
                    **space.describe(readout), "tau": tau, "n_layers": lm.n_layers,
                    "outlier_rule": PEAK_RULE}
-        saved = run.load_unit("lens")
-        state = broadcast_object(lens_state(*saved) if saved else None)
-        if state:
-            print(f"resuming the lens from {run.path} ({state['batches_done']} batches done)")
-        on_batch = lambda done, st: run.save_unit("lens", *lens_unit(st))  # noqa: E731
+        store = run.store("lens")  # each batch's sums: a killed run resumes there
+        predictions: list[int] = []
         if readout.kind == "number":
-            numbers = space.numbers
-            predictions: list[int] = []
-            accs = run_lens(lm, examples, numbers, final_norm=s.final_norm, basis_kind=s.basis,
-                            batch_size=s.batch_size, state=state, on_batch=on_batch,
-                            predictions=predictions)
+            accs = run_lens(lm, examples, space, final_norm=s.final_norm,
+                            batch_size=s.batch_size, store=store, predictions=predictions)
             plots = self._number_results(s, results, accs, tau)
         else:
-            lens = run_digit_lens(lm, examples, fmt, final_norm=s.final_norm,
-                                  batch_size=s.batch_size, state=state, on_batch=on_batch)
+            lens = run_digit_lens(lm, examples, space, final_norm=s.final_norm,
+                                  batch_size=s.batch_size, store=store,
+                                  predictions=predictions)
             results["digit_lens"] = lens.summary(tau)
-            predictions = self._greedy(run, lm, fmt, examples, s.batch_size)
         answers = np.array([e.answer for e in examples])
         results["model_accuracy"] = float(np.mean(np.asarray(predictions) == answers))
         results["prediction"] = ("the model's next token (argmax over the vocabulary)"
@@ -212,17 +162,6 @@ class ProbeCommand(Command):
             print(f"results: {run.file('results.json')} (plots, CSVs and predictions.csv in "
                   f"{run.path})")
         return results
-
-    @staticmethod
-    def _greedy(run: RunDir, lm, fmt, examples, batch_size: int) -> list[int]:
-        """The model's greedy whole answers, kept as a unit of the run."""
-        saved = broadcast_object(run.load_unit("predictions"))
-        if saved is not None:
-            return list(saved[0])
-        preds = greedy_answers(lm, fmt, examples, batch_size=batch_size,
-                               desc="model answers").tolist()
-        run.save_unit("predictions", preds)
-        return preds
 
     @staticmethod
     def _number_results(s: ProbeSettings, results: dict, accs: dict, tau: int) -> dict:

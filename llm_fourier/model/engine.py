@@ -214,6 +214,8 @@ class Engine:
         if store is not None:
             done = broadcast_object({k: v for k in keys
                                      if (v := store.get(f"{k[1]}/{k[0]}")) is not None})
+        if done and process_info().is_main:
+            print(f"resuming: {len(done)} of {len(keys)} (batch, condition) units done")
         todo = [b.number for b in self.prompts.batches
                 if any((b.number, c.name) not in done for c in conditions)]
         bar = tqdm(desc=desc, unit="batch", total=len(self.prompts.batches),

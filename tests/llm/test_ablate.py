@@ -153,14 +153,20 @@ def test_ablation_table_layout_rows_and_resume(wide):
     assert mlp_low["predictions"] == by_hand["predictions"]
     assert mlp_low["loss"] == pytest.approx(by_hand["loss"], rel=1e-6)
     assert mlp_low["loss"] != table[0]["loss"]
-    # finished rows are reused, new ones are reported
-    seen = []
-    fake = {"accuracy": -1.0}
-    again = ablation_table(lm, examples, numbers, tau=5, basis_kind="dft",
-                           done={r["row"]: (fake if r["row"] == "none" else r) for r in table},
-                           on_row=lambda label, result: seen.append(label), progress=False)
-    assert again[0]["accuracy"] == -1.0 and seen == []
-    assert len(again) == 7
+    # finished (batch, row) units in the store are reused, the others computed and stored
+    store: dict = {}
+    first = ablation_table(lm, examples, numbers, tau=5, basis_kind="dft", batch_size=4,
+                           prediction="numbers",
+                           store=store, progress=False)
+    n_batches = -(-len(examples) // 4)
+    assert len(store) == 7 * n_batches and first[3]["predictions"] == table[3]["predictions"]
+    store["none/0"] = {**store["none/0"], "loss": store["none/0"]["loss"] + 100}  # a fake
+    del store["MLP low removed/2"]
+    again = ablation_table(lm, examples, numbers, tau=5, basis_kind="dft", batch_size=4,
+                           prediction="numbers",
+                           store=store, progress=False)
+    assert again[0]["loss"] > first[0]["loss"] + 10 and "MLP low removed/2" in store
+    assert again[3] == first[3] and len(again) == 7
 
 
 def test_filter_argument_errors(wide):

@@ -21,6 +21,7 @@ from llm_fourier.model.number_format import number_format
 from llm_fourier.model.tasks import make_task
 from llm_fourier.output.files import read_json
 from probes import FourierBasis, remove_components
+from tests.llm.stores import interrupted
 
 TASKS = {"add": {"op": "+", "max_operand": 60}, "big": {"op": "+", "max_operand": 700}}
 LIMIT = 6
@@ -284,18 +285,11 @@ def test_digit_lens_resumes_after_an_interruption(report, family_dir, tmp_path, 
     fresh, _ = _job(report, "probe-digits-add")
     real = probe_cmd.run_digit_lens
 
-    def interrupted(*args, on_batch, **kwargs):
-        def stop(done, state):
-            on_batch(done, state)
-            raise KeyboardInterrupt
-
-        return real(*args, on_batch=stop, **kwargs)
-
     argv = ["probe", "--model", str(family_dir("digits")), "--max-operand", "60", "--limit",
             str(LIMIT), "--batch-size", "4", "--out", str(tmp_path / "p")]
-    monkeypatch.setattr(probe_cmd, "run_digit_lens", interrupted)
+    monkeypatch.setattr(probe_cmd, "run_digit_lens", interrupted(real))
     assert main(argv) == 130
-    assert (tmp_path / "p" / ".partial" / "lens.safetensors").exists()
+    assert (tmp_path / "p" / ".partial" / "lens-lens_0.json").exists()
     monkeypatch.setattr(probe_cmd, "run_digit_lens", real)
     assert main(argv) == 0
     again = read_json(tmp_path / "p" / "results.json")

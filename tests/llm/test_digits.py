@@ -84,11 +84,13 @@ def test_digit_lens_matches_numpy_fft(setup):
 
 def test_digit_lens_resumes_and_refuses_other_families(setup):
     lm, examples, fmt = setup
-    states = []
+    store: dict = {}
     full = run_digit_lens(lm, examples, fmt, roles=["attn"], batch_size=4, progress=False,
-                          on_batch=lambda done, state: states.append(state))
+                          store=store)
+    del store["lens/1"]  # one batch lost: recomputed, the others read back
     resumed = run_digit_lens(lm, examples, fmt, roles=["attn"], batch_size=4,
-                             progress=False, state=states[1])
+                             progress=False, store=store)
+    assert "lens/1" in store
     torch.testing.assert_close(resumed.pooled["attn"].magnitude_sum,
                                full.pooled["attn"].magnitude_sum)
     assert resumed.by_place["attn"][1].n == full.by_place["attn"][1].n

@@ -19,6 +19,7 @@ from llm_fourier.model.numbers import find_number_tokens
 from llm_fourier.model.tasks import make_task, tokenize_prompts
 from llm_fourier.output.files import read_json
 from llm_fourier.output.rundir import RunDir
+from tests.llm.stores import interrupted
 from tests.tiny import tiny_model_dir
 
 TASK = ["--max-operand", "12", "--tau", "4", "--batch-size", "8"]
@@ -73,16 +74,9 @@ def test_probe_resumes_after_an_interruption(model_dir, tmp_path, monkeypatch, c
     assert main(["probe", "--model", model_dir, "--out", str(fresh), *TASK]) == 0
     real = probe_cmd.run_lens
 
-    def interrupted(*args, on_batch, **kwargs):
-        def stop(done, state):
-            on_batch(done, state)
-            raise KeyboardInterrupt
-
-        return real(*args, on_batch=stop, **kwargs)
-
-    monkeypatch.setattr(probe_cmd, "run_lens", interrupted)
+    monkeypatch.setattr(probe_cmd, "run_lens", interrupted(real))
     assert main(["probe", "--model", model_dir, "--out", str(broken), *TASK]) == 130
-    assert (broken / ".partial" / "lens.safetensors").exists()
+    assert (broken / ".partial" / "lens-lens_0.json").exists()
     assert not (broken / "results.json").exists()
     monkeypatch.setattr(probe_cmd, "run_lens", real)
     capsys.readouterr()
@@ -110,19 +104,19 @@ def test_ablate_end_to_end_and_resume(model_dir, tmp_path, capsys):
     for name in ("table.csv", "predictions.csv", "error_histograms.png"):
         assert (out / name).stat().st_size > 0
     assert "MLP high removed" in capsys.readouterr().out
-    # an interrupted run reuses its finished rows (here: a doctored one) instead of
-    # recomputing them
+    # an interrupted run reuses its finished (batch, row) units (here: a doctored one)
+    # instead of recomputing them
     run = RunDir(out, "ablate", AblateSettings.from_dict(
         {"model": model_dir, "keep": [2], "layers": "1", "prediction": "numbers",
          **{k.lstrip("-").replace("-", "_"): v for k, v in zip(TASK[::2], TASK[1::2])}}
     ).identity())
-    run.save_unit("row-none", {"label": "none", "result": {**res["table"][0], "accuracy": 0.123,
-                                                           "predictions": [0] * 24}})
+    n0 = min(int(TASK[TASK.index("--batch-size") + 1]), res["n_examples"])
+    run.store("ablate")["none/0"] = {"pred": torch.full((n0,), 7), "loss": torch.full((n0,), 1e3)}
     run.close()
     capsys.readouterr()
     assert main(args) == 0
-    assert read_json(out / "results.json")["table"][0]["accuracy"] == 0.123
-    assert "resuming: 1 finished" in capsys.readouterr().out
+    assert read_json(out / "results.json")["table"][0]["loss"] > 1e3 * n0 / res["n_examples"]
+    assert "resuming: 1 of" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("extra, words", [

@@ -1,0 +1,27 @@
+"""Interrupting a command's engine pass after its first units, to test resume."""
+
+from __future__ import annotations
+
+
+class Stopping:
+    """A store that keeps ``after`` units and then raises KeyboardInterrupt (a kill)."""
+
+    def __init__(self, store, after: int = 1) -> None:
+        self.store, self.left = store, after
+
+    def get(self, key: str):
+        return self.store.get(key)
+
+    def __setitem__(self, key: str, unit) -> None:
+        self.store[key] = unit
+        self.left -= 1
+        if self.left <= 0:
+            raise KeyboardInterrupt
+
+
+def interrupted(real, after: int = 1):
+    """``real`` (an analysis taking ``store=``) killed after ``after`` stored units."""
+    def run(*args, store, **kwargs):
+        return real(*args, store=Stopping(store, after), **kwargs)
+
+    return run
