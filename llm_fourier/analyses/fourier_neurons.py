@@ -27,7 +27,7 @@ from each of the same layers.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -35,9 +35,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from llm_fourier.analyses.ablation import evaluate
+from llm_fourier.analyses.ablation import answer_target
+from llm_fourier.analyses.answers import score_conditions
 from llm_fourier.errors import UserError
-from llm_fourier.model.numbers import NumberTokens, number_rows
+from llm_fourier.model.answer_space import AnswerSpace
+from llm_fourier.model.engine import Condition, Store
+from llm_fourier.model.numbers import NumberTokens
+from llm_fourier.model.readout import NumberReadout, number_readout
 from probes import FourierBasis
 
 PROJECTIONS = {
@@ -140,6 +144,7 @@ class NeuronSpectra:
     energy_sum: np.ndarray  # L x (K + 1): energy per component summed over neurons
     component_energy: dict[int, np.ndarray] = field(default_factory=dict)  # k -> L x d_mlp
     post_norm: bool = False
+    readout: str = "number"  # or "digit": W_U[digits 0..9], DFT over ten points
 
     def period(self, k) -> np.ndarray:
         k = np.asarray(k)
@@ -180,9 +185,15 @@ class NeuronSpectra:
         return rows
 
 
+def _readout(lm, target: AnswerSpace | NumberTokens | NumberReadout) -> NumberReadout:
+    if isinstance(target, AnswerSpace):
+        return target.readout(lm)
+    return number_readout(lm, target) if isinstance(target, NumberTokens) else target
+
+
 def neuron_spectra(
     lm,
-    numbers: NumberTokens,
+    target: AnswerSpace | NumberTokens | NumberReadout,
     layers: Sequence[int] | None = None,
     *,
     basis_kind: str = "paper",
@@ -190,7 +201,8 @@ def neuron_spectra(
     allow_post_norm: bool = False,
     check: bool = True,
 ) -> NeuronSpectra:
-    """Spectra of every neuron's direction read through ``W_U[numbers]``, per layer.
+    """Spectra of every neuron's direction read through the answers' readout
+    (``W_U[numbers]``, or ``W_U[digits 0..9]`` with the DFT over ten points), per layer.
 
     ``periods``: keep each neuron's energy at those periods' components (for ``top_neurons``).
     """
@@ -200,21 +212,26 @@ def neuron_spectra(
         raise UserError(f"{lm.name} normalises the MLP output before adding it (post-norm), "
                         "so a neuron's direction is not its effect; pass allow_post_norm=True "
                         "to read the directions before the norm anyway.")
+    readout = _readout(lm, target)
+    if readout.p < 3:
+        raise UserError(f"a spectrum needs at least 3 single-token numbers, the tokenizer "
+                        f"keeps {readout.p}.")
+    basis = readout.basis(basis_kind)
+    ks = [basis.k_of_period(T) for T in periods]
+    bad = [T for T, k in zip(periods, ks) if not 1 <= k <= basis.n_components]
+    if bad:
+        raise UserError(f"periods {list(bad)} fall outside the components 1..."
+                        f"{basis.n_components} of the {readout.kind} readout; choose periods "
+                        f"between 2 and {readout.p - 1}.")
+    if len(set(ks)) < len(ks):
+        raise UserError(f"periods {list(periods)} share a Fourier component of the "
+                        f"{readout.kind} readout; choose periods further apart.")
     if check:
         check_projections(lm, layers)
-    if numbers.p < 3:
-        raise UserError(f"a spectrum needs at least 3 single-token numbers, the tokenizer "
-                        f"keeps {numbers.p}.")
-    basis = FourierBasis(numbers.p, basis_kind)
-    ks = {basis.k_of_period(T) for T in periods}
-    bad = [k for k in ks if not 1 <= k <= basis.n_components]
-    if bad:
-        raise UserError(f"periods {list(periods)} fall outside the basis's components "
-                        f"1..{basis.n_components}; choose periods between 2 and {numbers.p - 1}.")
-    W = number_rows(lm.unembedding(), numbers).detach().to("cpu", torch.float64)
+    W = readout.W.to(torch.float64)
     F = torch.as_tensor(basis.matrix, dtype=torch.float64) @ W  # (1 + 2K) x D
     parts: dict[str, list] = {k: [] for k in ("top", "share", "const", "norm", "sum")}
-    comp: dict[int, list] = {k: [] for k in ks}
+    comp: dict[int, list] = {k: [] for k in set(ks)}
     for layer in layers:
         dirs = neuron_directions(lm, layer).to(torch.float64)  # d_mlp x D
         c = (F @ dirs.T).numpy()  # (1 + 2K) x d_mlp
@@ -235,7 +252,7 @@ def neuron_spectra(
     return NeuronSpectra(basis, layers, np.stack(parts["top"]), np.stack(parts["share"]),
                          np.stack(parts["const"]), np.stack(parts["norm"]),
                          np.stack(parts["sum"]), {k: np.stack(v) for k, v in comp.items()},
-                         post)
+                         post, readout.kind)
 
 
 def top_neurons(spectra: NeuronSpectra, period: float, k: int) -> dict[int, list[int]]:
@@ -291,10 +308,28 @@ def knockout(lm, neurons: dict[int, Sequence[int]]) -> Iterator[None]:
             h.remove()
 
 
+def knockout_conditions(lm, spectra: NeuronSpectra, periods: Sequence[float],
+                        n_neurons: int, n_random: int = 5, seed: int = 0
+                        ) -> dict[str, tuple[Condition, dict[int, list[int]]]]:
+    """Per name: the engine condition knocking out the neurons it names (at the answer
+    positions) and those neurons: "none", then per period ``top-T`` and ``random-T-d``."""
+    if n_random < 1:
+        raise UserError(f"n_random must be at least 1, got {n_random}.")
+    d_mlp = {layer: spectra.top_k.shape[1] for layer in spectra.layers}
+    chosen: dict[str, dict[int, list[int]]] = {"none": {}}
+    for j, T in enumerate(periods):
+        top = chosen[f"top-{float(T):g}"] = top_neurons(spectra, T, n_neurons)
+        for d in range(n_random):
+            chosen[f"random-{float(T):g}-{d}"] = random_like(
+                top, d_mlp, np.random.default_rng([seed, j, d]))
+    return {name: (Condition(name, hooks=lambda sel=sel: knockout(lm, sel)), sel)
+            for name, sel in chosen.items()}
+
+
 def knockout_table(
     lm,
     examples: Sequence,
-    numbers: NumberTokens,
+    target: AnswerSpace | NumberTokens,
     periods: Sequence[float],
     n_neurons: int,
     *,
@@ -307,74 +342,42 @@ def knockout_table(
     allow_post_norm: bool = False,
     batch_size: int = 16,
     progress: bool = True,
-    done: Mapping[str, dict] | None = None,
-    on_unit: Callable[[str, dict], None] | None = None,
+    store: Store | None = None,
 ) -> dict:
-    """Accuracy and loss with the top ``n_neurons`` neurons of each period knocked out,
-    beside ``n_random`` draws of as many random neurons from each of the same layers.
-
-    Units are ``"baseline"`` and ``unit_name(T)`` per period: ``done`` holds finished ones
-    (a resumed run; taken as they are), ``on_unit(name, result)`` is called after each."""
-    from tqdm.auto import tqdm
-
-
-    if n_random < 1:
-        raise UserError(f"n_random must be at least 1, got {n_random}.")
+    """Accuracy and loss with the top ``n_neurons`` neurons of each period knocked out at
+    the answer positions, beside ``n_random`` draws of as many random neurons from each of
+    the same layers: every knockout a condition of one engine pass (the prompt prefix once
+    per batch; whole answers scored as ``ablate`` does). ``store`` keeps its units."""
     if spectra is None:
-        spectra = neuron_spectra(lm, numbers, layers, basis_kind=basis_kind, periods=periods,
+        spectra = neuron_spectra(lm, target, layers, basis_kind=basis_kind, periods=periods,
                                  allow_post_norm=allow_post_norm)
-    d_mlp = {layer: spectra.top_k.shape[1] for layer in spectra.layers}
+    conds = knockout_conditions(lm, spectra, periods, n_neurons, n_random, seed)
+    got = score_conditions(lm, examples, answer_target(target), [c for c, _ in conds.values()],
+                           prediction=prediction, batch_size=batch_size, store=store,
+                           progress=progress, desc="knockouts")
 
-    def run(selection: dict[int, list[int]]) -> dict:
-        with knockout(lm, selection):
-            r = evaluate(lm, examples, numbers, prediction=prediction, batch_size=batch_size,
-                         progress=False)
-        return {"accuracy": r["accuracy"], "loss": r["loss"]}
+    def result(name: str) -> dict:
+        return {"accuracy": got[name]["accuracy"], "loss": got[name]["loss"],
+                "neurons": conds[name][1]}
 
-    done = done or {}
-    bar = tqdm(total=1 + len(periods) * (1 + n_random), desc="knockouts", unit="eval",
-               disable=not progress)
-    baseline = done.get("baseline")
-    if baseline is None:
-        baseline = run({})
-        if on_unit is not None:
-            on_unit("baseline", baseline)
-    bar.update()
     out = []
-    for j, T in enumerate(periods):
-        if unit_name(T) in done:
-            out.append(done[unit_name(T)])
-            bar.update(1 + n_random)
-            continue
-        top = top_neurons(spectra, T, n_neurons)
-        knocked = run(top)
-        bar.update()
-        draws = []
-        for d in range(n_random):
-            chosen = random_like(top, d_mlp, np.random.default_rng([seed, j, d]))
-            draws.append({**run(chosen), "neurons": chosen})
-            bar.update()
+    for T in periods:
+        draws = [result(f"random-{float(T):g}-{d}") for d in range(n_random)]
         acc = np.array([x["accuracy"] for x in draws])
         out.append({
             "period": float(T), "component": spectra.basis.k_of_period(T),
-            "n_neurons": n_neurons, "top": {**knocked, "neurons": top},
+            "n_neurons": n_neurons, "top": result(f"top-{float(T):g}"),
             "random": {"accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std()),
                        "accuracy_min": float(acc.min()), "accuracy_max": float(acc.max()),
                        "loss_mean": float(np.mean([x["loss"] for x in draws])),
                        "draws": draws},
         })
-        if on_unit is not None:
-            on_unit(unit_name(T), out[-1])
-    bar.close()
+    baseline = {k: v for k, v in result("none").items() if k != "neurons"}
     return {"baseline": baseline, "periods": out,
             "settings": {"layers": spectra.layers, "n_neurons": n_neurons,
                          "n_random": n_random, "seed": seed, "basis": spectra.basis.kind,
-                         "prediction": prediction, "post_norm": spectra.post_norm}}
-
-
-def unit_name(period: float) -> str:
-    """The name of one period's knockout unit (``knockout_table``'s ``done`` / ``on_unit``)."""
-    return f"period-{float(period):g}"
+                         "readout": spectra.readout, "prediction": prediction,
+                         "post_norm": spectra.post_norm}}
 
 
 def knockout_rows(result: dict) -> list[dict]:
