@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 import llm_fourier.analyses.fourier_neurons as neurons_lib
-import llm_fourier.analyses.patching as patching_lib
 import llm_fourier.commands.patch as patch_cmd
 from llm_fourier.analyses.fourier_neurons import knockout_table, neuron_spectra
 from llm_fourier.analyses.hidden_states import collect
@@ -73,26 +72,34 @@ def test_patch_command_gives_the_library_numbers(patched):
         assert (out / name).stat().st_size > 0
 
 
-def test_patch_resumes_at_the_next_unit(patched, tmp_path, monkeypatch, capsys):
+class Counting:
+    """A store that counts the units it is given."""
+
+    def __init__(self, store, seen: list) -> None:
+        self.store, self.seen = store, seen
+
+    def get(self, key):
+        return self.store.get(key)
+
+    def __setitem__(self, key, unit):
+        self.seen.append(key)
+        self.store[key] = unit
+
+
+def counting(real, seen: list):
+    return lambda *a, store, **k: real(*a, store=Counting(store, seen), **k)
+
+
+def test_patch_resumes_at_the_next_unit(patched, tmp_path, monkeypatch):
     model, _, res = patched
     argv = ["patch", "--model", str(model), *PATCH, "--out", str(tmp_path / "run")]
-    real, calls = patching_lib.fit_reconstructions, []
-
-    def dies_on_the_second_unit(*a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(patching_lib, "fit_reconstructions", dies_on_the_second_unit)
-    assert main(argv) == 130
-    calls.clear()
-    monkeypatch.setattr(patching_lib, "fit_reconstructions",
-                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    real, seen = patch_cmd.helix_patching, []
+    monkeypatch.setattr(patch_cmd, "helix_patching", interrupted(real, after=13))
+    assert main(argv) == 130  # the clean run and (block, 0)'s 12 patches were kept
+    monkeypatch.setattr(patch_cmd, "helix_patching", counting(real, seen))
     monkeypatch.setattr(patch_cmd, "collect", lambda *a, **k: pytest.fail("states not reused"))
     assert main(argv) == 0
-    assert len(calls) == 3  # (block, 0) was kept from the killed run
-    assert "resuming: 1 finished" in capsys.readouterr().out
+    assert len(seen) == 3 * 12 and not any(k.startswith("block-0-") for k in seen)
     again = json.loads((tmp_path / "run" / "results.json").read_text())
     assert _same(again["rows"], res["rows"]) and _same(again["fits"], res["fits"])
 
@@ -151,22 +158,10 @@ def test_neurons_command_gives_the_library_numbers(knocked):
 def test_neurons_resume_at_the_next_unit(knocked, tmp_path, monkeypatch):
     model, _, res = knocked
     argv = ["neurons", "--model", str(model), *NEURONS, "--out", str(tmp_path / "run")]
-    real = neurons_lib.score_conditions
+    real, seen = neurons_lib.score_conditions, []
     monkeypatch.setattr(neurons_lib, "score_conditions", interrupted(real, after=3))
     assert main(argv) == 130
-    seen = []
-
-    def counting(*args, store, **kwargs):
-        class Counting:
-            def get(self, key):
-                return store.get(key)
-
-            def __setitem__(self, key, unit):
-                seen.append(key)
-                store[key] = unit
-        return real(*args, store=Counting(), **kwargs)
-
-    monkeypatch.setattr(neurons_lib, "score_conditions", counting)
+    monkeypatch.setattr(neurons_lib, "score_conditions", counting(real, seen))
     assert main(argv) == 0
     assert len(seen) == 7 - 3  # baseline, 2 x (top + 2 draws) on one batch; 3 were kept
     again = json.loads((tmp_path / "run" / "results.json").read_text())
