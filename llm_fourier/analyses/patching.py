@@ -150,7 +150,8 @@ class _Scorer:
                                   self.target, self.prediction)
             return {"scores": lp.gather(1, ids[t.to(lp.device)]).double().cpu(), "pred": pred}
         return {"scores": _teacher_forced(out.logits, batch.answers)[0][:, None],
-                "pred": torch.as_tensor(out.predictions)}
+                "pred": torch.as_tensor(out.predictions if out.predictions is not None
+                                        else np.full(len(batch.rows), -1))}
 
     def run(self, conditions: Sequence[Condition], store: Store | None) -> dict[str, dict]:
         """Per condition: mean LD, accuracy and hits of answer'."""
