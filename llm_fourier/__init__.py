@@ -31,6 +31,7 @@ _API = {
     "number_format": ("llm_fourier.model.number_format", "number_format"),
     "capture": ("llm_fourier.model.hooks", "capture"),
     "edit": ("llm_fourier.model.hooks", "edit"),
+    "edit_heads": ("llm_fourier.model.hooks", "edit_heads"),
     "number_readout": ("llm_fourier.model.readout", "number_readout"),
     "run_lens": ("llm_fourier.analyses.lens", "run_lens"),
     "number_filters": ("llm_fourier.analyses.ablation", "number_filters"),
@@ -47,6 +48,7 @@ _API = {
     "finetune": ("llm_fourier.commands.finetune", "COMMAND"),
     "patch": ("llm_fourier.commands.patch", "COMMAND"),
     "neurons": ("llm_fourier.commands.neurons", "COMMAND"),
+    "heads": ("llm_fourier.commands.heads", "COMMAND"),
     "report": ("llm_fourier.batch.commands", "REPORT"),
     "demo": ("llm_fourier.batch.commands", "DEMO"),
 }

@@ -4,10 +4,11 @@ A neuron's output direction w_i is its column of the MLP's output projection (wh
 adds to the residual stream per unit of activation: GPT-2 ``c_proj`` is a ``Conv1D`` whose
 weight is d_mlp x D, so w_i is row i; every ``nn.Linear`` (Llama ``down_proj``, GPT-NeoX
 ``dense_4h_to_h``, Phi ``fc2``, GPT-J ``fc_out``) stores D x d_mlp, so w_i is column i).
-``PROJECTIONS`` names it per model type; other types fall back to the last Linear/Conv1D
-inside the MLP whose output width is d_model. ``check_projections`` runs one forward and
-refuses a model whose MLP output is not that projection's output (a mixture of experts, an
-extra scale), because the directions would then mean nothing.
+The roles table (``architectures.ROLES``, ``mlp_proj``) names it per model type; other types
+fall back to the last Linear/Conv1D inside the MLP whose output width is d_model.
+``check_projections`` runs one forward and refuses a model whose MLP output is not that
+projection's output (a mixture of experts, an extra scale), because the directions
+would then mean nothing.
 
 Read through the number rows of the unembedding, ``v_i = W_U[numbers] w_i`` (p values, the
 raw readout, no final norm, as ``lens`` and the filters), a neuron's spectrum over a
@@ -39,61 +40,37 @@ from llm_fourier.analyses.ablation import answer_target
 from llm_fourier.analyses.answers import score_conditions
 from llm_fourier.errors import UserError
 from llm_fourier.model.answer_space import AnswerSpace
+from llm_fourier.model.architectures import is_conv1d, projection, sublayer
 from llm_fourier.model.engine import Condition, Store
 from llm_fourier.model.numbers import NumberTokens
 from llm_fourier.model.readout import NumberReadout, number_readout
 from probes import FourierBasis
 
-PROJECTIONS = {
-    "gpt2": "c_proj", "gpt_neo": "c_proj", "gptj": "fc_out", "gpt_neox": "dense_4h_to_h",
-    "phi": "fc2", **{t: "down_proj" for t in (
-        "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text",
-        "olmo", "olmo2", "olmo3")},
-}
 _POST_NORM = re.compile(r"post_(feedforward|ffw|ffn|mlp)", re.I)
-
-
-def _is_conv1d(module: nn.Module) -> bool:
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
-
-
-def _out_width(module: nn.Module) -> int | None:
-    if isinstance(module, nn.Linear):
-        return module.out_features
-    return module.nf if _is_conv1d(module) else None
 
 
 def mlp_block(lm, layer: int) -> nn.Module:
     """``layer``'s MLP module itself. The ``mlp`` role names what the block adds to the
     residual stream, which is a post-norm after the MLP in Gemma-2/3 and OLMo-2/3."""
-    block = lm.block(layer)
-    for name in ("mlp", "feed_forward", "ffn", "block_sparse_moe"):
-        if isinstance(getattr(block, name, None), nn.Module):
-            return getattr(block, name)
-    return lm.module(layer, "mlp")
+    return sublayer(lm.block(layer), lm.roles, "mlp")
 
 
 def output_projection(lm, layer: int) -> nn.Module:
-    """The module whose input is the neuron activations of ``layer``'s MLP."""
-    mlp = mlp_block(lm, layer)
-    model_type = getattr(getattr(lm.model, "config", None), "model_type", None)
-    name = PROJECTIONS.get(model_type)
-    proj = getattr(mlp, name, None) if name else None
-    if proj is not None and _out_width(proj) == lm.d_model:
-        return proj
-    found = [m for m in mlp.modules() if _out_width(m) == lm.d_model]
-    if not found:
+    """The module whose input is the neuron activations of ``layer``'s MLP (the roles
+    table's ``mlp_proj``, else discovered)."""
+    proj = projection(lm.block(layer), lm.roles, "mlp", lm.d_model)
+    if proj is None:
         raise UserError(f"cannot find the output projection of {lm.name}'s MLP (no Linear or "
-                        "Conv1D writing d_model); add its name to "
-                        "llm_fourier.analyses.fourier_neurons.PROJECTIONS.")
-    return found[-1]
+                        "Conv1D writing d_model); add its mlp_proj to "
+                        "llm_fourier.model.architectures.ROLES.")
+    return proj
 
 
 def neuron_directions(lm, layer: int) -> Tensor:
     """Output directions of ``layer``'s neurons: d_mlp x D, float32 on the CPU."""
     proj = output_projection(lm, layer)
     w = proj.weight.detach()
-    return (w if _is_conv1d(proj) else w.T).to("cpu", torch.float32)
+    return (w if is_conv1d(proj) else w.T).to("cpu", torch.float32)
 
 
 def has_post_norm(lm) -> bool:

@@ -1,7 +1,7 @@
 """The analysis commands (``probe``, ``ablate``, ``embed``, ``hidden``, ``patch``,
-``neurons``, ``finetune``) and the registry that also finds commands of other packages (the
-toy side registers its own through the ``llm_fourier.commands`` entry point, so
-``llm_fourier`` never imports ``toy``).
+``neurons``, ``heads``, ``finetune``) and the registry that also finds commands of other
+packages (the toy side registers its own through the ``llm_fourier.commands`` entry point,
+so ``llm_fourier`` never imports ``toy``).
 
 Each command is a ``base.Command`` object owning its typed settings (``settings``), its run
 folder (``output.rundir``) and its report view; see ``base``.
@@ -22,6 +22,7 @@ BUILTIN_MODULES = (
     "llm_fourier.commands.hidden",
     "llm_fourier.commands.patch",
     "llm_fourier.commands.neurons",
+    "llm_fourier.commands.heads",
     "llm_fourier.commands.finetune",
 )
 

@@ -19,6 +19,13 @@ from transformers 5 (``models/<type>/modeling_<type>.py``), each pinned by a tes
   the embedding (``project_in``) and adds learned position embeddings, as GPT-2 does.
 - Gemma's sqrt(d) embedding scale lives in its embedding module (``*ScaledWordEmbedding``).
 
+``attn_proj`` / ``mlp_proj`` name the attention output projection (its input is the heads'
+outputs side by side, N x T x (H * d_head)) and the MLP down projection (its input is the
+neuron activations): the ``heads`` role and the Fourier neurons read them. GPT-2's ``Conv1D``
+stores its weight as (in, out), every ``nn.Linear`` as (out, in). Where they are unset (a
+mixture of experts has no single down projection) or do not resolve, ``projection``
+discovers the last Linear / Conv1D inside the role's module that writes d_model.
+
 Unknown types go through ``discover_roles``; the self-check in ``roles_check`` verifies any
 roles against the model's own block outputs at load.
 """
@@ -28,7 +35,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -68,44 +75,55 @@ class Roles:
     embed_scale: str | None = None
     embed_post: str | None = None
     positions: str | None = None
+    attn_proj: str | None = None
+    mlp_proj: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attn", _contribution(self.attn))
         object.__setattr__(self, "mlp", _contribution(self.mlp))
 
 
-_DECODER = Roles("model.layers", "self_attn", "mlp", "model.norm", "lm_head", "model.embed_tokens")
+_DECODER = Roles("model.layers", "self_attn", "mlp", "model.norm", "lm_head", "model.embed_tokens",
+                 attn_proj="self_attn.o_proj", mlp_proj="mlp.down_proj")
+_MOE = replace(_DECODER, mlp_proj=None)  # experts: no single down projection
 _POST_NORM = Roles("model.layers", "post_attention_layernorm", "post_feedforward_layernorm",
-                   "model.norm", "lm_head", "model.embed_tokens")
+                   "model.norm", "lm_head", "model.embed_tokens", attn_proj="self_attn.o_proj",
+                   mlp_proj="mlp.down_proj")
 _GPT2 = Roles("transformer.h", "attn", "mlp", "transformer.ln_f", "lm_head", "transformer.wte",
-              positions="transformer.wpe")
+              positions="transformer.wpe", attn_proj="attn.c_proj", mlp_proj="mlp.c_proj")
 _RESIDUAL = Contribution("self_attn", scale="residual_multiplier")
 
 ROLES: dict[str, Roles] = {
     "gpt2": _GPT2,
-    "gpt_neo": _GPT2,
+    "gpt_neo": replace(_GPT2, attn_proj="attn.attention.out_proj"),
     "gpt_bigcode": _GPT2,
     "gptj": Roles("transformer.h", "attn", "mlp", "transformer.ln_f", "lm_head",
-                  "transformer.wte"),
+                  "transformer.wte", attn_proj="attn.out_proj", mlp_proj="mlp.fc_out"),
     "gpt_neox": Roles("gpt_neox.layers", "attention", "mlp", "gpt_neox.final_layer_norm",
-                      "lm_head", "gpt_neox.embed_in"),
+                      "lm_head", "gpt_neox.embed_in", attn_proj="attention.dense",
+                      mlp_proj="mlp.dense_4h_to_h"),
     "phi": Roles("model.layers", "self_attn", "mlp", "model.final_layernorm", "lm_head",
-                 "model.embed_tokens"),
-    **{t: _DECODER for t in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe",
-                             "phi3", "gemma", "olmo", "cohere", "stablelm", "starcoder2",
-                             "smollm3")},
+                 "model.embed_tokens", attn_proj="self_attn.dense", mlp_proj="mlp.fc2"),
+    **{t: _DECODER for t in ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "olmo",
+                             "cohere", "stablelm", "smollm3")},
+    **{t: _MOE for t in ("mixtral", "qwen3_moe")},
+    "starcoder2": replace(_DECODER, mlp_proj="mlp.c_proj"),
     **{t: _POST_NORM for t in ("gemma2", "gemma3_text", "olmo2", "olmo3")},
     "granite": Roles("model.layers", _RESIDUAL, Contribution("mlp", scale="residual_multiplier"),
                      "model.norm", "lm_head", "model.embed_tokens",
-                     embed_scale="embedding_multiplier"),
+                     embed_scale="embedding_multiplier", attn_proj="self_attn.o_proj",
+                     mlp_proj="mlp.down_proj"),
     "falcon": Roles("transformer.h", "self_attention", "mlp", "transformer.ln_f", "lm_head",
-                    "transformer.word_embeddings"),
+                    "transformer.word_embeddings", attn_proj="self_attention.dense",
+                    mlp_proj="mlp.dense_4h_to_h"),
     "bloom": Roles("transformer.h", "self_attention.dense", "mlp.dense_4h_to_h",
                    "transformer.ln_f", "lm_head", "transformer.word_embeddings",
-                   embed_post="transformer.word_embeddings_layernorm"),
+                   embed_post="transformer.word_embeddings_layernorm",
+                   attn_proj="self_attention.dense", mlp_proj="mlp.dense_4h_to_h"),
     "opt": Roles("model.decoder.layers", "self_attn", Contribution("fc2", flat=True),
                  "model.decoder.final_layer_norm", "lm_head", "model.decoder.embed_tokens",
-                 embed_post="model.decoder.project_in", positions="model.decoder.embed_positions"),
+                 embed_post="model.decoder.project_in", positions="model.decoder.embed_positions",
+                 attn_proj="self_attn.out_proj", mlp_proj="fc2"),
 }
 
 
@@ -215,7 +233,8 @@ def discover_roles(model: nn.Module) -> Roles:
     else the first children named like attention / MLP that are not norms or dropouts; the
     last norm outside the blocks;
     an ``nn.Embedding`` named like positions; ``residual_multiplier`` /
-    ``embedding_multiplier`` from the config. The self-check at load verifies the guess."""
+    ``embedding_multiplier`` from the config; the attention and MLP projections as
+    ``projection`` finds them. The self-check at load verifies the guess."""
     lists = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m)]
     if not lists:
         raise UserError(f"cannot find the transformer blocks of {type(model).__name__}: it has "
@@ -252,6 +271,11 @@ def discover_roles(model: nn.Module) -> Roles:
                   embed_scale="embedding_multiplier" if hasattr(
                       config, "embedding_multiplier") else None,
                   positions=positions)
+    width = getattr(config, "hidden_size", None) or (embed_layer.weight.shape[1]
+                                                     if embed_layer is not None else None)
+    found_proj = {w: path_of(stack[0], projection(stack[0], roles, w, width))
+                  for w in ("attn", "mlp")}
+    roles = replace(roles, attn_proj=found_proj["attn"], mlp_proj=found_proj["mlp"])
     model_type = getattr(config, "model_type", type(model).__name__)
     print(f"llm-fourier: model type {model_type!r} is not in the roles table; discovered "
           f"{roles}", file=sys.stderr)
@@ -293,3 +317,45 @@ def resolves(model: nn.Module, roles: Roles) -> bool:
     except AttributeError:
         return False
     return True
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """GPT-2's ``Conv1D``: weight stored as (in, out)."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+
+
+def out_width(module: nn.Module) -> int | None:
+    """Output width of a Linear / Conv1D; None for other modules."""
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    return module.nf if is_conv1d(module) else None
+
+
+_SUBLAYER = {"attn": ("self_attn", "attn", "attention", "self_attention"),
+             "mlp": ("mlp", "feed_forward", "ffn", "block_sparse_moe")}
+
+
+def sublayer(block: nn.Module, roles: Roles, which: str) -> nn.Module:
+    """The attention or MLP module itself (the role may name a post-norm after it)."""
+    path = getattr(roles, which).path
+    proj = getattr(roles, f"{which}_proj")
+    if proj and "." in proj and not path.startswith(proj.rsplit(".", 1)[0]):
+        found = submodule(block, proj.rsplit(".", 1)[0])
+        if found is not None:
+            return found
+    for name in _SUBLAYER[which]:
+        if isinstance(getattr(block, name, None), nn.Module):
+            return getattr(block, name)
+    return block.get_submodule(path)
+
+
+def projection(block: nn.Module, roles: Roles, which: str, d_model: int) -> nn.Module | None:
+    """The attention output projection (``which="attn"``) or MLP down projection
+    (``"mlp"``) of ``block``: ``roles.<which>_proj`` when it resolves to a Linear / Conv1D
+    writing d_model, else the last such module inside the sublayer (None if there is none)."""
+    path = getattr(roles, f"{which}_proj")
+    found = submodule(block, path)
+    if found is not None and out_width(found) == d_model:
+        return found
+    inside = [m for m in sublayer(block, roles, which).modules() if out_width(m) == d_model]
+    return inside[-1] if inside else None

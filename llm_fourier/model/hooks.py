@@ -13,6 +13,11 @@ returns ``(output, weights)``): element 0 is captured or edited. A module that s
 (N*T) x D rows (``flat``, OPT's ``fc2``) is viewed as N x T x D through the shape of the
 forward's ``input_ids``. A capture hook returns nothing, so logits stay bit-identical to a
 plain forward.
+
+The ``heads`` role (``llm_fourier.model.heads``) captures N x H x D per layer: what each
+attention head adds, read from the attention output projection's input; ``Capture.get``
+gives the heads, ``Capture.head_bias`` the projection's bias term (they sum to ``attn``).
+``edit_heads`` rewrites chosen heads' slices of that input at the last real token.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ import torch
 from torch import Tensor, nn
 
 from llm_fourier.errors import UserError
+from llm_fourier.model.heads import head_capture_hooks, head_site
 
-ROLES = ("attn", "mlp", "block")
+ROLES = ("attn", "mlp", "block", "heads")
 POSITIONS = ("last", "all")
 
 
@@ -198,6 +204,14 @@ class Capture:
 
         return hook
 
+    def _rows(self, t: Tensor) -> Tensor:
+        """The captured positions of an N x T x W tensor."""
+        return t.clone() if self.positions == "all" else _rows(t, self._where.last(t))
+
+    def _head_hooks(self, lm, key: tuple[str, int]) -> list:
+        return head_capture_hooks(head_site(lm, key[1]), self._rows,
+                                  self._pending[key].append)
+
     def flush(self, *_ignored) -> None:
         """Move this forward's rows to ``device`` (the CPU by default) as float32, once per
         forward (no sync per layer)."""
@@ -232,10 +246,21 @@ class Capture:
         if self.positions == "all" and len({c.shape[1] for c in chunks}) > 1:
             raise UserError("batches of different lengths cannot be stacked at all positions; "
                             "pad every batch to the same length or capture the last position.")
-        return torch.cat(chunks)
+        out = torch.cat(chunks)
+        return out[..., :-1, :] if role == "heads" else out
+
+    def head_bias(self, layer: int) -> Tensor:
+        """The bias term beside the heads of ``layer`` (N x D): the output projection's bias
+        (through the frozen post-norm with its beta, times the multiplier; zero if none)."""
+        return torch.cat(self._done_chunks("heads", layer))[..., -1, :]
+
+    def _done_chunks(self, role: str, layer: int) -> list[Tensor]:
+        self.get(role, layer)  # the checks
+        return self._done[(role, layer)]
 
     def stack(self, role: str) -> Tensor:
-        """All captured layers of ``role``: N x L x D (N x T x L x D for positions "all")."""
+        """All captured layers of ``role``: N x L x D (N x T x L x D for positions "all";
+        N x H x L x D for heads)."""
         return torch.stack([self.get(role, i) for i in self.layers], dim=-2)
 
 
@@ -260,11 +285,14 @@ def capture(lm, roles: Iterable[str] = ROLES, layers: Iterable[int] | None = Non
     roles, layers = _check(lm, roles, layers, positions)
     cap = Capture(roles, layers, positions, device)
     handles = [lm.model.register_forward_pre_hook(cap._where.pre_hook, with_kwargs=True)]
-    for r, i in cap._keys():
-        site = lm.site(i, r)
-        handles.append(site.module.register_forward_hook(cap._hook((r, i), site)))
-    handles.append(lm.model.register_forward_hook(cap.flush))
     with _hooked(handles):
+        for r, i in cap._keys():
+            if r == "heads":
+                handles += cap._head_hooks(lm, (r, i))
+                continue
+            site = lm.site(i, r)
+            handles.append(site.module.register_forward_hook(cap._hook((r, i), site)))
+        handles.append(lm.model.register_forward_hook(cap.flush))
         yield cap
     cap.flush()
 
@@ -318,4 +346,30 @@ def edit(lm, edits: dict[tuple[str, int], Callable[[Tensor], Tensor]],
         site = lm.site(i, r)
         handles.append(site.module.register_forward_hook(editor._hook(fn, site)))
     with _hooked(handles):
+        yield editor
+
+
+@contextmanager
+def edit_heads(lm, edits: dict[int, Callable[[Tensor], Tensor]]) -> Iterator[Editor]:
+    """At each row's last real token, replace layer i's head outputs z (N x H x d_head, the
+    attention output projection's input, model dtype) by ``edits[i](z)``."""
+    _check(lm, (), edits, "last")
+    editor = Editor("last")
+    handles = [lm.model.register_forward_pre_hook(editor._where.pre_hook, with_kwargs=True)]
+
+    def pre(site, fn):
+        def hook(module, args):
+            x = args[0]
+            pos = editor._where.last(x)
+            n = torch.arange(x.shape[0], device=x.device)
+            pos = torch.full_like(n, x.shape[1] - 1) if pos is None else pos
+            z = x[n, pos].reshape(x.shape[0], site.n_heads, site.d_head)
+            new = fn(z).reshape(x.shape[0], -1).to(x.dtype)
+            return (x.index_put((n, pos), new), *args[1:])
+        return hook
+
+    with _hooked(handles):
+        for layer, fn in edits.items():
+            site = head_site(lm, layer)
+            handles.append(site.proj.register_forward_pre_hook(pre(site, fn)))
         yield editor

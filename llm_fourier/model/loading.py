@@ -51,6 +51,7 @@ class LoadedModel:
     tokenizer: object
     roles: Roles
     name: str
+    heads_refusal: str | None = None  # set by the roles check: why heads cannot be read
 
     @property
     def blocks(self) -> nn.ModuleList:

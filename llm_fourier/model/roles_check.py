@@ -41,6 +41,9 @@ class RolesCheck:
     tolerance: float
     errors: list[tuple[str, float]] = field(default_factory=list)
     missing: str | None = None  # a hooked module that did not run exactly once
+    heads_errors: list[tuple[str, float]] = field(default_factory=list)
+    heads_tolerance: float = 0.0
+    heads_refusal: str | None = None  # one sentence: why the heads role cannot be used
 
     @property
     def failure(self) -> tuple[str, float] | None:
@@ -135,7 +138,39 @@ def measure_roles(lm) -> RolesCheck:
                                                            h + (a + m)])))
         h = out
     report.errors.append(("the final norm", _relative(seen["final"][0], [h])))
+    if report.ok:
+        _check_heads(lm, report, ids, extra)
     return report
+
+
+def heads_tolerance(dtype: torch.dtype, n_heads: int) -> float:
+    """Heads are summed in float32 from the projection's input: a few float32 epsilons per
+    sqrt(head) of rounding, or the rounding of the model's own (wider-eps) output."""
+    return max(4 * n_heads ** 0.5 * torch.finfo(torch.float32).eps, tolerance(dtype))
+
+
+def _check_heads(lm, report: RolesCheck, ids: Tensor, extra: dict) -> None:
+    """Do the heads (plus the bias term) add up to ``attn`` in every layer? Sets
+    ``report.heads_refusal`` to one sentence where they do not (the model stays usable)."""
+    why = None
+    try:
+        with torch.inference_mode(), capture(lm, ("attn", "heads"), positions="all") as cap:
+            lm.model(input_ids=ids, attention_mask=torch.ones_like(ids), **extra)
+        n_heads = cap.get("heads", 0).shape[-2]
+        report.heads_tolerance = heads_tolerance(report.dtype, n_heads)
+        for i in range(lm.n_layers):
+            total = cap.get("heads", i).double().sum(-2) + cap.head_bias(i).double()
+            report.heads_errors.append((f"layer {i}", _relative(cap.get("attn", i), [total])))
+    except (UserError, RuntimeError, IndexError, ValueError) as err:
+        why = str(err)[:200].rstrip(".")
+    bad = next(((w, e) for w, e in report.heads_errors if not e <= report.heads_tolerance), None)
+    if why is None and bad is not None:
+        why = (f"at {bad[0]} its heads plus the output projection's bias do not add up to the "
+               f"attention output (relative error {bad[1]:.2g}, tolerance "
+               f"{report.heads_tolerance:.1g})")
+    if why is not None:
+        report.heads_refusal = (f"the heads role is not available for this {report.model_type} "
+                                f"model: {why}; analyse its attention as a whole (attn).")
 
 
 def _missing(lm, seen: dict, blocks: list, cap, last) -> str | None:
@@ -176,6 +211,7 @@ def verify_roles(lm) -> RolesCheck:
         raise UserError(reason)
     report = measure_roles(lm)
     if report.ok:
+        lm.heads_refusal = report.heads_refusal
         return report
     fix = ("add its roles to llm_fourier.model.architectures.ROLES (see ARCHITECTURE.md), or pass "
            "--skip-roles-check (load_model(..., verify=False)) at your own risk")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.tiny import tiny_lm, tiny_model_dir, tiny_tokenizer
+from tests.tiny import perturb_norms, tiny_lm, tiny_model_dir, tiny_tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +52,18 @@ def family_dir(tiny_root):
             lm.tokenizer.save_pretrained(folder)
         return folder
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_models():
+    """``get(arch, **overrides) -> (model, tokenizer)``, each built once per session."""
+    built: dict = {}
+
+    def get(arch: str, **overrides):
+        key = (arch, tuple(sorted(overrides.items())))
+        if key not in built:
+            model, tok = tiny_lm(arch, **overrides)
+            built[key] = (perturb_norms(model), tok)
+        return built[key]
+
+    return get

@@ -24,7 +24,7 @@ from llm_fourier.model.architectures import ROLES, Contribution
 from llm_fourier.model.hooks import capture, edit
 from llm_fourier.model.loading import load_model
 from llm_fourier.model.roles_check import measure_roles
-from tests.tiny import ARCHS, N_LAYERS, perturb_norms, save_tiny, tiny_lm
+from tests.tiny import ARCHS, N_LAYERS, save_tiny
 
 # every type the issue names, and what happens to it; the README's list must say the same
 VERDICTS = {arch: "verified" for arch in ARCHS}
@@ -45,21 +45,6 @@ VARIANTS = {
 }
 IDS = torch.tensor([[3, 17, 5, 60, 93, 12, 150, 7, 41]])
 README = Path(__file__).resolve().parents[2] / "README.md"
-
-
-@pytest.fixture(scope="session")
-def tiny_models():
-    """``get(arch, **overrides) -> (model, tokenizer)``, each built once per session."""
-    built: dict = {}
-
-    def get(arch: str, **overrides):
-        key = (arch, tuple(sorted(overrides.items())))
-        if key not in built:
-            model, tok = tiny_lm(arch, **overrides)
-            built[key] = (perturb_norms(model), tok)
-        return built[key]
-
-    return get
 
 
 def _positions(model, arch: str, t: int) -> torch.Tensor:
