@@ -41,6 +41,8 @@ _API = {
     "evaluate_answers": ("llm_fourier.analyses.answers", "evaluate_answers"),
     "collect": ("llm_fourier.analyses.hidden_states", "collect"),
     "probe_layers": ("llm_fourier.analyses.hidden_states", "probe_layers"),
+    "load_states": ("llm_fourier.output.states", "load_states"),
+    "States": ("llm_fourier.output.states", "States"),
     "probe": ("llm_fourier.commands.probe", "COMMAND"),
     "ablate": ("llm_fourier.commands.ablate", "COMMAND"),
     "embed": ("llm_fourier.commands.embed", "COMMAND"),

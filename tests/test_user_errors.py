@@ -60,7 +60,7 @@ GENERATED = [pytest.param([*_base(c), flag, value], id=f"{name}{flag}={value}({w
              for name, c in COMMANDS.items() for flag, value, why in _bad_values(c.Settings)]
 SPECIFIC = [
     (["probe", "--model", "m", "--max-operand", "20", "--tau", "50"], "--tau must lie in 1..20"),
-    (["embed", "--model", "m", "--max-number", "20"], "--tau must lie in 1..10"),
+    (["embed", "--model", "m", "--max-number", "20", "--tau", "50"], "--tau must lie in 1..10"),
     (["ablate", "--model", "m", "--max-operand", "20", "--tau", "5", "--keep", "30"],
      "--keep components must lie in 1..20"),
     (["ablate", "--model", "m", "--layers", "1-x"], "cannot read --layers"),

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from llm_fourier.errors import UserError
+from llm_fourier.output.progress import tqdm
 from toy.checkpoint import CHECKPOINT_NAME, read_checkpoint, split_prefix, write_checkpoint
 from toy.data import Task, make_task, split_indices
 from toy.models import JsonConfig, ModelConfig, StackedModel, build_model

@@ -22,7 +22,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from llm_fourier.analyses.answers import greedy_batch, max_answer_tokens
 from llm_fourier.analyses.hidden_states import HiddenStates, token_ids_at
@@ -30,6 +29,7 @@ from llm_fourier.errors import UserError
 from llm_fourier.model.number_format import NumberFormat
 from llm_fourier.model.scores import n_digits
 from llm_fourier.model.tasks import Example
+from llm_fourier.output.progress import tqdm
 from probes.circular import KINDS, CircularProbe, digit_at, digit_probes, fit_circular
 from probes.stats import StatsConfig, classification_estimates
 

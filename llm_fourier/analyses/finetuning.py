@@ -35,7 +35,6 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import load as accelerate_load
-from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from llm_fourier.analyses.ablation import evaluate
@@ -43,6 +42,7 @@ from llm_fourier.errors import UserError
 from llm_fourier.model.loading import LoadedModel
 from llm_fourier.model.tasks import tokenize_prompts
 from llm_fourier.output.files import read_json, to_jsonable, write_json
+from llm_fourier.output.progress import tqdm
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 

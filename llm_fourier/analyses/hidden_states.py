@@ -29,12 +29,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from llm_fourier.errors import UserError
 from llm_fourier.model.engine import Condition, Engine, PromptSet
 from llm_fourier.model.loading import LoadedModel
 from llm_fourier.model.tasks import Example
+from llm_fourier.output.progress import tqdm
 from probes import FourierBasis, spectrum
 from probes.linear import fit_helix, mod_probes
 from probes.stats import StatsConfig

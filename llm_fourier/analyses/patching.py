@@ -38,7 +38,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from llm_fourier.analyses.ablation import answer_target
 from llm_fourier.analyses.answers import (
@@ -56,6 +55,7 @@ from llm_fourier.model.numbers import NumberTokens, require_numbers
 from llm_fourier.model.tasks import OPS, Example
 from llm_fourier.output.files import save_figure
 from llm_fourier.output.plots import pyplot
+from llm_fourier.output.progress import tqdm
 from probes.reconstruct import METHODS, MODES, fit_reconstructions
 
 OPERANDS = ("a", "b")

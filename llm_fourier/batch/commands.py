@@ -13,6 +13,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from llm_fourier.batch.any_model import SCALES, any_model_config
 from llm_fourier.batch.config import Report, load_config, parse_config
 from llm_fourier.batch.demo import NEXT_STEPS, demo_config
 from llm_fourier.batch.html import build_html
@@ -22,6 +23,7 @@ from llm_fourier.commands.options import OutputOptions
 from llm_fourier.commands.settings import option
 from llm_fourier.errors import RunFailed, UserError
 from llm_fourier.model.distributed import process_info
+from llm_fourier.output.progress import quiet
 from llm_fourier.output.rundir import RunDir
 from llm_fourier.output.tables import format_table
 
@@ -105,6 +107,9 @@ class ReportSettings(OutputOptions):
     html_only: bool = option(False, identity=False, help="rebuild index.html from finished "
                              "jobs without running any")
     list_presets: bool = option(False, identity=False, help="list the shipped presets")
+    scale: str = option("auto", choices=SCALES, identity=False, help="sizes of the any-model "
+                        "preset: laptop (a CPU: minutes for a 0.5B model), gpu, or paper (the "
+                        "papers' sizes); auto: gpu when CUDA is available, else laptop")
 
     def validate(self) -> None:
         if not self.config and not self.list_presets:
@@ -117,12 +122,23 @@ class ReportCommand(Command):
     Settings = ReportSettings
 
     def execute(self, s: ReportSettings) -> dict:
+        with quiet(s.quiet):
+            return self._report(s)
+
+    def _report(self, s: ReportSettings) -> dict:
         if s.list_presets:
             for name in preset_names():
                 first = (PRESETS / f"{name}.toml").read_text().splitlines()[0].lstrip("# ")
                 print(f"{name:24s} {first}")
             return {"presets": preset_names()}
-        report = load_config(config_path(s.config), parse_overrides(s.model))
+        if s.config == "any-model":  # a preset sized to its model: built, not only read
+            raw, _ = any_model_config(parse_overrides(s.model), s.scale)
+            report = parse_config(raw, source=str(PRESETS / "any-model.toml"))
+        else:
+            if s.scale != "auto":
+                raise UserError("report: --scale sizes the any-model preset only; set sizes "
+                                "in the config's settings instead.")
+            report = load_config(config_path(s.config), parse_overrides(s.model))
         if s.dry_run:
             jobs = select(report, s.only)
             print(format_table([{"job": j.id, "command": j.command, "needs": " ".join(j.needs)}
@@ -151,6 +167,10 @@ class DemoCommand(Command):
     Settings = DemoSettings
 
     def execute(self, s: DemoSettings) -> dict:
+        with quiet(s.quiet):
+            return self._demo(s)
+
+    def _demo(self, s: DemoSettings) -> dict:
         report = parse_config(demo_config(s.model, s.quick), source="(built-in demo)")
         if s.restart:
             _restart(s.out)

@@ -82,6 +82,29 @@ def _load(out: Path, job_id: str) -> dict:
         return {}
 
 
+def readout_html(results: dict) -> str:
+    """Which readout a job used and which options were chosen from the model, and why (the
+    shared keys ``numbers``, ``readout``, ``tau`` and ``defaults`` of results.json)."""
+    parts = []
+    numbers, readout = results.get("numbers") or {}, results.get("readout")
+    if isinstance(readout, dict):
+        basis = readout.get("basis")
+        tau = results.get("tau")
+        parts.append(f"Readout: {readout.get('what', readout.get('readout'))} ({basis} basis"
+                     f"{', through the final norm' if readout.get('final_norm') else ''}"
+                     f"{f', tau {tau}' if tau is not None else ''}).")
+    elif "readout" in results and numbers.get("family"):
+        parts.append(f"Readout: none. The tokenizer writes these answers as "
+                     f"{numbers['family']} tokens, so there is no single row of W_U to filter "
+                     "through; whole answers are scored.")
+    chosen = results.get("defaults") or {}
+    if chosen:
+        parts.append("Chosen from the model: " + "; ".join(
+            f"--{k.replace('_', '-')} {v.get('value')} ({v.get('why')})"
+            for k, v in chosen.items()) + ".")
+    return f"<p class='meta'>{esc(' '.join(parts))}</p>" if parts else ""
+
+
 def _job_html(job: JobView, command: Command | None) -> str:
     entry = job.entry
     meta = ", ".join(f"{k} {entry[k]}" for k in ("model", "task", "revision", "seed")
@@ -93,6 +116,7 @@ def _job_html(job: JobView, command: Command | None) -> str:
              f"{f' · {seconds:.1f} s' if isinstance(seconds, (int, float)) else ''}</p>"]
     if entry.get("caption"):
         parts.append(f"<p>{esc(entry['caption'])}</p>")
+    parts.append(readout_html(job.results))
     for png in sorted(job.folder.glob("*.png")):
         parts.append(figure(png, caption_for(png, command)))
     parts.append(command.job_html(job) if command is not None else record_tables(job.results))

@@ -27,13 +27,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from llm_fourier.batch.config import Job, Report, resolve_refs
 from llm_fourier.commands import get_command
 from llm_fourier.errors import UserError
 from llm_fourier.model import distributed
 from llm_fourier.output.files import atomic_write_text, read_json, write_json
+from llm_fourier.output.progress import tqdm
 
 MANIFEST = "manifest.json"
 

@@ -21,7 +21,21 @@ from typing import ClassVar
 
 from llm_fourier.commands.settings import Settings
 from llm_fourier.model.distributed import process_info
-from llm_fourier.output.rundir import RunDir
+from llm_fourier.output.progress import quiet
+from llm_fourier.output.rundir import RunDir, check_writable
+
+
+def _fill_defaults(settings, main: bool) -> None:
+    """``settings.fill_defaults()`` (it reads the tokenizer) after ``--out`` is known to be
+    writable, leaving no folder behind when it fails."""
+    path = Path(settings.out) if getattr(settings, "out", None) and main else None
+    if path is not None and not path.exists():
+        check_writable(path)  # makes it: remove it again, RunDir makes it when it opens
+        if not any(path.iterdir()):
+            path.rmdir()
+    elif path is not None:
+        check_writable(path)
+    settings.fill_defaults()
 
 
 @dataclass
@@ -58,8 +72,11 @@ class Command:
     def execute(self, settings) -> dict:
         """Open the run folder (checked, locked, resumable) and run in it."""
         main = process_info().is_main if self.shards else True
-        with RunDir(settings.out, self.name, settings.identity(), restart=settings.restart,
-                    extendable=self.extendable, main=main) as run:
+        _fill_defaults(settings, main)
+        with quiet(getattr(settings, "quiet", False)), \
+                RunDir(settings.out, self.name, settings.identity(), restart=settings.restart,
+                       extendable=self.extendable, main=main) as run:
+            run.annotations["defaults"] = settings.chosen
             return self.run(settings, run)
 
     def __call__(self, **settings) -> dict:

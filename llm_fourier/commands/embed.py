@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from llm_fourier.analyses.embeddings import load_embedding_matrix
 from llm_fourier.commands.base import Command, JobView
@@ -28,9 +27,11 @@ from llm_fourier.commands.settings import option
 from llm_fourier.errors import UserError
 from llm_fourier.model.fingerprint import tokenizer_fingerprint
 from llm_fourier.model.numbers import find_number_tokens, number_rows
+from llm_fourier.model.readout import default_tau, tau_reason
 from llm_fourier.output.files import save_figure
 from llm_fourier.output.html import figure, html_table, periods_text
 from llm_fourier.output.plots import pyplot, spectrum_plot
+from llm_fourier.output.progress import tqdm
 from llm_fourier.output.rundir import RunDir
 from llm_fourier.output.tables import format_table
 from probes import FourierBasis, spectrum
@@ -98,6 +99,7 @@ class EmbedCommand(Command):
     def run(self, s: EmbedSettings, run: RunDir) -> dict:
         revision = {} if s.revision is None else {"revision": s.revision}
         W, tokenizer = load_embedding_matrix(s.model, unembed=s.unembed, dtype=s.dtype,
+                                             device_map=s.device_map,
                                              trust_remote_code=s.trust_remote_code, **revision)
         run.check_inputs(tokenizer=tokenizer_fingerprint(tokenizer))
         search = DEFAULT_SEARCH if s.max_number is None else s.max_number
@@ -109,14 +111,18 @@ class EmbedCommand(Command):
         if s.max_number is not None and numbers.max_number < s.max_number:
             print(f"note: single-token numbers stop at {numbers.max_number}; using 0.."
                   f"{numbers.max_number} instead of 0..{s.max_number}")
+        basis = FourierBasis(numbers.p, s.basis)
+        if s.tau is None:  # from the numbers this tokenizer keeps whole
+            tau = default_tau("number", basis)
+            s.choose("tau", tau, tau_reason("number", tau, basis))
         s.check_tau(numbers.p, "single-token numbers")
         rows = number_rows(W, numbers).float().cpu().numpy()
-        spec = spectrum(rows, FourierBasis(numbers.p, s.basis), axis=0, pool="l2")
+        spec = spectrum(rows, basis, axis=0, pool="l2")
         outliers = [o.as_dict() for o in spec.outliers()]
         matrix = "unembedding" if s.unembed else "embedding"
         probes = embedding_mod_probes(rows, s.mod_periods, stats=s.stats_config())
         results = {"model": str(s.model), "revision": s.revision, "matrix": matrix,
-                   "basis": s.basis,
+                   "basis": s.basis, "tau": s.tau,
                    "numbers": numbers.describe(), "d_model": int(rows.shape[1]),
                    "spectrum": spec.records(), "outliers": outliers,
                    "low_high": spec.low_high(s.tau), "mod_probes": probes}

@@ -15,7 +15,13 @@ from pathlib import Path
 
 from llm_fourier.analyses.finetuning import MIXED_PRECISION, FinetuneConfig, FineTuner
 from llm_fourier.commands.base import Command, JobView
-from llm_fourier.commands.options import ModelOptions, OutputOptions, TaskOptions, record_inputs
+from llm_fourier.commands.options import (
+    ModelOptions,
+    OutputOptions,
+    SeedOptions,
+    TaskOptions,
+    record_inputs,
+)
 from llm_fourier.commands.settings import option
 from llm_fourier.model.numbers import task_numbers
 from llm_fourier.output.files import save_figure
@@ -28,7 +34,7 @@ HISTORY_COLUMNS = ("epoch", "step", "loss", "accuracy", "frac_errors_mult_10", "
 
 
 @dataclass(kw_only=True)
-class FinetuneSettings(ModelOptions, TaskOptions, OutputOptions):
+class FinetuneSettings(ModelOptions, TaskOptions, SeedOptions, OutputOptions):
     command = "finetune"
     dtype: str = option("float32", choices=("float32", "bfloat16", "float16"),
                         help="dtype of the trained weights (use --mixed-precision for "
@@ -48,7 +54,6 @@ class FinetuneSettings(ModelOptions, TaskOptions, OutputOptions):
                                   "forward")
     save_every: int = option(200, min=0, identity=False, help="checkpoint every N optimizer "
                              "steps (and every epoch); 0: epochs only")
-    seed: int = option(0, help="training seed (data order, dropout)")
     stop_after: int | None = option(None, min=1, identity=False, metavar="STEPS",
                                     help="stop after this many optimizer steps (checkpoint "
                                     "kept; run the same command again to continue)")

@@ -61,10 +61,13 @@ from llm_fourier.commands.hidden_digits import (
     intervene,
     intervention_findings,
 )
+from llm_fourier.commands.kept import StatesOptions, keep_states
 from llm_fourier.commands.options import (
     BASES,
+    BatchOptions,
     ModelOptions,
     OutputOptions,
+    SeedOptions,
     StatsOptions,
     TaskOptions,
     record_inputs,
@@ -85,10 +88,12 @@ from probes.stats import StatsConfig
 
 
 @dataclass(kw_only=True)
-class HiddenSettings(ModelOptions, TaskOptions, StatsOptions, OutputOptions):
+class HiddenSettings(ModelOptions, TaskOptions, StatsOptions, SeedOptions, BatchOptions,
+                     StatesOptions, OutputOptions):
     command = "hidden"
-    seed: int = option(0, help="seed of the cross-validation folds and the random-init copy")
     n_probe: int = option(1000, min=1, help="training-split prompts whose states are probed")
+    keep_states: bool = option(True, identity=False, help="keep the collected states in "
+                               "OUT/states/ (safetensors + index; lf.load_states reads them)")
     token: str = option("a", choices=TOKENS, help="where to read the state: last token of "
                         "operand a or b, or the last prompt token")
     target: str | None = option(None, choices=TARGETS, help="number to probe for (default: "
@@ -141,8 +146,6 @@ class HiddenSettings(ModelOptions, TaskOptions, StatsOptions, OutputOptions):
                                          "is most accurate)")
     intervene_role: str = option("block", choices=ROLES, help="module output to rotate")
     n_eval: int = option(200, min=1, help="test prompts to evaluate (ablations, intervention)")
-    batch_size: int = option(32, min=1, identity=False, help="prompts per forward")
-    quiet: bool = option(False, identity=False, help="no progress bars")
 
     @property
     def probed(self) -> str:
@@ -153,7 +156,7 @@ class HiddenSettings(ModelOptions, TaskOptions, StatsOptions, OutputOptions):
         if unfitted:
             raise self.fail("ablate_periods", f"{unfitted} were not fitted; choose among "
                             f"--helix-periods {self.helix_periods}")
-        top = self.max_answer if self.probed == "answer" else self.max_operand
+        top = self.max_answer if self.probed == "answer" else self.operands
         bad = [p for p in self.digit_places or [] if p >= n_digits([top])]
         if bad:
             raise self.fail("digit_places", f"{bad} leave the places 0..{n_digits([top]) - 1} "
@@ -168,9 +171,9 @@ class HiddenSettings(ModelOptions, TaskOptions, StatsOptions, OutputOptions):
         if self.op != "+":
             raise self.fail("intervene_place", f"expects the answer's digit to move with the "
                             f"operand's, which holds for + only (got --op {self.op})")
-        if self.intervene_place >= n_digits([self.max_operand]):
+        if self.intervene_place >= n_digits([self.operands]):
             raise self.fail("intervene_place", f"must be a place of the operands 0.."
-                            f"{self.max_operand} (0..{n_digits([self.max_operand]) - 1})")
+                            f"{self.operands} (0..{n_digits([self.operands]) - 1})")
         if self.intervene_role not in self.roles:
             raise self.fail("intervene_role", f"{self.intervene_role} is not among --roles "
                             f"{self.roles}")
@@ -276,6 +279,8 @@ class HiddenCommand(Command):
         kw = {"pca_dim": s.pca_dim, "mod_pca_dim": s.mod_pca_dim, "n_splits": s.folds,
               "seed": s.seed, "progress": progress}
         hs = _collect(run, "states", lm, examples, s, layers, progress)
+        if s.keep_states:
+            keep_states(run, s, lm, hs, "hidden")
         token_ids, identity = token_identity_result(s, lm, examples, hs, target)
         fits = probe_layers(hs, target, s.periods, s.helix_periods, **kw,
                             stats=s.stats_config(s.seed), token_ids=token_ids,

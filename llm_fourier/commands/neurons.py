@@ -29,6 +29,7 @@ from llm_fourier.commands.options import (
     BASES,
     ModelOptions,
     OutputOptions,
+    SeedOptions,
     SplitOptions,
     TaskOptions,
     record_inputs,
@@ -48,7 +49,7 @@ KNOCKOUT_CONSOLE = ("period", "component", "n_neurons", "accuracy_none", "accura
 
 
 @dataclass(kw_only=True)
-class NeuronsSettings(ModelOptions, TaskOptions, SplitOptions, OutputOptions):
+class NeuronsSettings(ModelOptions, TaskOptions, SplitOptions, SeedOptions, OutputOptions):
     command = "neurons"
     layers: list[int] | None = option(None, min=0, help="MLP layers to read (default: all)")
     basis: str = option("paper", choices=BASES, help="Fourier basis: paper (period (p-1)/k, "
@@ -60,14 +61,12 @@ class NeuronsSettings(ModelOptions, TaskOptions, SplitOptions, OutputOptions):
     n_neurons: int = option(20, min=1, help="neurons knocked out per period, pooled over the "
                             "chosen layers")
     n_random: int = option(5, min=1, help="random draws of as many neurons per layer")
-    seed: int = option(0, help="seed of the random draws")
     prediction: str = option("vocab", choices=PREDICTIONS, help="vocab: the model's own next "
                              "token (the paper's); numbers: argmax over the number tokens only")
     allow_post_norm: bool = option(False, help="read the directions before a post-MLP norm "
                                    "(Gemma 2/3, OLMo 2): the spectrum is then of the direction "
                                    "before the norm")
     no_knockout: bool = option(False, help="spectra only, no knockouts")
-    quiet: bool = option(False, identity=False, help="no progress bars")
 
     def validate(self) -> None:
         if len(set(self.periods)) < len(self.periods):

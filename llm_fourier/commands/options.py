@@ -14,12 +14,13 @@ results.json's ``numbers`` / ``readout`` entries).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from llm_fourier.commands.settings import Settings, option
 from llm_fourier.errors import UserError
-from llm_fourier.model.answer_space import AnswerSpace
+from llm_fourier.model.answer_space import AnswerSpace, fitting_operands
 from llm_fourier.model.distributed import device_map_kwargs
 from llm_fourier.model.fingerprint import (
     examples_fingerprint,
@@ -46,6 +47,20 @@ class OutputOptions(Settings):
                              "(the Python API writes nothing without it)", identity=False)
     restart: bool = option(False, help="discard an unfinished run in --out (with other "
                            "settings or inputs) and start over", identity=False)
+    quiet: bool = option(False, identity=False, help="no progress bars (results and the "
+                         "console summary are unchanged)")
+
+
+@dataclass(kw_only=True)
+class BatchOptions(Settings):
+    batch_size: int = option(16, min=1, identity=False, help="prompts per forward (memory "
+                             "and speed only: results do not depend on it)")
+
+
+@dataclass(kw_only=True)
+class SeedOptions(Settings):
+    seed: int = option(0, help="seed of every random draw the command makes (folds, "
+                       "held-out numbers, random baselines, training order)")
 
 
 @dataclass(kw_only=True)
@@ -56,21 +71,21 @@ class SourceOptions(Settings):
     dtype: str = option("auto", choices=DTYPES, help="weights' dtype (auto: the checkpoint's)")
     trust_remote_code: bool = option(False, help="run the model repository's own code (off "
                                      "by default: only for repositories you trust)")
-
-
-@dataclass(kw_only=True)
-class ModelOptions(SourceOptions):
-    tokenizer: str | None = option(None, help="tokenizer id or folder (default: the model's)")
     device_map: str | None = option(None, identity=False, help="accelerate device map "
                                     "(default: auto on GPU, else CPU)")
-    skip_roles_check: bool = option(False, identity=False, help="experts only: skip the load "
-                                    "check that attention and MLP outputs add up to the "
-                                    "residual stream")
 
     def validate(self) -> None:
         if self.device_map and "cuda" in self.device_map and not torch.cuda.is_available():
             raise self.fail("device_map", f"{self.device_map!r} needs a GPU, but no CUDA device "
                             "is available; leave --device-map out to run on the CPU")
+
+
+@dataclass(kw_only=True)
+class ModelOptions(SourceOptions):
+    tokenizer: str | None = option(None, help="tokenizer id or folder (default: the model's)")
+    skip_roles_check: bool = option(False, identity=False, help="experts only: skip the load "
+                                    "check that attention and MLP outputs add up to the "
+                                    "residual stream")
 
     def load_model(self, tokenizer=None, **overrides) -> LoadedModel:
         """The model, with ``tokenizer`` (an object already loaded) or the configured one, on
@@ -92,6 +107,11 @@ class ModelOptions(SourceOptions):
         return load_tokenizer(self.model if own else self.tokenizer, self.trust_remote_code,
                               self.revision if own else None)
 
+    def defaults_tokenizer(self):
+        if getattr(self, "_tokenizer", None) is None:
+            self._tokenizer = self.load_tokenizer()
+        return self._tokenizer
+
     def answer_format(self, max_answer: int) -> NumberFormat:
         """How the tokenizer writes the answers 0..``max_answer`` (its family: single tokens,
         digits, chunks, mixed), from the tokenizer alone; pass ``fmt.tokenizer`` to
@@ -102,25 +122,43 @@ class ModelOptions(SourceOptions):
 @dataclass(kw_only=True)
 class TaskOptions(Settings):
     op: str = option("+", choices=tuple(OPS), help="operation")
-    max_operand: int = option(260, min=1, help="operands 0..N (answers 0..2N for +)")
+    default_operand: ClassVar[int] = 260  # Zhou et al.'s range
+    max_operand: int | None = option(None, min=1, help="operands 0..N, answers 0..2N for + "
+                                     "(default: 260, or the largest range whose answers stay "
+                                     "single tokens when the tokenizer keeps fewer whole)")
     ordered: bool = option(False, help="ordered pairs (a, b), not only a <= b")
     shots: int = option(0, min=0, help="solved examples before each prompt")
     task_seed: int = option(0, help="seed of the pair shuffle, templates and split")
 
     @property
+    def operands(self) -> int:
+        """The operand range: as given or chosen, else (before the model is read) the
+        default, which bounds the chosen one."""
+        return self.default_operand if self.max_operand is None else self.max_operand
+
+    @property
     def max_answer(self) -> int:
-        return largest_answer(self.op, self.max_operand)
+        return largest_answer(self.op, self.operands)
+
+    def fit_operands(self) -> None:
+        """Choose --max-operand from the tokenizer when left unset (``fitting_operands``)."""
+        tokenizer = self.defaults_tokenizer()
+        if self.max_operand is None and tokenizer is not None:
+            self.choose("max_operand", *fitting_operands(tokenizer, self.op,
+                                                         self.default_operand))
+
+    def model_defaults(self) -> None:
+        self.fit_operands()
 
     def task(self, **extra) -> TaskSplits:
-        return make_task(self.op, self.max_operand, ordered=self.ordered, seed=self.task_seed,
+        return make_task(self.op, self.operands, ordered=self.ordered, seed=self.task_seed,
                          shots=self.shots, **extra)
 
 
 @dataclass(kw_only=True)
-class SplitOptions(Settings):
+class SplitOptions(BatchOptions):
     split: str = option("test", choices=SPLITS, help="split to run on")
     limit: int | None = option(None, min=1, help="use the first N examples of the split")
-    batch_size: int = option(16, min=1, identity=False, help="prompts per forward")
 
     def examples(self, task: TaskSplits) -> list:
         return task.split(self.split)[:self.limit]
@@ -132,8 +170,9 @@ class SpectrumOptions(Settings):
                         "Def. A.3: w_k = 2 pi k/(p-1), factors sqrt(1/(p-1)), sqrt(2/(p-1)); "
                         "figures use it), unit (the same rows scaled to unit norm) or dft (the "
                         "exact orthonormal DFT over p points, period p/k)")
-    tau: int = option(50, min=1, help="low/high threshold on the component index k "
-                      "(low: k < tau)")
+    tau: int | None = option(None, min=1, help="low/high threshold on the component index k "
+                             "(low: k < tau; default: 50, Zhou et al.'s, or the component of "
+                             "the same period when the numbers have fewer components)")
 
     def check_tau(self, p: int, what: str = "numbers") -> None:
         """Refuse a tau outside the components 1..K of the basis over ``p`` numbers (before
@@ -154,6 +193,22 @@ class ReadoutOptions(SpectrumOptions):
     tau: int | None = option(None, min=1, help="low/high threshold on the component index k "
                              "(low: k < tau); default 50 for number tokens, 3 for digits "
                              "(low: periods 10 and 5)")
+
+    def model_defaults(self) -> None:
+        """tau from the answers' readout (``AnswerSpace``), said with its reason."""
+        tokenizer = self.defaults_tokenizer()
+        if tokenizer is None:
+            return
+        getattr(self, "fit_operands", lambda: None)()  # the answers first
+        max_answer = getattr(self, "max_answer", None)
+        if max_answer is None:
+            return
+        space = self.answer_space(number_format(tokenizer, max_answer), max_answer)
+        if space.kind == "digit" and self.basis != "dft":
+            self.choose("basis", "dft", "the digit readout is the DFT over the ten digits; "
+                        "--basis applies to number readouts", apply=False)
+        if self.tau is None and space.tau is not None:
+            self.choose("tau", space.tau, space.tau_chosen()["why"])
 
     def answer_space(self, fmt: NumberFormat, max_answer: int) -> AnswerSpace:
         """The answers' space (readout, basis, tau with its default: 50 for numbers, 3 for

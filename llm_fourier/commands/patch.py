@@ -28,7 +28,14 @@ from llm_fourier.analyses.ablation import PREDICTIONS
 from llm_fourier.analyses.hidden_states import ROLES, HiddenStates, collect
 from llm_fourier.analyses.patching import OPERANDS, helix_patching, patching_plot
 from llm_fourier.commands.base import Command, JobView
-from llm_fourier.commands.options import ModelOptions, OutputOptions, TaskOptions, record_inputs
+from llm_fourier.commands.options import (
+    BatchOptions,
+    ModelOptions,
+    OutputOptions,
+    SeedOptions,
+    TaskOptions,
+    record_inputs,
+)
 from llm_fourier.commands.settings import option
 from llm_fourier.errors import UserError
 from llm_fourier.model.answer_space import AnswerSpace
@@ -43,9 +50,12 @@ CONSOLE = ("role", "layer", "method", "n_params", "r2_heldout", "kept", "moved",
 
 
 @dataclass(kw_only=True)
-class PatchSettings(ModelOptions, TaskOptions, OutputOptions):
+class PatchSettings(ModelOptions, TaskOptions, SeedOptions, BatchOptions, OutputOptions):
     command = "patch"
-    max_operand: int = option(99, min=1, help="operands 0..N (the paper: 0..99)")
+    default_operand = 99  # Kantamneni & Tegmark's range
+    max_operand: int | None = option(None, min=1, help="operands 0..N (default: 0..99, the "
+                                     "paper's, or the largest range whose answers stay single "
+                                     "tokens when the tokenizer keeps fewer whole)")
     operand: str = option("a", choices=OPERANDS, help="operand whose token is patched")
     roles: list[str] = option(["block"], choices=ROLES, help="states to patch: block = the "
                               "residual stream after the layer; attn / mlp = that module's "
@@ -66,19 +76,15 @@ class PatchSettings(ModelOptions, TaskOptions, OutputOptions):
     train_limit: int = option(2000, min=1, help="training prompts whose operand states the "
                               "reconstructions are fitted on")
     test_limit: int = option(200, min=1, help="test prompts to patch")
-    seed: int = option(0, help="seed of the held-out numbers, the shuffled control and the "
-                       "counterfactual operands")
-    batch_size: int = option(16, min=1, identity=False, help="prompts per forward")
-    quiet: bool = option(False, identity=False, help="no progress bars")
 
     def validate(self) -> None:
         for name in ("periods", "roles", "methods"):
             values = getattr(self, name)
             if len(set(values)) < len(values):
                 raise self.fail(name, f"names a value twice ({values})")
-        if self.max_operand < 4:
+        if self.operands < 4:
             raise self.fail("max_operand", "must be at least 4: the fits hold out a fifth of "
-                            f"the operand's values, got {self.max_operand}")
+                            f"the operand's values, got {self.operands}")
         if self.train_limit < 10:
             raise self.fail("train_limit", f"must be at least 10 prompts to fit on, got "
                             f"{self.train_limit}")

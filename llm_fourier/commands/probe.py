@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from llm_fourier.analyses.digits import run_digit_lens
+from llm_fourier.analyses.hidden_states import collect
 from llm_fourier.analyses.lens import LENS_ROLES, PEAK_RULE, layer_summary, run_lens, spectra_matrix
 from llm_fourier.commands.base import Command, JobView
 from llm_fourier.commands.digit_views import (
@@ -46,6 +47,7 @@ from llm_fourier.commands.digit_views import (
     is_digit_run,
     lens_headline,
 )
+from llm_fourier.commands.kept import StatesOptions, keep_states
 from llm_fourier.commands.options import (
     ModelOptions,
     OutputOptions,
@@ -65,12 +67,16 @@ from probes import Spectrum
 
 
 @dataclass(kw_only=True)
-class ProbeSettings(ModelOptions, TaskOptions, SplitOptions, ReadoutOptions, OutputOptions):
+class ProbeSettings(ModelOptions, TaskOptions, SplitOptions, ReadoutOptions, StatesOptions,
+                    OutputOptions):
     command = "probe"
     final_norm: bool = option(False, help="apply the model's final norm before W_U (the "
                               "standard logit lens; default off: logits = W_U[numbers] x, as "
                               "the paper's filters)")
     top: int = option(10, min=1, help="keep at most this many outliers per layer")
+    keep_rows: bool = option(False, identity=False, help="also keep the lens rows (every "
+                             "layer's block, attn and mlp output at the last prompt token) "
+                             "in OUT/states/ for lf.load_states")
 
     def validate(self) -> None:
         self.check_tau(self.max_answer + 1)
@@ -140,6 +146,9 @@ class ProbeCommand(Command):
         results["prediction"] = ("the model's next token (argmax over the vocabulary)"
                                  if readout.kind == "number" else
                                  "the model's greedy whole answer")
+        if s.keep_rows:  # one more forward: the rows the lens reads, kept as they are
+            keep_states(run, s, lm, collect(lm, examples, "last", batch_size=s.batch_size),
+                        "probe")
         if run.helper:
             return results  # a helper process of a launch: the main one writes and prints
         if run.writes:

@@ -67,12 +67,43 @@ class Settings:
     command: ClassVar[str] = "command"
 
     def __post_init__(self) -> None:
+        self.chosen: dict[str, dict] = {}  # defaults chosen from the model (not options)
         for f in dataclasses.fields(self):
             self._check_field(f)
         for klass in reversed(type(self).__mro__):  # every group's checks, base first
             check = klass.__dict__.get("validate")
             if check is not None:
                 check(self)
+
+    # -------------------------------------------------------------- model defaults
+    def model_defaults(self) -> None:
+        """Fill options left at None whose default depends on the model (each class of the
+        MRO that defines one runs, base first; see ``fill_defaults``)."""
+
+    def fill_defaults(self) -> dict[str, dict]:
+        """Run every group's ``model_defaults`` once (``Command.execute`` calls it before the
+        run folder opens, so the chosen values are part of the run's identity)."""
+        if not getattr(self, "_filled", False):
+            for klass in reversed(type(self).__mro__):
+                fill = klass.__dict__.get("model_defaults")
+                if fill is not None:
+                    fill(self)
+            self._filled = True
+        return self.chosen
+
+    def defaults_tokenizer(self):
+        """The tokenizer model-dependent defaults are read from (None: no model)."""
+        return None
+
+    def choose(self, name: str, value, why: str, apply: bool = True) -> None:
+        """Set option ``name`` (left unset) to ``value`` and record why: printed now, and
+        written to results.json under ``defaults`` (``apply=False``: only recorded)."""
+        if apply:
+            setattr(self, name, value)
+        self.chosen[name] = {"value": value, "why": why}
+        meta = self._meta(name)
+        label = name if meta["positional"] else _flag(name, meta)
+        print(f"{self.command}: {label} {_show(value)} (default for this model: {why})")
 
     # -------------------------------------------------------------- checks
     def validate(self) -> None:

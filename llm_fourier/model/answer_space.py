@@ -17,18 +17,45 @@ from dataclasses import dataclass, field
 
 from llm_fourier.errors import UserError
 from llm_fourier.model.number_format import NumberFormat, number_format
-from llm_fourier.model.numbers import NumberTokens
+from llm_fourier.model.numbers import NumberTokens, find_number_tokens
 from llm_fourier.model.readout import (
     NumberReadout,
     check_tau,
     default_tau,
     digit_readout,
     number_readout,
+    tau_reason,
 )
 from llm_fourier.model.tasks import largest_answer
 from probes import FourierBasis, FourierFilter
 
-__all__ = ["AnswerSpace", "check_tau", "largest_answer"]
+__all__ = ["AnswerSpace", "check_tau", "fitting_operands", "largest_answer"]
+
+MIN_FITTED_OPERAND = 9  # below 0..9 a number readout says little: score whole answers
+
+
+def fitting_operands(tokenizer, op: str, preferred: int) -> tuple[int, str]:
+    """The operand range a command uses unless told: ``preferred`` (Zhou et al.'s 260) when
+    its answers get a readout (single tokens, or one token per digit), else the largest
+    range whose answers stay single tokens, with the reason in words."""
+    try:
+        fmt = number_format(tokenizer, largest_answer(op, preferred))
+    except UserError:  # a tokenizer that cannot write every answer (a word-level one)
+        fmt = None
+    if fmt is not None and fmt.readout is not None:
+        return preferred, (f"answers 0..{largest_answer(op, preferred)} are "
+                           f"{'single tokens' if fmt.readout == 'number' else 'digit tokens'}")
+    top = fmt.numbers.max_number if fmt is not None else \
+        find_number_tokens(tokenizer, largest_answer(op, preferred)).max_number
+    m = preferred
+    while m > 0 and largest_answer(op, m) > top:
+        m -= 1
+    if m < MIN_FITTED_OPERAND:
+        family = fmt.family if fmt is not None else "several"
+        return preferred, (f"answers up to {largest_answer(op, preferred)} are {family} "
+                           "tokens and few numbers are single tokens: whole answers are scored")
+    return m, (f"the tokenizer keeps only 0..{top} as single tokens, so operands 0..{m} "
+               "keep every answer one token")
 
 
 @dataclass
@@ -50,7 +77,7 @@ class AnswerSpace:
             number_format(fmt_or_tokenizer, max_answer)
         space = cls(fmt, int(max_answer), basis_kind)
         if space.kind is not None:
-            space.tau = default_tau(space.kind) if tau is None else int(tau)
+            space.tau = default_tau(space.kind, space.basis) if tau is None else int(tau)
             check_tau(space.tau, space.basis, space.what, given=tau is not None)
         return space
 
@@ -81,6 +108,12 @@ class AnswerSpace:
     def what(self) -> str:
         return ("the digit readout (components 1..5: periods 10, 5, 3.33, 2.5, 2)"
                 if self.kind == "digit" else f"the numbers 0..{self.max_answer}")
+
+    def tau_chosen(self) -> dict | None:
+        """What the default tau is and why (None without a readout)."""
+        if self.kind is None:
+            return None
+        return {"value": self.tau, "why": tau_reason(self.kind, self.tau, self.basis)}
 
     def check_keep(self, keep: Iterable[int] | None) -> list[int]:
         """``--keep`` components, checked against the basis."""

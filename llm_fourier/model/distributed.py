@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+
+from llm_fourier.output.progress import tqdm
 
 _solo = 0  # > 0 inside solo(): this process works alone
 _narrowed = False  # CUDA_VISIBLE_DEVICES narrowed to this process's GPU group

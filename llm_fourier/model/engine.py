@@ -29,13 +29,13 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from llm_fourier.errors import UserError
 from llm_fourier.model.distributed import broadcast_object, map_ranges, process_info, rounds
 from llm_fourier.model.hooks import capture, edit
 from llm_fourier.model.number_format import NumberFormat, NumberParser
 from llm_fourier.model.tasks import Example, tokenize_prompts
+from llm_fourier.output.progress import tqdm
 
 __all__ = ["Batch", "Condition", "Engine", "Greedy", "Output", "Patch", "PromptSet", "Store"]
 

@@ -118,10 +118,29 @@ def check_tau(tau: int, basis: FourierBasis, what: str, given: bool = True) -> N
                         f"{'' if given else ' (the default)'}; pass a smaller --tau.")
 
 
-def default_tau(kind: str) -> int:
-    """The low/high threshold a readout gets unless told: Zhou et al.'s 50 for the number
-    readout, ``DIGIT_TAU`` for digits."""
-    return DIGIT_TAU if kind == "digit" else 50
+PAPER_TAU, PAPER_P = 50, 521  # Zhou et al.: tau 50 over the numbers 0..520
+
+
+def default_tau(kind: str, basis: FourierBasis | None = None) -> int:
+    """The low/high threshold a readout gets unless told: ``DIGIT_TAU`` for digits; for
+    numbers Zhou et al.'s 50 where ``basis`` has that many components, else the component
+    of the same period ((p-1)/k = 10.4, the paper's split), at least 2 when there are two."""
+    if kind == "digit":
+        return DIGIT_TAU
+    if basis is None or basis.n_components >= PAPER_TAU:
+        return PAPER_TAU
+    k = round(PAPER_TAU * (basis.p - 1) / (PAPER_P - 1))
+    return max(min(2, basis.n_components), min(k, basis.n_components))
+
+
+def tau_reason(kind: str | None, tau: int, basis: FourierBasis | None) -> str:
+    """Why ``default_tau`` chose ``tau`` (for the console and results.json)."""
+    if kind == "digit":
+        return "the digit readout's split: low = periods 10 and 5 (k = 1, 2)"
+    if basis is None or tau == PAPER_TAU:
+        return "Zhou et al.'s split (low: k < 50, periods above ~10.4 over 0..520)"
+    return (f"the component of Zhou et al.'s split period over the numbers 0..{basis.p - 1} "
+            f"(50 exceeds their {basis.n_components} components)")
 
 
 def number_readout(lm, numbers: NumberTokens, final_norm: bool = False,

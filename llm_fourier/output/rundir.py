@@ -89,6 +89,7 @@ class RunDir:
         self._record: dict = {}
         self._saved = False  # nothing written yet: a run that fails early leaves nothing
         self._made = False
+        self.annotations: dict = {}  # keys added to results.json (e.g. chosen defaults)
         if self.path is None or not main:
             return  # nothing to write: the Python API without out, or a helper process
         self._made = not self.path.exists()
@@ -264,6 +265,7 @@ class RunDir:
 
     def finish(self, results: dict) -> dict:
         """Write ``results.json`` (atomically), mark the run finished, drop partial units."""
+        results.update({k: v for k, v in self.annotations.items() if v})
         if self.writes:
             write_json(self.path / "results.json", results)
             self._record.update(status="finished",

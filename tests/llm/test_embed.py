@@ -121,9 +121,15 @@ def test_digit_splitting_tokenizer_uses_digits(tiny_dir, tmp_path, capsys):
                        "--out", str(tmp_path), "--mod-periods", "--tau", "3"], capsys)
     res = json.loads((tmp_path / "results.json").read_text())
     assert code == 0 and res["numbers"]["p"] == 10 and len(res["spectrum"]) == 4
-    # the default tau (50) lies outside the 4 components of ten digits: one sentence
+    # the default tau follows the ten digits' 4 components (issue 20: it was 50, refused)
+    code, out, _ = _run(["embed", "--model", str(tiny_dir("qwen2", split_digits=True)),
+                         "--out", str(tmp_path / "t"), "--mod-periods"], capsys)
+    res = json.loads((tmp_path / "t" / "results.json").read_text())
+    assert code == 0 and res["tau"] == 2 == res["defaults"]["tau"]["value"]
+    assert "--tau 2 (default for this model" in out
+    # a tau given outside them: one sentence
     code, _, err = _run(["embed", "--model", str(tiny_dir("qwen2", split_digits=True)),
-                         "--out", str(tmp_path / "t")], capsys)
+                         "--out", str(tmp_path / "u"), "--tau", "50"], capsys)
     assert code == 2 and "--tau must lie in 1..4" in err
 
 

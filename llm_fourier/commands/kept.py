@@ -1,0 +1,45 @@
+"""Keeping what was computed: the states ``hidden`` collects and the rows ``probe --keep-rows``
+captures, saved in the run folder (``output.states``) for ``lf.load_states``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from llm_fourier.analyses.hidden_states import HiddenStates, token_ids_at
+from llm_fourier.commands.settings import Settings, option
+from llm_fourier.model.loading import LoadedModel
+from llm_fourier.output.rundir import RunDir
+from llm_fourier.output.states import STATE_DTYPES, STATES_DIR, save_states
+
+
+@dataclass(kw_only=True)
+class StatesOptions(Settings):
+    states_dtype: str = option("float16", choices=STATE_DTYPES, identity=False,
+                               help="dtype of the states kept in OUT/states/ (a role beyond "
+                               "float16's range is kept in float32)")
+
+
+def keep_states(run: RunDir, s: StatesOptions, lm: LoadedModel, hs: HiddenStates,
+                source: str) -> Path | None:
+    """Write ``hs`` to ``OUT/states/`` with an index of prompts, operands, answers and the
+    token read; None when the run writes nothing."""
+    folder = run.file(STATES_DIR)
+    if folder is None:
+        return None
+    ids = token_ids_at(lm.tokenizer, hs.examples, hs.token)
+    rows = [{"prompt": e.prompt, "a": e.a, "b": e.b, "answer": e.answer, "token_id": seq[-1],
+             "token": lm.tokenizer.convert_ids_to_tokens(seq[-1])}
+            for e, seq in zip(hs.examples, ids)]
+    meta = {"source": source, "model": lm.name, "read_at": hs.token,
+            "read_at_meaning": {"a": "the last token of operand a",
+                                "b": "the last token of operand b",
+                                "last": "the last prompt token (where the answer's first "
+                                        "token is read)"}[hs.token],
+            "roles_meaning": {"block": "the residual stream after the layer",
+                              "attn": "what the layer's attention adds to the residual stream",
+                              "mlp": "what the layer's MLP adds to the residual stream"}}
+    save_states(folder, hs.states, hs.layers, rows, meta, s.states_dtype)
+    print(f"kept {len(rows)} x {len(hs.layers)} layers x {', '.join(hs.roles)} states "
+          f"({s.states_dtype}) in {folder}; load them with lf.load_states({str(run.path)!r})")
+    return folder
