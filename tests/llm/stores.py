@@ -25,3 +25,25 @@ def interrupted(real, after: int = 1):
         return real(*args, store=Stopping(store, after), **kwargs)
 
     return run
+
+
+class Counting:
+    """A store that records the keys of the units it is given."""
+
+    def __init__(self, store, seen: list) -> None:
+        self.store, self.seen = store, seen
+
+    def get(self, key: str):
+        return self.store.get(key)
+
+    def __setitem__(self, key: str, unit) -> None:
+        self.seen.append(key)
+        self.store[key] = unit
+
+
+def counting(real, seen: list):
+    """``real`` (an analysis taking ``store=``) whose new units' keys go to ``seen``."""
+    def run(*args, store, **kwargs):
+        return real(*args, store=Counting(store, seen), **kwargs)
+
+    return run

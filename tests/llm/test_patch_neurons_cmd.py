@@ -20,7 +20,7 @@ from llm_fourier.errors import UserError
 from llm_fourier.model.loading import load_model
 from llm_fourier.model.numbers import task_numbers
 from llm_fourier.model.tasks import make_task
-from tests.llm.stores import interrupted
+from tests.llm.stores import counting, interrupted
 
 PATCH = ["--max-operand", "29", "--train-limit", "150", "--test-limit", "10", "--all-prompts",
          "--periods", "2", "5", "10", "--pca-dim", "12", "--roles", "block", "mlp", "--quiet"]
@@ -70,24 +70,6 @@ def test_patch_command_gives_the_library_numbers(patched):
         assert len(list(csv.DictReader(fh))) == 20
     for name in ("fits.csv", "pairs.csv", "patching.png"):
         assert (out / name).stat().st_size > 0
-
-
-class Counting:
-    """A store that counts the units it is given."""
-
-    def __init__(self, store, seen: list) -> None:
-        self.store, self.seen = store, seen
-
-    def get(self, key):
-        return self.store.get(key)
-
-    def __setitem__(self, key, unit):
-        self.seen.append(key)
-        self.store[key] = unit
-
-
-def counting(real, seen: list):
-    return lambda *a, store, **k: real(*a, store=Counting(store, seen), **k)
 
 
 def test_patch_resumes_at_the_next_unit(patched, tmp_path, monkeypatch):
