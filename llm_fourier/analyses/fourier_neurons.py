@@ -41,9 +41,10 @@ from llm_fourier.analyses.answers import score_conditions
 from llm_fourier.errors import UserError
 from llm_fourier.model.answer_space import AnswerSpace
 from llm_fourier.model.architectures import is_conv1d, projection, sublayer
-from llm_fourier.model.engine import Condition, Store
+from llm_fourier.model.engine import Condition, Engine, PromptSet, Store
 from llm_fourier.model.numbers import NumberTokens
 from llm_fourier.model.readout import NumberReadout, number_readout
+from llm_fourier.model.tasks import Example
 from probes import FourierBasis
 
 _POST_NORM = re.compile(r"post_(feedforward|ffw|ffn|mlp)", re.I)
@@ -80,7 +81,8 @@ def has_post_norm(lm) -> bool:
 
 
 def check_projections(lm, layers: Sequence[int]) -> None:
-    """One forward: each MLP's output must equal its projection's output; else refuse."""
+    """One forward (the engine's, stopped after the deepest layer): each MLP's output must
+    equal its projection's output; else refuse."""
     got: dict[tuple[str, int], Tensor] = {}
 
     def keep(key):
@@ -88,24 +90,30 @@ def check_projections(lm, layers: Sequence[int]) -> None:
             got[key] = (output[0] if isinstance(output, (tuple, list)) else output).detach()
         return hook
 
-    handles = []
-    for i in layers:
-        handles.append(mlp_block(lm, i).register_forward_hook(keep(("mlp", i))))
-        handles.append(output_projection(lm, i).register_forward_hook(keep(("proj", i))))
-    ids = lm.tokenizer("Add 12 and 34. Answer: ", return_tensors="pt")["input_ids"]
-    try:
-        with torch.inference_mode():
-            lm.model(input_ids=ids.to(lm.input_device))
-    finally:
-        for h in handles:
-            h.remove()
-    for i in layers:
-        mlp, proj = got.get(("mlp", i)), got.get(("proj", i))
-        if mlp is None or proj is None or mlp.shape != proj.shape or not torch.allclose(
-                mlp.float(), proj.float(), rtol=1e-3, atol=1e-4 * float(mlp.abs().max()) + 1e-6):
-            raise UserError(f"layer {i}'s MLP output is not the output of its projection "
-                            f"{type(output_projection(lm, i)).__name__} (a mixture of experts "
-                            "or an extra scale?); neuron directions cannot be read from it.")
+    @contextmanager
+    def recording() -> Iterator[None]:
+        handles = [m.register_forward_hook(keep((name, i))) for i in layers for name, m in
+                   (("mlp", mlp_block(lm, i)), ("proj", output_projection(lm, i)))]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def differs(*_) -> list[int]:
+        return [i for i in layers if (mlp := got.get(("mlp", i))) is None
+                or (proj := got.get(("proj", i))) is None or mlp.shape != proj.shape
+                or not torch.allclose(mlp.float(), proj.float(), rtol=1e-3,
+                                      atol=1e-4 * float(mlp.abs().max()) + 1e-6)]
+
+    prompts = PromptSet.build(lm, [Example(12, 34, 46, "Add 12 and 34. Answer: ")])
+    (bad,) = Engine(lm, prompts).run([Condition("check", positions="all", hooks=recording)],
+                                     differs, logits=False, stop_after=max(layers),
+                                     progress=False)["check"]
+    if bad:
+        raise UserError(f"layer {bad[0]}'s MLP output is not the output of its projection "
+                        f"{type(output_projection(lm, bad[0])).__name__} (a mixture of experts "
+                        "or an extra scale?); neuron directions cannot be read from it.")
 
 
 @dataclass
