@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import Tensor
+from transformers import DynamicCache
 
 from llm_fourier.errors import UserError
 from llm_fourier.model.distributed import broadcast_object, map_ranges, process_info, rounds
@@ -211,9 +212,9 @@ class Engine:
                     logits=logits and stop_after is None, greedy=greedy, stop_after=stop_after)
         keys = [(b.number, c.name) for b in self.prompts.batches for c in conditions]
         done = {}
-        if store is not None:
-            done = broadcast_object({k: v for k in keys
-                                     if (v := store.get(f"{k[1]}/{k[0]}")) is not None})
+        if store is not None:  # read by the main process, sent to the others
+            done = broadcast_object({k: v for k in keys if (v := store.get(f"{k[1]}/{k[0]}"))
+                                     is not None} if process_info().is_main else None)
         if done and process_info().is_main:
             print(f"resuming: {len(done)} of {len(keys)} (batch, condition) units done")
         todo = [b.number for b in self.prompts.batches
@@ -243,15 +244,23 @@ class Engine:
         with torch.inference_mode():
             if batch.length > 1 and any(c.positions == "last" and not c.patches
                                           for c in conditions):
-                prefix = self._prefix(batch)
+                prefix = self._prefix(batch, spec["stop_after"])
             return {c.name: reduce(batch, c, self._condition(batch, c, prefix, spec))
                     for c in conditions}
 
-    def _prefix(self, batch: Batch):
-        """The KV cache of every prompt token before the last, unedited."""
+    def _prefix(self, batch: Batch, stop_after: int | None):
+        """The KV cache of every prompt token before the last, unedited (up to the layer
+        ``stop_after`` when set)."""
+        cache = DynamicCache(config=self.lm.model.config)
         enc = {k: v[:, :-1] for k, v in batch.enc.items()}
-        out = self.lm.model(**enc, use_cache=True, **(self.keep or {}))
-        return out[self.cache]
+        with ExitStack() as stack:
+            if stop_after is not None:
+                stack.callback(_stopper(self.lm, stop_after).remove)
+            try:
+                self.lm.model(**enc, use_cache=True, **{self.cache: cache}, **(self.keep or {}))
+            except _Stop:
+                pass
+        return cache
 
     # ------------------------------------------------------------------ one condition
     def _forward(self, ids: Tensor, mask: Tensor, pos: Tensor, cache, keep: int,
@@ -270,8 +279,7 @@ class Engine:
             cap = stack.enter_context(capture(lm, spec["roles"], spec["layers"], where)) \
                 if spec["roles"] and capture_last else None
             if spec["stop_after"] is not None:
-                handle = _stopper(lm, spec["stop_after"])
-                stack.callback(handle.remove)
+                stack.callback(_stopper(lm, spec["stop_after"]).remove)
             out = None
             try:
                 out = lm.model(input_ids=ids, attention_mask=mask, position_ids=pos,

@@ -23,6 +23,7 @@ from llm_fourier.commands.options import OutputOptions
 from llm_fourier.commands.settings import option
 from llm_fourier.model import distributed
 from llm_fourier.output.files import read_json, write_json
+from tests.llm.stores import interrupted
 
 N, BATCH = 11, 3  # 4 batches of the train split: 2 rounds of one batch per rank
 TASK = ["--max-operand", "12", "--split", "train", "--limit", str(N), "--batch-size",
@@ -71,18 +72,16 @@ def _free_port() -> int:
 
 
 def _count_prompts(log: list) -> None:
-    """Record how many prompts this process tokenizes in the lens and evaluate loops."""
-    import llm_fourier.analyses.ablation as ablate
-    import llm_fourier.analyses.lens as lens
+    """Record how many prompts this process runs through the engine, per condition."""
+    from llm_fourier.model.engine import Engine
 
-    for module, name in ((lens, "lens"), (ablate, "evaluate")):
-        real = module.tokenize_prompts
+    real = Engine._batch
 
-        def counted(tokenizer, prompts, *a, _real=real, _name=name, **kw):
-            log.append((_name, len(prompts)))
-            return _real(tokenizer, prompts, *a, **kw)
+    def counted(self, batch, conditions, *a, **kw):
+        log.append(("engine", len(batch.rows) * len(conditions)))
+        return real(self, batch, conditions, *a, **kw)
 
-        module.tokenize_prompts = counted
+    Engine._batch = counted
 
 
 def _worker(rank: int, world: int, port: int, model_dir: str, root: str) -> None:
@@ -146,41 +145,23 @@ def runs(tiny_dir, tmp_path_factory):
             assert main([command, "--model", model_dir, "--out", str(root / "single" / command),
                          *TASK]) == 0
         real = probe_cmd.run_lens
-
-        def interrupted(*args, on_batch, **kwargs):
-            def stop(done, state):
-                on_batch(done, state)
-                raise KeyboardInterrupt  # after the first batch
-
-            return real(*args, on_batch=stop, **kwargs)
-
         states, forwards = _collect(model_dir)
         np.savez(root / "collect_single.npz", forwards=forwards, **states)
         with pytest.MonkeyPatch.context() as mpatch:
-            mpatch.setattr(probe_cmd, "run_lens", interrupted)
+            mpatch.setattr(probe_cmd, "run_lens", interrupted(real))  # after batch 0
             assert main(["probe", "--model", model_dir, "--out", str(root / "probe_resume"),
                          *TASK]) == 130
     finally:
         torch.set_num_threads(threads)
         import llm_fourier.commands.ablate as ablate_cmd
 
-        real_table = ablate_cmd.ablation_table
-
-        def three_rows(*args, on_row, **kwargs):  # killed after 3 of the 7 Table 1 rows
-            def stop(label, result, done=[]):  # noqa: B006 - counts across calls
-                on_row(label, result)
-                done.append(label)
-                if len(done) == 3:
-                    raise KeyboardInterrupt
-
-            return real_table(*args, on_row=stop, **kwargs)
-
+        one_batch = interrupted(ablate_cmd.ablation_table, after=7)  # the 7 rows of batch 0
         with pytest.MonkeyPatch.context() as mpatch:
-            mpatch.setattr(ablate_cmd, "ablation_table", three_rows)
+            mpatch.setattr(ablate_cmd, "ablation_table", one_batch)
             assert main(["ablate", "--model", model_dir, "--out", str(root / "ablate_resume"),
                          *TASK]) == 130
-    assert (root / "probe_resume" / ".partial" / "lens.safetensors").exists()
-    assert len(list((root / "ablate_resume" / ".partial").glob("row-*.json"))) == 3
+    assert (root / "probe_resume" / ".partial" / "lens-lens_0.safetensors").exists()
+    assert len(list((root / "ablate_resume" / ".partial").glob("ablate-*.json"))) == 7
     mp.spawn(_worker, args=(2, _free_port(), model_dir, str(root)), nprocs=2, join=True)
     return root
 
@@ -217,11 +198,12 @@ def test_ablate_under_two_processes_writes_the_single_process_table(runs):
     table = read_json(runs / "two" / "ablate" / "results.json")["table"]
     assert len(table) == 7 and table[0]["row"] == "none" and table[0]["n"] == N
     counts = [read_json(runs / f"counts{r}.json") for r in range(2)]
-    # 7 rows x 4 batches, dealt as contiguous blocks: batches 0, 1 and 2, 3 of each row
+    # 4 batches of 7 rows each, one batch per rank and round: batches 0, 2 and 1, 3
     assert [c["ablate"] for c in counts] == [7 * 6, 7 * 5]
-    # resumed: 3 rows were on disk (read by rank 0 only), 4 rows ran sharded
+    # resumed: batch 0's 7 rows were on disk (read by rank 0 only): rank 0 ran batches 1, 3
+    # and rank 1 batch 2, every row
     _same_outputs(runs / "ablate_resume", runs / "single" / "ablate", ABLATE_FILES)
-    assert [c["ablate_resume"] for c in counts] == [4 * 6, 4 * 5]
+    assert [c["ablate_resume"] for c in counts] == [7 * 5, 7 * 3]
 
 
 def test_hidden_states_collected_by_two_processes_equal_one_process(runs):

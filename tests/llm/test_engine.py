@@ -1,0 +1,163 @@
+"""The forward engine against independent computations: each prompt alone in one full
+forward without a cache (no padding), and ``model.generate`` for greedy answers, on the
+single-token, digit and chunk tokenizers; edits at the answer positions or everywhere,
+early stop after a layer, resume from stored units."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from llm_fourier.errors import UserError
+from llm_fourier.model.engine import Condition, Engine, Greedy, PromptSet
+from llm_fourier.model.number_format import number_format
+from llm_fourier.model.tasks import make_task
+from probes import FourierFilter
+from tests.llm.families import family_lm
+
+OPERANDS = {"digits": 60, "chunks": 700, "single": 90}
+
+
+@pytest.fixture(scope="module", params=["single", "digits", "chunks"])
+def setup(request):
+    lm = family_lm(request.param)
+    task = make_task("+", OPERANDS[request.param], seed=0, shots=1)
+    examples = task.test[:9]
+    fmt = number_format(lm.tokenizer, task.max_answer)
+    return lm, examples, fmt
+
+
+def _filter(lm, seed: int = 0) -> FourierFilter:
+    q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((lm.d_model, 4)))
+    return FourierFilter(q, (), "random")
+
+
+def _alone(lm, fmt, example, filt=None, positions="last", layer=1):
+    """Logits (m x V) at the answer positions and the MLP rows of ``layer`` there, from
+    one full forward of prompt + answer (no cache, no padding); ``filt`` edits that MLP
+    at the answer positions ("last") or everywhere ("all")."""
+    ids = lm.tokenizer(example.prompt)["input_ids"]
+    answer = list(fmt.encode(example.answer))
+    P, m = len(ids), len(answer)
+    seen = []
+
+    def hook(module, args, out):
+        x = (out[0] if isinstance(out, tuple) else out).clone()
+        if filt is not None:
+            where = slice(None) if positions == "all" else slice(P - 1, P - 1 + m)
+            x[:, where] = filt(x[:, where])
+        seen.append(x[0, P - 1:P - 1 + m].clone())
+        return (x, *out[1:]) if isinstance(out, tuple) else x
+
+    handle = lm.site(layer, "mlp").module.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            logits = lm.model(input_ids=torch.tensor([ids + answer])).logits[0]
+    finally:
+        handle.remove()
+    return logits[P - 1:P - 1 + m].float(), seen[0].float()
+
+
+@pytest.mark.parametrize("positions", ["last", "all"])
+def test_teacher_forced_logits_and_rows_equal_full_forwards(setup, positions):
+    lm, examples, fmt = setup
+    filt = _filter(lm)
+    prompts = PromptSet.build(lm, examples, 4, fmt)  # left padded, batched by length
+    assert [len(b.rows) for b in prompts.batches] == [4, 4, 1]
+    assert any((b.enc["attention_mask"] == 0).any() for b in prompts.batches)
+    conditions = [Condition("none"), Condition("edit", {("mlp", 1): filt}, positions)]
+    units = Engine(lm, prompts).run(conditions, lambda b, c, out: (b.rows, out.logits,
+                                                                    out.rows["mlp"]),
+                                    roles=["mlp"], answers=True, progress=False)
+    for name, filt_or_none in (("none", None), ("edit", filt)):
+        for rows, logits, mlp in units[name]:
+            for j, i in enumerate(rows):
+                want, want_rows = _alone(lm, fmt, examples[i], filt_or_none, positions)
+                m = want.shape[0]
+                torch.testing.assert_close(logits[j, :m], want, atol=2e-4, rtol=1e-4)
+                torch.testing.assert_close(mlp[j, :m, 1], want_rows, atol=2e-4, rtol=1e-4)
+
+
+def _generate(lm, fmt, example, max_new: int) -> int:
+    ids = lm.tokenizer(example.prompt, return_tensors="pt")["input_ids"]
+    out = lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                            max_new_tokens=max_new, do_sample=False,
+                            pad_token_id=lm.tokenizer.pad_token_id)
+    return fmt.parse(out[0, ids.shape[1]:].tolist())
+
+
+def _greedy(lm, fmt, examples, cap, monkeypatch) -> tuple[list[int], list[int]]:
+    """(engine's greedy answers, rows it decoded step by step)."""
+    prompts = PromptSet.build(lm, examples, 4, fmt)
+    decoded: list[int] = []
+    real = Engine._decode
+
+    def counting(self, batch, cond, prefix, start, rows, g):
+        decoded.extend(batch.rows[j] for j in rows)
+        return real(self, batch, cond, prefix, start, rows, g)
+
+    monkeypatch.setattr(Engine, "_decode", counting)
+    units = Engine(lm, prompts).run([Condition()], lambda b, c, out: out.predictions,
+                                    greedy=Greedy(fmt, cap), progress=False)["none"]
+    return prompts.scatter(units).tolist(), decoded
+
+
+def test_greedy_answers_equal_generate_with_and_without_decoding(setup, monkeypatch):
+    lm, examples, fmt = setup
+    cap = max(len(fmt.encode(e.answer)) for e in examples) + 1
+    want = [_generate(lm, fmt, e, cap) for e in examples]
+    got, decoded = _greedy(lm, fmt, examples, cap, monkeypatch)
+    assert got == want
+    # the model's own answers as the "answers": teacher forcing reproduces them, so the
+    # rows that end their number within the cap need no step-by-step decoding
+    own = [dataclasses.replace(e, answer=p) for e, p in zip(examples, want)
+           if 0 <= p <= fmt.max_number]
+    cap = max(cap, max(len(fmt.encode(e.answer)) for e in own) + 1)
+    got, decoded = _greedy(lm, fmt, own, cap, monkeypatch)
+    assert got == [_generate(lm, fmt, e, cap) for e in own]
+    assert len(decoded) < len(own)
+
+
+def test_early_stop_runs_no_deeper_layer(setup):
+    lm, examples, fmt = setup
+    prompts = PromptSet.build(lm, examples, 4)
+    ran = []
+    handle = lm.blocks[1].register_forward_pre_hook(lambda *_: ran.append(1))
+    try:
+        stopped = Engine(lm, prompts).run([Condition()], lambda b, c, out: (out.logits,
+                                                                            out.rows["block"]),
+                                          roles=["block"], layers=[0], stop_after=0,
+                                          progress=False)["none"]
+    finally:
+        handle.remove()
+    assert ran == []  # neither the prefix forward nor the conditions reach layer 1
+    full = Engine(lm, prompts).run([Condition()], lambda b, c, out: out.rows["block"],
+                                   roles=["block"], layers=[0], progress=False)["none"]
+    for (logits, rows), want in zip(stopped, full):
+        assert logits is None
+        torch.testing.assert_close(rows, want)
+
+
+def test_resume_reads_stored_units_and_computes_only_the_rest(setup):
+    lm, examples, _ = setup
+    prompts = PromptSet.build(lm, examples, 4)
+    engine = Engine(lm, prompts)
+    conds = [Condition("a"), Condition("b", {("attn", 0): _filter(lm)})]
+    store: dict = {}
+    first = engine.run(conds, lambda b, c, out: out.logits[:, 0].argmax(-1), store=store,
+                       progress=False)
+    assert sorted(store) == sorted(f"{c}/{b}" for c in "ab" for b in range(3))
+    del store["b/1"]
+    ran = []
+    again = engine.run(conds, lambda b, c, out: ran.append((b.number, c.name)) or
+                       out.logits[:, 0].argmax(-1), store=store, progress=False)
+    assert ran == [(1, "b")]
+    for c in "ab":
+        assert all(torch.equal(x, y) for x, y in zip(first[c], again[c]))
+    with pytest.raises(UserError, match="names must differ"):
+        engine.run([Condition("a"), Condition("a")], lambda b, c, out: 0, progress=False)
+    with pytest.raises(UserError, match="positions"):
+        Condition("x", positions="middle")
