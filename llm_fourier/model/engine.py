@@ -1,20 +1,22 @@
 """One engine for forward work: the only place that batches prompts and runs the model.
 
-``PromptSet`` tokenizes a run's prompts once (and their answers' tokens), sorted by length
-into batches of a fixed order (resume units are (batch, condition)). A ``Condition`` is
-what changes the model: edits ``{(role, layer): fn}`` and/or a context manager installing
-other hooks (knockouts, patches), at the answer positions (``positions="last"``) or at
-every position (``"all"``). ``Engine.run`` computes, per batch, the unedited prompt prefix
-(every token before the last) once with the KV cache (``DynamicCache``, deep-copied per
-condition), then each condition from the first edited position on: one teacher-forced
-forward of [last prompt token, answer tokens] (or of the whole prompt for ``"all"``) gives
-the logits and captured rows of every answer position; greedy answers are read from it
-for the rows whose teacher-forced argmax writes the whole answer and ends the number, and
-decoded step by step on the cache for the others. ``reduce(batch, condition, out)`` turns
-a batch's ``Output`` into a unit (CPU tensors, lists, numbers), kept in ``store`` when
-given (the command layer's ``RunDir.store``); units come back in batch order on every
-process (batches are sharded under a process group). ``stop_after`` ends forwards after
-that layer (rows only, no logits) by raising from a hook, as nnsight does.
+``PromptSet`` tokenizes a run's prompts once (or takes their token ids, e.g. cut after an
+operand) with their answers' tokens, sorted by length into batches of a fixed order (resume
+units are (batch, condition)). A ``Condition`` is what changes the model: edits ``{(role,
+layer): fn}`` and/or a context manager installing other hooks (knockouts), at the answer
+positions (``positions="last"``) or at every position (``"all"``), and ``patches``
+(``Patch``: per-example states put in at per-example prompt tokens). ``Engine.run``
+computes, per batch, the unedited prompt prefix (every token before the last) once with the
+KV cache (``DynamicCache``, deep-copied per condition), then each condition from the first
+edited position on: one teacher-forced forward of [last prompt token, answer tokens] (or of
+the whole prompt for ``"all"``) gives the logits and captured rows of every answer
+position; greedy answers are read from it for the rows whose teacher-forced argmax writes
+the whole answer and ends the number, and decoded step by step on the cache for the others.
+``reduce(batch, condition, out)`` turns a batch's ``Output`` into a unit (CPU tensors,
+lists, numbers), kept in ``store`` when given (the command layer's ``RunDir.store``); units
+come back in batch order on every process (batches are sharded under a process group).
+``stop_after`` ends forwards after that layer (rows only, no logits) by raising from a
+hook, as nnsight does.
 """
 
 from __future__ import annotations
