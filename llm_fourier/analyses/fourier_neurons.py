@@ -10,19 +10,22 @@ fall back to the last Linear/Conv1D inside the MLP whose output width is d_model
 projection's output (a mixture of experts, an extra scale), because the directions
 would then mean nothing.
 
-Read through the number rows of the unembedding, ``v_i = W_U[numbers] w_i`` (p values, the
-raw readout, no final norm, as ``lens`` and the filters), a neuron's spectrum over a
-``probes.FourierBasis`` gives its top component k (largest energy among k >= 1), its share
-of the non-constant energy, and the constant's share of the total. Blocks that put the MLP
-output through a norm before adding it (Gemma 2/3, OLMo 2/3: ``post_feedforward_layernorm``)
-rescale it by the norm's gain and a data-dependent 1/rms: a neuron's effect is then not
-``v_i``. Such models are refused unless ``allow_post_norm`` (the spectrum is then of the
-direction before the norm; the knockout stays exact).
+Read through the answers' readout, ``v_i = W_U[numbers] w_i`` (p values; ``W_U[digits
+0..9]`` with the DFT over ten points where the tokenizer splits numbers; the raw readout,
+no final norm, as ``lens`` and the filters), a neuron's spectrum over the readout's basis
+gives its top component k (largest energy among k >= 1), its share of the non-constant
+energy, and the constant's share of the total. Blocks that put the MLP output through a
+norm before adding it (Gemma 2/3, OLMo 2/3: ``post_feedforward_layernorm``) rescale it by
+the norm's gain and a data-dependent 1/rms: a neuron's effect is then not ``v_i``. Such
+models are refused unless ``allow_post_norm`` (the spectrum is then of the direction before
+the norm; the knockout stays exact).
 
-``knockout`` zeroes chosen neurons' activations (a forward pre-hook on the projection, all
-positions); ``knockout_table`` compares the top-k neurons of a period (by energy at its
-component, pooled over the chosen layers) with random draws of the same number of neurons
-from each of the same layers.
+``knockout`` zeroes chosen neurons' activations (a forward pre-hook on the projection, in
+every forward it wraps); ``knockout_table`` compares the top-k neurons of a period (by
+energy at its component, pooled over the chosen layers) with random draws of the same
+number of neurons from each of the same layers, every knockout a condition of one engine
+pass (so at the answer positions, on the unedited prompt prefix) scored as ``ablate``
+scores answers.
 """
 
 from __future__ import annotations
