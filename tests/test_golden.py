@@ -8,6 +8,11 @@ finetune's ``--limit`` is ``--max-pairs``), paths (the run folder differs) and t
 in ``CHANGED`` with the reason each one changed on purpose. New keys are allowed. The old
 "paper" basis had rows of unit norm: today that is ``--basis unit`` (``paper`` follows the
 paper's Def. A.3 factors), so probe and embed run with it.
+
+The forward engine (issue 19) runs probe and ablate from a KV cache of the prompt prefix,
+batches prompts by length and stacks the Table 1 rows along the batch: their logits and
+rows round differently from one full forward (about 1e-7 relative in float32), within the
+1e-6 tolerance, so no key changed and every prediction is identical.
 """
 
 from __future__ import annotations

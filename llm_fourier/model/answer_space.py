@@ -67,6 +67,7 @@ class AnswerSpace:
     basis_kind: str = "paper"
     tau: int | None = None  # resolved by ``build``: None only without a readout
     _readouts: dict = field(default_factory=dict, repr=False)
+    _filters: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, fmt_or_tokenizer, max_answer: int, *, basis_kind: str = "paper",
@@ -142,8 +143,12 @@ class AnswerSpace:
         return self._readouts[key]
 
     def filters(self, lm, keep: Iterable[int] | None = None) -> dict[str, FourierFilter]:
-        """The Table 1 filters (low removed, high removed, keep k=...) at this tau."""
-        return self.readout(lm).filters(self.basis_kind, self.tau, self.check_keep(keep))
+        """The Table 1 filters (low removed, high removed, keep k=...) at this tau, built
+        once per model and ``keep``."""
+        key = (id(lm), tuple(self.check_keep(keep)))
+        if key not in self._filters:
+            self._filters[key] = self.readout(lm).filters(self.basis_kind, self.tau, key[1])
+        return self._filters[key]
 
     def describe(self, readout: NumberReadout | None = None) -> dict:
         """results.json's ``numbers`` and ``readout`` entries."""

@@ -9,7 +9,8 @@ positions (``positions="last"``) or at every position (``"all"``), and ``patches
 computes, per batch, the unedited prompt prefix (every token before the last) once with the
 KV cache (``DynamicCache``, deep-copied per condition), then each condition from the first
 edited position on: one teacher-forced forward of [last prompt token, answer tokens] (or of
-the whole prompt for ``"all"``) gives the logits and captured rows of every answer
+the whole prompt for ``"all"``; the conditions that edit only the answer positions
+stacked along the batch in one forward) gives the logits and captured rows of every answer
 position; greedy answers are read from it for the rows whose teacher-forced argmax writes
 the whole answer and ends the number, and decoded step by step on the cache for the others.
 ``reduce(batch, condition, out)`` turns a batch's ``Output`` into a unit (CPU tensors,
@@ -25,7 +26,7 @@ import copy
 import inspect
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -173,6 +174,26 @@ def _parameters(model) -> set[str]:
         return set()
 
 
+def _stacked_edits(conds: Sequence[Condition], sizes: int | Sequence[int]) -> Edits:
+    """The edits of conditions stacked along the batch: each acts on its own rows
+    (``sizes`` of them, one count for all or one per condition)."""
+    if len(conds) == 1:
+        return conds[0].edits
+    sizes = [sizes] * len(conds) if isinstance(sizes, int) else list(sizes)
+    bounds = np.cumsum([0, *sizes]).tolist()
+
+    def stacked(key) -> Callable[[Tensor], Tensor]:
+        fns = [c.edits.get(key) for c in conds]
+
+        def fn(x: Tensor) -> Tensor:
+            return torch.cat([x[a:b] if f is None else f(x[a:b])
+                              for f, a, b in zip(fns, bounds, bounds[1:])])
+
+        return fn
+
+    return {key: stacked(key) for key in {key for c in conds for key in c.edits}}
+
+
 class _Stop(Exception):
     """Raised from a hook after the deepest layer read."""
 
@@ -242,13 +263,19 @@ class Engine:
                 for c in conditions}
 
     def _batch(self, batch: Batch, conditions: Sequence[Condition], reduce, spec) -> dict:
+        """Every condition of one batch: those editing only the answer positions through
+        ``edits`` run stacked in one forward on the prefix cache; the others alone."""
         prefix = None
         with torch.inference_mode():
-            if batch.length > 1 and any(c.positions == "last" and not c.patches
-                                          for c in conditions):
+            on_prefix = [c for c in conditions if c.positions == "last" and not c.patches]
+            if batch.length > 1 and on_prefix:
                 prefix = self._prefix(batch, spec["stop_after"])
-            return {c.name: reduce(batch, c, self._condition(batch, c, prefix, spec))
-                    for c in conditions}
+            stacked = [c for c in on_prefix if prefix is not None and c.hooks is None]
+            outs = self._group(batch, stacked, prefix, spec) if stacked else {}
+            for c in conditions:
+                if c not in stacked:
+                    outs |= self._group(batch, [c], prefix if c in on_prefix else None, spec)
+            return {c.name: reduce(batch, c, outs[c.name]) for c in conditions}
 
     def _prefix(self, batch: Batch, stop_after: int | None):
         """The KV cache of every prompt token before the last, unedited (up to the layer
@@ -264,19 +291,18 @@ class Engine:
                 pass
         return cache
 
-    # ------------------------------------------------------------------ one condition
+    # ------------------------------------------------------------------ conditions
     def _forward(self, ids: Tensor, mask: Tensor, pos: Tensor, cache, keep: int,
-                 cond: Condition, spec: dict, capture_last: int = 0, patches: Edits | None = None):
-        """One forward of ``ids`` after ``cache`` under ``cond`` (and ``patches``): (logits
-        of the last ``keep`` positions, rows of the last ``capture_last`` positions, cache)."""
+                 edits: Edits, hooks, spec: dict, capture_last: int = 0):
+        """One forward of ``ids`` after ``cache`` with ``edits`` at every position given
+        and ``hooks``: (logits of the last ``keep`` positions, rows of the last
+        ``capture_last`` positions, cache)."""
         lm = self.lm
         with ExitStack() as stack:
-            if cond.edits:
-                stack.enter_context(edit(lm, cond.edits, "all"))
-            if patches:
-                stack.enter_context(edit(lm, patches, "all"))
-            if cond.hooks is not None:
-                stack.enter_context(cond.hooks())
+            if edits:
+                stack.enter_context(edit(lm, edits, "all"))
+            if hooks is not None:
+                stack.enter_context(hooks())
             where = "last" if capture_last == 1 else "all"  # left padded: last = last column
             cap = stack.enter_context(capture(lm, spec["roles"], spec["layers"], where)) \
                 if spec["roles"] and capture_last else None
@@ -296,51 +322,62 @@ class Engine:
         return out.logits[:, -keep:].float() if keep else None, rows, out[self.cache]
 
     @staticmethod
-    def _patches(cond: Condition, batch: Batch, rows: Sequence[int]) -> Edits:
-        """``cond.patches`` as edits of a forward of ``rows`` of ``batch`` from column 0."""
+    def _patched(cond: Condition, batch: Batch, rows: Sequence[int]) -> Condition:
+        """``cond`` with its ``patches`` as edits of a forward of ``rows`` of ``batch`` from
+        column 0 (decoding steps after the prompt pass unchanged)."""
+        if not cond.patches:
+            return cond
         real = batch.enc["attention_mask"].sum(1).cpu()[list(rows)]
         ex = [batch.rows[j] for j in rows]
-        out: Edits = {}
+        edits = dict(cond.edits)
         for key, p in cond.patches.items():
             col = batch.length - real + torch.as_tensor(p.positions[ex], dtype=torch.long)
-            vec = p.vectors[ex]
+            vec, before = p.vectors[ex], edits.get(key)
 
-            def fn(x: Tensor, col=col, vec=vec) -> Tensor:
-                if x.shape[1] < batch.length:  # a decoding step after the prompt
+            def fn(x: Tensor, col=col, vec=vec, before=before) -> Tensor:
+                x = x if before is None else before(x)
+                if x.shape[1] < batch.length:
                     return x
                 n = torch.arange(len(col), device=x.device)
                 return x.index_put((n, col.to(x.device)), vec.to(x.device, x.dtype))
 
-            out[key] = fn
-        return out
+            edits[key] = fn
+        return replace(cond, edits=edits, patches={})
 
-    def _condition(self, batch: Batch, cond: Condition, prefix, spec) -> Output:
-        enc = batch.enc
-        start = batch.length - 1 if cond.positions == "last" and prefix is not None \
-            and not cond.patches else 0
-        cache = copy.deepcopy(prefix) if start else None
+    def _group(self, batch: Batch, conds: Sequence[Condition], prefix, spec) -> dict:
+        """Conditions stacked along the batch (condition-major) in one forward from the
+        first edited position: the last prompt token with ``prefix``, else position 0."""
+        enc, n, k = batch.enc, len(batch.rows), len(conds)
+        start = batch.length - 1 if prefix is not None else 0
         ids, mask, pos = enc["input_ids"], enc["attention_mask"], enc["position_ids"]
         m = 0
         if spec["answers"]:  # [last prompt token, answer tokens]: position s predicts token s
             m = max(len(a) for a in batch.answers)
             fed = m if spec["greedy"] is not None else m - 1  # the last one only to see the end
             extra = torch.tensor([(list(a) + [self.pad] * m)[:fed] for a in batch.answers],
-                                 dtype=ids.dtype, device=ids.device).view(len(batch.rows), fed)
+                                 dtype=ids.dtype, device=ids.device).view(n, fed)
             ids = torch.cat([ids, extra], 1)
             mask = torch.cat([mask, torch.ones_like(extra)], 1)
             pos = torch.cat([pos, pos[:, -1:] + torch.arange(1, fed + 1, device=pos.device)], 1)
         reads = ids.shape[1] - batch.length + 1
-        logits, rows, _ = self._forward(ids[:, start:], mask, pos[:, start:], cache,
-                                        reads if spec["logits"] else 0, cond, spec,
-                                        capture_last=reads,
-                                        patches=self._patches(cond, batch, range(len(batch.rows))))
-        m = max(m, 1)
-        out = Output(None if logits is None else logits[:, :m],
-                     {r: x[:, :m] for r, x in rows.items()})
+        patched = [self._patched(c, batch, range(n)) for c in conds]
+        cache = copy.deepcopy(prefix) if start else None
+        if cache is not None and k > 1:
+            cache.batch_select_indices(torch.arange(n, device=ids.device).repeat(k))
+        logits, rows, _ = self._forward(
+            ids[:, start:].repeat(k, 1), mask.repeat(k, 1), pos[:, start:].repeat(k, 1), cache,
+            reads if spec["logits"] else 0, _stacked_edits(patched, n),
+            conds[0].hooks if k == 1 else None, spec, capture_last=reads)
+        m, parts = max(m, 1), [slice(i * n, (i + 1) * n) for i in range(k)]
+        outs = {c.name: Output(None if logits is None else logits[part, :m],
+                               {r: x[part, :m] for r, x in rows.items()})
+                for c, part in zip(conds, parts)}
         if spec["greedy"] is not None:
-            out.predictions, out.generated = self._greedy(batch, cond, prefix, start, logits,
-                                                          spec["greedy"])
-        return out
+            greedy = self._greedy(batch, conds, prefix, start, [logits[p] for p in parts],
+                                  spec["greedy"])
+            for c, (pred, gen) in zip(conds, greedy):
+                outs[c.name].predictions, outs[c.name].generated = pred, gen
+        return outs
 
     # ------------------------------------------------------------------ greedy answers
     @staticmethod
@@ -363,40 +400,49 @@ class Engine:
                 return parser, gen
         return None
 
-    def _greedy(self, batch: Batch, cond: Condition, prefix, start: int, logits: Tensor,
-                g: Greedy) -> tuple[np.ndarray, list[list[int]]]:
-        toks = self._choose(logits, g).tolist()  # N x (m + 1)
-        parsers: list[NumberParser | None] = []
-        generated: list[list[int]] = []
-        for i, answer in enumerate(batch.answers):
-            limit = len(g.fmt.digit_part(answer))
-            got = self._replay(toks[i][:len(answer) + 1], answer, g, limit)
-            parsers.append(got[0] if got else None)
-            generated.append(got[1] if got else [])
-        todo = [i for i, p in enumerate(parsers) if p is None]
-        if todo:
-            for i, (p, gen) in zip(todo, self._decode(batch, cond, prefix, start, todo, g)):
-                parsers[i], generated[i] = p, gen
-        return np.array([p.value for p in parsers], dtype=np.int64), generated
+    def _greedy(self, batch: Batch, conds: Sequence[Condition], prefix, start: int,
+                logits: Sequence[Tensor], g: Greedy) -> list[tuple[np.ndarray, list]]:
+        """(predictions, generated tokens) per condition: read from the teacher-forced
+        ``logits`` where they write the answer and end it, the other rows of every
+        condition decoded together, step by step."""
+        results, todo = [], []
+        for lg in logits:
+            toks = self._choose(lg, g).tolist()  # N x (m + 1)
+            got = [self._replay(toks[i][:len(a) + 1], a, g, len(g.fmt.digit_part(a)))
+                   for i, a in enumerate(batch.answers)]
+            results.append(got)
+            todo.append([i for i, x in enumerate(got) if x is None])
+        if any(todo):
+            decoded = iter(self._decode(batch, conds, todo, prefix, start, g))
+            for got, rows in zip(results, todo):
+                for i in rows:
+                    got[i] = next(decoded)
+        return [(np.array([p.value for p, _ in got], dtype=np.int64), [gen for _, gen in got])
+                for got in results]
 
-    def _decode(self, batch: Batch, cond: Condition, prefix, start: int, rows: list[int],
-                g: Greedy) -> list[tuple[NumberParser, list[int]]]:
-        """Step-by-step greedy decoding of ``rows`` of ``batch`` on the prefix cache."""
-        idx = torch.tensor(rows)
+    def _decode(self, batch: Batch, conds: Sequence[Condition], rows: Sequence[list[int]],
+                prefix, start: int, g: Greedy) -> list[tuple[NumberParser, list[int]]]:
+        """Step-by-step greedy decoding of ``rows[i]`` of ``batch`` under ``conds[i]``,
+        stacked, on the prefix cache."""
+        keep = [i for i, r in enumerate(rows) if r]
+        conds = [self._patched(conds[i], batch, rows[i]) for i in keep]
+        rows = [rows[i] for i in keep]
+        flat = [j for r in rows for j in r]
+        idx = torch.tensor(flat, device=batch.enc["input_ids"].device)
         enc = {k: v[idx.to(v.device)] for k, v in batch.enc.items()}
         cache = copy.deepcopy(prefix) if start else None
-        if cache is not None and len(rows) < len(batch.rows):
-            cache.batch_select_indices(idx.to(enc["input_ids"].device))
+        if cache is not None:
+            cache.batch_select_indices(idx)
         ids, mask, pos = enc["input_ids"][:, start:], enc["attention_mask"], \
             enc["position_ids"][:, start:]
-        parsers = [NumberParser(g.fmt) for _ in rows]
-        gens: list[list[int]] = [[] for _ in rows]
-        limits = [len(g.fmt.digit_part(batch.answers[i])) for i in rows]
+        parsers = [NumberParser(g.fmt) for _ in flat]
+        gens: list[list[int]] = [[] for _ in flat]
+        limits = [len(g.fmt.digit_part(batch.answers[i])) for i in flat]
+        edits = _stacked_edits(conds, [len(r) for r in rows])
+        hooks = conds[0].hooks if len(conds) == 1 else None
         spec = dict(roles=(), layers=None, stop_after=None)
-        patches = self._patches(cond, batch, rows) if start == 0 else None
         for s in range(g.max_tokens):
-            logits, _, cache = self._forward(ids, mask, pos, cache, 1, cond, spec,
-                                             patches=patches)
+            logits, _, cache = self._forward(ids, mask, pos, cache, 1, edits, hooks, spec)
             nxt = self._choose(logits[:, -1], g)
             for j, t in enumerate(nxt.tolist()):
                 if parsers[j].done:

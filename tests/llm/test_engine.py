@@ -95,9 +95,9 @@ def _greedy(lm, fmt, examples, cap, monkeypatch) -> tuple[list[int], list[int]]:
     decoded: list[int] = []
     real = Engine._decode
 
-    def counting(self, batch, cond, prefix, start, rows, g):
-        decoded.extend(batch.rows[j] for j in rows)
-        return real(self, batch, cond, prefix, start, rows, g)
+    def counting(self, batch, conds, rows, prefix, start, g):
+        decoded.extend(batch.rows[j] for r in rows for j in r)
+        return real(self, batch, conds, rows, prefix, start, g)
 
     monkeypatch.setattr(Engine, "_decode", counting)
     units = Engine(lm, prompts).run([Condition()], lambda b, c, out: out.predictions,
