@@ -270,8 +270,10 @@ def random_like(selection: dict[int, Sequence[int]], d_mlp: dict[int, int],
 
 
 @contextmanager
-def knockout(lm, neurons: dict[int, Sequence[int]]) -> Iterator[None]:
-    """Zero the activations of ``neurons`` ({layer: indices}) at every position."""
+def knockout(lm, neurons: dict[int, Sequence[int]], rows: slice | None = None
+             ) -> Iterator[None]:
+    """Zero the activations of ``neurons`` ({layer: indices}) at every position (of the
+    batch ``rows`` only, when given)."""
     handles = []
 
     def pre_hook(index: Tensor):
@@ -281,7 +283,11 @@ def knockout(lm, neurons: dict[int, Sequence[int]]) -> Iterator[None]:
             x = args[0]
             if x.device not in cache:
                 cache[x.device] = index.to(x.device)
-            return (x.index_fill(-1, cache[x.device], 0), *args[1:])
+            if rows is None:
+                return (x.index_fill(-1, cache[x.device], 0), *args[1:])
+            x = x.clone()
+            x[rows] = x[rows].index_fill(-1, cache[x.device], 0)
+            return (x, *args[1:])
 
         return hook
 
@@ -310,8 +316,8 @@ def knockout_conditions(lm, spectra: NeuronSpectra, periods: Sequence[float],
         for d in range(n_random):
             chosen[f"random-{float(T):g}-{d}"] = random_like(
                 top, d_mlp, np.random.default_rng([seed, j, d]))
-    return {name: (Condition(name, hooks=lambda sel=sel: knockout(lm, sel)), sel)
-            for name, sel in chosen.items()}
+    return {name: (Condition(name, row_hooks=lambda rows, sel=sel: knockout(lm, sel, rows)),
+                   sel) for name, sel in chosen.items()}
 
 
 def knockout_table(

@@ -27,6 +27,7 @@ import inspect
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -66,7 +67,9 @@ class Store(Protocol):
 @dataclass
 class Condition:
     """One way to run the model: ``edits`` and/or ``hooks`` (a context-manager factory,
-    entered around the condition's forwards) at the answer positions or everywhere;
+    entered around the condition's forwards; ``row_hooks`` is one given the slice of the
+    batch's rows it acts on, so that the condition stacks with others) at the answer
+    positions or everywhere;
     ``patches`` replace per-example states at per-example prompt tokens (then the whole
     prompt runs under the condition)."""
 
@@ -74,6 +77,7 @@ class Condition:
     edits: Edits = field(default_factory=dict)
     positions: str = "last"
     hooks: Callable[[], Any] | None = None
+    row_hooks: Callable[[slice], Any] | None = None
     patches: dict[tuple[str, int], Patch] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -194,6 +198,16 @@ def _stacked_edits(conds: Sequence[Condition], sizes: int | Sequence[int]) -> Ed
     return {key: stacked(key) for key in {key for c in conds for key in c.edits}}
 
 
+def _stacked_hooks(conds: Sequence[Condition], sizes: int | Sequence[int]) -> list:
+    """Context-manager factories of conditions stacked along the batch: ``row_hooks``
+    bound to each condition's rows; ``hooks`` (whole-batch) only for one condition."""
+    sizes = [sizes] * len(conds) if isinstance(sizes, int) else list(sizes)
+    bounds = np.cumsum([0, *sizes]).tolist()
+    out = [c.hooks for c in conds if c.hooks is not None]
+    return out + [partial(c.row_hooks, slice(a, b)) for c, a, b in
+                  zip(conds, bounds, bounds[1:]) if c.row_hooks is not None]
+
+
 class _Stop(Exception):
     """Raised from a hook after the deepest layer read."""
 
@@ -295,14 +309,14 @@ class Engine:
     def _forward(self, ids: Tensor, mask: Tensor, pos: Tensor, cache, keep: int,
                  edits: Edits, hooks, spec: dict, capture_last: int = 0):
         """One forward of ``ids`` after ``cache`` with ``edits`` at every position given
-        and ``hooks``: (logits of the last ``keep`` positions, rows of the last
-        ``capture_last`` positions, cache)."""
+        and ``hooks`` (context-manager factories): (logits of the last ``keep`` positions,
+        rows of the last ``capture_last`` positions, cache)."""
         lm = self.lm
         with ExitStack() as stack:
             if edits:
                 stack.enter_context(edit(lm, edits, "all"))
-            if hooks is not None:
-                stack.enter_context(hooks())
+            for h in hooks:
+                stack.enter_context(h())
             where = "last" if capture_last == 1 else "all"  # left padded: last = last column
             cap = stack.enter_context(capture(lm, spec["roles"], spec["layers"], where)) \
                 if spec["roles"] and capture_last else None
@@ -367,7 +381,7 @@ class Engine:
         logits, rows, _ = self._forward(
             ids[:, start:].repeat(k, 1), mask.repeat(k, 1), pos[:, start:].repeat(k, 1), cache,
             reads if spec["logits"] else 0, _stacked_edits(patched, n),
-            conds[0].hooks if k == 1 else None, spec, capture_last=reads)
+            _stacked_hooks(conds, n), spec, capture_last=reads)
         m, parts = max(m, 1), [slice(i * n, (i + 1) * n) for i in range(k)]
         outs = {c.name: Output(None if logits is None else logits[part, :m],
                                {r: x[part, :m] for r, x in rows.items()})
@@ -439,7 +453,7 @@ class Engine:
         gens: list[list[int]] = [[] for _ in flat]
         limits = [len(g.fmt.digit_part(batch.answers[i])) for i in flat]
         edits = _stacked_edits(conds, [len(r) for r in rows])
-        hooks = conds[0].hooks if len(conds) == 1 else None
+        hooks = _stacked_hooks(conds, [len(r) for r in rows])
         spec = dict(roles=(), layers=None, stop_after=None)
         for s in range(g.max_tokens):
             logits, _, cache = self._forward(ids, mask, pos, cache, 1, edits, hooks, spec)
