@@ -228,6 +228,7 @@ class Engine:
         params = _parameters(lm.model)
         # transformers 5.25 names the cache "cache", earlier versions "past_key_values"
         self.cache = "cache" if "cache" in params else "past_key_values"
+        self.cached = self.cache in params  # hand-built test models may take no cache
         self.keep = {"logits_to_keep": 1} if "logits_to_keep" in params else None
 
     # ------------------------------------------------------------------ the loop
@@ -286,16 +287,22 @@ class Engine:
                 prefix = self._prefix(batch, spec["stop_after"])
             stacked = [c for c in on_prefix if prefix is not None and c.hooks is None]
             outs = self._group(batch, stacked, prefix, spec) if stacked else {}
+            at: dict[int, Any] = {}  # patches: the unedited prefix up to the first patched token
             for c in conditions:
-                if c not in stacked:
-                    outs |= self._group(batch, [c], prefix if c in on_prefix else None, spec)
+                if c in stacked:
+                    continue
+                start = self._patch_start(c, batch)
+                if start and start not in at:
+                    at[start] = self._prefix(batch, spec["stop_after"], start)
+                outs |= self._group(batch, [c], prefix if c in on_prefix else at.get(start),
+                                    spec, start or None)
             return {c.name: reduce(batch, c, outs[c.name]) for c in conditions}
 
-    def _prefix(self, batch: Batch, stop_after: int | None):
-        """The KV cache of every prompt token before the last, unedited (up to the layer
-        ``stop_after`` when set)."""
+    def _prefix(self, batch: Batch, stop_after: int | None, upto: int = -1):
+        """The KV cache of every prompt token before the last (before column ``upto``),
+        unedited (up to the layer ``stop_after`` when set)."""
         cache = DynamicCache(config=self.lm.model.config)
-        enc = {k: v[:, :-1] for k, v in batch.enc.items()}
+        enc = {k: v[:, :upto] for k, v in batch.enc.items()}
         with ExitStack() as stack:
             if stop_after is not None:
                 stack.callback(_stopper(self.lm, stop_after).remove)
@@ -336,33 +343,49 @@ class Engine:
         return out.logits[:, -keep:].float() if keep else None, rows, out[self.cache]
 
     @staticmethod
-    def _patched(cond: Condition, batch: Batch, rows: Sequence[int]) -> Condition:
-        """``cond`` with its ``patches`` as edits of a forward of ``rows`` of ``batch`` from
-        column 0 (decoding steps after the prompt pass unchanged)."""
+    def _columns(batch: Batch, positions: np.ndarray, rows: Sequence[int]) -> Tensor:
+        """Columns of ``batch`` (left padded) at per-example token ``positions``."""
+        real = batch.enc["attention_mask"].sum(1).cpu()[list(rows)]
+        return batch.length - real + torch.as_tensor(
+            positions[[batch.rows[j] for j in rows]], dtype=torch.long)
+
+    def _patch_start(self, cond: Condition, batch: Batch) -> int:
+        """The first patched column of a condition that changes nothing else (0: none)."""
+        if not cond.patches or cond.edits or cond.hooks or cond.row_hooks or not self.cached:
+            return 0
+        return int(min(self._columns(batch, p.positions, range(len(batch.rows))).min()
+                       for p in cond.patches.values()))
+
+    def _patched(self, cond: Condition, batch: Batch, rows: Sequence[int], start: int
+                 ) -> Condition:
+        """``cond`` with its ``patches`` as edits of the first forward of ``rows`` of
+        ``batch`` from column ``start`` (the decoding steps after it pass unchanged)."""
         if not cond.patches:
             return cond
-        real = batch.enc["attention_mask"].sum(1).cpu()[list(rows)]
-        ex = [batch.rows[j] for j in rows]
         edits = dict(cond.edits)
         for key, p in cond.patches.items():
-            col = batch.length - real + torch.as_tensor(p.positions[ex], dtype=torch.long)
-            vec, before = p.vectors[ex], edits.get(key)
+            col = self._columns(batch, p.positions, rows) - start
+            vec, before, done = p.vectors[[batch.rows[j] for j in rows]], edits.get(key), []
 
-            def fn(x: Tensor, col=col, vec=vec, before=before) -> Tensor:
+            def fn(x: Tensor, col=col, vec=vec, before=before, done=done) -> Tensor:
                 x = x if before is None else before(x)
-                if x.shape[1] < batch.length:
+                if done:
                     return x
+                done.append(True)
                 n = torch.arange(len(col), device=x.device)
                 return x.index_put((n, col.to(x.device)), vec.to(x.device, x.dtype))
 
             edits[key] = fn
         return replace(cond, edits=edits, patches={})
 
-    def _group(self, batch: Batch, conds: Sequence[Condition], prefix, spec) -> dict:
+    def _group(self, batch: Batch, conds: Sequence[Condition], prefix, spec,
+               start: int | None = None) -> dict:
         """Conditions stacked along the batch (condition-major) in one forward from the
-        first edited position: the last prompt token with ``prefix``, else position 0."""
+        first edited position (``start``; default: the last prompt token with ``prefix``,
+        else position 0)."""
         enc, n, k = batch.enc, len(batch.rows), len(conds)
-        start = batch.length - 1 if prefix is not None else 0
+        if start is None or prefix is None:
+            start = batch.length - 1 if prefix is not None else 0
         ids, mask, pos = enc["input_ids"], enc["attention_mask"], enc["position_ids"]
         m = 0
         if spec["answers"]:  # [last prompt token, answer tokens]: position s predicts token s
@@ -374,7 +397,7 @@ class Engine:
             mask = torch.cat([mask, torch.ones_like(extra)], 1)
             pos = torch.cat([pos, pos[:, -1:] + torch.arange(1, fed + 1, device=pos.device)], 1)
         reads = ids.shape[1] - batch.length + 1
-        patched = [self._patched(c, batch, range(n)) for c in conds]
+        patched = [self._patched(c, batch, range(n), start) for c in conds]
         cache = copy.deepcopy(prefix) if start else None
         if cache is not None and k > 1:
             cache.batch_select_indices(torch.arange(n, device=ids.device).repeat(k))
@@ -439,7 +462,7 @@ class Engine:
         """Step-by-step greedy decoding of ``rows[i]`` of ``batch`` under ``conds[i]``,
         stacked, on the prefix cache."""
         keep = [i for i, r in enumerate(rows) if r]
-        conds = [self._patched(conds[i], batch, rows[i]) for i in keep]
+        conds = [self._patched(conds[i], batch, rows[i], start) for i in keep]
         rows = [rows[i] for i in keep]
         flat = [j for r in rows for j in r]
         idx = torch.tensor(flat, device=batch.enc["input_ids"].device)
