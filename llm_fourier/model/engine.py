@@ -1,23 +1,20 @@
 """One engine for forward work: the only place that batches prompts and runs the model.
 
-``PromptSet`` tokenizes a run's prompts once (or takes their token ids, e.g. cut after an
-operand) with their answers' tokens, sorted by length into batches of a fixed order (resume
-units are (batch, condition)). A ``Condition`` is what changes the model: edits ``{(role,
-layer): fn}`` and/or a context manager installing other hooks (knockouts), at the answer
-positions (``positions="last"``) or at every position (``"all"``), and ``patches``
-(``Patch``: per-example states put in at per-example prompt tokens). ``Engine.run``
-computes, per batch, the unedited prompt prefix (every token before the last) once with the
-KV cache (``DynamicCache``, deep-copied per condition), then each condition from the first
-edited position on: one teacher-forced forward of [last prompt token, answer tokens] (or of
-the whole prompt for ``"all"``; the conditions that edit only the answer positions
-stacked along the batch in one forward) gives the logits and captured rows of every answer
-position; greedy answers are read from it for the rows whose teacher-forced argmax writes
-the whole answer and ends the number, and decoded step by step on the cache for the others.
-``reduce(batch, condition, out)`` turns a batch's ``Output`` into a unit (CPU tensors,
-lists, numbers), kept in ``store`` when given (the command layer's ``RunDir.store``); units
-come back in batch order on every process (batches are sharded under a process group).
-``stop_after`` ends forwards after that layer (rows only, no logits) by raising from a
-hook, as nnsight does.
+``PromptSet``: a run's prompts (and answer tokens) tokenized once, or given as token ids
+(e.g. cut after an operand), batched by length in a fixed order; resume units are (batch,
+condition). ``Condition``: edits ``{(role, layer): fn}`` and/or a hook context (knockouts;
+``row_hooks`` when it can act on a slice of rows), at the answer positions ("last") or at
+every position ("all"), and ``patches`` (``Patch``: per-example states put in at
+per-example prompt tokens). Per batch ``Engine.run`` computes the unedited prefix (every
+prompt token but the last) once on a ``DynamicCache``; the conditions that only edit the
+answer positions run stacked along the batch in one forward of [last prompt token, answer
+tokens] on a copy of it (patch conditions from their first patched token, on the prefix up
+to there; the others alone, from position 0), which gives the logits and captured rows of
+every answer position; greedy answers are read from it where the teacher-forced argmax
+writes the answer and ends it, the other rows are decoded step by step. ``reduce(batch,
+condition, out)`` makes a unit (CPU tensors, lists, numbers), kept in ``store``
+(``RunDir.store``); units come back in batch order on every process. ``stop_after`` ends
+forwards after that layer by raising from a hook, as nnsight does.
 """
 
 from __future__ import annotations

@@ -161,3 +161,37 @@ def test_resume_reads_stored_units_and_computes_only_the_rest(setup):
         engine.run([Condition("a"), Condition("a")], lambda b, c, out: 0, progress=False)
     with pytest.raises(UserError, match="positions"):
         Condition("x", positions="middle")
+
+
+def test_a_hook_context_condition_acts_from_its_first_position(setup):
+    """A knockout installed as a hook context acts on every forward of its condition: from
+    the last prompt token on the shared prefix ("last"), from position 0 ("all"), as the
+    same edit at those positions does."""
+    lm, examples, fmt = setup
+    module = lm.site(0, "mlp").module
+
+    def knockout():
+        def hook(mod, args, out):
+            return (out[0] * 0, *out[1:]) if isinstance(out, tuple) else out * 0
+
+        handle = module.register_forward_hook(hook)
+
+        class Context:
+            def __enter__(self):
+                return handle
+
+            def __exit__(self, *exc):
+                handle.remove()
+
+        return Context()
+
+    prompts = PromptSet.build(lm, examples, 4, fmt)
+    zero = {("mlp", 0): lambda x: x * 0}
+    conds = [Condition(f"hooks {p}", hooks=knockout, positions=p) for p in ("last", "all")]
+    conds += [Condition(f"edit {p}", zero, p) for p in ("last", "all")]
+    units = Engine(lm, prompts).run(conds, lambda b, c, out: out.logits, answers=True,
+                                    progress=False)
+    for p in ("last", "all"):
+        for a, b in zip(units[f"hooks {p}"], units[f"edit {p}"]):
+            torch.testing.assert_close(a, b)
+    assert not torch.allclose(units["edit last"][0], units["edit all"][0])
