@@ -1,30 +1,31 @@
-"""Attention heads: what each head writes about the answer, where it looks, what it is worth.
+"""Attention heads: what each head writes about the answer, where it looks, what it says.
 
-Per layer and head, at the last prompt token (the answer is one number token):
+Per layer and head, at every answer position (the last prompt token for an answer of one
+number token; each digit's position, teacher forced, for one token per digit):
 
-* spectrum: the head's term (``heads`` role, ``llm_fourier.model.heads``) read through
-  ``W_U[numbers]`` (p logits) in the Fourier basis, pooled over prompts by the lens's
-  ``LensAccumulator`` (one "layer" per head): peaks at k >= tau with their periods, the
-  robust outliers, the low/high split, the head's own lens accuracy;
-* attention: the weight from the read token to operand a's tokens, operand b's, the answer
-  prefix (every token after b) and the rest: a condition of its own under eager attention
-  (whose modules return their probabilities), on the engine's cached prefix, so only the
-  read row is computed and the other measures keep the model's own attention kernel;
+* spectrum: the head's term (``heads`` role, ``llm_fourier.model.heads``) read through the
+  answer space's readout (``W_U[numbers]``, or ``W_U[digits]`` with the DFT over ten
+  points) in the Fourier basis, pooled over reads by the lens's ``LensAccumulator`` (one
+  "layer" per head): peaks at k >= tau with their periods, the robust outliers, the
+  low/high split, the head's own lens accuracy;
+* attention: the weight from the read position to operand a's tokens, operand b's, the
+  answer prefix (every token after b, answer tokens included) and the rest: a condition
+  of its own under eager attention (whose modules return their probabilities), on the
+  engine's cached prefix, so only the read rows are computed and the other measures keep
+  the model's own attention kernel;
 * direct effect: the head's term through the final norm with its scale frozen at the read
-  position (``FrozenNorm``), dotted with ``W_U[answer]`` (and with ``W_U[answer]`` minus the
-  mean number row: the effect on the answer against the other numbers);
-* ablation: the head's slice of the output projection's input replaced, at the read token,
-  by its mean over the *other* prompts of the split; accuracy and loss over prompts with
-  bootstrap intervals, and their change from the unablated run (paired).
+  position (``FrozenNorm``), dotted with ``W_U[answer token]`` (and with it minus the mean
+  readout row: the effect on the answer against the other numbers or digits).
 
-Forward work goes through the engine (``llm_fourier.model.engine``): one unedited prefix per
-batch on the KV cache, then one condition per ablated head from the last prompt token on;
-units are (batch, condition), so a run resumes where it stopped.
+The mean-ablations are in ``llm_fourier.analyses.head_ablation``. Forward work goes through
+the engine (``llm_fourier.model.engine``): one unedited prefix per batch on the KV cache,
+then each condition from the last prompt token on; units are (batch, condition), so a run
+resumes where it stopped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -32,20 +33,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from llm_fourier.analyses.ablation import score_batch
 from llm_fourier.analyses.hidden_states import operand_spans
 from llm_fourier.analyses.lens import LensAccumulator, layer_summary
 from llm_fourier.errors import UserError
 from llm_fourier.model.architectures import sublayer
 from llm_fourier.model.engine import Condition, Engine, PromptSet
 from llm_fourier.model.heads import FrozenNorm, head_site
-from llm_fourier.model.hooks import edit_heads
-from llm_fourier.model.numbers import NumberTokens, number_rows
-from probes import FourierBasis
-from probes.stats import StatsConfig, interval
 
 GROUPS = ("a", "b", "prefix", "rest")
-Selection = dict[int, list[int]]  # layer -> heads
 
 
 def token_groups(tokenizer, examples: Sequence) -> list[np.ndarray]:
@@ -87,8 +82,8 @@ def eager_attention(model) -> Iterator[None]:
 @contextmanager
 def attention_rows(lm, layers: Sequence[int], sink: dict) -> Iterator[None]:
     """Under eager attention (whose modules return their probabilities as output[1]),
-    ``sink[layer]`` = the last query's probabilities, N x H x T (float32, CPU). Behind the
-    engine's KV cache the last token is the only query: only the read row is computed."""
+    ``sink[layer]`` = the probabilities, N x H x Q x T (float32, CPU). Behind the engine's
+    KV cache the queries are the read positions only: only their rows are computed."""
     handles = []
 
     def keep(layer):
@@ -97,7 +92,7 @@ def attention_rows(lm, layers: Sequence[int], sink: dict) -> Iterator[None]:
             if not isinstance(probs, Tensor) or probs.dim() != 4:
                 raise UserError(f"{lm.name}'s attention returns no probabilities under eager "
                                 "attention, so where its heads look cannot be read.")
-            sink[layer] = probs[:, :, -1].float().cpu()
+            sink[layer] = probs.float().cpu()
         return hook
 
     with eager_attention(lm.model):
@@ -113,11 +108,11 @@ def attention_rows(lm, layers: Sequence[int], sink: dict) -> Iterator[None]:
 
 @contextmanager
 def record_heads(lm, layers: Sequence[int], sink: dict) -> Iterator[None]:
-    """``sink[layer]`` = the output projection's input at the last position (N x H*d_head)."""
+    """``sink[layer]`` = the output projection's input, N x T x H*d_head (float32, CPU)."""
     handles = []
 
     def keep(layer):
-        return lambda module, args: sink.__setitem__(layer, args[0][:, -1].float().cpu())
+        return lambda module, args: sink.__setitem__(layer, args[0].float().cpu())
 
     try:
         for layer in layers:
@@ -128,30 +123,61 @@ def record_heads(lm, layers: Sequence[int], sink: dict) -> Iterator[None]:
             h.remove()
 
 
-def mean_ablation(total: Tensor, n: int, heads: Sequence[int]) -> Callable[[Tensor], Tensor]:
-    """Replace ``heads`` (of z: N x H x d_head) by their mean over the other prompts."""
-    idx = torch.as_tensor(list(heads), dtype=torch.long)
+@dataclass
+class AnswerReads:
+    """Where a batch's answers are read. Position s of the engine's teacher-forced forward
+    predicts answer token s: every s < len(answer) is an answer position (scored, ablated);
+    those whose token is a readout token (a number, or a digit) are also read (spectra,
+    attention, direct effects) against that token's readout row."""
 
-    def fn(z: Tensor) -> Tensor:
-        s = total.to(z.device, torch.float32)[idx]
-        out = z.clone()
-        out[:, idx] = ((s - z[:, idx].float()) / max(n - 1, 1)).to(z.dtype)
-        return out
+    readout_ids: list[int]  # token id of readout row v
+    allowed: Tensor | None  # argmax restricted to these at read positions ("numbers")
 
-    return fn
+    def of(self, answers: Sequence[Sequence[int]], s: int) -> tuple[Tensor, ...]:
+        """(answer positions, read positions, tokens, readout targets), each N x S."""
+        row = {t: v for v, t in enumerate(self.readout_ids)}
+        toks = torch.zeros(len(answers), s, dtype=torch.long)
+        target = torch.full((len(answers), s), -1, dtype=torch.long)
+        for n, ans in enumerate(answers):
+            toks[n, :len(ans)] = torch.as_tensor(list(ans)[:s])
+            for j, t in enumerate(list(ans)[:s]):
+                target[n, j] = row.get(int(t), -1)
+        pos = torch.arange(s)[None] < torch.tensor([len(a) for a in answers])[:, None]
+        return pos, target >= 0, toks, target
+
+    def score(self, logits: Tensor, pos: Tensor, read: Tensor, toks: Tensor
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """Per prompt: every answer token is the argmax (teacher forced), and the summed
+        cross-entropy of the answer tokens over the vocabulary."""
+        logits = logits.float().cpu()
+        lp = torch.log_softmax(logits, -1).gather(-1, toks[..., None])[..., 0]
+        loss = -(lp * pos).sum(1)
+        pred = logits.argmax(-1)
+        if self.allowed is not None:
+            pred = torch.where(read, self.allowed[logits[..., self.allowed].argmax(-1)], pred)
+        correct = ((pred == toks) | ~pos).all(1)
+        return correct.numpy(), loss.numpy()
+
+
+def answer_reads(space, prediction: str = "vocab") -> AnswerReads:
+    """The reads of an ``AnswerSpace`` with a number or digit readout."""
+    ids = space.numbers.token_ids if space.kind == "number" else space.fmt.digits.token_ids
+    ids = [int(t) for t in ids]
+    return AnswerReads(ids, torch.as_tensor(ids) if prediction == "numbers" else None)
 
 
 @dataclass
 class HeadMeasures:
-    """Sums over prompts per (layer, head), and the unablated per-prompt scores."""
+    """Sums over reads per (layer, head), and the unablated per-prompt scores."""
 
     layers: list[int]
     n_heads: int
     lens: LensAccumulator  # one "layer" per (layer, head), layer-major
     attention: np.ndarray  # L x H x 4 (GROUPS), sums
     direct: np.ndarray  # L x H: W_U[answer] . frozen-norm(head), sums
-    direct_centred: np.ndarray  # L x H: the same against the mean number row
-    z_total: dict[int, Tensor]  # layer -> H x d_head sums of the projection input
+    direct_centred: np.ndarray  # L x H: the same against the mean readout row
+    z_total: dict[int, Tensor]  # layer -> S x H x d_head sums of the projection input
+    z_count: Tensor  # S: prompts with an answer token at position s
     correct: np.ndarray  # per prompt, unablated
     loss: np.ndarray
 
@@ -160,124 +186,81 @@ class HeadMeasures:
         return len(self.correct)
 
 
-def collect(lm, prompts: PromptSet, numbers: NumberTokens, layers: Sequence[int], *,
-            basis_kind: str = "paper", prediction: str = "vocab", store=None,
-            progress: bool = True) -> HeadMeasures:
-    """Spectra, attention, direct effects and the projection inputs' sums, one pass."""
+def _padded(parts: Sequence[Tensor]) -> Tensor:
+    """Sum of tensors whose first axes (answer positions) differ in length."""
+    out = torch.zeros(max(p.shape[0] for p in parts), *parts[0].shape[1:])
+    for p in parts:
+        out[:p.shape[0]] += p
+    return out
+
+
+def collect(lm, prompts: PromptSet, space, layers: Sequence[int], *, prediction: str = "vocab",
+            store=None, progress: bool = True) -> HeadMeasures:
+    """Spectra, attention, direct effects and the projection inputs' sums, one pass over
+    ``prompts`` (built with ``space.fmt``) at every answer position."""
     layers = sorted(set(layers))
     last = lm.n_layers - 1
     read = sorted(set(layers) | {last})
     at = [read.index(i) for i in layers]
-    W = number_rows(lm.unembedding(), numbers).detach().to("cpu", torch.float32)
-    basis = FourierBasis(numbers.p, basis_kind)
+    readout = space.readout(lm)
+    W, reads = readout.W, answer_reads(space, prediction)
+    W_U = lm.unembedding()
     h = head_site(lm, layers[0]).n_heads
-    acc = LensAccumulator(len(layers) * h, basis)
+    acc = LensAccumulator(len(layers) * h, readout.basis(space.basis_kind))
     frozen = FrozenNorm(lm.final_norm, lm.d_model)
     norm_param = next(lm.final_norm.parameters(), None)
     groups = token_groups(lm.tokenizer, prompts.examples)
-    examples = prompts.examples
     sink: dict = {}
     probs: dict = {}
 
-    def looks(batch) -> dict:
-        att = torch.stack([probs.pop(i) for i in layers], 1)  # N x L x H x T
-        mass = torch.zeros(*att.shape[:3], len(GROUPS))
+    def looks(batch, s: int) -> dict:
+        pos, read_at, _, _ = reads.of(batch.answers, s)
+        att = torch.stack([probs.pop(i)[:, :, -s:] for i in layers], 1)  # N x L x H x S x T
+        mass = torch.zeros(*att.shape[:4], len(GROUPS))
         t = att.shape[-1]
         for r, i in enumerate(batch.rows):
-            g = torch.full((t,), 3, dtype=torch.long)
-            g[t - len(groups[i]):] = torch.as_tensor(groups[i])
+            g = torch.full((t,), 2, dtype=torch.long)  # keys after the prompt: answer tokens
+            g[:batch.length] = 3
+            g[batch.length - len(groups[i]):batch.length] = torch.as_tensor(groups[i])
             mass[r].index_add_(-1, g, att[r])
-        return {"attention": mass.sum(0)}
+        return {"attention": (mass * read_at[:, None, None, :, None]).sum((0, 3))}
 
     def reduce(batch, cond, out) -> dict:
+        s = out.logits.shape[1]
         if cond.name == "attention":
-            return looks(batch)
-        answers = torch.tensor([examples[i].answer for i in batch.rows])
-        heads = out.rows["heads"][:, 0].permute(0, 2, 1, 3)[:, at]  # N x L x H x D
-        x = out.rows["block"][:, 0, read.index(last)]
+            return looks(batch, s)
+        pos, read_at, toks, target = reads.of(batch.answers, s)
+        heads = out.rows["heads"].permute(0, 1, 3, 2, 4)[:, :, at][read_at]  # R x L x H x D
+        x = out.rows["block"][:, :, read.index(last)][read_at]  # R x D
         with torch.inference_mode():
             y = lm.final_norm.forward(x.to(norm_param.device, norm_param.dtype)
                                       if norm_param is not None else x).float().cpu()
         terms = frozen.apply(heads, frozen.scale(x, y)[:, None, None, :])
-        w_ans = W[answers]
-        direct = torch.einsum("nlhd,nd->nlh", terms, w_ans)
-        centred = torch.einsum("nlhd,nd->nlh", terms, w_ans - W.mean(0))
-        logits = (heads @ W.T).reshape(len(batch.rows), -1, numbers.p)
-        pred, loss = score_batch(out.logits[:, 0], answers, numbers, prediction)
-        return {"lens": acc.batch_stats(logits, answers),
-                "direct": direct.sum(0), "centred": centred.sum(0),
-                "z": {str(k): sink[k].reshape(len(batch.rows), h, -1).sum(0) for k in layers},
-                "correct": (pred == answers).numpy(), "loss": loss.numpy()}
+        w_ans = W_U[toks[read_at].to(W_U.device)].float().cpu()
+        direct = torch.einsum("rlhd,rd->rlh", terms, w_ans)
+        centred = torch.einsum("rlhd,rd->rlh", terms, w_ans - W.mean(0))
+        logits = (heads @ W.T).reshape(heads.shape[0], -1, W.shape[0])
+        correct, loss = reads.score(out.logits, pos, read_at, toks)
+        z = {str(k): (sink.pop(k)[:, -s:] * pos[..., None]).sum(0).reshape(s, h, -1)
+             for k in layers}
+        return {"lens": acc.batch_stats(logits, target[read_at]),
+                "direct": direct.sum(0), "centred": centred.sum(0), "z": z,
+                "zn": pos.sum(0).float(), "correct": correct, "loss": loss}
 
     conds = [Condition("collect", hooks=lambda: record_heads(lm, layers, sink)),
              Condition("attention", hooks=lambda: attention_rows(lm, layers, probs))]
     both = Engine(lm, prompts).run(conds, reduce, roles=("heads", "block"), layers=read,
-                                   store=store, progress=progress, desc="heads")
+                                   answers=True, store=store, progress=progress, desc="heads")
     units = both["collect"]
     for u in units:
         acc.add(u["lens"])
     return HeadMeasures(
         layers, h, acc, sum(u["attention"] for u in both["attention"]).numpy(),
         sum(u["direct"] for u in units).numpy(), sum(u["centred"] for u in units).numpy(),
-        {k: sum(u["z"][str(k)] for u in units) for k in layers},
+        {k: _padded([u["z"][str(k)] for u in units]) for k in layers},
+        _padded([u["zn"] for u in units]),
         prompts.scatter([u["correct"] for u in units]),
         prompts.scatter([u["loss"] for u in units]))
-
-
-def ablate(lm, prompts: PromptSet, numbers: NumberTokens, measures: HeadMeasures,
-           selections: Mapping[str, Selection], *, prediction: str = "vocab", store=None,
-           progress: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per named selection of heads, mean-ablated together: (correct, loss) per prompt."""
-    examples, n = prompts.examples, measures.n
-
-    def hooks(sel: Selection):
-        edits = {layer: mean_ablation(measures.z_total[layer], n, hs)
-                 for layer, hs in sel.items()}
-        return lambda: edit_heads(lm, edits)
-
-    def reduce(batch, cond, out) -> dict:
-        answers = torch.tensor([examples[i].answer for i in batch.rows])
-        pred, loss = score_batch(out.logits[:, 0], answers, numbers, prediction)
-        return {"correct": (pred == answers).numpy(), "loss": loss.numpy()}
-
-    conds = [Condition(name, hooks=hooks(sel)) for name, sel in selections.items()]
-    units = Engine(lm, prompts).run(conds, reduce, store=store, progress=progress,
-                                    desc="head ablations")
-    return {name: (prompts.scatter([u["correct"] for u in parts]),
-                   prompts.scatter([u["loss"] for u in parts])) for name, parts in units.items()}
-
-
-def single_heads(layers: Sequence[int], n_heads: int) -> dict[str, Selection]:
-    return {head_name(layer, h): {layer: [h]} for layer in layers for h in range(n_heads)}
-
-
-def head_name(layer: int, head: int) -> str:
-    return f"L{layer}H{head}"
-
-
-def random_heads(top: Selection, n_heads: int, draws: int, seed: int) -> dict[str, Selection]:
-    """``draws`` selections of as many random heads from each layer as ``top`` has there."""
-    out = {}
-    for d in range(draws):
-        rng = np.random.default_rng([seed, d])
-        out[f"random-{d}"] = {layer: sorted(int(i) for i in rng.choice(n_heads, len(hs),
-                                                                       replace=False))
-                              for layer, hs in top.items()}
-    return out
-
-
-def effect(correct: np.ndarray, loss: np.ndarray, base_correct: np.ndarray,
-           base_loss: np.ndarray, cfg: StatsConfig) -> dict:
-    """Accuracy and loss with intervals over prompts, and their paired changes."""
-    rng = np.random.default_rng(cfg.seed)
-    out = {}
-    for name, values in (("accuracy", correct.astype(float)), ("loss", loss),
-                         ("accuracy_drop", base_correct.astype(float) - correct),
-                         ("loss_increase", loss - base_loss)):
-        low, high = interval(lambda w, v=values: (w @ v) / w.sum(1), len(values), cfg, rng)
-        out[name] = float(values.mean())
-        out[f"{name}_low"], out[f"{name}_high"] = low, high
-    return out
 
 
 def head_rows(measures: HeadMeasures, tau: int, effects: Mapping[str, dict] | None = None,
@@ -308,16 +291,6 @@ def head_rows(measures: HeadMeasures, tau: int, effects: Mapping[str, dict] | No
                    "direct_effect": float(measures.direct[li, h] / n),
                    "direct_effect_centred": float(measures.direct_centred[li, h] / n)}
             if effects is not None:
-                row["ablation"] = effects.get(head_name(layer, h))
+                row["ablation"] = effects.get(f"L{layer}H{h}")
             rows.append(row)
     return rows
-
-
-def top_heads(rows: Sequence[dict], k: int, key: str = "loss_increase") -> Selection:
-    """The ``k`` heads whose ablation raises the loss most, pooled over layers."""
-    ranked = sorted((r for r in rows if r.get("ablation")),
-                    key=lambda r: -r["ablation"][key])[:k]
-    out: Selection = {}
-    for r in ranked:
-        out.setdefault(r["layer"], []).append(r["head"])
-    return {layer: sorted(v) for layer, v in sorted(out.items())}

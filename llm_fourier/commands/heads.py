@@ -1,13 +1,15 @@
 """``llm-fourier heads``: what every attention head writes about the answer, where it looks,
-and what the answer loses without it (``llm_fourier.analyses.heads``).
+and what the answer loses without it (``llm_fourier.analyses.heads``, ``.head_ablation``).
 
-Per layer and head, at the last prompt token: the spectrum of the head's number logits
-(peaks with periods, outliers, low/high split), its attention to operand a, operand b, the
-answer prefix and the rest, its direct effect on the answer's logit through the frozen final
-norm, and (unless ``--no-ablation``) accuracy and loss with the head mean-ablated (its mean
-over the other prompts), with bootstrap intervals over prompts; then the ``--top-k`` heads
-whose ablation raises the loss most, ablated together, beside ``--n-random`` draws of as
-many random heads of the same layers.
+Per layer and head, at the last prompt token (at every answer position, teacher forced,
+for tokenizers that write one token per digit, read through ``W_U[digits]``): the spectrum
+of the head's number (or digit) logits (peaks with periods, outliers, low/high split), its
+attention to operand a, operand b, the answer prefix and the rest, its direct effect on the
+answer's logit through the frozen final norm, and (unless ``--no-ablation``) accuracy and
+loss of the whole answer (teacher forced) with the head mean-ablated (its mean over the
+other prompts), with bootstrap intervals over prompts; then the ``--top-k`` heads whose
+ablation raises the loss most, ablated together, beside ``--n-random`` draws of as many
+random heads of the same layers.
 
 Writes ``results.json``, ``heads.csv`` (one row per head), ``heads.png`` (heads x layers
 heatmaps of each measure). Forward work runs through the engine; its (batch, condition)
@@ -22,15 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from llm_fourier.analyses.ablation import PREDICTIONS
-from llm_fourier.analyses.heads import (
+from llm_fourier.analyses.head_ablation import (
     ablate,
-    collect,
     effect,
-    head_rows,
     random_heads,
     single_heads,
     top_heads,
 )
+from llm_fourier.analyses.heads import collect, head_rows
 from llm_fourier.commands.base import Command, JobView
 from llm_fourier.commands.options import (
     ModelOptions,
@@ -64,7 +65,7 @@ class HeadsSettings(ModelOptions, TaskOptions, SplitOptions, ReadoutOptions, Out
     n_random: int = option(5, min=1, help="random draws of as many heads per layer")
     seed: int = option(0, help="seed of the random draws and the bootstrap")
     prediction: str = option("vocab", choices=PREDICTIONS, help="vocab: the model's own next "
-                             "token; numbers: argmax over the number tokens only")
+                             "token; numbers: argmax over the number (or digit) tokens only")
     bootstrap: int = option(1000, min=0, identity=False, help="bootstrap draws over prompts "
                             "for each interval (0: none)")
     ci_level: float = option(0.95, above=0, max=0.999, help="confidence level")
@@ -132,27 +133,25 @@ class HeadsCommand(Command):
         task = s.task()
         examples = s.examples(task)
         space = s.answer_space(s.answer_format(task.max_answer), task.max_answer)
-        if space.kind != "number":
+        if space.kind is None:
             raise UserError(
-                f"heads: answers up to {task.max_answer} are not single tokens for this "
-                f"tokenizer (single tokens only up to {space.fmt.numbers.max_number}); use "
-                "--max-operand so that answers stay single tokens (digit answers are not "
-                "read per head yet).")
+                f"heads: answers up to {task.max_answer} are written as {space.fmt.family} "
+                f"tokens (single tokens only up to {space.fmt.numbers.max_number}), which no "
+                "readout reads; use --max-operand so that answers stay single tokens.")
         lm = s.load_model(tokenizer=space.fmt.tokenizer)
         record_inputs(run, lm, examples)
         layers = list(range(lm.n_layers)) if s.layers is None else sorted(set(s.layers))
         if max(layers) >= lm.n_layers:
             raise s.fail("layers", f"{s.layers} leave the model's layers 0..{lm.n_layers - 1}")
-        numbers, progress = space.numbers, not s.quiet
-        prompts = PromptSet.build(lm, examples, s.batch_size)
-        measures = collect(lm, prompts, numbers, layers, basis_kind=s.basis,
-                           prediction=s.prediction, store=run.store("collect"),
-                           progress=progress)
+        progress = not s.quiet
+        prompts = PromptSet.build(lm, examples, s.batch_size, fmt=space.fmt)
+        measures = collect(lm, prompts, space, layers, prediction=s.prediction,
+                           store=run.store("collect"), progress=progress)
         base = (measures.correct, measures.loss)
         cfg = StatsConfig(n_boot=s.bootstrap, level=s.ci_level, seed=s.seed)
         effects, together = None, None
         if not s.no_ablation:
-            single = ablate(lm, prompts, numbers, measures,
+            single = ablate(lm, prompts, space, measures,
                             single_heads(layers, measures.n_heads), prediction=s.prediction,
                             store=run.store("ablate"), progress=progress)
             effects = {name: effect(*v, *base, cfg) for name, v in single.items()}
@@ -161,7 +160,7 @@ class HeadsCommand(Command):
             k = min(s.top_k, len(rows))
             top = top_heads(rows, k)
             chosen = {"top": top, **random_heads(top, measures.n_heads, s.n_random, s.seed)}
-            both = ablate(lm, prompts, numbers, measures, chosen, prediction=s.prediction,
+            both = ablate(lm, prompts, space, measures, chosen, prediction=s.prediction,
                           store=run.store("together"), progress=progress)
             draws = [{"heads": chosen[n], **effect(*both[n], *base, cfg)} for n in chosen
                      if n != "top"]

@@ -322,6 +322,9 @@ def edit(lm, edits: dict[tuple[str, int], Callable[[Tensor], Tensor]],
     same shape.
     """
     _check(lm, {r for r, _ in edits}, [i for _, i in edits], positions)
+    if any(r == "heads" for r, _ in edits):
+        raise UserError("heads are edited through edit_heads (their slices of the attention "
+                        "output projection's input), not edit.")
     editor = Editor(positions)
     handles = [lm.model.register_forward_pre_hook(editor._where.pre_hook, with_kwargs=True)]
     for (r, i), fn in edits.items():
@@ -332,16 +335,21 @@ def edit(lm, edits: dict[tuple[str, int], Callable[[Tensor], Tensor]],
 
 
 @contextmanager
-def edit_heads(lm, edits: dict[int, Callable[[Tensor], Tensor]]) -> Iterator[Editor]:
-    """At each row's last real token, replace layer i's head outputs z (N x H x d_head, the
-    attention output projection's input, model dtype) by ``edits[i](z)``."""
-    _check(lm, (), edits, "last")
-    editor = Editor("last")
+def edit_heads(lm, edits: dict[int, Callable[[Tensor], Tensor]],
+               positions: str = "last") -> Iterator[Editor]:
+    """Replace layer i's head outputs z (the attention output projection's input, model
+    dtype) by ``edits[i](z)``: z is N x H x d_head at each row's last real token, or
+    N x T x H x d_head at every position of the forward (``positions="all"``)."""
+    _check(lm, (), edits, positions)
+    editor = Editor(positions)
     handles = [lm.model.register_forward_pre_hook(editor._where.pre_hook, with_kwargs=True)]
 
     def pre(site, fn):
         def hook(module, args):
             x = args[0]
+            if positions == "all":
+                z = x.reshape(*x.shape[:2], site.n_heads, site.d_head)
+                return (fn(z).reshape(x.shape).to(x.dtype), *args[1:])
             pos = editor._where.last(x)
             n = torch.arange(x.shape[0], device=x.device)
             pos = torch.full_like(n, x.shape[1] - 1) if pos is None else pos

@@ -19,10 +19,9 @@ so the model is right only with head 0; mean-ablating head 0 leaves a ten-way ti
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import torch
 from torch import nn
+from transformers import PretrainedConfig
 
 from llm_fourier.model.loading import LoadedModel, Roles
 from llm_fourier.model.numbers import find_number_tokens
@@ -99,8 +98,8 @@ class PlantedHeads(nn.Module):
         value = torch.full((vocab,), -1, dtype=torch.long)
         value[ids] = torch.arange(len(ids))
         self.ctx = {"value": value}
-        self.config = SimpleNamespace(num_attention_heads=H, hidden_size=D,
-                                      model_type="planted-heads")
+        self.config = PretrainedConfig(num_attention_heads=H, hidden_size=D,
+                                       num_hidden_layers=1)
         self.embed = nn.Embedding(vocab, D)
         self.head = nn.Linear(D, vocab, bias=False)
         n = torch.arange(len(ids), dtype=torch.float32)
@@ -119,10 +118,12 @@ class PlantedHeads(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, past_key_values=None,
                 output_attentions=False, **_ignored):
-        """The "cache" is the earlier token ids: the forward reruns the whole sequence (the
-        engine's prefix caching then changes nothing but is exercised)."""
-        ids = input_ids if past_key_values is None else torch.cat([past_key_values, input_ids],
-                                                                  1)
+        """The cache keeps the earlier token ids (``planted_ids``): the forward reruns the
+        whole sequence (the engine's prefix caching then changes nothing but is exercised)."""
+        before = getattr(past_key_values, "planted_ids", None)
+        ids = input_ids if before is None else torch.cat([before, input_ids], 1)
+        if past_key_values is not None:
+            past_key_values.planted_ids = ids
         mask = torch.ones_like(ids) if attention_mask is None else attention_mask
         self.ctx.update(ids=ids, mask=mask)
         h = self.embed(ids)
@@ -130,7 +131,7 @@ class PlantedHeads(nn.Module):
         for block in self.layers:
             h, w = block(h)
             weights.append(w)
-        return Output(logits=self.head(self.norm(h)), past_key_values=ids,
+        return Output(logits=self.head(self.norm(h)), past_key_values=past_key_values,
                       attentions=tuple(weights) if output_attentions else None)
 
 
