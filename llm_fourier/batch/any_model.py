@@ -153,7 +153,7 @@ def describe(name: str, c: dict) -> str:
                                            c["parameters"] > LAPTOP_PARAMS else "") + ")",
              "gpu": "GPU sizes (about a thousand prompts, every layer)",
              "paper": "the papers' sizes (whole test splits, every layer)"}[c["scale"]]
-    text = (f"{name} ({c['model']}): about {c['parameters'] / 1e6:.0f}M parameters, "
+    text = (f"{name} ({c['model']}): about {c['parameters'] / 1e6:.3g}M parameters, "
             f"{c['layers']} layers, d_model {c['d_model']}. Its tokenizer writes the answers "
             f"of a + b (operands 0..260) as {fam}. Each view below says which readout it used "
             f"and which options were chosen from the model, and why. Run at {sizes}.")

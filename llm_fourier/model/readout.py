@@ -138,7 +138,7 @@ def tau_reason(kind: str | None, tau: int, basis: FourierBasis | None) -> str:
     if kind == "digit":
         return "the digit readout's split: low = periods 10 and 5 (k = 1, 2)"
     if basis is None or tau == PAPER_TAU:
-        return "Zhou et al.'s split (low: k < 50, periods above ~10.4 over 0..520)"
+        return "Zhou et al.'s split: low = k < 50"
     return (f"the component of Zhou et al.'s split period over the numbers 0..{basis.p - 1} "
             f"(50 exceeds their {basis.n_components} components)")
 
