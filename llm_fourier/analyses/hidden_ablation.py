@@ -13,12 +13,12 @@ next token for single-token answers, else greedy generation of the whole answer.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from llm_fourier.analyses.ablation import MODULES, answer_target
-from llm_fourier.analyses.answers import condition, greedy_answers, score_conditions
+from llm_fourier.analyses.answers import condition, score_conditions
 from llm_fourier.errors import UserError
 from llm_fourier.model.engine import Store
 from llm_fourier.model.loading import LoadedModel
@@ -56,23 +56,6 @@ def logit_filter(lm: LoadedModel, numbers: NumberTokens | NumberReadout,
     (``W_U[numbers]``, or any ``NumberReadout``, e.g. the digit readout)."""
     readout = numbers if isinstance(numbers, NumberReadout) else number_readout(lm, numbers)
     return readout.remove_periods(periods, basis_kind)
-
-
-def generate_answers(
-    lm: LoadedModel,
-    examples: Sequence[Example],
-    edits: dict[tuple[str, int], Callable] | None = None,
-    *,
-    positions: str = "all",
-    batch_size: int = 16,
-    progress: bool = True,
-    desc: str = "generate",
-) -> np.ndarray:
-    """Greedy whole answers (integers, -1 if none) with ``edits`` applied
-    (``answers.greedy_answers`` with the tokenizer's ``NumberFormat``)."""
-    fmt = number_format(lm.tokenizer, max(e.answer for e in examples))
-    return greedy_answers(lm, fmt, examples, edits, positions=positions,
-                          batch_size=batch_size, progress=progress, desc=desc)
 
 
 def _target(lm, examples: Sequence[Example], numbers) -> NumberTokens | NumberFormat:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from llm_fourier.analyses.answers import greedy_answers
 from llm_fourier.analyses.hidden_ablation import (
-    generate_answers,
     logit_filter,
     probe_ablation,
     probe_filters,
@@ -136,7 +136,8 @@ def test_greedy_generation_matches_a_loop_of_generate(digit_lm):
     assert fmt.parse(tok.convert_tokens_to_ids(["1", "0", "8", ".", "3"])) == 108
     assert fmt.parse(tok.convert_tokens_to_ids(["Answer", "1"])) == -1
     examples = make_task(max_operand=20, seed=3).test[:5]
-    preds = generate_answers(digit_lm, examples, progress=False)
+    preds = greedy_answers(digit_lm, number_format(tok, max(e.answer for e in examples)),
+                           examples, progress=False)
     cap = max(len(str(e.answer)) for e in examples) + 1  # one token per digit, plus one
     for ex, pred in zip(examples, preds):
         ids = tok(ex.prompt, return_tensors="pt")["input_ids"]
