@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
             target = TARGETS.get((kind, name))
             print(f"  {name:<22} {ratios[name]:6.2f} x plain forward (rounds: "
                   f"{', '.join(f'{r:.2f}' for r in per_round)})"
-                  f"{f'  target <= {target}' if target else ''}", flush=True)
+                  f"{f'  target <= {target:g}' if target else ''}", flush=True)
         print(f"  plain forward: {statistics.median(times['plain forward']):.2f} s", flush=True)
         out[kind] = ratios
     print(json.dumps(out))
