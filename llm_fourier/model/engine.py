@@ -284,15 +284,15 @@ class Engine:
                 prefix = self._prefix(batch, spec["stop_after"])
             stacked = [c for c in on_prefix if prefix is not None and c.hooks is None]
             outs = self._group(batch, stacked, prefix, spec) if stacked else {}
-            at: dict[int, Any] = {}  # patches: the unedited prefix up to the first patched token
+            at: dict[int, list] = {}  # patches: stacked on the prefix up to their first token
             for c in conditions:
-                if c in stacked:
-                    continue
-                start = self._patch_start(c, batch)
-                if start and start not in at:
-                    at[start] = self._prefix(batch, spec["stop_after"], start)
-                outs |= self._group(batch, [c], prefix if c in on_prefix else at.get(start),
-                                    spec, start or None)
+                if c not in stacked and (start := self._patch_start(c, batch)):
+                    at.setdefault(start, []).append(c)
+                elif c not in stacked:
+                    outs |= self._group(batch, [c], prefix if c in on_prefix else None, spec)
+            for start, conds in at.items():
+                outs |= self._group(batch, conds, self._prefix(batch, spec["stop_after"], start),
+                                    spec, start)
             return {c.name: reduce(batch, c, outs[c.name]) for c in conditions}
 
     def _prefix(self, batch: Batch, stop_after: int | None, upto: int = -1):
