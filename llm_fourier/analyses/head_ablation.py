@@ -3,8 +3,9 @@
 A head is ablated by replacing its slice of the attention output projection's input, at
 every answer position, by its mean over the *other* prompts at that position (leave one
 out: ``(sum - own) / (count - 1)``), so the block adds the head's average instead of its
-answer to this prompt. One engine condition per selection of heads: per batch the unedited
-prefix once, then each condition from the last prompt token on. ``effect`` gives accuracy
+answer to this prompt. One engine condition per selection of heads, an edit of role
+``heads``: per batch the unedited prefix once, then the conditions stacked along the batch
+in one forward from the last prompt token on. ``effect`` gives accuracy
 and loss with bootstrap intervals over prompts and their paired changes from the unablated
 run; ``top_heads`` / ``random_heads`` make the top-k-against-random comparison.
 """
@@ -19,7 +20,6 @@ from torch import Tensor
 
 from llm_fourier.analyses.heads import HeadMeasures, answer_reads
 from llm_fourier.model.engine import Condition, Engine, PromptSet
-from llm_fourier.model.hooks import edit_heads
 from probes.stats import StatsConfig, interval
 
 Selection = dict[int, list[int]]  # layer -> heads
@@ -48,23 +48,28 @@ def mean_ablation(total: Tensor, count: Tensor, heads: Sequence[int]
 
 def ablate(lm, prompts: PromptSet, space, measures: HeadMeasures,
            selections: Mapping[str, Selection], *, prediction: str = "vocab", store=None,
-           progress: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per named selection of heads, mean-ablated together: (correct, loss) per prompt."""
+           progress: bool = True, stack_rows: int = 512
+           ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per named selection of heads, mean-ablated together: (correct, loss) per prompt.
+    Selections are edits of role ``heads``, so the engine runs them stacked along the batch
+    on one prefix cache, about ``stack_rows`` rows per forward (a group of selections per
+    pass over the batches)."""
     reads = answer_reads(space, prediction)
-
-    def hooks(sel: Selection):
-        edits = {layer: mean_ablation(measures.z_total[layer], measures.z_count, hs)
-                 for layer, hs in sel.items()}
-        return lambda: edit_heads(lm, edits, positions="all")
 
     def reduce(batch, cond, out) -> dict:
         pos, read_at, toks, _ = reads.of(batch.answers, out.logits.shape[1])
         correct, loss = reads.score(out.logits, pos, read_at, toks)
         return {"correct": correct, "loss": loss}
 
-    conds = [Condition(name, hooks=hooks(sel)) for name, sel in selections.items()]
-    units = Engine(lm, prompts).run(conds, reduce, answers=True, store=store,
-                                    progress=progress, desc="head ablations")
+    conds = [Condition(name, edits={("heads", layer): mean_ablation(
+        measures.z_total[layer], measures.z_count, hs) for layer, hs in sel.items()})
+        for name, sel in selections.items()]
+    size = max(1, stack_rows // max(len(b.rows) for b in prompts.batches))
+    units: dict[str, list] = {}
+    for start in range(0, len(conds), size):
+        units |= Engine(lm, prompts).run(conds[start:start + size], reduce, answers=True,
+                                         store=store, progress=progress,
+                                         desc="head ablations")
     return {name: (prompts.scatter([u["correct"] for u in parts]),
                    prompts.scatter([u["loss"] for u in parts])) for name, parts in units.items()}
 

@@ -17,7 +17,7 @@ plain forward.
 The ``heads`` role (``llm_fourier.model.heads``) captures N x H x D per layer: what each
 attention head adds, read from the attention output projection's input; ``Capture.get``
 gives the heads, ``Capture.head_bias`` the projection's bias term (they sum to ``attn``).
-``edit_heads`` rewrites chosen heads' slices of that input at the last real token.
+``edit`` with role ``heads`` (or ``edit_heads``) rewrites chosen heads' slices of that input.
 """
 
 from __future__ import annotations
@@ -311,6 +311,22 @@ class Editor:
 
         return hook
 
+    def _head_hook(self, fn: Callable[[Tensor], Tensor], site) -> Callable:
+        """A pre-hook on the attention output projection rewriting the heads' slices."""
+        def hook(module: nn.Module, args):
+            x = args[0]
+            if self.positions == "all":
+                z = x.reshape(*x.shape[:2], site.n_heads, site.d_head)
+                return (fn(z).reshape(x.shape).to(x.dtype), *args[1:])
+            pos = self._where.last(x)
+            n = torch.arange(x.shape[0], device=x.device)
+            pos = torch.full_like(n, x.shape[1] - 1) if pos is None else pos
+            z = x[n, pos].reshape(x.shape[0], site.n_heads, site.d_head)
+            new = fn(z).reshape(x.shape[0], -1).to(x.dtype)
+            return (x.index_put((n, pos), new), *args[1:])
+
+        return hook
+
 
 @contextmanager
 def edit(lm, edits: dict[tuple[str, int], Callable[[Tensor], Tensor]],
@@ -319,47 +335,29 @@ def edit(lm, edits: dict[tuple[str, int], Callable[[Tensor], Tensor]],
 
     ``fn`` receives N x D rows (the last real token) or N x T x D (positions "all") of what
     the block adds to the residual stream, on the module's device and dtype, and returns the
-    same shape.
+    same shape. For role ``"heads"`` it receives the head outputs z instead (the attention
+    output projection's input: N x H x d_head, or N x T x H x d_head).
     """
     _check(lm, {r for r, _ in edits}, [i for _, i in edits], positions)
-    if any(r == "heads" for r, _ in edits):
-        raise UserError("heads are edited through edit_heads (their slices of the attention "
-                        "output projection's input), not edit.")
     editor = Editor(positions)
     handles = [lm.model.register_forward_pre_hook(editor._where.pre_hook, with_kwargs=True)]
-    for (r, i), fn in edits.items():
-        site = lm.site(i, r)
-        handles.append(site.module.register_forward_hook(editor._hook(fn, site)))
     with _hooked(handles):
+        for (r, i), fn in edits.items():
+            if r == "heads":
+                site = head_site(lm, i)
+                handles.append(site.proj.register_forward_pre_hook(
+                    editor._head_hook(fn, site)))
+                continue
+            site = lm.site(i, r)
+            handles.append(site.module.register_forward_hook(editor._hook(fn, site)))
         yield editor
 
 
 @contextmanager
 def edit_heads(lm, edits: dict[int, Callable[[Tensor], Tensor]],
                positions: str = "last") -> Iterator[Editor]:
-    """Replace layer i's head outputs z (the attention output projection's input, model
-    dtype) by ``edits[i](z)``: z is N x H x d_head at each row's last real token, or
+    """``edit`` of role ``"heads"`` at layers ``edits``' keys: replace layer i's head outputs
+    z (model dtype) by ``edits[i](z)``, z N x H x d_head at each row's last real token or
     N x T x H x d_head at every position of the forward (``positions="all"``)."""
-    _check(lm, (), edits, positions)
-    editor = Editor(positions)
-    handles = [lm.model.register_forward_pre_hook(editor._where.pre_hook, with_kwargs=True)]
-
-    def pre(site, fn):
-        def hook(module, args):
-            x = args[0]
-            if positions == "all":
-                z = x.reshape(*x.shape[:2], site.n_heads, site.d_head)
-                return (fn(z).reshape(x.shape).to(x.dtype), *args[1:])
-            pos = editor._where.last(x)
-            n = torch.arange(x.shape[0], device=x.device)
-            pos = torch.full_like(n, x.shape[1] - 1) if pos is None else pos
-            z = x[n, pos].reshape(x.shape[0], site.n_heads, site.d_head)
-            new = fn(z).reshape(x.shape[0], -1).to(x.dtype)
-            return (x.index_put((n, pos), new), *args[1:])
-        return hook
-
-    with _hooked(handles):
-        for layer, fn in edits.items():
-            site = head_site(lm, layer)
-            handles.append(site.proj.register_forward_pre_hook(pre(site, fn)))
+    with edit(lm, {("heads", i): fn for i, fn in edits.items()}, positions) as editor:
         yield editor

@@ -121,6 +121,8 @@ class PlantedHeads(nn.Module):
         """The cache keeps the earlier token ids (``planted_ids``): the forward reruns the
         whole sequence (the engine's prefix caching then changes nothing but is exercised)."""
         before = getattr(past_key_values, "planted_ids", None)
+        if before is not None and before.shape[0] != input_ids.shape[0]:  # stacked conditions
+            before = before.repeat(input_ids.shape[0] // before.shape[0], 1)
         ids = input_ids if before is None else torch.cat([before, input_ids], 1)
         if past_key_values is not None:
             past_key_values.planted_ids = ids

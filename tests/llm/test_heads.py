@@ -105,6 +105,21 @@ def test_head_spectra_equal_numpy_fft_of_the_head_logits(tiny_models):
     np.testing.assert_allclose(got, np.mean(mags, 0), rtol=1e-4, atol=1e-6)
 
 
+def test_stacked_ablations_equal_one_at_a_time(tiny_models):
+    model, tok = tiny_models("qwen2")
+    lm = load_model(model, tok)
+    space = AnswerSpace.build(tok, 20, tau=2)
+    prompts = PromptSet.build(lm, make_task("+", 10, seed=0).split("train")[:8], 4,
+                              fmt=space.fmt)
+    measures = collect(lm, prompts, space, [0, 1], progress=False)
+    heads = single_heads([0, 1], 2)
+    stacked = ablate(lm, prompts, space, measures, heads, progress=False)
+    alone = ablate(lm, prompts, space, measures, heads, progress=False, stack_rows=1)
+    for name in heads:
+        np.testing.assert_allclose(stacked[name][1], alone[name][1], rtol=1e-4, atol=1e-5)
+    assert any(np.abs(stacked[n][1] - measures.loss).max() > 1e-4 for n in heads)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_heads_command_runs_on_every_architecture(tiny_dir, tmp_path, capsys, arch):
     out = tmp_path / "heads"

@@ -102,7 +102,8 @@ def test_discovery_fallback_reports_its_choice(gpt2_pair, capsys, monkeypatch):
     monkeypatch.delitem(ROLES, "gpt2")
     roles = roles_for(model)
     assert roles == table == Roles("transformer.h", "attn", "mlp", "transformer.ln_f",
-                                   "lm_head", "transformer.wte", positions="transformer.wpe")
+                                   "lm_head", "transformer.wte", positions="transformer.wpe",
+                                   attn_proj="attn.c_proj", mlp_proj="mlp.c_proj")
     assert "discovered" in capsys.readouterr().err
 
 
