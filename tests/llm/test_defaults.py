@@ -24,6 +24,7 @@ SIZES = {  # sizes only: nothing that depends on the model
     # a random model answers no prompt: patch them all (the paper patches correct ones)
     "patch": ["--train-limit", "40", "--test-limit", "6", "--all-prompts"],
     "neurons": ["--limit", "6", "--n-neurons", "2", "--n-random", "1"],
+    "heads": ["--limit", "6", "--top-k", "1", "--n-random", "1", "--bootstrap", "10"],
     "finetune": ["--epochs", "1", "--max-pairs", "24"],
 }
 # finetune's loss is on one answer token; patch and neurons read digits (issue 20, item 2)
