@@ -23,7 +23,7 @@ import copy
 import inspect
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
 
@@ -36,6 +36,7 @@ from llm_fourier.errors import UserError
 from llm_fourier.model.distributed import broadcast_object, map_ranges, process_info, rounds
 from llm_fourier.model.hooks import capture, edit
 from llm_fourier.model.number_format import NumberFormat, NumberParser
+from llm_fourier.model.patches import Patch, patch_start, with_patches
 from llm_fourier.model.tasks import Example, tokenize_prompts
 from llm_fourier.output.progress import tqdm
 
@@ -43,15 +44,6 @@ __all__ = ["Batch", "Condition", "Engine", "Greedy", "Output", "Patch", "PromptS
 
 Edits = dict[tuple[str, int], Callable[[Tensor], Tensor]]
 POSITIONS = ("last", "all")
-
-
-@dataclass
-class Patch:
-    """Per example i: the state at token ``positions[i]`` (counted from its first real
-    token) replaced by ``vectors[i]`` (examples x D, in the prompt set's example order)."""
-
-    positions: np.ndarray
-    vectors: Tensor
 
 
 class Store(Protocol):
@@ -286,7 +278,7 @@ class Engine:
             outs = self._group(batch, stacked, prefix, spec) if stacked else {}
             at: dict[int, list] = {}  # patches: stacked on the prefix up to their first token
             for c in conditions:
-                if c not in stacked and (start := self._patch_start(c, batch)):
+                if c not in stacked and (start := patch_start(c, batch, self.cached)):
                     at.setdefault(start, []).append(c)
                 elif c not in stacked:
                     outs |= self._group(batch, [c], prefix if c in on_prefix else None, spec)
@@ -339,42 +331,6 @@ class Engine:
             return None, rows, None
         return out.logits[:, -keep:].float() if keep else None, rows, out[self.cache]
 
-    @staticmethod
-    def _columns(batch: Batch, positions: np.ndarray, rows: Sequence[int]) -> Tensor:
-        """Columns of ``batch`` (left padded) at per-example token ``positions``."""
-        real = batch.enc["attention_mask"].sum(1).cpu()[list(rows)]
-        return batch.length - real + torch.as_tensor(
-            positions[[batch.rows[j] for j in rows]], dtype=torch.long)
-
-    def _patch_start(self, cond: Condition, batch: Batch) -> int:
-        """The first patched column of a condition that changes nothing else (0: none)."""
-        if not cond.patches or cond.edits or cond.hooks or cond.row_hooks or not self.cached:
-            return 0
-        return int(min(self._columns(batch, p.positions, range(len(batch.rows))).min()
-                       for p in cond.patches.values()))
-
-    def _patched(self, cond: Condition, batch: Batch, rows: Sequence[int], start: int
-                 ) -> Condition:
-        """``cond`` with its ``patches`` as edits of the first forward of ``rows`` of
-        ``batch`` from column ``start`` (the decoding steps after it pass unchanged)."""
-        if not cond.patches:
-            return cond
-        edits = dict(cond.edits)
-        for key, p in cond.patches.items():
-            col = self._columns(batch, p.positions, rows) - start
-            vec, before, done = p.vectors[[batch.rows[j] for j in rows]], edits.get(key), []
-
-            def fn(x: Tensor, col=col, vec=vec, before=before, done=done) -> Tensor:
-                x = x if before is None else before(x)
-                if done:
-                    return x
-                done.append(True)
-                n = torch.arange(len(col), device=x.device)
-                return x.index_put((n, col.to(x.device)), vec.to(x.device, x.dtype))
-
-            edits[key] = fn
-        return replace(cond, edits=edits, patches={})
-
     def _group(self, batch: Batch, conds: Sequence[Condition], prefix, spec,
                start: int | None = None) -> dict:
         """Conditions stacked along the batch (condition-major) in one forward from the
@@ -394,7 +350,7 @@ class Engine:
             mask = torch.cat([mask, torch.ones_like(extra)], 1)
             pos = torch.cat([pos, pos[:, -1:] + torch.arange(1, fed + 1, device=pos.device)], 1)
         reads = ids.shape[1] - batch.length + 1
-        patched = [self._patched(c, batch, range(n), start) for c in conds]
+        patched = [with_patches(c, batch, range(n), start) for c in conds]
         cache = copy.deepcopy(prefix) if start else None
         if cache is not None and k > 1:
             cache.batch_select_indices(torch.arange(n, device=ids.device).repeat(k))
@@ -459,7 +415,7 @@ class Engine:
         """Step-by-step greedy decoding of ``rows[i]`` of ``batch`` under ``conds[i]``,
         stacked, on the prefix cache."""
         keep = [i for i, r in enumerate(rows) if r]
-        conds = [self._patched(conds[i], batch, rows[i], start) for i in keep]
+        conds = [with_patches(conds[i], batch, rows[i], start) for i in keep]
         rows = [rows[i] for i in keep]
         flat = [j for r in rows for j in r]
         idx = torch.tensor(flat, device=batch.enc["input_ids"].device)
