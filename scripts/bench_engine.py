@@ -11,7 +11,10 @@ every prompt; for whole answers greedy steps and then teacher-forced steps, each
 with a full prompt forward); rounds are interleaved so that load on a shared machine hits
 all alike, and the median ratio over rounds is printed, then one JSON line.
 
-Add ``hidden``, ``neurons`` and ``patch`` to ``BENCHES`` as they move onto the engine.
+``hidden`` (every role at operand a's token; all layers, and layers 0-1 with the early
+stop), ``neurons`` (``KNOCKOUT_ROWS`` knockouts; target 1 + 0.2 per row) and ``patch`` (one
+layer, the helix: five conditions, each a whole-prompt forward) are timed the same way;
+``--benches`` picks some.
 """
 
 from __future__ import annotations
@@ -34,7 +37,10 @@ from llm_fourier.analyses.ablation import (  # noqa: E402
 )
 from llm_fourier.analyses.answers import max_answer_tokens  # noqa: E402
 from llm_fourier.analyses.digits import run_digit_lens  # noqa: E402
+from llm_fourier.analyses.fourier_neurons import knockout_table, neuron_spectra  # noqa: E402
+from llm_fourier.analyses.hidden_states import collect  # noqa: E402
 from llm_fourier.analyses.lens import run_lens  # noqa: E402
+from llm_fourier.analyses.patching import helix_patching  # noqa: E402
 from llm_fourier.model.answer_space import AnswerSpace  # noqa: E402
 from llm_fourier.model.hooks import edit  # noqa: E402
 from llm_fourier.model.loading import load_model  # noqa: E402
@@ -132,9 +138,50 @@ def ablate(lm, examples, space: AnswerSpace, batch: int) -> None:
     ablation_table(lm, examples, space, batch_size=batch, progress=False)
 
 
-BENCHES = {"probe": probe, "ablate": ablate, "ablate (naive loops)": naive_ablate}
+def hidden(lm, examples, space: AnswerSpace, batch: int) -> None:
+    """``hidden``'s collection: every role and layer at operand a's last token."""
+    collect(lm, examples, "a", batch_size=batch, progress=False)
+
+
+def hidden_early(lm, examples, space: AnswerSpace, batch: int) -> None:
+    """``hidden --layers 0 1``: the forwards stop after layer 1."""
+    collect(lm, examples, "a", layers=[0, 1], batch_size=batch, progress=False)
+
+
+KNOCKOUT_PERIODS, N_RANDOM = (10, 5), 2
+KNOCKOUT_ROWS = 1 + len(KNOCKOUT_PERIODS) * (1 + N_RANDOM)  # baseline, top and draws
+_kept: dict = {}  # spectra and training states, computed once per model outside the timing
+
+
+def neurons(lm, examples, space: AnswerSpace, batch: int) -> None:
+    """``neurons``' knockouts: the baseline, per period its top 20 neurons and 2 draws."""
+    if ("spectra", id(lm)) not in _kept:
+        _kept["spectra", id(lm)] = neuron_spectra(lm, space, basis_kind="dft",
+                                                  periods=KNOCKOUT_PERIODS)
+    knockout_table(lm, examples, space, KNOCKOUT_PERIODS, 20, n_random=N_RANDOM,
+                   spectra=_kept["spectra", id(lm)], batch_size=batch, progress=False)
+
+
+def patch(lm, examples, space: AnswerSpace, batch: int) -> None:
+    """``patch`` at one (block, layer 1) with the helix: the clean run, mean, actual, same
+    and swap patches (the training states fitted on are collected once, untimed)."""
+    if ("train", id(lm)) not in _kept:
+        train = make_task("+", 99, seed=1).train[:300]
+        _kept["train", id(lm)] = collect(lm, train, "a", roles=("block",), layers=[1],
+                                         batch_size=batch, progress=False)
+    states = _kept["train", id(lm)]
+    helix_patching(lm, states.examples, examples, space, layers=[1], methods=("helix",),
+                   pca_dim=20, correct_only=False, train_states=states, batch_size=batch,
+                   progress=False)
+
+
+BENCHES = {"probe": probe, "ablate": ablate, "ablate (naive loops)": naive_ablate,
+           "hidden": hidden, "hidden --layers 0 1": hidden_early, "neurons": neurons,
+           "patch": patch}
 TARGETS = {("single", "ablate"): 1.5, ("digits", "ablate"): 3.0, ("single", "probe"): 1.3,
-           ("digits", "probe"): 1.3}
+           ("digits", "probe"): 1.3, ("single", "hidden"): 1.0, ("digits", "hidden"): 1.0,
+           ("single", "neurons"): 1 + 0.2 * KNOCKOUT_ROWS,
+           ("digits", "neurons"): 1 + 0.2 * KNOCKOUT_ROWS}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -145,7 +192,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--models", nargs="+", default=["single", "digits"])
+    ap.add_argument("--benches", nargs="+", default=list(BENCHES), choices=list(BENCHES))
     args = ap.parse_args(argv)
+    benches = {name: BENCHES[name] for name in args.benches}
     torch.set_num_threads(args.threads)
     out = {}
     for kind in args.models:
@@ -159,7 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{lm.model.config.vocab_size}, {len(examples)} prompts of "
               f"{min(tokens)}-{max(tokens)} tokens (mean {statistics.mean(tokens):.1f}), "
               f"batch {args.batch_size}, {args.threads} threads", flush=True)
-        runs = {"plain forward": plain, **BENCHES}
+        runs = {"plain forward": plain, **benches}
         times: dict[str, list[float]] = {name: [] for name in runs}
         for fn in runs.values():  # warm-up
             fn(lm, examples[:args.batch_size], space, args.batch_size) if fn is not plain \
@@ -173,13 +222,13 @@ def main(argv: list[str] | None = None) -> dict:
                     fn(lm, examples, space, args.batch_size)
                 times[name].append(time.perf_counter() - start)
         ratios = {}
-        for name in BENCHES:
+        for name in benches:
             per_round = [t / p for t, p in zip(times[name], times["plain forward"])]
             ratios[name] = statistics.median(per_round)
             target = TARGETS.get((kind, name))
             print(f"  {name:<22} {ratios[name]:6.2f} x plain forward (rounds: "
                   f"{', '.join(f'{r:.2f}' for r in per_round)})"
-                  f"{f'  target <= {target}' if target else ''}", flush=True)
+                  f"{f'  target <= {target:g}' if target else ''}", flush=True)
         print(f"  plain forward: {statistics.median(times['plain forward']):.2f} s", flush=True)
         out[kind] = ratios
     print(json.dumps(out))

@@ -54,6 +54,8 @@ def runs(tmp_path_factory):
                    "--refits", "2", "--digit-kinds"],
         "patch": [*task, "--train-limit", "30", "--test-limit", "4", "--all-prompts"],
         "neurons": [*task, "--limit", "8", "--n-random", "1", "--n-neurons", "2"],
+        "heads": [*task, "--limit", "8", "--tau", "3", "--top-k", "1", "--n-random", "1",
+                  "--bootstrap", "10"],
         "finetune": [*task, "--epochs", "1", "--max-pairs", "20"],
         "toy train": ["--p", "7", "--epochs", "20", "--d-model", "8", "--d-mlp", "16"],
         "toy analyze": [],  # the checkpoint of toy train, filled in below

@@ -10,8 +10,8 @@
   (``CircularProbe.rotation``: the smallest change that turns the probe's read-out by
   2 pi k/10), decode the answer greedily, and measure how often the answer's digit at a
   place moved by +k against the unedited answer, beside a control that adds a random
-  direction of the same norm. The edit touches only the operand's token in the prompt
-  forward (``hooks.edit`` with positions "all" and a function that indexes that token).
+  direction of the same norm. The state there is read once (``collect``, stopping after
+  that layer) and the turned state patched in (an engine ``Patch``).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from llm_fourier.analyses.answers import greedy_batch, max_answer_tokens
-from llm_fourier.analyses.hidden_states import HiddenStates, token_ids_at
+from llm_fourier.analyses.answers import max_answer_tokens
+from llm_fourier.analyses.hidden_states import HiddenStates, collect, token_ids_at
 from llm_fourier.errors import UserError
+from llm_fourier.model.engine import Condition, Engine, Greedy, Patch, PromptSet, Store
 from llm_fourier.model.number_format import NumberFormat
 from llm_fourier.model.scores import n_digits
 from llm_fourier.model.tasks import Example
@@ -89,40 +89,6 @@ def fit_operand_probe(hs: HiddenStates, role: str, layer: int, target: str, plac
     return fit_circular(hs.at(role, layer), hs.numbers(target), place, **kwargs)
 
 
-class _AtToken:
-    """Edit function that turns each row's state at its operand token by +k digits of the
-    probe (``random``: adds a random direction of the same norm instead). It acts on the
-    prompt forward only (the decoding steps have one position)."""
-
-    def __init__(self, index: Tensor, probe: CircularProbe, k: int,
-                 random: np.random.Generator | None = None):
-        self.index, self.probe, self.k, self.random = index, probe, k, random
-        self.moved: np.ndarray | None = None  # does the probe read the new state as +k?
-
-    def __call__(self, out: Tensor) -> Tensor:
-        if out.shape[1] == 1:
-            return out
-        n = torch.arange(out.shape[0], device=out.device)
-        idx = self.index.to(out.device)
-        rows = out[n, idx].to(torch.float64).cpu().numpy()
-        delta = self.probe.rotation(rows, self.k)
-        if self.random is not None:
-            noise = self.random.standard_normal(delta.shape)
-            delta = noise * (np.linalg.norm(delta, axis=1, keepdims=True)
-                             / np.linalg.norm(noise, axis=1, keepdims=True))
-        new = rows + delta
-        self.moved = self.probe.decode(new) == (self.probe.decode(rows) + self.k) % 10
-        return out.index_put((n, idx), torch.as_tensor(new, dtype=out.dtype,
-                                                       device=out.device))
-
-
-def _token_index(lm, examples: Sequence[Example], token: str) -> tuple[list[int], list[int]]:
-    """(index of the operand's last token, prompt length) of each prompt, unpadded."""
-    cut = token_ids_at(lm.tokenizer, examples, token)
-    full = lm.tokenizer([e.prompt for e in examples])["input_ids"]
-    return [len(c) - 1 for c in cut], [len(f) for f in full]
-
-
 def _shift_histogram(shift: np.ndarray) -> dict[int, int]:
     return {int(k): int(v) for k, v in sorted(Counter(shift.tolist()).items())}
 
@@ -141,6 +107,7 @@ def digit_intervention(
     seed: int = 0,
     batch_size: int = 16,
     progress: bool = True,
+    store: Store | None = None,
 ) -> dict:
     """Rotate the probe's digit at ``token`` by +``shift`` and measure the answer's digit.
 
@@ -151,7 +118,8 @@ def digit_intervention(
     +shift (mod 10) from the unedited answer under the rotation and under the control,
     the share where it equals (true answer digit + shift) mod 10, histograms of the digit
     moves, the share of edited states that the probe itself reads as moved by +shift, and
-    the per-example predictions (``clean``, ``rotated``, ``random``).
+    the per-example predictions (``clean``, ``rotated``, ``random``). The three are
+    conditions of one engine pass (``store`` keeps its units).
     """
     if token not in ("a", "b"):
         raise UserError(f"the digit intervention edits an operand; token must be a or b, "
@@ -159,31 +127,29 @@ def digit_intervention(
     if not 1 <= shift % 10 <= 9:
         raise UserError(f"shift must not be a multiple of 10, got {shift}.")
     place = probe.place if answer_place is None else int(answer_place)
-    cap = max_answer_tokens(fmt, examples)
-    rng = np.random.default_rng(seed)
-    preds = {"clean": [], "rotated": [], "random": []}
-    moved = []
-    batches = [range(s, min(s + batch_size, len(examples)))
-               for s in range(0, len(examples), batch_size)]
-    for idx in tqdm(batches, desc="digit intervention", unit="batch", disable=not progress):
-        batch = [examples[i] for i in idx]
-        index, lengths = _token_index(lm, batch, token)
-        width = max(lengths)
-        where = torch.tensor([width - n + j for j, n in zip(index, lengths)])  # left padding
-        preds["clean"].append(greedy_batch(lm, fmt, batch, cap)[0])
-        for name, noise in (("rotated", None), ("random", rng)):
-            fn = _AtToken(where, probe, shift % 10, noise)
-            preds[name].append(greedy_batch(lm, fmt, batch, cap, edits={(role, layer): fn},
-                                            positions="all")[0])
-            if name == "rotated":
-                moved.append(fn.moved)
-    clean, rotated, random = (np.concatenate(preds[k]) for k in ("clean", "rotated", "random"))
+    k = shift % 10
+    states = collect(lm, examples, token, (role,), [layer], batch_size, progress=False)
+    rows = states.at(role, layer).astype(np.float64)  # the unedited states at the token
+    delta = probe.rotation(rows, k)
+    noise = np.random.default_rng(seed).standard_normal(delta.shape)
+    noise *= np.linalg.norm(delta, axis=1, keepdims=True) / np.linalg.norm(noise, axis=1,
+                                                                          keepdims=True)
+    moved = probe.decode(rows + delta) == (probe.decode(rows) + k) % 10
+    at = np.array([len(c) - 1 for c in token_ids_at(lm.tokenizer, examples, token)])
+    conds = [Condition("clean")] + [
+        Condition(name, positions="all", patches={(role, layer): Patch(
+            at, torch.tensor(rows + d, dtype=torch.float32))})
+        for name, d in (("rotated", delta), ("random", noise))]
+    prompts = PromptSet.build(lm, examples, batch_size, fmt)
+    units = Engine(lm, prompts).run(
+        conds, lambda b, c, out: out.predictions, greedy=Greedy(fmt, max_answer_tokens(
+            fmt, examples)), store=store, progress=progress, desc="digit intervention")
+    clean, rotated, random = (prompts.scatter(units[c.name]) for c in conds)
     answers = np.array([e.answer for e in examples], dtype=np.int64)
     ok = (clean >= 0) & (rotated >= 0) & (random >= 0)
     base = digit_at(np.maximum(clean, 0), place)
     move_rot = (digit_at(np.maximum(rotated, 0), place) - base) % 10
     move_rand = (digit_at(np.maximum(random, 0), place) - base) % 10
-    k = shift % 10
     n_ok = max(int(ok.sum()), 1)
     return {
         "token": token, "role": role, "layer": layer, "probe_place": probe.place,
@@ -194,7 +160,7 @@ def digit_intervention(
         "rate_changed_random": float((ok & (random != clean)).sum() / n_ok),
         "rate_target": float((ok & (digit_at(np.maximum(rotated, 0), place)
                                     == (digit_at(answers, place) + k) % 10)).sum() / n_ok),
-        "probe_moved": float(np.concatenate(moved).mean()),
+        "probe_moved": float(moved.mean()),
         "move_histogram": _shift_histogram(move_rot[ok]),
         "move_histogram_random": _shift_histogram(move_rand[ok]),
         "clean": clean.tolist(), "rotated": rotated.tolist(), "random": random.tolist(),

@@ -10,25 +10,28 @@ fall back to the last Linear/Conv1D inside the MLP whose output width is d_model
 projection's output (a mixture of experts, an extra scale), because the directions
 would then mean nothing.
 
-Read through the number rows of the unembedding, ``v_i = W_U[numbers] w_i`` (p values, the
-raw readout, no final norm, as ``lens`` and the filters), a neuron's spectrum over a
-``probes.FourierBasis`` gives its top component k (largest energy among k >= 1), its share
-of the non-constant energy, and the constant's share of the total. Blocks that put the MLP
-output through a norm before adding it (Gemma 2/3, OLMo 2/3: ``post_feedforward_layernorm``)
-rescale it by the norm's gain and a data-dependent 1/rms: a neuron's effect is then not
-``v_i``. Such models are refused unless ``allow_post_norm`` (the spectrum is then of the
-direction before the norm; the knockout stays exact).
+Read through the answers' readout, ``v_i = W_U[numbers] w_i`` (p values; ``W_U[digits
+0..9]`` with the DFT over ten points where the tokenizer splits numbers; the raw readout,
+no final norm, as ``lens`` and the filters), a neuron's spectrum over the readout's basis
+gives its top component k (largest energy among k >= 1), its share of the non-constant
+energy, and the constant's share of the total. Blocks that put the MLP output through a
+norm before adding it (Gemma 2/3, OLMo 2/3: ``post_feedforward_layernorm``) rescale it by
+the norm's gain and a data-dependent 1/rms: a neuron's effect is then not ``v_i``. Such
+models are refused unless ``allow_post_norm`` (the spectrum is then of the direction before
+the norm; the knockout stays exact).
 
-``knockout`` zeroes chosen neurons' activations (a forward pre-hook on the projection, all
-positions); ``knockout_table`` compares the top-k neurons of a period (by energy at its
-component, pooled over the chosen layers) with random draws of the same number of neurons
-from each of the same layers.
+``knockout`` zeroes chosen neurons' activations (a forward pre-hook on the projection, in
+every forward it wraps); ``knockout_table`` compares the top-k neurons of a period (by
+energy at its component, pooled over the chosen layers) with random draws of the same
+number of neurons from each of the same layers, every knockout a condition of one engine
+pass (so at the answer positions, on the unedited prompt prefix) scored as ``ablate``
+scores answers.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -36,11 +39,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from llm_fourier.analyses.ablation import evaluate
+from llm_fourier.analyses.ablation import answer_target
+from llm_fourier.analyses.answers import score_conditions
 from llm_fourier.errors import UserError
+from llm_fourier.model.answer_space import AnswerSpace
 from llm_fourier.model.architectures import is_conv1d, projection, sublayer
-from llm_fourier.model.numbers import NumberTokens, number_rows
-from llm_fourier.output.progress import tqdm
+from llm_fourier.model.engine import Condition, Engine, PromptSet, Store
+from llm_fourier.model.numbers import NumberTokens
+from llm_fourier.model.readout import NumberReadout, number_readout
+from llm_fourier.model.tasks import Example
 from probes import FourierBasis
 
 _POST_NORM = re.compile(r"post_(feedforward|ffw|ffn|mlp)", re.I)
@@ -77,7 +84,8 @@ def has_post_norm(lm) -> bool:
 
 
 def check_projections(lm, layers: Sequence[int]) -> None:
-    """One forward: each MLP's output must equal its projection's output; else refuse."""
+    """One forward (the engine's, stopped after the deepest layer): each MLP's output must
+    equal its projection's output; else refuse."""
     got: dict[tuple[str, int], Tensor] = {}
 
     def keep(key):
@@ -85,24 +93,30 @@ def check_projections(lm, layers: Sequence[int]) -> None:
             got[key] = (output[0] if isinstance(output, (tuple, list)) else output).detach()
         return hook
 
-    handles = []
-    for i in layers:
-        handles.append(mlp_block(lm, i).register_forward_hook(keep(("mlp", i))))
-        handles.append(output_projection(lm, i).register_forward_hook(keep(("proj", i))))
-    ids = lm.tokenizer("Add 12 and 34. Answer: ", return_tensors="pt")["input_ids"]
-    try:
-        with torch.inference_mode():
-            lm.model(input_ids=ids.to(lm.input_device))
-    finally:
-        for h in handles:
-            h.remove()
-    for i in layers:
-        mlp, proj = got.get(("mlp", i)), got.get(("proj", i))
-        if mlp is None or proj is None or mlp.shape != proj.shape or not torch.allclose(
-                mlp.float(), proj.float(), rtol=1e-3, atol=1e-4 * float(mlp.abs().max()) + 1e-6):
-            raise UserError(f"layer {i}'s MLP output is not the output of its projection "
-                            f"{type(output_projection(lm, i)).__name__} (a mixture of experts "
-                            "or an extra scale?); neuron directions cannot be read from it.")
+    @contextmanager
+    def recording() -> Iterator[None]:
+        handles = [m.register_forward_hook(keep((name, i))) for i in layers for name, m in
+                   (("mlp", mlp_block(lm, i)), ("proj", output_projection(lm, i)))]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def differs(*_) -> list[int]:
+        return [i for i in layers if (mlp := got.get(("mlp", i))) is None
+                or (proj := got.get(("proj", i))) is None or mlp.shape != proj.shape
+                or not torch.allclose(mlp.float(), proj.float(), rtol=1e-3,
+                                      atol=1e-4 * float(mlp.abs().max()) + 1e-6)]
+
+    prompts = PromptSet.build(lm, [Example(12, 34, 46, "Add 12 and 34. Answer: ")])
+    (bad,) = Engine(lm, prompts).run([Condition("check", positions="all", hooks=recording)],
+                                     differs, logits=False, stop_after=max(layers),
+                                     progress=False)["check"]
+    if bad:
+        raise UserError(f"layer {bad[0]}'s MLP output is not the output of its projection "
+                        f"{type(output_projection(lm, bad[0])).__name__} (a mixture of experts "
+                        "or an extra scale?); neuron directions cannot be read from it.")
 
 
 @dataclass
@@ -118,6 +132,7 @@ class NeuronSpectra:
     energy_sum: np.ndarray  # L x (K + 1): energy per component summed over neurons
     component_energy: dict[int, np.ndarray] = field(default_factory=dict)  # k -> L x d_mlp
     post_norm: bool = False
+    readout: str = "number"  # or "digit": W_U[digits 0..9], DFT over ten points
 
     def period(self, k) -> np.ndarray:
         k = np.asarray(k)
@@ -158,9 +173,15 @@ class NeuronSpectra:
         return rows
 
 
+def _readout(lm, target: AnswerSpace | NumberTokens | NumberReadout) -> NumberReadout:
+    if isinstance(target, AnswerSpace):
+        return target.readout(lm)
+    return number_readout(lm, target) if isinstance(target, NumberTokens) else target
+
+
 def neuron_spectra(
     lm,
-    numbers: NumberTokens,
+    target: AnswerSpace | NumberTokens | NumberReadout,
     layers: Sequence[int] | None = None,
     *,
     basis_kind: str = "paper",
@@ -168,7 +189,8 @@ def neuron_spectra(
     allow_post_norm: bool = False,
     check: bool = True,
 ) -> NeuronSpectra:
-    """Spectra of every neuron's direction read through ``W_U[numbers]``, per layer.
+    """Spectra of every neuron's direction read through the answers' readout
+    (``W_U[numbers]``, or ``W_U[digits 0..9]`` with the DFT over ten points), per layer.
 
     ``periods``: keep each neuron's energy at those periods' components (for ``top_neurons``).
     """
@@ -178,21 +200,26 @@ def neuron_spectra(
         raise UserError(f"{lm.name} normalises the MLP output before adding it (post-norm), "
                         "so a neuron's direction is not its effect; pass allow_post_norm=True "
                         "to read the directions before the norm anyway.")
+    readout = _readout(lm, target)
+    if readout.p < 3:
+        raise UserError(f"a spectrum needs at least 3 single-token numbers, the tokenizer "
+                        f"keeps {readout.p}.")
+    basis = readout.basis(basis_kind)
+    ks = [basis.k_of_period(T) for T in periods]
+    bad = [T for T, k in zip(periods, ks) if not 1 <= k <= basis.n_components]
+    if bad:
+        raise UserError(f"periods {list(bad)} fall outside the components 1..."
+                        f"{basis.n_components} of the {readout.kind} readout; choose periods "
+                        f"between 2 and {readout.p - 1}.")
+    if len(set(ks)) < len(ks):
+        raise UserError(f"periods {list(periods)} share a Fourier component of the "
+                        f"{readout.kind} readout; choose periods further apart.")
     if check:
         check_projections(lm, layers)
-    if numbers.p < 3:
-        raise UserError(f"a spectrum needs at least 3 single-token numbers, the tokenizer "
-                        f"keeps {numbers.p}.")
-    basis = FourierBasis(numbers.p, basis_kind)
-    ks = {basis.k_of_period(T) for T in periods}
-    bad = [k for k in ks if not 1 <= k <= basis.n_components]
-    if bad:
-        raise UserError(f"periods {list(periods)} fall outside the basis's components "
-                        f"1..{basis.n_components}; choose periods between 2 and {numbers.p - 1}.")
-    W = number_rows(lm.unembedding(), numbers, "W_U").detach().to("cpu", torch.float64)
+    W = readout.W.to(torch.float64)
     F = torch.as_tensor(basis.matrix, dtype=torch.float64) @ W  # (1 + 2K) x D
     parts: dict[str, list] = {k: [] for k in ("top", "share", "const", "norm", "sum")}
-    comp: dict[int, list] = {k: [] for k in ks}
+    comp: dict[int, list] = {k: [] for k in set(ks)}
     for layer in layers:
         dirs = neuron_directions(lm, layer).to(torch.float64)  # d_mlp x D
         c = (F @ dirs.T).numpy()  # (1 + 2K) x d_mlp
@@ -213,7 +240,7 @@ def neuron_spectra(
     return NeuronSpectra(basis, layers, np.stack(parts["top"]), np.stack(parts["share"]),
                          np.stack(parts["const"]), np.stack(parts["norm"]),
                          np.stack(parts["sum"]), {k: np.stack(v) for k, v in comp.items()},
-                         post)
+                         post, readout.kind)
 
 
 def top_neurons(spectra: NeuronSpectra, period: float, k: int) -> dict[int, list[int]]:
@@ -243,8 +270,10 @@ def random_like(selection: dict[int, Sequence[int]], d_mlp: dict[int, int],
 
 
 @contextmanager
-def knockout(lm, neurons: dict[int, Sequence[int]]) -> Iterator[None]:
-    """Zero the activations of ``neurons`` ({layer: indices}) at every position."""
+def knockout(lm, neurons: dict[int, Sequence[int]], rows: slice | None = None
+             ) -> Iterator[None]:
+    """Zero the activations of ``neurons`` ({layer: indices}) at every position (of the
+    batch ``rows`` only, when given)."""
     handles = []
 
     def pre_hook(index: Tensor):
@@ -254,7 +283,11 @@ def knockout(lm, neurons: dict[int, Sequence[int]]) -> Iterator[None]:
             x = args[0]
             if x.device not in cache:
                 cache[x.device] = index.to(x.device)
-            return (x.index_fill(-1, cache[x.device], 0), *args[1:])
+            if rows is None:
+                return (x.index_fill(-1, cache[x.device], 0), *args[1:])
+            x = x.clone()
+            x[rows] = x[rows].index_fill(-1, cache[x.device], 0)
+            return (x, *args[1:])
 
         return hook
 
@@ -269,10 +302,28 @@ def knockout(lm, neurons: dict[int, Sequence[int]]) -> Iterator[None]:
             h.remove()
 
 
+def knockout_conditions(lm, spectra: NeuronSpectra, periods: Sequence[float],
+                        n_neurons: int, n_random: int = 5, seed: int = 0
+                        ) -> dict[str, tuple[Condition, dict[int, list[int]]]]:
+    """Per name: the engine condition knocking out the neurons it names (at the answer
+    positions) and those neurons: "none", then per period ``top-T`` and ``random-T-d``."""
+    if n_random < 1:
+        raise UserError(f"n_random must be at least 1, got {n_random}.")
+    d_mlp = {layer: spectra.top_k.shape[1] for layer in spectra.layers}
+    chosen: dict[str, dict[int, list[int]]] = {"none": {}}
+    for j, T in enumerate(periods):
+        top = chosen[f"top-{float(T):g}"] = top_neurons(spectra, T, n_neurons)
+        for d in range(n_random):
+            chosen[f"random-{float(T):g}-{d}"] = random_like(
+                top, d_mlp, np.random.default_rng([seed, j, d]))
+    return {name: (Condition(name, row_hooks=lambda rows, sel=sel: knockout(lm, sel, rows)),
+                   sel) for name, sel in chosen.items()}
+
+
 def knockout_table(
     lm,
     examples: Sequence,
-    numbers: NumberTokens,
+    target: AnswerSpace | NumberTokens,
     periods: Sequence[float],
     n_neurons: int,
     *,
@@ -285,71 +336,42 @@ def knockout_table(
     allow_post_norm: bool = False,
     batch_size: int = 16,
     progress: bool = True,
-    done: Mapping[str, dict] | None = None,
-    on_unit: Callable[[str, dict], None] | None = None,
+    store: Store | None = None,
 ) -> dict:
-    """Accuracy and loss with the top ``n_neurons`` neurons of each period knocked out,
-    beside ``n_random`` draws of as many random neurons from each of the same layers.
-
-    Units are ``"baseline"`` and ``unit_name(T)`` per period: ``done`` holds finished ones
-    (a resumed run; taken as they are), ``on_unit(name, result)`` is called after each."""
-    if n_random < 1:
-        raise UserError(f"n_random must be at least 1, got {n_random}.")
+    """Accuracy and loss with the top ``n_neurons`` neurons of each period knocked out at
+    the answer positions, beside ``n_random`` draws of as many random neurons from each of
+    the same layers: every knockout a condition of one engine pass (the prompt prefix once
+    per batch; whole answers scored as ``ablate`` does). ``store`` keeps its units."""
     if spectra is None:
-        spectra = neuron_spectra(lm, numbers, layers, basis_kind=basis_kind, periods=periods,
+        spectra = neuron_spectra(lm, target, layers, basis_kind=basis_kind, periods=periods,
                                  allow_post_norm=allow_post_norm)
-    d_mlp = {layer: spectra.top_k.shape[1] for layer in spectra.layers}
+    conds = knockout_conditions(lm, spectra, periods, n_neurons, n_random, seed)
+    got = score_conditions(lm, examples, answer_target(target), [c for c, _ in conds.values()],
+                           prediction=prediction, batch_size=batch_size, store=store,
+                           progress=progress, desc="knockouts")
 
-    def run(selection: dict[int, list[int]]) -> dict:
-        with knockout(lm, selection):
-            r = evaluate(lm, examples, numbers, prediction=prediction, batch_size=batch_size,
-                         progress=False)
-        return {"accuracy": r["accuracy"], "loss": r["loss"]}
+    def result(name: str) -> dict:
+        return {"accuracy": got[name]["accuracy"], "loss": got[name]["loss"],
+                "neurons": conds[name][1]}
 
-    done = done or {}
-    bar = tqdm(total=1 + len(periods) * (1 + n_random), desc="knockouts", unit="eval",
-               disable=not progress)
-    baseline = done.get("baseline")
-    if baseline is None:
-        baseline = run({})
-        if on_unit is not None:
-            on_unit("baseline", baseline)
-    bar.update()
     out = []
-    for j, T in enumerate(periods):
-        if unit_name(T) in done:
-            out.append(done[unit_name(T)])
-            bar.update(1 + n_random)
-            continue
-        top = top_neurons(spectra, T, n_neurons)
-        knocked = run(top)
-        bar.update()
-        draws = []
-        for d in range(n_random):
-            chosen = random_like(top, d_mlp, np.random.default_rng([seed, j, d]))
-            draws.append({**run(chosen), "neurons": chosen})
-            bar.update()
+    for T in periods:
+        draws = [result(f"random-{float(T):g}-{d}") for d in range(n_random)]
         acc = np.array([x["accuracy"] for x in draws])
         out.append({
             "period": float(T), "component": spectra.basis.k_of_period(T),
-            "n_neurons": n_neurons, "top": {**knocked, "neurons": top},
+            "n_neurons": n_neurons, "top": result(f"top-{float(T):g}"),
             "random": {"accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std()),
                        "accuracy_min": float(acc.min()), "accuracy_max": float(acc.max()),
                        "loss_mean": float(np.mean([x["loss"] for x in draws])),
                        "draws": draws},
         })
-        if on_unit is not None:
-            on_unit(unit_name(T), out[-1])
-    bar.close()
+    baseline = {k: v for k, v in result("none").items() if k != "neurons"}
     return {"baseline": baseline, "periods": out,
             "settings": {"layers": spectra.layers, "n_neurons": n_neurons,
                          "n_random": n_random, "seed": seed, "basis": spectra.basis.kind,
-                         "prediction": prediction, "post_norm": spectra.post_norm}}
-
-
-def unit_name(period: float) -> str:
-    """The name of one period's knockout unit (``knockout_table``'s ``done`` / ``on_unit``)."""
-    return f"period-{float(period):g}"
+                         "readout": spectra.readout, "prediction": prediction,
+                         "post_norm": spectra.post_norm}}
 
 
 def knockout_rows(result: dict) -> list[dict]:

@@ -7,19 +7,20 @@ they span a subspace that ``probes.FourierFilter`` projects out (x - R R^T x), i
 logit-space filter of Zhou et al. removing the same periods' components of the task's
 ``readout.NumberReadout`` (cross-check): ``W_U[numbers]`` when the answers are single
 tokens, ``W_U[digits]`` when ``numbers`` is a ``NumberFormat`` of a digit-splitting
-tokenizer. Scores come from ``ablation.evaluate_task``: the next token for single-token
-answers, else greedy generation of the whole answer (``answers.evaluate_answers``).
+tokenizer. Every row is a condition of one engine pass (``answers.score_conditions``): the
+next token for single-token answers, else greedy generation of the whole answer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from llm_fourier.analyses.ablation import MODULES, evaluate_task
-from llm_fourier.analyses.answers import greedy_answers
+from llm_fourier.analyses.ablation import MODULES, answer_target
+from llm_fourier.analyses.answers import condition, score_conditions
 from llm_fourier.errors import UserError
+from llm_fourier.model.engine import Store
 from llm_fourier.model.loading import LoadedModel
 from llm_fourier.model.number_format import NumberFormat, number_format
 from llm_fourier.model.numbers import NumberTokens
@@ -57,45 +58,15 @@ def logit_filter(lm: LoadedModel, numbers: NumberTokens | NumberReadout,
     return readout.remove_periods(periods, basis_kind)
 
 
-def generate_answers(
-    lm: LoadedModel,
-    examples: Sequence[Example],
-    edits: dict[tuple[str, int], Callable] | None = None,
-    *,
-    positions: str = "all",
-    batch_size: int = 16,
-    progress: bool = True,
-    desc: str = "generate",
-) -> np.ndarray:
-    """Greedy whole answers (integers, -1 if none) with ``edits`` applied
-    (``answers.greedy_answers`` with the tokenizer's ``NumberFormat``)."""
-    fmt = number_format(lm.tokenizer, max(e.answer for e in examples))
-    return greedy_answers(lm, fmt, examples, edits, positions=positions,
-                          batch_size=batch_size, progress=progress, desc=desc)
-
-
 def _target(lm, examples: Sequence[Example], numbers) -> NumberTokens | NumberFormat:
-    """What ``evaluate_task`` scores against: the single-token numbers when they cover
-    every answer, else the tokenizer's ``NumberFormat``."""
+    """What answers are scored against: the single-token numbers when they cover every
+    answer, else the tokenizer's ``NumberFormat``."""
     max_answer = max(e.answer for e in examples)
     if isinstance(numbers, NumberFormat):
-        return numbers
+        return answer_target(numbers)
     if numbers is not None and numbers.p > max_answer:
         return numbers
-    return number_format(lm.tokenizer, max_answer)
-
-
-def accuracy(lm: LoadedModel, examples: Sequence[Example], edits=None, *,
-             numbers: NumberTokens | NumberFormat | None = None, positions: str = "all",
-             batch_size: int = 16, progress: bool = True, desc: str = "evaluate") -> dict:
-    """Task scores: the next token over the number tokens when ``numbers`` covers every
-    answer (``ablation.evaluate``), else greedy generation of the whole answer."""
-    target = _target(lm, examples, numbers)
-    res = evaluate_task(lm, examples, target, edits, positions=positions,
-                        batch_size=batch_size, progress=progress, desc=desc)
-    res.pop("predictions", None)
-    single = isinstance(target, NumberTokens) or target.family == "single"
-    return {**res, "method": "next token" if single else "greedy generation"}
+    return answer_target(number_format(lm.tokenizer, max_answer))
 
 
 def _logit_readout(lm, examples, numbers) -> NumberReadout | None:
@@ -120,15 +91,14 @@ def probe_ablation(
     batch_size: int = 16,
     seed: int = 0,
     progress: bool = True,
-    done: dict | None = None,
-    on_row: Callable[[str, dict], None] | None = None,
+    store: Store | None = None,
 ) -> list[dict]:
     """Accuracy with no edit, then per module group: the probe directions removed, a random
     subspace of the same rank removed, and the logit-space filter of the same periods when
     there is a readout (``numbers`` covering the answers as single tokens, or a
     ``NumberFormat`` with a number or digit readout).
 
-    ``done`` maps row labels to finished results (resume); ``on_row`` is called after each.
+    Every row is a condition of one engine pass; ``store`` keeps its units (resume).
     """
     unknown = [g for g in groups if g not in GROUPS]
     if unknown:
@@ -147,14 +117,16 @@ def probe_ablation(
                  for kind, filt in (("probe", probe), ("random", rand))]
         if logit is not None:
             plan.append((f"{g} logit", g, "logit", {k: logit for k in keys}))
-    done = dict(done or {})
+    target = _target(lm, examples, numbers)
+    method = "next token" if isinstance(target, NumberTokens) else "greedy generation"
+    done = score_conditions(lm, examples, target,
+                            [condition(label, edits, positions) for label, _, _, edits in plan],
+                            batch_size=batch_size, store=store, progress=progress,
+                            desc="probe ablation")
     rows = []
     for label, group, kind, edits in plan:
-        if label not in done:
-            done[label] = accuracy(lm, examples, edits, numbers=numbers, positions=positions,
-                                   batch_size=batch_size, progress=progress, desc=label)
-            if on_row is not None:
-                on_row(label, done[label])
+        done[label].pop("predictions", None)
+        done[label]["method"] = method
         rank = int(np.mean([f.rank for f in edits.values()])) if edits else 0
         name = next(iter(edits.values())).name if edits else "none"
         rows.append({"row": label, "modules": group, "kind": kind, "filter": name,

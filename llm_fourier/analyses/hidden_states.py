@@ -4,9 +4,8 @@
   each prompt: the last token of operand a or b (found through the tokenizer's offsets,
   so digit-splitting tokenizers such as Llama-2, Mistral or Qwen work) or the last prompt
   token. A causal model's state at token j depends on tokens <= j only, so the prompt is
-  cut after that token and the forward captures the last position (``hooks.capture``);
-  prompts are batched by length, so no padding is involved. The batches are sharded across
-  processes when a process group is active (``llm_fourier.model.distributed``), gathered in order.
+  cut after that token and the engine (``model.engine``) reads the last position, stopping
+  after the deepest layer read.
 * ``probe_layers``: mod-T probes and helix fits (``probes.linear``) per (role, layer), each
   beside its shuffled-label baseline and with bootstrap intervals over numbers and
   permutation p-values (``probes.stats``); ``random_copy`` gives the randomly initialised
@@ -32,8 +31,7 @@ import numpy as np
 import torch
 
 from llm_fourier.errors import UserError
-from llm_fourier.model.distributed import concat, map_ranges
-from llm_fourier.model.hooks import capture
+from llm_fourier.model.engine import Condition, Engine, PromptSet
 from llm_fourier.model.loading import LoadedModel
 from llm_fourier.model.tasks import Example
 from llm_fourier.output.progress import tqdm
@@ -114,33 +112,20 @@ def collect(
     batch_size: int = 32,
     progress: bool = True,
 ) -> HiddenStates:
-    """Hidden states at ``token`` of every example, for each role and layer."""
+    """Hidden states at ``token`` of every example, for each role and layer: the prompts
+    cut after that token, one forward each that stops after the deepest layer read."""
     if not examples:
         raise UserError("no examples to probe; use a larger operand range or --limit.")
     layers = list(range(lm.n_layers)) if layers is None else sorted(set(int(i) for i in layers))
-    ids = token_ids_at(lm.tokenizer, examples, token)
-    by_length: dict[int, list[int]] = {}
-    for i, seq in enumerate(ids):
-        by_length.setdefault(len(seq), []).append(i)
-    batches = [idx[j:j + batch_size] for idx in by_length.values()
-               for j in range(0, len(idx), batch_size)]
-    order = [i for batch in batches for i in batch]
-    with capture(lm, roles, layers, positions="last") as cap, torch.inference_mode():
-
-        def run_batch(start: int, end: int) -> dict[str, torch.Tensor]:
-            for batch in batches[start:end]:
-                x = torch.tensor([ids[i] for i in batch], device=lm.input_device)
-                lm.model(input_ids=x, attention_mask=torch.ones_like(x))
-            rows = {r: cap.stack(r) for r in roles}
-            cap.clear()
-            return rows
-
-        parts = map_ranges(run_batch, [(b, b + 1) for b in range(len(batches))],
-                           desc=f"collect ({token} token)", progress=progress)
-    stacked = {r: s.numpy() for r, s in concat(parts).items()}
-    inverse = np.argsort(np.asarray(order))
-    return HiddenStates({r: s[inverse] for r, s in stacked.items()}, layers, list(examples),
-                        token)
+    prompts = PromptSet.build(lm, examples, batch_size,
+                              ids=token_ids_at(lm.tokenizer, examples, token))
+    units = Engine(lm, prompts).run(
+        [Condition("states", positions="all")],
+        lambda b, c, out: {r: x[:, 0] for r, x in out.rows.items()},
+        roles=roles, layers=layers, logits=False, stop_after=max(layers), progress=progress,
+        desc=f"collect ({token} token)")["states"]
+    states = {r: prompts.scatter([u[r] for u in units]) for r in roles}
+    return HiddenStates(states, layers, list(examples), token)
 
 
 def random_copy(lm: LoadedModel, seed: int = 0) -> LoadedModel:

@@ -20,105 +20,46 @@ of prompts that then predict answer' under "swap". a' is drawn uniformly from th
 numbers' range (a' != a, answer' within ``max_answer``). By default only prompts the model
 answers correctly are used (as the paper does).
 
-Scoring is a parameter: ``scorer(lm, examples, targets) -> (scores N x m, predictions N)``
-runs the forward itself (any padding side, answer tokens appended, generation); the patch
-finds the operand's token from each row's first real token and checks its id. The default
-``NextTokenScorer`` reads the answers' single-token logits.
+Answers are scored as ``ablate`` scores them, on every tokenizer: the score of an answer is
+its teacher-forced log-probability (summed over its tokens; for single-token answers the LD
+is the logit difference), predictions are the model's next token for single-token answers
+and greedy whole answers otherwise. Every patch is a condition of the engine
+(``model.engine``: ``Patch`` at the operand's last token, the whole prompt under it); the
+prompts are tokenized once, and one pass per (role, layer) runs its mean, actual and
+per-method patches (a second, teacher-forced only, scores answer' where answers take
+several tokens).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from llm_fourier.analyses.ablation import score_batch
+from llm_fourier.analyses.ablation import answer_target
+from llm_fourier.analyses.answers import (
+    _constrained_ids,
+    _teacher_forced,
+    max_answer_tokens,
+    score_batch,
+)
 from llm_fourier.analyses.hidden_states import HiddenStates, collect, operand_spans, token_ids_at
 from llm_fourier.errors import UserError
-from llm_fourier.model.hooks import edit, last_token_logits
+from llm_fourier.model.answer_space import AnswerSpace
+from llm_fourier.model.engine import Condition, Engine, Greedy, Patch, PromptSet, Store
+from llm_fourier.model.number_format import NumberFormat
 from llm_fourier.model.numbers import NumberTokens, require_numbers
-from llm_fourier.model.tasks import OPS, Example, tokenize_prompts
+from llm_fourier.model.tasks import OPS, Example
 from llm_fourier.output.files import save_figure
 from llm_fourier.output.plots import pyplot
 from llm_fourier.output.progress import tqdm
 from probes.reconstruct import METHODS, MODES, fit_reconstructions
 
 OPERANDS = ("a", "b")
-Scorer = Callable[[object, Sequence[Example], np.ndarray], tuple[np.ndarray, np.ndarray]]
-
-
-class NextTokenScorer:
-    """Single-token answers: the next-token logit of each target number, and the predicted
-    number (``prediction``: "vocab" = argmax over the vocabulary, a non-number is -1;
-    "numbers" = argmax over the number tokens)."""
-
-    def __init__(self, numbers: NumberTokens, prediction: str = "vocab") -> None:
-        self.numbers = numbers
-        self.prediction = prediction
-        self.max_answer = numbers.max_number
-
-    def __call__(self, lm, examples: Sequence[Example], targets: np.ndarray):
-        enc = tokenize_prompts(lm.tokenizer, [e.prompt for e in examples],
-                               device=lm.input_device)
-        with torch.inference_mode():
-            logits = last_token_logits(lm.model, enc).to(torch.float32)
-        ids = torch.as_tensor(self.numbers.token_ids, device=logits.device)
-        t = torch.as_tensor(np.asarray(targets), device=logits.device)
-        scores = logits.gather(1, ids[t])
-        answers = torch.tensor([e.answer for e in examples])
-        pred, _ = score_batch(logits, answers.clamp(max=self.numbers.max_number),
-                              self.numbers, self.prediction)
-        return scores.cpu().numpy().astype(np.float64), pred.numpy()
-
-
-@contextmanager
-def patch_positions(lm, role: str, layer: int, positions: Sequence[int], vectors: Tensor,
-                    token_ids: Sequence[int]) -> Iterator[None]:
-    """Replace the (role, layer) output of row i at ``positions[i]`` (counted from the row's
-    first real token) by ``vectors[i]``; every other position and row is left as it is.
-
-    The token there must be ``token_ids[i]`` (a forward whose tokens differ is refused).
-    Forwards whose length differs from their ``input_ids`` (cached decoding steps) pass.
-    """
-    seen: dict = {}
-    pos = torch.as_tensor(list(positions), dtype=torch.long)
-    want = torch.as_tensor(list(token_ids), dtype=torch.long)
-
-    def pre_hook(module, args, kwargs) -> None:
-        seen["ids"] = kwargs.get("input_ids", args[0] if args else None)
-        seen["mask"] = kwargs.get("attention_mask")
-
-    def replace(out: Tensor) -> Tensor:
-        ids, mask = seen.get("ids"), seen.get("mask")
-        if ids is None or out.shape[:2] != ids.shape[:2]:
-            return out
-        if out.shape[0] != len(pos):
-            raise UserError(f"the patch has {len(pos)} rows but the forward has "
-                            f"{out.shape[0]}; score one batch of examples per forward.")
-        first = (mask.to(torch.long).argmax(-1) if mask is not None
-                 else torch.zeros(len(pos), dtype=torch.long, device=ids.device))
-        where = (first.cpu() + pos).to(out.device)
-        rows = torch.arange(len(pos), device=out.device)
-        if bool((where >= out.shape[1]).any()) or not torch.equal(
-                ids[rows.to(ids.device), where.to(ids.device)].cpu(), want):
-            raise UserError("the patched position does not hold the operand's token; the "
-                            "scorer must tokenize each prompt as the tokenizer does by "
-                            "default, prompt first.")
-        return out.index_put((rows, where), vectors.to(out.device, out.dtype))
-
-    handle = lm.model.register_forward_pre_hook(pre_hook, with_kwargs=True)
-    try:
-        with edit(lm, {(role, layer): replace}, positions="all"):
-            yield
-    finally:
-        handle.remove()
-
-
+Target = AnswerSpace | NumberTokens | NumberFormat
 def counterfactuals(examples: Sequence[Example], operand: str, op: str, lo: int, hi: int,
                     max_answer: int, seed: int = 0) -> list[Example]:
     """Each example with its ``operand`` replaced by another number of lo..hi (uniform, the
@@ -167,43 +108,77 @@ def _ratio(num: float, den: float, scale: float) -> float:
     return float(num / den) if abs(den) > 1e-6 * max(scale, 1.0) else float("nan")
 
 
-class _Runner:
-    """Scores the evaluation prompts under one patch at a time, batch by batch."""
+class _Scorer:
+    """Scores the evaluation prompts (answer and answer') under patch conditions."""
 
-    def __init__(self, lm, examples, targets, scorer, positions, token_ids, batch_size):
-        self.lm, self.examples, self.targets, self.scorer = lm, examples, targets, scorer
-        self.positions, self.token_ids, self.batch_size = positions, token_ids, batch_size
+    def __init__(self, lm, test: Sequence[Example], swapped: Sequence[Example],
+                 target: NumberTokens | NumberFormat, operand: str, prediction: str,
+                 batch_size: int) -> None:
+        self.lm, self.target, self.prediction = lm, target, prediction
+        self.targets = np.array([[e.answer, s.answer] for e, s in zip(test, swapped)])
+        self.single = isinstance(target, NumberTokens)
+        fmt = None if self.single else target
+        self.prompts = PromptSet.build(lm, test, batch_size, fmt)
+        cut = token_ids_at(lm.tokenizer, test, operand)
+        self.positions = np.array([len(c) - 1 for c in cut])
+        for b in self.prompts.batches:  # the patched token must be the operand's
+            ids, mask = b.enc["input_ids"].cpu(), b.enc["attention_mask"].cpu()
+            col = b.length - mask.sum(1) + torch.as_tensor(self.positions[b.rows])
+            if ids[torch.arange(len(b.rows)), col].tolist() != [cut[i][-1] for i in b.rows]:
+                raise UserError("the operand's token differs between the cut and the whole "
+                                "prompt; the tokenizer merges it with what follows.")
+        self.other = None if self.single else PromptSet(  # the same prompts, answer'
+            test, [replace(b, answers=[fmt.encode(swapped[i].answer) for i in b.rows])
+                   for b in self.prompts.batches], fmt)
+        allowed = None if self.single or prediction == "vocab" else \
+            torch.as_tensor(_constrained_ids(fmt), dtype=torch.long)
+        self.greedy = None if self.single else \
+            Greedy(fmt, max_answer_tokens(fmt, list(test) + list(swapped)), allowed)
 
-    def subset(self, keep: np.ndarray) -> _Runner:
-        return _Runner(self.lm, [self.examples[i] for i in keep], self.targets[keep],
-                       self.scorer, [self.positions[i] for i in keep],
-                       [self.token_ids[i] for i in keep], self.batch_size)
+    def condition(self, name: str, role: str | None = None, layer: int | None = None,
+                  vectors: np.ndarray | None = None) -> Condition:
+        patches = {} if vectors is None else {(role, layer): Patch(
+            self.positions, torch.tensor(np.asarray(vectors), dtype=torch.float32))}
+        return Condition(name, positions="all", patches=patches)
 
-    def scores(self, role: str | None = None, layer: int | None = None,
-               vectors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(scores N x 2, predictions N), with row i patched by ``vectors[i]`` if given."""
-        scores, preds = [], []
-        for s in range(0, len(self.examples), self.batch_size):
-            sl = slice(s, s + self.batch_size)
-            with torch.inference_mode(), (nullcontext() if vectors is None else patch_positions(
-                    self.lm, role, layer, self.positions[sl],
-                    torch.tensor(np.asarray(vectors[sl]), dtype=torch.float32),
-                    self.token_ids[sl])):
-                sc, pr = self.scorer(self.lm, self.examples[sl], self.targets[sl])
-            scores.append(np.asarray(sc, dtype=np.float64))
-            preds.append(np.asarray(pr))
-        return np.concatenate(scores), np.concatenate(preds)
+    def _reduce(self, batch, cond, out) -> dict:
+        t = torch.as_tensor(self.targets[batch.rows])
+        if self.single:
+            lp = torch.log_softmax(out.logits[:, 0].float(), -1)
+            ids = torch.as_tensor(self.target.token_ids, device=lp.device)
+            pred, _ = score_batch(out.logits[:, 0], t[:, 0].clamp(max=self.target.max_number),
+                                  self.target, self.prediction)
+            return {"scores": lp.gather(1, ids[t.to(lp.device)]).double().cpu(), "pred": pred}
+        return {"scores": _teacher_forced(out.logits, batch.answers)[0][:, None],
+                "pred": torch.as_tensor(out.predictions if out.predictions is not None
+                                        else np.full(len(batch.rows), -1))}
 
-    def run(self, role: str | None = None, layer: int | None = None,
-            vectors: np.ndarray | None = None) -> dict:
-        return _summary(*self.scores(role, layer, vectors), self.targets)
+    def run(self, conditions: Sequence[Condition], store: Store | None) -> dict[str, dict]:
+        """Per condition: mean LD, accuracy and hits of answer'."""
+        engine = Engine(self.lm, self.prompts)
+        units = engine.run(conditions, self._reduce, store=store, progress=False,
+                           greedy=self.greedy, answers=not self.single)
+        if self.other is not None:  # log p(answer'): teacher forcing only
+            other = Engine(self.lm, self.other).run(
+                [replace(c, name=f"{c.name}'") for c in conditions], self._reduce,
+                answers=True, store=store, progress=False)
+        out = {}
+        for c in conditions:
+            scores = self.prompts.scatter([u["scores"] for u in units[c.name]])
+            if self.other is not None:
+                scores = np.concatenate([scores, self.prompts.scatter(
+                    [u["scores"] for u in other[f"{c.name}'"]])], 1)
+            pred = self.prompts.scatter([u["pred"] for u in units[c.name]])
+            out[c.name] = _summary(scores, pred, self.targets)
+        return out
 
 
 def _summary(scores: np.ndarray, preds: np.ndarray, targets: np.ndarray) -> dict:
     """Mean logit difference (answer minus counterfactual answer) and hit rates."""
     return {"ld": float((scores[:, 0] - scores[:, 1]).mean()),
             "accuracy": float((preds == targets[:, 0]).mean()),
-            "to_counterfactual": float((preds == targets[:, 1]).mean())}
+            "to_counterfactual": float((preds == targets[:, 1]).mean()),
+            "hits": preds == targets[:, 0]}
 
 
 def _metrics(clean: dict, mean: dict, actual: dict, same: dict, swap: dict) -> dict:
@@ -223,7 +198,7 @@ def helix_patching(
     lm,
     train: Sequence[Example],
     test: Sequence[Example],
-    numbers: NumberTokens | None = None,
+    target: Target,
     *,
     operand: str = "a",
     op: str = "+",
@@ -233,44 +208,33 @@ def helix_patching(
     methods: Sequence[str] = METHODS,
     mode: str = "replace",
     pca_dim: int = 100,
-    scorer: Scorer | None = None,
-    max_answer: int | None = None,
     prediction: str = "vocab",
     correct_only: bool = True,
     train_states: HiddenStates | None = None,
     seed: int = 0,
     batch_size: int = 16,
     progress: bool = True,
-    done: Mapping[tuple[str, int], dict] | None = None,
-    on_unit: Callable[[str, int, dict], None] | None = None,
+    store: Store | None = None,
 ) -> PatchResult:
     """Fit the reconstructions on ``train`` prompts' operand states at each (role, layer) and
     patch them into the ``test`` prompts (see the module docstring for the metrics).
 
-    ``scorer`` defaults to ``NextTokenScorer(numbers, prediction)``; ``max_answer`` (largest
-    answer the scorer can score) to ``numbers.max_number``. ``train_states``: states of
+    ``target``: the answers' space (or their single-token numbers / number format; the
+    counterfactual answers stay within its largest answer). ``train_states``: states of
     ``train`` at the operand's token already collected (``hidden_states.collect``).
-    ``done``: finished (role, layer) units, ``{"rows": [...], "fits": {method: summary}}``,
-    taken as they are (a resumed run); ``on_unit(role, layer, unit)`` is called after each
-    (role, layer) is computed.
+    ``store`` keeps the engine's (batch, condition) units (resume).
     """
     if mode not in MODES:
         raise UserError(f"mode must be one of {', '.join(MODES)}, got {mode!r}.")
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise UserError(f"unknown method(s) {bad}; choose among {', '.join(METHODS)}.")
-    if scorer is None:
-        if numbers is None:
-            raise UserError("pass the number tokens (find_number_tokens) or a scorer.")
-        scorer = NextTokenScorer(numbers, prediction)
-    if max_answer is None:
-        max_answer = getattr(scorer, "max_answer", None)
-        if max_answer is None:
-            raise UserError("pass max_answer: the largest answer the scorer can score.")
     if not test:
         raise UserError("no prompts to patch; use a larger operand range or another split.")
-    if numbers is not None:
-        require_numbers(numbers, max(e.answer for e in test), getattr(lm, "name", ""))
+    max_answer = target.max_answer if isinstance(target, AnswerSpace) else target.max_number
+    target = answer_target(target)
+    if isinstance(target, NumberTokens):
+        require_numbers(target, max(e.answer for e in test), getattr(lm, "name", ""))
     layers = list(range(lm.n_layers)) if layers is None else sorted(set(int(i) for i in layers))
     if train_states is None:
         train_states = collect(lm, train, token=operand, roles=roles, layers=layers,
@@ -287,18 +251,16 @@ def helix_patching(
 
     test = list(test)
     swapped = counterfactuals(test, operand, op, lo, hi, max_answer, seed)
-    targets = np.array([[e.answer, s.answer] for e, s in zip(test, swapped)], dtype=np.int64)
-    cut = token_ids_at(lm.tokenizer, test, operand)
-    runner = _Runner(lm, test, targets, scorer, [len(c) - 1 for c in cut],
-                     [c[-1] for c in cut], batch_size)
-    scores, preds = runner.scores()
-    keep = np.flatnonzero(preds == targets[:, 0]) if correct_only else np.arange(len(test))
+    scorer = _Scorer(lm, test, swapped, target, operand, prediction, batch_size)
+    clean = scorer.run([scorer.condition("clean")], store)["clean"]
+    keep = np.flatnonzero(clean.pop("hits")) if correct_only else np.arange(len(test))
     if len(keep) == 0:
         raise UserError("the model answers none of the test prompts correctly; patch all "
                         "prompts (correct_only=False, --all-prompts) or use a better model.")
-    clean = _summary(scores[keep], preds[keep], targets[keep])
-    test, swapped, runner = [test[i] for i in keep], [swapped[i] for i in keep], \
-        runner.subset(keep)
+    if len(keep) < len(test):
+        test, swapped = [test[i] for i in keep], [swapped[i] for i in keep]
+        scorer = _Scorer(lm, test, swapped, target, operand, prediction, batch_size)
+        clean = scorer.run([scorer.condition("clean-kept")], store)["clean-kept"]
     current = collect(lm, test, token=operand, roles=roles, layers=layers, progress=False)
     other = collect(lm, swapped, token=operand, roles=roles, layers=layers, progress=False)
     n_same = np.array([getattr(e, operand) for e in test], dtype=np.float64)
@@ -306,32 +268,28 @@ def helix_patching(
 
     rows, fits = [], {}
     keys = [(r, i) for r in roles for i in layers]
-    done = done or {}
     for role, layer in tqdm(keys, desc="helix patching", unit="module", disable=not progress):
-        if (role, layer) in done:
-            fits[(role, layer)] = dict(done[(role, layer)]["fits"])
-            rows += done[(role, layer)]["rows"]
-            continue
         x_train = train_states.at(role, layer)
         recs = fit_reconstructions(x_train, n_train, periods, methods,
                                    pca_dim=pca_dim, seed=seed)
         fits[(role, layer)] = {m: rec.summary() for m, rec in recs.items()}
         h_now, h_other = current.at(role, layer), other.at(role, layer)
-        mean = runner.run(role, layer, np.broadcast_to(x_train.mean(axis=0), h_now.shape))
-        actual = runner.run(role, layer, h_other)
+        vectors = {"mean": np.broadcast_to(x_train.mean(axis=0), h_now.shape),
+                   "actual": h_other}
+        for method, rec in recs.items():
+            vectors[f"{method}-same"] = rec.patched(n_same, h_now, h_now, mode)
+            vectors[f"{method}-swap"] = rec.patched(n_swap, h_other, h_now, mode)
+        got = scorer.run([scorer.condition(f"{role}-{layer}-{k}", role, layer, v)
+                          for k, v in vectors.items()], store)
+        got = {k.split("-", 2)[2]: v for k, v in got.items()}
+        mean, actual = got["mean"], got["actual"]
         refs = {"ld_clean": clean["ld"], "ld_mean": mean["ld"], "ld_actual": actual["ld"],
                 "accuracy_clean": clean["accuracy"], "accuracy_mean": mean["accuracy"],
                 "to_counterfactual_actual": actual["to_counterfactual"]}
-        unit = []
-        for method, rec in recs.items():
-            same = runner.run(role, layer, rec.patched(n_same, h_now, h_now, mode))
-            swap = runner.run(role, layer, rec.patched(n_swap, h_other, h_now, mode))
-            unit.append({"role": role, "layer": layer, "method": method,
-                         "n_params": rec.n_params, "r2_heldout": rec.r2_heldout,
-                         **_metrics(clean, mean, actual, same, swap), **refs})
-        rows += unit
-        if on_unit is not None:
-            on_unit(role, layer, {"rows": unit, "fits": fits[(role, layer)]})
+        rows += [{"role": role, "layer": layer, "method": method, "n_params": rec.n_params,
+                  "r2_heldout": rec.r2_heldout, **refs,
+                  **_metrics(clean, mean, actual, got[f"{method}-same"], got[f"{method}-swap"])}
+                 for method, rec in recs.items()]
     pairs = [{"a": e.a, "b": e.b, "answer": e.answer, f"{operand}_counterfactual":
               getattr(s, operand), "answer_counterfactual": s.answer}
              for e, s in zip(test, swapped)]
@@ -339,7 +297,10 @@ def helix_patching(
                 "periods": [float(T) for T in periods], "methods": list(methods),
                 "mode": mode, "pca_dim": pca_dim, "correct_only": correct_only,
                 "seed": seed, "n_train": len(n_train), "n_test": len(test),
-                "counterfactual_range": [lo, hi], "max_answer": int(max_answer)}
+                "counterfactual_range": [lo, hi], "max_answer": int(max_answer),
+                "scores": ("next-token logit" if scorer.single else
+                           "teacher-forced log p(answer); greedy whole answers")}
+    clean.pop("hits", None)
     return PatchResult(rows, {**clean, "n": len(test)}, fits, pairs, settings)
 
 

@@ -28,14 +28,11 @@ else:  # pragma: no cover - Python 3.10
 PRESET = Path(__file__).resolve().parent / "presets" / "any-model.toml"
 SCALES = ("auto", "laptop", "gpu", "paper")
 LAPTOP_PARAMS = 5e8  # laptop sizes are for a 0.5B model; bigger ones get fewer prompts
-# command -> its preferred operand range; they read W_U[numbers], so they need single-token
-# answers: skipped (with this reason) where the tokenizer writes answers in digits. Remove
-# an entry once that command reads digit tokens.
+# command -> its preferred operand range; it reads the answers' readout (W_U[numbers] or
+# W_U[digits]), so it is skipped (with this reason) where answers have neither.
 SKIPPED = {
-    "patch": (99, "patch scores the answer through W_U[numbers], which needs every answer to "
-                  "be one token"),
-    "neurons": (260, "neurons reads each MLP neuron's direction through W_U[numbers], which "
-                     "needs every answer to be one token"),
+    "neurons": (260, "neurons reads each MLP neuron's direction through the answers' readout, "
+                     "which needs single-token answers or one token per digit"),
 }
 # settings per scale (None: the command's default, i.e. the whole split / the paper's size)
 SIZES = {
@@ -79,6 +76,13 @@ def family_of(tokenizer, max_answer: int) -> str:
         return "mixed"
 
 
+def _readout(tokenizer, max_answer: int) -> str | None:
+    try:
+        return number_format(tokenizer, max_answer).readout
+    except UserError:
+        return None
+
+
 def spread(n_layers: int, k: int = 4) -> list[int]:
     """``k`` layers spread over the depth, the last included."""
     if n_layers <= k:
@@ -113,7 +117,7 @@ def any_model_config(overrides: dict[str, str], scale: str = "auto") -> tuple[di
         if command in SKIPPED:
             operands, why = SKIPPED[command]
             m, _ = fitting_operands(tokenizer, "+", operands)
-            if family_of(tokenizer, largest_answer("+", m)) != "single":
+            if _readout(tokenizer, largest_answer("+", m)) is None:
                 skipped[command] = f"{why}; this tokenizer writes them as {family} tokens"
                 continue
         settings |= SIZES.get(scale, {}).get(command, {})

@@ -37,6 +37,7 @@ from llm_fourier.commands.options import (
     ModelOptions,
     OutputOptions,
     ReadoutOptions,
+    SeedOptions,
     SplitOptions,
     TaskOptions,
     record_inputs,
@@ -55,7 +56,8 @@ CONSOLE = ("layer", "head", "periods", "peak_share", "attn_a", "attn_b", "attn_p
 
 
 @dataclass(kw_only=True)
-class HeadsSettings(ModelOptions, TaskOptions, SplitOptions, ReadoutOptions, OutputOptions):
+class HeadsSettings(ModelOptions, TaskOptions, SplitOptions, ReadoutOptions, SeedOptions,
+                    OutputOptions):
     command = "heads"
     layers: list[int] | None = option(None, min=0, help="layers whose heads are read "
                                       "(default: all)")
@@ -63,14 +65,12 @@ class HeadsSettings(ModelOptions, TaskOptions, SplitOptions, ReadoutOptions, Out
     top_k: int = option(5, min=1, help="heads with the largest ablation effect, ablated "
                         "together beside as many random heads of the same layers")
     n_random: int = option(5, min=1, help="random draws of as many heads per layer")
-    seed: int = option(0, help="seed of the random draws and the bootstrap")
     prediction: str = option("vocab", choices=PREDICTIONS, help="vocab: the model's own next "
                              "token; numbers: argmax over the number (or digit) tokens only")
     bootstrap: int = option(1000, min=0, identity=False, help="bootstrap draws over prompts "
                             "for each interval (0: none)")
     ci_level: float = option(0.95, above=0, max=0.999, help="confidence level")
     no_ablation: bool = option(False, help="spectra, attention and direct effects only")
-    quiet: bool = option(False, identity=False, help="no progress bars")
 
     def validate(self) -> None:
         self.check_tau(self.max_answer + 1)

@@ -23,9 +23,9 @@ digits: how often the answer's digit P moves by the same shift, against a random
 of the same norm (``digit_probes.digit_intervention``).
 
 Writes ``results.json``, ``probes.csv``, ``digit_probes.csv``, ``ablation.csv``,
-``intervention.csv`` and PNGs (kappa, R^2 and digit-probe accuracy by layer). Collected
-states, finished ablation rows and the intervention are kept in the run folder, so a killed
-run resumes.
+``intervention.csv`` and PNGs (kappa, R^2 and digit-probe accuracy by layer). Each optional
+analysis is its own unit (``hidden_units.UNITS``). Collected states and the engine units of
+the ablation and the intervention are kept in the run folder, so a killed run resumes.
 """
 
 from __future__ import annotations
@@ -34,34 +34,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from llm_fourier.analyses.corpus import COUNT_MODES
-from llm_fourier.analyses.hidden_ablation import GROUPS, probe_ablation
+from llm_fourier.analyses.hidden_ablation import GROUPS
 from llm_fourier.analyses.hidden_states import (
     ROLES,
     TARGETS,
     TOKENS,
     HiddenStates,
-    collect,
     flat_row,
     probe_layers,
-    random_copy,
 )
 from llm_fourier.commands.base import Command, JobView
-from llm_fourier.commands.digit_views import DIGIT_CAPTIONS, best_probe_rows, csv_row
+from llm_fourier.commands.digit_views import DIGIT_CAPTIONS, best_probe_rows
 from llm_fourier.commands.emergence import emergence_html
 from llm_fourier.commands.hidden_controls import (
     check_control_file,
-    frequency_control_result,
     token_identity_result,
 )
 from llm_fourier.commands.hidden_digits import (
     digit_html,
-    digit_probe_rows,
-    intervene,
     intervention_findings,
 )
+from llm_fourier.commands.hidden_units import UNITS, HiddenRun, collect_kept, scored
 from llm_fourier.commands.kept import StatesOptions, keep_states
 from llm_fourier.commands.options import (
     BASES,
@@ -74,9 +69,7 @@ from llm_fourier.commands.options import (
     record_inputs,
 )
 from llm_fourier.commands.settings import option
-from llm_fourier.model.answer_space import AnswerSpace
 from llm_fourier.model.scores import n_digits
-from llm_fourier.output.digit_plots import digit_probe_plot
 from llm_fourier.output.files import save_figure
 from llm_fourier.output.html import esc, html_table, percent, record_tables
 from llm_fourier.output.plots import pyplot
@@ -85,7 +78,6 @@ from llm_fourier.output.tables import format_table
 from probes.circular import KINDS
 from probes.fourier import FourierBasis, spectrum
 from probes.linear import per_number_means
-from probes.stats import StatsConfig
 
 
 @dataclass(kw_only=True)
@@ -193,18 +185,6 @@ class HiddenSettings(ModelOptions, TaskOptions, StatsOptions, SeedOptions, Batch
                             f"{self.layers}")
 
 
-def _collect(run: RunDir, unit: str, lm, examples, s: HiddenSettings, layers,
-             progress: bool) -> HiddenStates:
-    """``collect`` with the states kept as a unit of the run (safetensors)."""
-    saved = run.load_unit(unit)
-    if saved is not None:
-        return HiddenStates({r: saved[1][r].numpy() for r in s.roles}, layers, list(examples),
-                            s.token)
-    hs = collect(lm, examples, s.token, s.roles, layers, s.batch_size, progress)
-    run.save_unit(unit, {"layers": layers}, {r: torch.from_numpy(v) for r, v in hs.states.items()})
-    return hs
-
-
 def _spikes(hs: HiddenStates, target: str, periods) -> dict:
     """Per (role, layer): outlier periods of the per-number mean states (numbers 0..p-1)."""
     uniq, _ = per_number_means(hs.at(hs.roles[0], hs.layers[0]), hs.numbers(target))
@@ -266,8 +246,7 @@ class HiddenCommand(Command):
         task = s.task()
         examples = task.train[:s.n_probe]
         # answers are scored (ablation, intervention): how the tokenizer writes them
-        scored = bool(s.ablate_periods) or s.intervene_place is not None
-        fmt = s.answer_format(task.max_answer) if scored else None
+        fmt = s.answer_format(task.max_answer) if scored(s) else None
         lm = s.load_model(tokenizer=fmt.tokenizer if fmt is not None else None)
         record_inputs(run, lm, examples)
         layers = list(range(lm.n_layers)) if s.layers is None else sorted(set(s.layers))
@@ -277,30 +256,18 @@ class HiddenCommand(Command):
             raise s.fail("intervene_layer", f"{s.intervene_layer} is not among the probed "
                          f"layers 0..{lm.n_layers - 1}")
         progress, target = not s.quiet, s.probed
-        kw = {"pca_dim": s.pca_dim, "mod_pca_dim": s.mod_pca_dim, "n_splits": s.folds,
-              "seed": s.seed, "progress": progress}
-        hs = _collect(run, "states", lm, examples, s, layers, progress)
+        hs = collect_kept(run, "states", lm, examples, s, layers, progress)
         if s.keep_states:
             keep_states(run, s, lm, hs, "hidden")
         token_ids, identity = token_identity_result(s, lm, examples, hs, target)
-        fits = probe_layers(hs, target, s.periods, s.helix_periods, **kw,
-                            stats=s.stats_config(s.seed), token_ids=token_ids,
-                            control=s.token_control)
+        h = HiddenRun(s, run, lm, task, examples, layers, target, hs, {}, [], {}, fmt)
+        h.fits = probe_layers(hs, target, s.periods, s.helix_periods, **h.probe_kw,
+                              stats=s.stats_config(s.seed), token_ids=token_ids,
+                              control=s.token_control)
         spikes = _spikes(hs, target, s.periods)
-        rows = [{**flat_row(r, i, res), **spikes.get((r, i), {})} for (r, i), res in fits.items()]
-        random_res = rhs = None
-        if not s.no_random_baseline:
-            rand = random_copy(lm, s.seed)
-            rhs = _collect(run, "states-random", rand, examples, s, layers, progress)
-            random_res = probe_layers(rhs, target, s.periods, s.helix_periods,
-                                      **{**kw, "progress": False}, shuffled=False,
-                                      stats=StatsConfig(n_boot=0, n_perm=0, n_refit=0))
-            del rand
-            for row, res in zip(rows, random_res.values()):
-                row.update({k: v for k, v in flat_row(row["role"], row["layer"], res,
-                                                      "random_").items()
-                            if k not in ("role", "layer")})
-        results: dict = {
+        rows = h.rows = [{**flat_row(r, i, res), **spikes.get((r, i), {})}
+                         for (r, i), res in h.fits.items()]
+        results = h.results = {
             "model": lm.name, "token": s.token, "target": target, "layers": layers,
             "roles": list(s.roles), "periods": s.periods, "helix_periods": s.helix_periods,
             "n_examples": len(examples), "task": task.settings, "token_identity": identity,
@@ -308,36 +275,16 @@ class HiddenCommand(Command):
                            "refits": s.refits, "level": s.ci_level, "method": s.ci_method,
                            "unit": "distinct numbers (not prompts)"},
             "probes": [{"role": r, "layer": i, **{k: v for k, v in res.items() if k != "fit"},
-                        "random_init": None if random_res is None else
-                        {k: v for k, v in random_res[(r, i)].items() if k != "fit"},
-                        "spectrum": spikes.get((r, i))}
-                       for (r, i), res in fits.items()],
+                        "random_init": None, "spectrum": spikes.get((r, i))}
+                       for (r, i), res in h.fits.items()],
         }
-        digit = digit_probe_rows(s, hs, rhs, target, progress) if s.digit_kinds else []
-        if s.digit_kinds:
-            results |= {"digit_kinds": list(s.digit_kinds), "digit_probes": digit}
-        if fmt is not None:
-            space = AnswerSpace(fmt, task.max_answer)
-            results |= space.describe(space.readout(lm) if space.kind else None)
-        control = frequency_control_result(s, lm, hs, task, layers, target)
-        if control is not None:
-            results["frequency_control"] = control[0]
-            run.write_csv("control_values.csv", control[1])
-        if s.ablate_periods:
-            results["ablation"] = self._ablate(s, run, lm, task, fits, fmt, progress)
-        if s.intervene_place is not None:
-            results["intervention"], per_prompt = intervene(
-                s, run, lm, fmt, hs, task.test[:s.n_eval], digit, progress)
-            run.write_csv("intervention.csv", per_prompt)
+        for wanted, unit in UNITS:  # the optional analyses, each its own unit
+            if wanted(s):
+                unit(h)
         run.write_csv("probes.csv", rows)
-        if digit:
-            run.write_csv("digit_probes.csv", digit)
         if run.writes:
             _plot(rows, s.periods, list(s.roles), run.file("kappa_by_layer.png"),
                   run.file("r2_by_layer.png"))
-            if digit:
-                digit_probe_plot(digit, run.file("digit_probes.png"),
-                                 f"digit probes of {target} at the {s.token} token")
         run.finish(results)
         T0 = s.periods[0]
         cols = ["role", "layer"] + [f"kappa_mod{T}" for T in s.periods[:3]] + \
@@ -345,11 +292,11 @@ class HiddenCommand(Command):
              f"kappa_mod{T0}_shuffled", "r2_test", "r2_test_ci_low", "r2_test_ci_high"]
         if any(f"control_kappa_mod{T0}" in r for r in rows):
             cols.append(f"control_kappa_mod{T0}")
-        if random_res is not None:
+        if h.random_hs is not None:
             cols += [f"random_kappa_mod{s.periods[0]}", "random_r2_test"]
         print(format_table(rows, cols))
-        if digit:
-            print(format_table(best_probe_rows(digit)))
+        if h.digit:
+            print(format_table(best_probe_rows(h.digit)))
         if "ablation" in results:
             print(format_table(results["ablation"], ["row", "rank", "accuracy", "method"]))
         if "intervention" in results:
@@ -361,24 +308,6 @@ class HiddenCommand(Command):
         if run.writes:
             print(f"results: {run.file('results.json')}")
         return results
-
-    @staticmethod
-    def _ablate(s: HiddenSettings, run: RunDir, lm, task, fits, fmt,
-                progress: bool) -> list[dict]:
-        done = {}
-        for unit in run.units("ablation-"):
-            saved = run.load_unit(unit)
-            if saved is not None:
-                done[saved[0]["label"]] = saved[0]["result"]
-        positions = s.ablate_positions or ("last" if s.token == "last" else "all")
-        rows = probe_ablation(
-            lm, task.test[:s.n_eval], {k: v["fit"] for k, v in fits.items()}, s.ablate_periods,
-            groups=s.ablate_groups, numbers=fmt, positions=positions,
-            batch_size=s.batch_size, seed=s.seed, progress=progress, done=done,
-            on_row=lambda label, res: run.save_unit(f"ablation-{label}",
-                                                    {"label": label, "result": res}))
-        run.write_csv("ablation.csv", [csv_row(r) for r in rows])
-        return rows
 
     def job_html(self, job: JobView) -> str:
         res = job.results

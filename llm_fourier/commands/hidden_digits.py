@@ -71,16 +71,12 @@ def intervene(s, run: RunDir, lm, fmt: NumberFormat, hs: HiddenStates, examples,
     """(``results["intervention"]``: scalars and histograms, the CSV rows: each prompt with
     its answer and the clean, rotated and random-control predictions)."""
     layer = intervention_layer(s, rows)
-    saved = run.load_unit("intervention")
-    if saved is not None:
-        res = saved[0]
-    else:
-        probe = fit_operand_probe(hs, s.intervene_role, layer, s.token, s.intervene_place,
-                                  pca_dim=s.mod_pca_dim, alpha=s.digit_alpha)
-        res = digit_intervention(lm, examples, fmt, probe, token=s.token,
-                                 role=s.intervene_role, layer=layer, shift=s.intervene_shift,
-                                 seed=s.seed, batch_size=s.batch_size, progress=progress)
-        run.save_unit("intervention", res)
+    probe = fit_operand_probe(hs, s.intervene_role, layer, s.token, s.intervene_place,
+                              pca_dim=s.mod_pca_dim, alpha=s.digit_alpha)
+    res = digit_intervention(lm, examples, fmt, probe, token=s.token, role=s.intervene_role,
+                             layer=layer, shift=s.intervene_shift, seed=s.seed,
+                             batch_size=s.batch_size, progress=progress,
+                             store=run.store("intervention"))
     summary = {k: v for k, v in res.items() if k not in PER_EXAMPLE}
     summary["layer_from"] = ("--intervene-layer" if s.intervene_layer is not None else
                              "the most accurate circular probe of that place")

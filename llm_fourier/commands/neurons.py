@@ -11,8 +11,10 @@ random neurons from each of the same layers.
 
 Writes ``results.json``, ``neurons.csv`` (one row per neuron with share >= --min-share),
 ``knockout.csv``, ``neurons.png`` (neurons per component and layer) and ``knockout.png``.
-Every finished knockout (the baseline, each period) is kept in the run folder, so a killed
-run resumes at the next period.
+Every knockout (the baseline, each period's top neurons and random draws) is a condition of
+one engine pass, knocked out at the answer positions; whole answers are scored as ``ablate``
+scores them, and directions are read through the digit readout where numbers split. Each
+finished (batch, condition) is kept in the run folder, so a killed run resumes there.
 """
 
 from __future__ import annotations
@@ -33,13 +35,13 @@ from llm_fourier.commands.options import (
     record_inputs,
 )
 from llm_fourier.commands.settings import option
-from llm_fourier.model.numbers import task_numbers
+from llm_fourier.errors import UserError
+from llm_fourier.model.answer_space import AnswerSpace
 from llm_fourier.output.files import write_csv
 from llm_fourier.output.html import html_table, percent
 from llm_fourier.output.neuron_plots import knockout_plot, neuron_period_heatmap
 from llm_fourier.output.rundir import RunDir
 from llm_fourier.output.tables import format_table
-from probes import FourierBasis
 
 KNOCKOUT_CONSOLE = ("period", "component", "n_neurons", "accuracy_none", "accuracy_top",
                     "accuracy_random", "accuracy_random_std", "accuracy_random_min",
@@ -66,35 +68,9 @@ class NeuronsSettings(ModelOptions, TaskOptions, SplitOptions, SeedOptions, Outp
                                    "before the norm")
     no_knockout: bool = option(False, help="spectra only, no knockouts")
 
-    @property
-    def p(self) -> int:
-        return self.max_answer + 1
-
     def validate(self) -> None:
         if len(set(self.periods)) < len(self.periods):
             raise self.fail("periods", f"names a period twice ({self.periods})")
-        basis = FourierBasis(self.p, self.basis)
-        ks = [basis.k_of_period(T) for T in self.periods]
-        bad = [T for T, k in zip(self.periods, ks) if not 1 <= k <= basis.n_components]
-        if bad:
-            raise self.fail("periods", f"{bad} fall outside the components of the numbers "
-                            f"0..{self.p - 1}; choose periods between 2 and {self.p - 1}")
-        if len(set(ks)) < len(ks):
-            raise self.fail("periods", f"{self.periods} share a Fourier component over the "
-                            f"numbers 0..{self.p - 1}; choose periods further apart")
-
-
-def _restore(name: str, result: dict) -> dict:
-    """A knockout unit read back from JSON: neuron lists keyed by int layers again."""
-    if name == "baseline":
-        return result
-
-    def layers(sel: dict) -> dict:
-        return {int(k): v for k, v in sel.items()}
-
-    top = {**result["top"], "neurons": layers(result["top"]["neurons"])}
-    draws = [{**d, "neurons": layers(d["neurons"])} for d in result["random"]["draws"]]
-    return {**result, "top": top, "random": {**result["random"], "draws": draws}}
 
 
 def summary_rows(summary: list[dict], n: int = 4) -> list[dict]:
@@ -126,37 +102,32 @@ class NeuronsCommand(Command):
     def run(self, s: NeuronsSettings, run: RunDir) -> dict:
         task = s.task()
         examples = [] if s.no_knockout else s.examples(task)
-        lm = s.load_model()
+        space = AnswerSpace(s.answer_format(task.max_answer), task.max_answer, s.basis)
+        if space.kind is None:
+            raise UserError(f"{s.command}: answers up to {task.max_answer} are written as "
+                            f"{space.fmt.family} tokens, with no readout to read neuron "
+                            "directions through; use smaller operands.")
+        lm = s.load_model(tokenizer=space.fmt.tokenizer)
         record_inputs(run, lm, examples or None)
         layers = list(range(lm.n_layers)) if s.layers is None else sorted(set(s.layers))
         if max(layers) >= lm.n_layers:
             raise s.fail("layers", f"{s.layers} leave the model's layers 0..{lm.n_layers - 1}")
-        numbers = task_numbers(lm.tokenizer, task.max_answer, lm.name)
-        spectra = neuron_spectra(lm, numbers, layers, basis_kind=s.basis, periods=s.periods,
-                                 allow_post_norm=s.allow_post_norm)
+        try:
+            spectra = neuron_spectra(lm, space, layers, basis_kind=s.basis, periods=s.periods,
+                                     allow_post_norm=s.allow_post_norm)
+        except UserError as e:
+            raise UserError(f"{s.command}: {e}") from None
         total = int(spectra.top_k.size)
         if not s.no_knockout and s.n_neurons > total:
             raise s.fail("n_neurons", f"must be at most {total} (the neurons of layers "
                          f"{layers}), got {s.n_neurons}")
-        knock = None
-        if not s.no_knockout:
-            done = {}
-            for unit in run.units("knockout-"):
-                saved = run.load_unit(unit)
-                if saved is not None:
-                    done[saved[0]["name"]] = _restore(saved[0]["name"], saved[0]["result"])
-            if done:
-                print(f"resuming: {len(done)} finished knockout unit(s) in {run.path}")
-            knock = knockout_table(
-                lm, examples, numbers, s.periods, s.n_neurons, spectra=spectra,
-                n_random=s.n_random, seed=s.seed, basis_kind=s.basis, prediction=s.prediction,
-                allow_post_norm=s.allow_post_norm, batch_size=s.batch_size,
-                progress=not s.quiet, done=done,
-                on_unit=lambda name, res: run.save_unit(f"knockout-{name}",
-                                                        {"name": name, "result": res}))
+        knock = None if s.no_knockout else knockout_table(
+            lm, examples, space, s.periods, s.n_neurons, spectra=spectra, n_random=s.n_random,
+            seed=s.seed, prediction=s.prediction, batch_size=s.batch_size,
+            progress=not s.quiet, store=run.store("knockout"))
         summary = spectra.summary(s.min_share)
         results = {"model": lm.name, "revision": s.revision, "settings": s.identity(),
-                   "numbers": {"p": numbers.p, "leading_space": numbers.leading_space},
+                   **space.describe(space.readout(lm)),
                    "basis": s.basis, "layers": layers, "post_norm": spectra.post_norm,
                    "min_share": s.min_share, "summary": summary, "knockout": knock,
                    "n_examples": len(examples),

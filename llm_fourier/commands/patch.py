@@ -2,7 +2,7 @@
 
 Kantamneni & Tegmark (2025) test the helix causally: fit it to the operand's states on
 training prompts at one (role, layer), then on held-out prompts replace the state at the
-operand's token by the fit's point for the same number (``kept``: the fraction of the clean
+operand's (last) token by the fit's point for the same number (``kept``: the fraction of the clean
 logit difference that survives, over mean ablation) or for another number a' (``moved``:
 how far the answer moves toward a' op b, as a fraction of patching in the real state of the
 prompt with a'). Beside the helix, baselines with as many parameters: a circle, a
@@ -11,8 +11,9 @@ polynomial in a, the top PCA components and a helix fitted to shuffled numbers
 
 Writes ``results.json``, ``patching.csv`` (one row per role, layer and method), ``fits.csv``,
 ``pairs.csv`` (the counterfactual operands) and ``patching.png`` (fraction of the effect
-restored per layer). The training states and every finished (role, layer) are kept in the
-run folder, so a killed run resumes.
+restored per layer). Every tokenizer: answers are scored whole (teacher-forced log p for the
+logit differences, greedy answers for accuracy). The training states and every finished
+(batch, patch) unit of the engine are kept in the run folder, so a killed run resumes.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from llm_fourier.commands.options import (
 )
 from llm_fourier.commands.settings import option
 from llm_fourier.errors import UserError
-from llm_fourier.model.numbers import task_numbers
+from llm_fourier.model.answer_space import AnswerSpace
 from llm_fourier.output.files import write_csv
 from llm_fourier.output.html import html_table
 from llm_fourier.output.rundir import RunDir
@@ -89,11 +90,6 @@ class PatchSettings(ModelOptions, TaskOptions, SeedOptions, BatchOptions, Output
                             f"{self.train_limit}")
 
 
-def _finite(row: dict) -> dict:
-    """A row read back from JSON: None (NaN in the run) back to NaN."""
-    return {k: math.nan if v is None else v for k, v in row.items()}
-
-
 def _train_states(run: RunDir, lm, train, s: PatchSettings, layers: list[int]) -> HiddenStates:
     """The training prompts' states at the operand, kept as a unit of the run."""
     saved = run.load_unit("train-states")
@@ -105,18 +101,6 @@ def _train_states(run: RunDir, lm, train, s: PatchSettings, layers: list[int]) -
     run.save_unit("train-states", {"layers": layers},
                   {r: torch.from_numpy(v) for r, v in hs.states.items()})
     return hs
-
-
-def _done_units(run: RunDir) -> dict:
-    done = {}
-    for name in run.units("unit-"):
-        saved = run.load_unit(name)
-        if saved is not None:
-            data = saved[0]
-            done[(data["role"], data["layer"])] = {
-                "rows": [_finite(r) for r in data["rows"]],
-                "fits": {m: _finite(f) for m, f in data["fits"].items()}}
-    return done
 
 
 class PatchCommand(Command):
@@ -140,7 +124,12 @@ class PatchCommand(Command):
     def run(self, s: PatchSettings, run: RunDir) -> dict:
         task = s.task()
         train, test = task.train[:s.train_limit], task.test[:s.test_limit]
-        lm = s.load_model()
+        space = AnswerSpace(s.answer_format(task.max_answer), task.max_answer)
+        if space.fmt.family != "single" and s.prediction == "numbers" and space.kind is None:
+            raise s.fail("prediction", f"numbers needs single-token answers or one token per "
+                         f"digit; this tokenizer writes answers up to {task.max_answer} as "
+                         f"{space.fmt.family} tokens, so use --prediction vocab")
+        lm = s.load_model(tokenizer=space.fmt.tokenizer)
         record_inputs(run, lm, list(train) + list(test))
         layers = list(range(lm.n_layers)) if s.layers is None else sorted(set(s.layers))
         if max(layers) >= lm.n_layers:
@@ -149,22 +138,17 @@ class PatchCommand(Command):
         if len(values) < 5:
             raise UserError(f"the {len(train)} training prompts hold only {len(values)} values "
                             f"of {s.operand}; raise --train-limit or --max-operand.")
-        numbers = task_numbers(lm.tokenizer, task.max_answer, lm.name)
         states = _train_states(run, lm, train, s, layers)
-        done = _done_units(run)
-        if done:
-            print(f"resuming: {len(done)} finished (role, layer) unit(s) in {run.path}")
         result = helix_patching(
-            lm, train, test, numbers, operand=s.operand, op=s.op, roles=s.roles, layers=layers,
+            lm, train, test, space, operand=s.operand, op=s.op, roles=s.roles, layers=layers,
             periods=s.periods, methods=s.methods, mode=s.mode, pca_dim=s.pca_dim,
             prediction=s.prediction, correct_only=not s.all_prompts, train_states=states,
-            seed=s.seed, batch_size=s.batch_size, progress=not s.quiet, done=done,
-            on_unit=lambda role, layer, unit: run.save_unit(
-                f"unit-{role}-{layer}", {"role": role, "layer": layer, **unit}))
+            seed=s.seed, batch_size=s.batch_size, progress=not s.quiet,
+            store=run.store("patch"))
         out = result.as_dict()
         results = {"model": lm.name, "revision": s.revision, "task": task.settings,
-                   "numbers": {"p": numbers.p, "leading_space": numbers.leading_space},
-                   **out, "files": ["patching.csv", "fits.csv", "pairs.csv", "patching.png"]}
+                   "numbers": space.fmt.describe(), **out,
+                   "files": ["patching.csv", "fits.csv", "pairs.csv", "patching.png"]}
         run.write_csv("patching.csv", out["rows"])
         run.write_csv("fits.csv", out["fits"])
         run.write_csv("pairs.csv", out["pairs"])

@@ -1,17 +1,20 @@
 """One engine for forward work: the only place that batches prompts and runs the model.
 
-``PromptSet``: a run's prompts (and answer tokens) tokenized once, batched by length in a
-fixed order; resume units are (batch, condition). ``Condition``: edits ``{(role, layer):
-fn}`` and/or a hook context (knockouts, patches), at the answer positions ("last") or at
-every position ("all"). Per batch ``Engine.run`` computes the unedited prefix (every
+``PromptSet``: a run's prompts (and answer tokens) tokenized once, or given as token ids
+(e.g. cut after an operand), batched by length in a fixed order; resume units are (batch,
+condition). ``Condition``: edits ``{(role, layer): fn}`` and/or a hook context (knockouts;
+``row_hooks`` when it can act on a slice of rows), at the answer positions ("last") or at
+every position ("all"), and ``patches`` (``Patch``: per-example states put in at
+per-example prompt tokens). Per batch ``Engine.run`` computes the unedited prefix (every
 prompt token but the last) once on a ``DynamicCache``; the conditions that only edit the
 answer positions run stacked along the batch in one forward of [last prompt token, answer
-tokens] on a copy of it (the others alone, from position 0), which gives the logits and
-captured rows of every answer position; greedy answers are read from it where the
-teacher-forced argmax writes the answer and ends it, the other rows are decoded step by
-step. ``reduce(batch, condition, out)`` makes a unit (CPU tensors, lists, numbers), kept
-in ``store`` (``RunDir.store``); units come back in batch order on every process.
-``stop_after`` ends forwards after that layer by raising from a hook, as nnsight does.
+tokens] on a copy of it (patch conditions from their first patched token, on the prefix up
+to there; the others alone, from position 0), which gives the logits and captured rows of
+every answer position; greedy answers are read from it where the teacher-forced argmax
+writes the answer and ends it, the other rows are decoded step by step. ``reduce(batch,
+condition, out)`` makes a unit (CPU tensors, lists, numbers), kept in ``store``
+(``RunDir.store``); units come back in batch order on every process. ``stop_after`` ends
+forwards after that layer by raising from a hook, as nnsight does.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import inspect
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -33,10 +37,11 @@ from llm_fourier.errors import UserError
 from llm_fourier.model.distributed import broadcast_object, map_ranges, process_info, rounds
 from llm_fourier.model.hooks import capture, edit
 from llm_fourier.model.number_format import NumberFormat, NumberParser
+from llm_fourier.model.patches import Patch, patch_start, with_patches
 from llm_fourier.model.tasks import Example, tokenize_prompts
 from llm_fourier.output.progress import tqdm
 
-__all__ = ["Batch", "Condition", "Engine", "Greedy", "Output", "PromptSet", "Store"]
+__all__ = ["Batch", "Condition", "Engine", "Greedy", "Output", "Patch", "PromptSet", "Store"]
 
 Edits = dict[tuple[str, int], Callable[[Tensor], Tensor]]
 POSITIONS = ("last", "all")
@@ -52,12 +57,18 @@ class Store(Protocol):
 @dataclass
 class Condition:
     """One way to run the model: ``edits`` and/or ``hooks`` (a context-manager factory,
-    entered around the condition's forwards) at the answer positions or everywhere."""
+    entered around the condition's forwards; ``row_hooks`` is one given the slice of the
+    batch's rows it acts on, so that the condition stacks with others) at the answer
+    positions or everywhere;
+    ``patches`` replace per-example states at per-example prompt tokens (then the whole
+    prompt runs under the condition)."""
 
     name: str = "none"
     edits: Edits = field(default_factory=dict)
     positions: str = "last"
     hooks: Callable[[], Any] | None = None
+    row_hooks: Callable[[slice], Any] | None = None
+    patches: dict[tuple[str, int], Patch] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.positions not in POSITIONS:
@@ -90,12 +101,16 @@ class PromptSet:
 
     @classmethod
     def build(cls, lm, examples: Sequence[Example], batch_size: int = 16,
-              fmt: NumberFormat | None = None) -> PromptSet:
+              fmt: NumberFormat | None = None,
+              ids: Sequence[Sequence[int]] | None = None) -> PromptSet:
+        """``ids``: each prompt's tokens as given (e.g. cut after an operand) instead of
+        tokenizing the prompts."""
         if not examples:
             raise UserError("no examples to run; use a larger operand range or another split.")
         if batch_size < 1:
             raise UserError(f"batch size must be at least 1, got {batch_size}.")
-        enc = tokenize_prompts(lm.tokenizer, [e.prompt for e in examples])
+        enc = tokenize_prompts(lm.tokenizer, [e.prompt for e in examples]) if ids is None \
+            else _left_padded(ids)
         lengths = enc["attention_mask"].sum(1).tolist()
         order = sorted(range(len(examples)), key=lambda i: lengths[i])
         answers = fmt.encode_many(e.answer for e in examples) if fmt is not None else None
@@ -145,6 +160,15 @@ class Output:
     generated: list[list[int]] | None = None
 
 
+def _left_padded(ids: Sequence[Sequence[int]], pad: int = 0) -> dict[str, Tensor]:
+    """Token id lists as ``tokenize_prompts`` pads prompts (left, positions of real tokens)."""
+    t = max(len(x) for x in ids)
+    input_ids = torch.tensor([[pad] * (t - len(x)) + list(x) for x in ids], dtype=torch.long)
+    mask = torch.tensor([[0] * (t - len(x)) + [1] * len(x) for x in ids], dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": mask,
+            "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+
+
 def _parameters(model) -> set[str]:
     try:
         return set(inspect.signature(model.forward).parameters)
@@ -172,6 +196,16 @@ def _stacked_edits(conds: Sequence[Condition], sizes: int | Sequence[int]) -> Ed
     return {key: stacked(key) for key in {key for c in conds for key in c.edits}}
 
 
+def _stacked_hooks(conds: Sequence[Condition], sizes: int | Sequence[int]) -> list:
+    """Context-manager factories of conditions stacked along the batch: ``row_hooks``
+    bound to each condition's rows; ``hooks`` (whole-batch) only for one condition."""
+    sizes = [sizes] * len(conds) if isinstance(sizes, int) else list(sizes)
+    bounds = np.cumsum([0, *sizes]).tolist()
+    out = [c.hooks for c in conds if c.hooks is not None]
+    return out + [partial(c.row_hooks, slice(a, b)) for c, a, b in
+                  zip(conds, bounds, bounds[1:]) if c.row_hooks is not None]
+
+
 class _Stop(Exception):
     """Raised from a hook after the deepest layer read."""
 
@@ -192,6 +226,7 @@ class Engine:
         params = _parameters(lm.model)
         # transformers 5.25 names the cache "cache", earlier versions "past_key_values"
         self.cache = "cache" if "cache" in params else "past_key_values"
+        self.cached = self.cache in params  # hand-built test models may take no cache
         self.keep = {"logits_to_keep": 1} if "logits_to_keep" in params else None
 
     # ------------------------------------------------------------------ the loop
@@ -259,22 +294,27 @@ class Engine:
         ``edits`` run stacked in one forward on the prefix cache; the others alone."""
         prefix = None
         with torch.inference_mode():
-            if batch.length > 1 and any(c.positions == "last" for c in conditions):
+            on_prefix = [c for c in conditions if c.positions == "last" and not c.patches]
+            if batch.length > 1 and on_prefix:
                 prefix = self._prefix(batch, spec["stop_after"])
-            stacked = [c for c in conditions if prefix is not None and c.positions == "last"
-                       and c.hooks is None]
+            stacked = [c for c in on_prefix if prefix is not None and c.hooks is None]
             outs = self._group(batch, stacked, prefix, spec) if stacked else {}
+            at: dict[int, list] = {}  # patches: stacked on the prefix up to their first token
             for c in conditions:
-                if c not in stacked:
-                    outs |= self._group(batch, [c], prefix if c.positions == "last" else None,
-                                        spec)
+                if c not in stacked and (start := patch_start(c, batch, self.cached)):
+                    at.setdefault(start, []).append(c)
+                elif c not in stacked:
+                    outs |= self._group(batch, [c], prefix if c in on_prefix else None, spec)
+            for start, conds in at.items():
+                outs |= self._group(batch, conds, self._prefix(batch, spec["stop_after"], start),
+                                    spec, start)
             return {c.name: reduce(batch, c, outs[c.name]) for c in conditions}
 
-    def _prefix(self, batch: Batch, stop_after: int | None):
-        """The KV cache of every prompt token before the last, unedited (up to the layer
-        ``stop_after`` when set)."""
+    def _prefix(self, batch: Batch, stop_after: int | None, upto: int = -1):
+        """The KV cache of every prompt token before the last (before column ``upto``),
+        unedited (up to the layer ``stop_after`` when set)."""
         cache = DynamicCache(config=self.lm.model.config)
-        enc = {k: v[:, :-1] for k, v in batch.enc.items()}
+        enc = {k: v[:, :upto] for k, v in batch.enc.items()}
         with ExitStack() as stack:
             if stop_after is not None:
                 stack.callback(_stopper(self.lm, stop_after).remove)
@@ -288,15 +328,16 @@ class Engine:
     def _forward(self, ids: Tensor, mask: Tensor, pos: Tensor, cache, keep: int,
                  edits: Edits, hooks, spec: dict, capture_last: int = 0):
         """One forward of ``ids`` after ``cache`` with ``edits`` at every position given
-        and ``hooks``: (logits of the last ``keep`` positions, rows of the last
-        ``capture_last`` positions, cache)."""
+        and ``hooks`` (context-manager factories): (logits of the last ``keep`` positions,
+        rows of the last ``capture_last`` positions, cache)."""
         lm = self.lm
         with ExitStack() as stack:
             if edits:
                 stack.enter_context(edit(lm, edits, "all"))
-            if hooks is not None:
-                stack.enter_context(hooks())
-            cap = stack.enter_context(capture(lm, spec["roles"], spec["layers"], "all")) \
+            for h in hooks:
+                stack.enter_context(h())
+            where = "last" if capture_last == 1 else "all"  # left padded: last = last column
+            cap = stack.enter_context(capture(lm, spec["roles"], spec["layers"], where)) \
                 if spec["roles"] and capture_last else None
             if spec["stop_after"] is not None:
                 stack.callback(_stopper(lm, spec["stop_after"]).remove)
@@ -307,16 +348,20 @@ class Engine:
                                **({"logits_to_keep": max(keep, 1)} if self.keep else {}))
             except _Stop:
                 pass
-        rows = {r: cap.stack(r)[:, -capture_last:] for r in spec["roles"]} if cap else {}
+        rows = {r: cap.stack(r)[:, -capture_last:] if where == "all" else cap.stack(r)[:, None]
+                for r in spec["roles"]} if cap else {}
         if out is None:
             return None, rows, None
         return out.logits[:, -keep:].float() if keep else None, rows, out[self.cache]
 
-    def _group(self, batch: Batch, conds: Sequence[Condition], prefix, spec) -> dict:
+    def _group(self, batch: Batch, conds: Sequence[Condition], prefix, spec,
+               start: int | None = None) -> dict:
         """Conditions stacked along the batch (condition-major) in one forward from the
-        first edited position: the last prompt token with ``prefix``, else position 0."""
+        first edited position (``start``; default: the last prompt token with ``prefix``,
+        else position 0)."""
         enc, n, k = batch.enc, len(batch.rows), len(conds)
-        start = batch.length - 1 if prefix is not None else 0
+        if start is None or prefix is None:
+            start = batch.length - 1 if prefix is not None else 0
         ids, mask, pos = enc["input_ids"], enc["attention_mask"], enc["position_ids"]
         m = 0
         if spec["answers"]:  # [last prompt token, answer tokens]: position s predicts token s
@@ -328,13 +373,14 @@ class Engine:
             mask = torch.cat([mask, torch.ones_like(extra)], 1)
             pos = torch.cat([pos, pos[:, -1:] + torch.arange(1, fed + 1, device=pos.device)], 1)
         reads = ids.shape[1] - batch.length + 1
+        patched = [with_patches(c, batch, range(n), start) for c in conds]
         cache = copy.deepcopy(prefix) if start else None
         if cache is not None and k > 1:
             cache.batch_select_indices(torch.arange(n, device=ids.device).repeat(k))
         logits, rows, _ = self._forward(
             ids[:, start:].repeat(k, 1), mask.repeat(k, 1), pos[:, start:].repeat(k, 1), cache,
-            reads if spec["logits"] else 0, _stacked_edits(conds, n),
-            conds[0].hooks if k == 1 else None, spec, capture_last=reads)
+            reads if spec["logits"] else 0, _stacked_edits(patched, n),
+            _stacked_hooks(conds, n), spec, capture_last=reads)
         m, parts = max(m, 1), [slice(i * n, (i + 1) * n) for i in range(k)]
         outs = {c.name: Output(None if logits is None else logits[part, :m],
                                {r: x[part, :m] for r, x in rows.items()})
@@ -396,7 +442,8 @@ class Engine:
         """Step-by-step greedy decoding of ``rows[i]`` of ``batch`` under ``conds[i]``,
         stacked, on the prefix cache."""
         keep = [i for i, r in enumerate(rows) if r]
-        conds, rows = [conds[i] for i in keep], [rows[i] for i in keep]
+        conds = [with_patches(conds[i], batch, rows[i], start) for i in keep]
+        rows = [rows[i] for i in keep]
         flat = [j for r in rows for j in r]
         idx = torch.tensor(flat, device=batch.enc["input_ids"].device)
         enc = {k: v[idx.to(v.device)] for k, v in batch.enc.items()}
@@ -409,7 +456,7 @@ class Engine:
         gens: list[list[int]] = [[] for _ in flat]
         limits = [len(g.fmt.digit_part(batch.answers[i])) for i in flat]
         edits = _stacked_edits(conds, [len(r) for r in rows])
-        hooks = conds[0].hooks if len(conds) == 1 else None
+        hooks = _stacked_hooks(conds, [len(r) for r in rows])
         spec = dict(roles=(), layers=None, stop_after=None)
         for s in range(g.max_tokens):
             logits, _, cache = self._forward(ids, mask, pos, cache, 1, edits, hooks, spec)

@@ -55,24 +55,6 @@ def _accepts(model: nn.Module, name: str) -> bool:
         return False
 
 
-def last_token_logits(model: nn.Module, batch: dict, last_only: bool = True) -> Tensor:
-    """Run ``model(**batch)`` and return the logits at each row's last real token (N x V).
-
-    With ``last_only`` and left padding (``tokenize_prompts``' default) only the last column
-    is projected through the unembedding (``logits_to_keep=1``): less time and memory, but
-    the GEMM differs, so logits may differ from a full forward in the last bits.
-    """
-    mask = batch.get("attention_mask")
-    n = batch["input_ids"].shape[0]
-    left_padded = mask is None or bool(mask[:, -1].all())
-    slice_it = last_only and left_padded and _accepts(model, "logits_to_keep")
-    logits = model(**batch, **({"logits_to_keep": 1} if slice_it else {})).logits
-    if left_padded:
-        return logits[:, -1]
-    pos = last_token_positions(mask).to(logits.device)
-    return logits[torch.arange(n, device=logits.device), pos]
-
-
 @dataclass(frozen=True)
 class Site:
     """Where a role is read and written: ``module``'s output times ``scale`` is what the

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+def is_layout(key: str) -> bool:
+    """The engine's record of how a pass batched its prompts, not a unit of work."""
+    return key.startswith("layout/")
+
+
 class Stopping:
     """A store that keeps ``after`` units and then raises KeyboardInterrupt (a kill)."""
 
@@ -14,7 +19,7 @@ class Stopping:
 
     def __setitem__(self, key: str, unit) -> None:
         self.store[key] = unit
-        if key.startswith("layout/"):  # the batching record, not a unit of work
+        if is_layout(key):
             return
         self.left -= 1
         if self.left <= 0:
@@ -25,5 +30,28 @@ def interrupted(real, after: int = 1):
     """``real`` (an analysis taking ``store=``) killed after ``after`` stored units."""
     def run(*args, store, **kwargs):
         return real(*args, store=Stopping(store, after), **kwargs)
+
+    return run
+
+
+class Counting:
+    """A store that records the keys of the units it is given."""
+
+    def __init__(self, store, seen: list) -> None:
+        self.store, self.seen = store, seen
+
+    def get(self, key: str):
+        return self.store.get(key)
+
+    def __setitem__(self, key: str, unit) -> None:
+        if not is_layout(key):
+            self.seen.append(key)
+        self.store[key] = unit
+
+
+def counting(real, seen: list):
+    """``real`` (an analysis taking ``store=``) whose new units' keys go to ``seen``."""
+    def run(*args, store, **kwargs):
+        return real(*args, store=Counting(store, seen), **kwargs)
 
     return run

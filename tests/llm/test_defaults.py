@@ -1,8 +1,8 @@
 """Every command with its defaults (only sizes made small) on a tiny model of each tokenizer
 family: single tokens 0..200 (GPT-2 style), digits (Llama-2 style), 3-digit chunks (Llama-3
 style). Options whose range depends on the model (operand range, tau, basis) are chosen from
-its number format, said on the console and in results.json; patch and neurons refuse digit
-tokenizers with one sentence until they read digits."""
+its number format, said on the console and in results.json; patch and neurons read digit
+tokenizers through the digit readout and whole answers (finetune refuses them)."""
 
 from __future__ import annotations
 
@@ -24,10 +24,11 @@ SIZES = {  # sizes only: nothing that depends on the model
     # a random model answers no prompt: patch them all (the paper patches correct ones)
     "patch": ["--train-limit", "40", "--test-limit", "6", "--all-prompts"],
     "neurons": ["--limit", "6", "--n-neurons", "2", "--n-random", "1"],
+    "heads": ["--limit", "6", "--top-k", "1", "--n-random", "1", "--bootstrap", "10"],
     "finetune": ["--epochs", "1", "--max-pairs", "24"],
 }
-# until they read digit tokens (issue 20, item 2); finetune's loss is on one answer token
-REFUSES_DIGITS = ("patch", "neurons", "finetune")
+# finetune's loss is on one answer token; patch and neurons read digits (issue 20, item 2)
+REFUSES_DIGITS = ("finetune",)
 
 
 def _expected_operand(folder, preferred: int) -> int:

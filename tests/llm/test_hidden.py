@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from llm_fourier.analyses.answers import greedy_answers
 from llm_fourier.analyses.hidden_ablation import (
-    generate_answers,
     logit_filter,
     probe_ablation,
     probe_filters,
@@ -34,6 +34,7 @@ from llm_fourier.model.numbers import find_number_tokens
 from llm_fourier.model.tasks import Example, make_task
 from probes import FourierBasis
 from probes.stats import StatsConfig
+from tests.llm.stores import counting, interrupted
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +136,8 @@ def test_greedy_generation_matches_a_loop_of_generate(digit_lm):
     assert fmt.parse(tok.convert_tokens_to_ids(["1", "0", "8", ".", "3"])) == 108
     assert fmt.parse(tok.convert_tokens_to_ids(["Answer", "1"])) == -1
     examples = make_task(max_operand=20, seed=3).test[:5]
-    preds = generate_answers(digit_lm, examples, progress=False)
+    preds = greedy_answers(digit_lm, number_format(tok, max(e.answer for e in examples)),
+                           examples, progress=False)
     cap = max(len(str(e.answer)) for e in examples) + 1  # one token per digit, plus one
     for ex, pred in zip(examples, preds):
         ids = tok(ex.prompt, return_tensors="pt")["input_ids"]
@@ -221,27 +223,17 @@ def test_hidden_command_end_to_end_and_resume(tiny_dir, tmp_path, monkeypatch, c
         (p, k) for p in (0, 1) for k in ("circular", "linear", "value")}
     assert "[" not in (out / "ablation.csv").read_text()  # lists flattened, not reprs
     assert "kappa_mod10" in (out / "probes.csv").read_text().splitlines()[0]
-    # a run killed during the ablations resumes: states and finished rows are reused
-    import llm_fourier.analyses.hidden_ablation as abl
-    import llm_fourier.commands.hidden as cmd
+    # a run killed during the ablations resumes: states and finished units are reused
+    import llm_fourier.commands.hidden_units as units
 
     killed = argv[:-1] + [str(tmp_path / "killed")]
-    real, calls = abl.accuracy, []
-
-    def dies_on_second_row(*a, **k):
-        calls.append(k.get("desc"))
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(abl, "accuracy", dies_on_second_row)
+    real, seen = units.probe_ablation, []
+    monkeypatch.setattr(units, "probe_ablation", interrupted(real, after=1))
     assert main(killed) == 130
-    monkeypatch.setattr(cmd, "collect", lambda *a, **k: pytest.fail("states not reused"))
-    calls.clear()
-    monkeypatch.setattr(abl, "accuracy", lambda *a, **k: calls.append(k.get("desc"))
-                        or real(*a, **k))
+    monkeypatch.setattr(units, "collect", lambda *a, **k: pytest.fail("states not reused"))
+    monkeypatch.setattr(units, "probe_ablation", counting(real, seen))
     assert main(killed) == 0
-    assert calls == ["MLP probe", "MLP random", "MLP logit"]  # "none" kept from the killed run
+    assert seen == ["MLP probe/0", "MLP random/0", "MLP logit/0"]  # "none" was kept
     again = json.loads((tmp_path / "killed" / "results.json").read_text())
     assert again["ablation"] == res["ablation"] and again["probes"] == res["probes"]
     monkeypatch.undo()

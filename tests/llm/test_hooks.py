@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from llm_fourier.errors import UserError
-from llm_fourier.model.hooks import capture, edit, last_token_logits, last_token_positions
+from llm_fourier.model.hooks import capture, edit, last_token_positions
 from llm_fourier.model.loading import load_model
 from llm_fourier.model.tasks import tokenize_prompts
 from tests.tiny import CAUSAL_ARCHS, tiny_lm, tiny_model_dir
@@ -43,8 +43,6 @@ def test_capture_is_bit_identical_and_sums_to_the_residual(arch):
     assert torch.equal(plain.logits, hooked.logits)
     pos = last_token_positions(enc["attention_mask"])
     rows = torch.arange(len(PROMPTS))
-    with torch.inference_mode():  # left padding: only the last column is unembedded
-        torch.testing.assert_close(last_token_logits(lm.model, enc), plain.logits[rows, pos])
     attn, mlp, block = cap.stack("attn"), cap.stack("mlp"), cap.stack("block")
     assert block.shape == (3, lm.n_layers, lm.d_model) and block.dtype == torch.float32
     # the block output is hidden state i + 1 (the last one has the final norm in HF)
@@ -67,8 +65,6 @@ def test_right_padding_and_mask_sources(gpt2):
             gpt2.model(enc["input_ids"])  # no attention_mask keyword: set_mask is used
         with capture(gpt2, roles=["block"], layers=[0]) as no_mask:
             gpt2.model(enc["input_ids"])
-        full = gpt2.model(**enc).logits
-        torch.testing.assert_close(last_token_logits(gpt2.model, enc), full[torch.arange(3), pos])
     want = hs[1][torch.arange(3), pos]
     assert torch.equal(by_kwarg.stack("block")[:, 0], want)
     torch.testing.assert_close(by_set.stack("block")[:, 0], want)

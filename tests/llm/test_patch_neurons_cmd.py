@@ -10,9 +10,7 @@ import math
 import numpy as np
 import pytest
 
-import llm_fourier.analyses.ablation as ablate_lib
 import llm_fourier.analyses.fourier_neurons as neurons_lib
-import llm_fourier.analyses.patching as patching_lib
 import llm_fourier.commands.patch as patch_cmd
 from llm_fourier.analyses.fourier_neurons import knockout_table, neuron_spectra
 from llm_fourier.analyses.hidden_states import collect
@@ -22,6 +20,7 @@ from llm_fourier.errors import UserError
 from llm_fourier.model.loading import load_model
 from llm_fourier.model.numbers import task_numbers
 from llm_fourier.model.tasks import make_task
+from tests.llm.stores import counting, interrupted
 
 PATCH = ["--max-operand", "29", "--train-limit", "150", "--test-limit", "10", "--all-prompts",
          "--periods", "2", "5", "10", "--pca-dim", "12", "--roles", "block", "mlp", "--quiet"]
@@ -73,26 +72,16 @@ def test_patch_command_gives_the_library_numbers(patched):
         assert (out / name).stat().st_size > 0
 
 
-def test_patch_resumes_at_the_next_unit(patched, tmp_path, monkeypatch, capsys):
+def test_patch_resumes_at_the_next_unit(patched, tmp_path, monkeypatch):
     model, _, res = patched
     argv = ["patch", "--model", str(model), *PATCH, "--out", str(tmp_path / "run")]
-    real, calls = patching_lib.fit_reconstructions, []
-
-    def dies_on_the_second_unit(*a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(patching_lib, "fit_reconstructions", dies_on_the_second_unit)
-    assert main(argv) == 130
-    calls.clear()
-    monkeypatch.setattr(patching_lib, "fit_reconstructions",
-                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    real, seen = patch_cmd.helix_patching, []
+    monkeypatch.setattr(patch_cmd, "helix_patching", interrupted(real, after=13))
+    assert main(argv) == 130  # the clean run and (block, 0)'s 12 patches were kept
+    monkeypatch.setattr(patch_cmd, "helix_patching", counting(real, seen))
     monkeypatch.setattr(patch_cmd, "collect", lambda *a, **k: pytest.fail("states not reused"))
     assert main(argv) == 0
-    assert len(calls) == 3  # (block, 0) was kept from the killed run
-    assert "resuming: 1 finished" in capsys.readouterr().out
+    assert len(seen) == 3 * 12 and not any(k.startswith("block-0-") for k in seen)
     again = json.loads((tmp_path / "run" / "results.json").read_text())
     assert _same(again["rows"], res["rows"]) and _same(again["fits"], res["fits"])
 
@@ -148,34 +137,21 @@ def test_neurons_command_gives_the_library_numbers(knocked):
         assert (out / name).stat().st_size > 0
 
 
-def test_neurons_resume_at_the_next_period(knocked, tmp_path, monkeypatch, capsys):
+def test_neurons_resume_at_the_next_unit(knocked, tmp_path, monkeypatch):
     model, _, res = knocked
     argv = ["neurons", "--model", str(model), *NEURONS, "--out", str(tmp_path / "run")]
-    real, calls = ablate_lib.evaluate, []
-
-    def dies_at_the_second_period(*a, **k):  # baseline, period 2 (1 + 2 draws), period 10
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    def use(fake) -> None:  # wherever knockout_table finds evaluate
-        monkeypatch.setattr(ablate_lib, "evaluate", fake)
-        monkeypatch.setattr(neurons_lib, "evaluate", fake, raising=False)
-
-    use(dies_at_the_second_period)
+    real, seen = neurons_lib.score_conditions, []
+    monkeypatch.setattr(neurons_lib, "score_conditions", interrupted(real, after=3))
     assert main(argv) == 130
-    calls.clear()
-    use(lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(neurons_lib, "score_conditions", counting(real, seen))
     assert main(argv) == 0
-    assert len(calls) == 3  # only period 10: its top neurons and two random draws
-    assert "resuming: 2 finished" in capsys.readouterr().out
+    assert len(seen) == 7 - 3  # baseline, 2 x (top + 2 draws) on one batch; 3 were kept
     again = json.loads((tmp_path / "run" / "results.json").read_text())
     assert _same(again["knockout"], res["knockout"])
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--periods", "500"], "--periods [500.0] fall outside the components"),
+    (["--periods", "500"], "periods [500.0] fall outside the components"),
     (["--periods", "10", "10.01"], "share a Fourier component"),
     (["--min-share", "1.5"], "--min-share must be at most 1"),
     (["--layers", "0", "--n-neurons", "200"], "--n-neurons must be at most 128"),

@@ -9,15 +9,9 @@ import pytest
 import torch
 
 from llm_fourier.analyses.hidden_states import token_ids_at
-from llm_fourier.analyses.patching import (
-    NextTokenScorer,
-    counterfactuals,
-    helix_patching,
-    patch_positions,
-    patching_plot,
-)
+from llm_fourier.analyses.patching import counterfactuals, helix_patching, patching_plot
 from llm_fourier.errors import UserError
-from llm_fourier.model.hooks import capture
+from llm_fourier.model.engine import Condition, Engine, Patch, PromptSet
 from llm_fourier.model.loading import load_model
 from llm_fourier.model.numbers import find_number_tokens
 from llm_fourier.model.tasks import Example, make_task, tokenize_prompts
@@ -42,29 +36,33 @@ def test_patch_changes_only_the_operand_position(tiny_dir):
                 Example(120, 7, 127, "What is the sum of 120 and 7? Answer: "),
                 Example(15, 9, 24, "Put together 15 and 9. Answer: ")]
     cut = token_ids_at(lm.tokenizer, examples, "a")
-    positions, ids = [len(c) - 1 for c in cut], [c[-1] for c in cut]
-    enc = tokenize_prompts(lm.tokenizer, [e.prompt for e in examples])  # left padding
-    pad = (enc["attention_mask"] == 0).sum(-1)
-    assert pad.tolist() != [0, 0, 0]
+    positions = np.array([len(c) - 1 for c in cut])
     vectors = torch.randn(3, lm.d_model)
-    with torch.no_grad(), capture(lm, roles=("block",), layers=[0, 1], positions="all") as ref:
-        lm.model(**enc)
-    with torch.no_grad(), patch_positions(lm, "block", 0, positions, vectors, ids), \
-            capture(lm, roles=("block",), layers=[0, 1], positions="all") as got:
-        lm.model(**enc)
-    clean, patched = ref.get("block", 0), got.get("block", 0)
-    changed = (clean != patched).any(-1)
-    where = [(i, int(pad[i]) + positions[i]) for i in range(3)]
-    assert sorted(map(tuple, torch.nonzero(changed).tolist())) == where
-    for i, t in where:
-        assert enc["input_ids"][i, t] == ids[i]
-        torch.testing.assert_close(patched[i, t], vectors[i])
-    later = (ref.get("block", 1) != got.get("block", 1)).any(-1)
-    for i, t in where:  # causal: layer 1 changes from the patched token on, never before
-        assert not later[i, :t].any() and later[i, t]
-    with pytest.raises(UserError, match="operand's token"), torch.no_grad(), \
-            patch_positions(lm, "block", 0, positions, vectors, [ids[0]] * 3):
-        lm.model(**enc)
+    prompts = PromptSet.build(lm, examples, batch_size=3)
+    assert len(prompts.batches) == 1 and prompts.batches[0].rows != [0, 1, 2]
+    cond = Condition("p", positions="all", patches={("block", 0): Patch(positions, vectors)})
+    got = Engine(lm, prompts).run([cond], lambda b, c, out: out.logits[:, 0],
+                                  progress=False)["p"]
+    got = prompts.scatter(got)
+    for i, ex in enumerate(examples):  # independent: one prompt alone, a hand-written hook
+        ids = lm.tokenizer(ex.prompt, return_tensors="pt")["input_ids"]
+        assert ids[0, positions[i]] == cut[i][-1]
+
+        def hook(module, args, output, i=i):
+            h = output[0] if isinstance(output, tuple) else output
+            h = h.clone()
+            h[0, positions[i]] = vectors[i]
+            return (h, *output[1:]) if isinstance(output, tuple) else h
+
+        handle = lm.block(0).register_forward_hook(hook)
+        try:
+            with torch.no_grad():
+                ref = lm.model(input_ids=ids).logits[0, -1]
+        finally:
+            handle.remove()
+        torch.testing.assert_close(torch.from_numpy(got[i]), ref, atol=1e-4, rtol=1e-4)
+        with torch.no_grad():
+            assert not torch.allclose(lm.model(input_ids=ids).logits[0, -1], ref, atol=1e-3)
 
 
 def test_counterfactuals_rewrite_the_operand():
@@ -133,7 +131,13 @@ def test_actual_patch_equals_running_the_counterfactual_prompt(planted):
     swapped = counterfactuals(task.test, "a", "+", lo, hi, numbers.max_number, seed=0)
     assert [s.a for s in swapped] == [p["a_counterfactual"] for p in result.pairs]
     targets = np.array([[e.answer, s.answer] for e, s in zip(task.test, swapped)])
-    scores, preds = NextTokenScorer(numbers)(lm, swapped, targets)
+    enc = tokenize_prompts(lm.tokenizer, [s.prompt for s in swapped])
+    with torch.no_grad():
+        logits = lm.model(**enc).logits[:, -1]
+    ids = torch.as_tensor(numbers.token_ids)[torch.as_tensor(targets)]
+    scores = logits.gather(1, ids).numpy()
+    preds = np.asarray(numbers.token_ids).tolist()
+    preds = np.array([preds.index(t) if t in preds else -1 for t in logits.argmax(-1).tolist()])
     ref = rows[("block", 0, "helix")]
     assert ref["ld_actual"] == pytest.approx(float((scores[:, 0] - scores[:, 1]).mean()),
                                              rel=1e-5)
