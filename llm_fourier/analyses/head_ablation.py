@@ -67,9 +67,9 @@ def ablate(lm, prompts: PromptSet, space, measures: HeadMeasures,
     size = max(1, stack_rows // max(len(b.rows) for b in prompts.batches))
     units: dict[str, list] = {}
     for start in range(0, len(conds), size):
-        units |= Engine(lm, prompts).run(conds[start:start + size], reduce, answers=True,
-                                         store=store, progress=progress,
-                                         desc="head ablations")
+        units |= Engine(lm, prompts, stack_rows).run(
+            conds[start:start + size], reduce, answers=True, store=store, progress=progress,
+            desc="head ablations")
     return {name: (prompts.scatter([u["correct"] for u in parts]),
                    prompts.scatter([u["loss"] for u in parts])) for name, parts in units.items()}
 

@@ -61,17 +61,18 @@ def _alone(lm, fmt, example, filt=None, positions="last", layer=1):
     return logits[P - 1:P - 1 + m].float(), seen[0].float()
 
 
+@pytest.mark.parametrize("stack_rows", [0, 4096])  # one condition at a time, or stacked
 @pytest.mark.parametrize("positions", ["last", "all"])
-def test_teacher_forced_logits_and_rows_equal_full_forwards(setup, positions):
+def test_teacher_forced_logits_and_rows_equal_full_forwards(setup, positions, stack_rows):
     lm, examples, fmt = setup
     filt = _filter(lm)
     prompts = PromptSet.build(lm, examples, 4, fmt)  # left padded, batched by length
     assert [len(b.rows) for b in prompts.batches] == [4, 4, 1]
     assert any((b.enc["attention_mask"] == 0).any() for b in prompts.batches)
     conditions = [Condition("none"), Condition("edit", {("mlp", 1): filt}, positions)]
-    units = Engine(lm, prompts).run(conditions, lambda b, c, out: (b.rows, out.logits,
-                                                                    out.rows["mlp"]),
-                                    roles=["mlp"], answers=True, progress=False)
+    units = Engine(lm, prompts, stack_rows).run(
+        conditions, lambda b, c, out: (b.rows, out.logits, out.rows["mlp"]), roles=["mlp"],
+        answers=True, progress=False)
     for name, filt_or_none in (("none", None), ("edit", filt)):
         for rows, logits, mlp in units[name]:
             for j, i in enumerate(rows):
