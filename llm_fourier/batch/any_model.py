@@ -33,6 +33,8 @@ LAPTOP_PARAMS = 5e8  # laptop sizes are for a 0.5B model; bigger ones get fewer 
 SKIPPED = {
     "neurons": (260, "neurons reads each MLP neuron's direction through the answers' readout, "
                      "which needs single-token answers or one token per digit"),
+    "heads": (260, "heads reads each head's number logits through the answers' readout, "
+                   "which needs single-token answers or one token per digit"),
 }
 # settings per scale (None: the command's default, i.e. the whole split / the paper's size)
 SIZES = {
@@ -42,17 +44,19 @@ SIZES = {
                        "permutations": 1000, "refits": 20, "no_random_baseline": False,
                        "n_eval": 200},
             "patch": {"train_limit": 1000, "test_limit": 100},
-            "neurons": {"limit": 500, "n_random": 5}},
+            "neurons": {"limit": 500, "n_random": 5},
+            "heads": {"limit": 300, "bootstrap": 1000, "n_random": 5}},
     "paper": {"embed": {"bootstrap": 1000, "permutations": 1000},
               "probe": {"limit": None}, "ablate": {"limit": None},
               "hidden": {"n_probe": 1000, "roles": ["block", "attn", "mlp"], "bootstrap": 1000,
                          "permutations": 1000, "refits": 20, "no_random_baseline": False,
                          "n_eval": 500},
               "patch": {"train_limit": 2000, "test_limit": 200, "all_prompts": False},
-              "neurons": {"limit": None, "n_random": 5}},
+              "neurons": {"limit": None, "n_random": 5},
+              "heads": {"limit": None, "bootstrap": 1000, "n_random": 5}},
 }
 SHRINK = {"probe": "limit", "ablate": "limit", "hidden": "n_probe", "patch": "train_limit",
-          "neurons": "limit"}  # the laptop sizes that shrink with the model
+          "neurons": "limit", "heads": "limit"}  # the laptop sizes that shrink with the model
 
 
 def _dims(config) -> tuple[int, int, int]:
@@ -123,7 +127,7 @@ def any_model_config(overrides: dict[str, str], scale: str = "auto") -> tuple[di
         settings |= SIZES.get(scale, {}).get(command, {})
         if command in SHRINK and factor < 1 and settings.get(SHRINK[command]):
             settings[SHRINK[command]] = max(20, int(settings[SHRINK[command]] * factor))
-        if scale == "laptop" and command in ("hidden", "patch"):
+        if scale == "laptop" and command in ("hidden", "patch", "heads"):
             settings["layers"] = spread(n_layers)
             if command == "hidden":
                 settings["intervene_layer"] = settings["layers"][len(settings["layers"]) // 2]

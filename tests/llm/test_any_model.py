@@ -10,7 +10,7 @@ import pytest
 from llm_fourier.batch.any_model import any_model_config, spread
 from llm_fourier.cli import main
 
-ALL = ["embed", "probe", "ablate", "hidden", "patch", "neurons"]
+ALL = ["embed", "probe", "ablate", "hidden", "patch", "neurons", "heads"]
 
 
 def test_spread_layers():
@@ -35,6 +35,8 @@ def test_any_model_preset_runs_the_whole_analysis(family, family_dir, tmp_path, 
         assert commands == sorted(ALL) and "Not run" not in page
         neurons = json.loads((folder_of["neurons"] / "results.json").read_text())
         assert neurons["readout"]["readout"] == "digit"
+        heads = json.loads((folder_of["heads"] / "results.json").read_text())
+        assert heads["readout"]["readout"] == "digit"
         probe = json.loads((folder_of["probe"] / "results.json").read_text())
         assert probe["readout"]["readout"] == "digit" and probe["tau"] == 3
         assert "Readout: digit tokens 0..9 at every answer position (dft basis, tau 3)" in page
