@@ -56,24 +56,6 @@ def filter_edits(filt: Callable[[Tensor], Tensor], roles: Iterable[str],
     return {(r, i): filt for r in roles for i in layers}
 
 
-def evaluate(
-    lm,
-    examples: Sequence[Example],
-    numbers: NumberTokens,
-    edits: dict[tuple[str, int], Callable[[Tensor], Tensor]] | None = None,
-    *,
-    positions: str = "last",
-    prediction: str = "vocab",
-    batch_size: int = 16,
-    progress: bool = True,
-    desc: str = "evaluate",
-) -> dict:
-    """Loss, accuracy and error analysis on ``examples``, with ``edits`` applied if given."""
-    return evaluate_task(lm, examples, numbers, edits, positions=positions,
-                         prediction=prediction, batch_size=batch_size, progress=progress,
-                         desc=desc)
-
-
 def _single_numbers(fmt: NumberFormat) -> NumberTokens:
     """The single-token numbers 0..max_number of a "single" format."""
     return NumberTokens(fmt.numbers.token_ids[:fmt.max_number + 1], fmt.leading_space)
@@ -97,6 +79,9 @@ def evaluate_task(
     return score_conditions(lm, examples, answer_target(target),
                             [condition("c", edits, positions)], prediction=prediction,
                             batch_size=batch_size, progress=progress, desc=desc)["c"]
+
+
+evaluate = evaluate_task  # the single-token name (lf.evaluate): one implementation
 
 
 def table_readout(lm, target: NumberTokens | NumberFormat | AnswerSpace) -> NumberReadout:
