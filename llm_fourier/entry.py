@@ -5,6 +5,7 @@ moment, start-up included, ends with one line and exit code 130, never a traceba
 from __future__ import annotations
 
 import importlib
+import os
 import signal
 import sys
 
@@ -28,7 +29,14 @@ def interrupted() -> int:
 
 
 def run() -> None:
-    """Exit with ``main``'s code."""
+    """Exit with ``main``'s code. After a Ctrl-C the process leaves at once (streams
+    flushed, outputs already written atomically): an interpreter that saw a
+    KeyboardInterrupt inside an import may otherwise re-raise SIGINT at its own exit and
+    end with -2 instead of 130."""
     code = main()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # teardown of torch & co. stays quiet
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     sys.exit(code)
