@@ -23,22 +23,11 @@ from llm_fourier.model import tasks
 from llm_fourier.output import files, rundir
 from llm_fourier.output.files import read_json
 from tests.test_golden import differences
+from tests.test_user_errors import one_sentence
 from tests.tiny import save_tiny, tiny_lm, tiny_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = ["--max-operand", "20", "--tau", "4"]
-
-
-def one_sentence(argv: list[str], out: Path, capsys, code: int = 2) -> str:
-    """Run ``argv`` into ``out``: exit ``code``, one line on stderr, no traceback, and no
-    ``--out`` folder left behind."""
-    assert main([*argv, "--out", str(out)]) == code, argv
-    captured = capsys.readouterr()
-    err = captured.err.strip()
-    assert len(err.splitlines()) == 1, err
-    assert "Traceback" not in captured.err + captured.out
-    assert not out.exists(), f"{argv} wrote into --out"
-    return err
 
 
 def sentences(err: str) -> list[str]:

@@ -87,7 +87,9 @@ if not __import__("torch").cuda.is_available():
     SPECIFIC.append((["probe", "--model", "m", "--device-map", "cuda"], "no CUDA device"))
 
 
-def _check(argv: list[str], out, capsys) -> str:
+def one_sentence(argv: list[str], out, capsys) -> str:
+    """Run ``argv`` into ``out``: exit code 2, one line on stderr, no traceback, and no
+    ``--out`` folder left behind; returns the line."""
     assert main([*argv, "--out", str(out)]) == 2, argv
     captured = capsys.readouterr()
     err = captured.err.strip()
@@ -99,13 +101,13 @@ def _check(argv: list[str], out, capsys) -> str:
 
 @pytest.mark.parametrize("argv, why", GENERATED)
 def test_every_bad_option_value_is_one_sentence_exit_2(argv, why, tmp_path, capsys):
-    err = _check(argv, tmp_path / "out", capsys)
+    err = one_sentence(argv, tmp_path / "out", capsys)
     assert REASONS[why] in err and argv[-2] in err, err  # refused for that option, that reason
 
 
 @pytest.mark.parametrize("argv, words", SPECIFIC)
 def test_mistakes_across_options_are_one_sentence(argv, words, tmp_path, capsys):
-    assert words in _check(argv, tmp_path / "out", capsys)
+    assert words in one_sentence(argv, tmp_path / "out", capsys)
 
 
 def test_the_table_covers_every_command():
@@ -175,7 +177,7 @@ def damaged(tmp_path_factory):
                                   ["finetune"], ["ablate", "--tau", "4"]])
 def test_a_truncated_weights_file_is_named_in_one_sentence(argv, damaged, tmp_path, capsys):
     cut, _ = damaged
-    err = _check([*argv, "--model", str(cut), "--max-operand", "20"]
+    err = one_sentence([*argv, "--model", str(cut), "--max-operand", "20"]
                  if argv[0] not in ("embed",) else [*argv, "--model", str(cut)],
                  tmp_path / "out", capsys)
     assert str(cut) in err and "truncated or corrupt" in err
@@ -183,6 +185,6 @@ def test_a_truncated_weights_file_is_named_in_one_sentence(argv, damaged, tmp_pa
 
 def test_a_folder_without_a_tokenizer_says_so(damaged, tmp_path, capsys):
     _, bare = damaged
-    err = _check(["probe", "--model", str(bare), "--max-operand", "20", "--tau", "4"],
+    err = one_sentence(["probe", "--model", str(bare), "--max-operand", "20", "--tau", "4"],
                  tmp_path / "out", capsys)
     assert "holds no tokenizer" in err and "--tokenizer" in err
