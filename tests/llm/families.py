@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from functools import cache
 
+import numpy as np
 import torch
 
 from llm_fourier.model.loading import load_model
 from llm_fourier.model.number_format import is_digits, split_marker
 from llm_fourier.model.tokenizers import word_level_tokenizer
+from probes import FourierFilter
 from tests.tiny import tiny_config
 
 FAMILIES = ("single", "digits", "chunks")
@@ -50,3 +52,18 @@ def family_lm(family: str, arch: str = "llama", seed: int = 0, boost: float | No
         model.get_output_embeddings().weight[numbers] *= BOOST[family] if boost is None \
             else boost
     return load_model(model, tok)
+
+
+def random_filter(lm, rank: int = 4, seed: int = 0) -> FourierFilter:
+    """A filter removing a random rank-``rank`` subspace: an edit with no Fourier meaning."""
+    q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((lm.d_model, rank)))
+    return FourierFilter(q, (), "random")
+
+
+def generate_answer(lm, fmt, example, max_new: int) -> int:
+    """One prompt alone (no padding) through ``model.generate``: the reference greedy answer."""
+    ids = lm.tokenizer(example.prompt, return_tensors="pt")["input_ids"]
+    out = lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                            max_new_tokens=max_new, do_sample=False,
+                            pad_token_id=lm.tokenizer.pad_token_id)
+    return fmt.parse(out[0, ids.shape[1]:].tolist())

@@ -21,8 +21,7 @@ from llm_fourier.model.hooks import edit
 from llm_fourier.model.number_format import number_format
 from llm_fourier.model.numbers import NumberTokens
 from llm_fourier.model.tasks import make_task
-from probes import FourierFilter
-from tests.llm.families import family_lm
+from tests.llm.families import family_lm, generate_answer, random_filter
 
 # operands whose answers take several tokens: up to 3 digits, up to 2 chunks, one token
 OPERANDS = {"digits": 60, "chunks": 700, "single": 90}
@@ -39,29 +38,15 @@ def setup(request):
     return lm, examples, fmt
 
 
-def _random_filter(lm, rank: int = 4, seed: int = 0) -> FourierFilter:
-    q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((lm.d_model, rank)))
-    return FourierFilter(q, (), "random")
-
-
-def _generate(lm, fmt, example, max_new: int) -> int:
-    """One prompt alone (no padding) through ``model.generate``."""
-    ids = lm.tokenizer(example.prompt, return_tensors="pt")["input_ids"]
-    out = lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                            max_new_tokens=max_new, do_sample=False,
-                            pad_token_id=lm.tokenizer.pad_token_id)
-    return fmt.parse(out[0, ids.shape[1]:].tolist())
-
-
 @pytest.mark.parametrize("positions", [None, "last", "all"])
 def test_greedy_decoding_matches_a_loop_of_generate(setup, positions):
     lm, examples, fmt = setup
-    edits = None if positions is None else {("mlp", 1): _random_filter(lm)}
+    edits = None if positions is None else {("mlp", 1): random_filter(lm)}
     got = greedy_answers(lm, fmt, examples, edits, positions=positions or "answer",
                          batch_size=5, progress=False)
     cap = max_answer_tokens(fmt, examples)
     with edit(lm, edits or {}, positions=positions or "last"):  # generate's own KV steps
-        want = [_generate(lm, fmt, e, cap) for e in examples]
+        want = [generate_answer(lm, fmt, e, cap) for e in examples]
     assert got.tolist() == want
     lengths = {len(str(p)) for p in want if p >= 0}
     assert len(lengths) > 1 or positions  # the plain model writes numbers of several lengths
@@ -96,7 +81,7 @@ def _logp_full_forward(lm, fmt, example, edit_fn=None, layer=1) -> float:
 
 def test_teacher_forced_log_probability_matches_full_forwards(setup):
     lm, examples, fmt = setup
-    filt = _random_filter(lm, seed=1)
+    filt = random_filter(lm, seed=1)
     logp, _ = teacher_forced(lm, fmt, examples, batch_size=5)
     edited, _ = teacher_forced(lm, fmt, examples, edits={("mlp", 1): filt},
                                positions="answer", batch_size=5)
@@ -111,7 +96,7 @@ def test_evaluate_answers_scores_the_plain_loops(setup):
     lm, examples, fmt = setup
     res = evaluate_answers(lm, examples, fmt, batch_size=5, progress=False)
     cap = max_answer_tokens(fmt, examples)
-    preds = np.array([_generate(lm, fmt, e, cap) for e in examples])
+    preds = np.array([generate_answer(lm, fmt, e, cap) for e in examples])
     answers = np.array([e.answer for e in examples])
     assert res["predictions"] == preds.tolist()
     assert res["accuracy"] == pytest.approx((preds == answers).mean())

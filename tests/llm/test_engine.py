@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import pytest
 import torch
 
@@ -15,8 +14,7 @@ from llm_fourier.errors import UserError
 from llm_fourier.model.engine import Condition, Engine, Greedy, PromptSet
 from llm_fourier.model.number_format import number_format
 from llm_fourier.model.tasks import make_task
-from probes import FourierFilter
-from tests.llm.families import family_lm
+from tests.llm.families import family_lm, generate_answer, random_filter
 
 OPERANDS = {"digits": 60, "chunks": 700, "single": 90}
 
@@ -28,11 +26,6 @@ def setup(request):
     examples = task.test[:9]
     fmt = number_format(lm.tokenizer, task.max_answer)
     return lm, examples, fmt
-
-
-def _filter(lm, seed: int = 0) -> FourierFilter:
-    q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((lm.d_model, 4)))
-    return FourierFilter(q, (), "random")
 
 
 def _alone(lm, fmt, example, filt=None, positions="last", layer=1):
@@ -65,7 +58,7 @@ def _alone(lm, fmt, example, filt=None, positions="last", layer=1):
 @pytest.mark.parametrize("positions", ["last", "all"])
 def test_teacher_forced_logits_and_rows_equal_full_forwards(setup, positions, stack_rows):
     lm, examples, fmt = setup
-    filt = _filter(lm)
+    filt = random_filter(lm)
     prompts = PromptSet.build(lm, examples, 4, fmt)  # left padded, batched by length
     assert [len(b.rows) for b in prompts.batches] == [4, 4, 1]
     assert any((b.enc["attention_mask"] == 0).any() for b in prompts.batches)
@@ -80,14 +73,6 @@ def test_teacher_forced_logits_and_rows_equal_full_forwards(setup, positions, st
                 m = want.shape[0]
                 torch.testing.assert_close(logits[j, :m], want, atol=2e-4, rtol=1e-4)
                 torch.testing.assert_close(mlp[j, :m, 1], want_rows, atol=2e-4, rtol=1e-4)
-
-
-def _generate(lm, fmt, example, max_new: int) -> int:
-    ids = lm.tokenizer(example.prompt, return_tensors="pt")["input_ids"]
-    out = lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                            max_new_tokens=max_new, do_sample=False,
-                            pad_token_id=lm.tokenizer.pad_token_id)
-    return fmt.parse(out[0, ids.shape[1]:].tolist())
 
 
 def _greedy(lm, fmt, examples, cap, monkeypatch) -> tuple[list[int], list[int]]:
@@ -109,7 +94,7 @@ def _greedy(lm, fmt, examples, cap, monkeypatch) -> tuple[list[int], list[int]]:
 def test_greedy_answers_equal_generate_with_and_without_decoding(setup, monkeypatch):
     lm, examples, fmt = setup
     cap = max(len(fmt.encode(e.answer)) for e in examples) + 1
-    want = [_generate(lm, fmt, e, cap) for e in examples]
+    want = [generate_answer(lm, fmt, e, cap) for e in examples]
     got, decoded = _greedy(lm, fmt, examples, cap, monkeypatch)
     assert got == want
     # the model's own answers as the "answers": teacher forcing reproduces them, so the
@@ -118,7 +103,7 @@ def test_greedy_answers_equal_generate_with_and_without_decoding(setup, monkeypa
            if 0 <= p <= fmt.max_number]
     cap = max(cap, max(len(fmt.encode(e.answer)) for e in own) + 1)
     got, decoded = _greedy(lm, fmt, own, cap, monkeypatch)
-    assert got == [_generate(lm, fmt, e, cap) for e in own]
+    assert got == [generate_answer(lm, fmt, e, cap) for e in own]
     assert len(decoded) < len(own)
 
 
@@ -146,7 +131,7 @@ def test_resume_reads_stored_units_and_computes_only_the_rest(setup):
     lm, examples, _ = setup
     prompts = PromptSet.build(lm, examples, 4)
     engine = Engine(lm, prompts)
-    conds = [Condition("a"), Condition("b", {("attn", 0): _filter(lm)})]
+    conds = [Condition("a"), Condition("b", {("attn", 0): random_filter(lm)})]
     store: dict = {}
     first = engine.run(conds, lambda b, c, out: out.logits[:, 0].argmax(-1), store=store,
                        progress=False)
