@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tqdm.auto import tqdm
+from tqdm.std import tqdm as tqdm_std
 
 from llm_fourier.cli import main
 from llm_fourier.output.files import read_json, write_json
@@ -56,8 +56,14 @@ settings = {{ checkpoint = "{{jobs.grok}}/checkpoint.safetensors" }}
 
 def _child(argv: list[str]) -> None:
     # tqdm's default lock is a multiprocessing lock inherited through fork: a child killed
-    # while holding it would leave the parent waiting forever, so the child uses its own
-    tqdm.set_lock(threading.RLock())
+    # while holding it would leave the parent waiting forever, so the child uses its own,
+    # on every tqdm class that keeps one (each subclass may hold its own, e.g. the toolkit's)
+    lock, classes = threading.RLock(), [tqdm_std]
+    while classes:
+        cls = classes.pop()
+        classes += cls.__subclasses__()
+        if "_lock" in vars(cls) or cls is tqdm_std:
+            cls._lock = lock
     os._exit(main(argv))
 
 

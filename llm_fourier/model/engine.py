@@ -1,31 +1,28 @@
 """One engine for forward work: the only place that batches prompts and runs the model.
 
-``PromptSet``: a run's prompts (and answer tokens) tokenized once, or given as token ids
-(e.g. cut after an operand), batched by length in a fixed order; resume units are (batch,
-condition). ``Condition``: edits ``{(role, layer): fn}`` and/or a hook context (knockouts;
-``row_hooks`` when it can act on a slice of rows), at the answer positions ("last") or at
-every position ("all"), and ``patches`` (``Patch``: per-example states put in at
-per-example prompt tokens). Per batch ``Engine.run`` computes the unedited prefix (every
-prompt token but the last) once on a ``DynamicCache``; the conditions that only edit the
-answer positions run stacked along the batch in one forward of [last prompt token, answer
-tokens] on a copy of it (patch conditions from their first patched token, on the prefix up
-to there; the others alone, from position 0), which gives the logits and captured rows of
-every answer position; greedy answers are read from it where the teacher-forced argmax
-writes the answer and ends it, the other rows are decoded step by step. ``reduce(batch,
-condition, out)`` makes a unit (CPU tensors, lists, numbers), kept in ``store``
-(``RunDir.store``); units come back in batch order on every process. ``stop_after`` ends
-forwards after that layer by raising from a hook, as nnsight does.
+``PromptSet`` (``model.prompt_set``): a run's prompts tokenized once, batched by length;
+resume units are (batch, condition). ``Condition``: edits ``{(role, layer): fn}`` and/or a
+hook context (knockouts; ``row_hooks`` when it can act on a slice of rows), at the answer
+positions ("last") or at every position ("all"), and ``patches`` (``Patch``: per-example
+states put in at per-example prompt tokens). Per batch ``Engine.run`` computes the unedited
+prefix (every prompt token but the last) once on a ``DynamicCache``; the conditions that
+only edit the answer positions run together in one forward of [last prompt token, answer
+tokens] on it, side by side along the sequence where the model allows, else stacked along
+the batch on copies of it (``model.stacking``); patch conditions run from their first
+patched token, on the prefix up to there; the others alone, from position 0. That forward
+gives the logits and captured rows of every answer position; greedy answers are read from it
+where the teacher-forced argmax writes the answer and ends it, the other rows are decoded
+step by step. ``reduce(batch, condition, out)`` makes a unit (CPU tensors, lists, numbers),
+kept in ``store`` (``RunDir.store``); units come back in batch order on every process.
+``stop_after`` ends forwards after that layer by raising from a hook, as nnsight does.
 """
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import inspect
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -39,12 +36,22 @@ from llm_fourier.model.distributed import broadcast_object, map_ranges, process_
 from llm_fourier.model.hooks import capture, edit
 from llm_fourier.model.number_format import NumberFormat, NumberParser
 from llm_fourier.model.patches import Patch, patch_start, with_patches
-from llm_fourier.model.tasks import Example, tokenize_prompts
+from llm_fourier.model.prompt_set import Batch, PromptSet
+from llm_fourier.model.stacking import (
+    Edits,
+    attention_window,
+    block_mask,
+    fork,
+    on_rows,
+    per_block,
+    stacked_edits,
+    stacked_hooks,
+    takes_block_mask,
+)
 from llm_fourier.output.progress import tqdm
 
 __all__ = ["Batch", "Condition", "Engine", "Greedy", "Output", "Patch", "PromptSet", "Store"]
 
-Edits = dict[tuple[str, int], Callable[[Tensor], Tensor]]
 POSITIONS = ("last", "all")
 
 
@@ -78,68 +85,6 @@ class Condition:
 
 
 @dataclass
-class Batch:
-    """Prompts of one batch, left padded: ``rows`` index the prompt set's examples."""
-
-    number: int
-    rows: list[int]
-    enc: dict[str, Tensor]
-    answers: list[tuple[int, ...]] | None
-
-    @property
-    def length(self) -> int:
-        return self.enc["input_ids"].shape[1]
-
-
-@dataclass
-class PromptSet:
-    """Prompts tokenized once, batched by length (ties in example order)."""
-
-    examples: Sequence[Example]
-    batches: list[Batch]
-    fmt: NumberFormat | None = None
-    batch_size: int = 16
-
-    @classmethod
-    def build(cls, lm, examples: Sequence[Example], batch_size: int = 16,
-              fmt: NumberFormat | None = None,
-              ids: Sequence[Sequence[int]] | None = None) -> PromptSet:
-        """``ids``: each prompt's tokens as given (e.g. cut after an operand) instead of
-        tokenizing the prompts."""
-        if not examples:
-            raise UserError("no examples to run; use a larger operand range or another split.")
-        if batch_size < 1:
-            raise UserError(f"batch size must be at least 1, got {batch_size}.")
-        enc = tokenize_prompts(lm.tokenizer, [e.prompt for e in examples]) if ids is None \
-            else _left_padded(ids)
-        lengths = enc["attention_mask"].sum(1).tolist()
-        order = sorted(range(len(examples)), key=lambda i: lengths[i])
-        answers = fmt.encode_many(e.answer for e in examples) if fmt is not None else None
-        batches = []
-        for b, s in enumerate(range(0, len(order), batch_size)):
-            rows = order[s:s + batch_size]
-            t = max(lengths[i] for i in rows)
-            part = {k: v[rows][:, v.shape[1] - t:].to(lm.input_device) for k, v in enc.items()}
-            batches.append(Batch(b, rows, part,
-                                 [answers[i] for i in rows] if answers is not None else None))
-        return cls(examples, batches, fmt, batch_size)
-
-    def layout(self) -> dict:
-        """What a (batch, condition) unit's key stands for: the batch size and a digest of
-        the rows of every batch (a resumed run must batch the same way)."""
-        rows = ",".join(":".join(map(str, b.rows)) for b in self.batches)
-        return {"batch_size": self.batch_size,
-                "rows": hashlib.sha256(rows.encode()).hexdigest()[:16]}
-
-    def scatter(self, parts: Sequence[Tensor | np.ndarray]) -> np.ndarray:
-        """Per-batch rows (in batch order) back in example order."""
-        out = np.concatenate([np.asarray(p) for p in parts])
-        result = np.empty_like(out)
-        result[np.concatenate([b.rows for b in self.batches])] = out
-        return result
-
-
-@dataclass
 class Greedy:
     """Greedy whole answers: argmax over the vocabulary, or over ``allowed`` tokens for
     exactly the answer's digit count; at most ``max_tokens`` per row."""
@@ -161,70 +106,11 @@ class Output:
     generated: list[list[int]] | None = None
 
 
-def _left_padded(ids: Sequence[Sequence[int]], pad: int = 0) -> dict[str, Tensor]:
-    """Token id lists as ``tokenize_prompts`` pads prompts (left, positions of real tokens)."""
-    t = max(len(x) for x in ids)
-    input_ids = torch.tensor([[pad] * (t - len(x)) + list(x) for x in ids], dtype=torch.long)
-    mask = torch.tensor([[0] * (t - len(x)) + [1] * len(x) for x in ids], dtype=torch.long)
-    return {"input_ids": input_ids, "attention_mask": mask,
-            "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
-
-
 def _parameters(model) -> set[str]:
     try:
         return set(inspect.signature(model.forward).parameters)
     except (TypeError, ValueError):  # pragma: no cover - exotic wrapped forwards
         return set()
-
-
-def _stacked_edits(conds: Sequence[Condition], sizes: int | Sequence[int]) -> Edits:
-    """The edits of conditions stacked along the batch: each acts on its own rows
-    (``sizes`` of them, one count for all or one per condition)."""
-    if len(conds) == 1:
-        return conds[0].edits
-    sizes = [sizes] * len(conds) if isinstance(sizes, int) else list(sizes)
-    bounds = np.cumsum([0, *sizes]).tolist()
-
-    def stacked(key) -> Callable[[Tensor], Tensor]:
-        fns = [c.edits.get(key) for c in conds]
-
-        def fn(x: Tensor) -> Tensor:
-            return torch.cat([x[a:b] if f is None else f(x[a:b])
-                              for f, a, b in zip(fns, bounds, bounds[1:])])
-
-        return fn
-
-    return {key: stacked(key) for key in {key for c in conds for key in c.edits}}
-
-
-def _stacked_hooks(conds: Sequence[Condition], sizes: int | Sequence[int]) -> list:
-    """Context-manager factories of conditions stacked along the batch: ``row_hooks``
-    bound to each condition's rows; ``hooks`` (whole-batch) only for one condition."""
-    sizes = [sizes] * len(conds) if isinstance(sizes, int) else list(sizes)
-    bounds = np.cumsum([0, *sizes]).tolist()
-    out = [c.hooks for c in conds if c.hooks is not None]
-    return out + [partial(c.row_hooks, slice(a, b)) for c, a, b in
-                  zip(conds, bounds, bounds[1:]) if c.row_hooks is not None]
-
-
-def _fork(prefix: DynamicCache, rows: Tensor | None = None) -> DynamicCache:
-    """A cache that continues from ``prefix`` (its ``rows``, in that order, when given) and
-    leaves it as it is. Plain layers grow by concatenation, so a shallow copy shares the
-    prefix's tensors without a byte copied; layers that write in place (sliding windows)
-    are copied whole."""
-    if not all(type(layer) is DynamicLayer for layer in prefix.layers):
-        cache = copy.deepcopy(prefix)
-        if rows is not None:
-            cache.batch_select_indices(rows)
-        return cache
-    cache = copy.copy(prefix)
-    cache.layers = [copy.copy(layer) for layer in prefix.layers]
-    if rows is not None:  # index_select: several times faster than indexing with a tensor
-        for layer in cache.layers:
-            if layer.get_seq_length() > 0:
-                layer.keys = layer.keys.index_select(0, rows.to(layer.keys.device))
-                layer.values = layer.values.index_select(0, rows.to(layer.values.device))
-    return cache
 
 
 class _Stop(Exception):
@@ -241,12 +127,13 @@ def _stopper(lm, layer: int):
 class Engine:
     """Runs ``conditions`` over a ``PromptSet`` (see the module doc)."""
 
-    def __init__(self, lm, prompts: PromptSet, stack_rows: int | None = None) -> None:
+    def __init__(self, lm, prompts: PromptSet, stack_rows: int | None = None,
+                 stack_queries: bool | None = None) -> None:
         self.lm, self.prompts = lm, prompts
-        # Conditions on one prefix run stacked along the batch, up to ``stack_rows`` rows per
-        # forward (0: one at a time, continuing from the prefix's own tensors). Stacking
-        # copies the prefix cache once per condition but makes fewer, larger forwards: on 2
-        # CPU cores it is still the faster (scripts/bench_engine.py, 1.7x against 1.9x).
+        # Conditions on one prefix run together, up to ``stack_rows`` rows per forward (0:
+        # one at a time). Side by side along the sequence (``stack_queries``, where the model
+        # takes a 4D mask) they share the prefix cache; else stacked along the batch, on a
+        # copy of it per condition (scripts/bench_engine.py: 1.7x against 1.9x one at a time)
         self.stack_rows = 4096 if stack_rows is None else stack_rows
         self.pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
         params = _parameters(lm.model)
@@ -254,6 +141,10 @@ class Engine:
         self.cache = "cache" if "cache" in params else "past_key_values"
         self.cached = self.cache in params  # hand-built test models may take no cache
         self.keep = {"logits_to_keep": 1} if "logits_to_keep" in params else None
+        self.dtype = getattr(lm.model, "dtype", torch.float32)  # of the 4D block mask
+        self.stack_queries = takes_block_mask(lm.model) if stack_queries is None \
+            else stack_queries
+        self.window = attention_window(lm.model)
 
     # ------------------------------------------------------------------ the loop
     def run(self, conditions: Sequence[Condition],
@@ -354,11 +245,17 @@ class Engine:
 
     # ------------------------------------------------------------------ conditions
     def _forward(self, ids: Tensor, mask: Tensor, pos: Tensor, cache, keep: int,
-                 edits: Edits, hooks, spec: dict, capture_last: int = 0):
+                 edits: Edits, hooks, spec: dict, capture_last: int = 0,
+                 blocks: int = 1):
         """One forward of ``ids`` after ``cache`` with ``edits`` at every position given
         and ``hooks`` (context-manager factories): (logits of the last ``keep`` positions,
-        rows of the last ``capture_last`` positions, cache)."""
+        rows of the last ``capture_last`` positions, cache), logits and rows per block:
+        blocks x N x S x ... ``blocks`` > 1: ``ids`` are that many conditions' runs side by
+        side (``_queries``); edits see them stacked along the batch."""
         lm = self.lm
+        if blocks > 1:
+            edits = {key: on_rows(fn, blocks) for key, fn in edits.items()}
+            keep, capture_last = keep * blocks, capture_last * blocks
         with ExitStack() as stack:
             if edits:
                 stack.enter_context(edit(lm, edits, "all"))
@@ -376,11 +273,13 @@ class Engine:
                                **({"logits_to_keep": max(keep, 1)} if self.keep else {}))
             except _Stop:
                 pass
-        rows = {r: cap.stack(r)[:, -capture_last:] if where == "all" else cap.stack(r)[:, None]
+        rows = {r: per_block(cap.stack(r)[:, -capture_last:] if where == "all"
+                              else cap.stack(r)[:, None], blocks)
                 for r in spec["roles"]} if cap else {}
         if out is None:
             return None, rows, None
-        return out.logits[:, -keep:].float() if keep else None, rows, out[self.cache]
+        logits = per_block(out.logits[:, -keep:], blocks).float() if keep else None
+        return logits, rows, out[self.cache]
 
     def _group(self, batch: Batch, conds: Sequence[Condition], prefix, spec,
                start: int | None = None) -> dict:
@@ -402,22 +301,41 @@ class Engine:
             pos = torch.cat([pos, pos[:, -1:] + torch.arange(1, fed + 1, device=pos.device)], 1)
         reads = ids.shape[1] - batch.length + 1
         patched = [with_patches(c, batch, range(n), start) for c in conds]
-        cache = _fork(prefix, torch.arange(n, device=ids.device).repeat(k) if k > 1 else None) \
-            if start else None
-        logits, rows, _ = self._forward(
-            ids[:, start:].repeat(k, 1), mask.repeat(k, 1), pos[:, start:].repeat(k, 1), cache,
-            reads if spec["logits"] else 0, _stacked_edits(patched, n),
-            _stacked_hooks(conds, n), spec, capture_last=reads)
-        m, parts = max(m, 1), [slice(i * n, (i + 1) * n) for i in range(k)]
-        outs = {c.name: Output(None if logits is None else logits[part, :m],
-                               {r: x[part, :m] for r, x in rows.items()})
-                for c, part in zip(conds, parts)}
+        edits, hooks = stacked_edits(patched, n), stacked_hooks(conds, n)
+        keep = reads if spec["logits"] else 0
+        if self._queries(conds, prefix, start, batch, reads):
+            logits, rows, _ = self._forward(
+                ids[:, start:].repeat(1, k), block_mask(mask[:, :start], k, reads, self.dtype),
+                pos[:, start:].repeat(1, k), fork(prefix), keep, edits, hooks, spec,
+                capture_last=reads, blocks=k)
+        else:  # k x N rows, condition-major
+            cache = fork(prefix, torch.arange(n, device=ids.device).repeat(k)
+                          if k > 1 else None) if start else None
+            logits, rows, _ = self._forward(
+                ids[:, start:].repeat(k, 1), mask.repeat(k, 1), pos[:, start:].repeat(k, 1),
+                cache, keep, edits, hooks, spec, capture_last=reads)
+            logits = None if logits is None else logits[0].unflatten(0, (k, n))
+            rows = {r: x[0].unflatten(0, (k, n)) for r, x in rows.items()}
+        m = max(m, 1)
+        outs = {c.name: Output(None if logits is None else logits[i, :, :m],
+                               {r: x[i, :, :m] for r, x in rows.items()})
+                for i, c in enumerate(conds)}
         if spec["greedy"] is not None:
-            greedy = self._greedy(batch, conds, prefix, start, [logits[p] for p in parts],
-                                  spec["greedy"])
+            greedy = self._greedy(batch, conds, prefix, start, list(logits), spec["greedy"])
             for c, (pred, gen) in zip(conds, greedy):
                 outs[c.name].predictions, outs[c.name].generated = pred, gen
         return outs
+
+    def _queries(self, conds: Sequence[Condition], prefix, start: int, batch: Batch,
+                 reads: int) -> bool:
+        """Whether ``conds`` run side by side along the sequence on the prefix's own cache:
+        several conditions from the last prompt token, edits only, plain cache layers, a
+        model whose masks take a 4D mask as given (``QUERY_STACKING``)."""
+        return (self.stack_queries and len(conds) > 1 and prefix is not None
+                and start == batch.length - 1
+                and batch.length + reads - 1 <= self.window
+                and all(c.hooks is None and c.row_hooks is None for c in conds)
+                and all(type(layer) is DynamicLayer for layer in prefix.layers))
 
     # ------------------------------------------------------------------ greedy answers
     @staticmethod
@@ -474,18 +392,18 @@ class Engine:
         flat = [j for r in rows for j in r]
         idx = torch.tensor(flat, device=batch.enc["input_ids"].device)
         enc = {k: v[idx.to(v.device)] for k, v in batch.enc.items()}
-        cache = _fork(prefix, idx) if start else None
+        cache = fork(prefix, idx) if start else None
         ids, mask, pos = enc["input_ids"][:, start:], enc["attention_mask"], \
             enc["position_ids"][:, start:]
         parsers = [NumberParser(g.fmt) for _ in flat]
         gens: list[list[int]] = [[] for _ in flat]
         limits = [len(g.fmt.digit_part(batch.answers[i])) for i in flat]
-        edits = _stacked_edits(conds, [len(r) for r in rows])
-        hooks = _stacked_hooks(conds, [len(r) for r in rows])
+        edits = stacked_edits(conds, [len(r) for r in rows])
+        hooks = stacked_hooks(conds, [len(r) for r in rows])
         spec = dict(roles=(), layers=None, stop_after=None)
         for s in range(g.max_tokens):
             logits, _, cache = self._forward(ids, mask, pos, cache, 1, edits, hooks, spec)
-            nxt = self._choose(logits[:, -1], g)
+            nxt = self._choose(logits[0, :, -1], g)
             for j, t in enumerate(nxt.tolist()):
                 if parsers[j].done:
                     continue

@@ -9,12 +9,17 @@ import dataclasses
 
 import pytest
 import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from llm_fourier.errors import UserError
 from llm_fourier.model.engine import Condition, Engine, Greedy, PromptSet
+from llm_fourier.model.loading import load_model
 from llm_fourier.model.number_format import number_format
+from llm_fourier.model.stacking import QUERY_STACKING, takes_block_mask
 from llm_fourier.model.tasks import make_task
 from tests.llm.families import family_lm, generate_answer, random_filter
+from tests.tiny import ARCHS, tiny_config
 
 OPERANDS = {"digits": 60, "chunks": 700, "single": 90}
 
@@ -42,10 +47,11 @@ def _alone(lm, fmt, example, filt=None, positions="last", layer=1):
         if filt is not None:
             where = slice(None) if positions == "all" else slice(P - 1, P - 1 + m)
             x[:, where] = filt(x[:, where])
-        seen.append(x[0, P - 1:P - 1 + m].clone())
+        seen.append(x[0, P - 1:P - 1 + m] * site.scale)  # what the block adds
         return (x, *out[1:]) if isinstance(out, tuple) else x
 
-    handle = lm.site(layer, "mlp").module.register_forward_hook(hook)
+    site = lm.site(layer, "mlp")
+    handle = site.module.register_forward_hook(hook)
     try:
         with torch.no_grad():
             logits = lm.model(input_ids=torch.tensor([ids + answer])).logits[0]
@@ -54,18 +60,28 @@ def _alone(lm, fmt, example, filt=None, positions="last", layer=1):
     return logits[P - 1:P - 1 + m].float(), seen[0].float()
 
 
-@pytest.mark.parametrize("stack_rows", [0, 4096])  # one condition at a time, or stacked
-@pytest.mark.parametrize("positions", ["last", "all"])
-def test_teacher_forced_logits_and_rows_equal_full_forwards(setup, positions, stack_rows):
-    lm, examples, fmt = setup
+def _check_against_full_forwards(lm, examples, fmt, positions="last", **engine) -> list:
+    """Run "none" and two edits through the engine and compare each prompt's logits and
+    MLP rows at the answer positions with ``_alone``; the sizes of the groups that ran side
+    by side."""
     filt = random_filter(lm)
     prompts = PromptSet.build(lm, examples, 4, fmt)  # left padded, batched by length
     assert [len(b.rows) for b in prompts.batches] == [4, 4, 1]
     assert any((b.enc["attention_mask"] == 0).any() for b in prompts.batches)
-    conditions = [Condition("none"), Condition("edit", {("mlp", 1): filt}, positions)]
-    units = Engine(lm, prompts, stack_rows).run(
-        conditions, lambda b, c, out: (b.rows, out.logits, out.rows["mlp"]), roles=["mlp"],
-        answers=True, progress=False)
+    conditions = [Condition("none"), Condition("edit", {("mlp", 1): filt}, positions),
+                  Condition("attn", {("attn", 0): random_filter(lm, seed=1)}, positions)]
+    side_by_side, real = [], Engine._queries
+
+    def spy(self, conds, *args):
+        used = real(self, conds, *args)
+        side_by_side.extend([len(conds)] if used else [])
+        return used
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Engine, "_queries", spy)
+        units = Engine(lm, prompts, **engine).run(
+            conditions, lambda b, c, out: (b.rows, out.logits, out.rows["mlp"]),
+            roles=["mlp"], answers=True, progress=False)
     for name, filt_or_none in (("none", None), ("edit", filt)):
         for rows, logits, mlp in units[name]:
             for j, i in enumerate(rows):
@@ -73,6 +89,81 @@ def test_teacher_forced_logits_and_rows_equal_full_forwards(setup, positions, st
                 m = want.shape[0]
                 torch.testing.assert_close(logits[j, :m], want, atol=2e-4, rtol=1e-4)
                 torch.testing.assert_close(mlp[j, :m, 1], want_rows, atol=2e-4, rtol=1e-4)
+    return side_by_side
+
+
+# one condition at a time; stacked along the batch; side by side along the sequence
+STACKING = {"alone": dict(stack_rows=0), "rows": dict(stack_queries=False),
+            "side by side": dict(stack_queries=True)}
+
+
+@pytest.mark.parametrize("stacking", list(STACKING))
+@pytest.mark.parametrize("positions", ["last", "all"])
+def test_teacher_forced_logits_and_rows_equal_full_forwards(setup, positions, stacking):
+    lm, examples, fmt = setup
+    side_by_side = _check_against_full_forwards(lm, examples, fmt, positions,
+                                                **STACKING[stacking])
+    # edits at every position run alone; at the answer positions side by side if asked
+    assert side_by_side == ([3, 3, 3] if stacking == "side by side" and positions == "last"
+                            else [])
+
+
+def _digit_lm(arch: str, **config):
+    """A tiny digit-splitting ``arch`` model with ``config`` set."""
+    import transformers as T
+
+    tok = family_lm("digits", "llama").tokenizer
+    torch.manual_seed(0)
+    model = T.AutoModelForCausalLM.from_config(tiny_config(
+        arch, len(tok), tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, **config)).eval()
+    return load_model(model, tok)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_side_by_side_conditions_are_exact_on_every_listed_type(arch):
+    """Conditions side by side along the sequence (one 4D block mask on the prefix's cache)
+    give each prompt's full-forward logits and rows on every type in ``QUERY_STACKING``,
+    and run by default there (unless the cache has sliding-window layers); the types left
+    out derive positions from the 2D mask, and side by side they fail or differ."""
+    lm = family_lm("digits", arch)
+    task = make_task("+", OPERANDS["digits"], seed=0, shots=1)
+    examples, fmt = task.test[:9], number_format(lm.tokenizer, task.max_answer)
+    if arch not in QUERY_STACKING:
+        assert not takes_block_mask(lm.model)
+        with pytest.raises((AssertionError, RuntimeError, ValueError)):
+            _check_against_full_forwards(lm, examples, fmt, stack_queries=True)
+        return
+    assert takes_block_mask(lm.model)
+    used = _check_against_full_forwards(lm, examples, fmt)
+    prefix = DynamicCache(config=lm.model.config)
+    sliding = not all(type(layer) is DynamicLayer for layer in prefix.layers)
+    assert used == ([] if sliding else [3, 3, 3])
+    # a head edit (the heads role edits the output projection's input) is the same side by
+    # side as stacked along the batch, here with runs of one token (no answers fed)
+    prompts = PromptSet.build(lm, examples, 4)
+
+    def zero_head(z):
+        z = z.clone()
+        z[..., 0, :] = 0
+        return z
+
+    conds = [Condition("none"), Condition("head", {("heads", 0): zero_head})]
+    got = {q: Engine(lm, prompts, stack_queries=q).run(
+        conds, lambda b, c, out: out.logits, progress=False) for q in (1, 0)}
+    for a, b in zip(got[1]["head"], got[0]["head"]):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+    assert not torch.allclose(got[1]["head"][0], got[1]["none"][0])
+
+
+def test_a_local_attention_window_shorter_than_the_prompts_is_kept():
+    """GPT-Neo's local layers see the last ``window_size`` tokens: with prompts longer than
+    that the engine stacks along the batch, where the model builds its own masks."""
+    lm = _digit_lm("gpt_neo", window_size=4)
+    task = make_task("+", OPERANDS["digits"], seed=0, shots=1)
+    fmt = number_format(lm.tokenizer, task.max_answer)
+    assert takes_block_mask(lm.model) and Engine(lm, PromptSet.build(lm, task.test[:9], 4)
+                                                  ).window == 4
+    assert _check_against_full_forwards(lm, task.test[:9], fmt) == []
 
 
 def _greedy(lm, fmt, examples, cap, monkeypatch) -> tuple[list[int], list[int]]:
