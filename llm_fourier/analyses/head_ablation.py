@@ -4,8 +4,8 @@ A head is ablated by replacing its slice of the attention output projection's in
 every answer position, by its mean over the *other* prompts at that position (leave one
 out: ``(sum - own) / (count - 1)``), so the block adds the head's average instead of its
 answer to this prompt. One engine condition per selection of heads, an edit of role
-``heads``: per batch the unedited prefix once, then the conditions stacked along the batch
-in one forward from the last prompt token on. ``effect`` gives accuracy
+``heads``: per batch the unedited prefix once, then the conditions together (side by side
+or stacked along the batch) in one forward from the last prompt token on. ``effect`` gives accuracy
 and loss with bootstrap intervals over prompts and their paired changes from the unablated
 run; ``top_heads`` / ``random_heads`` make the top-k-against-random comparison.
 """

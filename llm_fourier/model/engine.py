@@ -29,7 +29,6 @@ import numpy as np
 import torch
 from torch import Tensor
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 from llm_fourier.errors import UserError
 from llm_fourier.model.distributed import broadcast_object, map_ranges, process_info, rounds
@@ -44,6 +43,7 @@ from llm_fourier.model.stacking import (
     fork,
     on_rows,
     per_block,
+    shares_tensors,
     stacked_edits,
     stacked_hooks,
     takes_block_mask,
@@ -283,7 +283,7 @@ class Engine:
 
     def _group(self, batch: Batch, conds: Sequence[Condition], prefix, spec,
                start: int | None = None) -> dict:
-        """Conditions stacked along the batch (condition-major) in one forward from the
+        """Conditions in one forward (side by side, or stacked along the batch) from the
         first edited position (``start``; default: the last prompt token with ``prefix``,
         else position 0)."""
         enc, n, k = batch.enc, len(batch.rows), len(conds)
@@ -329,13 +329,14 @@ class Engine:
     def _queries(self, conds: Sequence[Condition], prefix, start: int, batch: Batch,
                  reads: int) -> bool:
         """Whether ``conds`` run side by side along the sequence on the prefix's own cache:
-        several conditions from the last prompt token, edits only, plain cache layers, a
-        model whose masks take a 4D mask as given (``QUERY_STACKING``)."""
+        several conditions from the last prompt token, edits only, cache layers that share
+        tensors (``fork``), a model whose masks take a 4D mask as given
+        (``QUERY_STACKING``), every position within its local-attention window."""
         return (self.stack_queries and len(conds) > 1 and prefix is not None
                 and start == batch.length - 1
                 and batch.length + reads - 1 <= self.window
                 and all(c.hooks is None and c.row_hooks is None for c in conds)
-                and all(type(layer) is DynamicLayer for layer in prefix.layers))
+                and shares_tensors(prefix))
 
     # ------------------------------------------------------------------ greedy answers
     @staticmethod

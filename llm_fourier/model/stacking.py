@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 if TYPE_CHECKING:
     from llm_fourier.model.engine import Condition
@@ -58,12 +58,21 @@ def stacked_hooks(conds: Sequence[Condition], sizes: int | Sequence[int]) -> lis
                   zip(conds, bounds, bounds[1:]) if c.row_hooks is not None]
 
 
+# transformers 5's dynamic layers never write into their tensors: each update concatenates
+# and reassigns (a sliding one then keeps its window's tail), so copies may share them
+REASSIGNING = (DynamicLayer, DynamicSlidingWindowLayer)
+
+
+def shares_tensors(cache: DynamicCache) -> bool:
+    """Whether every layer of ``cache`` only reassigns its tensors (``REASSIGNING``)."""
+    return all(type(layer) in REASSIGNING for layer in cache.layers)
+
+
 def fork(prefix: DynamicCache, rows: Tensor | None = None) -> DynamicCache:
     """A cache that continues from ``prefix`` (its ``rows``, in that order, when given) and
-    leaves it as it is. Plain layers grow by concatenation, so a shallow copy shares the
-    prefix's tensors without a byte copied; layers that write in place (sliding windows)
-    are copied whole."""
-    if not all(type(layer) is DynamicLayer for layer in prefix.layers):
+    leaves it as it is: a shallow copy sharing the prefix's tensors where its layers only
+    reassign them, else a deep copy."""
+    if not shares_tensors(prefix):
         cache = copy.deepcopy(prefix)
         if rows is not None:
             cache.batch_select_indices(rows)

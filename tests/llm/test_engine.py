@@ -9,8 +9,6 @@ import dataclasses
 
 import pytest
 import torch
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 from llm_fourier.errors import UserError
 from llm_fourier.model.engine import Condition, Engine, Greedy, PromptSet
@@ -123,8 +121,8 @@ def _digit_lm(arch: str, **config):
 def test_side_by_side_conditions_are_exact_on_every_listed_type(arch):
     """Conditions side by side along the sequence (one 4D block mask on the prefix's cache)
     give each prompt's full-forward logits and rows on every type in ``QUERY_STACKING``,
-    and run by default there (unless the cache has sliding-window layers); the types left
-    out derive positions from the 2D mask, and side by side they fail or differ."""
+    and run by default there (sliding-window cache layers included); the types left out
+    derive positions from the 2D mask, and side by side they fail or differ."""
     lm = family_lm("digits", arch)
     task = make_task("+", OPERANDS["digits"], seed=0, shots=1)
     examples, fmt = task.test[:9], number_format(lm.tokenizer, task.max_answer)
@@ -134,10 +132,7 @@ def test_side_by_side_conditions_are_exact_on_every_listed_type(arch):
             _check_against_full_forwards(lm, examples, fmt, stack_queries=True)
         return
     assert takes_block_mask(lm.model)
-    used = _check_against_full_forwards(lm, examples, fmt)
-    prefix = DynamicCache(config=lm.model.config)
-    sliding = not all(type(layer) is DynamicLayer for layer in prefix.layers)
-    assert used == ([] if sliding else [3, 3, 3])
+    assert _check_against_full_forwards(lm, examples, fmt) == [3, 3, 3]
     # a head edit (the heads role edits the output projection's input) is the same side by
     # side as stacked along the batch, here with runs of one token (no answers fed)
     prompts = PromptSet.build(lm, examples, 4)
@@ -155,10 +150,14 @@ def test_side_by_side_conditions_are_exact_on_every_listed_type(arch):
     assert not torch.allclose(got[1]["head"][0], got[1]["none"][0])
 
 
-def test_a_local_attention_window_shorter_than_the_prompts_is_kept():
-    """GPT-Neo's local layers see the last ``window_size`` tokens: with prompts longer than
-    that the engine stacks along the batch, where the model builds its own masks."""
-    lm = _digit_lm("gpt_neo", window_size=4)
+@pytest.mark.parametrize("arch, window", [("gpt_neo", "window_size"),
+                                          ("mistral", "sliding_window"),
+                                          ("gemma3_text", "sliding_window")])
+def test_a_local_attention_window_shorter_than_the_prompts_is_kept(arch, window):
+    """Local layers see the last few tokens (GPT-Neo's mask; Mistral's and Gemma 3's
+    sliding-window caches too): with prompts longer than the window the engine stacks
+    along the batch, where the model builds its own masks, and stays exact."""
+    lm = _digit_lm(arch, **{window: 4})
     task = make_task("+", OPERANDS["digits"], seed=0, shots=1)
     fmt = number_format(lm.tokenizer, task.max_answer)
     assert takes_block_mask(lm.model) and Engine(lm, PromptSet.build(lm, task.test[:9], 4)
