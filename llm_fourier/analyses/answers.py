@@ -187,21 +187,3 @@ def teacher_forced(lm, fmt: NumberFormat, examples: Sequence[Example],
         lambda b, c, out: dict(zip(("logp", "top"), _teacher_forced(out.logits, b.answers))),
         answers=True, progress=False)["c"]
     return prompts.scatter([u["logp"] for u in units]), prompts.scatter([u["top"] for u in units])
-
-
-def greedy_batch(lm, fmt: NumberFormat, examples: Sequence[Example], max_tokens: int,
-                 *, edits: Edits | None = None, positions: str = "answer",
-                 prediction: str = "vocab") -> tuple[np.ndarray, list[list[int]]]:
-    """(predicted integers, generated token ids per row) of one batch."""
-    if prediction not in PREDICTIONS:
-        raise UserError(f"prediction must be one of {', '.join(PREDICTIONS)}, got "
-                        f"{prediction!r}.")
-    allowed = None if prediction == "vocab" else \
-        torch.as_tensor(_constrained_ids(fmt), dtype=torch.long)
-    prompts = PromptSet.build(lm, examples, len(examples), fmt)
-    (unit,) = Engine(lm, prompts).run(
-        [condition("c", edits, positions)],
-        lambda b, c, out: (out.predictions, out.generated),
-        greedy=Greedy(fmt, max_tokens, allowed), progress=False)["c"]
-    order = np.argsort(prompts.batches[0].rows)
-    return unit[0][order], [unit[1][i] for i in order]

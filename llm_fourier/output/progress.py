@@ -17,10 +17,6 @@ _QUIET: contextvars.ContextVar[bool] = contextvars.ContextVar("llm_fourier_quiet
                                                               default=False)
 
 
-def is_quiet() -> bool:
-    return _QUIET.get()
-
-
 @contextmanager
 def quiet(on: bool = True) -> Iterator[None]:
     """Silence every bar made through this module while inside (``on=False``: no change,
