@@ -15,7 +15,8 @@ number token; each digit's position, teacher forced, for one token per digit):
   the model's own attention kernel;
 * direct effect: the head's term through the final norm with its scale frozen at the read
   position (``FrozenNorm``), dotted with ``W_U[answer token]`` (and with it minus the mean
-  readout row: the effect on the answer against the other numbers or digits).
+  readout row: the effect on the answer against the other numbers or digits), times the
+  model's logit scale (``logit_multiplier``): a share of the answer's logit.
 
 The mean-ablations are in ``llm_fourier.analyses.head_ablation``. Forward work goes through
 the engine (``llm_fourier.model.engine``): one unedited prefix per batch on the KV cache,
@@ -36,7 +37,7 @@ from torch import Tensor
 from llm_fourier.analyses.hidden_states import operand_spans
 from llm_fourier.analyses.lens import LensAccumulator, layer_summary
 from llm_fourier.errors import UserError
-from llm_fourier.model.architectures import sublayer
+from llm_fourier.model.architectures import logit_multiplier, sublayer
 from llm_fourier.model.engine import Condition, Engine, PromptSet
 from llm_fourier.model.heads import FrozenNorm, head_site
 
@@ -205,6 +206,7 @@ def collect(lm, prompts: PromptSet, space, layers: Sequence[int], *, prediction:
     readout = space.readout(lm)
     W, reads = readout.W, answer_reads(space, prediction)
     W_U = lm.unembedding()
+    to_logits = logit_multiplier(lm.model.config)  # Granite's and Cohere's logit scales
     h = head_site(lm, layers[0]).n_heads
     acc = LensAccumulator(len(layers) * h, readout.basis(space.basis_kind))
     frozen = FrozenNorm(lm.final_norm, lm.d_model)
@@ -237,8 +239,8 @@ def collect(lm, prompts: PromptSet, space, layers: Sequence[int], *, prediction:
                                       if norm_param is not None else x).float().cpu()
         terms = frozen.apply(heads, frozen.scale(x, y)[:, None, None, :])
         w_ans = W_U[toks[read_at].to(W_U.device)].float().cpu()
-        direct = torch.einsum("rlhd,rd->rlh", terms, w_ans)
-        centred = torch.einsum("rlhd,rd->rlh", terms, w_ans - W.mean(0))
+        direct = torch.einsum("rlhd,rd->rlh", terms, w_ans) * to_logits
+        centred = torch.einsum("rlhd,rd->rlh", terms, w_ans - W.mean(0)) * to_logits
         logits = (heads @ W.T).reshape(heads.shape[0], -1, W.shape[0])
         correct, loss = reads.score(out.logits, pos, read_at, toks)
         z = {str(k): (sink.pop(k)[:, -s:] * pos[..., None]).sum(0).reshape(s, h, -1)

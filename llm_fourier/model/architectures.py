@@ -188,6 +188,19 @@ def scale_of(config, name: str | None) -> float:
     return 1.0 if name is None else float(getattr(config, name))
 
 
+def logit_multiplier(config) -> float:
+    """What the model multiplies ``final_norm(x) @ W_U.T`` by to give its logits: Granite
+    divides by ``logits_scaling``, Cohere multiplies by ``logit_scale``; 1.0 elsewhere.
+    (Gemma 2's soft-capping is not linear: direct effects there are before the cap.)"""
+    multiplier = 1.0
+    if getattr(config, "logits_scaling", None):
+        multiplier /= float(config.logits_scaling)
+    if str(getattr(config, "model_type", "")).startswith("cohere") and \
+            getattr(config, "logit_scale", None) is not None:
+        multiplier *= float(config.logit_scale)
+    return multiplier
+
+
 def embed_tokens(model: nn.Module, roles: Roles | None = None,
                  ids: torch.Tensor | None = None) -> torch.Tensor:
     """Token embeddings as the model adds them to the residual stream (before position

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from llm_fourier.errors import UserError
-from llm_fourier.model.architectures import ROLES
+from llm_fourier.model.architectures import ROLES, logit_multiplier
 from llm_fourier.model.heads import n_heads
 from llm_fourier.model.hooks import capture, edit_heads
 from llm_fourier.model.loading import load_model
@@ -96,3 +96,30 @@ def test_wrong_projection_refuses_heads_in_one_sentence(tiny_models, monkeypatch
     with pytest.raises(UserError, match="heads role is not available"):
         with capture(lm, ("heads",)):
             pass
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_logits_are_the_final_norm_through_w_u_times_the_logit_multiplier(tiny_models, arch):
+    """What the direct effects scale by: every type's logits equal its final norm's output
+    times W_U (plus the unembedding's bias), times ``logit_multiplier`` (Granite 1/4,
+    Cohere 0.25 here; 1 elsewhere). Gemma 2's soft-cap is off in this check."""
+    overrides = {"final_logit_softcapping": None} if arch.startswith("gemma") else {}
+    model, tok = tiny_models(arch, **overrides)
+    model = copy.deepcopy(model)  # the session's models stay as built
+    if arch == "granite":  # distinctive scales (Cohere's model keeps a copy of its own)
+        model.config.logits_scaling = 4.0
+    if arch == "cohere":
+        model.config.logit_scale = model.logit_scale = 0.25
+    lm = load_model(model, tok)
+    seen = []
+    handle = lm.final_norm.register_forward_hook(lambda m, a, out: seen.append(out))
+    try:
+        with torch.inference_mode():
+            logits = model(BATCH).logits
+    finally:
+        handle.remove()
+    bias = getattr(model.get_output_embeddings(), "bias", None)
+    want = seen[0] @ lm.unembedding().T + (0 if bias is None else bias)
+    multiplier = logit_multiplier(model.config)
+    assert multiplier == {"granite": 0.25, "cohere": 0.25}.get(arch, 1.0)
+    torch.testing.assert_close(logits, want * multiplier, atol=1e-5, rtol=1e-4)
