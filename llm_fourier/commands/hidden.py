@@ -1,31 +1,10 @@
 """``llm-fourier hidden``: Fourier probes on hidden states, with their controls.
 
-Collects every chosen layer's residual (block), attention and MLP outputs at one token of
-addition prompts (``--token a|b|last``), then per (role, layer): mod-T probes (accuracy,
-Cohen's kappa) and a helix fit (held-out R^2, phases, decoding) of ``--target``, each beside
-its shuffled-label baseline and the same probe on a randomly initialised copy of the model,
-and whether the per-number mean states show a Fourier spike at each T. Optional:
-``--control FILE`` (a per-number scalar such as token counts: its spectrum beside the
-embedding's) and ``--ablate-periods`` (remove the fitted Fourier directions and measure
-task accuracy, beside a random subspace and the logit filter of the answers' readout:
-``W_U[numbers]`` for single-token numbers, ``W_U[digits]`` for digit-splitting tokenizers;
-answers of several tokens are scored whole).
-
-Digit probes (Levy & Geva; every tokenizer): per digit place of ``--target`` and per (role,
-layer), a circular probe (cos and sin of 2 pi d/10), a linear 10-class probe and a value
-probe on the same held-out numbers, each beside its shuffled-label baseline and the same
-probe on the random-init copy (``--digit-kinds``, ``--digit-places``; none with
-``--digit-kinds`` alone). The probe results keep their per-sample held-out predictions, so
-intervals over numbers can be attached where ``_digit_probe_rows`` builds the rows. With
-``--intervene-place P`` the circular probe of operand ``--token``'s digit P is fitted at
-one (role, layer) and each test prompt's state there rotated by ``--intervene-shift``
-digits: how often the answer's digit P moves by the same shift, against a random direction
-of the same norm (``digit_probes.digit_intervention``).
-
-Writes ``results.json``, ``probes.csv``, ``digit_probes.csv``, ``ablation.csv``,
-``intervention.csv`` and PNGs (kappa, R^2 and digit-probe accuracy by layer). Each optional
-analysis is its own unit (``hidden_units.UNITS``). Collected states and the engine units of
-the ablation and the intervention are kept in the run folder, so a killed run resumes.
+Per (role, layer) at one token of each prompt (``--token``): mod-T probes (Cohen's kappa) and a
+helix fit (held-out R^2) of ``--target``, each beside its shuffled-label baseline and the same
+probe on a random-init copy, and the Fourier spikes of the per-number mean states. The
+optional analyses are units (``hidden_units.UNITS``); kept states and units let a killed run
+resume.
 """
 
 from __future__ import annotations
@@ -43,20 +22,15 @@ from llm_fourier.analyses.hidden_states import (
     TOKENS,
     HiddenStates,
     flat_row,
+    load_scalar,
     probe_layers,
 )
 from llm_fourier.commands.base import Command, JobView
 from llm_fourier.commands.digit_views import DIGIT_CAPTIONS, best_probe_rows
 from llm_fourier.commands.emergence import emergence_html
-from llm_fourier.commands.hidden_controls import (
-    check_control_file,
-    token_identity_result,
-)
-from llm_fourier.commands.hidden_digits import (
-    digit_html,
-    intervention_findings,
-)
-from llm_fourier.commands.hidden_units import UNITS, HiddenRun, collect_kept, scored
+from llm_fourier.commands.hidden_controls import token_identity_result
+from llm_fourier.commands.hidden_digits import digit_html, intervention_findings
+from llm_fourier.commands.hidden_units import UNITS, HiddenRun, collect_kept, scored, without_fit
 from llm_fourier.commands.kept import StatesOptions, keep_states
 from llm_fourier.commands.options import (
     BASES,
@@ -146,7 +120,9 @@ class HiddenSettings(ModelOptions, TaskOptions, StatsOptions, SeedOptions, Batch
 
     def validate(self) -> None:
         if self.control is not None:  # a bad file is one sentence before anything loads
-            check_control_file(self)
+            if not Path(self.control).is_file():
+                raise self.fail("control", f"names no file ({self.control})")
+            load_scalar(self.control)
         unfitted = [T for T in self.ablate_periods or [] if T not in self.helix_periods]
         if unfitted:
             raise self.fail("ablate_periods", f"{unfitted} were not fitted; choose among "
@@ -156,10 +132,8 @@ class HiddenSettings(ModelOptions, TaskOptions, StatsOptions, SeedOptions, Batch
         if bad:
             raise self.fail("digit_places", f"{bad} leave the places 0..{n_digits([top]) - 1} "
                             f"of {self.probed} (at most {top})")
-        if self.intervene_place is not None:
-            self._check_intervention()
-
-    def _check_intervention(self) -> None:
+        if self.intervene_place is None:
+            return
         if self.token not in ("a", "b"):
             raise self.fail("intervene_place", "rotates a digit of an operand; pass --token a "
                             "or --token b")
@@ -184,7 +158,6 @@ class HiddenSettings(ModelOptions, TaskOptions, StatsOptions, SeedOptions, Batch
             raise self.fail("intervene_layer", f"{self.intervene_layer} is not among --layers "
                             f"{self.layers}")
 
-
 def _spikes(hs: HiddenStates, target: str, periods) -> dict:
     """Per (role, layer): outlier periods of the per-number mean states (numbers 0..p-1)."""
     uniq, _ = per_number_means(hs.at(hs.roles[0], hs.layers[0]), hs.numbers(target))
@@ -202,10 +175,11 @@ def _spikes(hs: HiddenStates, target: str, periods) -> dict:
     return out
 
 
-def _plot(rows: list[dict], periods, roles, path_kappa: Path, path_r2: Path) -> None:
+def _plot(rows: list[dict], periods, roles, run: RunDir) -> None:
+    """kappa_by_layer.png and r2_by_layer.png: one panel per role."""
     plt = pyplot()
-    for path, metrics in ((path_kappa, [f"kappa_mod{T}" for T in periods]),
-                          (path_r2, ["r2_test"])):
+    for name, metrics in (("kappa_by_layer", [f"kappa_mod{T}" for T in periods]),
+                          ("r2_by_layer", ["r2_test"])):
         fig, axes = plt.subplots(1, len(roles), figsize=(4.2 * len(roles), 3.2), squeeze=False)
         for ax, role in zip(axes[0], roles):
             sel = [r for r in rows if r["role"] == role]
@@ -224,7 +198,7 @@ def _plot(rows: list[dict], periods, roles, path_kappa: Path, path_r2: Path) -> 
             ax.axhline(0, color="grey", lw=0.5)
         axes[0, 0].legend(fontsize=7, title="solid: model (band: its interval over numbers), "
                           "dashed: random init, dotted: shuffled", title_fontsize=6)
-        save_figure(fig, path)
+        save_figure(fig, run.file(f"{name}.png"))
 
 
 class HiddenCommand(Command):
@@ -255,12 +229,12 @@ class HiddenCommand(Command):
         if s.intervene_layer is not None and s.intervene_layer not in layers:
             raise s.fail("intervene_layer", f"{s.intervene_layer} is not among the probed "
                          f"layers 0..{lm.n_layers - 1}")
-        progress, target = not s.quiet, s.probed
-        hs = collect_kept(run, "states", lm, examples, s, layers, progress)
+        target = s.probed
+        hs = collect_kept(run, "states", lm, examples, s, layers)
         if s.keep_states:
             keep_states(run, s, lm, hs, "hidden")
         token_ids, identity = token_identity_result(s, lm, examples, hs, target)
-        h = HiddenRun(s, run, lm, task, examples, layers, target, hs, {}, [], {}, fmt)
+        h = HiddenRun(s, run, lm, task, hs, fmt)
         h.fits = probe_layers(hs, target, s.periods, s.helix_periods, **h.probe_kw,
                               stats=s.stats_config(s.seed), token_ids=token_ids,
                               control=s.token_control)
@@ -274,17 +248,15 @@ class HiddenCommand(Command):
             "statistics": {"bootstrap": s.bootstrap, "permutations": s.permutations,
                            "refits": s.refits, "level": s.ci_level, "method": s.ci_method,
                            "unit": "distinct numbers (not prompts)"},
-            "probes": [{"role": r, "layer": i, **{k: v for k, v in res.items() if k != "fit"},
-                        "random_init": None, "spectrum": spikes.get((r, i))}
-                       for (r, i), res in h.fits.items()],
+            "probes": [{"role": r, "layer": i, **without_fit(res), "random_init": None,
+                        "spectrum": spikes.get((r, i))} for (r, i), res in h.fits.items()],
         }
         for wanted, unit in UNITS:  # the optional analyses, each its own unit
             if wanted(s):
                 unit(h)
         run.write_csv("probes.csv", rows)
         if run.writes:
-            _plot(rows, s.periods, list(s.roles), run.file("kappa_by_layer.png"),
-                  run.file("r2_by_layer.png"))
+            _plot(rows, s.periods, s.roles, run)
         run.finish(results)
         T0 = s.periods[0]
         cols = ["role", "layer"] + [f"kappa_mod{T}" for T in s.periods[:3]] + \
@@ -293,7 +265,7 @@ class HiddenCommand(Command):
         if any(f"control_kappa_mod{T0}" in r for r in rows):
             cols.append(f"control_kappa_mod{T0}")
         if h.random_hs is not None:
-            cols += [f"random_kappa_mod{s.periods[0]}", "random_r2_test"]
+            cols += [f"random_kappa_mod{T0}", "random_r2_test"]
         print(format_table(rows, cols))
         if h.digit:
             print(format_table(best_probe_rows(h.digit)))

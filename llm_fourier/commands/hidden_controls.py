@@ -1,18 +1,14 @@
 """The controls of ``llm-fourier hidden``: what a probe result must be read beside.
 
-* ``token_identity_result``: with a digit-splitting tokenizer, at the last digit token of an
-  operand, ``a mod 10`` (and mod 2, 5) *is* the token's identity; ``hidden.token_identity``
-  measures it per period from the data, and the probes then also run with the token-identity
-  means regressed out (``"control"`` in each probe result).
-* ``frequency_control_result``: the spectrum of a per-number scalar beside the embedding's
-  (or the mean states'): ``--control FILE``, or number frequencies counted in a text the user
-  names (``--corpus FILE``), the convergent-evolution control; ``check_control_file`` reads
-  ``--control`` before the model loads.
+``token_identity_result``: where the read token alone decodes ``n mod T`` (a digit-splitting
+tokenizer), the probes also run with the token-identity means regressed out. ``control_spectrum``
+(``--control FILE`` or ``--corpus FILE``): a per-number scalar's spectrum beside the
+embedding's, or the mean states'.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +23,9 @@ from llm_fourier.analyses.hidden_states import (
 from llm_fourier.errors import UserError
 from llm_fourier.model.numbers import find_number_tokens, number_rows
 from probes.common import per_number_means
+
+if TYPE_CHECKING:
+    from llm_fourier.commands.hidden_units import HiddenRun
 
 
 def token_identity_result(s, lm, examples, hs: HiddenStates, target: str
@@ -44,42 +43,31 @@ def token_identity_result(s, lm, examples, hs: HiddenStates, target: str
     return ids, report
 
 
-def _beside(lm, hs: HiddenStates, numbers, n_values: int, layers, target):
+def _beside(lm, hs: HiddenStates, numbers, n_values: int, target: str):
     """The number rows of W_E (single-token numbers), else the mean states per number."""
     if numbers.p >= n_values:
         return number_rows(lm.embedding(), numbers).float().cpu().numpy(), "embedding"
-    uniq, means = per_number_means(hs.at(hs.roles[0], layers[0]), hs.numbers(target))
+    uniq, means = per_number_means(hs.at(hs.roles[0], hs.layers[0]), hs.numbers(target))
     if not np.array_equal(uniq, np.arange(len(uniq))):
         return None, None
-    return means, f"mean {hs.roles[0]} state, layer {layers[0]}"
+    return means, f"mean {hs.roles[0]} state, layer {hs.layers[0]}"
 
 
-def check_control_file(s) -> None:
-    """``--control FILE`` read once before any heavy work: a missing file, text that is not
-    UTF-8, null, text or non-finite values are one sentence (``hidden_states.load_scalar``
-    reads through ``output.reading``)."""
-    if not Path(s.control).is_file():
-        raise s.fail("control", f"names no file ({s.control})")
-    load_scalar(s.control)
-
-
-def frequency_control_result(s, lm, hs: HiddenStates, task, layers, target
-                             ) -> tuple[dict, list[dict]] | None:
-    """(results entry, CSV rows of the per-number values) for ``--control`` or ``--corpus``;
-    None when neither is given."""
-    if s.control is None and s.corpus is None:
-        return None
-    p = task.max_answer + 1
-    numbers = find_number_tokens(lm.tokenizer, max_number=task.max_answer)
+def control_spectrum(h: HiddenRun) -> None:
+    """The ``--control`` values (or ``--corpus`` counts) per number: their spectrum in the
+    results, the values in ``control_values.csv``."""
+    s, p = h.s, h.task.max_answer + 1
+    numbers = find_number_tokens(h.lm.tokenizer, max_number=h.task.max_answer)
     if s.control is not None:
         values, source = load_scalar(s.control), f"--control {s.control}"
     else:
-        values = corpus_counts(s.corpus, p, s.corpus_count, lm.tokenizer, numbers.token_ids)
+        values = corpus_counts(s.corpus, p, s.corpus_count, h.lm.tokenizer, numbers.token_ids)
         source = f"number {s.corpus_count} counts in {s.corpus}"
-    beside, what = _beside(lm, hs, numbers, min(len(values), p), layers, target)
+    beside, what = _beside(h.lm, h.hs, numbers, min(len(values), p), h.target)
     if beside is not None and len(values) < len(beside):
         raise UserError(f"{source} holds {len(values)} values but the numbers beside it run "
                         f"0..{len(beside) - 1}; give one value per number.")
-    entry = {**frequency_control(values, beside, s.basis), "source": source,
-             "beside_what": what}
-    return entry, [{"number": n, "value": float(v)} for n, v in enumerate(values)]
+    h.results["frequency_control"] = {**frequency_control(values, beside, s.basis),
+                                      "source": source, "beside_what": what}
+    h.run.write_csv("control_values.csv",
+                    [{"number": n, "value": float(v)} for n, v in enumerate(values)])

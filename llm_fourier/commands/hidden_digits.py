@@ -1,15 +1,10 @@
-"""The digit parts of ``llm-fourier hidden``: digit probes and the digit intervention.
-
-``digit_probe_rows`` runs ``digit_probes.probe_digit_layers`` on the collected states (and on
-the random-init copy's) and turns the results into one row per (role, layer, target, place,
-kind) with its baselines: the rows of ``digit_probes.csv`` and ``results["digit_probes"]``.
-The ``DigitProbeResult`` objects keep every held-out prediction per sample
-(``DigitProbeResult.per_number``): each accuracy gets its bootstrap interval over numbers
-and permutation p-value there. ``intervene`` fits the circular probe of one operand digit and
-runs ``digit_probes.digit_intervention`` on the test prompts (kept as a unit of the run).
-"""
+"""The digit units of ``llm-fourier hidden``: digit probes (Levy & Geva) on the collected
+states and the digit intervention, with their report views. Each probe row keeps its
+bootstrap interval over numbers and permutation p-value (``digit_probes.digit_rows``)."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from llm_fourier.analyses.digit_probes import (
     digit_intervention,
@@ -17,72 +12,67 @@ from llm_fourier.analyses.digit_probes import (
     fit_operand_probe,
     probe_digit_layers,
 )
-from llm_fourier.analyses.hidden_states import HiddenStates
 from llm_fourier.commands.digit_views import best_probe_rows
 from llm_fourier.errors import UserError
-from llm_fourier.model.number_format import NumberFormat
+from llm_fourier.output.digit_plots import digit_probe_plot
 from llm_fourier.output.html import html_table, percent
-from llm_fourier.output.rundir import RunDir
+
+if TYPE_CHECKING:
+    from llm_fourier.commands.hidden_units import HiddenRun
 
 PER_EXAMPLE = ("clean", "rotated", "random")  # intervention lists that go to the CSV
 
 
-def _rows(results: dict, random_results: dict | None, stats=None) -> list[dict]:
-    """``digit_rows`` (with intervals and p-values) and the random-init copy's accuracy
-    beside each probe."""
-    rows = digit_rows(results, stats)
-    if random_results is not None:
-        rand = {(r["role"], r["layer"], r["target"], r["place"], r["kind"]): r["accuracy"]
-                for r in digit_rows(random_results)}
-        for row in rows:
-            row["random_accuracy"] = rand.get((row["role"], row["layer"], row["target"],
-                                               row["place"], row["kind"]))
-    return rows
+def _key(row: dict) -> tuple:
+    return row["role"], row["layer"], row["target"], row["place"], row["kind"]
 
 
-def digit_probe_rows(s, hs: HiddenStates, random_hs: HiddenStates | None, target: str,
-                     progress: bool) -> list[dict]:
-    """Circular / linear / value probes of ``target``'s digits on ``hs`` (with shuffled-label
-    baselines) and on ``random_hs`` (the random-init copy's states, if any)."""
-    kw = {"kinds": s.digit_kinds, "n_splits": s.folds, "pca_dim": s.mod_pca_dim,
-          "alpha": s.digit_alpha, "seed": s.seed}
-    res = probe_digit_layers(hs, (target,), s.digit_places, shuffled=True, n_shuffles=3,
-                             progress=progress, **kw)
-    rand = None if random_hs is None else probe_digit_layers(
-        random_hs, (target,), s.digit_places, shuffled=False, progress=False, **kw)
-    return _rows(res, rand, s.stats_config(s.seed))
+def digit_probes(h: HiddenRun) -> None:
+    """Circular, linear and value probes of the target's digits (with shuffled-label
+    baselines), beside the same probes on the random-init copy's states, if any."""
+    s = h.s
+    kw = {"targets": (h.target,), "places": s.digit_places, "kinds": s.digit_kinds,
+          "n_splits": s.folds, "pca_dim": s.mod_pca_dim, "alpha": s.digit_alpha, "seed": s.seed}
+    h.digit = digit_rows(probe_digit_layers(h.hs, shuffled=True, n_shuffles=3,
+                                            progress=h.progress, **kw), s.stats_config(s.seed))
+    if h.random_hs is not None:
+        rand = probe_digit_layers(h.random_hs, shuffled=False, progress=False, **kw)
+        accuracy = {_key(r): r["accuracy"] for r in digit_rows(rand)}
+        for row in h.digit:
+            row["random_accuracy"] = accuracy.get(_key(row))
+    h.results |= {"digit_kinds": list(s.digit_kinds), "digit_probes": h.digit}
+    if h.digit:
+        h.run.write_csv("digit_probes.csv", h.digit)
+        if h.run.writes:
+            digit_probe_plot(h.digit, h.run.file("digit_probes.png"),
+                             f"digit probes of {h.target} at the {s.token} token")
 
 
-def intervention_layer(s, rows: list[dict]) -> int:
-    """``--intervene-layer``, else the layer whose circular probe of the operand's digit
-    ``--intervene-place`` is the most accurate (the earliest among ties)."""
-    if s.intervene_layer is not None:
-        return s.intervene_layer
-    cands = [r for r in rows if r["role"] == s.intervene_role and r["target"] == s.token
-             and r["place"] == s.intervene_place and r["kind"] == "circular"]
-    if not cands:
-        raise UserError(f"hidden: no circular probe of {s.token}'s digit {s.intervene_place} "
-                        f"ran on {s.intervene_role} states; pass --intervene-layer.")
-    return max(cands, key=lambda r: (r["accuracy"], -r["layer"]))["layer"]
-
-
-def intervene(s, run: RunDir, lm, fmt: NumberFormat, hs: HiddenStates, examples,
-              rows: list[dict], progress: bool) -> tuple[dict, list[dict]]:
-    """(``results["intervention"]``: scalars and histograms, the CSV rows: each prompt with
-    its answer and the clean, rotated and random-control predictions)."""
-    layer = intervention_layer(s, rows)
-    probe = fit_operand_probe(hs, s.intervene_role, layer, s.token, s.intervene_place,
+def intervention(h: HiddenRun) -> None:
+    """Levy & Geva's digit intervention at the operand's token: its summary in the results,
+    each test prompt's clean, rotated and random-control predictions in the CSV."""
+    s, examples = h.s, h.task.test[:h.s.n_eval]
+    layer = s.intervene_layer
+    if layer is None:  # the most accurate circular probe of that place, the earliest among ties
+        cands = [r for r in h.digit if r["role"] == s.intervene_role and r["target"] == s.token
+                 and r["place"] == s.intervene_place and r["kind"] == "circular"]
+        if not cands:
+            raise UserError(f"hidden: no circular probe of {s.token}'s digit "
+                            f"{s.intervene_place} ran on {s.intervene_role} states; pass "
+                            "--intervene-layer.")
+        layer = max(cands, key=lambda r: (r["accuracy"], -r["layer"]))["layer"]
+    probe = fit_operand_probe(h.hs, s.intervene_role, layer, s.token, s.intervene_place,
                               pca_dim=s.mod_pca_dim, alpha=s.digit_alpha)
-    res = digit_intervention(lm, examples, fmt, probe, token=s.token, role=s.intervene_role,
-                             layer=layer, shift=s.intervene_shift, seed=s.seed,
-                             batch_size=s.batch_size, progress=progress,
-                             store=run.store("intervention"))
-    summary = {k: v for k, v in res.items() if k not in PER_EXAMPLE}
-    summary["layer_from"] = ("--intervene-layer" if s.intervene_layer is not None else
-                             "the most accurate circular probe of that place")
-    csv_rows = [{"prompt": e.prompt, "a": e.a, "b": e.b, "answer": e.answer,
-                 **{k: res[k][i] for k in PER_EXAMPLE}} for i, e in enumerate(examples)]
-    return summary, csv_rows
+    res = digit_intervention(h.lm, examples, h.fmt, probe, token=s.token,
+                             role=s.intervene_role, layer=layer, shift=s.intervene_shift,
+                             seed=s.seed, batch_size=s.batch_size, progress=h.progress,
+                             store=h.run.store("intervention"))
+    h.results["intervention"] = {k: v for k, v in res.items() if k not in PER_EXAMPLE} | {
+        "layer_from": "--intervene-layer" if s.intervene_layer is not None else
+                      "the most accurate circular probe of that place"}
+    h.run.write_csv("intervention.csv", [
+        {"prompt": e.prompt, "a": e.a, "b": e.b, "answer": e.answer,
+         **{k: res[k][i] for k in PER_EXAMPLE}} for i, e in enumerate(examples)])
 
 
 # ------------------------------------------------------------------ report view

@@ -1,12 +1,6 @@
-"""The optional analyses of ``llm-fourier hidden``, one small unit each.
-
-A ``HiddenRun`` holds what the probes found (settings, run folder, model, task, collected
-states, fits, CSV rows, results); each unit reads it, adds its entry to ``results`` and
-writes its own files. ``UNITS`` lists them in order with the settings that ask for them:
-the random-init baseline (its states kept as a unit of the run), the digit probes, the
-answers' readout, the frequency control, the probe-direction ablation and the digit
-intervention (the last two resume through ``RunDir.store``).
-"""
+"""The optional analyses of ``llm-fourier hidden``: each unit reads the ``HiddenRun``, adds
+its entry to ``results`` and writes its own files; ``UNITS`` pairs them, in order, with the
+settings that ask for them."""
 
 from __future__ import annotations
 
@@ -24,11 +18,10 @@ from llm_fourier.analyses.hidden_states import (
     random_copy,
 )
 from llm_fourier.commands.digit_views import csv_row
-from llm_fourier.commands.hidden_controls import frequency_control_result
-from llm_fourier.commands.hidden_digits import digit_probe_rows, intervene
+from llm_fourier.commands.hidden_controls import control_spectrum
+from llm_fourier.commands.hidden_digits import digit_probes, intervention
 from llm_fourier.model.answer_space import AnswerSpace
 from llm_fourier.model.number_format import NumberFormat
-from llm_fourier.output.digit_plots import digit_probe_plot
 from llm_fourier.output.rundir import RunDir
 from probes.stats import StatsConfig
 
@@ -41,16 +34,17 @@ class HiddenRun:
     run: RunDir
     lm: object
     task: object
-    examples: list
-    layers: list[int]
-    target: str
-    hs: HiddenStates
-    fits: dict
-    rows: list[dict]
-    results: dict
+    hs: HiddenStates  # the model's states at the probed examples and layers
     fmt: NumberFormat | None = None
+    fits: dict = field(default_factory=dict)
+    rows: list[dict] = field(default_factory=list)
+    results: dict = field(default_factory=dict)
     random_hs: HiddenStates | None = None
     digit: list[dict] = field(default_factory=list)
+
+    @property
+    def target(self) -> str:
+        return self.s.probed
 
     @property
     def progress(self) -> bool:
@@ -63,23 +57,26 @@ class HiddenRun:
                 "seed": s.seed, "progress": self.progress}
 
 
-def collect_kept(run: RunDir, unit: str, lm, examples, s, layers,
-                 progress: bool) -> HiddenStates:
+def collect_kept(run: RunDir, unit: str, lm, examples, s, layers) -> HiddenStates:
     """``collect`` with the states kept as a unit of the run (safetensors)."""
     saved = run.load_unit(unit)
     if saved is not None:
         return HiddenStates({r: saved[1][r].numpy() for r in s.roles}, layers, list(examples),
                             s.token)
-    hs = collect(lm, examples, s.token, s.roles, layers, s.batch_size, progress)
+    hs = collect(lm, examples, s.token, s.roles, layers, s.batch_size, not s.quiet)
     run.save_unit(unit, {"layers": layers}, {r: torch.from_numpy(v) for r, v in hs.states.items()})
     return hs
+
+
+def without_fit(result: dict) -> dict:
+    """A probe result for results.json: everything but the fitted probe object."""
+    return {k: v for k, v in result.items() if k != "fit"}
 
 
 def random_baseline(h: HiddenRun) -> None:
     """The same probes on a randomly initialised copy of the model."""
     rand = random_copy(h.lm, h.s.seed)
-    h.random_hs = collect_kept(h.run, "states-random", rand, h.examples, h.s, h.layers,
-                               h.progress)
+    h.random_hs = collect_kept(h.run, "states-random", rand, h.hs.examples, h.s, h.hs.layers)
     del rand
     res = probe_layers(h.random_hs, h.target, h.s.periods, h.s.helix_periods,
                        **{**h.probe_kw, "progress": False}, shuffled=False,
@@ -87,18 +84,7 @@ def random_baseline(h: HiddenRun) -> None:
     for row, entry, r in zip(h.rows, h.results["probes"], res.values()):
         row.update({k: v for k, v in flat_row(row["role"], row["layer"], r, "random_").items()
                     if k not in ("role", "layer")})
-        entry["random_init"] = {k: v for k, v in r.items() if k != "fit"}
-
-
-def digit_probes(h: HiddenRun) -> None:
-    """Circular, linear and value probes of the target's digits."""
-    h.digit = digit_probe_rows(h.s, h.hs, h.random_hs, h.target, h.progress)
-    h.results |= {"digit_kinds": list(h.s.digit_kinds), "digit_probes": h.digit}
-    if h.digit:
-        h.run.write_csv("digit_probes.csv", h.digit)
-        if h.run.writes:
-            digit_probe_plot(h.digit, h.run.file("digit_probes.png"),
-                             f"digit probes of {h.target} at the {h.s.token} token")
+        entry["random_init"] = without_fit(r)
 
 
 def readout(h: HiddenRun) -> None:
@@ -107,32 +93,18 @@ def readout(h: HiddenRun) -> None:
     h.results |= space.describe(space.readout(h.lm) if space.kind else None)
 
 
-def frequency_control(h: HiddenRun) -> None:
-    """``--control`` / ``--corpus``: a per-number scalar's spectrum beside the embedding's."""
-    control = frequency_control_result(h.s, h.lm, h.hs, h.task, h.layers, h.target)
-    h.results["frequency_control"] = control[0]
-    h.run.write_csv("control_values.csv", control[1])
-
-
 def ablation(h: HiddenRun) -> None:
     """The fitted Fourier directions removed (beside a random subspace and the logit
     filter), task accuracy measured."""
     s = h.s
-    positions = s.ablate_positions or ("last" if s.token == "last" else "all")
     rows = probe_ablation(
         h.lm, h.task.test[:s.n_eval], {k: v["fit"] for k, v in h.fits.items()},
-        s.ablate_periods, groups=s.ablate_groups, numbers=h.fmt, positions=positions,
+        s.ablate_periods, groups=s.ablate_groups, numbers=h.fmt,
+        positions=s.ablate_positions or ("last" if s.token == "last" else "all"),
         batch_size=s.batch_size, seed=s.seed, progress=h.progress,
         store=h.run.store("ablation"))
     h.run.write_csv("ablation.csv", [csv_row(r) for r in rows])
     h.results["ablation"] = rows
-
-
-def intervention(h: HiddenRun) -> None:
-    """Levy & Geva's digit intervention at the operand's token."""
-    h.results["intervention"], per_prompt = intervene(
-        h.s, h.run, h.lm, h.fmt, h.hs, h.task.test[:h.s.n_eval], h.digit, h.progress)
-    h.run.write_csv("intervention.csv", per_prompt)
 
 
 def scored(s) -> bool:
@@ -144,7 +116,7 @@ UNITS: tuple[tuple[Callable[[object], bool], Callable[[HiddenRun], None]], ...] 
     (lambda s: not s.no_random_baseline, random_baseline),
     (lambda s: bool(s.digit_kinds), digit_probes),
     (scored, readout),
-    (lambda s: s.control is not None or s.corpus is not None, frequency_control),
+    (lambda s: s.control is not None or s.corpus is not None, control_spectrum),
     (lambda s: bool(s.ablate_periods), ablation),
     (lambda s: s.intervene_place is not None, intervention),
 )
