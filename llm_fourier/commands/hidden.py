@@ -158,9 +158,10 @@ class HiddenSettings(ModelOptions, TaskOptions, StatsOptions, SeedOptions, Batch
             raise self.fail("intervene_layer", f"{self.intervene_layer} is not among --layers "
                             f"{self.layers}")
 
+
 def _spikes(hs: HiddenStates, target: str, periods) -> dict:
     """Per (role, layer): outlier periods of the per-number mean states (numbers 0..p-1)."""
-    uniq, _ = per_number_means(hs.at(hs.roles[0], hs.layers[0]), hs.numbers(target))
+    uniq = np.unique(hs.numbers(target))
     if len(uniq) < 3 or not np.array_equal(uniq, np.arange(len(uniq))):
         return {}
     basis = FourierBasis(len(uniq), "dft")

@@ -1,10 +1,6 @@
-"""The controls of ``llm-fourier hidden``: what a probe result must be read beside.
-
-``token_identity_result``: where the read token alone decodes ``n mod T`` (a digit-splitting
-tokenizer), the probes also run with the token-identity means regressed out. ``control_spectrum``
-(``--control FILE`` or ``--corpus FILE``): a per-number scalar's spectrum beside the
-embedding's, or the mean states'.
-"""
+"""The controls of ``llm-fourier hidden``: token identity (where the read token alone decodes
+``n mod T``, the probes also run with its directions removed) and the frequency control (a
+per-number scalar's spectrum beside the embedding's, ``--control`` or ``--corpus``)."""
 
 from __future__ import annotations
 
