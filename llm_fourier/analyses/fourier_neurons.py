@@ -139,10 +139,8 @@ class NeuronSpectra:
     def counts(self, min_share: float = 0.5) -> np.ndarray:
         """K x L: neurons whose top component is k (row k - 1) with share >= ``min_share``."""
         out = np.zeros((self.basis.n_components, len(self.layers)), dtype=np.int64)
-        ok = np.nan_to_num(self.share, nan=-1) >= min_share
-        for li in range(len(self.layers)):
-            ks = self.top_k[li][ok[li] & (self.top_k[li] > 0)]
-            np.add.at(out[:, li], ks - 1, 1)
+        li, i = np.nonzero((np.nan_to_num(self.share, nan=-1) >= min_share) & (self.top_k > 0))
+        np.add.at(out, (self.top_k[li, i] - 1, li), 1)
         return out
 
     def summary(self, min_share: float = 0.5, top: int = 5) -> list[dict]:
@@ -231,13 +229,6 @@ def top_neurons(spectra: NeuronSpectra, period: float, k: int) -> dict[int, list
     return {layer: sorted(v) for layer, v in sorted(out.items())}
 
 
-def random_like(selection: dict[int, Sequence[int]], d_mlp: dict[int, int],
-                rng: np.random.Generator) -> dict[int, list[int]]:
-    """As many random neurons from each layer as ``selection`` has there (uniform)."""
-    return {layer: sorted(int(i) for i in rng.choice(d_mlp[layer], len(idx), replace=False))
-            for layer, idx in selection.items()}
-
-
 @contextmanager
 def knockout(lm, neurons: dict[int, Sequence[int]], rows: slice | None = None
              ) -> Iterator[None]:
@@ -274,13 +265,14 @@ def knockout_conditions(lm, spectra: NeuronSpectra, periods: Sequence[float],
     positions) and those neurons: "none", then per period ``top-T`` and ``random-T-d``."""
     if n_random < 1:
         raise UserError(f"n_random must be at least 1, got {n_random}.")
-    d_mlp = {layer: spectra.top_k.shape[1] for layer in spectra.layers}
     chosen: dict[str, dict[int, list[int]]] = {"none": {}}
     for j, T in enumerate(periods):
         top = chosen[f"top-{float(T):g}"] = top_neurons(spectra, T, n_neurons)
-        for d in range(n_random):
-            chosen[f"random-{float(T):g}-{d}"] = random_like(
-                top, d_mlp, np.random.default_rng([seed, j, d]))
+        for d in range(n_random):  # as many uniform draws from each layer as ``top`` has
+            rng = np.random.default_rng([seed, j, d])
+            chosen[f"random-{float(T):g}-{d}"] = {layer: sorted(
+                int(i) for i in rng.choice(spectra.top_k.shape[1], len(idx), replace=False))
+                for layer, idx in top.items()}
     return {name: (Condition(name, row_hooks=lambda rows, sel=sel: knockout(lm, sel, rows)),
                    sel) for name, sel in chosen.items()}
 
