@@ -1,67 +1,54 @@
 """Fourier neurons of an LLM's MLPs: spectra of their output directions, and knockouts.
 
-A neuron's output direction w_i is its column of the MLP's output projection (what the MLP
-adds to the residual stream per unit of activation: GPT-2 ``c_proj`` is a ``Conv1D`` whose
-weight is d_mlp x D, so w_i is row i; every ``nn.Linear`` (Llama ``down_proj``, GPT-NeoX
-``dense_4h_to_h``, Phi ``fc2``, GPT-J ``fc_out``) stores D x d_mlp, so w_i is column i).
-The roles table (``architectures.ROLES``, ``mlp_proj``) names it per model type; other types
-fall back to the last Linear/Conv1D inside the MLP whose output width is d_model.
-``check_projections`` runs one forward and refuses a model whose MLP output is not that
-projection's output (a mixture of experts, an extra scale), because the directions
-would then mean nothing.
+A neuron's output direction w_i is its column of the MLP's output projection (the roles
+table's ``mlp_proj``, ``architectures.ROLES``, else the last Linear/Conv1D inside the MLP
+writing d_model; GPT-2's ``Conv1D`` stores d_mlp x D, so there w_i is row i).
+``check_projections`` refuses a model whose MLP output is not that projection's output (a
+mixture of experts, an extra scale): the directions would mean nothing.
 
-Read through the answers' readout, ``v_i = W_U[numbers] w_i`` (p values; ``W_U[digits
-0..9]`` with the DFT over ten points where the tokenizer splits numbers; the raw readout,
-no final norm, as ``lens`` and the filters), a neuron's spectrum over the readout's basis
-gives its top component k (largest energy among k >= 1), its share of the non-constant
-energy, and the constant's share of the total. Blocks that put the MLP output through a
-norm before adding it (Gemma 2/3, OLMo 2/3: ``post_feedforward_layernorm``) rescale it by
-the norm's gain and a data-dependent 1/rms: a neuron's effect is then not ``v_i``. Such
-models are refused unless ``allow_post_norm`` (the spectrum is then of the direction before
-the norm; the knockout stays exact).
+Read through the answers' readout, ``v_i = W_U[numbers] w_i`` (``W_U[digits 0..9]`` with the
+DFT over ten points where the tokenizer splits numbers; no final norm, as ``lens`` and the
+filters), a neuron's spectrum gives its top component k >= 1, its share of the non-constant
+energy, and the constant's share of the total. Blocks that normalise the MLP output before
+adding it (Gemma 2/3, OLMo 2/3: ``post_feedforward_layernorm``) scale it by the norm's gain
+and a data-dependent 1/rms, so a neuron's effect is not ``v_i``: they are refused unless
+``allow_post_norm`` (the spectrum is then of the direction before the norm; the knockout
+stays exact).
 
-``knockout`` zeroes chosen neurons' activations (a forward pre-hook on the projection, in
-every forward it wraps); ``knockout_table`` compares the top-k neurons of a period (by
-energy at its component, pooled over the chosen layers) with random draws of the same
-number of neurons from each of the same layers, every knockout a condition of one engine
-pass (so at the answer positions, on the unedited prompt prefix) scored as ``ablate``
-scores answers.
+``knockout`` zeroes chosen neurons' activations (a pre-hook on the projection);
+``knockout_table`` compares the top-k neurons of a period (by energy at its component,
+pooled over the chosen layers) with random draws of as many neurons from each of the same
+layers, every knockout a condition of one engine pass (at the answer positions, on the
+unedited prompt prefix), scored as ``ablate`` scores answers.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from llm_fourier.analyses.ablation import answer_target
+from llm_fourier.analyses.ablation import answer_target, table_readout
 from llm_fourier.analyses.answers import score_conditions
 from llm_fourier.errors import UserError
 from llm_fourier.model.answer_space import AnswerSpace
 from llm_fourier.model.architectures import is_conv1d, projection, sublayer
 from llm_fourier.model.engine import Condition, Engine, PromptSet, Store
 from llm_fourier.model.numbers import NumberTokens
-from llm_fourier.model.readout import NumberReadout, number_readout
+from llm_fourier.model.readout import NumberReadout
 from llm_fourier.model.tasks import Example
 from probes import FourierBasis
 
 _POST_NORM = re.compile(r"post_(feedforward|ffw|ffn|mlp)", re.I)
 
 
-def mlp_block(lm, layer: int) -> nn.Module:
-    """``layer``'s MLP module itself. The ``mlp`` role names what the block adds to the
-    residual stream, which is a post-norm after the MLP in Gemma-2/3 and OLMo-2/3."""
-    return sublayer(lm.block(layer), lm.roles, "mlp")
-
-
 def output_projection(lm, layer: int) -> nn.Module:
-    """The module whose input is the neuron activations of ``layer``'s MLP (the roles
-    table's ``mlp_proj``, else discovered)."""
+    """The module whose input is ``layer``'s neuron activations (``mlp_proj``, else found)."""
     proj = projection(lm.block(layer), lm.roles, "mlp", lm.d_model)
     if proj is None:
         raise UserError(f"cannot find the output projection of {lm.name}'s MLP (no Linear or "
@@ -73,8 +60,7 @@ def output_projection(lm, layer: int) -> nn.Module:
 def neuron_directions(lm, layer: int) -> Tensor:
     """Output directions of ``layer``'s neurons: d_mlp x D, float32 on the CPU."""
     proj = output_projection(lm, layer)
-    w = proj.weight.detach()
-    return (w if is_conv1d(proj) else w.T).to("cpu", torch.float32)
+    return (proj.weight if is_conv1d(proj) else proj.weight.T).detach().to("cpu", torch.float32)
 
 
 def has_post_norm(lm) -> bool:
@@ -85,7 +71,8 @@ def has_post_norm(lm) -> bool:
 
 def check_projections(lm, layers: Sequence[int]) -> None:
     """One forward (the engine's, stopped after the deepest layer): each MLP's output must
-    equal its projection's output; else refuse."""
+    equal its projection's output; else refuse. The ``mlp`` role names what the block adds,
+    a post-norm after the MLP in Gemma-2/3 and OLMo-2/3: the MLP itself is its sublayer."""
     got: dict[tuple[str, int], Tensor] = {}
 
     def keep(key):
@@ -95,13 +82,12 @@ def check_projections(lm, layers: Sequence[int]) -> None:
 
     @contextmanager
     def recording() -> Iterator[None]:
-        handles = [m.register_forward_hook(keep((name, i))) for i in layers for name, m in
-                   (("mlp", mlp_block(lm, i)), ("proj", output_projection(lm, i)))]
-        try:
+        with ExitStack() as stack:
+            for i in layers:
+                for name, m in (("mlp", sublayer(lm.block(i), lm.roles, "mlp")),
+                                ("proj", output_projection(lm, i))):
+                    stack.callback(m.register_forward_hook(keep((name, i))).remove)
             yield
-        finally:
-            for h in handles:
-                h.remove()
 
     def differs(*_) -> list[int]:
         return [i for i in layers if (mlp := got.get(("mlp", i))) is None
@@ -153,10 +139,8 @@ class NeuronSpectra:
     def counts(self, min_share: float = 0.5) -> np.ndarray:
         """K x L: neurons whose top component is k (row k - 1) with share >= ``min_share``."""
         out = np.zeros((self.basis.n_components, len(self.layers)), dtype=np.int64)
-        ok = np.nan_to_num(self.share, nan=-1) >= min_share
-        for li in range(len(self.layers)):
-            ks = self.top_k[li][ok[li] & (self.top_k[li] > 0)]
-            np.add.at(out[:, li], ks - 1, 1)
+        li, i = np.nonzero((np.nan_to_num(self.share, nan=-1) >= min_share) & (self.top_k > 0))
+        np.add.at(out, (self.top_k[li, i] - 1, li), 1)
         return out
 
     def summary(self, min_share: float = 0.5, top: int = 5) -> list[dict]:
@@ -173,12 +157,6 @@ class NeuronSpectra:
         return rows
 
 
-def _readout(lm, target: AnswerSpace | NumberTokens | NumberReadout) -> NumberReadout:
-    if isinstance(target, AnswerSpace):
-        return target.readout(lm)
-    return number_readout(lm, target) if isinstance(target, NumberTokens) else target
-
-
 def neuron_spectra(
     lm,
     target: AnswerSpace | NumberTokens | NumberReadout,
@@ -189,18 +167,15 @@ def neuron_spectra(
     allow_post_norm: bool = False,
     check: bool = True,
 ) -> NeuronSpectra:
-    """Spectra of every neuron's direction read through the answers' readout
-    (``W_U[numbers]``, or ``W_U[digits 0..9]`` with the DFT over ten points), per layer.
-
-    ``periods``: keep each neuron's energy at those periods' components (for ``top_neurons``).
-    """
+    """Spectra of every neuron's direction read through the answers' readout, per layer.
+    ``periods``: keep each neuron's energy at those periods' components (``top_neurons``)."""
     layers = list(range(lm.n_layers)) if layers is None else sorted(set(int(i) for i in layers))
     post = has_post_norm(lm)
     if post and not allow_post_norm:
         raise UserError(f"{lm.name} normalises the MLP output before adding it (post-norm), "
                         "so a neuron's direction is not its effect; pass allow_post_norm=True "
                         "to read the directions before the norm anyway.")
-    readout = _readout(lm, target)
+    readout = target if isinstance(target, NumberReadout) else table_readout(lm, target)
     if readout.p < 3:
         raise UserError(f"a spectrum needs at least 3 single-token numbers, the tokenizer "
                         f"keeps {readout.p}.")
@@ -218,29 +193,21 @@ def neuron_spectra(
         check_projections(lm, layers)
     W = readout.W.to(torch.float64)
     F = torch.as_tensor(basis.matrix, dtype=torch.float64) @ W  # (1 + 2K) x D
-    parts: dict[str, list] = {k: [] for k in ("top", "share", "const", "norm", "sum")}
-    comp: dict[int, list] = {k: [] for k in set(ks)}
+    energy, norm = [], []
     for layer in layers:
-        dirs = neuron_directions(lm, layer).to(torch.float64)  # d_mlp x D
-        c = (F @ dirs.T).numpy()  # (1 + 2K) x d_mlp
-        energy = np.concatenate([c[:1] ** 2, c[1::2] ** 2 + c[2::2] ** 2])  # (K + 1) x d_mlp
-        nonconst = energy[1:].sum(0)
-        top = energy[1:].argmax(0) + 1
-        share = np.divide(energy[top, np.arange(energy.shape[1])], nonconst,
-                          out=np.full(nonconst.shape, np.nan), where=nonconst > 0)
-        total = energy.sum(0)
-        parts["top"].append(np.where(nonconst > 0, top, 0))
-        parts["share"].append(share)
-        parts["const"].append(np.divide(energy[0], total, out=np.full(total.shape, np.nan),
-                                        where=total > 0))
-        parts["norm"].append(np.linalg.norm((W @ dirs.T).numpy(), axis=0))
-        parts["sum"].append(energy.sum(1))
-        for k in ks:
-            comp[k].append(energy[k])
-    return NeuronSpectra(basis, layers, np.stack(parts["top"]), np.stack(parts["share"]),
-                         np.stack(parts["const"]), np.stack(parts["norm"]),
-                         np.stack(parts["sum"]), {k: np.stack(v) for k, v in comp.items()},
-                         post, readout.kind)
+        dirs = neuron_directions(lm, layer).to(torch.float64).T  # D x d_mlp
+        c = (F @ dirs).numpy()  # (1 + 2K) x d_mlp
+        energy.append(np.concatenate([c[:1] ** 2, c[1::2] ** 2 + c[2::2] ** 2]))
+        norm.append(np.linalg.norm((W @ dirs).numpy(), axis=0))
+    e = np.stack(energy)  # L x (K + 1) x d_mlp
+    nonconst, total = e[:, 1:].sum(1), e.sum(1)
+    top = e[:, 1:].argmax(1) + 1
+    share = np.divide(np.take_along_axis(e, top[:, None], 1)[:, 0], nonconst,
+                      out=np.full(nonconst.shape, np.nan), where=nonconst > 0)
+    constant = np.divide(e[:, 0], total, out=np.full(total.shape, np.nan), where=total > 0)
+    return NeuronSpectra(basis, layers, np.where(nonconst > 0, top, 0), share, constant,
+                         np.stack(norm), e.sum(2), {k: e[:, k] for k in set(ks)}, post,
+                         readout.kind)
 
 
 def top_neurons(spectra: NeuronSpectra, period: float, k: int) -> dict[int, list[int]]:
@@ -262,44 +229,33 @@ def top_neurons(spectra: NeuronSpectra, period: float, k: int) -> dict[int, list
     return {layer: sorted(v) for layer, v in sorted(out.items())}
 
 
-def random_like(selection: dict[int, Sequence[int]], d_mlp: dict[int, int],
-                rng: np.random.Generator) -> dict[int, list[int]]:
-    """As many random neurons from each layer as ``selection`` has there (uniform)."""
-    return {layer: sorted(int(i) for i in rng.choice(d_mlp[layer], len(idx), replace=False))
-            for layer, idx in selection.items()}
-
-
 @contextmanager
 def knockout(lm, neurons: dict[int, Sequence[int]], rows: slice | None = None
              ) -> Iterator[None]:
     """Zero the activations of ``neurons`` ({layer: indices}) at every position (of the
     batch ``rows`` only, when given)."""
-    handles = []
-
-    def pre_hook(index: Tensor):
-        cache: dict = {}
+    def zeroing(index: Tensor):
+        on: dict = {}  # index per device, copied once
 
         def hook(module, args):
             x = args[0]
-            if x.device not in cache:
-                cache[x.device] = index.to(x.device)
+            if x.device not in on:
+                on[x.device] = index.to(x.device)
+            i = on[x.device]
             if rows is None:
-                return (x.index_fill(-1, cache[x.device], 0), *args[1:])
+                return (x.index_fill(-1, i, 0), *args[1:])
             x = x.clone()
-            x[rows] = x[rows].index_fill(-1, cache[x.device], 0)
+            x[rows] = x[rows].index_fill(-1, i, 0)
             return (x, *args[1:])
 
         return hook
 
-    try:
+    with ExitStack() as stack:
         for layer, idx in neurons.items():
             if len(idx):
-                handles.append(output_projection(lm, layer).register_forward_pre_hook(
-                    pre_hook(torch.as_tensor(list(idx), dtype=torch.long))))
+                stack.callback(output_projection(lm, layer).register_forward_pre_hook(
+                    zeroing(torch.as_tensor(list(idx), dtype=torch.long))).remove)
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def knockout_conditions(lm, spectra: NeuronSpectra, periods: Sequence[float],
@@ -309,13 +265,14 @@ def knockout_conditions(lm, spectra: NeuronSpectra, periods: Sequence[float],
     positions) and those neurons: "none", then per period ``top-T`` and ``random-T-d``."""
     if n_random < 1:
         raise UserError(f"n_random must be at least 1, got {n_random}.")
-    d_mlp = {layer: spectra.top_k.shape[1] for layer in spectra.layers}
     chosen: dict[str, dict[int, list[int]]] = {"none": {}}
     for j, T in enumerate(periods):
         top = chosen[f"top-{float(T):g}"] = top_neurons(spectra, T, n_neurons)
-        for d in range(n_random):
-            chosen[f"random-{float(T):g}-{d}"] = random_like(
-                top, d_mlp, np.random.default_rng([seed, j, d]))
+        for d in range(n_random):  # as many uniform draws from each layer as ``top`` has
+            rng = np.random.default_rng([seed, j, d])
+            chosen[f"random-{float(T):g}-{d}"] = {layer: sorted(
+                int(i) for i in rng.choice(spectra.top_k.shape[1], len(idx), replace=False))
+                for layer, idx in top.items()}
     return {name: (Condition(name, row_hooks=lambda rows, sel=sel: knockout(lm, sel, rows)),
                    sel) for name, sel in chosen.items()}
 
@@ -338,10 +295,8 @@ def knockout_table(
     progress: bool = True,
     store: Store | None = None,
 ) -> dict:
-    """Accuracy and loss with the top ``n_neurons`` neurons of each period knocked out at
-    the answer positions, beside ``n_random`` draws of as many random neurons from each of
-    the same layers: every knockout a condition of one engine pass (the prompt prefix once
-    per batch; whole answers scored as ``ablate`` does). ``store`` keeps its units."""
+    """Accuracy and loss with the top ``n_neurons`` neurons of each period knocked out,
+    beside ``n_random`` random draws (see the module doc). ``store`` keeps its units."""
     if spectra is None:
         spectra = neuron_spectra(lm, target, layers, basis_kind=basis_kind, periods=periods,
                                  allow_post_norm=allow_post_norm)
@@ -361,13 +316,12 @@ def knockout_table(
         out.append({
             "period": float(T), "component": spectra.basis.k_of_period(T),
             "n_neurons": n_neurons, "top": result(f"top-{float(T):g}"),
-            "random": {"accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std()),
-                       "accuracy_min": float(acc.min()), "accuracy_max": float(acc.max()),
+            "random": {**{f"accuracy_{s}": float(getattr(acc, s)())
+                          for s in ("mean", "std", "min", "max")},
                        "loss_mean": float(np.mean([x["loss"] for x in draws])),
                        "draws": draws},
         })
-    baseline = {k: v for k, v in result("none").items() if k != "neurons"}
-    return {"baseline": baseline, "periods": out,
+    return {"baseline": {k: got["none"][k] for k in ("accuracy", "loss")}, "periods": out,
             "settings": {"layers": spectra.layers, "n_neurons": n_neurons,
                          "n_random": n_random, "seed": seed, "basis": spectra.basis.kind,
                          "readout": spectra.readout, "prediction": prediction,
@@ -380,8 +334,7 @@ def knockout_rows(result: dict) -> list[dict]:
     return [{"period": p["period"], "component": p["component"], "n_neurons": p["n_neurons"],
              "accuracy_none": base["accuracy"], "accuracy_top": p["top"]["accuracy"],
              "accuracy_random": p["random"]["accuracy_mean"],
-             "accuracy_random_std": p["random"]["accuracy_std"],
-             "accuracy_random_min": p["random"]["accuracy_min"],
-             "accuracy_random_max": p["random"]["accuracy_max"],
+             **{f"accuracy_random_{s}": p["random"][f"accuracy_{s}"]
+                for s in ("std", "min", "max")},
              "loss_none": base["loss"], "loss_top": p["top"]["loss"],
              "loss_random": p["random"]["loss_mean"]} for p in result["periods"]]

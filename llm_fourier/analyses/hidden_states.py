@@ -1,23 +1,18 @@
-"""Fourier probes on hidden states: collect, probe, control, ablate.
+"""Fourier probes on hidden states: collect, probe, control (ablate: ``hidden_ablation``).
 
 * ``collect``: per-layer residual (block output), attention and MLP outputs at one token of
-  each prompt: the last token of operand a or b (found through the tokenizer's offsets,
-  so digit-splitting tokenizers such as Llama-2, Mistral or Qwen work) or the last prompt
-  token. A causal model's state at token j depends on tokens <= j only, so the prompt is
-  cut after that token and the engine (``model.engine``) reads the last position, stopping
-  after the deepest layer read.
+  each prompt: the last token of operand a or b (found through the tokenizer's offsets, so
+  digit-splitting tokenizers work) or the last prompt token. A causal model's state at token
+  j depends on tokens <= j only, so the prompt is cut after that token and the engine reads
+  the last position, stopping after the deepest layer read.
 * ``probe_layers``: mod-T probes and helix fits (``probes.linear``) per (role, layer), each
-  beside its shuffled-label baseline and with bootstrap intervals over numbers and
-  permutation p-values (``probes.stats``); ``random_copy`` gives the randomly initialised
-  model whose states are probed the same way.
+  beside its shuffled-label baseline, with bootstrap intervals over numbers and permutation
+  p-values (``probes.stats``); ``random_copy`` gives a randomly initialised model to probe.
 * ``token_identity``: is ``n mod T`` told by the identity of the token where the state is
   read (an operand's last digit with digit-splitting tokenizers)? ``probe_layers`` then adds
   the control: the same probes with per-token-id means regressed out.
-* ``frequency_control``: the spectrum of a per-number scalar (e.g. token counts, from a
-  file or counted in a corpus by ``llm_fourier.analyses.corpus``) with its outliers, to put beside
-  an embedding's spectrum.
-* ``probe_ablation`` (in ``llm_fourier.analyses.hidden_ablation``): remove the fitted Fourier
-  directions from module outputs and measure task accuracy.
+* ``frequency_control``: the spectrum of a per-number scalar (e.g. token counts, from a file
+  or ``analyses.corpus``) with its outliers, beside an embedding's spectrum.
 """
 
 from __future__ import annotations
@@ -43,6 +38,12 @@ from probes.stats import StatsConfig
 TOKENS = ("a", "b", "last")
 TARGETS = ("a", "b", "answer")
 ROLES = ("block", "attn", "mlp")
+CONTROLS = ("auto", "always", "never")
+MOD_STAT_KEYS = ("accuracy_ci_low", "accuracy_ci_high", "accuracy_p_value", "kappa_ci_low",
+                 "kappa_ci_high", "kappa_p_value", "ci_inflation")
+HELIX_STAT_KEYS = ("r2_test_ci_low", "r2_test_ci_high", "r2_test_p_value",
+                   "decode_accuracy_ci_low", "decode_accuracy_ci_high",
+                   "decode_accuracy_p_value")
 
 
 def operand_spans(example: Example) -> dict[str, tuple[int, int]]:
@@ -112,8 +113,7 @@ def collect(
     batch_size: int = 32,
     progress: bool = True,
 ) -> HiddenStates:
-    """Hidden states at ``token`` of every example, for each role and layer: the prompts
-    cut after that token, one forward each that stops after the deepest layer read."""
+    """Hidden states at ``token`` of every example, per role and layer (see the module doc)."""
     if not examples:
         raise UserError("no examples to probe; use a larger operand range or --limit.")
     layers = list(range(lm.n_layers)) if layers is None else sorted(set(int(i) for i in layers))
@@ -124,8 +124,8 @@ def collect(
         lambda b, c, out: {r: x[:, 0] for r, x in out.rows.items()},
         roles=roles, layers=layers, logits=False, stop_after=max(layers), progress=progress,
         desc=f"collect ({token} token)")["states"]
-    states = {r: prompts.scatter([u[r] for u in units]) for r in roles}
-    return HiddenStates(states, layers, list(examples), token)
+    return HiddenStates({r: prompts.scatter([u[r] for u in units]) for r in roles}, layers,
+                        list(examples), token)
 
 
 def random_copy(lm: LoadedModel, seed: int = 0) -> LoadedModel:
@@ -142,23 +142,19 @@ def random_copy(lm: LoadedModel, seed: int = 0) -> LoadedModel:
 
 def read_token_ids(tokenizer, examples: Sequence[Example], token: str = "last") -> np.ndarray:
     """The id of the token whose state is read (``token`` in a, b, last), one per example."""
-    return np.array([ids[-1] for ids in token_ids_at(tokenizer, examples, token)],
-                    dtype=np.int64)
+    return np.array([ids[-1] for ids in token_ids_at(tokenizer, examples, token)], np.int64)
 
 
 def token_identity(token_ids, numbers, periods: Sequence[int],
                    threshold: float = 0.9) -> dict[int, dict]:
     """Per period T: how far the token id at the read position alone tells ``n mod T`` for
-    numbers it never saw.
-
-    With a digit-splitting tokenizer the state at an operand's last token sits on that
-    digit, so ``a mod 10`` (and mod 2, mod 5) *is* the token's identity: any probe, even on
-    a random model, decodes it, and a perfect probe says nothing about Fourier features.
-    ``token_accuracy``: each number's rows are given the residue most common among the rows
-    of *other* numbers read at the same token id (no such rows: wrong), as a probe that
-    knew only the token would do on held-out numbers; ``function_of_token``: every token id
-    carries one residue. ``confounded`` when ``token_accuracy >= threshold``. With one token
-    per number (single-token numbers) no other number shares the token: never confounded.
+    numbers it never saw. With a digit-splitting tokenizer the state at an operand's last
+    token sits on that digit, so ``a mod 10`` (and mod 2, mod 5) *is* the token's identity:
+    any probe, even on a random model, decodes it, saying nothing about Fourier features.
+    ``token_accuracy``: each number's rows get the residue most common among the rows of
+    *other* numbers at the same token id (none: wrong), as a probe knowing only the token
+    would on held-out numbers; ``function_of_token``: every token id carries one residue;
+    ``confounded``: ``token_accuracy >= threshold`` (never with single-token numbers).
     """
     tok, n = np.asarray(token_ids), np.asarray(numbers, dtype=np.int64)
     _, t_idx = np.unique(tok, return_inverse=True)
@@ -173,15 +169,11 @@ def token_identity(token_ids, numbers, periods: Sequence[int],
         np.add.at(table, (t_idx, r), 1.0)
         others = table[t_idx]  # rows at this token, minus the number's own (all residue r)
         others[np.arange(len(r)), r] -= own
-        known = others.sum(1) > 0
-        correct = known & (others.argmax(1) == r)
-        acc = float(correct.mean())
-        out[int(T)] = {
-            "period": int(T), "token_accuracy": acc,
-            "function_of_token": bool(((table > 0).sum(1) == 1).all()),
-            "chance": float(np.bincount(r).max() / len(r)),
-            "n_token_ids": int(t_idx.max() + 1), "confounded": acc >= threshold,
-        }
+        acc = float(((others.sum(1) > 0) & (others.argmax(1) == r)).mean())
+        out[int(T)] = {"period": int(T), "token_accuracy": acc,
+                       "function_of_token": bool(((table > 0).sum(1) == 1).all()),
+                       "chance": float(np.bincount(r).max() / len(r)),
+                       "n_token_ids": int(t_idx.max() + 1), "confounded": acc >= threshold}
     return out
 
 
@@ -200,12 +192,9 @@ def probe_states(
     groups: np.ndarray | None = None,
 ) -> dict:
     """Mod-T probes and a helix fit of one (role, layer), with shuffled-label baselines.
-
-    Every score carries ``*_ci_low``, ``*_ci_high`` (bootstrap over numbers) and
-    ``*_p_value`` (permutation) unless ``stats`` has ``n_boot = n_perm = 0``. ``groups``
-    (e.g. the token id at the read position) are regressed out first: the
-    token-identity control.
-    """
+    Every score carries ``*_ci_low``, ``*_ci_high`` (bootstrap over numbers) and ``*_p_value``
+    (permutation) unless ``stats`` has ``n_boot = n_perm = 0``. ``groups`` (e.g. the token id
+    at the read position) are regressed out first: the token-identity control."""
     stats = StatsConfig(seed=seed) if stats is None else stats
     out: dict = {"mod": {}, "n_numbers": int(len(np.unique(numbers)))}
     for r in mod_probes(x, numbers, periods, n_splits=n_splits, pca_dim=mod_pca_dim,
@@ -219,22 +208,13 @@ def probe_states(
                     "block": r.block, **{k: getattr(r, k) for k in MOD_STAT_KEYS}}
     fit = fit_helix(x, numbers, helix_periods, pca_dim=pca_dim, seed=seed, stats=stats,
                     groups=groups)
-    out["helix"] = fit.summary()
-    out["fit"] = fit
+    out["helix"], out["fit"] = fit.summary(), fit
     if shuffled:
         base = fit_helix(x, numbers, helix_periods, pca_dim=pca_dim, seed=seed, shuffle=True,
                          groups=groups)
         out["helix"] |= {"r2_test_shuffled": base.r2_test,
                          "decode_accuracy_shuffled": base.decode_accuracy}
     return out
-
-
-MOD_STAT_KEYS = ("accuracy_ci_low", "accuracy_ci_high", "accuracy_p_value", "kappa_ci_low",
-                 "kappa_ci_high", "kappa_p_value", "ci_inflation")
-HELIX_STAT_KEYS = ("r2_test_ci_low", "r2_test_ci_high", "r2_test_p_value",
-                   "decode_accuracy_ci_low", "decode_accuracy_ci_high",
-                   "decode_accuracy_p_value")
-CONTROLS = ("auto", "always", "never")
 
 
 def probe_layers(
@@ -259,9 +239,9 @@ def probe_layers(
     run_control = token_ids is not None and (control == "always" or (
         control == "auto" and any(v["confounded"] for v in
                                   token_identity(token_ids, numbers, periods).values())))
-    keys = [(r, i) for r in hs.states for i in hs.layers]
     out = {}
-    for r, i in tqdm(keys, desc=f"probe {target}", unit="module", disable=not progress):
+    for r, i in tqdm([(r, i) for r in hs.states for i in hs.layers], desc=f"probe {target}",
+                     unit="module", disable=not progress):
         res = probe_states(hs.at(r, i), numbers, periods, helix_periods, **kwargs)
         if run_control:
             ctl = probe_states(hs.at(r, i), numbers, periods, helix_periods,
@@ -284,10 +264,9 @@ def flat_row(role: str, layer: int, result: dict, prefix: str = "") -> dict:
                 head, tail = key, ""
             row[f"{prefix}{head}_mod{T}" + (f"_{tail}" if tail else "")] = v
     h = result["helix"]
-    for key in ("r2_test", "r2_test_shuffled", "decode_accuracy", "decode_accuracy_shuffled",
-                *HELIX_STAT_KEYS):
-        if key in h:
-            row[f"{prefix}{key}"] = h[key]
+    row |= {f"{prefix}{key}": h[key] for key in ("r2_test", "r2_test_shuffled", "decode_accuracy",
+                                                 "decode_accuracy_shuffled", *HELIX_STAT_KEYS)
+            if key in h}
     if "control" in result:
         row |= {k: v for k, v in flat_row(role, layer, result["control"],
                                           f"{prefix}control_").items()
@@ -300,8 +279,7 @@ def load_scalar(path: str | Path, p: int | None = None) -> np.ndarray:
     (one column of values, or columns number,value; a header line is skipped). Read through
     ``output.reading``: text that is not UTF-8, null, text or non-finite values are one
     sentence naming the file."""
-    path = Path(path)
-    what = "control file"
+    path, what = Path(path), "control file"
     if not path.is_file():
         raise UserError(f"{what} {path} does not exist; give a CSV, JSON or NPY file "
                         "with one value per number.")
@@ -322,8 +300,11 @@ def load_scalar(path: str | Path, p: int | None = None) -> np.ndarray:
         else:
             rows = [r for r in (line.strip().split(",") for line in
                                 read_text(path, what).splitlines()) if r and r[0]]
-            if rows and not _is_float(rows[0][-1]):
-                rows = rows[1:]
+            if rows:  # a header line: its last field is no number
+                try:
+                    float(rows[0][-1])
+                except ValueError:
+                    rows = rows[1:]
             values = _by_number(path, [(r[0], r[-1]) for r in rows]) \
                 if rows and len(rows[0]) >= 2 else [r[-1] for r in rows]
     except (ValueError, KeyError, EOFError, OverflowError, IndexError) as err:
@@ -333,7 +314,7 @@ def load_scalar(path: str | Path, p: int | None = None) -> np.ndarray:
     if p is not None and len(values) < p:
         raise UserError(f"{path} has {len(values)} values but numbers go up to {p - 1}; give "
                         f"one value for each number 0..{p - 1}.")
-    return values[:p] if p is not None else values
+    return values[:p]
 
 
 def _by_number(path: Path, pairs) -> list:
@@ -346,21 +327,12 @@ def _by_number(path: Path, pairs) -> list:
     return [placed[n] for n in range(len(placed))]
 
 
-def _is_float(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
-
-
 def spectrum_report(values: np.ndarray, basis_kind: str = "paper", tau: int = 50) -> dict:
     """Spectrum over the number axis (axis 0), its outliers and low/high energy."""
     values = np.asarray(values, dtype=float)
     values = values[:, None] if values.ndim == 1 else values
     spec = spectrum(values, FourierBasis(len(values), basis_kind), axis=0)
-    return {"p": len(values), "basis": basis_kind,
-            "magnitude": spec.nonconstant.tolist(),
+    return {"p": len(values), "basis": basis_kind, "magnitude": spec.nonconstant.tolist(),
             "outliers": [o.as_dict() for o in spec.outliers()],
             "low_high": spec.low_high(min(tau, spec.basis.n_components))}
 
@@ -374,7 +346,6 @@ def frequency_control(values: np.ndarray, beside: np.ndarray | None = None,
     out = {"control": spectrum_report(np.asarray(values)[:n], basis_kind)}
     if beside is not None:
         out["beside"] = spectrum_report(np.asarray(beside)[:n], basis_kind)
-        ctl = {round(o["period"], 3) for o in out["control"]["outliers"]}
-        emb = {round(o["period"], 3) for o in out["beside"]["outliers"]}
-        out["shared_outlier_periods"] = sorted(ctl & emb)
+        periods = [{round(o["period"], 3) for o in out[k]["outliers"]} for k in out]
+        out["shared_outlier_periods"] = sorted(periods[0] & periods[1])
     return out

@@ -20,14 +20,12 @@ of prompts that then predict answer' under "swap". a' is drawn uniformly from th
 numbers' range (a' != a, answer' within ``max_answer``). By default only prompts the model
 answers correctly are used (as the paper does).
 
-Answers are scored as ``ablate`` scores them, on every tokenizer: the score of an answer is
-its teacher-forced log-probability (summed over its tokens; for single-token answers the LD
-is the logit difference), predictions are the model's next token for single-token answers
-and greedy whole answers otherwise. Every patch is a condition of the engine
-(``model.engine``: ``Patch`` at the operand's last token, the whole prompt under it); the
-prompts are tokenized once, and one pass per (role, layer) runs its mean, actual and
-per-method patches (a second, teacher-forced only, scores answer' where answers take
-several tokens).
+Answers are scored as ``ablate`` scores them: an answer's score is its teacher-forced
+log-probability (summed over its tokens; for single tokens the LD is the logit difference),
+predictions are the next token (single tokens) or greedy whole answers. Every patch is an
+engine condition (``Patch`` at the operand's last token); one pass per (role, layer) runs its
+mean, actual and per-method patches (and a teacher-forced one scores answer' where answers
+take several tokens).
 """
 
 from __future__ import annotations
@@ -52,6 +50,7 @@ from llm_fourier.model.answer_space import AnswerSpace
 from llm_fourier.model.engine import Condition, Engine, Greedy, Patch, PromptSet, Store
 from llm_fourier.model.number_format import NumberFormat
 from llm_fourier.model.numbers import NumberTokens, require_numbers
+from llm_fourier.model.patches import columns
 from llm_fourier.model.tasks import OPS, Example
 from llm_fourier.output.files import save_figure
 from llm_fourier.output.plots import pyplot
@@ -60,6 +59,8 @@ from probes.reconstruct import METHODS, MODES, fit_reconstructions
 
 OPERANDS = ("a", "b")
 Target = AnswerSpace | NumberTokens | NumberFormat
+
+
 def counterfactuals(examples: Sequence[Example], operand: str, op: str, lo: int, hi: int,
                     max_answer: int, seed: int = 0) -> list[Example]:
     """Each example with its ``operand`` replaced by another number of lo..hi (uniform, the
@@ -68,13 +69,10 @@ def counterfactuals(examples: Sequence[Example], operand: str, op: str, lo: int,
         raise UserError(f"operand must be a or b, got {operand!r}.")
     if op not in OPS:
         raise UserError(f"unknown operation {op!r}; choose one of {', '.join(OPS)}.")
-    fn = OPS[op][0]
-    rng = np.random.default_rng(seed)
-    out = []
+    fn, rng, out = OPS[op][0], np.random.default_rng(seed), []
     for ex in examples:
-        old = getattr(ex, operand)
         other = ex.b if operand == "a" else ex.a
-        cand = [v for v in range(lo, hi + 1) if v != old and
+        cand = [v for v in range(lo, hi + 1) if v != getattr(ex, operand) and
                 fn(*((v, other) if operand == "a" else (other, v))) <= max_answer]
         if not cand:
             raise UserError(f"no other value of {operand} in {lo}..{hi} keeps the answer of "
@@ -122,9 +120,9 @@ class _Scorer:
         cut = token_ids_at(lm.tokenizer, test, operand)
         self.positions = np.array([len(c) - 1 for c in cut])
         for b in self.prompts.batches:  # the patched token must be the operand's
-            ids, mask = b.enc["input_ids"].cpu(), b.enc["attention_mask"].cpu()
-            col = b.length - mask.sum(1) + torch.as_tensor(self.positions[b.rows])
-            if ids[torch.arange(len(b.rows)), col].tolist() != [cut[i][-1] for i in b.rows]:
+            ids = b.enc["input_ids"].cpu()[torch.arange(len(b.rows)),
+                                           columns(b, self.positions, range(len(b.rows)))]
+            if ids.tolist() != [cut[i][-1] for i in b.rows]:
                 raise UserError("the operand's token differs between the cut and the whole "
                                 "prompt; the tokenizer merges it with what follows.")
         self.other = None if self.single else PromptSet(  # the same prompts, answer'
@@ -155,22 +153,20 @@ class _Scorer:
 
     def run(self, conditions: Sequence[Condition], store: Store | None) -> dict[str, dict]:
         """Per condition: mean LD, accuracy and hits of answer'."""
-        engine = Engine(self.lm, self.prompts)
-        units = engine.run(conditions, self._reduce, store=store, progress=False,
-                           greedy=self.greedy, answers=not self.single)
-        if self.other is not None:  # log p(answer'): teacher forcing only
-            other = Engine(self.lm, self.other).run(
+        units = Engine(self.lm, self.prompts).run(conditions, self._reduce, store=store,
+                                                  progress=False, greedy=self.greedy,
+                                                  answers=not self.single)
+        if self.other is not None:  # log p(answer') as units "name'": teacher forcing only
+            units |= Engine(self.lm, self.other).run(
                 [replace(c, name=f"{c.name}'") for c in conditions], self._reduce,
                 answers=True, store=store, progress=False)
-        out = {}
-        for c in conditions:
-            scores = self.prompts.scatter([u["scores"] for u in units[c.name]])
-            if self.other is not None:
-                scores = np.concatenate([scores, self.prompts.scatter(
-                    [u["scores"] for u in other[f"{c.name}'"]])], 1)
-            pred = self.prompts.scatter([u["pred"] for u in units[c.name]])
-            out[c.name] = _summary(scores, pred, self.targets)
-        return out
+
+        def scattered(name: str, key: str) -> np.ndarray:  # the batches share their rows
+            return self.prompts.scatter([u[key] for u in units[name]])
+
+        return {c.name: _summary(np.concatenate([scattered(n, "scores") for n in
+                                                 (c.name, f"{c.name}'") if n in units], 1),
+                                 scattered(c.name, "pred"), self.targets) for c in conditions}
 
 
 def _summary(scores: np.ndarray, preds: np.ndarray, targets: np.ndarray) -> dict:
@@ -182,8 +178,12 @@ def _summary(scores: np.ndarray, preds: np.ndarray, targets: np.ndarray) -> dict
 
 
 def _metrics(clean: dict, mean: dict, actual: dict, same: dict, swap: dict) -> dict:
+    """The references (clean, mean and actual patches), then one method's fractions."""
     scale = abs(clean["ld"])
     return {
+        "ld_clean": clean["ld"], "ld_mean": mean["ld"], "ld_actual": actual["ld"],
+        "accuracy_clean": clean["accuracy"], "accuracy_mean": mean["accuracy"],
+        "to_counterfactual_actual": actual["to_counterfactual"],
         "kept": _ratio(same["ld"] - mean["ld"], clean["ld"] - mean["ld"], scale),
         "moved": _ratio(mean["ld"] - swap["ld"], mean["ld"] - actual["ld"], scale),
         "accuracy_same": same["accuracy"],
@@ -218,7 +218,6 @@ def helix_patching(
 ) -> PatchResult:
     """Fit the reconstructions on ``train`` prompts' operand states at each (role, layer) and
     patch them into the ``test`` prompts (see the module docstring for the metrics).
-
     ``target``: the answers' space (or their single-token numbers / number format; the
     counterfactual answers stay within its largest answer). ``train_states``: states of
     ``train`` at the operand's token already collected (``hidden_states.collect``).
@@ -261,14 +260,14 @@ def helix_patching(
         test, swapped = [test[i] for i in keep], [swapped[i] for i in keep]
         scorer = _Scorer(lm, test, swapped, target, operand, prediction, batch_size)
         clean = scorer.run([scorer.condition("clean-kept")], store)["clean-kept"]
-    current = collect(lm, test, token=operand, roles=roles, layers=layers, progress=False)
-    other = collect(lm, swapped, token=operand, roles=roles, layers=layers, progress=False)
-    n_same = np.array([getattr(e, operand) for e in test], dtype=np.float64)
-    n_swap = np.array([getattr(e, operand) for e in swapped], dtype=np.float64)
+    current, other = (collect(lm, x, token=operand, roles=roles, layers=layers, progress=False)
+                      for x in (test, swapped))
+    n_same, n_swap = (np.array([getattr(e, operand) for e in x], dtype=np.float64)
+                      for x in (test, swapped))
 
     rows, fits = [], {}
-    keys = [(r, i) for r in roles for i in layers]
-    for role, layer in tqdm(keys, desc="helix patching", unit="module", disable=not progress):
+    for role, layer in tqdm([(r, i) for r in roles for i in layers], desc="helix patching",
+                            unit="module", disable=not progress):
         x_train = train_states.at(role, layer)
         recs = fit_reconstructions(x_train, n_train, periods, methods,
                                    pca_dim=pca_dim, seed=seed)
@@ -282,13 +281,10 @@ def helix_patching(
         got = scorer.run([scorer.condition(f"{role}-{layer}-{k}", role, layer, v)
                           for k, v in vectors.items()], store)
         got = {k.split("-", 2)[2]: v for k, v in got.items()}
-        mean, actual = got["mean"], got["actual"]
-        refs = {"ld_clean": clean["ld"], "ld_mean": mean["ld"], "ld_actual": actual["ld"],
-                "accuracy_clean": clean["accuracy"], "accuracy_mean": mean["accuracy"],
-                "to_counterfactual_actual": actual["to_counterfactual"]}
         rows += [{"role": role, "layer": layer, "method": method, "n_params": rec.n_params,
-                  "r2_heldout": rec.r2_heldout, **refs,
-                  **_metrics(clean, mean, actual, got[f"{method}-same"], got[f"{method}-swap"])}
+                  "r2_heldout": rec.r2_heldout, **_metrics(clean, got["mean"], got["actual"],
+                                                           got[f"{method}-same"],
+                                                           got[f"{method}-swap"])}
                  for method, rec in recs.items()]
     pairs = [{"a": e.a, "b": e.b, "answer": e.answer, f"{operand}_counterfactual":
               getattr(s, operand), "answer_counterfactual": s.answer}
