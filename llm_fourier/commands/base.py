@@ -21,6 +21,8 @@ from typing import ClassVar
 
 from llm_fourier.commands.settings import Settings
 from llm_fourier.model.distributed import process_info
+from llm_fourier.output.files import write_csv
+from llm_fourier.output.html import html_table
 from llm_fourier.output.progress import quiet
 from llm_fourier.output.rundir import RunDir, check_writable
 
@@ -36,6 +38,24 @@ def _fill_defaults(settings, main: bool) -> None:
     elif path is not None:
         check_writable(path)
     settings.fill_defaults()
+
+
+def finish(run: RunDir, results: dict, *lines: str | None, where: str = "") -> dict:
+    """``run.finish(results)``, then print the console summary (``lines``, None skipped) and
+    where results.json is (followed by ``where``)."""
+    run.finish(results)
+    print(*(line for line in lines if line is not None), sep="\n")
+    if run.writes:
+        print(f"results: {run.file('results.json')}{where}")
+    return results
+
+
+def section_table(rows: list[dict], out: Path, name: str, caption: str) -> str:
+    """A report section's table, also written to ``out/tables/<name>.csv`` ("" without rows)."""
+    if not rows:
+        return ""
+    write_csv(out / "tables" / f"{name}.csv", rows)
+    return html_table(rows, caption=caption)
 
 
 @dataclass

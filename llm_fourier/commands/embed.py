@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from llm_fourier.analyses.embeddings import load_embedding_matrix
-from llm_fourier.commands.base import Command, JobView
+from llm_fourier.commands.base import Command, JobView, finish
 from llm_fourier.commands.emergence import emergence_html
 from llm_fourier.commands.options import (
     OutputOptions,
@@ -133,20 +133,16 @@ class EmbedCommand(Command):
                      f"numbers 0..{numbers.max_number} ({s.basis} basis)")
             spectrum_plot(spec.nonconstant, run.file(f"{matrix}_spectrum.png"), outliers, title,
                           "L2 norm over columns")
-        run.finish(results)
-        print(f"{s.model}: {matrix} rows of numbers 0..{numbers.max_number} "
-              f"(p={numbers.p}, D={rows.shape[1]})")
-        print(format_table(outliers, ["k", "period", "magnitude"]) if outliers
-              else "no outlier components")
-        if probes:
-            print(format_table(probes, ["period", "accuracy", "kappa", "kappa_ci_low",
-                                        "kappa_ci_high", "kappa_p_value", "chance_accuracy"]))
         lh = results["low_high"]
-        print(f"low (k<{lh['tau']}) / high energy: {lh['low_fraction']:.3f} / "
-              f"{lh['high_fraction']:.3f}")
-        if run.writes:
-            print(f"results: {run.file('results.json')}")
-        return results
+        return finish(
+            run, results, f"{s.model}: {matrix} rows of numbers 0..{numbers.max_number} "
+            f"(p={numbers.p}, D={rows.shape[1]})",
+            format_table(outliers, ["k", "period", "magnitude"]) if outliers
+            else "no outlier components",
+            format_table(probes, ["period", "accuracy", "kappa", "kappa_ci_low", "kappa_ci_high",
+                                  "kappa_p_value", "chance_accuracy"]) if probes else None,
+            f"low (k<{lh['tau']}) / high energy: {lh['low_fraction']:.3f} / "
+            f"{lh['high_fraction']:.3f}")
 
     # -------------------------------------------------------------- report view
     def section_html(self, jobs: list[JobView], out: Path) -> str:

@@ -38,7 +38,7 @@ import numpy as np
 from llm_fourier.analyses.digits import run_digit_lens
 from llm_fourier.analyses.hidden_states import collect
 from llm_fourier.analyses.lens import LENS_ROLES, PEAK_RULE, layer_summary, run_lens, spectra_matrix
-from llm_fourier.commands.base import Command, JobView
+from llm_fourier.commands.base import Command, JobView, finish
 from llm_fourier.commands.digit_views import (
     DIGIT_CAPTIONS,
     digit_console_rows,
@@ -161,16 +161,11 @@ class ProbeCommand(Command):
                 self._digit_files(run, results, lens)
             results["files"] = sorted(p.name for p in run.path.iterdir()
                                       if p.suffix in (".png", ".csv"))
-        run.finish(results)
-        if readout.kind == "number":
-            print(format_table(console_rows(results)))
-        else:
-            print(format_table(digit_console_rows(results)))
-        print(f"model accuracy ({results['prediction']}): {percent(results['model_accuracy'])}")
-        if run.writes:
-            print(f"results: {run.file('results.json')} (plots, CSVs and predictions.csv in "
-                  f"{run.path})")
-        return results
+        rows = console_rows if readout.kind == "number" else digit_console_rows
+        return finish(run, results, format_table(rows(results)),
+                      f"model accuracy ({results['prediction']}): "
+                      f"{percent(results['model_accuracy'])}",
+                      where=f" (plots, CSVs and predictions.csv in {run.path})")
 
     @staticmethod
     def _number_results(s: ProbeSettings, results: dict, accs: dict, tau: int) -> dict:
