@@ -138,12 +138,10 @@ def _column(job: JobView) -> str:
 
 
 class AblateCommand(Command):
-    name = "ablate"
     help = "low/high-frequency filter ablations of attention and MLP outputs (Table 1 of " \
            "Zhou et al.)"
-    Settings = AblateSettings
+    Settings, section, heading, order = AblateSettings, "ablate", "Frequency ablations", 40
     shards = True
-    section, heading, order = "ablate", "Frequency ablations", 40
     intro = ("Test accuracy after removing low- or high-frequency components from the attention "
              "and/or MLP outputs of every layer (Table 1 layout), and the errors those ablations "
              "leave: multiples of 10 when low frequencies go, small errors when high ones go.")

@@ -1,13 +1,14 @@
 """A command is one object: its typed settings, its run into one run folder, its report view.
 
-Subclasses set ``name``, ``help`` and ``Settings`` (a ``settings.Settings`` dataclass with
-``out`` and ``restart``, see ``options.OutputOptions``) and implement ``run(settings, run)``,
-which writes into the ``RunDir`` and returns the results dictionary (``run.finish`` writes it
-as ``results.json``). ``shards = True`` marks commands whose ``run`` shares its prompts among
-the processes of an ``accelerate launch`` / ``torchrun`` (every process calls it, the main
-one writes). The batch report renders a command's jobs through its view: ``section``,
-``heading``, ``intro`` and ``order`` place it on the page, ``captions`` name its figures, and
-``job_html`` / ``section_html`` / ``findings`` draw from its own results.
+Subclasses set ``help`` and ``Settings`` (a ``settings.Settings`` dataclass with ``out`` and
+``restart``, see ``options.OutputOptions``; ``name`` is its ``command`` unless set) and
+implement ``run(settings, run)``, which writes into the ``RunDir`` and returns the results
+dictionary (``run.finish`` writes it as ``results.json``; ``finish`` also prints).
+``shards = True`` marks commands whose ``run`` shares its prompts among the processes of an
+``accelerate launch`` / ``torchrun`` (every process calls it, the main one writes). The
+batch report renders a command's jobs through its view: ``section``, ``heading``, ``intro``
+and ``order`` place it on the page, ``captions`` name its figures, and ``job_html`` /
+``section_html`` / ``findings`` draw from its own results.
 
 Calling the object is the Python API: ``ProbeCommand()(model="gpt2", layers=[10])`` checks
 the settings exactly as the CLI does and returns the results; ``out=None`` writes nothing.
@@ -84,6 +85,11 @@ class Command:
     intro: ClassVar[str] = ""
     order: ClassVar[int] = 100
     captions: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__ and "Settings" in cls.__dict__:
+            cls.name = cls.Settings.command
 
     def run(self, settings, run: RunDir) -> dict:
         raise NotImplementedError

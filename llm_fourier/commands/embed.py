@@ -86,10 +86,8 @@ def _with_interval(probe: dict) -> str:
 
 
 class EmbedCommand(Command):
-    name = "embed"
     help = "Fourier spectrum of the number-token embeddings of any HF model"
-    Settings = EmbedSettings
-    section, heading, order = "embed", "Number embeddings", 10
+    Settings, section, heading, order = EmbedSettings, "embed", "Number embeddings", 10
     intro = ("Fourier spectra of the number-token rows of the embedding matrix: the DFT of each "
              "column over the numbers, L2 norm per component. Outliers at periods 2, 2.5, 5 and "
              "10 are the signature of Fourier number features (Zhou et al., Fig. 3).")

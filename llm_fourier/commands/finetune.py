@@ -107,11 +107,9 @@ def write_training_report(run: RunDir, state: dict, task, title: str) -> dict:
 
 
 class FinetuneCommand(Command):
-    name = "finetune"
     help = "fine-tune a causal LM on addition prompts (loss on the answer token; accelerate; " \
            "checkpoints, resumable)"
-    Settings = FinetuneSettings
-    section, heading, order = "finetune", "Fine-tuning", 20
+    Settings, section, heading, order = FinetuneSettings, "finetune", "Fine-tuning", 20
     intro = "Models fine-tuned on the addition task: training loss and held-out accuracy."
     captions = {"history": "Validation loss and accuracy over training.",
                 "test_errors": "Histogram of signed errors (prediction - answer) on the test "

@@ -111,11 +111,9 @@ def ranked(rows: list[dict], n: int = 10) -> list[dict]:
 
 
 class HeadsCommand(Command):
-    name = "heads"
     help = "attention heads: each head's number spectrum, where it looks, its direct effect " \
            "on the answer and what mean-ablating it costs"
-    Settings = HeadsSettings
-    section, heading, order = "heads", "Attention heads", 47
+    Settings, section, heading, order = HeadsSettings, "heads", "Attention heads", 47
     intro = ("What each attention head adds to the residual stream at the last prompt token, "
              "read through the unembedding of the numbers (its Fourier periods), where it "
              "attends (operand a, operand b, the answer prefix), its direct effect on the "
@@ -158,13 +156,11 @@ class HeadsCommand(Command):
                           store=run.store("together"), progress=progress)
             draws = [{"heads": chosen[n], **effect(*both[n], *base, cfg)} for n in chosen
                      if n != "top"]
-            acc = np.array([d["accuracy"] for d in draws])
+            acc, loss = ([d[key] for d in draws] for key in ("accuracy", "loss_increase"))
             together = {"k": k, "top": {"heads": top, **effect(*both["top"], *base, cfg)},
-                        "random": {"accuracy_mean": float(acc.mean()),
-                                   "accuracy_std": float(acc.std()),
-                                   "loss_increase_mean": float(np.mean(
-                                       [d["loss_increase"] for d in draws])),
-                                   "draws": draws}}
+                        "random": {"accuracy_mean": float(np.mean(acc)),
+                                   "accuracy_std": float(np.std(acc)),
+                                   "loss_increase_mean": float(np.mean(loss)), "draws": draws}}
         results = {"model": lm.name, "settings": s.identity(), "n_examples": len(examples),
                    **space.describe(space.readout(lm)), "tau": space.tau, "layers": layers,
                    "n_heads": measures.n_heads,

@@ -82,11 +82,9 @@ def summary_rows(summary: list[dict], n: int = 4) -> list[dict]:
 
 
 class NeuronsCommand(Command):
-    name = "neurons"
     help = "Fourier neurons: the spectrum of every MLP neuron's output direction through " \
            "W_U[numbers], and knockouts of each period's top neurons against random ones"
-    Settings = NeuronsSettings
-    section, heading, order = "neurons", "Fourier neurons", 45
+    Settings, section, heading, order = NeuronsSettings, "neurons", "Fourier neurons", 45
     intro = ("Each MLP neuron's output direction read through the unembedding of the numbers, "
              "in the Fourier basis: which period it writes (its top component) and how "
              "exclusively (that component's share of its energy). Knocking out the neurons that "

@@ -104,11 +104,9 @@ def _train_states(run: RunDir, lm, train, s: PatchSettings, layers: list[int]) -
 
 
 class PatchCommand(Command):
-    name = "patch"
     help = "helix activation patching: does the model use the fitted helix? (Kantamneni & " \
            "Tegmark 2025), beside circle, polynomial, PCA and shuffled fits"
-    Settings = PatchSettings
-    section, heading, order = "patch", "Helix activation patching", 55
+    Settings, section, heading, order = PatchSettings, "patch", "Helix activation patching", 55
     intro = ("Does the model use the helix? At each layer the state at the operand's token is "
              "replaced by a fit: of the same number (kept: the fraction of the clean logit "
              "difference that survives, 0 = mean ablation, 1 = all of it) or of another number "
@@ -159,13 +157,12 @@ class PatchCommand(Command):
 
     # -------------------------------------------------------------- report view
     def job_html(self, job: JobView) -> str:
-        rows = best_rows(job.results)
         clean = job.results.get("clean") or {}
-        return html_table(rows, caption=f"Per role and method: the layer where the same "
-                          f"number's fit keeps the most of the clean logit difference, and the "
-                          f"layer where another number's fit moves the answer furthest (clean "
-                          f"accuracy {_num(clean.get('accuracy'))} on {clean.get('n')} "
-                          "prompts).")
+        acc = "n/a" if clean.get("accuracy") is None else f"{clean['accuracy']:.3g}"
+        return html_table(best_rows(job.results), caption=f"Per role and method: the layer "
+                          f"where the same number's fit keeps the most of the clean logit "
+                          f"difference, and the layer where another number's fit moves the "
+                          f"answer furthest (clean accuracy {acc} on {clean.get('n')} prompts).")
 
     def section_html(self, jobs: list[JobView], out: Path) -> str:
         rows = [{"job": job.id, **row} for job in jobs for row in best_rows(job.results)]
@@ -187,10 +184,6 @@ class PatchCommand(Command):
                 f"{'; ' + beside + ', each at its best layer' if beside else ''}) and moves the "
                 f"answer up to {_pct(best.get('moved'))} of the way to the counterfactual "
                 f"(layer {best['moved_layer']})."]
-
-
-def _num(x) -> str:
-    return "n/a" if x is None else f"{x:.3g}"
 
 
 def _pct(x) -> str:

@@ -83,12 +83,10 @@ class ProbeSettings(ModelOptions, TaskOptions, SplitOptions, ReadoutOptions, Sta
 
 
 class ProbeCommand(Command):
-    name = "probe"
     help = "per-layer logit lens and Fourier spectra of attention and MLP outputs on addition " \
            "prompts (number tokens, or digit tokens for digit-splitting tokenizers)"
-    Settings = ProbeSettings
+    Settings, section, heading, order = ProbeSettings, "probe", "Per-layer Fourier analysis", 30
     shards = True
-    section, heading, order = "probe", "Per-layer Fourier analysis", 30
     intro = ("Logit lens on the number tokens: each layer's attention and MLP output at the last "
              "position, read through the unembedding of the numbers and transformed to the "
              "Fourier basis. Heatmaps show the magnitude of each Fourier component per layer; "
