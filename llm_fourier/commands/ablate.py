@@ -108,8 +108,7 @@ class AblateSettings(ModelOptions, TaskOptions, SplitOptions, ReadoutOptions, Ou
         parse_layers(self.layers)
 
     def space(self, fmt: NumberFormat) -> AnswerSpace:
-        """The answers' space (tau checked there); --keep and --prediction checked against
-        it."""
+        """The answers' space (tau checked there), --keep and --prediction checked on it."""
         space = self.answer_space(fmt, self.max_answer)
         if space.kind is not None:
             with self.named_errors():

@@ -99,8 +99,8 @@ class EmbedCommand(Command):
         W, tokenizer = load_embedding_matrix(s.model, unembed=s.unembed, dtype=s.dtype,
                                              device_map=s.device_map,
                                              trust_remote_code=s.trust_remote_code, **revision)
-        search = DEFAULT_SEARCH if s.max_number is None else s.max_number
-        numbers = find_number_tokens(tokenizer, search, leading_space=s.leading_space)
+        numbers = find_number_tokens(tokenizer, s.max_number or DEFAULT_SEARCH,
+                                     leading_space=s.leading_space)
         if numbers.p < 3:
             raise UserError(f"the tokenizer of {s.model} keeps only {numbers.p} numbers (from "
                             "0) as single tokens; a spectrum needs at least 0..2 (try without "

@@ -195,10 +195,9 @@ class HeadsCommand(Command):
         return "\n".join(parts)
 
     def findings(self, job: JobView) -> list[str]:
-        rows = ranked(job.results.get("heads") or [], 1)
-        if not rows or "loss_increase" not in rows[0]:
+        r = (ranked(job.results.get("heads") or [], 1) or [{}])[0]
+        if "loss_increase" not in r:
             return []
-        r = rows[0]
         return [f"{job.id}: mean-ablating head {r['head']} of layer {r['layer']} (periods "
                 f"{r['periods'] or 'none'}; attention to a {r['attn_a']:.2f}, to b "
                 f"{r['attn_b']:.2f}) leaves {percent(r['accuracy'])} accuracy "

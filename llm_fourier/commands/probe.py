@@ -273,8 +273,7 @@ def console_rows(results: dict) -> list[dict]:
 
 
 def layer_rows(results: dict) -> list[dict]:
-    """Per layer: residual lens accuracy and, for attention and MLP, the top outlier periods
-    and the low-frequency energy fraction."""
+    """Per layer: residual lens accuracy; attention and MLP periods and low-frequency share."""
     acc, layers = results.get("accuracy", {}), results.get("layers", {})
     rows = []
     for i in range(int(results.get("n_layers", 0))):
