@@ -29,7 +29,7 @@ from pathlib import Path
 
 from llm_fourier.analyses.ablation import PREDICTIONS, ablation_table
 from llm_fourier.analyses.answers import condition, score_conditions
-from llm_fourier.commands.base import Command, JobView
+from llm_fourier.commands.base import Command, JobView, finish, section_table
 from llm_fourier.commands.digit_views import (
     DIGIT_CAPTIONS,
     flat_table_row,
@@ -50,7 +50,6 @@ from llm_fourier.errors import UserError
 from llm_fourier.model.answer_space import AnswerSpace
 from llm_fourier.model.number_format import NumberFormat
 from llm_fourier.output.digit_plots import digit_error_panels
-from llm_fourier.output.files import write_csv
 from llm_fourier.output.html import esc, html_table, percent
 from llm_fourier.output.plots import error_histograms
 from llm_fourier.output.rundir import RunDir
@@ -109,14 +108,11 @@ class AblateSettings(ModelOptions, TaskOptions, SplitOptions, ReadoutOptions, Ou
         parse_layers(self.layers)
 
     def space(self, fmt: NumberFormat) -> AnswerSpace:
-        """The answers' space (tau checked there); --keep and --prediction checked against
-        it."""
+        """The answers' space (tau checked there), --keep and --prediction checked on it."""
         space = self.answer_space(fmt, self.max_answer)
         if space.kind is not None:
-            try:
+            with self.named_errors():
                 space.check_keep(self.keep)
-            except UserError as e:
-                raise UserError(f"{self.command}: {e}") from None
         elif self.prediction == "numbers":
             raise self.fail("prediction", f"numbers needs single-token answers or one token "
                             f"per digit; this tokenizer writes answers up to {self.max_answer} "
@@ -141,12 +137,10 @@ def _column(job: JobView) -> str:
 
 
 class AblateCommand(Command):
-    name = "ablate"
     help = "low/high-frequency filter ablations of attention and MLP outputs (Table 1 of " \
            "Zhou et al.)"
-    Settings = AblateSettings
+    Settings, section, heading, order = AblateSettings, "ablate", "Frequency ablations", 40
     shards = True
-    section, heading, order = "ablate", "Frequency ablations", 40
     intro = ("Test accuracy after removing low- or high-frequency components from the attention "
              "and/or MLP outputs of every layer (Table 1 layout), and the errors those ablations "
              "leave: multiples of 10 when low frequencies go, small errors when high ones go.")
@@ -159,8 +153,7 @@ class AblateCommand(Command):
         task = s.task()
         examples = s.examples(task)
         space = s.space(s.answer_format(task.max_answer))
-        fmt, tau = space.fmt, space.tau
-        lm = s.load_model(tokenizer=fmt.tokenizer)
+        lm = s.load_model(tokenizer=space.fmt.tokenizer)
         layers = parse_layers(s.layers, lm.n_layers)
         readout = space.readout(lm) if space.kind else None
         record_inputs(run, lm, examples)  # after the checks of the layers and the readout
@@ -171,21 +164,21 @@ class AblateCommand(Command):
                 lm, examples, space, keep=s.keep, layers=layers, positions=s.positions,
                 prediction=s.prediction, batch_size=s.batch_size, store=store)
         else:  # no readout to filter through: the whole answers as they are
-            none = score_conditions(lm, examples, fmt, [condition()], prediction=s.prediction,
+            none = score_conditions(lm, examples, space.fmt, [condition()], prediction=s.prediction,
                                     batch_size=s.batch_size, store=store, desc="none")["none"]
             table = [{"row": "none", "filter": "none", "modules": "-", **none}]
         for row in table:
             row.setdefault("method", "next token")
         results = {
             "model": lm.name, "settings": s.identity(), "n_examples": len(examples),
-            **space.describe(readout), "tau": tau, "layers": layers,
+            **space.describe(readout), "tau": space.tau, "layers": layers,
             "prediction": _prediction_text(s.prediction, single),
             "positions": ("every position" if s.positions == "all" else
                           "the answer position" if single else "every answer position"),
             "table": [{k: v for k, v in r.items() if k != "predictions"} for r in table],
         }
         if readout is None:
-            results["note"] = (f"answers up to {task.max_answer} are written as {fmt.family} "
+            results["note"] = (f"answers up to {task.max_answer} are written as {space.fmt.family} "
                                "tokens, which have no readout to filter through; only the "
                                "unfiltered whole answers are scored (single-token or "
                                "digit-splitting answers get the filters)")
@@ -198,14 +191,11 @@ class AblateCommand(Command):
                 "knockouts, not frequency ablations; use a model wider than the band, or "
                 "another --tau")
             print(f"warning: {results['warning']}.")
-        files = ["table.csv", "predictions.csv", "error_histograms.png"]
-        if not single:
-            files.append("digit_errors.png")
-        results["files"] = files
+        results["files"] = ["table.csv", "predictions.csv", "error_histograms.png"] + (
+            [] if single else ["digit_errors.png"])
         if run.helper:
             return results  # a helper process of a launch: the main one writes and prints
-        columns = SUMMARY + EXTRA
-        run.write_csv("table.csv", [flat_table_row(r, columns) for r in table])
+        run.write_csv("table.csv", [flat_table_row(r, SUMMARY + EXTRA) for r in table])
         run.write_csv("predictions.csv", [
             {"prompt": e.prompt, "a": e.a, "b": e.b, "answer": e.answer,
              **{r["row"]: r["predictions"][i] for r in table}}
@@ -217,15 +207,11 @@ class AblateCommand(Command):
             if not single:
                 digit_error_panels(table, run.file("digit_errors.png"),
                                    "wrong whole answers in digit space")
-        run.finish(results)
         shown = list(SUMMARY) if single else list(SUMMARY[:4]) + [
             "teacher_forced_accuracy", "n_errors", "frac_errors_one_digit",
             "frac_errors_mult_10", "max_abs_error"]
-        print(format_table(results["table"], shown))
-        if run.writes:
-            print(f"results: {run.file('results.json')} (table.csv, predictions.csv and plots "
-                  f"in {run.path})")
-        return results
+        return finish(run, results, format_table(results["table"], shown), where=(
+            f" (table.csv, predictions.csv and plots in {run.path})"))
 
     # -------------------------------------------------------------- report view
     def job_html(self, job: JobView) -> str:
@@ -269,13 +255,11 @@ class AblateCommand(Command):
                 row[_column(job)] = f"{value:.4g} (knockout)" if knockout else value
             row["paper (GPT-2-XL)"] = PAPER_TABLE1.get(label)
             rows.append(row)
-        if not rows:
-            return ""
-        write_csv(out / "tables" / "ablation_table1.csv", rows)
-        return html_table(rows, caption="Test accuracy (%) per ablation and job, beside Zhou et "
-                          "al.'s Table 1 for fine-tuned GPT-2-XL (tables/ablation_table1.csv). "
-                          "Jobs marked 'digit readout' filter W_U[digits 0..9] at every answer "
-                          "position and score whole answers (low: periods 10 and 5 at tau 3).")
+        return section_table(rows, out, "ablation_table1", "Test accuracy (%) per ablation and "
+                             "job, beside Zhou et al.'s Table 1 for fine-tuned GPT-2-XL "
+                             "(tables/ablation_table1.csv). Jobs marked 'digit readout' filter "
+                             "W_U[digits 0..9] at every answer position and score whole answers "
+                             "(low: periods 10 and 5 at tau 3).")
 
     def findings(self, job: JobView) -> list[str]:
         rows = {r["row"]: r.get("accuracy") for r in job.results.get("table", [])}

@@ -1,13 +1,14 @@
 """A command is one object: its typed settings, its run into one run folder, its report view.
 
-Subclasses set ``name``, ``help`` and ``Settings`` (a ``settings.Settings`` dataclass with
-``out`` and ``restart``, see ``options.OutputOptions``) and implement ``run(settings, run)``,
-which writes into the ``RunDir`` and returns the results dictionary (``run.finish`` writes it
-as ``results.json``). ``shards = True`` marks commands whose ``run`` shares its prompts among
-the processes of an ``accelerate launch`` / ``torchrun`` (every process calls it, the main
-one writes). The batch report renders a command's jobs through its view: ``section``,
-``heading``, ``intro`` and ``order`` place it on the page, ``captions`` name its figures, and
-``job_html`` / ``section_html`` / ``findings`` draw from its own results.
+Subclasses set ``help`` and ``Settings`` (a ``settings.Settings`` dataclass with ``out`` and
+``restart``, see ``options.OutputOptions``; ``name`` is its ``command`` unless set) and
+implement ``run(settings, run)``, which writes into the ``RunDir`` and returns the results
+dictionary (``run.finish`` writes it as ``results.json``; ``finish`` also prints).
+``shards = True`` marks commands whose ``run`` shares its prompts among the processes of an
+``accelerate launch`` / ``torchrun`` (every process calls it, the main one writes). The
+batch report renders a command's jobs through its view: ``section``, ``heading``, ``intro``
+and ``order`` place it on the page, ``captions`` name its figures, and ``job_html`` /
+``section_html`` / ``findings`` draw from its own results.
 
 Calling the object is the Python API: ``ProbeCommand()(model="gpt2", layers=[10])`` checks
 the settings exactly as the CLI does and returns the results; ``out=None`` writes nothing.
@@ -21,6 +22,8 @@ from typing import ClassVar
 
 from llm_fourier.commands.settings import Settings
 from llm_fourier.model.distributed import process_info
+from llm_fourier.output.files import write_csv
+from llm_fourier.output.html import html_table
 from llm_fourier.output.progress import quiet
 from llm_fourier.output.rundir import RunDir, check_writable
 
@@ -36,6 +39,24 @@ def _fill_defaults(settings, main: bool) -> None:
     elif path is not None:
         check_writable(path)
     settings.fill_defaults()
+
+
+def finish(run: RunDir, results: dict, *lines: str | None, where: str = "") -> dict:
+    """``run.finish(results)``, then print the console summary (``lines``, None skipped) and
+    where results.json is (followed by ``where``)."""
+    run.finish(results)
+    print(*(line for line in lines if line is not None), sep="\n")
+    if run.writes:
+        print(f"results: {run.file('results.json')}{where}")
+    return results
+
+
+def section_table(rows: list[dict], out: Path, name: str, caption: str) -> str:
+    """A report section's table, also written to ``out/tables/<name>.csv`` ("" without rows)."""
+    if not rows:
+        return ""
+    write_csv(out / "tables" / f"{name}.csv", rows)
+    return html_table(rows, caption=caption)
 
 
 @dataclass
@@ -64,6 +85,11 @@ class Command:
     intro: ClassVar[str] = ""
     order: ClassVar[int] = 100
     captions: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__ and "Settings" in cls.__dict__:
+            cls.name = cls.Settings.command
 
     def run(self, settings, run: RunDir) -> dict:
         raise NotImplementedError

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from llm_fourier.analyses.embeddings import load_embedding_matrix
-from llm_fourier.commands.base import Command, JobView
+from llm_fourier.commands.base import Command, JobView, finish
 from llm_fourier.commands.emergence import emergence_html
 from llm_fourier.commands.options import (
     OutputOptions,
@@ -86,10 +86,8 @@ def _with_interval(probe: dict) -> str:
 
 
 class EmbedCommand(Command):
-    name = "embed"
     help = "Fourier spectrum of the number-token embeddings of any HF model"
-    Settings = EmbedSettings
-    section, heading, order = "embed", "Number embeddings", 10
+    Settings, section, heading, order = EmbedSettings, "embed", "Number embeddings", 10
     intro = ("Fourier spectra of the number-token rows of the embedding matrix: the DFT of each "
              "column over the numbers, L2 norm per component. Outliers at periods 2, 2.5, 5 and "
              "10 are the signature of Fourier number features (Zhou et al., Fig. 3).")
@@ -101,8 +99,8 @@ class EmbedCommand(Command):
         W, tokenizer = load_embedding_matrix(s.model, unembed=s.unembed, dtype=s.dtype,
                                              device_map=s.device_map,
                                              trust_remote_code=s.trust_remote_code, **revision)
-        search = DEFAULT_SEARCH if s.max_number is None else s.max_number
-        numbers = find_number_tokens(tokenizer, search, leading_space=s.leading_space)
+        numbers = find_number_tokens(tokenizer, s.max_number or DEFAULT_SEARCH,
+                                     leading_space=s.leading_space)
         if numbers.p < 3:
             raise UserError(f"the tokenizer of {s.model} keeps only {numbers.p} numbers (from "
                             "0) as single tokens; a spectrum needs at least 0..2 (try without "
@@ -133,20 +131,16 @@ class EmbedCommand(Command):
                      f"numbers 0..{numbers.max_number} ({s.basis} basis)")
             spectrum_plot(spec.nonconstant, run.file(f"{matrix}_spectrum.png"), outliers, title,
                           "L2 norm over columns")
-        run.finish(results)
-        print(f"{s.model}: {matrix} rows of numbers 0..{numbers.max_number} "
-              f"(p={numbers.p}, D={rows.shape[1]})")
-        print(format_table(outliers, ["k", "period", "magnitude"]) if outliers
-              else "no outlier components")
-        if probes:
-            print(format_table(probes, ["period", "accuracy", "kappa", "kappa_ci_low",
-                                        "kappa_ci_high", "kappa_p_value", "chance_accuracy"]))
         lh = results["low_high"]
-        print(f"low (k<{lh['tau']}) / high energy: {lh['low_fraction']:.3f} / "
-              f"{lh['high_fraction']:.3f}")
-        if run.writes:
-            print(f"results: {run.file('results.json')}")
-        return results
+        return finish(
+            run, results, f"{s.model}: {matrix} rows of numbers 0..{numbers.max_number} "
+            f"(p={numbers.p}, D={rows.shape[1]})",
+            format_table(outliers, ["k", "period", "magnitude"]) if outliers
+            else "no outlier components",
+            format_table(probes, ["period", "accuracy", "kappa", "kappa_ci_low", "kappa_ci_high",
+                                  "kappa_p_value", "chance_accuracy"]) if probes else None,
+            f"low (k<{lh['tau']}) / high energy: {lh['low_fraction']:.3f} / "
+            f"{lh['high_fraction']:.3f}")
 
     # -------------------------------------------------------------- report view
     def section_html(self, jobs: list[JobView], out: Path) -> str:

@@ -72,7 +72,7 @@ class FinetuneSettings(ModelOptions, TaskOptions, SeedOptions, OutputOptions):
             eval_batch_size=self.eval_batch_size, save_every=self.save_every)
 
 
-def history_plot(history: list[dict], path: Path, title: str = "") -> Path:
+def history_plot(history: list[dict], path: Path, title: str) -> Path:
     plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3))
     epochs = [h["epoch"] for h in history]
@@ -80,8 +80,7 @@ def history_plot(history: list[dict], path: Path, title: str = "") -> Path:
     ax1.set(xlabel="epoch", ylabel="validation loss (answer token)")
     ax2.plot(epochs, [h.get("accuracy") for h in history], marker=".")
     ax2.set(xlabel="epoch", ylabel="validation accuracy", ylim=(-0.02, 1.02))
-    if title:
-        fig.suptitle(title)
+    fig.suptitle(title)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -96,10 +95,9 @@ def write_training_report(run: RunDir, state: dict, task, title: str) -> dict:
         files.append("history.png")
     test = state.get("test") or {}
     if test:
-        preds = test.get("predictions", [])
-        run.write_csv("predictions.csv", [{"a": e.a, "b": e.b, "answer": e.answer,
-                                           "prediction": p}
-                                          for e, p in zip(task.test, preds)])
+        run.write_csv("predictions.csv", [
+            {"a": e.a, "b": e.b, "answer": e.answer, "prediction": p}
+            for e, p in zip(task.test, test.get("predictions", []))])
         if run.writes:
             error_histograms({"test": test["error_histogram"]}, run.file("test_errors.png"),
                              "signed errors on the test split (prediction - answer)")
@@ -109,11 +107,9 @@ def write_training_report(run: RunDir, state: dict, task, title: str) -> dict:
 
 
 class FinetuneCommand(Command):
-    name = "finetune"
     help = "fine-tune a causal LM on addition prompts (loss on the answer token; accelerate; " \
            "checkpoints, resumable)"
-    Settings = FinetuneSettings
-    section, heading, order = "finetune", "Fine-tuning", 20
+    Settings, section, heading, order = FinetuneSettings, "finetune", "Fine-tuning", 20
     intro = "Models fine-tuned on the addition task: training loss and held-out accuracy."
     captions = {"history": "Validation loss and accuracy over training.",
                 "test_errors": "Histogram of signed errors (prediction - answer) on the test "

@@ -32,7 +32,7 @@ from llm_fourier.analyses.head_ablation import (
     top_heads,
 )
 from llm_fourier.analyses.heads import collect, head_rows
-from llm_fourier.commands.base import Command, JobView
+from llm_fourier.commands.base import Command, JobView, finish
 from llm_fourier.commands.options import (
     ModelOptions,
     OutputOptions,
@@ -40,6 +40,7 @@ from llm_fourier.commands.options import (
     SeedOptions,
     SplitOptions,
     TaskOptions,
+    model_layers,
     record_inputs,
 )
 from llm_fourier.commands.settings import option
@@ -78,30 +79,25 @@ class HeadsSettings(ModelOptions, TaskOptions, SplitOptions, ReadoutOptions, See
 
 def csv_row(row: dict) -> dict:
     """One head as a flat CSV / console row."""
-    out = {k: row[k] for k in ("layer", "head")}
-    out["periods"] = " ".join(f"{p:.3g}" for p in row["periods"])
-    out |= {k: row[k] for k in ("peak_share", "low_fraction", "lens_accuracy", "attn_a",
-                                "attn_b", "attn_prefix", "attn_rest", "direct_effect",
-                                "direct_effect_centred")}
-    for key, value in (row.get("ablation") or {}).items():
-        out[key] = value
-    return out
+    return {"layer": row["layer"], "head": row["head"],
+            "periods": " ".join(f"{p:.3g}" for p in row["periods"]),
+            **{k: row[k] for k in ("peak_share", "low_fraction", "lens_accuracy", "attn_a",
+                                   "attn_b", "attn_prefix", "attn_rest", "direct_effect",
+                                   "direct_effect_centred")},
+            **(row.get("ablation") or {})}
 
 
 def panels(rows: list[dict], layers: list[int], n_heads: int) -> dict[str, np.ndarray]:
     """L x H matrices of each measure, for ``heads.png``."""
     keys = {"top peak's energy share": "peak_share", "attention to a": "attn_a",
             "attention to b": "attn_b", "direct effect (centred)": "direct_effect_centred"}
+    if any(r.get("ablation") for r in rows):
+        keys["loss increase when ablated"] = "loss_increase"
     out = {name: np.full((len(layers), n_heads), np.nan) for name in keys}
-    ablated = any(r.get("ablation") for r in rows)
-    if ablated:
-        out["loss increase when ablated"] = np.full((len(layers), n_heads), np.nan)
     for r in rows:
-        li = layers.index(r["layer"])
+        values = {**r, **(r.get("ablation") or {})}
         for name, key in keys.items():
-            out[name][li, r["head"]] = r[key]
-        if ablated:
-            out["loss increase when ablated"][li, r["head"]] = r["ablation"]["loss_increase"]
+            out[name][layers.index(r["layer"]), r["head"]] = values[key]
     return out
 
 
@@ -115,11 +111,9 @@ def ranked(rows: list[dict], n: int = 10) -> list[dict]:
 
 
 class HeadsCommand(Command):
-    name = "heads"
     help = "attention heads: each head's number spectrum, where it looks, its direct effect " \
            "on the answer and what mean-ablating it costs"
-    Settings = HeadsSettings
-    section, heading, order = "heads", "Attention heads", 47
+    Settings, section, heading, order = HeadsSettings, "heads", "Attention heads", 47
     intro = ("What each attention head adds to the residual stream at the last prompt token, "
              "read through the unembedding of the numbers (its Fourier periods), where it "
              "attends (operand a, operand b, the answer prefix), its direct effect on the "
@@ -140,9 +134,7 @@ class HeadsCommand(Command):
                 "readout reads; use --max-operand so that answers stay single tokens.")
         lm = s.load_model(tokenizer=space.fmt.tokenizer)
         record_inputs(run, lm, examples)
-        layers = list(range(lm.n_layers)) if s.layers is None else sorted(set(s.layers))
-        if max(layers) >= lm.n_layers:
-            raise s.fail("layers", f"{s.layers} leave the model's layers 0..{lm.n_layers - 1}")
+        layers = model_layers(s, lm)
         progress = not s.quiet
         prompts = PromptSet.build(lm, examples, s.batch_size, fmt=space.fmt)
         measures = collect(lm, prompts, space, layers, prediction=s.prediction,
@@ -164,13 +156,11 @@ class HeadsCommand(Command):
                           store=run.store("together"), progress=progress)
             draws = [{"heads": chosen[n], **effect(*both[n], *base, cfg)} for n in chosen
                      if n != "top"]
-            acc = np.array([d["accuracy"] for d in draws])
+            acc, loss = ([d[key] for d in draws] for key in ("accuracy", "loss_increase"))
             together = {"k": k, "top": {"heads": top, **effect(*both["top"], *base, cfg)},
-                        "random": {"accuracy_mean": float(acc.mean()),
-                                   "accuracy_std": float(acc.std()),
-                                   "loss_increase_mean": float(np.mean(
-                                       [d["loss_increase"] for d in draws])),
-                                   "draws": draws}}
+                        "random": {"accuracy_mean": float(np.mean(acc)),
+                                   "accuracy_std": float(np.std(acc)),
+                                   "loss_increase_mean": float(np.mean(loss)), "draws": draws}}
         results = {"model": lm.name, "settings": s.identity(), "n_examples": len(examples),
                    **space.describe(space.readout(lm)), "tau": space.tau, "layers": layers,
                    "n_heads": measures.n_heads,
@@ -184,13 +174,9 @@ class HeadsCommand(Command):
         if run.writes:
             head_heatmaps(panels(rows, layers, measures.n_heads), layers,
                           run.file("heads.png"), f"{Path(lm.name).name}: attention heads")
-        run.finish(results)
-        print(format_table(ranked(rows), [c for c in CONSOLE if c in ranked(rows)[0]]))
-        if together is not None:
-            print(format_table(together_rows(results)))
-        if run.writes:
-            print(f"results: {run.file('results.json')}")
-        return results
+        top = ranked(rows)
+        return finish(run, results, format_table(top, [c for c in CONSOLE if c in top[0]]),
+                      None if together is None else format_table(together_rows(results)))
 
     # -------------------------------------------------------------- report view
     def job_html(self, job: JobView) -> str:
@@ -209,10 +195,9 @@ class HeadsCommand(Command):
         return "\n".join(parts)
 
     def findings(self, job: JobView) -> list[str]:
-        rows = ranked(job.results.get("heads") or [], 1)
-        if not rows or "loss_increase" not in rows[0]:
+        r = (ranked(job.results.get("heads") or [], 1) or [{}])[0]
+        if "loss_increase" not in r:
             return []
-        r = rows[0]
         return [f"{job.id}: mean-ablating head {r['head']} of layer {r['layer']} (periods "
                 f"{r['periods'] or 'none'}; attention to a {r['attn_a']:.2f}, to b "
                 f"{r['attn_b']:.2f}) leaves {percent(r['accuracy'])} accuracy "
@@ -220,9 +205,7 @@ class HeadsCommand(Command):
 
 
 def together_rows(results: dict) -> list[dict]:
-    t = results.get("together")
-    if not t:
-        return []
+    t = results["together"]
     return [{"heads": f"top {t['k']}", "accuracy": t["top"]["accuracy"],
              "accuracy_low": t["top"]["accuracy_low"], "accuracy_high": t["top"]["accuracy_high"],
              "loss_increase": t["top"]["loss_increase"]},

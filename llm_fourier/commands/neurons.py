@@ -24,7 +24,7 @@ from pathlib import Path
 
 from llm_fourier.analyses.ablation import PREDICTIONS
 from llm_fourier.analyses.fourier_neurons import knockout_rows, knockout_table, neuron_spectra
-from llm_fourier.commands.base import Command, JobView
+from llm_fourier.commands.base import Command, JobView, finish, section_table
 from llm_fourier.commands.options import (
     BASES,
     ModelOptions,
@@ -32,12 +32,12 @@ from llm_fourier.commands.options import (
     SeedOptions,
     SplitOptions,
     TaskOptions,
+    model_layers,
     record_inputs,
 )
 from llm_fourier.commands.settings import option
 from llm_fourier.errors import UserError
 from llm_fourier.model.answer_space import AnswerSpace
-from llm_fourier.output.files import write_csv
 from llm_fourier.output.html import html_table, percent
 from llm_fourier.output.neuron_plots import knockout_plot, neuron_period_heatmap
 from llm_fourier.output.rundir import RunDir
@@ -82,11 +82,9 @@ def summary_rows(summary: list[dict], n: int = 4) -> list[dict]:
 
 
 class NeuronsCommand(Command):
-    name = "neurons"
     help = "Fourier neurons: the spectrum of every MLP neuron's output direction through " \
            "W_U[numbers], and knockouts of each period's top neurons against random ones"
-    Settings = NeuronsSettings
-    section, heading, order = "neurons", "Fourier neurons", 45
+    Settings, section, heading, order = NeuronsSettings, "neurons", "Fourier neurons", 45
     intro = ("Each MLP neuron's output direction read through the unembedding of the numbers, "
              "in the Fourier basis: which period it writes (its top component) and how "
              "exclusively (that component's share of its energy). Knocking out the neurons that "
@@ -109,14 +107,10 @@ class NeuronsCommand(Command):
                             "directions through; use smaller operands.")
         lm = s.load_model(tokenizer=space.fmt.tokenizer)
         record_inputs(run, lm, examples or None)
-        layers = list(range(lm.n_layers)) if s.layers is None else sorted(set(s.layers))
-        if max(layers) >= lm.n_layers:
-            raise s.fail("layers", f"{s.layers} leave the model's layers 0..{lm.n_layers - 1}")
-        try:
+        layers = model_layers(s, lm)
+        with s.named_errors():
             spectra = neuron_spectra(lm, space, layers, basis_kind=s.basis, periods=s.periods,
                                      allow_post_norm=s.allow_post_norm)
-        except UserError as e:
-            raise UserError(f"{s.command}: {e}") from None
         total = int(spectra.top_k.size)
         if not s.no_knockout and s.n_neurons > total:
             raise s.fail("n_neurons", f"must be at most {total} (the neurons of layers "
@@ -143,13 +137,8 @@ class NeuronsCommand(Command):
             if run.writes:
                 knockout_plot(knock, run.file("knockout.png"),
                               f"{name}: {s.n_neurons} neurons knocked out per period")
-        run.finish(results)
-        print(format_table(summary_rows(summary, 3)))
-        if knock is not None:
-            print(format_table(knockout_rows(knock), list(KNOCKOUT_CONSOLE)))
-        if run.writes:
-            print(f"results: {run.file('results.json')}")
-        return results
+        return finish(run, results, format_table(summary_rows(summary, 3)), None if knock is None
+                      else format_table(knockout_rows(knock), list(KNOCKOUT_CONSOLE)))
 
     # -------------------------------------------------------------- report view
     def job_html(self, job: JobView) -> str:
@@ -172,12 +161,10 @@ class NeuronsCommand(Command):
             for r in knockout_rows(res["knockout"]) if res.get("knockout") else [{}]:
                 rows.append({"job": job.id, "Fourier neurons": fourier, "neurons": total,
                              **{k: r.get(k) for k in KNOCKOUT_CONSOLE if k in r}})
-        if not rows:
-            return ""
-        write_csv(out / "tables" / "neurons_knockout.csv", rows)
-        return html_table(rows, caption="Per job: Fourier neurons among all neurons of the "
-                          "chosen layers, and accuracy with each period's top neurons knocked "
-                          "out beside random ones (tables/neurons_knockout.csv).")
+        return section_table(rows, out, "neurons_knockout", "Per job: Fourier neurons among "
+                             "all neurons of the chosen layers, and accuracy with each period's "
+                             "top neurons knocked out beside random ones "
+                             "(tables/neurons_knockout.csv).")
 
     def findings(self, job: JobView) -> list[str]:
         knock = job.results.get("knockout")

@@ -19,7 +19,6 @@ from typing import ClassVar
 import torch
 
 from llm_fourier.commands.settings import Settings, option, seed_option
-from llm_fourier.errors import UserError
 from llm_fourier.model.answer_space import AnswerSpace, fitting_operands
 from llm_fourier.model.distributed import device_map_kwargs
 from llm_fourier.model.fingerprint import (
@@ -184,10 +183,8 @@ class SpectrumOptions(Settings):
         """Refuse a tau outside the components 1..K of the basis over ``p`` numbers (before
         loading: the number readout has the most components, so this bounds every readout)."""
         if self.tau is not None:
-            try:
+            with self.named_errors():
                 check_tau(self.tau, FourierBasis(p, self.basis), f"the {what} 0..{p - 1}")
-            except UserError as e:
-                raise UserError(f"{self.command}: {e}") from None
 
 
 @dataclass(kw_only=True)
@@ -219,10 +216,16 @@ class ReadoutOptions(SpectrumOptions):
     def answer_space(self, fmt: NumberFormat, max_answer: int) -> AnswerSpace:
         """The answers' space (readout, basis, tau with its default: 50 for numbers, 3 for
         digits), built once; tau is checked there. ``--basis`` does not apply to digits."""
-        try:
+        with self.named_errors():
             return AnswerSpace.build(fmt, max_answer, basis_kind=self.basis, tau=self.tau)
-        except UserError as e:
-            raise UserError(f"{self.command}: {e}") from None
+
+
+def model_layers(s: Settings, lm: LoadedModel) -> list[int]:
+    """``s.layers`` sorted without repeats (None: every layer), within the model's layers."""
+    layers = list(range(lm.n_layers)) if s.layers is None else sorted(set(s.layers))
+    if max(layers) >= lm.n_layers:
+        raise s.fail("layers", f"{s.layers} leave the model's layers 0..{lm.n_layers - 1}")
+    return layers
 
 
 def record_inputs(run: RunDir, lm: LoadedModel, examples=None) -> None:

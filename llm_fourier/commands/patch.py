@@ -27,19 +27,19 @@ import torch
 from llm_fourier.analyses.ablation import PREDICTIONS
 from llm_fourier.analyses.hidden_states import ROLES, HiddenStates, collect
 from llm_fourier.analyses.patching import OPERANDS, helix_patching, patching_plot
-from llm_fourier.commands.base import Command, JobView
+from llm_fourier.commands.base import Command, JobView, finish, section_table
 from llm_fourier.commands.options import (
     BatchOptions,
     ModelOptions,
     OutputOptions,
     SeedOptions,
     TaskOptions,
+    model_layers,
     record_inputs,
 )
 from llm_fourier.commands.settings import option
 from llm_fourier.errors import UserError
 from llm_fourier.model.answer_space import AnswerSpace
-from llm_fourier.output.files import write_csv
 from llm_fourier.output.html import html_table
 from llm_fourier.output.rundir import RunDir
 from llm_fourier.output.tables import format_table
@@ -104,11 +104,9 @@ def _train_states(run: RunDir, lm, train, s: PatchSettings, layers: list[int]) -
 
 
 class PatchCommand(Command):
-    name = "patch"
     help = "helix activation patching: does the model use the fitted helix? (Kantamneni & " \
            "Tegmark 2025), beside circle, polynomial, PCA and shuffled fits"
-    Settings = PatchSettings
-    section, heading, order = "patch", "Helix activation patching", 55
+    Settings, section, heading, order = PatchSettings, "patch", "Helix activation patching", 55
     intro = ("Does the model use the helix? At each layer the state at the operand's token is "
              "replaced by a fit: of the same number (kept: the fraction of the clean logit "
              "difference that survives, 0 = mean ablation, 1 = all of it) or of another number "
@@ -131,21 +129,17 @@ class PatchCommand(Command):
                          f"{space.fmt.family} tokens, so use --prediction vocab")
         lm = s.load_model(tokenizer=space.fmt.tokenizer)
         record_inputs(run, lm, list(train) + list(test))
-        layers = list(range(lm.n_layers)) if s.layers is None else sorted(set(s.layers))
-        if max(layers) >= lm.n_layers:
-            raise s.fail("layers", f"{s.layers} leave the model's layers 0..{lm.n_layers - 1}")
+        layers = model_layers(s, lm)
         values = {getattr(e, s.operand) for e in train}
         if len(values) < 5:
             raise UserError(f"the {len(train)} training prompts hold only {len(values)} values "
                             f"of {s.operand}; raise --train-limit or --max-operand.")
-        states = _train_states(run, lm, train, s, layers)
-        result = helix_patching(
+        out = helix_patching(
             lm, train, test, space, operand=s.operand, op=s.op, roles=s.roles, layers=layers,
             periods=s.periods, methods=s.methods, mode=s.mode, pca_dim=s.pca_dim,
-            prediction=s.prediction, correct_only=not s.all_prompts, train_states=states,
-            seed=s.seed, batch_size=s.batch_size, progress=not s.quiet,
-            store=run.store("patch"))
-        out = result.as_dict()
+            prediction=s.prediction, correct_only=not s.all_prompts,
+            train_states=_train_states(run, lm, train, s, layers), seed=s.seed,
+            batch_size=s.batch_size, progress=not s.quiet, store=run.store("patch")).as_dict()
         results = {"model": lm.name, "revision": s.revision, "task": task.settings,
                    "numbers": space.fmt.describe(), **out,
                    "files": ["patching.csv", "fits.csv", "pairs.csv", "patching.png"]}
@@ -155,33 +149,26 @@ class PatchCommand(Command):
         if run.writes:
             patching_plot(out["rows"], run.file("patching.png"),
                           f"{Path(lm.name).name}: helix patching at operand {s.operand}")
-        run.finish(results)
         clean = out["clean"]
-        print(f"clean: accuracy {clean['accuracy']:.4g}, ld_clean {clean['ld']:.4g}, "
-              f"n {clean['n']}")
-        print(format_table(out["rows"], list(CONSOLE)))
-        if run.writes:
-            print(f"results: {run.file('results.json')} (plot: {run.file('patching.png')})")
-        return results
+        return finish(run, results, f"clean: accuracy {clean['accuracy']:.4g}, ld_clean "
+                      f"{clean['ld']:.4g}, n {clean['n']}",
+                      format_table(out["rows"], list(CONSOLE)),
+                      where=f" (plot: {run.file('patching.png')})")
 
     # -------------------------------------------------------------- report view
     def job_html(self, job: JobView) -> str:
-        rows = best_rows(job.results)
         clean = job.results.get("clean") or {}
-        return html_table(rows, caption=f"Per role and method: the layer where the same "
-                          f"number's fit keeps the most of the clean logit difference, and the "
-                          f"layer where another number's fit moves the answer furthest (clean "
-                          f"accuracy {_num(clean.get('accuracy'))} on {clean.get('n')} "
-                          "prompts).")
+        acc = "n/a" if clean.get("accuracy") is None else f"{clean['accuracy']:.3g}"
+        return html_table(best_rows(job.results), caption=f"Per role and method: the layer "
+                          f"where the same number's fit keeps the most of the clean logit "
+                          f"difference, and the layer where another number's fit moves the "
+                          f"answer furthest (clean accuracy {acc} on {clean.get('n')} prompts).")
 
     def section_html(self, jobs: list[JobView], out: Path) -> str:
         rows = [{"job": job.id, **row} for job in jobs for row in best_rows(job.results)]
-        if not rows:
-            return ""
-        write_csv(out / "tables" / "patching_best.csv", rows)
-        return html_table(rows, caption="Per job, role and method: best layer for keeping the "
-                          "logit difference (same number) and for moving it (another number); "
-                          "tables/patching_best.csv.")
+        return section_table(rows, out, "patching_best", "Per job, role and method: best layer "
+                             "for keeping the logit difference (same number) and for moving it "
+                             "(another number); tables/patching_best.csv.")
 
     def findings(self, job: JobView) -> list[str]:
         rows = [r for r in best_rows(job.results) if r["method"] == "helix"]
@@ -197,10 +184,6 @@ class PatchCommand(Command):
                 f"{'; ' + beside + ', each at its best layer' if beside else ''}) and moves the "
                 f"answer up to {_pct(best.get('moved'))} of the way to the counterfactual "
                 f"(layer {best['moved_layer']})."]
-
-
-def _num(x) -> str:
-    return "n/a" if x is None else f"{x:.3g}"
 
 
 def _pct(x) -> str:

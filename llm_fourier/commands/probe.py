@@ -38,7 +38,7 @@ import numpy as np
 from llm_fourier.analyses.digits import run_digit_lens
 from llm_fourier.analyses.hidden_states import collect
 from llm_fourier.analyses.lens import LENS_ROLES, PEAK_RULE, layer_summary, run_lens, spectra_matrix
-from llm_fourier.commands.base import Command, JobView
+from llm_fourier.commands.base import Command, JobView, finish
 from llm_fourier.commands.digit_views import (
     DIGIT_CAPTIONS,
     digit_console_rows,
@@ -83,12 +83,10 @@ class ProbeSettings(ModelOptions, TaskOptions, SplitOptions, ReadoutOptions, Sta
 
 
 class ProbeCommand(Command):
-    name = "probe"
     help = "per-layer logit lens and Fourier spectra of attention and MLP outputs on addition " \
            "prompts (number tokens, or digit tokens for digit-splitting tokenizers)"
-    Settings = ProbeSettings
+    Settings, section, heading, order = ProbeSettings, "probe", "Per-layer Fourier analysis", 30
     shards = True
-    section, heading, order = "probe", "Per-layer Fourier analysis", 30
     intro = ("Logit lens on the number tokens: each layer's attention and MLP output at the last "
              "position, read through the unembedding of the numbers and transformed to the "
              "Fourier basis. Heatmaps show the magnitude of each Fourier component per layer; "
@@ -161,16 +159,11 @@ class ProbeCommand(Command):
                 self._digit_files(run, results, lens)
             results["files"] = sorted(p.name for p in run.path.iterdir()
                                       if p.suffix in (".png", ".csv"))
-        run.finish(results)
-        if readout.kind == "number":
-            print(format_table(console_rows(results)))
-        else:
-            print(format_table(digit_console_rows(results)))
-        print(f"model accuracy ({results['prediction']}): {percent(results['model_accuracy'])}")
-        if run.writes:
-            print(f"results: {run.file('results.json')} (plots, CSVs and predictions.csv in "
-                  f"{run.path})")
-        return results
+        rows = console_rows if readout.kind == "number" else digit_console_rows
+        return finish(run, results, format_table(rows(results)),
+                      f"model accuracy ({results['prediction']}): "
+                      f"{percent(results['model_accuracy'])}",
+                      where=f" (plots, CSVs and predictions.csv in {run.path})")
 
     @staticmethod
     def _number_results(s: ProbeSettings, results: dict, accs: dict, tau: int) -> dict:
@@ -280,8 +273,7 @@ def console_rows(results: dict) -> list[dict]:
 
 
 def layer_rows(results: dict) -> list[dict]:
-    """Per layer: residual lens accuracy and, for attention and MLP, the top outlier periods
-    and the low-frequency energy fraction."""
+    """Per layer: residual lens accuracy; attention and MLP periods and low-frequency share."""
     acc, layers = results.get("accuracy", {}), results.get("layers", {})
     rows = []
     for i in range(int(results.get("n_layers", 0))):

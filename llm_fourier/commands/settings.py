@@ -15,11 +15,12 @@ mistake with the same sentence, before any heavy work. Fields with ``identity=Fa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 from llm_fourier.errors import UserError
@@ -123,6 +124,14 @@ class Settings:
         meta = self._meta(name)
         label = name if meta["positional"] else _flag(name, meta)
         return UserError(f"{self.command}: {label} {problem}.")
+
+    @contextlib.contextmanager
+    def named_errors(self) -> Iterator[None]:
+        """A ``UserError`` raised inside, prefixed with the command's name."""
+        try:
+            yield
+        except UserError as e:
+            raise UserError(f"{self.command}: {e}") from None
 
     @classmethod
     def _meta(cls, name: str) -> dict:
