@@ -44,6 +44,14 @@ def helix(n: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def number_values(tokenizer, max_number: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the token ids of 0..max_number, token id -> the number it writes, -1 elsewhere)."""
+    ids = torch.as_tensor(find_number_tokens(tokenizer, max_number).token_ids)
+    value = torch.full((len(tokenizer),), -1, dtype=torch.long)
+    value[ids] = torch.arange(len(ids))
+    return ids, value
+
+
 class _Context(nn.Module):
     """Holds the token ids and mask of the current forward for the blocks to read."""
 
@@ -146,9 +154,7 @@ class PlantedAdder(nn.Module):
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
         vocab = len(tokenizer)
-        ids = torch.as_tensor(find_number_tokens(tokenizer, 200).token_ids)
-        value = torch.full((vocab,), -1, dtype=torch.long)
-        value[ids] = torch.arange(len(ids))
+        ids, value = number_values(tokenizer)
         self.ctx = _Context(value)
         self.embed = nn.Embedding(vocab, D)
         with torch.no_grad():

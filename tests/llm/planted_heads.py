@@ -24,9 +24,9 @@ from torch import nn
 from transformers import PretrainedConfig
 
 from llm_fourier.model.loading import LoadedModel, Roles
-from llm_fourier.model.numbers import find_number_tokens
 from llm_fourier.model.tasks import Example
 from llm_fourier.model.tokenizers import word_level_tokenizer
+from tests.llm.planted import number_values
 
 D, H, DH, ONE_HOT = 256, 4, 8, 32
 
@@ -94,9 +94,7 @@ class PlantedHeads(nn.Module):
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
         vocab = len(tokenizer)
-        ids = torch.as_tensor(find_number_tokens(tokenizer, 200).token_ids)
-        value = torch.full((vocab,), -1, dtype=torch.long)
-        value[ids] = torch.arange(len(ids))
+        ids, value = number_values(tokenizer)
         self.ctx = {"value": value}
         self.config = PretrainedConfig(num_attention_heads=H, hidden_size=D,
                                        num_hidden_layers=1)
