@@ -1,20 +1,13 @@
 """One engine for forward work: the only place that batches prompts and runs the model.
 
-``PromptSet`` (``model.prompt_set``): a run's prompts tokenized once, batched by length;
-resume units are (batch, condition). ``Condition``: edits ``{(role, layer): fn}`` and/or a
-hook context (knockouts; ``row_hooks`` when it can act on a slice of rows), at the answer
-positions ("last") or at every position ("all"), and ``patches`` (``Patch``: per-example
-states put in at per-example prompt tokens). Per batch ``Engine.run`` computes the unedited
-prefix (every prompt token but the last) once on a ``DynamicCache``; the conditions that
-only edit the answer positions run together in one forward of [last prompt token, answer
-tokens] on it, side by side along the sequence where the model allows, else stacked along
-the batch on copies of it (``model.stacking``); patch conditions run from their first
-patched token, on the prefix up to there; the others alone, from position 0. That forward
-gives the logits and captured rows of every answer position; greedy answers are read from it
-where the teacher-forced argmax writes the answer and ends it, the other rows are decoded
-step by step. ``reduce(batch, condition, out)`` makes a unit (CPU tensors, lists, numbers),
-kept in ``store`` (``RunDir.store``); units come back in batch order on every process.
-``stop_after`` ends forwards after that layer by raising from a hook, as nnsight does.
+Per batch of a ``PromptSet`` (prompts tokenized once), ``Engine.run`` computes the unedited
+prefix (every prompt token but the last) once on a ``DynamicCache``. ``Condition``s that
+edit only the answer positions then run together in one forward of [last prompt token,
+answer tokens] on it (``model.stacking``: side by side along the sequence, or stacked along
+the batch); patch conditions run from their first patched token; the others alone, from
+position 0. Greedy answers are read from the teacher-forced argmax where it writes the
+answer and ends it; the other rows are decoded step by step. ``reduce(batch, condition,
+output)`` makes a resume unit, kept in ``store`` (``RunDir.store``).
 """
 
 from __future__ import annotations
@@ -32,7 +25,7 @@ from transformers import DynamicCache
 
 from llm_fourier.errors import UserError
 from llm_fourier.model.distributed import broadcast_object, map_ranges, process_info, rounds
-from llm_fourier.model.hooks import capture, edit
+from llm_fourier.model.hooks import POSITIONS, capture, edit
 from llm_fourier.model.number_format import NumberFormat, NumberParser
 from llm_fourier.model.patches import Patch, patch_start, with_patches
 from llm_fourier.model.prompt_set import Batch, PromptSet
@@ -52,8 +45,6 @@ from llm_fourier.output.progress import tqdm
 
 __all__ = ["Batch", "Condition", "Engine", "Greedy", "Output", "Patch", "PromptSet", "Store"]
 
-POSITIONS = ("last", "all")
-
 
 class Store(Protocol):
     """Where finished (batch, condition) units are kept: ``RunDir.store`` or a dict."""
@@ -64,12 +55,10 @@ class Store(Protocol):
 
 @dataclass
 class Condition:
-    """One way to run the model: ``edits`` and/or ``hooks`` (a context-manager factory,
-    entered around the condition's forwards; ``row_hooks`` is one given the slice of the
-    batch's rows it acts on, so that the condition stacks with others) at the answer
-    positions or everywhere;
-    ``patches`` replace per-example states at per-example prompt tokens (then the whole
-    prompt runs under the condition)."""
+    """One way to run the model: ``edits`` and/or ``hooks`` (a context-manager factory;
+    ``row_hooks`` one given the slice of rows it acts on, so that it stacks with others) at
+    the answer positions or everywhere; ``patches`` put per-example states in at per-example
+    prompt tokens."""
 
     name: str = "none"
     edits: Edits = field(default_factory=dict)
@@ -106,13 +95,6 @@ class Output:
     generated: list[list[int]] | None = None
 
 
-def _parameters(model) -> set[str]:
-    try:
-        return set(inspect.signature(model.forward).parameters)
-    except (TypeError, ValueError):  # pragma: no cover - exotic wrapped forwards
-        return set()
-
-
 class _Stop(Exception):
     """Raised from a hook after the deepest layer read."""
 
@@ -136,7 +118,7 @@ class Engine:
         # copy of it per condition (scripts/bench_engine.py: 1.7x against 1.9x one at a time)
         self.stack_rows = 4096 if stack_rows is None else stack_rows
         self.pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-        params = _parameters(lm.model)
+        params = set(inspect.signature(lm.model.forward).parameters)
         # transformers 5.25 names the cache "cache", earlier versions "past_key_values"
         self.cache = "cache" if "cache" in params else "past_key_values"
         self.cached = self.cache in params  # hand-built test models may take no cache
