@@ -1,34 +1,26 @@
 """Attention heads: what each head writes about the answer, where it looks, what it says.
 
-Per layer and head, at every answer position (the last prompt token for an answer of one
-number token; each digit's position, teacher forced, for one token per digit):
+Per layer and head, at every answer position read (the last prompt token for a one-token
+answer; each digit's position, teacher forced, for one token per digit):
 
-* spectrum: the head's term (``heads`` role, ``llm_fourier.model.heads``) read through the
-  answer space's readout (``W_U[numbers]``, or ``W_U[digits]`` with the DFT over ten
-  points) in the Fourier basis, pooled over reads by the lens's ``LensAccumulator`` (one
-  "layer" per head): peaks at k >= tau with their periods, the robust outliers, the
-  low/high split, the head's own lens accuracy;
-* attention: the weight from the read position to operand a's tokens, operand b's, the
-  answer prefix (every token after b, answer tokens included) and the rest: a condition
-  of its own under eager attention (whose modules return their probabilities), on the
-  engine's cached prefix, so only the read rows are computed and the other measures keep
-  the model's own attention kernel;
+* spectrum: the head's term (``model.heads``) read through the answer space's readout in
+  the Fourier basis, pooled by the lens's ``LensAccumulator`` (one "layer" per head);
+* attention: the weight on operand a's tokens, operand b's, the answer prefix (every token
+  after b) and the rest, read under eager attention in a condition of its own, so the
+  other measures keep the model's attention kernel;
 * direct effect: the head's term through the final norm with its scale frozen at the read
-  position (``FrozenNorm``), dotted with ``W_U[answer token]`` (and with it minus the mean
-  readout row: the effect on the answer against the other numbers or digits), times the
-  model's logit scale (``logit_multiplier``): a share of the answer's logit.
+  position (``FrozenNorm``), dotted with ``W_U[answer token]`` (also minus the mean readout
+  row), times the model's logit scale (``logit_multiplier``).
 
-The mean-ablations are in ``llm_fourier.analyses.head_ablation``. Forward work goes through
-the engine (``llm_fourier.model.engine``): one unedited prefix per batch on the KV cache,
-then each condition from the last prompt token on; units are (batch, condition), so a run
-resumes where it stopped.
+The mean-ablations are in ``analyses.head_ablation``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -85,43 +77,31 @@ def attention_rows(lm, layers: Sequence[int], sink: dict) -> Iterator[None]:
     """Under eager attention (whose modules return their probabilities as output[1]),
     ``sink[layer]`` = the probabilities, N x H x Q x T (float32, CPU). Behind the engine's
     KV cache the queries are the read positions only: only their rows are computed."""
-    handles = []
+    def keep(module, args, output, layer):
+        probs = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
+        if not isinstance(probs, Tensor) or probs.dim() != 4:
+            raise UserError(f"{lm.name}'s attention returns no probabilities under eager "
+                            "attention, so where its heads look cannot be read.")
+        sink[layer] = probs.float().cpu()
 
-    def keep(layer):
-        def hook(module, args, output):
-            probs = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
-            if not isinstance(probs, Tensor) or probs.dim() != 4:
-                raise UserError(f"{lm.name}'s attention returns no probabilities under eager "
-                                "attention, so where its heads look cannot be read.")
-            sink[layer] = probs.float().cpu()
-        return hook
-
-    with eager_attention(lm.model):
-        try:
-            for layer in layers:
-                module = sublayer(lm.block(layer), lm.roles, "attn")
-                handles.append(module.register_forward_hook(keep(layer)))
-            yield
-        finally:
-            for h in handles:
-                h.remove()
+    with eager_attention(lm.model), ExitStack() as stack:
+        for layer in layers:
+            module = sublayer(lm.block(layer), lm.roles, "attn")
+            stack.callback(module.register_forward_hook(partial(keep, layer=layer)).remove)
+        yield
 
 
 @contextmanager
 def record_heads(lm, layers: Sequence[int], sink: dict) -> Iterator[None]:
     """``sink[layer]`` = the output projection's input, N x T x H*d_head (float32, CPU)."""
-    handles = []
+    def keep(module, args, layer):
+        sink[layer] = args[0].float().cpu()
 
-    def keep(layer):
-        return lambda module, args: sink.__setitem__(layer, args[0].float().cpu())
-
-    try:
+    with ExitStack() as stack:
         for layer in layers:
-            handles.append(head_site(lm, layer).proj.register_forward_pre_hook(keep(layer)))
+            hook = head_site(lm, layer).proj.register_forward_pre_hook(partial(keep, layer=layer))
+            stack.callback(hook.remove)
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @dataclass
