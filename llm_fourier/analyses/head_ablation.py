@@ -1,13 +1,9 @@
 """Mean-ablation of attention heads through the engine, and which heads matter most.
 
-A head is ablated by replacing its slice of the attention output projection's input, at
-every answer position, by its mean over the *other* prompts at that position (leave one
-out: ``(sum - own) / (count - 1)``), so the block adds the head's average instead of its
-answer to this prompt. One engine condition per selection of heads, an edit of role
-``heads``: per batch the unedited prefix once, then the conditions together (side by side
-or stacked along the batch) in one forward from the last prompt token on. ``effect`` gives accuracy
-and loss with bootstrap intervals over prompts and their paired changes from the unablated
-run; ``top_heads`` / ``random_heads`` make the top-k-against-random comparison.
+A head is ablated by replacing its slice of the output projection's input, at every answer
+position, by its mean over the *other* prompts there (``(sum - own) / (count - 1)``). One
+engine condition per selection of heads, an edit of role ``heads``. ``effect`` gives
+accuracy and loss with bootstrap intervals and their paired changes.
 """
 
 from __future__ import annotations

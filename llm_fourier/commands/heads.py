@@ -1,19 +1,8 @@
-"""``llm-fourier heads``: what every attention head writes about the answer, where it looks,
-and what the answer loses without it (``llm_fourier.analyses.heads``, ``.head_ablation``).
-
-Per layer and head, at the last prompt token (at every answer position, teacher forced,
-for tokenizers that write one token per digit, read through ``W_U[digits]``): the spectrum
-of the head's number (or digit) logits (peaks with periods, outliers, low/high split), its
-attention to operand a, operand b, the answer prefix and the rest, its direct effect on the
-answer's logit through the frozen final norm, and (unless ``--no-ablation``) accuracy and
-loss of the whole answer (teacher forced) with the head mean-ablated (its mean over the
-other prompts), with bootstrap intervals over prompts; then the ``--top-k`` heads whose
-ablation raises the loss most, ablated together, beside ``--n-random`` draws of as many
-random heads of the same layers.
-
-Writes ``results.json``, ``heads.csv`` (one row per head), ``heads.png`` (heads x layers
-heatmaps of each measure). Forward work runs through the engine; its (batch, condition)
-units are kept in the run folder, so a killed run resumes.
+"""``llm-fourier heads``: every attention head's spectrum, attention to the operands, direct
+effect on the answer and (unless ``--no-ablation``) the cost of mean-ablating it, then the
+``--top-k`` heads ablated together beside ``--n-random`` draws of random heads
+(``analyses.heads``, ``analyses.head_ablation``). Writes ``results.json``, ``heads.csv``
+and ``heads.png``; the engine's units are kept in the run folder, so a killed run resumes.
 """
 
 from __future__ import annotations
