@@ -22,8 +22,7 @@ from llm_fourier.model.readout import (
     NumberReadout,
     check_tau,
     default_tau,
-    digit_readout,
-    number_readout,
+    readout_for,
     tau_reason,
 )
 from llm_fourier.model.tasks import largest_answer
@@ -130,16 +129,7 @@ class AnswerSpace:
         """``W_U`` rows of the answers' tokens, read once per (model, final_norm)."""
         key = (id(lm), final_norm)
         if key not in self._readouts:
-            if self.kind == "number":
-                self._readouts[key] = number_readout(lm, self.numbers, final_norm)
-            elif self.kind == "digit":
-                self._readouts[key] = digit_readout(lm, self.fmt, final_norm)
-            else:
-                raise UserError(
-                    f"answers up to {self.max_answer} are written as {self.fmt.family} tokens "
-                    f"(single tokens only up to {self.fmt.numbers.max_number}); the lens and "
-                    "filters need single-token answers or one token per digit, so use "
-                    "smaller operands (answers are still scored whole).")
+            self._readouts[key] = readout_for(lm, self.fmt, self.max_answer, final_norm)
         return self._readouts[key]
 
     def filters(self, lm, keep: Iterable[int] | None = None) -> dict[str, FourierFilter]:

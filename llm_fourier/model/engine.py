@@ -87,12 +87,11 @@ class Greedy:
 class Output:
     """One (batch, condition): ``logits`` (N x S x V, float32) at the S read positions
     (answer position s predicts answer token s; S = 1 without answers), ``rows[role]``
-    (N x S x L x D, float32, CPU), greedy ``predictions`` (N) and ``generated`` tokens."""
+    (N x S x L x D, float32, CPU) and greedy ``predictions`` (N)."""
 
     logits: Tensor | None
     rows: dict[str, Tensor]
     predictions: np.ndarray | None = None
-    generated: list[list[int]] | None = None
 
 
 class _Stop(Exception):
@@ -304,8 +303,8 @@ class Engine:
                 for i, c in enumerate(conds)}
         if spec["greedy"] is not None:
             greedy = self._greedy(batch, conds, prefix, start, list(logits), spec["greedy"])
-            for c, (pred, gen) in zip(conds, greedy):
-                outs[c.name].predictions, outs[c.name].generated = pred, gen
+            for c, predictions in zip(conds, greedy):
+                outs[c.name].predictions = predictions
         return outs
 
     def _queries(self, conds: Sequence[Condition], prefix, start: int, batch: Batch,
@@ -327,23 +326,22 @@ class Engine:
             return logits.argmax(-1).cpu()
         return g.allowed[logits[..., g.allowed.to(logits.device)].argmax(-1).cpu()]
 
-    def _replay(self, tokens: list[int], answer: tuple[int, ...], g: Greedy, limit: int
-                ) -> tuple[NumberParser, list[int]] | None:
-        """Greedy decoding of one row from its teacher-forced argmax ``tokens``, or None
-        when it leaves the answer (or does not end within the answer's positions)."""
-        parser, gen = NumberParser(g.fmt), []
+    @staticmethod
+    def _replay(tokens: list[int], answer: tuple[int, ...], g: Greedy, limit: int
+                ) -> int | None:
+        """The greedy answer of one row read from its teacher-forced argmax ``tokens``, or
+        None when it leaves the answer (or does not end within the answer's positions)."""
+        parser = NumberParser(g.fmt)
         for s, t in enumerate(tokens[:g.max_tokens]):
-            if s and (s - 1 >= len(answer) or gen[-1] != answer[s - 1]):
+            if s and (s - 1 >= len(answer) or tokens[s - 1] != answer[s - 1]):
                 return None  # the context is no longer the teacher-forced one
-            gen.append(t)
             if parser.feed(t) or (g.allowed is not None and s + 1 >= limit):
-                parser.done = True
-                return parser, gen
+                return parser.value
         return None
 
     def _greedy(self, batch: Batch, conds: Sequence[Condition], prefix, start: int,
-                logits: Sequence[Tensor], g: Greedy) -> list[tuple[np.ndarray, list]]:
-        """(predictions, generated tokens) per condition: read from the teacher-forced
+                logits: Sequence[Tensor], g: Greedy) -> list[np.ndarray]:
+        """Greedy predictions per condition: read from the teacher-forced
         ``logits`` where they write the answer and end it, the other rows of every
         condition decoded together, step by step."""
         results, todo = [], []
@@ -362,11 +360,10 @@ class Engine:
                 for i in rows:
                     one = next(decoded)
                     got[i] = one if got[i] is None else got[i]
-        return [(np.array([p.value for p, _ in got], dtype=np.int64), [gen for _, gen in got])
-                for got in results]
+        return [np.array(got, dtype=np.int64) for got in results]
 
     def _decode(self, batch: Batch, conds: Sequence[Condition], rows: Sequence[list[int]],
-                prefix, start: int, g: Greedy) -> list[tuple[NumberParser, list[int]]]:
+                prefix, start: int, g: Greedy) -> list[int]:
         """Step-by-step greedy decoding of ``rows[i]`` of ``batch`` under ``conds[i]``,
         stacked, on the prefix cache."""
         keep = [i for i, r in enumerate(rows) if r]
@@ -379,7 +376,6 @@ class Engine:
         ids, mask, pos = enc["input_ids"][:, start:], enc["attention_mask"], \
             enc["position_ids"][:, start:]
         parsers = [NumberParser(g.fmt) for _ in flat]
-        gens: list[list[int]] = [[] for _ in flat]
         limits = [len(g.fmt.digit_part(batch.answers[i])) for i in flat]
         edits = stacked_edits(conds, [len(r) for r in rows])
         hooks = stacked_hooks(conds, [len(r) for r in rows])
@@ -387,10 +383,7 @@ class Engine:
         for s in range(g.max_tokens):
             logits, _, cache = self._forward(ids, mask, pos, cache, 1, edits, hooks, spec)
             nxt = self._choose(logits[0, :, -1], g)
-            for j, t in enumerate(nxt.tolist()):
-                if parsers[j].done:
-                    continue
-                gens[j].append(t)
+            for j, t in enumerate(nxt.tolist()):  # feed() on an ended parser changes nothing
                 if parsers[j].feed(t) or (g.allowed is not None and s + 1 >= limits[j]):
                     parsers[j].done = True
             if all(p.done for p in parsers):
@@ -398,4 +391,4 @@ class Engine:
             ids = nxt.to(mask.device).view(-1, 1)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
             pos = pos[:, -1:] + 1
-        return list(zip(parsers, gens))
+        return [p.value for p in parsers]

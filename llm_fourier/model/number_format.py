@@ -164,12 +164,10 @@ class NumberParser:
         self.fmt = fmt
         self.digits = ""
         self.done = False
-        self.n_tokens = 0
 
     def feed(self, token_id: int) -> bool:
         if self.done:
             return True
-        self.n_tokens += 1
         if token_id in self.fmt.stop_ids:
             self.done = True
             return True
