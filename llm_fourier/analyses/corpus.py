@@ -18,7 +18,8 @@ per number 0..p-1:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -48,24 +49,14 @@ def count_number_tokens(lines: Iterable[str], tokenizer, token_ids: Sequence[int
     ids = np.asarray(token_ids, dtype=np.int64)
     index = {int(t): n for n, t in enumerate(ids)}
     counts = np.zeros(len(ids), dtype=np.int64)
-    for batch in _batches(lines, batch_lines):
+    rest = iter(lines)
+    while batch := list(islice(rest, batch_lines)):
         for seq in tokenizer(batch, add_special_tokens=False)["input_ids"]:
             for t in seq:
                 n = index.get(int(t))
                 if n is not None:
                     counts[n] += 1
     return counts
-
-
-def _batches(lines: Iterable[str], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for line in lines:
-        batch.append(line)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def corpus_counts(path: str | Path, p: int, mode: str = "text", tokenizer=None,
@@ -89,10 +80,8 @@ def corpus_counts(path: str | Path, p: int, mode: str = "text", tokenizer=None,
                         f"(this tokenizer keeps {have}); use --corpus-count text.")
     try:
         with path.open(encoding="utf-8") as f:
-            if mode == "text":
-                counts = count_numbers(f, p)
-            else:
-                counts = count_number_tokens(f, tokenizer, list(token_ids)[:p])
+            counts = (count_numbers(f, p) if mode == "text"
+                      else count_number_tokens(f, tokenizer, list(token_ids)[:p]))
     except UnicodeDecodeError as err:
         raise UserError(f"{path} is not UTF-8 text ({err.reason}); give a plain-text "
                         "corpus.") from err
