@@ -28,25 +28,19 @@ from llm_fourier.model.number_format import NumberFormat
 from llm_fourier.model.scores import n_digits
 from llm_fourier.model.tasks import Example
 from llm_fourier.output.progress import tqdm
-from probes.circular import KINDS, CircularProbe, digit_at, digit_probes, fit_circular
+from probes.circular import CircularProbe, digit_at, digit_probes, fit_circular
 from probes.stats import StatsConfig, classification_estimates
 
 TARGETS = ("a", "b", "answer")
 
 
-def probe_digit_layers(
-    hs: HiddenStates,
-    targets: Sequence[str] = TARGETS,
-    places: Sequence[int] | None = None,
-    *,
-    kinds: Sequence[str] = KINDS,
-    progress: bool = True,
-    **kwargs,
-) -> dict[tuple[str, int, str], list]:
+def probe_digit_layers(hs: HiddenStates, targets: Sequence[str] = TARGETS,
+                       places: Sequence[int] | None = None, *, progress: bool = True,
+                       **kwargs) -> dict[tuple[str, int, str], list]:
     """``probes.circular.digit_probes`` for every (role, layer, target); ``places``
     defaults to every place of the target's largest value. ``kwargs`` go to
-    ``digit_probes`` (``n_splits``, ``pca_dim``, ``alpha``, ``C``, ``seed``, ``shuffled``,
-    ``n_shuffles``)."""
+    ``digit_probes`` (``kinds``, ``n_splits``, ``pca_dim``, ``alpha``, ``C``, ``seed``,
+    ``shuffled``, ``n_shuffles``)."""
     out = {}
     keys = [(r, i, t) for r in hs.roles for i in hs.layers for t in targets]
     for r, i, t in tqdm(keys, desc="digit probes", unit="probe", disable=not progress):
@@ -55,7 +49,7 @@ def probe_digit_layers(
             raise UserError(f"only {len(np.unique(numbers))} distinct values of {t}; digit "
                             "probes need at least 10 (raise the operand range or the count).")
         ps = range(n_digits(numbers)) if places is None else places
-        out[(r, i, t)] = digit_probes(hs.at(r, i), numbers, ps, kinds=kinds, **kwargs)
+        out[(r, i, t)] = digit_probes(hs.at(r, i), numbers, ps, **kwargs)
     return out
 
 
