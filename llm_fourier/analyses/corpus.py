@@ -34,11 +34,9 @@ def count_numbers(lines: Iterable[str], p: int) -> np.ndarray:
     """Occurrences of each whole number 0..p-1 written in ``lines`` (mode "text")."""
     counts = np.zeros(p, dtype=np.int64)
     for line in lines:
-        for match in _NUMBER.finditer(line):
-            run = match.group()
-            if not run.isdigit() or (len(run) > 1 and run[0] == "0"):
-                continue
-            if len(run) <= len(str(p - 1)) and int(run) < p:
+        for run in _NUMBER.findall(line):
+            whole = run.isdigit() and (len(run) == 1 or run[0] != "0")
+            if whole and len(run) <= len(str(p - 1)) and int(run) < p:
                 counts[int(run)] += 1
     return counts
 

@@ -160,6 +160,4 @@ def _matrix_of(hf, name: str, unembed: bool, scaled: bool = True) -> torch.Tenso
         what = "output (unembedding)" if unembed else "input embedding"
         raise UserError(f"{name} has no {what} matrix; try {'without' if unembed else 'with'} "
                         "--unembed.")
-    if unembed or not scaled:
-        return layer.weight.detach()
-    return embed_tokens(hf)
+    return layer.weight.detach() if unembed or not scaled else embed_tokens(hf)

@@ -93,9 +93,8 @@ class RowFreezer:
             p[self.rows.to(p.device)] = saved.to(p.device, p.dtype)
 
     def remove(self) -> None:
-        for h in self.handles:
+        for h in self.handles:  # removing a handle twice is harmless
             h.remove()
-        self.handles = []
 
 
 def embedding_params(model) -> list[torch.nn.Parameter]:
