@@ -18,7 +18,8 @@ per number 0..p-1:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +34,9 @@ def count_numbers(lines: Iterable[str], p: int) -> np.ndarray:
     """Occurrences of each whole number 0..p-1 written in ``lines`` (mode "text")."""
     counts = np.zeros(p, dtype=np.int64)
     for line in lines:
-        for match in _NUMBER.finditer(line):
-            run = match.group()
-            if not run.isdigit() or (len(run) > 1 and run[0] == "0"):
-                continue
-            if len(run) <= len(str(p - 1)) and int(run) < p:
+        for run in _NUMBER.findall(line):
+            whole = run.isdigit() and (len(run) == 1 or run[0] != "0")
+            if whole and len(run) <= len(str(p - 1)) and int(run) < p:
                 counts[int(run)] += 1
     return counts
 
@@ -48,24 +47,14 @@ def count_number_tokens(lines: Iterable[str], tokenizer, token_ids: Sequence[int
     ids = np.asarray(token_ids, dtype=np.int64)
     index = {int(t): n for n, t in enumerate(ids)}
     counts = np.zeros(len(ids), dtype=np.int64)
-    for batch in _batches(lines, batch_lines):
+    rest = iter(lines)
+    while batch := list(islice(rest, batch_lines)):
         for seq in tokenizer(batch, add_special_tokens=False)["input_ids"]:
             for t in seq:
                 n = index.get(int(t))
                 if n is not None:
                     counts[n] += 1
     return counts
-
-
-def _batches(lines: Iterable[str], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for line in lines:
-        batch.append(line)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def corpus_counts(path: str | Path, p: int, mode: str = "text", tokenizer=None,
@@ -89,10 +78,8 @@ def corpus_counts(path: str | Path, p: int, mode: str = "text", tokenizer=None,
                         f"(this tokenizer keeps {have}); use --corpus-count text.")
     try:
         with path.open(encoding="utf-8") as f:
-            if mode == "text":
-                counts = count_numbers(f, p)
-            else:
-                counts = count_number_tokens(f, tokenizer, list(token_ids)[:p])
+            counts = (count_numbers(f, p) if mode == "text"
+                      else count_number_tokens(f, tokenizer, list(token_ids)[:p]))
     except UnicodeDecodeError as err:
         raise UserError(f"{path} is not UTF-8 text ({err.reason}); give a plain-text "
                         "corpus.") from err

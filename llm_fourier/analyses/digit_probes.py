@@ -5,13 +5,11 @@
   target number (a, b or the answer) and digit place: the circular, linear 10-class and
   value probes of ``probes.circular`` on the same held-out numbers, each beside its
   shuffled-label baseline. Works for every tokenizer.
-* ``digit_intervention``: fit the circular probe of one digit place of an operand at the
-  operand's last token (one role and layer), rotate each prompt's state there by +k digits
-  (``CircularProbe.rotation``: the smallest change that turns the probe's read-out by
-  2 pi k/10), decode the answer greedily, and measure how often the answer's digit at a
-  place moved by +k against the unedited answer, beside a control that adds a random
-  direction of the same norm. The state there is read once (``collect``, stopping after
-  that layer) and the turned state patched in (an engine ``Patch``).
+* ``digit_intervention``: rotate each prompt's state at an operand's last token by +k digits
+  of a circular probe (``CircularProbe.rotation``: the smallest change that turns the probe's
+  read-out by 2 pi k/10), decode the answer greedily and measure how often its digit moved
+  by +k, beside a random direction of the same norm. The state is read once (``collect``,
+  stopping after that layer) and the turned state patched in (an engine ``Patch``).
 """
 
 from __future__ import annotations
@@ -30,25 +28,19 @@ from llm_fourier.model.number_format import NumberFormat
 from llm_fourier.model.scores import n_digits
 from llm_fourier.model.tasks import Example
 from llm_fourier.output.progress import tqdm
-from probes.circular import KINDS, CircularProbe, digit_at, digit_probes, fit_circular
+from probes.circular import CircularProbe, digit_at, digit_probes, fit_circular
 from probes.stats import StatsConfig, classification_estimates
 
 TARGETS = ("a", "b", "answer")
 
 
-def probe_digit_layers(
-    hs: HiddenStates,
-    targets: Sequence[str] = TARGETS,
-    places: Sequence[int] | None = None,
-    *,
-    kinds: Sequence[str] = KINDS,
-    progress: bool = True,
-    **kwargs,
-) -> dict[tuple[str, int, str], list]:
+def probe_digit_layers(hs: HiddenStates, targets: Sequence[str] = TARGETS,
+                       places: Sequence[int] | None = None, *, progress: bool = True,
+                       **kwargs) -> dict[tuple[str, int, str], list]:
     """``probes.circular.digit_probes`` for every (role, layer, target); ``places``
     defaults to every place of the target's largest value. ``kwargs`` go to
-    ``digit_probes`` (``n_splits``, ``pca_dim``, ``alpha``, ``C``, ``seed``, ``shuffled``,
-    ``n_shuffles``)."""
+    ``digit_probes`` (``kinds``, ``n_splits``, ``pca_dim``, ``alpha``, ``C``, ``seed``,
+    ``shuffled``, ``n_shuffles``)."""
     out = {}
     keys = [(r, i, t) for r in hs.roles for i in hs.layers for t in targets]
     for r, i, t in tqdm(keys, desc="digit probes", unit="probe", disable=not progress):
@@ -57,7 +49,7 @@ def probe_digit_layers(
             raise UserError(f"only {len(np.unique(numbers))} distinct values of {t}; digit "
                             "probes need at least 10 (raise the operand range or the count).")
         ps = range(n_digits(numbers)) if places is None else places
-        out[(r, i, t)] = digit_probes(hs.at(r, i), numbers, ps, kinds=kinds, **kwargs)
+        out[(r, i, t)] = digit_probes(hs.at(r, i), numbers, ps, **kwargs)
     return out
 
 
@@ -93,41 +85,28 @@ def _shift_histogram(shift: np.ndarray) -> dict[int, int]:
     return {int(k): int(v) for k, v in sorted(Counter(shift.tolist()).items())}
 
 
-def digit_intervention(
-    lm,
-    examples: Sequence[Example],
-    fmt: NumberFormat,
-    probe: CircularProbe,
-    *,
-    token: str = "a",
-    role: str = "block",
-    layer: int = 0,
-    shift: int = 1,
-    answer_place: int | None = None,
-    seed: int = 0,
-    batch_size: int = 16,
-    progress: bool = True,
-    store: Store | None = None,
-) -> dict:
+def digit_intervention(lm, examples: Sequence[Example], fmt: NumberFormat, probe: CircularProbe,
+                       *, token: str = "a", role: str = "block", layer: int = 0, shift: int = 1,
+                       seed: int = 0, batch_size: int = 16, progress: bool = True,
+                       store: Store | None = None) -> dict:
     """Rotate the probe's digit at ``token`` by +``shift`` and measure the answer's digit.
 
     ``probe`` must be fitted on the states of (``role``, ``layer``) at ``token`` (see
-    ``fit_operand_probe``). ``answer_place`` (default: the probe's place) is the answer
-    digit compared. Returns, among the ``n_scored`` examples whose unedited, rotated and
-    random-control answers are all numbers, the shares whose answer digit moved by exactly
-    +shift (mod 10) from the unedited answer under the rotation and under the control,
-    the share where it equals (true answer digit + shift) mod 10, histograms of the digit
-    moves, the share of edited states that the probe itself reads as moved by +shift, and
-    the per-example predictions (``clean``, ``rotated``, ``random``). The three are
-    conditions of one engine pass (``store`` keeps its units).
+    ``fit_operand_probe``); the answer digit compared is the one at the probe's place.
+    Returns, among the ``n_scored`` examples whose unedited, rotated and random-control
+    answers are all numbers, the shares whose answer digit moved by exactly +shift (mod 10)
+    from the unedited answer under the rotation and under the control, the share where it
+    equals (true answer digit + shift) mod 10, histograms of the digit moves, the share of
+    edited states that the probe itself reads as moved by +shift, and the per-example
+    predictions (``clean``, ``rotated``, ``random``). The three are conditions of one engine
+    pass (``store`` keeps its units).
     """
     if token not in ("a", "b"):
         raise UserError(f"the digit intervention edits an operand; token must be a or b, "
                         f"got {token!r}.")
     if not 1 <= shift % 10 <= 9:
         raise UserError(f"shift must not be a multiple of 10, got {shift}.")
-    place = probe.place if answer_place is None else int(answer_place)
-    k = shift % 10
+    place, k = probe.place, shift % 10
     states = collect(lm, examples, token, (role,), [layer], batch_size, progress=False)
     rows = states.at(role, layer).astype(np.float64)  # the unedited states at the token
     delta = probe.rotation(rows, k)
@@ -147,9 +126,8 @@ def digit_intervention(
     clean, rotated, random = (prompts.scatter(units[c.name]) for c in conds)
     answers = np.array([e.answer for e in examples], dtype=np.int64)
     ok = (clean >= 0) & (rotated >= 0) & (random >= 0)
-    base = digit_at(np.maximum(clean, 0), place)
-    move_rot = (digit_at(np.maximum(rotated, 0), place) - base) % 10
-    move_rand = (digit_at(np.maximum(random, 0), place) - base) % 10
+    base, turned, control = (digit_at(np.maximum(v, 0), place) for v in (clean, rotated, random))
+    move_rot, move_rand = (turned - base) % 10, (control - base) % 10
     n_ok = max(int(ok.sum()), 1)
     return {
         "token": token, "role": role, "layer": layer, "probe_place": probe.place,
@@ -158,8 +136,7 @@ def digit_intervention(
         "rate_shifted_random": float((ok & (move_rand == k)).sum() / n_ok),
         "rate_changed": float((ok & (rotated != clean)).sum() / n_ok),
         "rate_changed_random": float((ok & (random != clean)).sum() / n_ok),
-        "rate_target": float((ok & (digit_at(np.maximum(rotated, 0), place)
-                                    == (digit_at(answers, place) + k) % 10)).sum() / n_ok),
+        "rate_target": float((ok & (turned == (digit_at(answers, place) + k) % 10)).sum() / n_ok),
         "probe_moved": float(moved.mean()),
         "move_histogram": _shift_histogram(move_rot[ok]),
         "move_histogram_random": _shift_histogram(move_rand[ok]),

@@ -41,41 +41,24 @@ def _model_classes(config, unembed: bool) -> tuple:
     return (AutoModelForCausalLM, AutoModelForMaskedLM)
 
 
-def _skeleton(config, unembed: bool, trust_remote_code: bool):
-    """A weightless model ``from_pretrained`` would build (None when no class fits)."""
+def _skeleton(config, unembed: bool, trust_remote_code: bool) -> tuple:
+    """(weightless model ``from_pretrained`` would build, its W_E or W_U module); the module
+    is None when no class fits or the model has none."""
     for cls in _model_classes(config, unembed):
         try:
             with torch.device("meta"):
-                return cls.from_config(config, trust_remote_code=trust_remote_code)
+                skeleton = cls.from_config(config, trust_remote_code=trust_remote_code)
         except ValueError:  # no such head for this config class
             continue
-    return None
+        return skeleton, (skeleton.get_output_embeddings() if unembed
+                          else skeleton.get_input_embeddings())
+    return None, None
 
 
-def tensor_name(config, unembed: bool, trust_remote_code: bool = False) -> tuple[str, tuple]:
-    """(parameter name of W_E / W_U in the model ``from_pretrained`` would build, shape).
-
-    For tied weights the unembedding is the input embedding's parameter."""
-    skeleton = _skeleton(config, unembed, trust_remote_code)
-    layer = None if skeleton is None else (
-        skeleton.get_output_embeddings() if unembed else skeleton.get_input_embeddings())
-    if layer is None:
-        return "", ()
-    weight = layer.weight
-    for name, param in skeleton.named_parameters():  # tied: the first owner's name
-        if param is weight:
-            return name, tuple(weight.shape)
-    return f"{path_of(skeleton, layer)}.weight", tuple(weight.shape)
-
-
-def embedding_scale(config, trust_remote_code: bool = False) -> float | None:
-    """What the model multiplies W_E rows by before block 0: its embedding module's own
-    scale times the config multiplier; None when a row-wise module follows (Bloom's norm) or
-    the embedding module computes something this cannot name (then load the model)."""
-    skeleton = _skeleton(config, False, trust_remote_code)
-    layer = None if skeleton is None else skeleton.get_input_embeddings()
-    if layer is None:
-        return None
+def embedding_scale(skeleton, layer, config) -> float | None:
+    """What the model multiplies rows of its input embedding ``layer`` by before block 0: the
+    module's own scale times the config multiplier; None when a row-wise module follows
+    (Bloom's norm) or the module computes something this cannot name (load the model then)."""
     if type(layer).forward is nn.Embedding.forward:
         own = 1.0
     elif isinstance(getattr(layer, "scalar_embed_scale", None), (int, float)):
@@ -113,11 +96,17 @@ def _fast_path(name: str, config, unembed: bool, dtype, trust_remote_code: bool,
             or not any(folder.glob("*.safetensors"))):
         return None
     try:
-        param, shape = tensor_name(config, unembed, trust_remote_code)
-        scale = 1.0 if unembed or not scaled else embedding_scale(config, trust_remote_code)
+        skeleton, layer = _skeleton(config, unembed, trust_remote_code)
+        if layer is None:
+            return None
+        shape = tuple(layer.weight.shape)
+        # the parameter's name; for tied weights the first owner's (the input embedding's)
+        param = next((n for n, w in skeleton.named_parameters() if w is layer.weight),
+                     f"{path_of(skeleton, layer)}.weight")
+        scale = 1.0 if unembed or not scaled else embedding_scale(skeleton, layer, config)
     except Exception:  # noqa: BLE001 - any skeleton failure falls back to a full load
         return None
-    matrix = read_from_safetensors(folder, param, shape) if param and scale is not None else None
+    matrix = read_from_safetensors(folder, param, shape) if scale is not None else None
     if matrix is None:
         return None
     matrix = matrix if dtype == "auto" else matrix.to(dtype)
@@ -126,17 +115,10 @@ def _fast_path(name: str, config, unembed: bool, dtype, trust_remote_code: bool,
     return matrix if scale == 1.0 else matrix * torch.tensor(scale, dtype=matrix.dtype)
 
 
-def load_embedding_matrix(
-    model,
-    tokenizer=None,
-    *,
-    unembed: bool = False,
-    dtype: str | torch.dtype = "auto",
-    device_map=None,
-    trust_remote_code: bool = False,
-    revision: str | None = None,
-    scaled: bool = True,
-) -> tuple[torch.Tensor, object]:
+def load_embedding_matrix(model, tokenizer=None, *, unembed: bool = False,
+                          dtype: str | torch.dtype = "auto", device_map=None,
+                          trust_remote_code: bool = False, revision: str | None = None,
+                          scaled: bool = True) -> tuple[torch.Tensor, object]:
     """(W_E, or W_U with ``unembed``, as vocab x D; tokenizer) of any model with an input
     embedding: causal LMs, and encoders (``AutoModel``; their masked-LM head for W_U).
     ``scaled``: W_E as the model adds it to the residual stream (else the raw parameter)."""
@@ -178,6 +160,4 @@ def _matrix_of(hf, name: str, unembed: bool, scaled: bool = True) -> torch.Tenso
         what = "output (unembedding)" if unembed else "input embedding"
         raise UserError(f"{name} has no {what} matrix; try {'without' if unembed else 'with'} "
                         "--unembed.")
-    if unembed or not scaled:
-        return layer.weight.detach()
-    return embed_tokens(hf)
+    return layer.weight.detach() if unembed or not scaled else embed_tokens(hf)

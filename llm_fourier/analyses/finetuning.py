@@ -4,16 +4,13 @@ The answer of every prompt is one number token, so the loss is the cross-entropy
 next-token logits at the last prompt position (left padding, the position ids evaluation
 uses) against that token. AdamW with linear decay to 0 (optional warmup), gradient
 accumulation, clipping, mixed precision and data parallelism through ``accelerate``.
-``FineTuner`` splits a run into ``step`` (one optimizer step over a group of micro-batches),
-``evaluate`` (a split, by ``ablation.evaluate``) and ``checkpoint`` / ``restore``.
 
 Checkpoints (``OUT/checkpoints/step-N/``) are ``Accelerator.save_state`` (model as
 safetensors; optimizer, scheduler, scaler and per-process RNG states read back with
-``weights_only``) plus ``state.json`` (epoch, step, history). A checkpoint is written under a
-temporary name and renamed, then ``latest.json`` is replaced, so a kill at any moment leaves
-the previous one usable. Data order is a permutation drawn from (seed, epoch), so a resumed
-run ends with the weights of an uninterrupted one. The result, ``OUT/model/``, is a normal
-Hugging Face folder that ``probe`` / ``ablate`` take as ``--model``.
+``weights_only``) plus ``state.json``, written under a temporary name and renamed before
+``latest.json`` is replaced, so a kill at any moment leaves the previous one usable. Data
+order is drawn from (seed, epoch), so a resumed run ends with the weights of an
+uninterrupted one. ``OUT/model/`` is a Hugging Face folder that ``probe`` / ``ablate`` take.
 
 ``frozen_token_ids`` keeps chosen rows of the input embedding (and of an untied output
 embedding) bit-identical: their gradients are zeroed by a hook and, since AdamW's decoupled
@@ -24,8 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +30,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import load as accelerate_load
+from accelerate.utils import set_seed
 from transformers import get_linear_schedule_with_warmup
 
 from llm_fourier.analyses.ablation import evaluate
@@ -96,9 +93,8 @@ class RowFreezer:
             p[self.rows.to(p.device)] = saved.to(p.device, p.dtype)
 
     def remove(self) -> None:
-        for h in self.handles:
+        for h in self.handles:  # removing a handle twice is harmless
             h.remove()
-        self.handles = []
 
 
 def embedding_params(model) -> list[torch.nn.Parameter]:
@@ -125,15 +121,6 @@ def answer_loss(model, batch: dict) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(out.logits[:, -1, :].float(), batch["labels"])
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    """The data order of one epoch: a permutation fixed by (seed, epoch)."""
-    return np.random.default_rng([seed, epoch]).permutation(n)
-
-
-def steps_per_epoch(n_train: int, config: FinetuneConfig, world: int = 1) -> int:
-    return math.ceil(math.ceil(n_train / (config.batch_size * world)) / config.grad_accum)
-
-
 def latest_checkpoint(out: str | Path) -> Path | None:
     pointer = Path(out) / "checkpoints" / "latest.json"
     if not pointer.exists():
@@ -146,29 +133,20 @@ def latest_checkpoint(out: str | Path) -> Path | None:
     return path if path.exists() else None
 
 
-def _scalars(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, np.number))}
-
-
 class FineTuner:
     """One fine-tuning run of ``lm`` on ``splits`` into ``out`` (see the module docstring)."""
 
     def __init__(self, lm: LoadedModel, splits, numbers, out: str | Path,
-                 config: FinetuneConfig, *, frozen_token_ids=None,
-                 evaluate_fn: Callable | None = None, progress: bool = True) -> None:
+                 config: FinetuneConfig, *, frozen_token_ids=None, progress: bool = True) -> None:
         config.validate()
         if not splits.train:
             raise UserError("the training split is empty; use a larger --max-operand or "
                             "--max-pairs.")
         self.lm, self.splits, self.numbers, self.config = lm, splits, numbers, config
         self.out, self.progress = Path(out), progress
-        self.evaluate_fn = evaluate_fn or (lambda lm_, examples, numbers_, bs: evaluate(
-            lm_, examples, numbers_, batch_size=bs, progress=False))
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision,
                                        step_scheduler_with_optimizer=False)
-        torch.manual_seed(config.seed)
-        random.seed(config.seed)
-        np.random.seed(config.seed)
+        set_seed(config.seed)
         model = lm.model
         model.train()
         no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "norm" in n.lower()]
@@ -176,7 +154,7 @@ class FineTuner:
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                        {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
         self.world = self.accelerator.num_processes
-        self.total = config.epochs * steps_per_epoch(len(splits.train), config, self.world)
+        self.total = config.epochs * len(self.groups(0))  # optimizer steps
         scheduler = get_linear_schedule_with_warmup(optimizer, config.warmup_steps, self.total)
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(
             model, optimizer, scheduler)
@@ -189,7 +167,7 @@ class FineTuner:
     def groups(self, epoch: int) -> list[list[np.ndarray]]:
         """This process's micro-batches of ``epoch``, grouped per optimizer step."""
         c, rank = self.config, self.accelerator.process_index
-        order = epoch_order(len(self.splits.train), c.seed, epoch)
+        order = np.random.default_rng([c.seed, epoch]).permutation(len(self.splits.train))
         per_step = c.batch_size * self.world
         n_micro = math.ceil(len(order) / per_step)
         if self.world > 1:
@@ -221,8 +199,8 @@ class FineTuner:
     def evaluate(self, examples) -> dict:
         self.lm.model.eval()
         try:
-            return self.evaluate_fn(self.lm, examples, self.numbers,
-                                    self.config.eval_batch_size) if examples else {}
+            return evaluate(self.lm, examples, self.numbers, batch_size=self.config.eval_batch_size,
+                            progress=False) if examples else {}
         finally:
             self.lm.model.train()
 
@@ -277,7 +255,6 @@ class FineTuner:
             self.restore(ckpt)
         bar = tqdm(total=self.total, initial=self.state["step"], desc=f"train {self.out.name}",
                    disable=not (self.progress and acc.is_local_main_process), leave=False)
-        stopped = False
         try:
             for epoch in range(self.state["epoch"], c.epochs):
                 groups = self.groups(epoch)
@@ -293,18 +270,18 @@ class FineTuner:
                     if stopped:
                         return {**self.state, "model_dir": None}
                 if (epoch + 1) % c.eval_every_epochs == 0 or epoch + 1 == c.epochs:
-                    metrics = self.evaluate(self.splits.val)
+                    scalars = {k: v for k, v in self.evaluate(self.splits.val).items()
+                               if isinstance(v, (int, float, np.number))}
                     self.state["history"].append({"epoch": epoch + 1, "step": self.state["step"],
-                                                  **_scalars(metrics)})
+                                                  **scalars})
                 self.state.update(epoch=epoch + 1, batch=0)
                 self.checkpoint()
         finally:
             bar.close()
             if self.freezer is not None:
                 self.freezer.remove()
+        test = self.evaluate(self.splits.test)
         self.lm.model.eval()
-        test = self.evaluate_fn(self.lm, self.splits.test, self.numbers, c.eval_batch_size) \
-            if self.splits.test else {}
         model_dir = self.out / "model"
         if acc.is_main_process:  # a fresh folder: no file of an old one (or link) written through
             remove(model_dir, self.out)
@@ -313,10 +290,5 @@ class FineTuner:
             self.lm.tokenizer.save_pretrained(model_dir)
         acc.wait_for_everyone()
         # the JSON form a checkpointed state has, whether or not the run was resumed
-        return read_json_roundtrip({**self.state, "finished": True, "test": test,
-                                    "model_dir": str(model_dir)})
-
-
-def read_json_roundtrip(obj: dict) -> dict:
-    """``obj`` as it reads back from JSON (tuples to lists, numpy scalars to Python)."""
-    return json.loads(json.dumps(to_jsonable(obj)))
+        return json.loads(json.dumps(to_jsonable({**self.state, "finished": True, "test": test,
+                                                  "model_dir": str(model_dir)})))

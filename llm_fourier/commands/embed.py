@@ -62,17 +62,15 @@ PROBE_KEYS = ("accuracy", "kappa", "chance_accuracy", "kappa_ci_low", "kappa_ci_
               "kappa_p_value", "accuracy_ci_low", "accuracy_ci_high", "accuracy_p_value")
 
 
-def embedding_mod_probes(rows: np.ndarray, periods: list[int], seed: int = 0,
+def embedding_mod_probes(rows: np.ndarray, periods: list[int],
                          stats: StatsConfig | None = None) -> list[dict]:
     """Cross-validated linear probes for n mod T on the number rows (one row per number),
     each score with its bootstrap interval over numbers and permutation p-value."""
-    numbers = np.arange(len(rows))
     out = []
     for period in tqdm(periods, desc="mod-T probes", leave=False, disable=len(periods) < 2):
-        if period >= len(rows) // 2:  # too few numbers per class to cross-validate
-            continue
-        r = mod_probe(rows, numbers, period, seed=seed, stats=stats).as_dict()
-        out.append({"period": period, **{k: r.get(k) for k in PROBE_KEYS}})
+        if period < len(rows) // 2:  # else too few numbers per class to cross-validate
+            r = mod_probe(rows, np.arange(len(rows)), period, stats=stats).as_dict()
+            out.append({"period": period, **{k: r.get(k) for k in PROBE_KEYS}})
     return out
 
 
@@ -113,8 +111,8 @@ class EmbedCommand(Command):
             tau = default_tau("number", basis)
             s.choose("tau", tau, tau_reason("number", tau, basis))
         s.check_tau(numbers.p, "single-token numbers")
-        what = f"{'W_U' if s.unembed else 'W_E'} of {s.model}"
-        rows = number_rows(W, numbers, what).float().cpu().numpy()
+        weight = "W_U" if s.unembed else "W_E"
+        rows = number_rows(W, numbers, f"{weight} of {s.model}").float().cpu().numpy()
         run.check_inputs(tokenizer=tokenizer_fingerprint(tokenizer))
         spec = spectrum(rows, basis, axis=0, pool="l2")
         outliers = [o.as_dict() for o in spec.outliers()]
@@ -127,8 +125,8 @@ class EmbedCommand(Command):
                    "low_high": spec.low_high(s.tau), "mod_probes": probes}
         run.write_csv("spectrum.csv", spec.records())
         if run.writes:
-            title = (f"{Path(str(s.model)).name}: {'W_U' if s.unembed else 'W_E'} rows of "
-                     f"numbers 0..{numbers.max_number} ({s.basis} basis)")
+            title = (f"{Path(str(s.model)).name}: {weight} rows of numbers 0.."
+                     f"{numbers.max_number} ({s.basis} basis)")
             spectrum_plot(spec.nonconstant, run.file(f"{matrix}_spectrum.png"), outliers, title,
                           "L2 norm over columns")
         lh = results["low_high"]

@@ -14,9 +14,7 @@ revisions as labels. Two measures:
 * ``hidden``: Cohen's kappa of the mod-T probes of the residual stream (role ``block``,
   else the first probed role), the maximum over the probed layers.
 
-``emergence_html(jobs, out, kind)`` writes ``figures/emergence_<kind>.png`` and
-``tables/emergence_<kind>.csv`` under the report folder and returns the HTML (empty when no
-series has two revisions). Command views call it from their ``section_html``.
+Command views call ``emergence_html`` from their ``section_html``.
 """
 
 from __future__ import annotations
@@ -43,9 +41,7 @@ LABELS = {"embed": "|component at T| / median |component|",
 
 def training_step(revision: str | None) -> int | None:
     """The training step a revision names (``step1000`` -> 1000), else None."""
-    if not revision:
-        return None
-    m = _STEP.search(revision.strip())
+    m = _STEP.search((revision or "").strip())
     return int(m.group(1)) if m else None
 
 
@@ -117,8 +113,7 @@ def emergence_rows(jobs: list[JobView], kind: str) -> list[dict]:
             continue
         steps = [training_step(r) for r in revisions]
         by_step = all(s is not None for s in steps)
-        order = sorted(range(len(members)), key=lambda i: steps[i]) if by_step \
-            else list(range(len(members)))
+        order = sorted(range(len(members)), key=lambda i: steps[i] if by_step else i)
         label = _label(members[0], revisions[0])
         for pos, i in enumerate(order):
             rows.append({"series": label, "job": members[i].id, "revision": revisions[i],
@@ -159,8 +154,9 @@ def emergence_plot(rows: list[dict], kind: str, path: Path) -> Path:
 
 
 def emergence_html(jobs: list[JobView], out: Path, kind: str) -> str:
-    """The emergence figure and CSV of ``kind`` ("embed" or "hidden") for a report section;
-    empty when no series of these jobs has two revisions."""
+    """``figures/emergence_<kind>.png`` and ``tables/emergence_<kind>.csv`` (kind "embed" or
+    "hidden") under the report folder ``out``, and their HTML; empty when no series of these
+    jobs has two revisions."""
     rows = emergence_rows(jobs, kind)
     if not rows:
         return ""
