@@ -58,25 +58,18 @@ def logit_filter(lm: LoadedModel, numbers: NumberTokens | NumberReadout,
     return readout.remove_periods(periods, basis_kind)
 
 
-def _target(lm, examples: Sequence[Example], numbers) -> NumberTokens | NumberFormat:
-    """What answers are scored against: the single-token numbers when they cover every
-    answer, else the tokenizer's ``NumberFormat``."""
+def _scoring(lm, examples: Sequence[Example], numbers
+             ) -> tuple[NumberTokens | NumberFormat, NumberReadout | None]:
+    """What answers are scored against, and the readout of the logit-filter cross-check: the
+    single-token numbers and ``W_U[numbers]`` when they cover every answer; a ``NumberFormat``
+    and its number or digit readout (if any); else the tokenizer's format, no readout."""
     max_answer = max(e.answer for e in examples)
     if isinstance(numbers, NumberFormat):
-        return answer_target(numbers)
+        readout = readout_for(lm, numbers, numbers.max_number) if numbers.readout else None
+        return answer_target(numbers), readout
     if numbers is not None and numbers.p > max_answer:
-        return numbers
-    return answer_target(number_format(lm.tokenizer, max_answer))
-
-
-def _logit_readout(lm, examples, numbers) -> NumberReadout | None:
-    """The readout of the logit-filter cross-check: ``W_U[numbers]`` for single-token
-    answers, the digit readout for a digit-splitting ``NumberFormat``; else none."""
-    if isinstance(numbers, NumberFormat):
-        return readout_for(lm, numbers, numbers.max_number) if numbers.readout else None
-    if numbers is not None and numbers.p > max(e.answer for e in examples):
-        return number_readout(lm, numbers)
-    return None
+        return numbers, number_readout(lm, numbers)
+    return answer_target(number_format(lm.tokenizer, max_answer)), None
 
 
 def probe_ablation(
@@ -105,7 +98,7 @@ def probe_ablation(
         raise UserError(f"unknown module group(s) {unknown}; choose among {', '.join(GROUPS)}.")
     probe = probe_filters(fits, periods)
     rand = random_filters(probe, seed)
-    readout = _logit_readout(lm, examples, numbers)
+    target, readout = _scoring(lm, examples, numbers)
     logit = logit_filter(lm, readout, periods) if readout is not None else None
     plan: list[tuple[str, str, str, dict]] = [("none", "-", "none", {})]
     for g in groups:
@@ -117,18 +110,13 @@ def probe_ablation(
                  for kind, filt in (("probe", probe), ("random", rand))]
         if logit is not None:
             plan.append((f"{g} logit", g, "logit", {k: logit for k in keys}))
-    target = _target(lm, examples, numbers)
     method = "next token" if isinstance(target, NumberTokens) else "greedy generation"
     done = score_conditions(lm, examples, target,
                             [condition(label, edits, positions) for label, _, _, edits in plan],
                             batch_size=batch_size, store=store, progress=progress,
                             desc="probe ablation")
-    rows = []
-    for label, group, kind, edits in plan:
-        done[label].pop("predictions", None)
-        done[label]["method"] = method
-        rank = int(np.mean([f.rank for f in edits.values()])) if edits else 0
-        name = next(iter(edits.values())).name if edits else "none"
-        rows.append({"row": label, "modules": group, "kind": kind, "filter": name,
-                     "rank": rank, **done[label]})
-    return rows
+    return [{"row": label, "modules": group, "kind": kind,
+             "filter": next(iter(edits.values())).name if edits else "none",
+             "rank": int(np.mean([f.rank for f in edits.values()])) if edits else 0,
+             **{k: v for k, v in done[label].items() if k != "predictions"}, "method": method}
+            for label, group, kind, edits in plan]

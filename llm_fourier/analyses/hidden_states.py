@@ -246,15 +246,20 @@ def probe_layers(
         if run_control:
             ctl = probe_states(hs.at(r, i), numbers, periods, helix_periods,
                                **{**kwargs, "shuffled": False}, groups=token_ids)
-            res["control"] = {k: v for k, v in ctl.items() if k != "fit"}
+            res["control"] = without_fit(ctl)
         out[(r, i)] = res
     return out
 
 
-def flat_row(role: str, layer: int, result: dict, prefix: str = "") -> dict:
-    """One CSV/table row: per period kappa/accuracy with interval and p-value, helix R^2 and
-    decoding with theirs, the baselines, and the token-identity control (``control_``)."""
-    row = {"role": role, "layer": layer}
+def without_fit(result: dict) -> dict:
+    """A probe result for results.json: everything but the fitted probe object."""
+    return {k: v for k, v in result.items() if k != "fit"}
+
+
+def flat_row(result: dict, prefix: str = "") -> dict:
+    """One CSV/table row's scores: per period kappa/accuracy with interval and p-value, helix
+    R^2 and decoding with theirs, the baselines, and the token-identity control (``control_``)."""
+    row = {}
     for T, m in result["mod"].items():
         for key, v in m.items():
             if key in ("chance", "block"):
@@ -268,9 +273,7 @@ def flat_row(role: str, layer: int, result: dict, prefix: str = "") -> dict:
                                                  "decode_accuracy_shuffled", *HELIX_STAT_KEYS)
             if key in h}
     if "control" in result:
-        row |= {k: v for k, v in flat_row(role, layer, result["control"],
-                                          f"{prefix}control_").items()
-                if k not in ("role", "layer")}
+        row |= flat_row(result["control"], f"{prefix}control_")
     return row
 
 

@@ -24,13 +24,12 @@ from llm_fourier.analyses.hidden_states import (
     flat_row,
     load_scalar,
     probe_layers,
+    without_fit,
 )
 from llm_fourier.commands.base import Command, JobView
 from llm_fourier.commands.digit_views import DIGIT_CAPTIONS, best_probe_rows
 from llm_fourier.commands.emergence import emergence_html
-from llm_fourier.commands.hidden_controls import token_identity_result
-from llm_fourier.commands.hidden_digits import digit_html, intervention_findings
-from llm_fourier.commands.hidden_units import UNITS, HiddenRun, collect_kept, scored, without_fit
+from llm_fourier.commands.hidden_units import UNITS, HiddenRun, collect_kept, token_identity_result
 from llm_fourier.commands.kept import StatesOptions, keep_states
 from llm_fourier.commands.options import (
     BASES,
@@ -117,6 +116,11 @@ class HiddenSettings(ModelOptions, TaskOptions, StatsOptions, SeedOptions, Batch
     @property
     def probed(self) -> str:
         return self.target or (self.token if self.token in ("a", "b") else "answer")
+
+    @property
+    def scored(self) -> bool:
+        """Whether answers are scored (ablation, intervention): the run needs their format."""
+        return bool(self.ablate_periods) or self.intervene_place is not None
 
     def validate(self) -> None:
         if self.control is not None:  # a bad file is one sentence before anything loads
@@ -221,7 +225,7 @@ class HiddenCommand(Command):
         task = s.task()
         examples = task.train[:s.n_probe]
         # answers are scored (ablation, intervention): how the tokenizer writes them
-        fmt = s.answer_format(task.max_answer) if scored(s) else None
+        fmt = s.answer_format(task.max_answer) if s.scored else None
         lm = s.load_model(tokenizer=fmt.tokenizer if fmt is not None else None)
         record_inputs(run, lm, examples)
         layers = list(range(lm.n_layers)) if s.layers is None else sorted(set(s.layers))
@@ -240,7 +244,7 @@ class HiddenCommand(Command):
                               stats=s.stats_config(s.seed), token_ids=token_ids,
                               control=s.token_control)
         spikes = _spikes(hs, target, s.periods)
-        rows = h.rows = [{**flat_row(r, i, res), **spikes.get((r, i), {})}
+        rows = h.rows = [{"role": r, "layer": i, **flat_row(res), **spikes.get((r, i), {})}
                          for (r, i), res in h.fits.items()]
         results = h.results = {
             "model": lm.name, "token": s.token, "target": target, "layers": layers,
@@ -290,8 +294,22 @@ class HiddenCommand(Command):
                  f"{esc(res.get('target'))} mod {esc(', '.join(confounded))} is what the token "
                  "itself says (a digit-splitting tokenizer), so those probes decode it on any "
                  "model; the control_ columns of probes.csv remove the token-identity "
-                 "directions and show what remains.</p>" if confounded else "",
-                 digit_html(res)]
+                 "directions and show what remains.</p>" if confounded else ""]
+        if res.get("digit_probes"):
+            parts.append(html_table(best_probe_rows(res["digit_probes"]), caption=(
+                "Digit probes (Levy & Geva): per role, digit place and kind, the layer with the "
+                "best held-out accuracy, beside shuffled labels, the random-init model and the "
+                "most frequent digit's share (chance).")))
+        iv = res.get("intervention")
+        if iv:
+            parts.append(html_table([{k: iv.get(k) for k in (
+                "token", "role", "layer", "probe_place", "shift", "n_scored", "rate_shifted",
+                "rate_shifted_random", "rate_target", "rate_changed", "rate_changed_random",
+                "probe_moved")}], caption=(
+                f"Digit intervention: {iv.get('token')}'s digit {iv.get('probe_place')} rotated "
+                f"by +{iv.get('shift')} along its circular probe; rate_shifted = share of "
+                "prompts whose answer digit moved by the same shift, against a random direction "
+                "of the same norm (rate_shifted_random).")))
         if res.get("ablation"):
             parts.append(html_table([{k: r.get(k) for k in (
                 "row", "rank", "accuracy", "loss", "teacher_forced_accuracy", "method")}
@@ -305,7 +323,13 @@ class HiddenCommand(Command):
         return emergence_html(jobs, out, "hidden")  # mod-T kappa against training step
 
     def findings(self, job: JobView) -> list[str]:
-        return intervention_findings(job.id, job.results)
+        iv = job.results.get("intervention")
+        if not iv:
+            return []
+        return [f"{job.id}: rotating {iv['token']}'s digit {iv['probe_place']} by "
+                f"+{iv['shift']} ({iv['role']} layer {iv['layer']}) moved the answer's digit by "
+                f"+{iv['shift']} in {percent(iv['rate_shifted'])} of prompts (random direction: "
+                f"{percent(iv['rate_shifted_random'])})."]
 
 
 COMMAND = HiddenCommand()

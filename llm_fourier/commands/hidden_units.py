@@ -1,29 +1,50 @@
 """The optional analyses of ``llm-fourier hidden``: each unit reads the ``HiddenRun``, adds
 its entry to ``results`` and writes its own files; ``UNITS`` pairs them, in order, with the
-settings that ask for them."""
+settings that ask for them. The controls: token identity (where the read token alone decodes
+``n mod T``, the probes also run with its directions removed) and the frequency control (a
+per-number scalar's spectrum beside the embedding's, ``--control`` or ``--corpus``). Each digit
+probe row (Levy & Geva) keeps its bootstrap interval over numbers and permutation p-value
+(``digit_probes.digit_rows``)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
+from llm_fourier.analyses.corpus import corpus_counts
+from llm_fourier.analyses.digit_probes import (
+    digit_intervention,
+    digit_rows,
+    fit_operand_probe,
+    probe_digit_layers,
+)
 from llm_fourier.analyses.hidden_ablation import probe_ablation
 from llm_fourier.analyses.hidden_states import (
     HiddenStates,
     collect,
     flat_row,
+    frequency_control,
+    load_scalar,
     probe_layers,
     random_copy,
+    read_token_ids,
+    token_identity,
+    without_fit,
 )
 from llm_fourier.commands.digit_views import csv_row
-from llm_fourier.commands.hidden_controls import control_spectrum
-from llm_fourier.commands.hidden_digits import digit_probes, intervention
+from llm_fourier.errors import UserError
 from llm_fourier.model.answer_space import AnswerSpace
 from llm_fourier.model.number_format import NumberFormat
+from llm_fourier.model.numbers import find_number_tokens, number_rows
+from llm_fourier.output.digit_plots import digit_probe_plot
 from llm_fourier.output.rundir import RunDir
+from probes.common import per_number_means
 from probes.stats import StatsConfig
+
+PER_EXAMPLE = ("clean", "rotated", "random")  # intervention lists that go to the CSV
 
 
 @dataclass
@@ -68,11 +89,6 @@ def collect_kept(run: RunDir, unit: str, lm, examples, s, layers) -> HiddenState
     return hs
 
 
-def without_fit(result: dict) -> dict:
-    """A probe result for results.json: everything but the fitted probe object."""
-    return {k: v for k, v in result.items() if k != "fit"}
-
-
 def random_baseline(h: HiddenRun) -> None:
     """The same probes on a randomly initialised copy of the model."""
     rand = random_copy(h.lm, h.s.seed)
@@ -82,8 +98,7 @@ def random_baseline(h: HiddenRun) -> None:
                        **{**h.probe_kw, "progress": False}, shuffled=False,
                        stats=StatsConfig(n_boot=0, n_perm=0, n_refit=0))
     for row, entry, r in zip(h.rows, h.results["probes"], res.values()):
-        row.update({k: v for k, v in flat_row(row["role"], row["layer"], r, "random_").items()
-                    if k not in ("role", "layer")})
+        row.update(flat_row(r, "random_"))
         entry["random_init"] = without_fit(r)
 
 
@@ -107,15 +122,107 @@ def ablation(h: HiddenRun) -> None:
     h.results["ablation"] = rows
 
 
-def scored(s) -> bool:
-    """Whether answers are scored (ablation, intervention): the run needs their format."""
-    return bool(s.ablate_periods) or s.intervene_place is not None
+def token_identity_result(s, lm, examples, hs: HiddenStates, target: str
+                          ) -> tuple[np.ndarray, dict]:
+    """(token id read per example, per-period token-identity report); prints a warning for
+    every period that the token alone decodes."""
+    ids = read_token_ids(lm.tokenizer, examples, s.token)
+    report = {int(T): r for T, r in token_identity(ids, hs.numbers(target), s.periods).items()}
+    confounded = [T for T, r in report.items() if r.get("confounded")]
+    if confounded:
+        print(f"warning: at the {s.token} token, {target} mod "
+              f"{', '.join(map(str, confounded))} is the identity of the token itself (a "
+              "digit-splitting tokenizer): a probe decodes it even on a random model; read "
+              "the control_ columns (token-identity directions removed) for what remains.")
+    return ids, report
+
+
+def _beside(lm, hs: HiddenStates, numbers, n_values: int, target: str):
+    """The number rows of W_E (single-token numbers), else the mean states per number."""
+    if numbers.p >= n_values:
+        return number_rows(lm.embedding(), numbers).float().cpu().numpy(), "embedding"
+    uniq, means = per_number_means(hs.at(hs.roles[0], hs.layers[0]), hs.numbers(target))
+    if not np.array_equal(uniq, np.arange(len(uniq))):
+        return None, None
+    return means, f"mean {hs.roles[0]} state, layer {hs.layers[0]}"
+
+
+def control_spectrum(h: HiddenRun) -> None:
+    """The ``--control`` values (or ``--corpus`` counts) per number: their spectrum in the
+    results, the values in ``control_values.csv``."""
+    s, p = h.s, h.task.max_answer + 1
+    numbers = find_number_tokens(h.lm.tokenizer, max_number=h.task.max_answer)
+    if s.control is not None:
+        values, source = load_scalar(s.control), f"--control {s.control}"
+    else:
+        values = corpus_counts(s.corpus, p, s.corpus_count, h.lm.tokenizer, numbers.token_ids)
+        source = f"number {s.corpus_count} counts in {s.corpus}"
+    beside, what = _beside(h.lm, h.hs, numbers, min(len(values), p), h.target)
+    if beside is not None and len(values) < len(beside):
+        raise UserError(f"{source} holds {len(values)} values but the numbers beside it run "
+                        f"0..{len(beside) - 1}; give one value per number.")
+    h.results["frequency_control"] = {**frequency_control(values, beside, s.basis),
+                                      "source": source, "beside_what": what}
+    h.run.write_csv("control_values.csv",
+                    [{"number": n, "value": float(v)} for n, v in enumerate(values)])
+
+
+def _key(row: dict) -> tuple:
+    return row["role"], row["layer"], row["target"], row["place"], row["kind"]
+
+
+def digit_probes(h: HiddenRun) -> None:
+    """Circular, linear and value probes of the target's digits (with shuffled-label
+    baselines), beside the same probes on the random-init copy's states, if any."""
+    s = h.s
+    kw = {"targets": (h.target,), "places": s.digit_places, "kinds": s.digit_kinds,
+          "n_splits": s.folds, "pca_dim": s.mod_pca_dim, "alpha": s.digit_alpha, "seed": s.seed}
+    h.digit = digit_rows(probe_digit_layers(h.hs, shuffled=True, n_shuffles=3,
+                                            progress=h.progress, **kw), s.stats_config(s.seed))
+    if h.random_hs is not None:
+        rand = probe_digit_layers(h.random_hs, shuffled=False, progress=False, **kw)
+        accuracy = {_key(r): r["accuracy"] for r in digit_rows(rand)}
+        for row in h.digit:
+            row["random_accuracy"] = accuracy.get(_key(row))
+    h.results |= {"digit_kinds": list(s.digit_kinds), "digit_probes": h.digit}
+    if h.digit:
+        h.run.write_csv("digit_probes.csv", h.digit)
+        if h.run.writes:
+            digit_probe_plot(h.digit, h.run.file("digit_probes.png"),
+                             f"digit probes of {h.target} at the {s.token} token")
+
+
+def intervention(h: HiddenRun) -> None:
+    """Levy & Geva's digit intervention at the operand's token: its summary in the results,
+    each test prompt's clean, rotated and random-control predictions in the CSV."""
+    s, examples = h.s, h.task.test[:h.s.n_eval]
+    layer = s.intervene_layer
+    if layer is None:  # the most accurate circular probe of that place, the earliest among ties
+        cands = [r for r in h.digit if r["role"] == s.intervene_role and r["target"] == s.token
+                 and r["place"] == s.intervene_place and r["kind"] == "circular"]
+        if not cands:
+            raise UserError(f"hidden: no circular probe of {s.token}'s digit "
+                            f"{s.intervene_place} ran on {s.intervene_role} states; pass "
+                            "--intervene-layer.")
+        layer = max(cands, key=lambda r: (r["accuracy"], -r["layer"]))["layer"]
+    probe = fit_operand_probe(h.hs, s.intervene_role, layer, s.token, s.intervene_place,
+                              pca_dim=s.mod_pca_dim, alpha=s.digit_alpha)
+    res = digit_intervention(h.lm, examples, h.fmt, probe, token=s.token,
+                             role=s.intervene_role, layer=layer, shift=s.intervene_shift,
+                             seed=s.seed, batch_size=s.batch_size, progress=h.progress,
+                             store=h.run.store("intervention"))
+    h.results["intervention"] = {k: v for k, v in res.items() if k not in PER_EXAMPLE} | {
+        "layer_from": "--intervene-layer" if s.intervene_layer is not None else
+                      "the most accurate circular probe of that place"}
+    h.run.write_csv("intervention.csv", [
+        {"prompt": e.prompt, "a": e.a, "b": e.b, "answer": e.answer,
+         **{k: res[k][i] for k in PER_EXAMPLE}} for i, e in enumerate(examples)])
 
 
 UNITS: tuple[tuple[Callable[[object], bool], Callable[[HiddenRun], None]], ...] = (
     (lambda s: not s.no_random_baseline, random_baseline),
     (lambda s: bool(s.digit_kinds), digit_probes),
-    (scored, readout),
+    (lambda s: s.scored, readout),
     (lambda s: s.control is not None or s.corpus is not None, control_spectrum),
     (lambda s: bool(s.ablate_periods), ablation),
     (lambda s: s.intervene_place is not None, intervention),
