@@ -2,9 +2,8 @@
 
 Per (role, layer) at one token of each prompt (``--token``): mod-T probes (Cohen's kappa) and a
 helix fit (held-out R^2) of ``--target``, each beside its shuffled-label baseline and the same
-probe on a random-init copy, and the Fourier spikes of the per-number mean states. The
-optional analyses are units (``hidden_units.UNITS``); kept states and units let a killed run
-resume.
+probe on a random-init copy, and the Fourier spikes of the per-number mean states, computed in
+``hidden_units``, whose kept states and units let a killed run resume.
 """
 
 from __future__ import annotations
@@ -12,25 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from llm_fourier.analyses.corpus import COUNT_MODES
 from llm_fourier.analyses.hidden_ablation import GROUPS
-from llm_fourier.analyses.hidden_states import (
-    ROLES,
-    TARGETS,
-    TOKENS,
-    HiddenStates,
-    flat_row,
-    load_scalar,
-    probe_layers,
-    without_fit,
-)
+from llm_fourier.analyses.hidden_states import ROLES, TARGETS, TOKENS, load_scalar
 from llm_fourier.commands.base import Command, JobView
 from llm_fourier.commands.digit_views import DIGIT_CAPTIONS, best_probe_rows
 from llm_fourier.commands.emergence import emergence_html
-from llm_fourier.commands.hidden_units import UNITS, HiddenRun, collect_kept, token_identity_result
-from llm_fourier.commands.kept import StatesOptions, keep_states
+from llm_fourier.commands.hidden_units import analyse
+from llm_fourier.commands.kept import StatesOptions
 from llm_fourier.commands.options import (
     BASES,
     BatchOptions,
@@ -49,8 +37,6 @@ from llm_fourier.output.plots import pyplot
 from llm_fourier.output.rundir import RunDir
 from llm_fourier.output.tables import format_table
 from probes.circular import KINDS
-from probes.fourier import FourierBasis, spectrum
-from probes.linear import per_number_means
 
 
 @dataclass(kw_only=True)
@@ -163,23 +149,6 @@ class HiddenSettings(ModelOptions, TaskOptions, StatsOptions, SeedOptions, Batch
                             f"{self.layers}")
 
 
-def _spikes(hs: HiddenStates, target: str, periods) -> dict:
-    """Per (role, layer): outlier periods of the per-number mean states (numbers 0..p-1)."""
-    uniq = np.unique(hs.numbers(target))
-    if len(uniq) < 3 or not np.array_equal(uniq, np.arange(len(uniq))):
-        return {}
-    basis = FourierBasis(len(uniq), "dft")
-    out = {}
-    for r in hs.states:
-        for i in hs.layers:
-            _, means = per_number_means(hs.at(r, i), hs.numbers(target))
-            outl = spectrum(means, basis, axis=0).outliers()
-            ks = {o.k for o in outl}
-            out[(r, i)] = {"outlier_periods": [round(o.period, 3) for o in outl[:8]],
-                           **{f"spike_mod{T}": basis.k_of_period(T) in ks for T in periods}}
-    return out
-
-
 def _plot(rows: list[dict], periods, roles, run: RunDir) -> None:
     """kappa_by_layer.png and r2_by_layer.png: one panel per role."""
     plt = pyplot()
@@ -234,31 +203,8 @@ class HiddenCommand(Command):
         if s.intervene_layer is not None and s.intervene_layer not in layers:
             raise s.fail("intervene_layer", f"{s.intervene_layer} is not among the probed "
                          f"layers 0..{lm.n_layers - 1}")
-        target = s.probed
-        hs = collect_kept(run, "states", lm, examples, s, layers)
-        if s.keep_states:
-            keep_states(run, s, lm, hs, "hidden")
-        token_ids, identity = token_identity_result(s, lm, examples, hs, target)
-        h = HiddenRun(s, run, lm, task, hs, fmt)
-        h.fits = probe_layers(hs, target, s.periods, s.helix_periods, **h.probe_kw,
-                              stats=s.stats_config(s.seed), token_ids=token_ids,
-                              control=s.token_control)
-        spikes = _spikes(hs, target, s.periods)
-        rows = h.rows = [{"role": r, "layer": i, **flat_row(res), **spikes.get((r, i), {})}
-                         for (r, i), res in h.fits.items()]
-        results = h.results = {
-            "model": lm.name, "token": s.token, "target": target, "layers": layers,
-            "roles": list(s.roles), "periods": s.periods, "helix_periods": s.helix_periods,
-            "n_examples": len(examples), "task": task.settings, "token_identity": identity,
-            "statistics": {"bootstrap": s.bootstrap, "permutations": s.permutations,
-                           "refits": s.refits, "level": s.ci_level, "method": s.ci_method,
-                           "unit": "distinct numbers (not prompts)"},
-            "probes": [{"role": r, "layer": i, **without_fit(res), "random_init": None,
-                        "spectrum": spikes.get((r, i))} for (r, i), res in h.fits.items()],
-        }
-        for wanted, unit in UNITS:  # the optional analyses, each its own unit
-            if wanted(s):
-                unit(h)
+        h = analyse(s, run, lm, task, examples, layers, fmt)
+        rows, results = h.rows, h.results
         run.write_csv("probes.csv", rows)
         if run.writes:
             _plot(rows, s.periods, s.roles, run)

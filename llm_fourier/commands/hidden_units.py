@@ -1,10 +1,8 @@
-"""The optional analyses of ``llm-fourier hidden``: each unit reads the ``HiddenRun``, adds
-its entry to ``results`` and writes its own files; ``UNITS`` pairs them, in order, with the
-settings that ask for them. The controls: token identity (where the read token alone decodes
-``n mod T``, the probes also run with its directions removed) and the frequency control (a
-per-number scalar's spectrum beside the embedding's, ``--control`` or ``--corpus``). Each digit
-probe row (Levy & Geva) keeps its bootstrap interval over numbers and permutation p-value
-(``digit_probes.digit_rows``)."""
+"""What ``llm-fourier hidden`` computes: ``analyse`` collects and probes the states, then runs
+the optional units (``UNITS``, in order, each with the settings that ask for it); a unit reads
+the ``HiddenRun``, adds its entry to ``results`` and writes its own files. The frequency
+control is a per-number scalar's spectrum (``--control`` or ``--corpus``) beside the
+embedding's; digit probe rows (Levy & Geva) keep their interval over numbers and p-value."""
 
 from __future__ import annotations
 
@@ -35,6 +33,7 @@ from llm_fourier.analyses.hidden_states import (
     without_fit,
 )
 from llm_fourier.commands.digit_views import csv_row
+from llm_fourier.commands.kept import keep_states
 from llm_fourier.errors import UserError
 from llm_fourier.model.answer_space import AnswerSpace
 from llm_fourier.model.number_format import NumberFormat
@@ -42,6 +41,7 @@ from llm_fourier.model.numbers import find_number_tokens, number_rows
 from llm_fourier.output.digit_plots import digit_probe_plot
 from llm_fourier.output.rundir import RunDir
 from probes.common import per_number_means
+from probes.fourier import FourierBasis, spectrum
 from probes.stats import StatsConfig
 
 PER_EXAMPLE = ("clean", "rotated", "random")  # intervention lists that go to the CSV
@@ -120,21 +120,6 @@ def ablation(h: HiddenRun) -> None:
         store=h.run.store("ablation"))
     h.run.write_csv("ablation.csv", [csv_row(r) for r in rows])
     h.results["ablation"] = rows
-
-
-def token_identity_result(s, lm, examples, hs: HiddenStates, target: str
-                          ) -> tuple[np.ndarray, dict]:
-    """(token id read per example, per-period token-identity report); prints a warning for
-    every period that the token alone decodes."""
-    ids = read_token_ids(lm.tokenizer, examples, s.token)
-    report = {int(T): r for T, r in token_identity(ids, hs.numbers(target), s.periods).items()}
-    confounded = [T for T, r in report.items() if r.get("confounded")]
-    if confounded:
-        print(f"warning: at the {s.token} token, {target} mod "
-              f"{', '.join(map(str, confounded))} is the identity of the token itself (a "
-              "digit-splitting tokenizer): a probe decodes it even on a random model; read "
-              "the control_ columns (token-identity directions removed) for what remains.")
-    return ids, report
 
 
 def _beside(lm, hs: HiddenStates, numbers, n_values: int, target: str):
@@ -227,3 +212,59 @@ UNITS: tuple[tuple[Callable[[object], bool], Callable[[HiddenRun], None]], ...] 
     (lambda s: bool(s.ablate_periods), ablation),
     (lambda s: s.intervene_place is not None, intervention),
 )
+
+
+def _spikes(hs: HiddenStates, target: str, periods) -> dict:
+    """Per (role, layer): outlier periods of the per-number mean states (numbers 0..p-1)."""
+    uniq = np.unique(hs.numbers(target))
+    if len(uniq) < 3 or not np.array_equal(uniq, np.arange(len(uniq))):
+        return {}
+    basis = FourierBasis(len(uniq), "dft")
+    out = {}
+    for r in hs.states:
+        for i in hs.layers:
+            _, means = per_number_means(hs.at(r, i), hs.numbers(target))
+            outl = spectrum(means, basis, axis=0).outliers()
+            ks = {o.k for o in outl}
+            out[(r, i)] = {"outlier_periods": [round(o.period, 3) for o in outl[:8]],
+                           **{f"spike_mod{T}": basis.k_of_period(T) in ks for T in periods}}
+    return out
+
+
+def analyse(s, run: RunDir, lm, task, examples, layers: list[int],
+            fmt: NumberFormat | None) -> HiddenRun:
+    """The states (kept as a unit, and in OUT/states/ if asked), their probes per (role,
+    layer) with the token-identity check, then the units the settings ask for."""
+    target = s.probed
+    hs = collect_kept(run, "states", lm, examples, s, layers)
+    if s.keep_states:
+        keep_states(run, s, lm, hs, "hidden")
+    token_ids = read_token_ids(lm.tokenizer, examples, s.token)
+    identity = token_identity(token_ids, hs.numbers(target), s.periods)
+    confounded = [T for T, r in identity.items() if r["confounded"]]
+    if confounded:
+        print(f"warning: at the {s.token} token, {target} mod "
+              f"{', '.join(map(str, confounded))} is the identity of the token itself (a "
+              "digit-splitting tokenizer): a probe decodes it even on a random model; read "
+              "the control_ columns (token-identity directions removed) for what remains.")
+    h = HiddenRun(s, run, lm, task, hs, fmt)
+    h.fits = probe_layers(hs, target, s.periods, s.helix_periods, **h.probe_kw,
+                          stats=s.stats_config(s.seed), token_ids=token_ids,
+                          control=s.token_control)
+    spikes = _spikes(hs, target, s.periods)
+    h.rows = [{"role": r, "layer": i, **flat_row(res), **spikes.get((r, i), {})}
+              for (r, i), res in h.fits.items()]
+    h.results = {
+        "model": lm.name, "token": s.token, "target": target, "layers": layers,
+        "roles": list(s.roles), "periods": s.periods, "helix_periods": s.helix_periods,
+        "n_examples": len(examples), "task": task.settings, "token_identity": identity,
+        "statistics": {"bootstrap": s.bootstrap, "permutations": s.permutations,
+                       "refits": s.refits, "level": s.ci_level, "method": s.ci_method,
+                       "unit": "distinct numbers (not prompts)"},
+        "probes": [{"role": r, "layer": i, **without_fit(res), "random_init": None,
+                    "spectrum": spikes.get((r, i))} for (r, i), res in h.fits.items()],
+    }
+    for wanted, unit in UNITS:  # the optional analyses, each its own unit
+        if wanted(s):
+            unit(h)
+    return h
