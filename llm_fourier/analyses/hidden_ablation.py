@@ -1,14 +1,10 @@
 """Probe-direction ablation: remove fitted Fourier directions from module outputs.
 
-For each (role, layer) the helix fit (``probes.linear.HelixFit``) gives the cos/sin columns
-of C for the chosen periods; mapped back from PCA space to model space and orthonormalised
-they span a subspace that ``probes.FourierFilter`` projects out (x - R R^T x), inside
-``hooks.edit``. Beside it: a random subspace of the same rank (control), and the
-logit-space filter of Zhou et al. removing the same periods' components of the task's
-``readout.NumberReadout`` (cross-check): ``W_U[numbers]`` when the answers are single
-tokens, ``W_U[digits]`` when ``numbers`` is a ``NumberFormat`` of a digit-splitting
-tokenizer. Every row is a condition of one engine pass (``answers.score_conditions``): the
-next token for single-token answers, else greedy generation of the whole answer.
+Per (role, layer) the helix fit's cos/sin directions of the chosen periods, mapped from PCA
+space to model space and orthonormalised, are projected out (``probes.FourierFilter``, inside
+``hooks.edit``); beside them a random subspace of the same rank (control) and Zhou et al.'s
+logit-space filter of the same periods on the answers' readout (cross-check). Every row is a
+condition of one engine pass (``answers.score_conditions``).
 """
 
 from __future__ import annotations
