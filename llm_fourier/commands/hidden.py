@@ -13,7 +13,7 @@ from pathlib import Path
 
 from llm_fourier.analyses.corpus import COUNT_MODES
 from llm_fourier.analyses.hidden_ablation import GROUPS
-from llm_fourier.analyses.hidden_states import ROLES, TARGETS, TOKENS, load_scalar
+from llm_fourier.analyses.hidden_states import CONTROLS, ROLES, TARGETS, TOKENS, load_scalar
 from llm_fourier.commands.base import Command, JobView
 from llm_fourier.commands.digit_views import DIGIT_CAPTIONS, best_probe_rows
 from llm_fourier.commands.emergence import emergence_html
@@ -69,9 +69,9 @@ class HiddenSettings(ModelOptions, TaskOptions, StatsOptions, SeedOptions, Batch
                                 "evolution control)")
     corpus_count: str = option("text", choices=COUNT_MODES, help="text: whole numbers written "
                                "in the text; tokens: each number's own token")
-    token_control: str = option("auto", choices=("auto", "always", "never"), help="probe again "
-                                "with the token-identity directions removed: auto (where the "
-                                "read token alone decodes n mod T), always, or never")
+    token_control: str = option("auto", choices=CONTROLS, help="probe again with the "
+                                "token-identity directions removed: auto (where the read token "
+                                "alone decodes n mod T), always, or never")
     basis: str = option("paper", choices=BASES, help="Fourier basis of the control spectra")
     ablate_periods: list[float] | None = option(None, min=2, help="remove the fitted directions "
                                                 "of these periods (a subset of --helix-periods) "

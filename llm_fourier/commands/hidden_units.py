@@ -68,14 +68,10 @@ class HiddenRun:
         return self.s.probed
 
     @property
-    def progress(self) -> bool:
-        return not self.s.quiet
-
-    @property
     def probe_kw(self) -> dict:
         s = self.s
         return {"pca_dim": s.pca_dim, "mod_pca_dim": s.mod_pca_dim, "n_splits": s.folds,
-                "seed": s.seed, "progress": self.progress}
+                "seed": s.seed, "progress": not s.quiet}
 
 
 def collect_kept(run: RunDir, unit: str, lm, examples, s, layers) -> HiddenStates:
@@ -116,7 +112,7 @@ def ablation(h: HiddenRun) -> None:
         h.lm, h.task.test[:s.n_eval], {k: v["fit"] for k, v in h.fits.items()},
         s.ablate_periods, groups=s.ablate_groups, numbers=h.fmt,
         positions=s.ablate_positions or ("last" if s.token == "last" else "all"),
-        batch_size=s.batch_size, seed=s.seed, progress=h.progress,
+        batch_size=s.batch_size, seed=s.seed, progress=not s.quiet,
         store=h.run.store("ablation"))
     h.run.write_csv("ablation.csv", [csv_row(r) for r in rows])
     h.results["ablation"] = rows
@@ -163,7 +159,7 @@ def digit_probes(h: HiddenRun) -> None:
     kw = {"targets": (h.target,), "places": s.digit_places, "kinds": s.digit_kinds,
           "n_splits": s.folds, "pca_dim": s.mod_pca_dim, "alpha": s.digit_alpha, "seed": s.seed}
     h.digit = digit_rows(probe_digit_layers(h.hs, shuffled=True, n_shuffles=3,
-                                            progress=h.progress, **kw), s.stats_config(s.seed))
+                                            progress=not s.quiet, **kw), s.stats_config(s.seed))
     if h.random_hs is not None:
         rand = probe_digit_layers(h.random_hs, shuffled=False, progress=False, **kw)
         accuracy = {_key(r): r["accuracy"] for r in digit_rows(rand)}
@@ -194,7 +190,7 @@ def intervention(h: HiddenRun) -> None:
                               pca_dim=s.mod_pca_dim, alpha=s.digit_alpha)
     res = digit_intervention(h.lm, examples, h.fmt, probe, token=s.token,
                              role=s.intervene_role, layer=layer, shift=s.intervene_shift,
-                             seed=s.seed, batch_size=s.batch_size, progress=h.progress,
+                             seed=s.seed, batch_size=s.batch_size, progress=not s.quiet,
                              store=h.run.store("intervention"))
     h.results["intervention"] = {k: v for k, v in res.items() if k not in PER_EXAMPLE} | {
         "layer_from": "--intervene-layer" if s.intervene_layer is not None else
