@@ -68,27 +68,16 @@ def _scoring(lm, examples: Sequence[Example], numbers
     return answer_target(number_format(lm.tokenizer, max_answer)), None
 
 
-def probe_ablation(
-    lm: LoadedModel,
-    examples: Sequence[Example],
-    fits: dict[tuple[str, int], HelixFit],
-    periods: Sequence[float],
-    *,
-    groups: Sequence[str] = ("attn+MLP", "attn", "MLP"),
-    numbers: NumberTokens | NumberFormat | None = None,
-    positions: str = "all",
-    batch_size: int = 16,
-    seed: int = 0,
-    progress: bool = True,
-    store: Store | None = None,
-) -> list[dict]:
-    """Accuracy with no edit, then per module group: the probe directions removed, a random
-    subspace of the same rank removed, and the logit-space filter of the same periods when
-    there is a readout (``numbers`` covering the answers as single tokens, or a
-    ``NumberFormat`` with a number or digit readout).
-
-    Every row is a condition of one engine pass; ``store`` keeps its units (resume).
-    """
+def probe_ablation(lm: LoadedModel, examples: Sequence[Example],
+                   fits: dict[tuple[str, int], HelixFit], periods: Sequence[float], *,
+                   groups: Sequence[str] = ("attn+MLP", "attn", "MLP"),
+                   numbers: NumberTokens | NumberFormat | None = None, positions: str = "all",
+                   batch_size: int = 16, seed: int = 0, progress: bool = True,
+                   store: Store | None = None) -> list[dict]:
+    """Accuracy with no edit, then per module group with the probe directions removed, a
+    random subspace of the same rank removed, and the logit filter of the same periods where
+    the answers have a readout (``_scoring``). Every row is a condition of one engine pass;
+    ``store`` keeps its units (resume)."""
     unknown = [g for g in groups if g not in GROUPS]
     if unknown:
         raise UserError(f"unknown module group(s) {unknown}; choose among {', '.join(GROUPS)}.")

@@ -195,11 +195,10 @@ def probe_states(x: np.ndarray, numbers: np.ndarray, periods: Sequence[int],
     return out
 
 
-def probe_layers(
-    hs: HiddenStates, target: str, periods: Sequence[int], helix_periods: Sequence[float],
-    *, progress: bool = True, token_ids: np.ndarray | None = None, control: str = "auto",
-    **kwargs,
-) -> dict[tuple[str, int], dict]:
+def probe_layers(hs: HiddenStates, target: str, periods: Sequence[int],
+                 helix_periods: Sequence[float], *, progress: bool = True,
+                 token_ids: np.ndarray | None = None, control: str = "auto",
+                 **kwargs) -> dict[tuple[str, int], dict]:
     """``probe_states`` for every captured (role, layer). With ``token_ids`` (``read_token_ids``)
     each result also gets ``"control"``, the same probes with the token-identity means regressed
     out, for ``control="always"`` or, with ``"auto"``, when ``token_identity`` finds a period
