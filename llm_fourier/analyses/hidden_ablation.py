@@ -1,14 +1,10 @@
 """Probe-direction ablation: remove fitted Fourier directions from module outputs.
 
-For each (role, layer) the helix fit (``probes.linear.HelixFit``) gives the cos/sin columns
-of C for the chosen periods; mapped back from PCA space to model space and orthonormalised
-they span a subspace that ``probes.FourierFilter`` projects out (x - R R^T x), inside
-``hooks.edit``. Beside it: a random subspace of the same rank (control), and the
-logit-space filter of Zhou et al. removing the same periods' components of the task's
-``readout.NumberReadout`` (cross-check): ``W_U[numbers]`` when the answers are single
-tokens, ``W_U[digits]`` when ``numbers`` is a ``NumberFormat`` of a digit-splitting
-tokenizer. Every row is a condition of one engine pass (``answers.score_conditions``): the
-next token for single-token answers, else greedy generation of the whole answer.
+Per (role, layer) the helix fit's cos/sin directions of the chosen periods, mapped from PCA
+space to model space and orthonormalised, are projected out (``probes.FourierFilter``, inside
+``hooks.edit``); beside them a random subspace of the same rank (control) and Zhou et al.'s
+logit-space filter of the same periods on the answers' readout (cross-check). Every row is a
+condition of one engine pass (``answers.score_conditions``).
 """
 
 from __future__ import annotations
@@ -58,54 +54,36 @@ def logit_filter(lm: LoadedModel, numbers: NumberTokens | NumberReadout,
     return readout.remove_periods(periods, basis_kind)
 
 
-def _target(lm, examples: Sequence[Example], numbers) -> NumberTokens | NumberFormat:
-    """What answers are scored against: the single-token numbers when they cover every
-    answer, else the tokenizer's ``NumberFormat``."""
+def _scoring(lm, examples: Sequence[Example], numbers
+             ) -> tuple[NumberTokens | NumberFormat, NumberReadout | None]:
+    """What answers are scored against, and the readout of the logit-filter cross-check: the
+    single-token numbers and ``W_U[numbers]`` when they cover every answer; a ``NumberFormat``
+    and its number or digit readout (if any); else the tokenizer's format, no readout."""
     max_answer = max(e.answer for e in examples)
     if isinstance(numbers, NumberFormat):
-        return answer_target(numbers)
+        readout = readout_for(lm, numbers, numbers.max_number) if numbers.readout else None
+        return answer_target(numbers), readout
     if numbers is not None and numbers.p > max_answer:
-        return numbers
-    return answer_target(number_format(lm.tokenizer, max_answer))
+        return numbers, number_readout(lm, numbers)
+    return answer_target(number_format(lm.tokenizer, max_answer)), None
 
 
-def _logit_readout(lm, examples, numbers) -> NumberReadout | None:
-    """The readout of the logit-filter cross-check: ``W_U[numbers]`` for single-token
-    answers, the digit readout for a digit-splitting ``NumberFormat``; else none."""
-    if isinstance(numbers, NumberFormat):
-        return readout_for(lm, numbers, numbers.max_number) if numbers.readout else None
-    if numbers is not None and numbers.p > max(e.answer for e in examples):
-        return number_readout(lm, numbers)
-    return None
-
-
-def probe_ablation(
-    lm: LoadedModel,
-    examples: Sequence[Example],
-    fits: dict[tuple[str, int], HelixFit],
-    periods: Sequence[float],
-    *,
-    groups: Sequence[str] = ("attn+MLP", "attn", "MLP"),
-    numbers: NumberTokens | NumberFormat | None = None,
-    positions: str = "all",
-    batch_size: int = 16,
-    seed: int = 0,
-    progress: bool = True,
-    store: Store | None = None,
-) -> list[dict]:
-    """Accuracy with no edit, then per module group: the probe directions removed, a random
-    subspace of the same rank removed, and the logit-space filter of the same periods when
-    there is a readout (``numbers`` covering the answers as single tokens, or a
-    ``NumberFormat`` with a number or digit readout).
-
-    Every row is a condition of one engine pass; ``store`` keeps its units (resume).
-    """
+def probe_ablation(lm: LoadedModel, examples: Sequence[Example],
+                   fits: dict[tuple[str, int], HelixFit], periods: Sequence[float], *,
+                   groups: Sequence[str] = ("attn+MLP", "attn", "MLP"),
+                   numbers: NumberTokens | NumberFormat | None = None, positions: str = "all",
+                   batch_size: int = 16, seed: int = 0, progress: bool = True,
+                   store: Store | None = None) -> list[dict]:
+    """Accuracy with no edit, then per module group with the probe directions removed, a
+    random subspace of the same rank removed, and the logit filter of the same periods where
+    the answers have a readout (``_scoring``). Every row is a condition of one engine pass;
+    ``store`` keeps its units (resume)."""
     unknown = [g for g in groups if g not in GROUPS]
     if unknown:
         raise UserError(f"unknown module group(s) {unknown}; choose among {', '.join(GROUPS)}.")
     probe = probe_filters(fits, periods)
     rand = random_filters(probe, seed)
-    readout = _logit_readout(lm, examples, numbers)
+    target, readout = _scoring(lm, examples, numbers)
     logit = logit_filter(lm, readout, periods) if readout is not None else None
     plan: list[tuple[str, str, str, dict]] = [("none", "-", "none", {})]
     for g in groups:
@@ -117,18 +95,13 @@ def probe_ablation(
                  for kind, filt in (("probe", probe), ("random", rand))]
         if logit is not None:
             plan.append((f"{g} logit", g, "logit", {k: logit for k in keys}))
-    target = _target(lm, examples, numbers)
     method = "next token" if isinstance(target, NumberTokens) else "greedy generation"
     done = score_conditions(lm, examples, target,
                             [condition(label, edits, positions) for label, _, _, edits in plan],
                             batch_size=batch_size, store=store, progress=progress,
                             desc="probe ablation")
-    rows = []
-    for label, group, kind, edits in plan:
-        done[label].pop("predictions", None)
-        done[label]["method"] = method
-        rank = int(np.mean([f.rank for f in edits.values()])) if edits else 0
-        name = next(iter(edits.values())).name if edits else "none"
-        rows.append({"row": label, "modules": group, "kind": kind, "filter": name,
-                     "rank": rank, **done[label]})
-    return rows
+    return [{"row": label, "modules": group, "kind": kind,
+             "filter": next(iter(edits.values())).name if edits else "none",
+             "rank": int(np.mean([f.rank for f in edits.values()])) if edits else 0,
+             **{k: v for k, v in done[label].items() if k != "predictions"}, "method": method}
+            for label, group, kind, edits in plan]

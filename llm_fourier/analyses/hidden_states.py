@@ -1,18 +1,12 @@
 """Fourier probes on hidden states: collect, probe, control (ablate: ``hidden_ablation``).
 
-* ``collect``: per-layer residual (block output), attention and MLP outputs at one token of
-  each prompt: the last token of operand a or b (found through the tokenizer's offsets, so
-  digit-splitting tokenizers work) or the last prompt token. A causal model's state at token
-  j depends on tokens <= j only, so the prompt is cut after that token and the engine reads
-  the last position, stopping after the deepest layer read.
-* ``probe_layers``: mod-T probes and helix fits (``probes.linear``) per (role, layer), each
-  beside its shuffled-label baseline, with bootstrap intervals over numbers and permutation
-  p-values (``probes.stats``); ``random_copy`` gives a randomly initialised model to probe.
-* ``token_identity``: is ``n mod T`` told by the identity of the token where the state is
-  read (an operand's last digit with digit-splitting tokenizers)? ``probe_layers`` then adds
-  the control: the same probes with per-token-id means regressed out.
-* ``frequency_control``: the spectrum of a per-number scalar (e.g. token counts, from a file
-  or ``analyses.corpus``) with its outliers, beside an embedding's spectrum.
+``collect`` reads the per-layer residual (block output), attention and MLP outputs at one token
+of each prompt: the last token of operand a or b (found through the tokenizer's offsets, so
+digit-splitting tokenizers work) or the last prompt token. A causal model's state at token j
+depends on tokens <= j only, so the prompt is cut after that token and the engine reads the
+last position, stopping after the deepest layer read. ``probe_layers`` fits mod-T probes and
+helix fits per (role, layer) with baselines, intervals over numbers and p-values;
+``token_identity`` and ``frequency_control`` are its controls.
 """
 
 from __future__ import annotations
@@ -104,15 +98,9 @@ class HiddenStates:
         return self.states[role][:, self.layers.index(layer)]
 
 
-def collect(
-    lm: LoadedModel,
-    examples: Sequence[Example],
-    token: str = "last",
-    roles: Sequence[str] = ROLES,
-    layers: Sequence[int] | None = None,
-    batch_size: int = 32,
-    progress: bool = True,
-) -> HiddenStates:
+def collect(lm: LoadedModel, examples: Sequence[Example], token: str = "last",
+            roles: Sequence[str] = ROLES, layers: Sequence[int] | None = None,
+            batch_size: int = 32, progress: bool = True) -> HiddenStates:
     """Hidden states at ``token`` of every example, per role and layer (see the module doc)."""
     if not examples:
         raise UserError("no examples to probe; use a larger operand range or --limit.")
@@ -177,20 +165,10 @@ def token_identity(token_ids, numbers, periods: Sequence[int],
     return out
 
 
-def probe_states(
-    x: np.ndarray,
-    numbers: np.ndarray,
-    periods: Sequence[int],
-    helix_periods: Sequence[float],
-    *,
-    pca_dim: int = 100,
-    mod_pca_dim: int = 64,
-    n_splits: int = 5,
-    seed: int = 0,
-    shuffled: bool = True,
-    stats: StatsConfig | None = None,
-    groups: np.ndarray | None = None,
-) -> dict:
+def probe_states(x: np.ndarray, numbers: np.ndarray, periods: Sequence[int],
+                 helix_periods: Sequence[float], *, pca_dim: int = 100, mod_pca_dim: int = 64,
+                 n_splits: int = 5, seed: int = 0, shuffled: bool = True,
+                 stats: StatsConfig | None = None, groups: np.ndarray | None = None) -> dict:
     """Mod-T probes and a helix fit of one (role, layer), with shuffled-label baselines.
     Every score carries ``*_ci_low``, ``*_ci_high`` (bootstrap over numbers) and ``*_p_value``
     (permutation) unless ``stats`` has ``n_boot = n_perm = 0``. ``groups`` (e.g. the token id
@@ -217,18 +195,14 @@ def probe_states(
     return out
 
 
-def probe_layers(
-    hs: HiddenStates, target: str, periods: Sequence[int], helix_periods: Sequence[float],
-    *, progress: bool = True, token_ids: np.ndarray | None = None, control: str = "auto",
-    **kwargs,
-) -> dict[tuple[str, int], dict]:
-    """``probe_states`` for every captured (role, layer).
-
-    With ``token_ids`` (``read_token_ids``: the token where each state was read), each
-    module's result also gets ``"control"``: the same probes with the token-identity means
-    regressed out (``groups``), when ``control="always"`` or, for ``"auto"``, when
-    ``token_identity`` finds a period confounded.
-    """
+def probe_layers(hs: HiddenStates, target: str, periods: Sequence[int],
+                 helix_periods: Sequence[float], *, progress: bool = True,
+                 token_ids: np.ndarray | None = None, control: str = "auto",
+                 **kwargs) -> dict[tuple[str, int], dict]:
+    """``probe_states`` for every captured (role, layer). With ``token_ids`` (``read_token_ids``)
+    each result also gets ``"control"``, the same probes with the token-identity means regressed
+    out, for ``control="always"`` or, with ``"auto"``, when ``token_identity`` finds a period
+    confounded."""
     numbers = hs.numbers(target)
     if len(np.unique(numbers)) < 10:
         raise UserError(f"only {len(np.unique(numbers))} distinct values of {target}; probes "
@@ -244,17 +218,22 @@ def probe_layers(
                      unit="module", disable=not progress):
         res = probe_states(hs.at(r, i), numbers, periods, helix_periods, **kwargs)
         if run_control:
-            ctl = probe_states(hs.at(r, i), numbers, periods, helix_periods,
-                               **{**kwargs, "shuffled": False}, groups=token_ids)
-            res["control"] = {k: v for k, v in ctl.items() if k != "fit"}
+            res["control"] = without_fit(probe_states(
+                hs.at(r, i), numbers, periods, helix_periods, **{**kwargs, "shuffled": False},
+                groups=token_ids))
         out[(r, i)] = res
     return out
 
 
-def flat_row(role: str, layer: int, result: dict, prefix: str = "") -> dict:
-    """One CSV/table row: per period kappa/accuracy with interval and p-value, helix R^2 and
-    decoding with theirs, the baselines, and the token-identity control (``control_``)."""
-    row = {"role": role, "layer": layer}
+def without_fit(result: dict) -> dict:
+    """A probe result for results.json: everything but the fitted probe object."""
+    return {k: v for k, v in result.items() if k != "fit"}
+
+
+def flat_row(result: dict, prefix: str = "") -> dict:
+    """One CSV/table row's scores: per period kappa/accuracy with interval and p-value, helix
+    R^2 and decoding with theirs, the baselines, and the token-identity control (``control_``)."""
+    row = {}
     for T, m in result["mod"].items():
         for key, v in m.items():
             if key in ("chance", "block"):
@@ -268,9 +247,7 @@ def flat_row(role: str, layer: int, result: dict, prefix: str = "") -> dict:
                                                  "decode_accuracy_shuffled", *HELIX_STAT_KEYS)
             if key in h}
     if "control" in result:
-        row |= {k: v for k, v in flat_row(role, layer, result["control"],
-                                          f"{prefix}control_").items()
-                if k not in ("role", "layer")}
+        row |= flat_row(result["control"], f"{prefix}control_")
     return row
 
 

@@ -2,9 +2,8 @@
 
 Per (role, layer) at one token of each prompt (``--token``): mod-T probes (Cohen's kappa) and a
 helix fit (held-out R^2) of ``--target``, each beside its shuffled-label baseline and the same
-probe on a random-init copy, and the Fourier spikes of the per-number mean states. The
-optional analyses are units (``hidden_units.UNITS``); kept states and units let a killed run
-resume.
+probe on a random-init copy, and the Fourier spikes of the per-number mean states, computed in
+``hidden_units``, whose kept states and units let a killed run resume.
 """
 
 from __future__ import annotations
@@ -12,26 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from llm_fourier.analyses.corpus import COUNT_MODES
 from llm_fourier.analyses.hidden_ablation import GROUPS
-from llm_fourier.analyses.hidden_states import (
-    ROLES,
-    TARGETS,
-    TOKENS,
-    HiddenStates,
-    flat_row,
-    load_scalar,
-    probe_layers,
-)
+from llm_fourier.analyses.hidden_states import CONTROLS, ROLES, TARGETS, TOKENS, load_scalar
 from llm_fourier.commands.base import Command, JobView
 from llm_fourier.commands.digit_views import DIGIT_CAPTIONS, best_probe_rows
 from llm_fourier.commands.emergence import emergence_html
-from llm_fourier.commands.hidden_controls import token_identity_result
-from llm_fourier.commands.hidden_digits import digit_html, intervention_findings
-from llm_fourier.commands.hidden_units import UNITS, HiddenRun, collect_kept, scored, without_fit
-from llm_fourier.commands.kept import StatesOptions, keep_states
+from llm_fourier.commands.hidden_units import analyse
+from llm_fourier.commands.kept import StatesOptions
 from llm_fourier.commands.options import (
     BASES,
     BatchOptions,
@@ -50,8 +37,6 @@ from llm_fourier.output.plots import pyplot
 from llm_fourier.output.rundir import RunDir
 from llm_fourier.output.tables import format_table
 from probes.circular import KINDS
-from probes.fourier import FourierBasis, spectrum
-from probes.linear import per_number_means
 
 
 @dataclass(kw_only=True)
@@ -84,9 +69,9 @@ class HiddenSettings(ModelOptions, TaskOptions, StatsOptions, SeedOptions, Batch
                                 "evolution control)")
     corpus_count: str = option("text", choices=COUNT_MODES, help="text: whole numbers written "
                                "in the text; tokens: each number's own token")
-    token_control: str = option("auto", choices=("auto", "always", "never"), help="probe again "
-                                "with the token-identity directions removed: auto (where the "
-                                "read token alone decodes n mod T), always, or never")
+    token_control: str = option("auto", choices=CONTROLS, help="probe again with the "
+                                "token-identity directions removed: auto (where the read token "
+                                "alone decodes n mod T), always, or never")
     basis: str = option("paper", choices=BASES, help="Fourier basis of the control spectra")
     ablate_periods: list[float] | None = option(None, min=2, help="remove the fitted directions "
                                                 "of these periods (a subset of --helix-periods) "
@@ -117,6 +102,11 @@ class HiddenSettings(ModelOptions, TaskOptions, StatsOptions, SeedOptions, Batch
     @property
     def probed(self) -> str:
         return self.target or (self.token if self.token in ("a", "b") else "answer")
+
+    @property
+    def scored(self) -> bool:
+        """Whether answers are scored (ablation, intervention): the run needs their format."""
+        return bool(self.ablate_periods) or self.intervene_place is not None
 
     def validate(self) -> None:
         if self.control is not None:  # a bad file is one sentence before anything loads
@@ -157,23 +147,6 @@ class HiddenSettings(ModelOptions, TaskOptions, StatsOptions, SeedOptions, Batch
                 and self.intervene_layer not in self.layers:
             raise self.fail("intervene_layer", f"{self.intervene_layer} is not among --layers "
                             f"{self.layers}")
-
-
-def _spikes(hs: HiddenStates, target: str, periods) -> dict:
-    """Per (role, layer): outlier periods of the per-number mean states (numbers 0..p-1)."""
-    uniq = np.unique(hs.numbers(target))
-    if len(uniq) < 3 or not np.array_equal(uniq, np.arange(len(uniq))):
-        return {}
-    basis = FourierBasis(len(uniq), "dft")
-    out = {}
-    for r in hs.states:
-        for i in hs.layers:
-            _, means = per_number_means(hs.at(r, i), hs.numbers(target))
-            outl = spectrum(means, basis, axis=0).outliers()
-            ks = {o.k for o in outl}
-            out[(r, i)] = {"outlier_periods": [round(o.period, 3) for o in outl[:8]],
-                           **{f"spike_mod{T}": basis.k_of_period(T) in ks for T in periods}}
-    return out
 
 
 def _plot(rows: list[dict], periods, roles, run: RunDir) -> None:
@@ -221,7 +194,7 @@ class HiddenCommand(Command):
         task = s.task()
         examples = task.train[:s.n_probe]
         # answers are scored (ablation, intervention): how the tokenizer writes them
-        fmt = s.answer_format(task.max_answer) if scored(s) else None
+        fmt = s.answer_format(task.max_answer) if s.scored else None
         lm = s.load_model(tokenizer=fmt.tokenizer if fmt is not None else None)
         record_inputs(run, lm, examples)
         layers = list(range(lm.n_layers)) if s.layers is None else sorted(set(s.layers))
@@ -230,31 +203,8 @@ class HiddenCommand(Command):
         if s.intervene_layer is not None and s.intervene_layer not in layers:
             raise s.fail("intervene_layer", f"{s.intervene_layer} is not among the probed "
                          f"layers 0..{lm.n_layers - 1}")
-        target = s.probed
-        hs = collect_kept(run, "states", lm, examples, s, layers)
-        if s.keep_states:
-            keep_states(run, s, lm, hs, "hidden")
-        token_ids, identity = token_identity_result(s, lm, examples, hs, target)
-        h = HiddenRun(s, run, lm, task, hs, fmt)
-        h.fits = probe_layers(hs, target, s.periods, s.helix_periods, **h.probe_kw,
-                              stats=s.stats_config(s.seed), token_ids=token_ids,
-                              control=s.token_control)
-        spikes = _spikes(hs, target, s.periods)
-        rows = h.rows = [{**flat_row(r, i, res), **spikes.get((r, i), {})}
-                         for (r, i), res in h.fits.items()]
-        results = h.results = {
-            "model": lm.name, "token": s.token, "target": target, "layers": layers,
-            "roles": list(s.roles), "periods": s.periods, "helix_periods": s.helix_periods,
-            "n_examples": len(examples), "task": task.settings, "token_identity": identity,
-            "statistics": {"bootstrap": s.bootstrap, "permutations": s.permutations,
-                           "refits": s.refits, "level": s.ci_level, "method": s.ci_method,
-                           "unit": "distinct numbers (not prompts)"},
-            "probes": [{"role": r, "layer": i, **without_fit(res), "random_init": None,
-                        "spectrum": spikes.get((r, i))} for (r, i), res in h.fits.items()],
-        }
-        for wanted, unit in UNITS:  # the optional analyses, each its own unit
-            if wanted(s):
-                unit(h)
+        h = analyse(s, run, lm, task, examples, layers, fmt)
+        rows, results = h.rows, h.results
         run.write_csv("probes.csv", rows)
         if run.writes:
             _plot(rows, s.periods, s.roles, run)
@@ -290,8 +240,22 @@ class HiddenCommand(Command):
                  f"{esc(res.get('target'))} mod {esc(', '.join(confounded))} is what the token "
                  "itself says (a digit-splitting tokenizer), so those probes decode it on any "
                  "model; the control_ columns of probes.csv remove the token-identity "
-                 "directions and show what remains.</p>" if confounded else "",
-                 digit_html(res)]
+                 "directions and show what remains.</p>" if confounded else ""]
+        if res.get("digit_probes"):
+            parts.append(html_table(best_probe_rows(res["digit_probes"]), caption=(
+                "Digit probes (Levy & Geva): per role, digit place and kind, the layer with the "
+                "best held-out accuracy, beside shuffled labels, the random-init model and the "
+                "most frequent digit's share (chance).")))
+        iv = res.get("intervention")
+        if iv:
+            parts.append(html_table([{k: iv.get(k) for k in (
+                "token", "role", "layer", "probe_place", "shift", "n_scored", "rate_shifted",
+                "rate_shifted_random", "rate_target", "rate_changed", "rate_changed_random",
+                "probe_moved")}], caption=(
+                f"Digit intervention: {iv.get('token')}'s digit {iv.get('probe_place')} rotated "
+                f"by +{iv.get('shift')} along its circular probe; rate_shifted = share of "
+                "prompts whose answer digit moved by the same shift, against a random direction "
+                "of the same norm (rate_shifted_random).")))
         if res.get("ablation"):
             parts.append(html_table([{k: r.get(k) for k in (
                 "row", "rank", "accuracy", "loss", "teacher_forced_accuracy", "method")}
@@ -305,7 +269,13 @@ class HiddenCommand(Command):
         return emergence_html(jobs, out, "hidden")  # mod-T kappa against training step
 
     def findings(self, job: JobView) -> list[str]:
-        return intervention_findings(job.id, job.results)
+        iv = job.results.get("intervention")
+        if not iv:
+            return []
+        return [f"{job.id}: rotating {iv['token']}'s digit {iv['probe_place']} by "
+                f"+{iv['shift']} ({iv['role']} layer {iv['layer']}) moved the answer's digit by "
+                f"+{iv['shift']} in {percent(iv['rate_shifted'])} of prompts (random direction: "
+                f"{percent(iv['rate_shifted_random'])})."]
 
 
 COMMAND = HiddenCommand()

@@ -4,7 +4,6 @@ captures, saved in the run folder (``output.states``) for ``lf.load_states``."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from llm_fourier.analyses.hidden_states import HiddenStates, token_ids_at
 from llm_fourier.commands.settings import Settings, option
@@ -21,12 +20,12 @@ class StatesOptions(Settings):
 
 
 def keep_states(run: RunDir, s: StatesOptions, lm: LoadedModel, hs: HiddenStates,
-                source: str) -> Path | None:
+                source: str) -> None:
     """Write ``hs`` to ``OUT/states/`` with an index of prompts, operands, answers and the
-    token read; None when the run writes nothing."""
+    token read (where the run writes)."""
     folder = run.file(STATES_DIR)
     if folder is None:
-        return None
+        return
     ids = token_ids_at(lm.tokenizer, hs.examples, hs.token)
     rows = [{"prompt": e.prompt, "a": e.a, "b": e.b, "answer": e.answer, "token_id": seq[-1],
              "token": lm.tokenizer.convert_ids_to_tokens(seq[-1])}
@@ -42,4 +41,3 @@ def keep_states(run: RunDir, s: StatesOptions, lm: LoadedModel, hs: HiddenStates
     save_states(folder, hs.states, hs.layers, rows, meta, s.states_dtype)
     print(f"kept {len(rows)} x {len(hs.layers)} layers x {', '.join(hs.roles)} states "
           f"({s.states_dtype}) in {folder}; load them with lf.load_states({str(run.path)!r})")
-    return folder

@@ -320,7 +320,7 @@ def test_token_control_removes_the_digit_from_a_random_model(digit_lm, digit_sta
     ctl = res["control"]["mod"]
     assert ctl[10]["kappa_ci_low"] <= 0.05 and ctl[10]["kappa"] < 0.2  # the digit was all
     assert "fit" not in res["control"] and "kappa_shuffled" not in ctl[10]
-    row = flat_row("block", 0, res)
+    row = flat_row(res)
     for key in ("kappa_mod10", "kappa_mod10_ci_low", "kappa_mod10_ci_high",
                 "kappa_mod10_p_value", "accuracy_mod10_ci_low", "ci_inflation_mod10",
                 "kappa_mod10_shuffled", "r2_test_ci_low", "r2_test_p_value",
