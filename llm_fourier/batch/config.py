@@ -41,7 +41,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from llm_fourier.commands import get_command
@@ -87,7 +87,6 @@ class Report:
     jobs: list[Job]
     description: str = ""
     source: str = ""
-    raw: dict = field(default_factory=dict)
 
     def job(self, job_id: str) -> Job:
         return next(j for j in self.jobs if j.id == job_id)
@@ -158,17 +157,6 @@ def _revisions(value, key: str, source: str) -> list[str]:
     return value
 
 
-def job_id_of(parts: list[str]) -> str:
-    """A job's id from its name parts: one safe path component (``output.paths``), the
-    same for the same parts, distinct for distinct ones."""
-    return path_component("-".join(parts))
-
-
-def revision_slug(revision: str) -> str:
-    """A revision as it appears in job ids (``-r<slug>``)."""
-    return ID_CHARS.sub("_", revision)
-
-
 def _substitute(value, names: dict[str, str]):
     if isinstance(value, str):
         for k, v in names.items():
@@ -237,7 +225,7 @@ def parse_config(raw: dict, source: str = "",
                             f"(known: {', '.join(ids)})")
     return Report(title=str(raw.get("title", "Fourier features report")),
                   description=str(raw.get("description", "")), jobs=_ordered(jobs, source),
-                  source=source, raw=raw)
+                  source=source)
 
 
 def _expand(entry, key: str, models: dict, tasks: dict, top_seeds: list[int],
@@ -320,11 +308,12 @@ def _expand(entry, key: str, models: dict, tasks: dict, top_seeds: list[int],
             s[seed_setting] = [seed] if command.Settings.is_list(seed_setting) \
                 else seed
         parts = [name] + [x for x in (model, task) if x is not None]
-        parts += [] if revision is None else [f"r{revision_slug(revision)}"]
+        parts += [] if revision is None else [f"r{ID_CHARS.sub('_', revision)}"]
         parts += [] if seed is None else [f"s{seed}"]
         refs = [r for v in s.values() for r in _refs(v)]
         deps = tuple(dict.fromkeys([_substitute(n, names) for n in needs] + refs))
-        job_id = job_id_of(parts)
+        # one safe path component, the same for the same parts, distinct for distinct ones
+        job_id = path_component("-".join(parts))
         try:  # the command's own checks: types, ranges, choices, consistency
             s = command.Settings.convert(s)
             command.Settings.from_dict({**s, "out": "(job folder)"})

@@ -36,7 +36,6 @@ from llm_fourier.model.sources import (  # noqa: F401 - re-exported
     load_config,
     load_tokenizer,
     resolve_source,
-    source_kwargs,
     unreadable_weights,
     weights_kwargs,
 )
@@ -183,15 +182,14 @@ def load_model(
     from transformers import AutoModelForCausalLM, PreTrainedModel
 
     if isinstance(model, PreTrainedModel):
+        src = getattr(model, "name_or_path", "") or ""
         tok = load_tokenizer(tokenizer, trust_remote_code)
         if tok is None:
-            src = getattr(model, "name_or_path", "") or ""
             if not src:
                 raise UserError("the model in memory has no name_or_path; pass its tokenizer "
                                 "too (load_model(model, tokenizer)).")
             tok = load_tokenizer(src, trust_remote_code)
-        name = getattr(model, "name_or_path", "") or type(model).__name__
-        return _finish(model.eval(), tok, name, verify)
+        return _finish(model.eval(), tok, src or type(model).__name__, verify)
     name = str(model)
     where, kwargs = resolve_source(name, trust_remote_code, revision)
     own_tokenizer = tokenizer is None
