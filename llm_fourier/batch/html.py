@@ -113,8 +113,7 @@ def _job_html(job: JobView, command: Command | None) -> str:
     if entry.get("caption"):
         parts.append(f"<p>{esc(entry['caption'])}</p>")
     parts.append(readout_html(job.results))
-    for png in sorted(job.folder.glob("*.png")):
-        parts.append(figure(png, caption_for(png, command)))
+    parts += [figure(png, caption_for(png, command)) for png in sorted(job.folder.glob("*.png"))]
     parts.append(command.job_html(job) if command is not None else record_tables(job.results))
     for path in sorted(job.folder.glob("*.csv")):
         rows = read_csv(path)

@@ -45,7 +45,7 @@ MANIFEST = "manifest.json"
 
 
 def job_dir(out: str | Path, job_id: str) -> Path:
-    """``OUT/jobs/<id>``; an id is always one safe path component (``config.job_id``)."""
+    """``OUT/jobs/<id>``; an id is always one safe path component (``config._expand``)."""
     return Path(out) / "jobs" / path_component(job_id)
 
 

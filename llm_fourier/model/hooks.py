@@ -187,10 +187,6 @@ class Capture(_Hooks):
         later update its output in place, Falcon does)."""
         return t.clone() if self.positions == "all" else _rows(t, self._where.last(t))
 
-    def _head_hooks(self, lm, key: tuple[str, int]) -> list:
-        return head_capture_hooks(head_site(lm, key[1]), self._rows,
-                                  self._pending[key].append)
-
     def flush(self, *_ignored) -> None:
         """Move this forward's rows to ``device`` (the CPU by default) as float32, once per
         forward (no sync per layer)."""
@@ -261,7 +257,8 @@ def capture(lm, roles: Iterable[str] = ROLES, layers: Iterable[int] | None = Non
     with _hooked(handles):
         for r, i in cap._keys():
             if r == "heads":
-                handles += cap._head_hooks(lm, (r, i))
+                handles += head_capture_hooks(head_site(lm, i), cap._rows,
+                                              cap._pending[(r, i)].append)
                 continue
             site = lm.site(i, r)
             handles.append(site.module.register_forward_hook(cap._hook((r, i), site)))

@@ -1,12 +1,10 @@
 """Load Hugging Face causal LMs (hub id, folder or GGUF file) and name their parts.
 
-``load_model`` wraps ``from_pretrained`` (device_map, dtype, max_memory, revision; remote
-code off), turns "cannot get the weights" (and weights that do not fit the config:
-``sources.check_loading``) into one ``UserError``, finds the roles
-(``architectures.roles_for``) and checks them on one short forward (``roles_check``) unless
-``verify=False``. A ``.gguf`` file (or a folder holding exactly one and no config.json) loads
-through transformers' GGUF support, dequantized to the requested dtype, with the tokenizer
-stored in its metadata; it needs the optional ``gguf`` package.
+``load_model`` wraps ``from_pretrained`` (remote code off), turns "cannot get the weights"
+(and weights that do not fit the config: ``sources.check_loading``) into one ``UserError``,
+finds the roles (``architectures.roles_for``) and checks them (``roles_check``). A ``.gguf``
+file (or a folder holding exactly one and no config.json) loads through transformers' GGUF
+support, dequantized, with the tokenizer stored in its metadata (optional ``gguf`` package).
 """
 
 from __future__ import annotations

@@ -76,8 +76,7 @@ def _relative(out: Tensor, candidates: list[Tensor]) -> float:
 def measure_roles(lm) -> RolesCheck:
     """Run the check's forward on ``lm`` (a ``LoadedModel``) and return every step's error."""
     model = lm.model
-    config = getattr(model, "config", None)
-    model_type = getattr(config, "model_type", type(model).__name__)
+    model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
     first = next(model.parameters())
     vocab = model.get_input_embeddings().weight.shape[0]
     ids = torch.tensor([[(13 + 7919 * i) % vocab for i in range(CHECK_TOKENS)]],
@@ -95,12 +94,9 @@ def measure_roles(lm) -> RolesCheck:
             return kwargs["hidden_states"]
         return next(v for v in kwargs.values() if isinstance(v, Tensor))
 
-    handles = [
-        lm.block(0).register_forward_pre_hook(
-            lambda m, a, k: keep(seen["input"], first_tensor(a, k)), with_kwargs=True),
-        lm.final_norm.register_forward_pre_hook(
-            lambda m, a, k: keep(seen["final"], first_tensor(a, k)), with_kwargs=True),
-    ]
+    handles = [module.register_forward_pre_hook(
+        lambda m, a, k, s=seen[name]: keep(s, first_tensor(a, k)), with_kwargs=True)
+        for module, name in ((lm.block(0), "input"), (lm.final_norm, "final"))]
     handles += [b.register_forward_hook(lambda m, a, o, s=s: keep(s, _output_tensor(o)))
                 for b, s in zip(lm.blocks, blocks)]
     if lm.roles.positions:
@@ -212,8 +208,7 @@ def _bad_tensor(module) -> str | None:
 def _nonfinite(lm, embedded: Tensor, outputs: list[Tensor]) -> str | None:
     """Where the forward first turned NaN or inf, named by the tensor that holds it."""
     if not bool(torch.isfinite(embedded).all()):
-        emb = lm.model.get_submodule(lm.roles.embed)
-        bad = _bad_tensor(emb)
+        bad = _bad_tensor(lm.model.get_submodule(lm.roles.embed))
         return (f"the embedding ({lm.roles.embed}.{bad})" if bad else
                 "the embedding (block 0's input)")
     for i, out in enumerate(outputs):

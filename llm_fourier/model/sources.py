@@ -182,8 +182,7 @@ def weights_kwargs(kwargs: dict) -> dict:
 
 
 def cannot_load(name: str, err: Exception, revision: str | None = None) -> UserError:
-    """One sentence for 'the weights cannot be had' (no network, wrong id or revision, bad
-    folder)."""
+    """One sentence for 'the weights cannot be had' (no network, wrong id, revision or folder)."""
     reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
     if looks_local(name):
         if Path(name).expanduser().is_file() or Path(name).suffix.lower() == ".gguf":
@@ -227,7 +226,7 @@ def _no_tokenizer(name: str) -> UserError:
 def load_tokenizer(source, trust_remote_code: bool = False, revision: str | None = None):
     """A tokenizer from a hub id, folder or GGUF file; objects pass through unchanged. A
     folder without tokenizer files is refused (transformers would build an empty one)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     if source is None or not isinstance(source, (str, os.PathLike)):
         return source
@@ -237,13 +236,9 @@ def load_tokenizer(source, trust_remote_code: bool = False, revision: str | None
     local = "gguf_file" not in kwargs and looks_local(name)
     if local and not any((Path(where) / f).is_file() for f in TOKENIZER_FILES):
         raise _no_tokenizer(name)
+    cls = PreTrainedTokenizerFast if local and _generic_fast_tokenizer(where) else AutoTokenizer
     try:
-        if local and _generic_fast_tokenizer(where):
-            from transformers import PreTrainedTokenizerFast
-
-            tok = PreTrainedTokenizerFast.from_pretrained(where, **kwargs)
-        else:
-            tok = AutoTokenizer.from_pretrained(where, **kwargs)
+        tok = cls.from_pretrained(where, **kwargs)
     except (OSError, ValueError) as err:
         raise cannot_load(name, err, revision) from err
     if len(tok) == 0:

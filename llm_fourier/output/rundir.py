@@ -191,8 +191,7 @@ class RunDir:
 
     def clear(self, discard: Iterable[str] = ()) -> None:
         """Forget the run's state (``--restart``): partial units, the ``discard`` files and
-        folders of this command's run, then ``run.json`` (last: it marks what may be
-        deleted)."""
+        folders of this command's run, then ``run.json`` (last: it marks what may go)."""
         if self.path is None:
             return
         for name in (PARTIAL, *discard, RUN_FILE):
