@@ -38,6 +38,7 @@ then depends on ID). Any mistake raises a ``UserError`` naming the key and the p
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 from collections.abc import Mapping
@@ -205,9 +206,8 @@ def parse_config(raw: dict, source: str = "",
     if not isinstance(entries, list) or not entries:
         raise _fail(source, "jobs", "give at least one [[jobs]] table with a command")
 
-    jobs: list[Job] = []
-    for i, entry in enumerate(entries):
-        jobs += _expand(entry, f"jobs[{i}]", models, tasks, top_seeds, top_revisions, source)
+    jobs = [job for i, entry in enumerate(entries) for job in
+            _expand(entry, f"jobs[{i}]", models, tasks, top_seeds, top_revisions, source)]
     for j in jobs:
         if j.settings.get("trust_remote_code") and not trust_remote_code:
             raise UserError(f"{source + ': ' if source else ''}job {j.id} sets "
@@ -287,9 +287,7 @@ def _expand(entry, key: str, models: dict, tasks: dict, top_seeds: list[int],
         raise _fail(source, f"{key}.needs", "must be a list of job ids")
 
     jobs = []
-    grid = [(m, t, r, x) for m in model_names for t in task_names for r in revisions
-            for x in seeds]
-    for model, task, revision, seed in grid:
+    for model, task, revision, seed in itertools.product(model_names, task_names, revisions, seeds):
         names = {"model": model or "", "task": task or "", "revision": revision or "",
                  "seed": "" if seed is None else str(seed)}
         s = {k: _substitute(v, names) for k, v in settings.items()}

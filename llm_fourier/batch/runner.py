@@ -174,9 +174,8 @@ def _execute(job: Job, entry: dict, out: Path, owner: bool, save: Callable[[], N
 def run_report(report: Report, out: str | Path, *, only: Sequence[str] | None = None,
                progress: bool = True, echo: Callable[[str], None] = print) -> dict:
     """Run every (selected) job that is not already done; returns the manifest. With several
-    processes, jobs of one wave whose command shards its prompts (``Command.shards``) run on
-    all ranks together; the others are dealt out round-robin, one rank each (inside
-    ``distributed.solo()``), and the ranks exchange their manifest entries after every wave."""
+    processes (see the module docstring) one-rank jobs run inside ``distributed.solo()``, and
+    the ranks exchange their manifest entries after every wave."""
     out = Path(out)
     info = distributed.process_info()
     manifest = distributed.broadcast_object(read_manifest(out) if info.is_main else None)

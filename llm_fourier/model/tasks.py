@@ -171,8 +171,7 @@ def make_task(
     rng = np.random.default_rng(seed)
     pairs = pairs[rng.permutation(n_pairs)]
     which = rng.integers(0, len(templates), size=n_pairs)
-    if limit is not None:
-        pairs, which = pairs[:limit], which[:limit]
+    pairs, which = pairs[:limit], which[:limit]  # limit None keeps all
     examples = [
         Example(int(x), int(y), int(fn(int(x), int(y))),
                 templates[t].format(a=int(x), b=int(y)) + ANSWER_PREFIX)
