@@ -288,8 +288,7 @@ class RunDir:
         results.update({k: v for k, v in self.annotations.items() if v})
         if self.writes:
             write_json(self.path / "results.json", results)
-            self._record.update(status="finished",
-                                finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+            self._record.update(status="finished", finished=time.strftime("%Y-%m-%d %H:%M:%S"))
             self._save_record()
             remove(self.path / PARTIAL, self.path)
         return results
