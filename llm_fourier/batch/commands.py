@@ -125,32 +125,29 @@ class ReportCommand(Command):
 
     def execute(self, s: ReportSettings) -> dict:
         with quiet(s.quiet):
-            return self._report(s)
-
-    def _report(self, s: ReportSettings) -> dict:
-        if s.list_presets:
-            for name in preset_names():
-                first = (PRESETS / f"{name}.toml").read_text().splitlines()[0].lstrip("# ")
-                print(f"{name:24s} {first}")
-            return {"presets": preset_names()}
-        if s.config == "any-model":  # a preset sized to its model: built, not only read
-            raw, _ = any_model_config(parse_overrides(s.model), s.scale)
-            report = parse_config(raw, source=str(PRESETS / "any-model.toml"),
-                                  trust_remote_code=s.trust_remote_code)
-        else:
-            if s.scale != "auto":
-                raise UserError("report: --scale sizes the any-model preset only; set sizes "
-                                "in the config's settings instead.")
-            report = load_config(config_path(s.config), parse_overrides(s.model),
-                                 trust_remote_code=s.trust_remote_code)
-        if s.dry_run:
-            jobs = select(report, s.only)
-            print(format_table([{"job": j.id, "command": j.command, "needs": " ".join(j.needs)}
-                                for j in jobs]))
-            return {"jobs": [j.id for j in jobs]}
-        with RunDir(s.out, self.name, {}, restart=s.restart, main=process_info().is_main,
-                    discard=DISCARD) as run:  # --restart discards under the lock
-            return run_batch(report, run, s.only, s.html_only)
+            if s.list_presets:
+                for name in preset_names():
+                    first = (PRESETS / f"{name}.toml").read_text().splitlines()[0].lstrip("# ")
+                    print(f"{name:24s} {first}")
+                return {"presets": preset_names()}
+            if s.config == "any-model":  # a preset sized to its model: built, not only read
+                raw, _ = any_model_config(parse_overrides(s.model), s.scale)
+                report = parse_config(raw, source=str(PRESETS / "any-model.toml"),
+                                      trust_remote_code=s.trust_remote_code)
+            else:
+                if s.scale != "auto":
+                    raise UserError("report: --scale sizes the any-model preset only; set sizes "
+                                    "in the config's settings instead.")
+                report = load_config(config_path(s.config), parse_overrides(s.model),
+                                     trust_remote_code=s.trust_remote_code)
+            if s.dry_run:
+                jobs = select(report, s.only)
+                print(format_table([{"job": j.id, "command": j.command, "needs": " ".join(j.needs)}
+                                    for j in jobs]))
+                return {"jobs": [j.id for j in jobs]}
+            with RunDir(s.out, self.name, {}, restart=s.restart, main=process_info().is_main,
+                        discard=DISCARD) as run:  # --restart discards under the lock
+                return run_batch(report, run, s.only, s.html_only)
 
 
 @dataclass(kw_only=True)
@@ -171,16 +168,13 @@ class DemoCommand(Command):
 
     def execute(self, s: DemoSettings) -> dict:
         with quiet(s.quiet):
-            return self._demo(s)
-
-    def _demo(self, s: DemoSettings) -> dict:
-        report = parse_config(demo_config(s.model, s.quick), source="(built-in demo)")
-        with RunDir(s.out, self.name, {}, restart=s.restart, main=process_info().is_main,
-                    discard=DISCARD) as run:
-            summary = run_batch(report, run, progress=not s.quick)
-        if "index" in summary:
-            print(NEXT_STEPS.format(index=Path(summary["index"]).resolve()))
-        return summary
+            report = parse_config(demo_config(s.model, s.quick), source="(built-in demo)")
+            with RunDir(s.out, self.name, {}, restart=s.restart, main=process_info().is_main,
+                        discard=DISCARD) as run:
+                summary = run_batch(report, run, progress=not s.quick)
+            if "index" in summary:
+                print(NEXT_STEPS.format(index=Path(summary["index"]).resolve()))
+            return summary
 
 
 REPORT, DEMO = ReportCommand(), DemoCommand()

@@ -38,10 +38,11 @@ then depends on ID). Any mistake raises a ``UserError`` naming the key and the p
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from llm_fourier.commands import get_command
@@ -87,7 +88,6 @@ class Report:
     jobs: list[Job]
     description: str = ""
     source: str = ""
-    raw: dict = field(default_factory=dict)
 
     def job(self, job_id: str) -> Job:
         return next(j for j in self.jobs if j.id == job_id)
@@ -158,17 +158,6 @@ def _revisions(value, key: str, source: str) -> list[str]:
     return value
 
 
-def job_id_of(parts: list[str]) -> str:
-    """A job's id from its name parts: one safe path component (``output.paths``), the
-    same for the same parts, distinct for distinct ones."""
-    return path_component("-".join(parts))
-
-
-def revision_slug(revision: str) -> str:
-    """A revision as it appears in job ids (``-r<slug>``)."""
-    return ID_CHARS.sub("_", revision)
-
-
 def _substitute(value, names: dict[str, str]):
     if isinstance(value, str):
         for k, v in names.items():
@@ -217,9 +206,8 @@ def parse_config(raw: dict, source: str = "",
     if not isinstance(entries, list) or not entries:
         raise _fail(source, "jobs", "give at least one [[jobs]] table with a command")
 
-    jobs: list[Job] = []
-    for i, entry in enumerate(entries):
-        jobs += _expand(entry, f"jobs[{i}]", models, tasks, top_seeds, top_revisions, source)
+    jobs = [job for i, entry in enumerate(entries) for job in
+            _expand(entry, f"jobs[{i}]", models, tasks, top_seeds, top_revisions, source)]
     for j in jobs:
         if j.settings.get("trust_remote_code") and not trust_remote_code:
             raise UserError(f"{source + ': ' if source else ''}job {j.id} sets "
@@ -237,7 +225,7 @@ def parse_config(raw: dict, source: str = "",
                             f"(known: {', '.join(ids)})")
     return Report(title=str(raw.get("title", "Fourier features report")),
                   description=str(raw.get("description", "")), jobs=_ordered(jobs, source),
-                  source=source, raw=raw)
+                  source=source)
 
 
 def _expand(entry, key: str, models: dict, tasks: dict, top_seeds: list[int],
@@ -299,9 +287,7 @@ def _expand(entry, key: str, models: dict, tasks: dict, top_seeds: list[int],
         raise _fail(source, f"{key}.needs", "must be a list of job ids")
 
     jobs = []
-    grid = [(m, t, r, x) for m in model_names for t in task_names for r in revisions
-            for x in seeds]
-    for model, task, revision, seed in grid:
+    for model, task, revision, seed in itertools.product(model_names, task_names, revisions, seeds):
         names = {"model": model or "", "task": task or "", "revision": revision or "",
                  "seed": "" if seed is None else str(seed)}
         s = {k: _substitute(v, names) for k, v in settings.items()}
@@ -320,11 +306,12 @@ def _expand(entry, key: str, models: dict, tasks: dict, top_seeds: list[int],
             s[seed_setting] = [seed] if command.Settings.is_list(seed_setting) \
                 else seed
         parts = [name] + [x for x in (model, task) if x is not None]
-        parts += [] if revision is None else [f"r{revision_slug(revision)}"]
+        parts += [] if revision is None else [f"r{ID_CHARS.sub('_', revision)}"]
         parts += [] if seed is None else [f"s{seed}"]
         refs = [r for v in s.values() for r in _refs(v)]
         deps = tuple(dict.fromkeys([_substitute(n, names) for n in needs] + refs))
-        job_id = job_id_of(parts)
+        # one safe path component, the same for the same parts, distinct for distinct ones
+        job_id = path_component("-".join(parts))
         try:  # the command's own checks: types, ranges, choices, consistency
             s = command.Settings.convert(s)
             command.Settings.from_dict({**s, "out": "(job folder)"})

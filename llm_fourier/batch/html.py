@@ -61,14 +61,10 @@ def headline(results: dict, limit: int = 14) -> dict:
     """The scalar numbers of a results dict (one level of nesting, as ``a.b``)."""
     out: dict = {}
     for key, value in results.items():
-        if isinstance(value, bool) or value is None:
-            continue
-        if isinstance(value, (int, float)):
-            out[key] = value
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    out[f"{key}.{k}"] = v
+        items = {f"{key}.{k}": v for k, v in value.items()} if isinstance(value, dict) \
+            else {key: value}
+        out.update((k, v) for k, v in items.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool))
         if len(out) >= limit:
             break
     return dict(list(out.items())[:limit])
@@ -117,8 +113,7 @@ def _job_html(job: JobView, command: Command | None) -> str:
     if entry.get("caption"):
         parts.append(f"<p>{esc(entry['caption'])}</p>")
     parts.append(readout_html(job.results))
-    for png in sorted(job.folder.glob("*.png")):
-        parts.append(figure(png, caption_for(png, command)))
+    parts += [figure(png, caption_for(png, command)) for png in sorted(job.folder.glob("*.png"))]
     parts.append(command.job_html(job) if command is not None else record_tables(job.results))
     for path in sorted(job.folder.glob("*.csv")):
         rows = read_csv(path)

@@ -45,7 +45,7 @@ MANIFEST = "manifest.json"
 
 
 def job_dir(out: str | Path, job_id: str) -> Path:
-    """``OUT/jobs/<id>``; an id is always one safe path component (``config.job_id``)."""
+    """``OUT/jobs/<id>``; an id is always one safe path component (``config._expand``)."""
     return Path(out) / "jobs" / path_component(job_id)
 
 
@@ -173,13 +173,9 @@ def _execute(job: Job, entry: dict, out: Path, owner: bool, save: Callable[[], N
 
 def run_report(report: Report, out: str | Path, *, only: Sequence[str] | None = None,
                progress: bool = True, echo: Callable[[str], None] = print) -> dict:
-    """Run every (selected) job that is not already done; returns the manifest.
-
-    With several processes, jobs of one wave whose command shards its prompts
-    (``Command.shards``) run on all ranks together; the others are dealt out
-    round-robin, one rank each (inside ``distributed.solo()``), and the ranks exchange their
-    manifest entries after every wave.
-    """
+    """Run every (selected) job that is not already done; returns the manifest. With several
+    processes (see the module docstring) one-rank jobs run inside ``distributed.solo()``, and
+    the ranks exchange their manifest entries after every wave."""
     out = Path(out)
     info = distributed.process_info()
     manifest = distributed.broadcast_object(read_manifest(out) if info.is_main else None)
@@ -249,10 +245,10 @@ def run_report(report: Report, out: str | Path, *, only: Sequence[str] | None = 
 
 def status_rows(manifest: dict) -> list[dict]:
     """One row per job for the console table."""
-    rows = []
-    for job_id, e in manifest.get("jobs", {}).items():
-        error = (e.get("error") or "")
-        rows.append({"job": job_id, "command": e.get("command"), "status": e.get("status"),
-                     "seconds": e.get("seconds"),
-                     "error": error if len(error) < 70 else error[:67] + "..."})
-    return rows
+    return [{"job": job_id, "command": e.get("command"), "status": e.get("status"),
+             "seconds": e.get("seconds"), "error": _clip(e.get("error") or "")}
+            for job_id, e in manifest.get("jobs", {}).items()]
+
+
+def _clip(text: str) -> str:
+    return text if len(text) < 70 else text[:67] + "..."

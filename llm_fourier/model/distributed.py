@@ -43,10 +43,6 @@ class ProcessInfo:
         return self.rank == 0
 
 
-def _launched() -> bool:
-    return int(os.environ.get("WORLD_SIZE", 1)) > 1
-
-
 def gpu_group(local_rank: int, local_world_size: int, gpus: Sequence) -> list:
     """This process's contiguous share of a node's ``gpus`` (all of them for one process)."""
     n = len(gpus)
@@ -76,7 +72,7 @@ def _narrow_gpus() -> None:
 
 def _state():
     """accelerate's PartialState when launched with several processes, else None."""
-    if not _launched():
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
         return None
     from accelerate import PartialState
 
@@ -89,9 +85,8 @@ def process_info() -> ProcessInfo:
     local = int(os.environ.get("LLM_FOURIER_LOCAL_RANK", os.environ.get("LOCAL_RANK", 0)))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     state = None if _solo else _state()
-    if state is None:
-        return ProcessInfo(0, 1, local, local_world)
-    return ProcessInfo(state.process_index, state.num_processes, local, local_world)
+    rank, world = (0, 1) if state is None else (state.process_index, state.num_processes)
+    return ProcessInfo(rank, world, local, local_world)
 
 
 def active() -> bool:
@@ -168,11 +163,9 @@ def concat(parts: Sequence[Any]) -> Any:
 
 def map_ranges(fn: Callable[[int, int], Any], ranges: Sequence[tuple[int, int]], *,
                desc: str | None = None, progress: bool = True) -> list:
-    """``fn(start, end)`` over ``ranges``, dealt out to the processes in contiguous blocks.
-
-    Returns every range's result (moved to the CPU) in the order of ``ranges``, on every
-    process; with one process it is a plain loop.
-    """
+    """``fn(start, end)`` over ``ranges``, dealt out to the processes in contiguous blocks:
+    every range's result (moved to the CPU) in the order of ``ranges``, on every process;
+    with one process it is a plain loop."""
     if not active():
         bar = tqdm(ranges, desc=desc, unit="batch", leave=False,
                    disable=not progress or len(ranges) < 2)

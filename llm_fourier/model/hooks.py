@@ -6,13 +6,11 @@ at the last real token (or at every position) and keeps only those rows, as floa
 CPU; ``edit`` makes the block add ``fn(contribution)`` instead (Granite: the module output
 becomes ``fn(m * out) / m``). Both are context managers that always remove their hooks.
 
-The attention mask is read from the ``attention_mask`` keyword of the model's forward (a
-pre-hook on the model root), else from ``.set_mask(mask)``; without either every token is
-treated as real (the last position is T - 1). Module outputs may be tuples (attention
-returns ``(output, weights)``): element 0 is captured or edited. A module that sees
-(N*T) x D rows (``flat``, OPT's ``fc2``) is viewed as N x T x D through the shape of the
-forward's ``input_ids``. A capture hook returns nothing, so logits stay bit-identical to a
-plain forward.
+The attention mask is read from the forward's ``attention_mask`` keyword (a pre-hook on
+the model root), else from ``.set_mask(mask)``; without either the last position is T - 1.
+Of a tuple output (attention's ``(output, weights)``) element 0 is captured or edited. A
+``flat`` module's (N*T) x D rows (OPT's ``fc2``) are viewed as N x T x D through the shape
+of the forward's ``input_ids``. Capture hooks return nothing: logits stay bit-identical.
 
 The ``heads`` role (``llm_fourier.model.heads``) captures N x H x D per layer: what each
 attention head adds, read from the attention output projection's input; ``Capture.get``
@@ -38,10 +36,8 @@ POSITIONS = ("last", "all")
 
 
 def last_token_positions(attention_mask: Tensor) -> Tensor:
-    """Index of the last real (mask = 1) token of each row; right for left or right padding.
-
-    A row without any real token gets position 0.
-    """
+    """Index of the last real (mask = 1) token of each row (0 for a row without one); right
+    for left or right padding."""
     mask = attention_mask.to(torch.bool)
     t = mask.shape[-1]
     # argmax returns the first maximum: flip so the first hit is the last real token
@@ -151,48 +147,45 @@ def _check(lm, roles: Iterable[str], layers: Iterable[int] | None, positions: st
     return roles, layers
 
 
-class Capture:
+class _Hooks:
+    """What ``Capture`` and ``Editor`` share: the positions and the mask that locates them."""
+
+    def __init__(self, positions: str) -> None:
+        self.positions = positions
+        self._where = _Positions()
+
+    def set_mask(self, mask: Tensor | None) -> None:
+        """Attention mask for forwards that do not pass ``attention_mask`` as a keyword."""
+        self._where.set_mask(mask)
+
+
+class Capture(_Hooks):
     """Rows captured by ``capture``; ``stack(role)`` gives N x L x D (or N x T x L x D)."""
 
     def __init__(self, roles: Sequence[str], layers: Sequence[int], positions: str,
                  device: str | torch.device = "cpu") -> None:
+        super().__init__(positions)
         self.roles = tuple(roles)
         self.layers = list(layers)
-        self.positions = positions
         self.device = torch.device(device)
-        self._where = _Positions()
         self._pending: dict[tuple[str, int], list[Tensor]] = {k: [] for k in self._keys()}
         self._done: dict[tuple[str, int], list[Tensor]] = {k: [] for k in self._keys()}
 
     def _keys(self):
         return [(r, i) for r in self.roles for i in self.layers]
 
-    def set_mask(self, mask: Tensor | None) -> None:
-        """Attention mask for forwards that do not pass ``attention_mask`` as a keyword."""
-        self._where.set_mask(mask)
-
     def _hook(self, key: tuple[str, int], site: Site) -> Callable:
-        scale = site.scale
-
         def hook(module: nn.Module, args, output) -> None:
-            out = self._where.grid(_output_tensor(output).detach(), site)
-            if self.positions == "all":
-                # a copy: the model may later update its output in place (Falcon does)
-                rows = out * scale if scale != 1.0 else out.clone()
-            else:
-                rows = _rows(out, self._where.last(out))
-                rows = rows * scale if scale != 1.0 else rows
-            self._pending[key].append(rows)  # stays on its device until the forward ends
+            rows = self._rows(self._where.grid(_output_tensor(output).detach(), site))
+            # stays on its device until the forward ends
+            self._pending[key].append(rows * site.scale if site.scale != 1.0 else rows)
 
         return hook
 
     def _rows(self, t: Tensor) -> Tensor:
-        """The captured positions of an N x T x W tensor."""
+        """The captured positions of an N x T x W tensor (all of them copied: the model may
+        later update its output in place, Falcon does)."""
         return t.clone() if self.positions == "all" else _rows(t, self._where.last(t))
-
-    def _head_hooks(self, lm, key: tuple[str, int]) -> list:
-        return head_capture_hooks(head_site(lm, key[1]), self._rows,
-                                  self._pending[key].append)
 
     def flush(self, *_ignored) -> None:
         """Move this forward's rows to ``device`` (the CPU by default) as float32, once per
@@ -234,11 +227,8 @@ class Capture:
     def head_bias(self, layer: int) -> Tensor:
         """The bias term beside the heads of ``layer`` (N x D): the output projection's bias
         (through the frozen post-norm with its beta, times the multiplier; zero if none)."""
-        return torch.cat(self._done_chunks("heads", layer))[..., -1, :]
-
-    def _done_chunks(self, role: str, layer: int) -> list[Tensor]:
-        self.get(role, layer)  # the checks
-        return self._done[(role, layer)]
+        self.get("heads", layer)  # the checks
+        return torch.cat(self._done[("heads", layer)])[..., -1, :]
 
     def stack(self, role: str) -> Tensor:
         """All captured layers of ``role``: N x L x D (N x T x L x D for positions "all";
@@ -258,19 +248,17 @@ def _hooked(handles: list) -> Iterator[None]:
 @contextmanager
 def capture(lm, roles: Iterable[str] = ROLES, layers: Iterable[int] | None = None,
             positions: str = "last", device: str | torch.device = "cpu") -> Iterator[Capture]:
-    """Record (role, layer) outputs over every forward run inside the block, kept as float32
-    on ``device`` (the CPU by default; an accelerator keeps the rows where a readout of
-    them is fast).
-
-    ``lm`` is a ``LoadedModel`` (``.model``, ``.n_layers``, ``.site(layer, role)``).
-    """
+    """Record (role, layer) outputs of every forward inside the block, as float32 on
+    ``device`` (the CPU by default; on an accelerator a readout of them is fast). ``lm`` is
+    a ``LoadedModel`` (``.model``, ``.n_layers``, ``.site(layer, role)``)."""
     roles, layers = _check(lm, roles, layers, positions)
     cap = Capture(roles, layers, positions, device)
     handles = [lm.model.register_forward_pre_hook(cap._where.pre_hook, with_kwargs=True)]
     with _hooked(handles):
         for r, i in cap._keys():
             if r == "heads":
-                handles += cap._head_hooks(lm, (r, i))
+                handles += head_capture_hooks(head_site(lm, i), cap._rows,
+                                              cap._pending[(r, i)].append)
                 continue
             site = lm.site(i, r)
             handles.append(site.module.register_forward_hook(cap._hook((r, i), site)))
@@ -279,51 +267,36 @@ def capture(lm, roles: Iterable[str] = ROLES, layers: Iterable[int] | None = Non
     cap.flush()
 
 
-class Editor:
+class Editor(_Hooks):
     """Handle yielded by ``edit``; ``set_mask`` as for ``Capture``."""
 
-    def __init__(self, positions: str) -> None:
-        self.positions = positions
-        self._where = _Positions()
-
-    def set_mask(self, mask: Tensor | None) -> None:
-        self._where.set_mask(mask)
+    def _apply(self, x: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+        """``x`` (N x T x W) with ``fn`` applied at the chosen positions, in ``x``'s dtype."""
+        if self.positions == "all":
+            return fn(x).to(x.dtype)
+        n = torch.arange(x.shape[0], device=x.device)
+        pos = self._where.last(x)
+        pos = torch.full_like(n, x.shape[1] - 1) if pos is None else pos
+        return x.index_put((n, pos), fn(x[n, pos]).to(x.dtype))
 
     def _hook(self, fn: Callable[[Tensor], Tensor], site: Site) -> Callable:
-        scale = site.scale
-        if scale != 1.0:  # the block adds scale * output: edit that, write back / scale
-            user_fn = fn
-
-            def fn(rows: Tensor) -> Tensor:
-                return user_fn(rows * scale) / scale
+        def edited(rows: Tensor) -> Tensor:  # the block adds scale * output: edit that
+            return fn(rows * site.scale) / site.scale if site.scale != 1.0 else fn(rows)
 
         def hook(module: nn.Module, args, output):
             raw = _output_tensor(output)
-            out = self._where.grid(raw, site)
-            if self.positions == "all":
-                new = fn(out).to(out.dtype)
-            else:
-                pos = self._where.last(out)
-                n = torch.arange(out.shape[0], device=out.device)
-                pos = torch.full_like(n, out.shape[1] - 1) if pos is None else pos
-                new = out.index_put((n, pos), fn(out[n, pos]).to(out.dtype))
+            new = self._apply(self._where.grid(raw, site), edited)
             return _replace_output(output, new.reshape(raw.shape))
 
         return hook
 
     def _head_hook(self, fn: Callable[[Tensor], Tensor], site) -> Callable:
         """A pre-hook on the attention output projection rewriting the heads' slices."""
+        def on_heads(x: Tensor) -> Tensor:  # ... x (H * d_head) -> ... x H x d_head and back
+            return fn(x.reshape(*x.shape[:-1], site.n_heads, site.d_head)).reshape(x.shape)
+
         def hook(module: nn.Module, args):
-            x = args[0]
-            if self.positions == "all":
-                z = x.reshape(*x.shape[:2], site.n_heads, site.d_head)
-                return (fn(z).reshape(x.shape).to(x.dtype), *args[1:])
-            pos = self._where.last(x)
-            n = torch.arange(x.shape[0], device=x.device)
-            pos = torch.full_like(n, x.shape[1] - 1) if pos is None else pos
-            z = x[n, pos].reshape(x.shape[0], site.n_heads, site.d_head)
-            new = fn(z).reshape(x.shape[0], -1).to(x.dtype)
-            return (x.index_put((n, pos), new), *args[1:])
+            return (self._apply(args[0], on_heads), *args[1:])
 
         return hook
 
@@ -331,13 +304,11 @@ class Editor:
 @contextmanager
 def edit(lm, edits: dict[tuple[str, int], Callable[[Tensor], Tensor]],
          positions: str = "last") -> Iterator[Editor]:
-    """Make each (role, layer) add ``fn(contribution)`` at the chosen positions.
-
-    ``fn`` receives N x D rows (the last real token) or N x T x D (positions "all") of what
-    the block adds to the residual stream, on the module's device and dtype, and returns the
+    """Make each (role, layer) add ``fn(contribution)`` at the chosen positions: ``fn``
+    receives N x D rows (the last real token) or N x T x D (positions "all") of what the
+    block adds to the residual stream, on the module's device and dtype, and returns the
     same shape. For role ``"heads"`` it receives the head outputs z instead (the attention
-    output projection's input: N x H x d_head, or N x T x H x d_head).
-    """
+    output projection's input: N x H x d_head, or N x T x H x d_head)."""
     _check(lm, {r for r, _ in edits}, [i for _, i in edits], positions)
     editor = Editor(positions)
     handles = [lm.model.register_forward_pre_hook(editor._where.pre_hook, with_kwargs=True)]

@@ -1,12 +1,10 @@
 """Load Hugging Face causal LMs (hub id, folder or GGUF file) and name their parts.
 
-``load_model`` wraps ``from_pretrained`` (device_map, dtype, max_memory, revision; remote
-code off), turns "cannot get the weights" (and weights that do not fit the config:
-``sources.check_loading``) into one ``UserError``, finds the roles
-(``architectures.roles_for``) and checks them on one short forward (``roles_check``) unless
-``verify=False``. A ``.gguf`` file (or a folder holding exactly one and no config.json) loads
-through transformers' GGUF support, dequantized to the requested dtype, with the tokenizer
-stored in its metadata; it needs the optional ``gguf`` package.
+``load_model`` wraps ``from_pretrained`` (remote code off), turns "cannot get the weights"
+(and weights that do not fit the config: ``sources.check_loading``) into one ``UserError``,
+finds the roles (``architectures.roles_for``) and checks them (``roles_check``). A ``.gguf``
+file (or a folder holding exactly one and no config.json) loads through transformers' GGUF
+support, dequantized, with the tokenizer stored in its metadata (optional ``gguf`` package).
 """
 
 from __future__ import annotations
@@ -36,7 +34,6 @@ from llm_fourier.model.sources import (  # noqa: F401 - re-exported
     load_config,
     load_tokenizer,
     resolve_source,
-    source_kwargs,
     unreadable_weights,
     weights_kwargs,
 )
@@ -183,15 +180,14 @@ def load_model(
     from transformers import AutoModelForCausalLM, PreTrainedModel
 
     if isinstance(model, PreTrainedModel):
+        src = getattr(model, "name_or_path", "") or ""
         tok = load_tokenizer(tokenizer, trust_remote_code)
         if tok is None:
-            src = getattr(model, "name_or_path", "") or ""
             if not src:
                 raise UserError("the model in memory has no name_or_path; pass its tokenizer "
                                 "too (load_model(model, tokenizer)).")
             tok = load_tokenizer(src, trust_remote_code)
-        name = getattr(model, "name_or_path", "") or type(model).__name__
-        return _finish(model.eval(), tok, name, verify)
+        return _finish(model.eval(), tok, src or type(model).__name__, verify)
     name = str(model)
     where, kwargs = resolve_source(name, trust_remote_code, revision)
     own_tokenizer = tokenizer is None

@@ -73,17 +73,14 @@ def _relative(out: Tensor, candidates: list[Tensor]) -> float:
     return float(errs.min(dim=0).values.max())
 
 
-def _check_ids(vocab: int, device) -> Tensor:
-    return torch.tensor([[(13 + 7919 * i) % vocab for i in range(CHECK_TOKENS)]], device=device)
-
-
 def measure_roles(lm) -> RolesCheck:
     """Run the check's forward on ``lm`` (a ``LoadedModel``) and return every step's error."""
     model = lm.model
-    config = getattr(model, "config", None)
-    model_type = getattr(config, "model_type", type(model).__name__)
+    model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
     first = next(model.parameters())
-    ids = _check_ids(model.get_input_embeddings().weight.shape[0], lm.input_device)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    ids = torch.tensor([[(13 + 7919 * i) % vocab for i in range(CHECK_TOKENS)]],
+                       device=lm.input_device)
     seen: dict[str, list[Tensor]] = {"input": [], "final": [], "positions": []}
     blocks: list[list[Tensor]] = [[] for _ in range(lm.n_layers)]
 
@@ -97,12 +94,9 @@ def measure_roles(lm) -> RolesCheck:
             return kwargs["hidden_states"]
         return next(v for v in kwargs.values() if isinstance(v, Tensor))
 
-    handles = [
-        lm.block(0).register_forward_pre_hook(
-            lambda m, a, k: keep(seen["input"], first_tensor(a, k)), with_kwargs=True),
-        lm.final_norm.register_forward_pre_hook(
-            lambda m, a, k: keep(seen["final"], first_tensor(a, k)), with_kwargs=True),
-    ]
+    handles = [module.register_forward_pre_hook(
+        lambda m, a, k, s=seen[name]: keep(s, first_tensor(a, k)), with_kwargs=True)
+        for module, name in ((lm.block(0), "input"), (lm.final_norm, "final"))]
     handles += [b.register_forward_hook(lambda m, a, o, s=s: keep(s, _output_tensor(o)))
                 for b, s in zip(lm.blocks, blocks)]
     if lm.roles.positions:
@@ -214,8 +208,7 @@ def _bad_tensor(module) -> str | None:
 def _nonfinite(lm, embedded: Tensor, outputs: list[Tensor]) -> str | None:
     """Where the forward first turned NaN or inf, named by the tensor that holds it."""
     if not bool(torch.isfinite(embedded).all()):
-        emb = lm.model.get_submodule(lm.roles.embed)
-        bad = _bad_tensor(emb)
+        bad = _bad_tensor(lm.model.get_submodule(lm.roles.embed))
         return (f"the embedding ({lm.roles.embed}.{bad})" if bad else
                 "the embedding (block 0's input)")
     for i, out in enumerate(outputs):
@@ -224,13 +217,6 @@ def _nonfinite(lm, embedded: Tensor, outputs: list[Tensor]) -> str | None:
             return (f"layer {i} ({lm.roles.blocks}.{i}.{bad})" if bad else
                     f"layer {i}'s output")
     return None
-
-
-_WHERE = {
-    "the embedding": "the embedding (block 0's input is not the model's scaled token "
-                     "embedding{pos})",
-    "the final norm": "the final norm (its input is not the last block's output)",
-}
 
 
 def verify_roles(lm) -> RolesCheck:
@@ -253,12 +239,12 @@ def verify_roles(lm) -> RolesCheck:
         raise UserError(f"the roles of this {report.model_type} model are wrong: "
                         f"{report.missing}; {fix}.")
     where, err = report.failure
-    if where.startswith("layer"):
-        text = f"{where} (the block's output is not its input plus its attention and MLP " \
-               "contributions)"
-    else:
-        text = _WHERE[where].format(pos=" plus position embeddings" if lm.roles.positions
-                                    else "")
+    pos = " plus position embeddings" if lm.roles.positions else ""
+    text = {"the embedding": "the embedding (block 0's input is not the model's scaled token "
+                             f"embedding{pos})",
+            "the final norm": "the final norm (its input is not the last block's output)",
+            }.get(where, f"{where} (the block's output is not its input plus its attention and "
+                         "MLP contributions)")
     raise UserError(f"the residual stream of this {report.model_type} model does not add up "
                     f"at {text}: relative error {err:.2g}, tolerance {report.tolerance:.1g} "
                     f"for {str(report.dtype).replace('torch.', '')}, so its roles are wrong "

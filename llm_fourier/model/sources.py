@@ -34,11 +34,9 @@ def looks_local(name: str) -> bool:
 
 
 def hub_reachable() -> bool:
-    """Whether the Hugging Face Hub's host name resolves (offline mode counts as no).
-
-    Without network, huggingface_hub retries every request for tens of seconds before it
-    gives up; a failed name lookup answers at once and is not worth retrying.
-    """
+    """Whether the Hugging Face Hub's host name resolves (offline mode counts as no). Without
+    network, huggingface_hub retries every request for tens of seconds before it gives up;
+    a failed name lookup answers at once and is not worth retrying."""
     from urllib.parse import urlparse
 
     from huggingface_hub import constants
@@ -183,14 +181,8 @@ def weights_kwargs(kwargs: dict) -> dict:
     return {**kwargs, "quantization_config": GgufConfig(dequantize=True)}
 
 
-def source_kwargs(name: str, trust_remote_code: bool, revision: str | None = None) -> dict:
-    """The keyword arguments of ``resolve_source``."""
-    return resolve_source(name, trust_remote_code, revision)[1]
-
-
 def cannot_load(name: str, err: Exception, revision: str | None = None) -> UserError:
-    """One sentence for 'the weights cannot be had' (no network, wrong id or revision, bad
-    folder)."""
+    """One sentence for 'the weights cannot be had' (no network, wrong id, revision or folder)."""
     reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
     if looks_local(name):
         if Path(name).expanduser().is_file() or Path(name).suffix.lower() == ".gguf":
@@ -234,7 +226,7 @@ def _no_tokenizer(name: str) -> UserError:
 def load_tokenizer(source, trust_remote_code: bool = False, revision: str | None = None):
     """A tokenizer from a hub id, folder or GGUF file; objects pass through unchanged. A
     folder without tokenizer files is refused (transformers would build an empty one)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     if source is None or not isinstance(source, (str, os.PathLike)):
         return source
@@ -244,13 +236,9 @@ def load_tokenizer(source, trust_remote_code: bool = False, revision: str | None
     local = "gguf_file" not in kwargs and looks_local(name)
     if local and not any((Path(where) / f).is_file() for f in TOKENIZER_FILES):
         raise _no_tokenizer(name)
+    cls = PreTrainedTokenizerFast if local and _generic_fast_tokenizer(where) else AutoTokenizer
     try:
-        if local and _generic_fast_tokenizer(where):
-            from transformers import PreTrainedTokenizerFast
-
-            tok = PreTrainedTokenizerFast.from_pretrained(where, **kwargs)
-        else:
-            tok = AutoTokenizer.from_pretrained(where, **kwargs)
+        tok = cls.from_pretrained(where, **kwargs)
     except (OSError, ValueError) as err:
         raise cannot_load(name, err, revision) from err
     if len(tok) == 0:
@@ -307,11 +295,9 @@ def from_pretrained(cls, where: str, name: str, config, strict: bool = True, **k
         with _no_load_report():
             hf, info = cls.from_pretrained(where, config=config, output_loading_info=True,
                                            ignore_mismatched_sizes=True, **kwargs)
-    except ValueError as err:
-        if "Unrecognized configuration class" in str(err):
+    except (ValueError, OSError) as err:
+        if isinstance(err, ValueError) and "Unrecognized configuration class" in str(err):
             raise
-        raise cannot_load(name, err, revision) from err
-    except OSError as err:
         raise cannot_load(name, err, revision) from err
     except SafetensorError as err:
         raise unreadable_weights(name, err) from err
@@ -330,6 +316,7 @@ def check_loading(name: str, config, info: dict) -> None:
     model needs that the weights lack (a config declaring more layers than the weights hold
     would otherwise load random layers), or layers beyond those the config declares."""
     where = f"the config of {name}"
+    layers = getattr(config, "num_hidden_layers", None)
     if info.get("mismatched_keys"):
         key, theirs, ours = sorted(info["mismatched_keys"])[0]
         raise UserError(f"{where} does not match its weights: {key} is "
@@ -338,13 +325,11 @@ def check_loading(name: str, config, info: dict) -> None:
                         "(hidden size, vocabulary, heads) or use the weights it belongs to.")
     missing = sorted(info.get("missing_keys") or ())
     if missing:
-        layers = getattr(config, "num_hidden_layers", None)
         hint = (f" (it declares {layers} layers)" if layers is not None
                 and any(_layer(k) is not None for k in missing) else "")
         raise UserError(f"the weights of {name} lack {missing[0]} ({len(missing)} tensors "
                         f"missing), which {where} asks for{hint}; fix config.json or use the "
                         "complete weights, else those parts would be random.")
-    layers = getattr(config, "num_hidden_layers", None)
     extra = sorted(k for k in info.get("unexpected_keys") or ()
                    if layers is not None and (_layer(k) or -1) >= layers)
     if extra:

@@ -8,6 +8,7 @@ solved training examples, one per line, for models that were not fine-tuned.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -97,21 +98,17 @@ def n_pairs(max_operand: int, ordered: bool = False) -> int:
 def task_bytes(max_operand: int, ordered: bool = False, shots: int = 0,
                limit: int | None = None) -> int:
     """An estimate of the memory ``make_task`` needs (from its sizes alone, instantly)."""
-    n = max_operand + 1
-    kept = n_pairs(max_operand, ordered) if limit is None else min(limit, n_pairs(
-        max_operand, ordered))
-    return n * n * _GRID_BYTES + kept * (_EXAMPLE_BYTES + shots * _SHOT_BYTES)
+    kept = n_pairs(max_operand, ordered)
+    kept = kept if limit is None else min(limit, kept)
+    return (max_operand + 1) ** 2 * _GRID_BYTES + kept * (_EXAMPLE_BYTES + shots * _SHOT_BYTES)
 
 
 def available_memory() -> int:
     """Bytes of memory this process may still take (MemAvailable; else physical memory)."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
@@ -147,12 +144,10 @@ def make_task(
     shots: int = 0,
     limit: int | None = None,
 ) -> TaskSplits:
-    """Prompts for ``a op b`` with 0 <= a, b <= ``max_operand`` (a <= b unless ``ordered``).
-
-    Deterministic in ``seed``. ``limit`` keeps the first ``limit`` shuffled pairs before
+    """Prompts for ``a op b`` with 0 <= a, b <= ``max_operand`` (a <= b unless ``ordered``),
+    deterministic in ``seed``. ``limit`` keeps the first ``limit`` shuffled pairs before
     splitting. With ``shots`` > 0 every prompt starts with that many solved training
-    examples (never the example itself), one per line.
-    """
+    examples (never the example itself), one per line."""
     if op not in OPS:
         raise UserError(f"unknown operation {op!r}; choose one of {', '.join(OPS)}.")
     if max_operand < 1:
@@ -176,19 +171,15 @@ def make_task(
     rng = np.random.default_rng(seed)
     pairs = pairs[rng.permutation(n_pairs)]
     which = rng.integers(0, len(templates), size=n_pairs)
-    if limit is not None:
-        pairs, which = pairs[:limit], which[:limit]
+    pairs, which = pairs[:limit], which[:limit]  # limit None keeps all
     examples = [
         Example(int(x), int(y), int(fn(int(x), int(y))),
                 templates[t].format(a=int(x), b=int(y)) + ANSWER_PREFIX)
         for (x, y), t in zip(pairs, which)
     ]
     n_train = int(round(len(examples) * split[0]))
-    n_val = int(round(len(examples) * split[1]))
-    n_val = min(n_val, len(examples) - n_train)
-    train = examples[:n_train]
-    val = examples[n_train:n_train + n_val]
-    test = examples[n_train + n_val:]
+    end_val = n_train + min(int(round(len(examples) * split[1])), len(examples) - n_train)
+    train, val, test = examples[:n_train], examples[n_train:end_val], examples[end_val:]
     if shots:
         if shots > len(train) - 1:
             raise UserError(f"{shots}-shot prompts need more than {shots} training examples, "
@@ -214,29 +205,25 @@ def largest_answer(op: str, max_operand: int) -> int:
 def _add_shots(splits, shots: int, rng: np.random.Generator):
     """Prefix every prompt with ``shots`` solved examples drawn from the (zero-shot) train."""
     pool = splits[0]
-    out = []
-    for i, examples in enumerate(splits):
-        with_shots = []
-        for j, ex in enumerate(examples):
-            picks = rng.choice(len(pool) - 1 if i == 0 else len(pool), size=shots, replace=False)
-            if i == 0:
-                picks = picks + (picks >= j)  # skip the example itself
-            context = "".join(pool[k].prompt + str(pool[k].answer) + SHOT_SEPARATOR
-                              for k in picks)
-            with_shots.append(Example(ex.a, ex.b, ex.answer, context + ex.prompt))
-        out.append(with_shots)
-    return out
+
+    def with_shots(ex: Example, i: int, j: int) -> Example:
+        """Example ``j`` of split ``i`` after its shots."""
+        picks = rng.choice(len(pool) - 1 if i == 0 else len(pool), size=shots, replace=False)
+        if i == 0:
+            picks = picks + (picks >= j)  # skip the example itself
+        context = "".join(pool[k].prompt + str(pool[k].answer) + SHOT_SEPARATOR for k in picks)
+        return Example(ex.a, ex.b, ex.answer, context + ex.prompt)
+
+    return [[with_shots(ex, i, j) for j, ex in enumerate(examples)]
+            for i, examples in enumerate(splits)]
 
 
 def tokenize_prompts(tokenizer, prompts: Sequence[str], device=None,
                      padding_side: str = "left") -> dict:
     """Pad a batch of prompts to ``input_ids`` / ``attention_mask`` / ``position_ids``.
-
-    ``position_ids`` count real tokens only, so a left-padded prompt sees the same
-    positions as when it runs alone (models such as GPT-2 do not derive them from the
-    mask). Sets a pad token when the tokenizer has none (its eos, else unk); the caller's
-    ``padding_side`` is restored afterwards.
-    """
+    ``position_ids`` count real tokens only, so a left-padded prompt sees the same positions
+    as when it runs alone (GPT-2, for one, does not derive them from the mask). Sets a pad
+    token when the tokenizer has none (its eos, else unk); ``padding_side`` is restored."""
     if padding_side not in ("left", "right"):
         raise UserError(f"padding_side must be left or right, got {padding_side!r}.")
     if tokenizer.pad_token is None:

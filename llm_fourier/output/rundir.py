@@ -191,8 +191,7 @@ class RunDir:
 
     def clear(self, discard: Iterable[str] = ()) -> None:
         """Forget the run's state (``--restart``): partial units, the ``discard`` files and
-        folders of this command's run, then ``run.json`` (last: it marks what may be
-        deleted)."""
+        folders of this command's run, then ``run.json`` (last: it marks what may go)."""
         if self.path is None:
             return
         for name in (PARTIAL, *discard, RUN_FILE):
@@ -259,11 +258,6 @@ class RunDir:
         """The engine's (batch, condition) units, kept as units ``prefix-<key>``."""
         return UnitStore(self, prefix)
 
-    def units(self, prefix: str = "") -> list[str]:
-        if self.path is None or not self.resumed or not (self.path / PARTIAL).is_dir():
-            return []
-        return sorted(p.stem for p in (self.path / PARTIAL).glob(f"{prefix}*.json"))
-
     # ------------------------------------------------------------ outputs
     def _touch(self) -> None:
         """Before the first output: record the run, so the folder says what it holds."""
@@ -283,21 +277,18 @@ class RunDir:
 
     def write_json(self, name: str, obj) -> None:
         if self.writes:
-            self._touch()
-            write_json(self.path / name, obj)
+            write_json(self.file(name), obj)
 
     def write_csv(self, name: str, rows: list[dict]) -> None:
         if self.writes:
-            self._touch()
-            write_csv(self.path / name, rows)
+            write_csv(self.file(name), rows)
 
     def finish(self, results: dict) -> dict:
         """Write ``results.json`` (atomically), mark the run finished, drop partial units."""
         results.update({k: v for k, v in self.annotations.items() if v})
         if self.writes:
             write_json(self.path / "results.json", results)
-            self._record.update(status="finished",
-                                finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+            self._record.update(status="finished", finished=time.strftime("%Y-%m-%d %H:%M:%S"))
             self._save_record()
             remove(self.path / PARTIAL, self.path)
         return results

@@ -256,19 +256,19 @@ def test_hub_out_of_reach_means_cache_only(monkeypatch):
 
     from huggingface_hub import constants
 
-    from llm_fourier.model.loading import hub_reachable, source_kwargs
+    from llm_fourier.model.loading import hub_reachable, resolve_source
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: [("resolved",)])
     assert hub_reachable()
-    assert "local_files_only" not in source_kwargs("gpt2", False)
+    assert "local_files_only" not in resolve_source("gpt2", False)[1]
 
     def no_dns(*args, **kwargs):
         raise socket.gaierror(-2, "Name or service not known")
 
     monkeypatch.setattr(socket, "getaddrinfo", no_dns)
     assert not hub_reachable()
-    assert source_kwargs("gpt2", False)["local_files_only"] is True
+    assert resolve_source("gpt2", False)[1]["local_files_only"] is True
     # an id that is in no cache then fails at once with the one sentence, not after retries
     with pytest.raises(UserError, match="pass the local folder instead"):
         load_model("no-such-org/no-such-model")
