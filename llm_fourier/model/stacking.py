@@ -28,22 +28,23 @@ if TYPE_CHECKING:
 
 Edits = dict[tuple[str, int], Callable[[Tensor], Tensor]]
 
-def stacked_edits(conds: Sequence[Condition], sizes: int | Sequence[int]) -> Edits:
-    """The edits of conditions stacked along the batch: each acts on its own rows
-    (``sizes`` of them, one count for all or one per condition)."""
-    if len(conds) == 1:
-        return conds[0].edits
+def _slices(conds: Sequence[Condition], sizes: int | Sequence[int]) -> list[slice]:
+    """Each condition's rows, stacked along the batch (``sizes``: one count for all or one
+    per condition)."""
     sizes = [sizes] * len(conds) if isinstance(sizes, int) else list(sizes)
     bounds = np.cumsum([0, *sizes]).tolist()
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+def stacked_edits(conds: Sequence[Condition], sizes: int | Sequence[int]) -> Edits:
+    """The edits of conditions stacked along the batch: each acts on its own rows."""
+    if len(conds) == 1:
+        return conds[0].edits
+    rows = _slices(conds, sizes)
 
     def stacked(key) -> Callable[[Tensor], Tensor]:
         fns = [c.edits.get(key) for c in conds]
-
-        def fn(x: Tensor) -> Tensor:
-            return torch.cat([x[a:b] if f is None else f(x[a:b])
-                              for f, a, b in zip(fns, bounds, bounds[1:])])
-
-        return fn
+        return lambda x: torch.cat([x[r] if f is None else f(x[r]) for f, r in zip(fns, rows)])
 
     return {key: stacked(key) for key in {key for c in conds for key in c.edits}}
 
@@ -51,11 +52,9 @@ def stacked_edits(conds: Sequence[Condition], sizes: int | Sequence[int]) -> Edi
 def stacked_hooks(conds: Sequence[Condition], sizes: int | Sequence[int]) -> list:
     """Context-manager factories of conditions stacked along the batch: ``row_hooks``
     bound to each condition's rows; ``hooks`` (whole-batch) only for one condition."""
-    sizes = [sizes] * len(conds) if isinstance(sizes, int) else list(sizes)
-    bounds = np.cumsum([0, *sizes]).tolist()
-    out = [c.hooks for c in conds if c.hooks is not None]
-    return out + [partial(c.row_hooks, slice(a, b)) for c, a, b in
-                  zip(conds, bounds, bounds[1:]) if c.row_hooks is not None]
+    return [c.hooks for c in conds if c.hooks is not None] + [
+        partial(c.row_hooks, r) for c, r in zip(conds, _slices(conds, sizes))
+        if c.row_hooks is not None]
 
 
 # transformers 5's dynamic layers never write into their tensors: each update concatenates
