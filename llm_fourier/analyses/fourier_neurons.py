@@ -1,25 +1,20 @@
 """Fourier neurons of an LLM's MLPs: spectra of their output directions, and knockouts.
 
-A neuron's output direction w_i is its column of the MLP's output projection (the roles
-table's ``mlp_proj``, ``architectures.ROLES``, else the last Linear/Conv1D inside the MLP
-writing d_model; GPT-2's ``Conv1D`` stores d_mlp x D, so there w_i is row i).
-``check_projections`` refuses a model whose MLP output is not that projection's output (a
-mixture of experts, an extra scale): the directions would mean nothing.
+A neuron's output direction w_i is its column of the MLP's output projection (``mlp_proj`` of
+``architectures.ROLES``, else the last Linear/Conv1D inside the MLP writing d_model; GPT-2's
+``Conv1D`` stores d_mlp x D, so there w_i is row i). ``check_projections`` refuses a model
+whose MLP output is not that projection's output (a mixture of experts, an extra scale).
 
-Read through the answers' readout, ``v_i = W_U[numbers] w_i`` (``W_U[digits 0..9]`` with the
-DFT over ten points where the tokenizer splits numbers; no final norm, as ``lens`` and the
-filters), a neuron's spectrum gives its top component k >= 1, its share of the non-constant
-energy, and the constant's share of the total. Blocks that normalise the MLP output before
-adding it (Gemma 2/3, OLMo 2/3: ``post_feedforward_layernorm``) scale it by the norm's gain
-and a data-dependent 1/rms, so a neuron's effect is not ``v_i``: they are refused unless
-``allow_post_norm`` (the spectrum is then of the direction before the norm; the knockout
-stays exact).
+Read through the answers' readout, ``v_i = W_U[numbers] w_i`` (``W_U[digits 0..9]``, DFT over
+ten points, where the tokenizer splits numbers; no final norm, as ``lens``), a neuron's
+spectrum gives its top component k >= 1, its share of the non-constant energy, and the
+constant's share of the total. Blocks that normalise the MLP output before adding it (Gemma
+2/3, OLMo 2/3) scale it by the norm's gain and a data-dependent 1/rms: they are refused unless
+``allow_post_norm`` (the spectrum is then of the direction before the norm).
 
-``knockout`` zeroes chosen neurons' activations (a pre-hook on the projection);
-``knockout_table`` compares the top-k neurons of a period (by energy at its component,
-pooled over the chosen layers) with random draws of as many neurons from each of the same
-layers, every knockout a condition of one engine pass (at the answer positions, on the
-unedited prompt prefix), scored as ``ablate`` scores answers.
+``knockout_table`` zeroes (``knockout``) the top-k neurons of a period (by energy at its
+component, pooled over the layers) beside random draws of as many neurons from each of the
+same layers, each a condition of one engine pass scored as ``ablate`` scores answers.
 """
 
 from __future__ import annotations
@@ -126,15 +121,13 @@ class NeuronSpectra:
 
     def table(self, min_share: float = 0.0) -> list[dict]:
         """One row per neuron whose share is at least ``min_share``."""
-        rows = []
-        for li, layer in enumerate(self.layers):
-            for i in np.flatnonzero(np.nan_to_num(self.share[li], nan=-1) >= min_share):
-                k = int(self.top_k[li, i])
-                rows.append({"layer": layer, "neuron": int(i), "k": k,
-                             "period": float(self.period(k)), "share": float(self.share[li, i]),
-                             "constant_share": float(self.constant_share[li, i]),
-                             "logit_norm": float(self.logit_norm[li, i])})
-        return rows
+        return [{"layer": layer, "neuron": int(i), "k": int(self.top_k[li, i]),
+                 "period": float(self.period(self.top_k[li, i])),
+                 "share": float(self.share[li, i]),
+                 "constant_share": float(self.constant_share[li, i]),
+                 "logit_norm": float(self.logit_norm[li, i])}
+                for li, layer in enumerate(self.layers)
+                for i in np.flatnonzero(np.nan_to_num(self.share[li], nan=-1) >= min_share)]
 
     def counts(self, min_share: float = 0.5) -> np.ndarray:
         """K x L: neurons whose top component is k (row k - 1) with share >= ``min_share``."""
@@ -146,15 +139,13 @@ class NeuronSpectra:
     def summary(self, min_share: float = 0.5, top: int = 5) -> list[dict]:
         """Per layer: neurons, Fourier neurons (share >= ``min_share``), their top periods."""
         counts = self.counts(min_share)
-        rows = []
-        for li, layer in enumerate(self.layers):
-            order = [k for k in np.argsort(-counts[:, li], kind="stable")[:top] if counts[k, li]]
-            rows.append({"layer": layer, "n_neurons": int(self.top_k.shape[1]),
-                         "n_fourier": int(counts[:, li].sum()),
-                         "top_periods": [{"k": int(k + 1),
-                                          "period": float(self.basis.period(k + 1)),
-                                          "n": int(counts[k, li])} for k in order]})
-        return rows
+        return [{"layer": layer, "n_neurons": int(self.top_k.shape[1]),
+                 "n_fourier": int(counts[:, li].sum()),
+                 "top_periods": [{"k": int(k + 1), "period": float(self.basis.period(k + 1)),
+                                  "n": int(counts[k, li])}
+                                 for k in np.argsort(-counts[:, li], kind="stable")[:top]
+                                 if counts[k, li]]}
+                for li, layer in enumerate(self.layers)]
 
 
 def neuron_spectra(
@@ -221,31 +212,25 @@ def top_neurons(spectra: NeuronSpectra, period: float, k: int) -> dict[int, list
     if not 1 <= k <= energy.size:
         raise UserError(f"k must lie in 1..{energy.size} (the neurons of the chosen layers), "
                         f"got {k}.")
-    flat = np.argsort(-energy, axis=None, kind="stable")[:k]
-    rows, cols = np.unravel_index(flat, energy.shape)
-    out: dict[int, list[int]] = {}
-    for r, c in zip(rows, cols):
-        out.setdefault(spectra.layers[int(r)], []).append(int(c))
-    return {layer: sorted(v) for layer, v in sorted(out.items())}
+    picked = np.zeros(energy.shape, dtype=bool)
+    picked.flat[np.argsort(-energy, axis=None, kind="stable")[:k]] = True
+    return {layer: np.flatnonzero(row).tolist() for layer, row in zip(spectra.layers, picked)
+            if row.any()}
 
 
 @contextmanager
-def knockout(lm, neurons: dict[int, Sequence[int]], rows: slice | None = None
+def knockout(lm, neurons: dict[int, Sequence[int]], rows: slice = slice(None)
              ) -> Iterator[None]:
-    """Zero the activations of ``neurons`` ({layer: indices}) at every position (of the
-    batch ``rows`` only, when given)."""
+    """Zero the activations of ``neurons`` ({layer: indices}) at every position of the
+    batch ``rows`` (all by default)."""
     def zeroing(index: Tensor):
         on: dict = {}  # index per device, copied once
 
         def hook(module, args):
-            x = args[0]
+            x = args[0].clone()
             if x.device not in on:
                 on[x.device] = index.to(x.device)
-            i = on[x.device]
-            if rows is None:
-                return (x.index_fill(-1, i, 0), *args[1:])
-            x = x.clone()
-            x[rows] = x[rows].index_fill(-1, i, 0)
+            x[rows] = x[rows].index_fill(-1, on[x.device], 0)
             return (x, *args[1:])
 
         return hook

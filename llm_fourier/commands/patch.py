@@ -1,19 +1,11 @@
 """``llm-fourier patch``: does the model use the helix? Helix activation patching.
 
-Kantamneni & Tegmark (2025) test the helix causally: fit it to the operand's states on
-training prompts at one (role, layer), then on held-out prompts replace the state at the
-operand's (last) token by the fit's point for the same number (``kept``: the fraction of the clean
-logit difference that survives, over mean ablation) or for another number a' (``moved``:
-how far the answer moves toward a' op b, as a fraction of patching in the real state of the
-prompt with a'). Beside the helix, baselines with as many parameters: a circle, a
-polynomial in a, the top PCA components and a helix fitted to shuffled numbers
-(``llm_fourier.analyses.patching``, ``probes.reconstruct``).
-
-Writes ``results.json``, ``patching.csv`` (one row per role, layer and method), ``fits.csv``,
-``pairs.csv`` (the counterfactual operands) and ``patching.png`` (fraction of the effect
-restored per layer). Every tokenizer: answers are scored whole (teacher-forced log p for the
-logit differences, greedy answers for accuracy). The training states and every finished
-(batch, patch) unit of the engine are kept in the run folder, so a killed run resumes.
+At each (role, layer) the operand's state is replaced by the helix fit (or a baseline with as
+many parameters) of the same number (``kept``) or of another one (``moved``); the metrics are
+defined in ``llm_fourier.analyses.patching``. Writes ``results.json``, ``patching.csv`` (one
+row per role, layer and method), ``fits.csv``, ``pairs.csv`` (the counterfactual operands)
+and ``patching.png``. The training states and every finished (batch, patch) unit of the
+engine are kept in the run folder, so a killed run resumes.
 """
 
 from __future__ import annotations
