@@ -6,26 +6,19 @@ its baselines with the same parameter count: circle, polynomial, top-PCA, shuffl
 
 * same: h(a) <- R(a). ``kept = (LD_same - LD_mean) / (LD_clean - LD_mean)``: 1 = the fit
   carries everything the model reads from that state, 0 = no more than the mean ablation
-  (h(a) <- the mean training state: the operand's information removed).
+  (h(a) <- the mean training state).
 * swap: h(a) <- R(a') for another operand a'. ``moved = (LD_mean - LD_swap) /
-  (LD_mean - LD_actual)``, where LD_actual patches the real state of the prompt with a' (the
-  paper's layer patch): 1 = the fit moves the answer as far as the real state does, 0 = no
-  further than removing a. (Measured from the clean run instead, a patch that merely
-  destroys a would score about 1/2.)
+  (LD_mean - LD_actual)``, where LD_actual patches in the real state of the prompt with a'
+  (the paper's layer patch): 1 = as far as the real state moves the answer, 0 = no further
+  than removing a. (Measured from the clean run, merely destroying a would score about 1/2.)
 
 ``LD = score(answer) - score(answer')`` with ``answer' = a' op b``, averaged over prompts
-(fractions are ratios of means; NaN where the denominator vanishes: the layer's state at that
-token does not reach the answer). Accuracies: of the answer under "same", and the fraction
-of prompts that then predict answer' under "swap". a' is drawn uniformly from the training
-numbers' range (a' != a, answer' within ``max_answer``). By default only prompts the model
-answers correctly are used (as the paper does).
-
-Answers are scored as ``ablate`` scores them: an answer's score is its teacher-forced
-log-probability (summed over its tokens; for single tokens the LD is the logit difference),
-predictions are the next token (single tokens) or greedy whole answers. Every patch is an
-engine condition (``Patch`` at the operand's last token); one pass per (role, layer) runs its
-mean, actual and per-method patches (and a teacher-forced one scores answer' where answers
-take several tokens).
+(fractions are ratios of means; NaN where the denominator vanishes). Accuracies: of the answer
+under "same", and the fraction of prompts predicting answer' under "swap". a' is drawn
+uniformly from the training numbers' range. By default only prompts the model answers
+correctly are used (as the paper does). Answers are scored as ``ablate`` scores them
+(teacher-forced log p, summed over tokens; next-token or greedy whole-answer predictions);
+one engine pass per (role, layer) runs its mean, actual and per-method patches.
 """
 
 from __future__ import annotations
@@ -180,18 +173,15 @@ def _summary(scores: np.ndarray, preds: np.ndarray, targets: np.ndarray) -> dict
 def _metrics(clean: dict, mean: dict, actual: dict, same: dict, swap: dict) -> dict:
     """The references (clean, mean and actual patches), then one method's fractions."""
     scale = abs(clean["ld"])
-    return {
-        "ld_clean": clean["ld"], "ld_mean": mean["ld"], "ld_actual": actual["ld"],
-        "accuracy_clean": clean["accuracy"], "accuracy_mean": mean["accuracy"],
-        "to_counterfactual_actual": actual["to_counterfactual"],
-        "kept": _ratio(same["ld"] - mean["ld"], clean["ld"] - mean["ld"], scale),
-        "moved": _ratio(mean["ld"] - swap["ld"], mean["ld"] - actual["ld"], scale),
-        "accuracy_same": same["accuracy"],
-        "accuracy_kept": _ratio(same["accuracy"] - mean["accuracy"],
-                                clean["accuracy"] - mean["accuracy"], 1.0),
-        "to_counterfactual": swap["to_counterfactual"],
-        "ld_same": same["ld"], "ld_swap": swap["ld"],
-    }
+    return {"ld_clean": clean["ld"], "ld_mean": mean["ld"], "ld_actual": actual["ld"],
+            "accuracy_clean": clean["accuracy"], "accuracy_mean": mean["accuracy"],
+            "to_counterfactual_actual": actual["to_counterfactual"],
+            "kept": _ratio(same["ld"] - mean["ld"], clean["ld"] - mean["ld"], scale),
+            "moved": _ratio(mean["ld"] - swap["ld"], mean["ld"] - actual["ld"], scale),
+            "accuracy_same": same["accuracy"], "accuracy_kept": _ratio(
+                same["accuracy"] - mean["accuracy"], clean["accuracy"] - mean["accuracy"], 1.0),
+            "to_counterfactual": swap["to_counterfactual"],
+            "ld_same": same["ld"], "ld_swap": swap["ld"]}
 
 
 def helix_patching(

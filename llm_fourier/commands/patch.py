@@ -14,12 +14,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from llm_fourier.analyses.ablation import PREDICTIONS
-from llm_fourier.analyses.hidden_states import ROLES, HiddenStates, collect
+from llm_fourier.analyses.hidden_states import ROLES
 from llm_fourier.analyses.patching import OPERANDS, helix_patching, patching_plot
 from llm_fourier.commands.base import Command, JobView, finish, section_table
+from llm_fourier.commands.hidden_units import collect_kept
 from llm_fourier.commands.options import (
     BatchOptions,
     ModelOptions,
@@ -81,18 +80,10 @@ class PatchSettings(ModelOptions, TaskOptions, SeedOptions, BatchOptions, Output
             raise self.fail("train_limit", f"must be at least 10 prompts to fit on, got "
                             f"{self.train_limit}")
 
-
-def _train_states(run: RunDir, lm, train, s: PatchSettings, layers: list[int]) -> HiddenStates:
-    """The training prompts' states at the operand, kept as a unit of the run."""
-    saved = run.load_unit("train-states")
-    if saved is not None:
-        return HiddenStates({r: saved[1][r].numpy() for r in s.roles}, layers, list(train),
-                            s.operand)
-    hs = collect(lm, train, token=s.operand, roles=s.roles, layers=layers,
-                 batch_size=s.batch_size, progress=not s.quiet)
-    run.save_unit("train-states", {"layers": layers},
-                  {r: torch.from_numpy(v) for r, v in hs.states.items()})
-    return hs
+    @property
+    def token(self) -> str:
+        """The token whose states are patched (``collect_kept`` reads it)."""
+        return self.operand
 
 
 class PatchCommand(Command):
@@ -130,7 +121,7 @@ class PatchCommand(Command):
             lm, train, test, space, operand=s.operand, op=s.op, roles=s.roles, layers=layers,
             periods=s.periods, methods=s.methods, mode=s.mode, pca_dim=s.pca_dim,
             prediction=s.prediction, correct_only=not s.all_prompts,
-            train_states=_train_states(run, lm, train, s, layers), seed=s.seed,
+            train_states=collect_kept(run, "train-states", lm, train, s, layers), seed=s.seed,
             batch_size=s.batch_size, progress=not s.quiet, store=run.store("patch")).as_dict()
         results = {"model": lm.name, "revision": s.revision, "task": task.settings,
                    "numbers": space.fmt.describe(), **out,
@@ -192,11 +183,9 @@ def best_rows(results: dict) -> list[dict]:
     for (role, method), rows in groups.items():
         row: dict = {"role": role, "method": method, "n_params": rows[0].get("n_params")}
         for key in ("kept", "moved"):
-            ok = [r for r in rows if isinstance(r.get(key), (int, float))
-                  and not math.isnan(r[key])]
-            best = max(ok, key=lambda r: r[key]) if ok else None
-            row[key] = best[key] if best else None
-            row[f"{key}_layer"] = best["layer"] if best else None
+            best = max((r for r in rows if isinstance(r.get(key), (int, float))
+                        and not math.isnan(r[key])), key=lambda r: r[key], default={})
+            row[key], row[f"{key}_layer"] = best.get(key), best.get("layer")
         r2 = [r["r2_heldout"] for r in rows if isinstance(r.get("r2_heldout"), (int, float))]
         row["mean r2_heldout"] = sum(r2) / len(r2) if r2 else None
         out.append(row)
