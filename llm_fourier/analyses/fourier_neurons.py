@@ -156,7 +156,6 @@ def neuron_spectra(
     basis_kind: str = "paper",
     periods: Sequence[float] = (),
     allow_post_norm: bool = False,
-    check: bool = True,
 ) -> NeuronSpectra:
     """Spectra of every neuron's direction read through the answers' readout, per layer.
     ``periods``: keep each neuron's energy at those periods' components (``top_neurons``)."""
@@ -180,8 +179,7 @@ def neuron_spectra(
     if len(set(ks)) < len(ks):
         raise UserError(f"periods {list(periods)} share a Fourier component of the "
                         f"{readout.kind} readout; choose periods further apart.")
-    if check:
-        check_projections(lm, layers)
+    check_projections(lm, layers)
     W = readout.W.to(torch.float64)
     F = torch.as_tensor(basis.matrix, dtype=torch.float64) @ W  # (1 + 2K) x D
     energy, norm = [], []
@@ -193,7 +191,7 @@ def neuron_spectra(
     e = np.stack(energy)  # L x (K + 1) x d_mlp
     nonconst, total = e[:, 1:].sum(1), e.sum(1)
     top = e[:, 1:].argmax(1) + 1
-    share = np.divide(np.take_along_axis(e, top[:, None], 1)[:, 0], nonconst,
+    share = np.divide(e[:, 1:].max(1), nonconst,
                       out=np.full(nonconst.shape, np.nan), where=nonconst > 0)
     constant = np.divide(e[:, 0], total, out=np.full(total.shape, np.nan), where=total > 0)
     return NeuronSpectra(basis, layers, np.where(nonconst > 0, top, 0), share, constant,
@@ -290,22 +288,18 @@ def knockout_table(
                            prediction=prediction, batch_size=batch_size, store=store,
                            progress=progress, desc="knockouts")
 
-    def result(name: str) -> dict:
-        return {"accuracy": got[name]["accuracy"], "loss": got[name]["loss"],
-                "neurons": conds[name][1]}
-
+    res = {name: {"accuracy": got[name]["accuracy"], "loss": got[name]["loss"],
+                  "neurons": neurons} for name, (_, neurons) in conds.items()}
     out = []
     for T in periods:
-        draws = [result(f"random-{float(T):g}-{d}") for d in range(n_random)]
+        draws = [res[f"random-{float(T):g}-{d}"] for d in range(n_random)]
         acc = np.array([x["accuracy"] for x in draws])
-        out.append({
-            "period": float(T), "component": spectra.basis.k_of_period(T),
-            "n_neurons": n_neurons, "top": result(f"top-{float(T):g}"),
-            "random": {**{f"accuracy_{s}": float(getattr(acc, s)())
-                          for s in ("mean", "std", "min", "max")},
-                       "loss_mean": float(np.mean([x["loss"] for x in draws])),
-                       "draws": draws},
-        })
+        out.append({"period": float(T), "component": spectra.basis.k_of_period(T),
+                    "n_neurons": n_neurons, "top": res[f"top-{float(T):g}"],
+                    "random": {**{f"accuracy_{s}": float(getattr(acc, s)())
+                                  for s in ("mean", "std", "min", "max")},
+                               "loss_mean": float(np.mean([x["loss"] for x in draws])),
+                               "draws": draws}})
     return {"baseline": {k: got["none"][k] for k in ("accuracy", "loss")}, "periods": out,
             "settings": {"layers": spectra.layers, "n_neurons": n_neurons,
                          "n_random": n_random, "seed": seed, "basis": spectra.basis.kind,

@@ -300,9 +300,8 @@ def patching_plot(rows: Sequence[dict], path: str | Path, title: str = "") -> Pa
     methods = list(dict.fromkeys(r["method"] for r in rows))
     fig, axes = plt.subplots(len(roles), 2, figsize=(10, 3.2 * len(roles)), squeeze=False)
     for i, role in enumerate(roles):
-        for j, (key, label) in enumerate([("kept", "same number: LD kept"),
-                                          ("moved", "other number: LD moved")]):
-            ax = axes[i, j]
+        for ax, (key, label) in zip(axes[i], [("kept", "same number: LD kept"),
+                                              ("moved", "other number: LD moved")]):
             for m in methods:
                 pts = sorted((r["layer"], r[key]) for r in rows
                              if r["role"] == role and r["method"] == m)

@@ -154,13 +154,13 @@ class PatchCommand(Command):
                              "(another number); tables/patching_best.csv.")
 
     def findings(self, job: JobView) -> list[str]:
-        rows = [r for r in best_rows(job.results) if r["method"] == "helix"]
+        table = best_rows(job.results)
+        rows = [r for r in table if r["method"] == "helix"]
         if not rows or rows[0].get("kept") is None:
             return []
         best = max(rows, key=lambda r: r["kept"] if r["kept"] is not None else -math.inf)
-        others = {r["method"]: r for r in best_rows(job.results)
-                  if r["role"] == best["role"] and r["method"] != "helix"}
-        beside = ", ".join(f"{m} {_pct(r.get('kept'))}" for m, r in others.items())
+        beside = ", ".join(f"{r['method']} {_pct(r['kept'])}" for r in table
+                           if r["role"] == best["role"] and r["method"] != "helix")
         operand = (job.results.get("settings") or {}).get("operand", "a")
         return [f"{job.id}: the helix fit of {operand} keeps up to {_pct(best['kept'])} of the "
                 f"logit difference ({best['role']}, layer {best['kept_layer']}"
