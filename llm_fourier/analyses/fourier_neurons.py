@@ -23,6 +23,7 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -70,10 +71,8 @@ def check_projections(lm, layers: Sequence[int]) -> None:
     a post-norm after the MLP in Gemma-2/3 and OLMo-2/3: the MLP itself is its sublayer."""
     got: dict[tuple[str, int], Tensor] = {}
 
-    def keep(key):
-        def hook(module, args, output):
-            got[key] = (output[0] if isinstance(output, (tuple, list)) else output).detach()
-        return hook
+    def keep(key, module, args, output) -> None:
+        got[key] = (output[0] if isinstance(output, (tuple, list)) else output).detach()
 
     @contextmanager
     def recording() -> Iterator[None]:
@@ -81,7 +80,7 @@ def check_projections(lm, layers: Sequence[int]) -> None:
             for i in layers:
                 for name, m in (("mlp", sublayer(lm.block(i), lm.roles, "mlp")),
                                 ("proj", output_projection(lm, i))):
-                    stack.callback(m.register_forward_hook(keep((name, i))).remove)
+                    stack.callback(m.register_forward_hook(partial(keep, (name, i))).remove)
             yield
 
     def differs(*_) -> list[int]:
@@ -241,25 +240,6 @@ def knockout(lm, neurons: dict[int, Sequence[int]], rows: slice = slice(None)
         yield
 
 
-def knockout_conditions(lm, spectra: NeuronSpectra, periods: Sequence[float],
-                        n_neurons: int, n_random: int = 5, seed: int = 0
-                        ) -> dict[str, tuple[Condition, dict[int, list[int]]]]:
-    """Per name: the engine condition knocking out the neurons it names (at the answer
-    positions) and those neurons: "none", then per period ``top-T`` and ``random-T-d``."""
-    if n_random < 1:
-        raise UserError(f"n_random must be at least 1, got {n_random}.")
-    chosen: dict[str, dict[int, list[int]]] = {"none": {}}
-    for j, T in enumerate(periods):
-        top = chosen[f"top-{float(T):g}"] = top_neurons(spectra, T, n_neurons)
-        for d in range(n_random):  # as many uniform draws from each layer as ``top`` has
-            rng = np.random.default_rng([seed, j, d])
-            chosen[f"random-{float(T):g}-{d}"] = {layer: sorted(
-                int(i) for i in rng.choice(spectra.top_k.shape[1], len(idx), replace=False))
-                for layer, idx in top.items()}
-    return {name: (Condition(name, row_hooks=lambda rows, sel=sel: knockout(lm, sel, rows)),
-                   sel) for name, sel in chosen.items()}
-
-
 def knockout_table(
     lm,
     examples: Sequence,
@@ -283,13 +263,22 @@ def knockout_table(
     if spectra is None:
         spectra = neuron_spectra(lm, target, layers, basis_kind=basis_kind, periods=periods,
                                  allow_post_norm=allow_post_norm)
-    conds = knockout_conditions(lm, spectra, periods, n_neurons, n_random, seed)
-    got = score_conditions(lm, examples, answer_target(target), [c for c, _ in conds.values()],
-                           prediction=prediction, batch_size=batch_size, store=store,
-                           progress=progress, desc="knockouts")
-
+    if n_random < 1:
+        raise UserError(f"n_random must be at least 1, got {n_random}.")
+    chosen: dict[str, dict[int, list[int]]] = {"none": {}}  # the neurons of each knockout
+    for j, T in enumerate(periods):
+        top = chosen[f"top-{float(T):g}"] = top_neurons(spectra, T, n_neurons)
+        for d in range(n_random):  # as many uniform draws from each layer as ``top`` has
+            rng = np.random.default_rng([seed, j, d])
+            chosen[f"random-{float(T):g}-{d}"] = {layer: sorted(
+                int(i) for i in rng.choice(spectra.top_k.shape[1], len(idx), replace=False))
+                for layer, idx in top.items()}
+    conds = [Condition(name, row_hooks=partial(knockout, lm, sel)) for name, sel in chosen.items()]
+    got = score_conditions(lm, examples, answer_target(target), conds, prediction=prediction,
+                           batch_size=batch_size, store=store, progress=progress,
+                           desc="knockouts")
     res = {name: {"accuracy": got[name]["accuracy"], "loss": got[name]["loss"],
-                  "neurons": neurons} for name, (_, neurons) in conds.items()}
+                  "neurons": sel} for name, sel in chosen.items()}
     out = []
     for T in periods:
         draws = [res[f"random-{float(T):g}-{d}"] for d in range(n_random)]
