@@ -207,12 +207,10 @@ def helix_patching(
     store: Store | None = None,
 ) -> PatchResult:
     """Fit the reconstructions on ``train`` prompts' operand states at each (role, layer) and
-    patch them into the ``test`` prompts (see the module docstring for the metrics).
-    ``target``: the answers' space (or their single-token numbers / number format; the
-    counterfactual answers stay within its largest answer). ``train_states``: states of
-    ``train`` at the operand's token already collected (``hidden_states.collect``).
-    ``store`` keeps the engine's (batch, condition) units (resume).
-    """
+    patch them into the ``test`` prompts (metrics: the module doc). ``target``: the answers'
+    space (or single-token numbers / number format), which bounds the counterfactual answers.
+    ``train_states``: ``train``'s states at the operand, if collected already (``collect``);
+    ``store`` keeps the engine's (batch, condition) units (resume)."""
     if mode not in MODES:
         raise UserError(f"mode must be one of {', '.join(MODES)}, got {mode!r}.")
     bad = [m for m in methods if m not in METHODS]

@@ -19,8 +19,6 @@ def neuron_period_heatmap(spectra: Any, path: str | Path, min_share: float = 0.5
     """Neurons per top component (rows, k = 1..K) and layer (columns), counting those whose
     top component holds at least ``min_share`` of their non-constant energy."""
     plt = pyplot()
-    from matplotlib.ticker import MaxNLocator
-
     counts = spectra.counts(min_share)
     fig, ax = plt.subplots(figsize=(max(4, 0.25 * counts.shape[1] + 3), 4))
     im = ax.imshow(counts, aspect="auto", origin="lower", interpolation="nearest",
@@ -28,7 +26,6 @@ def neuron_period_heatmap(spectra: Any, path: str | Path, min_share: float = 0.5
     fig.colorbar(im, ax=ax, label=f"neurons (share >= {min_share:g})", pad=0.16)
     ax.set(xlabel="layer index", ylabel="top Fourier component k",
            title=title or "Fourier neurons per component and layer")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xticks(range(len(spectra.layers)), labels=[str(i) for i in spectra.layers])
     basis = spectra.basis
     marks = {k: f"T={T:g}" for T in MARKED_PERIODS if 1 <= (k := basis.k_of_period(T))
