@@ -220,23 +220,18 @@ def knockout(lm, neurons: dict[int, Sequence[int]], rows: slice = slice(None)
              ) -> Iterator[None]:
     """Zero the activations of ``neurons`` ({layer: indices}) at every position of the
     batch ``rows`` (all by default)."""
-    def zeroing(index: Tensor):
-        on: dict = {}  # index per device, copied once
-
-        def hook(module, args):
-            x = args[0].clone()
-            if x.device not in on:
-                on[x.device] = index.to(x.device)
-            x[rows] = x[rows].index_fill(-1, on[x.device], 0)
-            return (x, *args[1:])
-
-        return hook
+    def zero(index: Tensor, on: dict, module, args):  # on: the index per device, copied once
+        x = args[0].clone()
+        if x.device not in on:
+            on[x.device] = index.to(x.device)
+        x[rows] = x[rows].index_fill(-1, on[x.device], 0)
+        return (x, *args[1:])
 
     with ExitStack() as stack:
         for layer, idx in neurons.items():
             if len(idx):
-                stack.callback(output_projection(lm, layer).register_forward_pre_hook(
-                    zeroing(torch.as_tensor(list(idx), dtype=torch.long))).remove)
+                stack.callback(output_projection(lm, layer).register_forward_pre_hook(partial(
+                    zero, torch.as_tensor(list(idx), dtype=torch.long), {})).remove)
         yield
 
 

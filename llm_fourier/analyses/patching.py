@@ -51,7 +51,6 @@ from llm_fourier.output.progress import tqdm
 from probes.reconstruct import METHODS, MODES, fit_reconstructions
 
 OPERANDS = ("a", "b")
-Target = AnswerSpace | NumberTokens | NumberFormat
 
 
 def counterfactuals(examples: Sequence[Example], operand: str, op: str, lo: int, hi: int,
@@ -188,7 +187,7 @@ def helix_patching(
     lm,
     train: Sequence[Example],
     test: Sequence[Example],
-    target: Target,
+    target: AnswerSpace | NumberTokens | NumberFormat,
     *,
     operand: str = "a",
     op: str = "+",
