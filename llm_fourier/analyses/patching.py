@@ -144,7 +144,8 @@ class _Scorer:
                                         else np.full(len(batch.rows), -1))}
 
     def run(self, conditions: Sequence[Condition], store: Store | None) -> dict[str, dict]:
-        """Per condition: mean LD, accuracy and hits of answer'."""
+        """Per condition: mean LD (answer minus answer'), accuracy (and which prompts hit)
+        and the fraction of prompts predicting answer'."""
         units = Engine(self.lm, self.prompts).run(conditions, self._reduce, store=store,
                                                   progress=False, greedy=self.greedy,
                                                   answers=not self.single)
@@ -156,17 +157,15 @@ class _Scorer:
         def scattered(name: str, key: str) -> np.ndarray:  # the batches share their rows
             return self.prompts.scatter([u[key] for u in units[name]])
 
-        return {c.name: _summary(np.concatenate([scattered(n, "scores") for n in
-                                                 (c.name, f"{c.name}'") if n in units], 1),
-                                 scattered(c.name, "pred"), self.targets) for c in conditions}
-
-
-def _summary(scores: np.ndarray, preds: np.ndarray, targets: np.ndarray) -> dict:
-    """Mean logit difference (answer minus counterfactual answer) and hit rates."""
-    return {"ld": float((scores[:, 0] - scores[:, 1]).mean()),
-            "accuracy": float((preds == targets[:, 0]).mean()),
-            "to_counterfactual": float((preds == targets[:, 1]).mean()),
-            "hits": preds == targets[:, 0]}
+        out = {}
+        for c in conditions:
+            scores = np.concatenate([scattered(n, "scores") for n in (c.name, f"{c.name}'")
+                                     if n in units], 1)
+            hits = scattered(c.name, "pred")[:, None] == self.targets  # answer, answer'
+            out[c.name] = {"ld": float((scores[:, 0] - scores[:, 1]).mean()),
+                           "accuracy": float(hits[:, 0].mean()),
+                           "to_counterfactual": float(hits[:, 1].mean()), "hits": hits[:, 0]}
+        return out
 
 
 def _metrics(clean: dict, mean: dict, actual: dict, same: dict, swap: dict) -> dict:
