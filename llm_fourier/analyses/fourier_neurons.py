@@ -1,25 +1,20 @@
 """Fourier neurons of an LLM's MLPs: spectra of their output directions, and knockouts.
 
-A neuron's output direction w_i is its column of the MLP's output projection (the roles
-table's ``mlp_proj``, ``architectures.ROLES``, else the last Linear/Conv1D inside the MLP
-writing d_model; GPT-2's ``Conv1D`` stores d_mlp x D, so there w_i is row i).
-``check_projections`` refuses a model whose MLP output is not that projection's output (a
-mixture of experts, an extra scale): the directions would mean nothing.
+A neuron's output direction w_i is its column of the MLP's output projection (``mlp_proj`` of
+``architectures.ROLES``, else the last Linear/Conv1D inside the MLP writing d_model; GPT-2's
+``Conv1D`` stores d_mlp x D, so there w_i is row i). ``check_projections`` refuses a model
+whose MLP output is not that projection's output (a mixture of experts, an extra scale).
 
-Read through the answers' readout, ``v_i = W_U[numbers] w_i`` (``W_U[digits 0..9]`` with the
-DFT over ten points where the tokenizer splits numbers; no final norm, as ``lens`` and the
-filters), a neuron's spectrum gives its top component k >= 1, its share of the non-constant
-energy, and the constant's share of the total. Blocks that normalise the MLP output before
-adding it (Gemma 2/3, OLMo 2/3: ``post_feedforward_layernorm``) scale it by the norm's gain
-and a data-dependent 1/rms, so a neuron's effect is not ``v_i``: they are refused unless
-``allow_post_norm`` (the spectrum is then of the direction before the norm; the knockout
-stays exact).
+Read through the answers' readout, ``v_i = W_U[numbers] w_i`` (``W_U[digits 0..9]``, DFT over
+ten points, where the tokenizer splits numbers; no final norm, as ``lens``), a neuron's
+spectrum gives its top component k >= 1, its share of the non-constant energy, and the
+constant's share of the total. Blocks that normalise the MLP output before adding it (Gemma
+2/3, OLMo 2/3) scale it by the norm's gain and a data-dependent 1/rms: they are refused unless
+``allow_post_norm`` (the spectrum is then of the direction before the norm).
 
-``knockout`` zeroes chosen neurons' activations (a pre-hook on the projection);
-``knockout_table`` compares the top-k neurons of a period (by energy at its component,
-pooled over the chosen layers) with random draws of as many neurons from each of the same
-layers, every knockout a condition of one engine pass (at the answer positions, on the
-unedited prompt prefix), scored as ``ablate`` scores answers.
+``knockout_table`` zeroes (``knockout``) the top-k neurons of a period (by energy at its
+component, pooled over the layers) beside random draws of as many neurons from each of the
+same layers, each a condition of one engine pass scored as ``ablate`` scores answers.
 """
 
 from __future__ import annotations
@@ -28,6 +23,7 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -75,10 +71,8 @@ def check_projections(lm, layers: Sequence[int]) -> None:
     a post-norm after the MLP in Gemma-2/3 and OLMo-2/3: the MLP itself is its sublayer."""
     got: dict[tuple[str, int], Tensor] = {}
 
-    def keep(key):
-        def hook(module, args, output):
-            got[key] = (output[0] if isinstance(output, (tuple, list)) else output).detach()
-        return hook
+    def keep(key, module, args, output) -> None:
+        got[key] = (output[0] if isinstance(output, (tuple, list)) else output).detach()
 
     @contextmanager
     def recording() -> Iterator[None]:
@@ -86,7 +80,7 @@ def check_projections(lm, layers: Sequence[int]) -> None:
             for i in layers:
                 for name, m in (("mlp", sublayer(lm.block(i), lm.roles, "mlp")),
                                 ("proj", output_projection(lm, i))):
-                    stack.callback(m.register_forward_hook(keep((name, i))).remove)
+                    stack.callback(m.register_forward_hook(partial(keep, (name, i))).remove)
             yield
 
     def differs(*_) -> list[int]:
@@ -126,15 +120,13 @@ class NeuronSpectra:
 
     def table(self, min_share: float = 0.0) -> list[dict]:
         """One row per neuron whose share is at least ``min_share``."""
-        rows = []
-        for li, layer in enumerate(self.layers):
-            for i in np.flatnonzero(np.nan_to_num(self.share[li], nan=-1) >= min_share):
-                k = int(self.top_k[li, i])
-                rows.append({"layer": layer, "neuron": int(i), "k": k,
-                             "period": float(self.period(k)), "share": float(self.share[li, i]),
-                             "constant_share": float(self.constant_share[li, i]),
-                             "logit_norm": float(self.logit_norm[li, i])})
-        return rows
+        return [{"layer": layer, "neuron": int(i), "k": int(self.top_k[li, i]),
+                 "period": float(self.period(self.top_k[li, i])),
+                 "share": float(self.share[li, i]),
+                 "constant_share": float(self.constant_share[li, i]),
+                 "logit_norm": float(self.logit_norm[li, i])}
+                for li, layer in enumerate(self.layers)
+                for i in np.flatnonzero(np.nan_to_num(self.share[li], nan=-1) >= min_share)]
 
     def counts(self, min_share: float = 0.5) -> np.ndarray:
         """K x L: neurons whose top component is k (row k - 1) with share >= ``min_share``."""
@@ -146,15 +138,13 @@ class NeuronSpectra:
     def summary(self, min_share: float = 0.5, top: int = 5) -> list[dict]:
         """Per layer: neurons, Fourier neurons (share >= ``min_share``), their top periods."""
         counts = self.counts(min_share)
-        rows = []
-        for li, layer in enumerate(self.layers):
-            order = [k for k in np.argsort(-counts[:, li], kind="stable")[:top] if counts[k, li]]
-            rows.append({"layer": layer, "n_neurons": int(self.top_k.shape[1]),
-                         "n_fourier": int(counts[:, li].sum()),
-                         "top_periods": [{"k": int(k + 1),
-                                          "period": float(self.basis.period(k + 1)),
-                                          "n": int(counts[k, li])} for k in order]})
-        return rows
+        return [{"layer": layer, "n_neurons": int(self.top_k.shape[1]),
+                 "n_fourier": int(counts[:, li].sum()),
+                 "top_periods": [{"k": int(k + 1), "period": float(self.basis.period(k + 1)),
+                                  "n": int(counts[k, li])}
+                                 for k in np.argsort(-counts[:, li], kind="stable")[:top]
+                                 if counts[k, li]]}
+                for li, layer in enumerate(self.layers)]
 
 
 def neuron_spectra(
@@ -165,7 +155,6 @@ def neuron_spectra(
     basis_kind: str = "paper",
     periods: Sequence[float] = (),
     allow_post_norm: bool = False,
-    check: bool = True,
 ) -> NeuronSpectra:
     """Spectra of every neuron's direction read through the answers' readout, per layer.
     ``periods``: keep each neuron's energy at those periods' components (``top_neurons``)."""
@@ -189,8 +178,7 @@ def neuron_spectra(
     if len(set(ks)) < len(ks):
         raise UserError(f"periods {list(periods)} share a Fourier component of the "
                         f"{readout.kind} readout; choose periods further apart.")
-    if check:
-        check_projections(lm, layers)
+    check_projections(lm, layers)
     W = readout.W.to(torch.float64)
     F = torch.as_tensor(basis.matrix, dtype=torch.float64) @ W  # (1 + 2K) x D
     energy, norm = [], []
@@ -202,7 +190,7 @@ def neuron_spectra(
     e = np.stack(energy)  # L x (K + 1) x d_mlp
     nonconst, total = e[:, 1:].sum(1), e.sum(1)
     top = e[:, 1:].argmax(1) + 1
-    share = np.divide(np.take_along_axis(e, top[:, None], 1)[:, 0], nonconst,
+    share = np.divide(e[:, 1:].max(1), nonconst,
                       out=np.full(nonconst.shape, np.nan), where=nonconst > 0)
     constant = np.divide(e[:, 0], total, out=np.full(total.shape, np.nan), where=total > 0)
     return NeuronSpectra(basis, layers, np.where(nonconst > 0, top, 0), share, constant,
@@ -221,60 +209,30 @@ def top_neurons(spectra: NeuronSpectra, period: float, k: int) -> dict[int, list
     if not 1 <= k <= energy.size:
         raise UserError(f"k must lie in 1..{energy.size} (the neurons of the chosen layers), "
                         f"got {k}.")
-    flat = np.argsort(-energy, axis=None, kind="stable")[:k]
-    rows, cols = np.unravel_index(flat, energy.shape)
-    out: dict[int, list[int]] = {}
-    for r, c in zip(rows, cols):
-        out.setdefault(spectra.layers[int(r)], []).append(int(c))
-    return {layer: sorted(v) for layer, v in sorted(out.items())}
+    picked = np.zeros(energy.shape, dtype=bool)
+    picked.flat[np.argsort(-energy, axis=None, kind="stable")[:k]] = True
+    return {layer: np.flatnonzero(row).tolist() for layer, row in zip(spectra.layers, picked)
+            if row.any()}
 
 
 @contextmanager
-def knockout(lm, neurons: dict[int, Sequence[int]], rows: slice | None = None
+def knockout(lm, neurons: dict[int, Sequence[int]], rows: slice = slice(None)
              ) -> Iterator[None]:
-    """Zero the activations of ``neurons`` ({layer: indices}) at every position (of the
-    batch ``rows`` only, when given)."""
-    def zeroing(index: Tensor):
-        on: dict = {}  # index per device, copied once
-
-        def hook(module, args):
-            x = args[0]
-            if x.device not in on:
-                on[x.device] = index.to(x.device)
-            i = on[x.device]
-            if rows is None:
-                return (x.index_fill(-1, i, 0), *args[1:])
-            x = x.clone()
-            x[rows] = x[rows].index_fill(-1, i, 0)
-            return (x, *args[1:])
-
-        return hook
+    """Zero the activations of ``neurons`` ({layer: indices}) at every position of the
+    batch ``rows`` (all by default)."""
+    def zero(index: Tensor, on: dict, module, args):  # on: the index per device, copied once
+        x = args[0].clone()
+        if x.device not in on:
+            on[x.device] = index.to(x.device)
+        x[rows] = x[rows].index_fill(-1, on[x.device], 0)
+        return (x, *args[1:])
 
     with ExitStack() as stack:
         for layer, idx in neurons.items():
             if len(idx):
-                stack.callback(output_projection(lm, layer).register_forward_pre_hook(
-                    zeroing(torch.as_tensor(list(idx), dtype=torch.long))).remove)
+                stack.callback(output_projection(lm, layer).register_forward_pre_hook(partial(
+                    zero, torch.as_tensor(list(idx), dtype=torch.long), {})).remove)
         yield
-
-
-def knockout_conditions(lm, spectra: NeuronSpectra, periods: Sequence[float],
-                        n_neurons: int, n_random: int = 5, seed: int = 0
-                        ) -> dict[str, tuple[Condition, dict[int, list[int]]]]:
-    """Per name: the engine condition knocking out the neurons it names (at the answer
-    positions) and those neurons: "none", then per period ``top-T`` and ``random-T-d``."""
-    if n_random < 1:
-        raise UserError(f"n_random must be at least 1, got {n_random}.")
-    chosen: dict[str, dict[int, list[int]]] = {"none": {}}
-    for j, T in enumerate(periods):
-        top = chosen[f"top-{float(T):g}"] = top_neurons(spectra, T, n_neurons)
-        for d in range(n_random):  # as many uniform draws from each layer as ``top`` has
-            rng = np.random.default_rng([seed, j, d])
-            chosen[f"random-{float(T):g}-{d}"] = {layer: sorted(
-                int(i) for i in rng.choice(spectra.top_k.shape[1], len(idx), replace=False))
-                for layer, idx in top.items()}
-    return {name: (Condition(name, row_hooks=lambda rows, sel=sel: knockout(lm, sel, rows)),
-                   sel) for name, sel in chosen.items()}
 
 
 def knockout_table(
@@ -300,27 +258,32 @@ def knockout_table(
     if spectra is None:
         spectra = neuron_spectra(lm, target, layers, basis_kind=basis_kind, periods=periods,
                                  allow_post_norm=allow_post_norm)
-    conds = knockout_conditions(lm, spectra, periods, n_neurons, n_random, seed)
-    got = score_conditions(lm, examples, answer_target(target), [c for c, _ in conds.values()],
-                           prediction=prediction, batch_size=batch_size, store=store,
-                           progress=progress, desc="knockouts")
-
-    def result(name: str) -> dict:
-        return {"accuracy": got[name]["accuracy"], "loss": got[name]["loss"],
-                "neurons": conds[name][1]}
-
+    if n_random < 1:
+        raise UserError(f"n_random must be at least 1, got {n_random}.")
+    chosen: dict[str, dict[int, list[int]]] = {"none": {}}  # the neurons of each knockout
+    for j, T in enumerate(periods):
+        top = chosen[f"top-{float(T):g}"] = top_neurons(spectra, T, n_neurons)
+        for d in range(n_random):  # as many uniform draws from each layer as ``top`` has
+            rng = np.random.default_rng([seed, j, d])
+            chosen[f"random-{float(T):g}-{d}"] = {layer: sorted(
+                int(i) for i in rng.choice(spectra.top_k.shape[1], len(idx), replace=False))
+                for layer, idx in top.items()}
+    conds = [Condition(name, row_hooks=partial(knockout, lm, sel)) for name, sel in chosen.items()]
+    got = score_conditions(lm, examples, answer_target(target), conds, prediction=prediction,
+                           batch_size=batch_size, store=store, progress=progress,
+                           desc="knockouts")
+    res = {name: {"accuracy": got[name]["accuracy"], "loss": got[name]["loss"],
+                  "neurons": sel} for name, sel in chosen.items()}
     out = []
     for T in periods:
-        draws = [result(f"random-{float(T):g}-{d}") for d in range(n_random)]
+        draws = [res[f"random-{float(T):g}-{d}"] for d in range(n_random)]
         acc = np.array([x["accuracy"] for x in draws])
-        out.append({
-            "period": float(T), "component": spectra.basis.k_of_period(T),
-            "n_neurons": n_neurons, "top": result(f"top-{float(T):g}"),
-            "random": {**{f"accuracy_{s}": float(getattr(acc, s)())
-                          for s in ("mean", "std", "min", "max")},
-                       "loss_mean": float(np.mean([x["loss"] for x in draws])),
-                       "draws": draws},
-        })
+        out.append({"period": float(T), "component": spectra.basis.k_of_period(T),
+                    "n_neurons": n_neurons, "top": res[f"top-{float(T):g}"],
+                    "random": {**{f"accuracy_{s}": float(getattr(acc, s)())
+                                  for s in ("mean", "std", "min", "max")},
+                               "loss_mean": float(np.mean([x["loss"] for x in draws])),
+                               "draws": draws}})
     return {"baseline": {k: got["none"][k] for k in ("accuracy", "loss")}, "periods": out,
             "settings": {"layers": spectra.layers, "n_neurons": n_neurons,
                          "n_random": n_random, "seed": seed, "basis": spectra.basis.kind,

@@ -6,26 +6,19 @@ its baselines with the same parameter count: circle, polynomial, top-PCA, shuffl
 
 * same: h(a) <- R(a). ``kept = (LD_same - LD_mean) / (LD_clean - LD_mean)``: 1 = the fit
   carries everything the model reads from that state, 0 = no more than the mean ablation
-  (h(a) <- the mean training state: the operand's information removed).
+  (h(a) <- the mean training state).
 * swap: h(a) <- R(a') for another operand a'. ``moved = (LD_mean - LD_swap) /
-  (LD_mean - LD_actual)``, where LD_actual patches the real state of the prompt with a' (the
-  paper's layer patch): 1 = the fit moves the answer as far as the real state does, 0 = no
-  further than removing a. (Measured from the clean run instead, a patch that merely
-  destroys a would score about 1/2.)
+  (LD_mean - LD_actual)``, where LD_actual patches in the real state of the prompt with a'
+  (the paper's layer patch): 1 = as far as the real state moves the answer, 0 = no further
+  than removing a. (Measured from the clean run, merely destroying a would score about 1/2.)
 
 ``LD = score(answer) - score(answer')`` with ``answer' = a' op b``, averaged over prompts
-(fractions are ratios of means; NaN where the denominator vanishes: the layer's state at that
-token does not reach the answer). Accuracies: of the answer under "same", and the fraction
-of prompts that then predict answer' under "swap". a' is drawn uniformly from the training
-numbers' range (a' != a, answer' within ``max_answer``). By default only prompts the model
-answers correctly are used (as the paper does).
-
-Answers are scored as ``ablate`` scores them: an answer's score is its teacher-forced
-log-probability (summed over its tokens; for single tokens the LD is the logit difference),
-predictions are the next token (single tokens) or greedy whole answers. Every patch is an
-engine condition (``Patch`` at the operand's last token); one pass per (role, layer) runs its
-mean, actual and per-method patches (and a teacher-forced one scores answer' where answers
-take several tokens).
+(fractions are ratios of means; NaN where the denominator vanishes). Accuracies: of the answer
+under "same", and the fraction of prompts predicting answer' under "swap". a' is drawn
+uniformly from the training numbers' range. By default only prompts the model answers
+correctly are used (as the paper does). Answers are scored as ``ablate`` scores them
+(teacher-forced log p, summed over tokens; next-token or greedy whole-answer predictions);
+one engine pass per (role, layer) runs its mean, actual and per-method patches.
 """
 
 from __future__ import annotations
@@ -58,7 +51,6 @@ from llm_fourier.output.progress import tqdm
 from probes.reconstruct import METHODS, MODES, fit_reconstructions
 
 OPERANDS = ("a", "b")
-Target = AnswerSpace | NumberTokens | NumberFormat
 
 
 def counterfactuals(examples: Sequence[Example], operand: str, op: str, lo: int, hi: int,
@@ -152,7 +144,8 @@ class _Scorer:
                                         else np.full(len(batch.rows), -1))}
 
     def run(self, conditions: Sequence[Condition], store: Store | None) -> dict[str, dict]:
-        """Per condition: mean LD, accuracy and hits of answer'."""
+        """Per condition: mean LD (answer minus answer'), accuracy (and which prompts hit)
+        and the fraction of prompts predicting answer'."""
         units = Engine(self.lm, self.prompts).run(conditions, self._reduce, store=store,
                                                   progress=False, greedy=self.greedy,
                                                   answers=not self.single)
@@ -164,41 +157,36 @@ class _Scorer:
         def scattered(name: str, key: str) -> np.ndarray:  # the batches share their rows
             return self.prompts.scatter([u[key] for u in units[name]])
 
-        return {c.name: _summary(np.concatenate([scattered(n, "scores") for n in
-                                                 (c.name, f"{c.name}'") if n in units], 1),
-                                 scattered(c.name, "pred"), self.targets) for c in conditions}
-
-
-def _summary(scores: np.ndarray, preds: np.ndarray, targets: np.ndarray) -> dict:
-    """Mean logit difference (answer minus counterfactual answer) and hit rates."""
-    return {"ld": float((scores[:, 0] - scores[:, 1]).mean()),
-            "accuracy": float((preds == targets[:, 0]).mean()),
-            "to_counterfactual": float((preds == targets[:, 1]).mean()),
-            "hits": preds == targets[:, 0]}
+        out = {}
+        for c in conditions:
+            scores = np.concatenate([scattered(n, "scores") for n in (c.name, f"{c.name}'")
+                                     if n in units], 1)
+            hits = scattered(c.name, "pred")[:, None] == self.targets  # answer, answer'
+            out[c.name] = {"ld": float((scores[:, 0] - scores[:, 1]).mean()),
+                           "accuracy": float(hits[:, 0].mean()),
+                           "to_counterfactual": float(hits[:, 1].mean()), "hits": hits[:, 0]}
+        return out
 
 
 def _metrics(clean: dict, mean: dict, actual: dict, same: dict, swap: dict) -> dict:
     """The references (clean, mean and actual patches), then one method's fractions."""
     scale = abs(clean["ld"])
-    return {
-        "ld_clean": clean["ld"], "ld_mean": mean["ld"], "ld_actual": actual["ld"],
-        "accuracy_clean": clean["accuracy"], "accuracy_mean": mean["accuracy"],
-        "to_counterfactual_actual": actual["to_counterfactual"],
-        "kept": _ratio(same["ld"] - mean["ld"], clean["ld"] - mean["ld"], scale),
-        "moved": _ratio(mean["ld"] - swap["ld"], mean["ld"] - actual["ld"], scale),
-        "accuracy_same": same["accuracy"],
-        "accuracy_kept": _ratio(same["accuracy"] - mean["accuracy"],
-                                clean["accuracy"] - mean["accuracy"], 1.0),
-        "to_counterfactual": swap["to_counterfactual"],
-        "ld_same": same["ld"], "ld_swap": swap["ld"],
-    }
+    return {"ld_clean": clean["ld"], "ld_mean": mean["ld"], "ld_actual": actual["ld"],
+            "accuracy_clean": clean["accuracy"], "accuracy_mean": mean["accuracy"],
+            "to_counterfactual_actual": actual["to_counterfactual"],
+            "kept": _ratio(same["ld"] - mean["ld"], clean["ld"] - mean["ld"], scale),
+            "moved": _ratio(mean["ld"] - swap["ld"], mean["ld"] - actual["ld"], scale),
+            "accuracy_same": same["accuracy"], "accuracy_kept": _ratio(
+                same["accuracy"] - mean["accuracy"], clean["accuracy"] - mean["accuracy"], 1.0),
+            "to_counterfactual": swap["to_counterfactual"],
+            "ld_same": same["ld"], "ld_swap": swap["ld"]}
 
 
 def helix_patching(
     lm,
     train: Sequence[Example],
     test: Sequence[Example],
-    target: Target,
+    target: AnswerSpace | NumberTokens | NumberFormat,
     *,
     operand: str = "a",
     op: str = "+",
@@ -217,12 +205,10 @@ def helix_patching(
     store: Store | None = None,
 ) -> PatchResult:
     """Fit the reconstructions on ``train`` prompts' operand states at each (role, layer) and
-    patch them into the ``test`` prompts (see the module docstring for the metrics).
-    ``target``: the answers' space (or their single-token numbers / number format; the
-    counterfactual answers stay within its largest answer). ``train_states``: states of
-    ``train`` at the operand's token already collected (``hidden_states.collect``).
-    ``store`` keeps the engine's (batch, condition) units (resume).
-    """
+    patch them into the ``test`` prompts (metrics: the module doc). ``target``: the answers'
+    space (or single-token numbers / number format), which bounds the counterfactual answers.
+    ``train_states``: ``train``'s states at the operand, if collected already (``collect``);
+    ``store`` keeps the engine's (batch, condition) units (resume)."""
     if mode not in MODES:
         raise UserError(f"mode must be one of {', '.join(MODES)}, got {mode!r}.")
     bad = [m for m in methods if m not in METHODS]
@@ -310,9 +296,8 @@ def patching_plot(rows: Sequence[dict], path: str | Path, title: str = "") -> Pa
     methods = list(dict.fromkeys(r["method"] for r in rows))
     fig, axes = plt.subplots(len(roles), 2, figsize=(10, 3.2 * len(roles)), squeeze=False)
     for i, role in enumerate(roles):
-        for j, (key, label) in enumerate([("kept", "same number: LD kept"),
-                                          ("moved", "other number: LD moved")]):
-            ax = axes[i, j]
+        for ax, (key, label) in zip(axes[i], [("kept", "same number: LD kept"),
+                                              ("moved", "other number: LD moved")]):
             for m in methods:
                 pts = sorted((r["layer"], r[key]) for r in rows
                              if r["role"] == role and r["method"] == m)

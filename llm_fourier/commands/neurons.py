@@ -1,20 +1,12 @@
 """``llm-fourier neurons``: Fourier neurons of an LLM's MLPs, and what knocking them out does.
 
-For each chosen MLP layer, every neuron's output direction is read through ``W_U[numbers]``
-(numbers 0..max answer of the task) and transformed to the Fourier basis: its top component
-k (period T), that component's share of the non-constant energy, the constant's share and
-the readout norm (``llm_fourier.analyses.fourier_neurons``). Neurons whose top share is at least
-``--min-share`` count as Fourier neurons of that period. Then, unless ``--no-knockout``,
-the task accuracy with the ``--n-neurons`` neurons that write most energy at each of
-``--periods`` zeroed (pooled over the chosen layers), beside ``--n-random`` draws of as many
-random neurons from each of the same layers.
-
-Writes ``results.json``, ``neurons.csv`` (one row per neuron with share >= --min-share),
-``knockout.csv``, ``neurons.png`` (neurons per component and layer) and ``knockout.png``.
-Every knockout (the baseline, each period's top neurons and random draws) is a condition of
-one engine pass, knocked out at the answer positions; whole answers are scored as ``ablate``
-scores them, and directions are read through the digit readout where numbers split. Each
-finished (batch, condition) is kept in the run folder, so a killed run resumes there.
+Each chosen MLP layer's neurons: the spectrum of the output direction read through the
+answers' readout (``llm_fourier.analyses.fourier_neurons``); those whose top share is at
+least ``--min-share`` are Fourier neurons of that period. Then, unless ``--no-knockout``, the
+accuracy with each of ``--periods``' top ``--n-neurons`` neurons zeroed, beside
+``--n-random`` draws of as many random neurons of the same layers. Writes ``results.json``,
+``neurons.csv`` (neurons with share >= --min-share), ``knockout.csv``, ``neurons.png`` and
+``knockout.png``; every finished (batch, knockout) unit is kept, so a killed run resumes.
 """
 
 from __future__ import annotations

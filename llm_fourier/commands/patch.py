@@ -1,19 +1,11 @@
 """``llm-fourier patch``: does the model use the helix? Helix activation patching.
 
-Kantamneni & Tegmark (2025) test the helix causally: fit it to the operand's states on
-training prompts at one (role, layer), then on held-out prompts replace the state at the
-operand's (last) token by the fit's point for the same number (``kept``: the fraction of the clean
-logit difference that survives, over mean ablation) or for another number a' (``moved``:
-how far the answer moves toward a' op b, as a fraction of patching in the real state of the
-prompt with a'). Beside the helix, baselines with as many parameters: a circle, a
-polynomial in a, the top PCA components and a helix fitted to shuffled numbers
-(``llm_fourier.analyses.patching``, ``probes.reconstruct``).
-
-Writes ``results.json``, ``patching.csv`` (one row per role, layer and method), ``fits.csv``,
-``pairs.csv`` (the counterfactual operands) and ``patching.png`` (fraction of the effect
-restored per layer). Every tokenizer: answers are scored whole (teacher-forced log p for the
-logit differences, greedy answers for accuracy). The training states and every finished
-(batch, patch) unit of the engine are kept in the run folder, so a killed run resumes.
+At each (role, layer) the operand's state is replaced by the helix fit (or a baseline with as
+many parameters) of the same number (``kept``) or of another one (``moved``); the metrics are
+defined in ``llm_fourier.analyses.patching``. Writes ``results.json``, ``patching.csv`` (one
+row per role, layer and method), ``fits.csv``, ``pairs.csv`` (the counterfactual operands)
+and ``patching.png``. The training states and every finished (batch, patch) unit of the
+engine are kept in the run folder, so a killed run resumes.
 """
 
 from __future__ import annotations
@@ -22,12 +14,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from llm_fourier.analyses.ablation import PREDICTIONS
-from llm_fourier.analyses.hidden_states import ROLES, HiddenStates, collect
+from llm_fourier.analyses.hidden_states import ROLES
 from llm_fourier.analyses.patching import OPERANDS, helix_patching, patching_plot
 from llm_fourier.commands.base import Command, JobView, finish, section_table
+from llm_fourier.commands.hidden_units import collect_kept
 from llm_fourier.commands.options import (
     BatchOptions,
     ModelOptions,
@@ -89,18 +80,10 @@ class PatchSettings(ModelOptions, TaskOptions, SeedOptions, BatchOptions, Output
             raise self.fail("train_limit", f"must be at least 10 prompts to fit on, got "
                             f"{self.train_limit}")
 
-
-def _train_states(run: RunDir, lm, train, s: PatchSettings, layers: list[int]) -> HiddenStates:
-    """The training prompts' states at the operand, kept as a unit of the run."""
-    saved = run.load_unit("train-states")
-    if saved is not None:
-        return HiddenStates({r: saved[1][r].numpy() for r in s.roles}, layers, list(train),
-                            s.operand)
-    hs = collect(lm, train, token=s.operand, roles=s.roles, layers=layers,
-                 batch_size=s.batch_size, progress=not s.quiet)
-    run.save_unit("train-states", {"layers": layers},
-                  {r: torch.from_numpy(v) for r, v in hs.states.items()})
-    return hs
+    @property
+    def token(self) -> str:
+        """The token whose states are patched (``collect_kept`` reads it)."""
+        return self.operand
 
 
 class PatchCommand(Command):
@@ -138,7 +121,7 @@ class PatchCommand(Command):
             lm, train, test, space, operand=s.operand, op=s.op, roles=s.roles, layers=layers,
             periods=s.periods, methods=s.methods, mode=s.mode, pca_dim=s.pca_dim,
             prediction=s.prediction, correct_only=not s.all_prompts,
-            train_states=_train_states(run, lm, train, s, layers), seed=s.seed,
+            train_states=collect_kept(run, "train-states", lm, train, s, layers), seed=s.seed,
             batch_size=s.batch_size, progress=not s.quiet, store=run.store("patch")).as_dict()
         results = {"model": lm.name, "revision": s.revision, "task": task.settings,
                    "numbers": space.fmt.describe(), **out,
@@ -171,13 +154,13 @@ class PatchCommand(Command):
                              "(another number); tables/patching_best.csv.")
 
     def findings(self, job: JobView) -> list[str]:
-        rows = [r for r in best_rows(job.results) if r["method"] == "helix"]
+        table = best_rows(job.results)
+        rows = [r for r in table if r["method"] == "helix"]
         if not rows or rows[0].get("kept") is None:
             return []
         best = max(rows, key=lambda r: r["kept"] if r["kept"] is not None else -math.inf)
-        others = {r["method"]: r for r in best_rows(job.results)
-                  if r["role"] == best["role"] and r["method"] != "helix"}
-        beside = ", ".join(f"{m} {_pct(r.get('kept'))}" for m, r in others.items())
+        beside = ", ".join(f"{r['method']} {_pct(r['kept'])}" for r in table
+                           if r["role"] == best["role"] and r["method"] != "helix")
         operand = (job.results.get("settings") or {}).get("operand", "a")
         return [f"{job.id}: the helix fit of {operand} keeps up to {_pct(best['kept'])} of the "
                 f"logit difference ({best['role']}, layer {best['kept_layer']}"
@@ -200,11 +183,9 @@ def best_rows(results: dict) -> list[dict]:
     for (role, method), rows in groups.items():
         row: dict = {"role": role, "method": method, "n_params": rows[0].get("n_params")}
         for key in ("kept", "moved"):
-            ok = [r for r in rows if isinstance(r.get(key), (int, float))
-                  and not math.isnan(r[key])]
-            best = max(ok, key=lambda r: r[key]) if ok else None
-            row[key] = best[key] if best else None
-            row[f"{key}_layer"] = best["layer"] if best else None
+            best = max((r for r in rows if isinstance(r.get(key), (int, float))
+                        and not math.isnan(r[key])), key=lambda r: r[key], default={})
+            row[key], row[f"{key}_layer"] = best.get(key), best.get("layer")
         r2 = [r["r2_heldout"] for r in rows if isinstance(r.get("r2_heldout"), (int, float))]
         row["mean r2_heldout"] = sum(r2) / len(r2) if r2 else None
         out.append(row)

@@ -19,8 +19,6 @@ def neuron_period_heatmap(spectra: Any, path: str | Path, min_share: float = 0.5
     """Neurons per top component (rows, k = 1..K) and layer (columns), counting those whose
     top component holds at least ``min_share`` of their non-constant energy."""
     plt = pyplot()
-    from matplotlib.ticker import MaxNLocator
-
     counts = spectra.counts(min_share)
     fig, ax = plt.subplots(figsize=(max(4, 0.25 * counts.shape[1] + 3), 4))
     im = ax.imshow(counts, aspect="auto", origin="lower", interpolation="nearest",
@@ -28,13 +26,10 @@ def neuron_period_heatmap(spectra: Any, path: str | Path, min_share: float = 0.5
     fig.colorbar(im, ax=ax, label=f"neurons (share >= {min_share:g})", pad=0.16)
     ax.set(xlabel="layer index", ylabel="top Fourier component k",
            title=title or "Fourier neurons per component and layer")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xticks(range(len(spectra.layers)), labels=[str(i) for i in spectra.layers])
-    marks = {}
-    for T in MARKED_PERIODS:
-        k = spectra.basis.k_of_period(T)
-        if 1 <= k <= spectra.basis.n_components and abs(spectra.basis.period(k) - T) < 1e-9:
-            marks[k] = f"T={T:g}"
+    basis = spectra.basis
+    marks = {k: f"T={T:g}" for T in MARKED_PERIODS if 1 <= (k := basis.k_of_period(T))
+             <= basis.n_components and abs(basis.period(k) - T) < 1e-9}
     sec = ax.secondary_yaxis("right")
     sec.set_yticks(list(marks), labels=list(marks.values()))
     return save_figure(fig, path)
@@ -48,10 +43,8 @@ def knockout_plot(result: dict, path: str | Path, title: str = "") -> Path:
     x = np.arange(len(periods))
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(periods) + 2), 3.5))
     top = [p["top"]["accuracy"] for p in periods]
-    mean = np.array([p["random"]["accuracy_mean"] for p in periods])
-    std = np.array([p["random"]["accuracy_std"] for p in periods])
-    lo = np.array([p["random"]["accuracy_min"] for p in periods])
-    hi = np.array([p["random"]["accuracy_max"] for p in periods])
+    mean, std, lo, hi = (np.array([p["random"][f"accuracy_{s}"] for p in periods])
+                         for s in ("mean", "std", "min", "max"))
     ax.bar(x - 0.2, top, 0.4, label="top neurons of the period", color="C3")
     ax.bar(x + 0.2, mean, 0.4, yerr=std, capsize=3, label="random neurons", color="C0")
     ax.vlines(x + 0.2, lo, hi, color="k", lw=0.8)
