@@ -10,7 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from llm_fourier.analyses.corpus import corpus_counts
 from llm_fourier.analyses.digit_probes import (
@@ -22,7 +21,6 @@ from llm_fourier.analyses.digit_probes import (
 from llm_fourier.analyses.hidden_ablation import probe_ablation
 from llm_fourier.analyses.hidden_states import (
     HiddenStates,
-    collect,
     flat_row,
     frequency_control,
     load_scalar,
@@ -33,7 +31,7 @@ from llm_fourier.analyses.hidden_states import (
     without_fit,
 )
 from llm_fourier.commands.digit_views import csv_row
-from llm_fourier.commands.kept import keep_states
+from llm_fourier.commands.kept import collect_kept, keep_states
 from llm_fourier.errors import UserError
 from llm_fourier.model.answer_space import AnswerSpace
 from llm_fourier.model.number_format import NumberFormat
@@ -72,17 +70,6 @@ class HiddenRun:
         s = self.s
         return {"pca_dim": s.pca_dim, "mod_pca_dim": s.mod_pca_dim, "n_splits": s.folds,
                 "seed": s.seed, "progress": not s.quiet}
-
-
-def collect_kept(run: RunDir, unit: str, lm, examples, s, layers) -> HiddenStates:
-    """``collect`` with the states kept as a unit of the run (safetensors)."""
-    saved = run.load_unit(unit)
-    if saved is not None:
-        return HiddenStates({r: saved[1][r].numpy() for r in s.roles}, layers, list(examples),
-                            s.token)
-    hs = collect(lm, examples, s.token, s.roles, layers, s.batch_size, not s.quiet)
-    run.save_unit(unit, {"layers": layers}, {r: torch.from_numpy(v) for r, v in hs.states.items()})
-    return hs
 
 
 def random_baseline(h: HiddenRun) -> None:

@@ -1,11 +1,14 @@
 """Keeping what was computed: the states ``hidden`` collects and the rows ``probe --keep-rows``
-captures, saved in the run folder (``output.states``) for ``lf.load_states``."""
+captures, saved in the run folder (``output.states``) for ``lf.load_states``; states kept as
+a resume unit of the run (``collect_kept``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llm_fourier.analyses.hidden_states import HiddenStates, token_ids_at
+import torch
+
+from llm_fourier.analyses.hidden_states import HiddenStates, collect, token_ids_at
 from llm_fourier.commands.settings import Settings, option
 from llm_fourier.model.loading import LoadedModel
 from llm_fourier.output.rundir import RunDir
@@ -41,3 +44,14 @@ def keep_states(run: RunDir, s: StatesOptions, lm: LoadedModel, hs: HiddenStates
     save_states(folder, hs.states, hs.layers, rows, meta, s.states_dtype)
     print(f"kept {len(rows)} x {len(hs.layers)} layers x {', '.join(hs.roles)} states "
           f"({s.states_dtype}) in {folder}; load them with lf.load_states({str(run.path)!r})")
+
+
+def collect_kept(run: RunDir, unit: str, lm, examples, s, layers) -> HiddenStates:
+    """``collect`` with the states kept as a unit of the run (safetensors)."""
+    saved = run.load_unit(unit)
+    if saved is not None:
+        return HiddenStates({r: saved[1][r].numpy() for r in s.roles}, layers, list(examples),
+                            s.token)
+    hs = collect(lm, examples, s.token, s.roles, layers, s.batch_size, not s.quiet)
+    run.save_unit(unit, {"layers": layers}, {r: torch.from_numpy(v) for r, v in hs.states.items()})
+    return hs

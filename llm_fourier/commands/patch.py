@@ -18,7 +18,7 @@ from llm_fourier.analyses.ablation import PREDICTIONS
 from llm_fourier.analyses.hidden_states import ROLES
 from llm_fourier.analyses.patching import OPERANDS, helix_patching, patching_plot
 from llm_fourier.commands.base import Command, JobView, finish, section_table
-from llm_fourier.commands.hidden_units import collect_kept
+from llm_fourier.commands.kept import collect_kept
 from llm_fourier.commands.options import (
     BatchOptions,
     ModelOptions,

@@ -225,12 +225,13 @@ def test_hidden_command_end_to_end_and_resume(tiny_dir, tmp_path, monkeypatch, c
     assert "kappa_mod10" in (out / "probes.csv").read_text().splitlines()[0]
     # a run killed during the ablations resumes: states and finished units are reused
     import llm_fourier.commands.hidden_units as units
+    import llm_fourier.commands.kept as kept
 
     killed = argv[:-1] + [str(tmp_path / "killed")]
     real, seen = units.probe_ablation, []
     monkeypatch.setattr(units, "probe_ablation", interrupted(real, after=1))
     assert main(killed) == 130
-    monkeypatch.setattr(units, "collect", lambda *a, **k: pytest.fail("states not reused"))
+    monkeypatch.setattr(kept, "collect", lambda *a, **k: pytest.fail("states not reused"))
     monkeypatch.setattr(units, "probe_ablation", counting(real, seen))
     assert main(killed) == 0
     assert seen == ["MLP probe/0", "MLP random/0", "MLP logit/0"]  # "none" was kept

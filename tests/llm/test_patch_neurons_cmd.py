@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import llm_fourier.analyses.fourier_neurons as neurons_lib
-import llm_fourier.commands.hidden_units as units
+import llm_fourier.commands.kept as kept
 import llm_fourier.commands.patch as patch_cmd
 from llm_fourier.analyses.fourier_neurons import knockout_table, neuron_spectra
 from llm_fourier.analyses.hidden_states import collect
@@ -80,7 +80,7 @@ def test_patch_resumes_at_the_next_unit(patched, tmp_path, monkeypatch):
     monkeypatch.setattr(patch_cmd, "helix_patching", interrupted(real, after=13))
     assert main(argv) == 130  # the clean run and (block, 0)'s 12 patches were kept
     monkeypatch.setattr(patch_cmd, "helix_patching", counting(real, seen))
-    monkeypatch.setattr(units, "collect", lambda *a, **k: pytest.fail("states not reused"))
+    monkeypatch.setattr(kept, "collect", lambda *a, **k: pytest.fail("states not reused"))
     assert main(argv) == 0
     assert len(seen) == 3 * 12 and not any(k.startswith("block-0-") for k in seen)
     again = json.loads((tmp_path / "run" / "results.json").read_text())
