@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 # sizes of the built-in report: (full demo, --quick). tau splits the adders' numbers 0..100
 # (0..16 quick) so that neither band's Fourier rows span the adders' width (64; 16 quick):
 # every ablation row is a frequency ablation, not a knockout (k >= 25 is periods <= 4)
@@ -39,14 +37,13 @@ def demo_config(model: str | None = None, quick: bool = False) -> dict:
         transplant.update(max_operand=z["operand"], epochs=z["adder_epochs"],
                           eval_every=z["eval_every"], layers=1, d_model=16, heads=2,
                           batch_size=16)
-    if model is not None:
-        transplant["source"] = model
     if model is None:
         models = {"adder-scratch": "{jobs.transplant}/seed0/scratch/model",
                   "adder-fourier": "{jobs.transplant}/seed0/transplant/model"}
         task = {"op": "+", "max_operand": z["operand"], "ordered": True}
         llm = {"limit": z["limit"], "batch_size": 32}
     else:
+        transplant["source"] = model
         models = {Path(model).name or "model": model}
         task = {"op": "+", "max_operand": z["llm_operand"]}
         llm = {"limit": z["llm_limit"], "shots": 3, "batch_size": 8}
@@ -93,20 +90,6 @@ def demo_config(model: str | None = None, quick: bool = False) -> dict:
              "settings": {"checkpoint": "{jobs.grok}/checkpoint.safetensors"}},
         ],
     }
-
-
-def planted_embeddings(p: int, dim: int, periods, seed: int) -> np.ndarray:
-    """Number embeddings (p x dim) with planted Fourier features at ``periods`` over a smooth
-    low-frequency background and noise, as in GPT-2's number tokens (a known answer for
-    spectrum and outlier tests)."""
-    rng = np.random.default_rng(seed)
-    x = np.arange(p)[:, None]
-    emb = 0.3 * np.cumsum(rng.standard_normal((p, dim)), axis=0)  # smooth background
-    emb += 0.5 * rng.standard_normal((p, dim))
-    for period in periods:
-        phase = rng.uniform(0, 2 * np.pi, dim)
-        emb += rng.uniform(0.5, 1.5, dim) * np.cos(2 * np.pi * x / period + phase)
-    return emb
 
 
 NEXT_STEPS = """\

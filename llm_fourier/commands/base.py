@@ -31,13 +31,12 @@ from llm_fourier.output.rundir import RunDir, check_writable
 def _fill_defaults(settings, main: bool) -> None:
     """``settings.fill_defaults()`` (it reads the tokenizer) after ``--out`` is known to be
     writable, leaving no folder behind when it fails."""
-    path = Path(settings.out) if getattr(settings, "out", None) and main else None
-    if path is not None and not path.exists():
+    if getattr(settings, "out", None) and main:
+        path = Path(settings.out)
+        made = not path.exists()
         check_writable(path)  # makes it: remove it again, RunDir makes it when it opens
-        if not any(path.iterdir()):
+        if made and not any(path.iterdir()):
             path.rmdir()
-    elif path is not None:
-        check_writable(path)
     settings.fill_defaults()
 
 
@@ -94,7 +93,6 @@ class Command:
     def run(self, settings, run: RunDir) -> dict:
         raise NotImplementedError
 
-    # -------------------------------------------------------------- execution
     def execute(self, settings) -> dict:
         """Open the run folder (checked, locked, resumable) and run in it."""
         main = process_info().is_main if self.shards else True
@@ -108,7 +106,7 @@ class Command:
     def __call__(self, **settings) -> dict:
         return self.execute(self.Settings.from_dict(settings))
 
-    # -------------------------------------------------------------- report view
+    # report view
     def job_html(self, job: JobView) -> str:
         """Extra HTML for one job (figures and CSVs are rendered by the page already)."""
         return ""

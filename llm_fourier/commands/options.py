@@ -145,15 +145,12 @@ class TaskOptions(Settings):
     def max_answer(self) -> int:
         return largest_answer(self.op, self.operands)
 
-    def fit_operands(self) -> None:
+    def model_defaults(self) -> None:
         """Choose --max-operand from the tokenizer when left unset (``fitting_operands``)."""
         tokenizer = self.defaults_tokenizer()
         if self.max_operand is None and tokenizer is not None:
             self.choose("max_operand", *fitting_operands(tokenizer, self.op,
                                                          self.default_operand))
-
-    def model_defaults(self) -> None:
-        self.fit_operands()
 
     def task(self, **extra) -> TaskSplits:
         return make_task(self.op, self.operands, ordered=self.ordered, seed=self.task_seed,
@@ -200,13 +197,10 @@ class ReadoutOptions(SpectrumOptions):
     def model_defaults(self) -> None:
         """tau from the answers' readout (``AnswerSpace``), said with its reason."""
         tokenizer = self.defaults_tokenizer()
-        if tokenizer is None:
+        if tokenizer is None or not isinstance(self, TaskOptions):
             return
-        getattr(self, "fit_operands", lambda: None)()  # the answers first
-        max_answer = getattr(self, "max_answer", None)
-        if max_answer is None:
-            return
-        space = self.answer_space(number_format(tokenizer, max_answer), max_answer)
+        TaskOptions.model_defaults(self)  # the answers first (it runs after this one)
+        space = self.answer_space(number_format(tokenizer, self.max_answer), self.max_answer)
         if space.kind == "digit" and self.basis != "dft":
             self.choose("basis", "dft", "the digit readout is the DFT over the ten digits; "
                         "--basis applies to number readouts", apply=False)

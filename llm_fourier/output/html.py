@@ -26,9 +26,7 @@ def html_table(rows: list[dict], columns: list[str] | None = None, max_rows: int
     if not rows:
         return ""
     if columns is None:
-        columns = []
-        for r in rows:
-            columns += [k for k in r if k not in columns]
+        columns = list(dict.fromkeys(k for r in rows for k in r))
     head = "".join(f"<th>{esc(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{esc(format_cell(r.get(c)))}</td>"
                                     for c in columns) + "</tr>" for r in rows[:max_rows])

@@ -82,12 +82,7 @@ def _link_below_run(path: Path) -> Path | None:
     """The first symbolic link among ``path``'s folders below its outermost run folder."""
     folders = [path.parent, *path.parent.parents]
     runs = [i for i, f in enumerate(folders) if _is_run_folder(f)]
-    if not runs:
-        return None
-    for folder in folders[:runs[-1]]:
-        if folder.is_symlink():
-            return folder
-    return None
+    return next((f for f in folders[:runs[-1]] if f.is_symlink()), None) if runs else None
 
 
 def check_no_links(path: str | Path) -> None:
@@ -130,8 +125,7 @@ def make_own_dir(path: str | Path) -> Path:
     check_no_links(path / MARK)
     if not path.is_dir():
         path.mkdir(parents=True, exist_ok=True)
-        with open_private(path / MARK, "a"):
-            pass
+        open_private(path / MARK, "a").close()
     return path
 
 
@@ -139,10 +133,7 @@ def remove(target: str | Path, root: str | Path, *, made_here: bool = False) -> 
     """Delete the file or folder ``target`` inside the run folder ``root`` (see the module
     docstring); False when there was nothing to delete. Refusals are one sentence."""
     root, target = _lexical(root), _lexical(target)
-    try:
-        rel = target.relative_to(root)
-    except ValueError:
-        rel = None
+    rel = target.relative_to(root) if target.is_relative_to(root) else None
     if rel is None or not rel.parts or ".." in rel.parts:
         raise UnsafePath(f"refusing to delete {target}: it is not inside the run folder {root}; "
                          "this is a bug, please report it.")

@@ -75,11 +75,12 @@ def save_states(folder: str | Path, arrays: Mapping[str, np.ndarray], layers: Se
         dtypes[role] = kind
         atomic_write_bytes(folder / f"{role}.safetensors",
                            save({"states": t.to(getattr(torch, kind)).contiguous()}))
-    write_csv(folder / "index.csv", [{k: r.get(k) for k in INDEX_COLUMNS} for r in rows])
+    rows = [{k: r.get(k) for k in INDEX_COLUMNS} for r in rows]
+    write_csv(folder / "index.csv", rows)
     write_json(folder / "index.json", {
         **meta, "roles": list(arrays), "layers": [int(i) for i in layers], "dtypes": dtypes,
         "n": len(rows), "shape": "N x L x D per role (prompts x layers x d_model)",
-        "rows": [{k: r.get(k) for k in INDEX_COLUMNS} for r in rows]})
+        "rows": rows})
     return folder
 
 
