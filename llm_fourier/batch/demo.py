@@ -1,15 +1,12 @@
 """The built-in report of ``llm-fourier demo``: the whole toolkit offline, in minutes on a CPU.
 
-The built-in report config (``demo_config``) trains small GPT-2-architecture adders from
-scratch with and without transplanted Fourier number embeddings (``transplant``), runs the
-LLM pipeline on the two trained adder folders (``embed``, ``probe``, ``ablate``), and trains
-a small grokking model of (a + b) mod p with its progress measures (``toy train``,
-``toy analyze``). Everything goes through the report runner, so ``OUT/index.html`` holds
-all plots, a re-run skips finished jobs, and a killed demo resumes.
-
+``demo_config`` trains small GPT-2-architecture adders with and without transplanted Fourier
+number embeddings (``transplant``), runs the LLM pipeline on the two trained adders
+(``embed``, ``probe``, ``ablate``, ``hidden``) and trains a small grokking model of
+(a + b) mod p (``toy train``, ``toy analyze``), all through the report runner:
+``OUT/index.html`` holds every plot, a re-run skips finished jobs, a killed demo resumes.
 ``--model gpt2`` (or a Llama folder) runs the LLM parts on that pretrained model instead,
-few-shot prompted, and transplants its number embeddings into the adder; ``--quick`` is the
-test-sized variant (seconds).
+few-shot, and transplants its number embeddings; ``--quick`` is the test-sized variant.
 """
 
 from __future__ import annotations

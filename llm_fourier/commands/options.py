@@ -1,14 +1,12 @@
 """Option groups shared by commands, declared once with one default each.
 
-``OutputOptions`` (``--out``, ``--restart``) belong to every command; ``ModelOptions``
-load a causal LM (``answer_format`` first loads only its tokenizer and finds how it writes
-the task's answers: ``number_format``); ``TaskOptions`` build the arithmetic prompts;
-``SplitOptions`` pick the examples a command runs on; ``SpectrumOptions`` choose the Fourier
-basis and the low/high threshold tau, checked against the number range before anything
-loads; ``ReadoutOptions`` (probe, ablate) also check tau against the answers' readout
-(numbers or digits) once the tokenizer is known, with a default for each.
-``ReadoutOptions.answer_space`` builds the run's ``AnswerSpace`` (whose ``describe`` gives
-results.json's ``numbers`` / ``readout`` entries).
+``OutputOptions`` (``--out``, ``--restart``) belong to every command; ``ModelOptions`` load a
+causal LM, or only its tokenizer (``answer_format``: how it writes the task's answers);
+``TaskOptions`` build the arithmetic prompts; ``SplitOptions`` pick the examples;
+``SpectrumOptions`` choose the Fourier basis and the low/high threshold tau, checked against
+the number range before anything loads; ``ReadoutOptions`` also check tau against the
+answers' readout (numbers or digits) once the tokenizer is known, with a default for each,
+and build the run's ``AnswerSpace`` (``answer_space``).
 """
 
 from __future__ import annotations

@@ -1,15 +1,13 @@
 """Typed settings: one dataclass per command declares its options once.
 
-A field made with ``option(default, help=..., min=..., choices=...)`` is at the same time
-an ``argparse`` option (``--max-operand`` for ``max_operand``; its type from the
-annotation: ``int``, ``float``, ``str``, ``bool``, ``list[int]``, ... or ``X | None``), a
-key of a report config's ``settings`` table (``from_dict``), and a checked value: ranges and
-choices are verified when the object is made, and ``validate()`` adds the checks between
-fields (e.g. tau within the spectrum of the chosen numbers). Every failure is a
-``UserError`` naming the option, so the CLI, the report config and the Python API refuse a
-mistake with the same sentence, before any heavy work. Fields with ``identity=False``
-(batch sizes, progress bars, ``--restart``) do not count as a change of the run.
-``seed_option`` declares a seed: an integer in 0..2**32-1, the same rule for every command.
+A field made with ``option(default, help=..., min=..., choices=...)`` is at once an
+``argparse`` option (``--max-operand`` for ``max_operand``, typed by its annotation such as
+``list[int] | None``), a key of a report config's ``settings`` table (``from_dict``) and a
+checked value: ranges and choices are verified when the object is made, ``validate()`` adds
+checks between fields. Every failure is a ``UserError`` naming the option, so the CLI, the
+report config and the Python API refuse a mistake with the same sentence, before any heavy
+work. Fields with ``identity=False`` (batch sizes, progress bars, ``--restart``) do not count
+as a change of the run.
 """
 
 from __future__ import annotations
@@ -188,14 +186,14 @@ class Settings:
         converted to the option's type; an unknown key is a ``UserError`` naming it."""
         known = cls.option_names()
         hints = typing.get_type_hints(cls)
+        where = f"{source}: " if source else ""
         out = {}
         for key, value in values.items():
             name = str(key).replace("-", "_")
             if name not in known:
-                where = f"{source}: " if source else ""
                 raise UserError(f"{where}{cls.command} has no setting {key!r} (known: "
                                 f"{', '.join(sorted(known))}).")
-            out[name] = _convert(cls, name, hints[name], value, source)
+            out[name] = _convert(hints[name], value, f"{where}{cls.command}: {name}")
         return out
 
     @classmethod
@@ -267,7 +265,7 @@ def _show(value) -> str:
     return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
-def _convert(cls, name: str, annotation, value, source: str):
+def _convert(annotation, value, label: str):
     """Numbers written as text in a config ("1e-3") to the option's type; lists element-wise.
     Anything else is left for the field checks to refuse with their sentence."""
     elem, many, _ = _kind(annotation)
@@ -277,9 +275,7 @@ def _convert(cls, name: str, annotation, value, source: str):
             try:
                 return elem(v)
             except ValueError:
-                where = f"{source}: " if source else ""
-                raise UserError(f"{where}{cls.command}: {name} must be a number, got "
-                                f"{v!r}.") from None
+                raise UserError(f"{label} must be a number, got {v!r}.") from None
         if elem is float and isinstance(v, int) and not isinstance(v, bool):
             return float(v)
         return v

@@ -144,10 +144,9 @@ def finite_numbers(values, path: str | Path, what: str = "file") -> list[float]:
                 raise TypeError
             x = float(v)
         except (TypeError, ValueError):
-            raise UserError(f"{what} {path}: value {i} ({v!r}) is not a number; give a number "
-                            "for every entry.") from None
+            raise _fail(path, what, f"value {i} ({v!r}) is not a number; give a number for "
+                        "every entry") from None
         if not math.isfinite(x):
-            raise UserError(f"{what} {path}: value {i} is {x}; give a finite number for every "
-                            "entry.")
+            raise _fail(path, what, f"value {i} is {x}; give a finite number for every entry")
         out.append(x)
     return out

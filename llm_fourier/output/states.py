@@ -84,22 +84,17 @@ def save_states(folder: str | Path, arrays: Mapping[str, np.ndarray], layers: Se
     return folder
 
 
-def _folder(run_dir: str | Path) -> Path:
-    path = Path(run_dir)
-    for candidate in (path, path / STATES_DIR):
-        if (candidate / "index.json").is_file():
-            return candidate
-    raise UserError(f"{path} holds no kept states (no {STATES_DIR}/index.json); run "
-                    "`llm-fourier hidden --out DIR` or `llm-fourier probe --keep-rows --out DIR` "
-                    "first.")
-
-
 def load_states(run_dir: str | Path, roles: Sequence[str] | None = None) -> States:
     """The states kept in a run folder (``hidden``, ``probe --keep-rows``), or in its
     ``states/`` folder itself, as float32 arrays with their labels."""
     from safetensors.torch import load
 
-    folder = _folder(run_dir)
+    path = Path(run_dir)
+    folder = next((f for f in (path, path / STATES_DIR) if (f / "index.json").is_file()), None)
+    if folder is None:
+        raise UserError(f"{path} holds no kept states (no {STATES_DIR}/index.json); run "
+                        "`llm-fourier hidden --out DIR` or `llm-fourier probe --keep-rows --out "
+                        "DIR` first.")
     try:
         index = read_json(folder / "index.json")
         wanted = list(index["roles"]) if roles is None else list(roles)
