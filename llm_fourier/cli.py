@@ -75,24 +75,21 @@ def _main(argv: list[str] | None) -> int:
     command: Command = args._command
     try:
         command.execute(command.Settings.from_namespace(args))
+        return 0
     except UserError as err:
-        _close_bars()
-        print(f"llm-fourier: error: {err}", file=sys.stderr)
-        return 2
+        code, message = 2, f"error: {err}"
     except RunFailed as err:
-        _close_bars()
-        print(f"llm-fourier: {err}", file=sys.stderr)
-        return 1
+        code, message = 1, str(err)
     except OSError as err:
-        if err.errno not in FULL:  # the disk (or the quota) is full: one sentence
+        if err.errno not in FULL:
             raise
-        _close_bars()
-        where = f" writing {err.filename}" if err.filename else ""
-        print(f"llm-fourier: error: no space left on the disk{where} ({err.strerror}); finished "
-              "outputs are kept: free some space (or choose another --out) and run the same "
-              "command to resume.", file=sys.stderr)
-        return 2
-    return 0
+        where = f" writing {err.filename}" if err.filename else ""  # the disk or quota is full
+        code, message = 2, (f"error: no space left on the disk{where} ({err.strerror}); "
+                            "finished outputs are kept: free some space (or choose another "
+                            "--out) and run the same command to resume.")
+    _close_bars()
+    print(f"llm-fourier: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

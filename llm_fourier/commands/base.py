@@ -1,14 +1,12 @@
 """A command is one object: its typed settings, its run into one run folder, its report view.
 
-Subclasses set ``help`` and ``Settings`` (a ``settings.Settings`` dataclass with ``out`` and
-``restart``, see ``options.OutputOptions``; ``name`` is its ``command`` unless set) and
-implement ``run(settings, run)``, which writes into the ``RunDir`` and returns the results
-dictionary (``run.finish`` writes it as ``results.json``; ``finish`` also prints).
-``shards = True`` marks commands whose ``run`` shares its prompts among the processes of an
-``accelerate launch`` / ``torchrun`` (every process calls it, the main one writes). The
-batch report renders a command's jobs through its view: ``section``, ``heading``, ``intro``
-and ``order`` place it on the page, ``captions`` name its figures, and ``job_html`` /
-``section_html`` / ``findings`` draw from its own results.
+Subclasses set ``help`` and ``Settings`` (with ``options.OutputOptions``; ``name`` is its
+``command`` unless set) and implement ``run(settings, run)``, which writes into the
+``RunDir`` and returns the results (``finish`` writes them as ``results.json`` and prints).
+``shards = True``: every process of an ``accelerate launch`` / ``torchrun`` runs it on its
+share of the prompts, the main one writes. The batch report places a command's jobs by
+``section``, ``heading``, ``intro`` and ``order``, names its figures with ``captions`` and
+draws from its results with ``job_html`` / ``section_html`` / ``findings``.
 
 Calling the object is the Python API: ``ProbeCommand()(model="gpt2", layers=[10])`` checks
 the settings exactly as the CLI does and returns the results; ``out=None`` writes nothing.

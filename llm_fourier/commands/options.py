@@ -110,9 +110,8 @@ class ModelOptions(SourceOptions):
         return self._tokenizer
 
     def answer_format(self, max_answer: int) -> NumberFormat:
-        """How the tokenizer writes the answers 0..``max_answer`` (its family: single tokens,
-        digits, chunks, mixed), from the tokenizer alone; pass ``fmt.tokenizer`` to
-        ``load_model`` to load the model with it."""
+        """How the tokenizer alone writes the answers 0..``max_answer`` (its family); pass
+        ``fmt.tokenizer`` to ``load_model`` to load the model with it."""
         return number_format(self.load_tokenizer(), max_answer)
 
 
@@ -135,8 +134,7 @@ class TaskOptions(Settings):
 
     @property
     def operands(self) -> int:
-        """The operand range: as given or chosen, else (before the model is read) the
-        default, which bounds the chosen one."""
+        """The operand range: as given or chosen, else the default (which bounds the chosen)."""
         return self.default_operand if self.max_operand is None else self.max_operand
 
     @property
@@ -206,8 +204,7 @@ class ReadoutOptions(SpectrumOptions):
             self.choose("tau", space.tau, space.tau_chosen()["why"])
 
     def answer_space(self, fmt: NumberFormat, max_answer: int) -> AnswerSpace:
-        """The answers' space (readout, basis, tau with its default: 50 for numbers, 3 for
-        digits), built once; tau is checked there. ``--basis`` does not apply to digits."""
+        """The answers' space (readout, basis, tau with its default), built and checked once."""
         with self.named_errors():
             return AnswerSpace.build(fmt, max_answer, basis_kind=self.basis, tau=self.tau)
 

@@ -226,10 +226,9 @@ class Settings:
                 kw["action"] = argparse.BooleanOptionalAction if default else "store_true"
             else:
                 kw["type"] = elem
+                kw["choices"] = meta["choices"]
                 if many:
                     kw["nargs"] = "*" if meta["empty"] else "+"
-                if meta["choices"] is not None:
-                    kw["choices"] = meta["choices"]
             if meta["positional"]:
                 if not _required(f):
                     kw["nargs"] = "?"

@@ -40,14 +40,10 @@ def details(title: str, body: str) -> str:
     return f"<details><summary>{esc(title)}</summary>{body}</details>"
 
 
-def img_tag(path: Path, alt: str = "") -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f"<img src='data:image/png;base64,{data}' alt='{esc(alt)}'>"
-
-
 def figure(path: Path, caption: str) -> str:
-    return (f"<figure>{img_tag(path, path.stem)}<figcaption><b>{esc(path.name)}</b>: "
-            f"{esc(caption)}</figcaption></figure>")
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (f"<figure><img src='data:image/png;base64,{data}' alt='{esc(path.stem)}'>"
+            f"<figcaption><b>{esc(path.name)}</b>: {esc(caption)}</figcaption></figure>")
 
 
 def _number(text: str):

@@ -47,10 +47,10 @@ def _fail(path: Path, what: str, problem: str) -> UserError:
     return UserError(f"{what} {path}: {problem}.")
 
 
-def check_data(value, path: Path, what: str = "file", where: str = "") -> None:
+def check_data(value, path: Path, what: str = "file") -> None:
     """Keys must be strings, nesting bounded; raises one sentence naming the first bad key."""
     seen: set[int] = set()
-    stack = [(value, where or "(top level)", 0)]
+    stack = [(value, "(top level)", 0)]
     while stack:
         item, at, depth = stack.pop()
         if depth > 100:

@@ -68,13 +68,12 @@ def save_states(folder: str | Path, arrays: Mapping[str, np.ndarray], layers: Se
     dtypes = {}
     for role, values in arrays.items():
         t = torch.from_numpy(np.ascontiguousarray(values))
-        kind = dtype
+        dtypes[role] = dtype
         if dtype == "float16" and t.numel() and float(t.abs().max()) > _FP16_MAX:
-            kind = "float32"  # float16 would turn these values into inf
+            dtypes[role] = "float32"  # float16 would turn these values into inf
             print(f"note: {role} states exceed float16's range; kept in float32")
-        dtypes[role] = kind
         atomic_write_bytes(folder / f"{role}.safetensors",
-                           save({"states": t.to(getattr(torch, kind)).contiguous()}))
+                           save({"states": t.to(getattr(torch, dtypes[role])).contiguous()}))
     rows = [{k: r.get(k) for k in INDEX_COLUMNS} for r in rows]
     write_csv(folder / "index.csv", rows)
     write_json(folder / "index.json", {
