@@ -98,8 +98,7 @@ def any_model_config(overrides: dict[str, str], scale: str = "auto") -> tuple[di
     fmt = _format(tokenizer, largest_answer("+", 260))
     family = fmt.family if fmt is not None else "mixed"
     factor = min(1.0, LAPTOP_PARAMS / max(params, 1.0)) if scale == "laptop" else 1.0
-    skipped = {}
-    jobs = []
+    skipped, jobs = {}, []
     for job in raw["jobs"]:
         command, settings = job["command"], dict(job.get("settings", {}))
         if command in SKIPPED:
@@ -117,9 +116,7 @@ def any_model_config(overrides: dict[str, str], scale: str = "auto") -> tuple[di
             if command == "hidden":
                 settings["intervene_layer"] = settings["layers"][len(settings["layers"]) // 2]
         jobs.append({**job, "settings": {k: v for k, v in settings.items() if v is not None}})
-    raw["jobs"] = jobs
-    raw["models"] = {name: source}
-    raw["title"] = raw["title"].format(name=name)
+    raw.update(jobs=jobs, models={name: source}, title=raw["title"].format(name=name))
     chosen = {"model": source, "scale": scale, "parameters": params, "layers": n_layers,
               "d_model": d_model, "family": family, "skipped": skipped}
     raw["description"] = describe(name, chosen)

@@ -68,7 +68,9 @@ def _flag(name: str, meta: dict) -> str:
 
 @dataclasses.dataclass(kw_only=True)
 class Settings:
-    """Base of every command's settings (see the module docstring)."""
+    """Base of every command's settings (see the module docstring). Each class may define
+    ``validate`` (checks between its fields) and ``model_defaults`` (fill options left at None
+    whose default depends on the model): every class's runs, base first, no ``super()``."""
 
     command: ClassVar[str] = "command"
 
@@ -83,9 +85,6 @@ class Settings:
         for klass in reversed(type(self).__mro__):
             if hook in klass.__dict__:
                 klass.__dict__[hook](self)
-
-    def model_defaults(self) -> None:
-        """Fill options left at None whose default depends on the model (every class's runs)."""
 
     def fill_defaults(self) -> dict[str, dict]:
         """Run every group's ``model_defaults`` once (``Command.execute`` calls it before the
@@ -107,9 +106,6 @@ class Settings:
         self.chosen[name] = {"value": value, "why": why}
         print(f"{self.command}: {self._label(name)} {_show(value)} (default for this model: "
               f"{why})")
-
-    def validate(self) -> None:
-        """Checks between fields of one class (every class's runs; no ``super()`` needed)."""
 
     def fail(self, name: str, problem: str) -> UserError:
         """A ``UserError`` about option ``name``, e.g. ``fail("tau", "must be ...")``."""

@@ -64,9 +64,7 @@ def record_tables(results: dict, skip: tuple[str, ...] = (), max_rows: int = 60)
     """Every top-level list of flat records (e.g. outliers) as a captioned table."""
     parts = []
     for key, value in results.items():
-        if key in skip:
-            continue
-        if (isinstance(value, list) and value and len(value) <= max_rows
+        if (key not in skip and isinstance(value, list) and value and len(value) <= max_rows
                 and all(isinstance(r, dict) for r in value)
                 and all(not isinstance(v, (dict, list)) for r in value for v in r.values())):
             table = html_table(value, caption=key.replace("_", " "))

@@ -7,6 +7,7 @@ deleted through. Refusals are ``UnsafePath`` (a ``UserError``: one sentence).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -50,11 +51,9 @@ def _lexical(path: str | Path) -> Path:
 def _is_run_folder(folder: Path) -> bool:
     """``folder`` holds ``MARK`` or a plain ``run.json`` that is not the JSON of another tool
     (a damaged record of ours still counts, so ``--restart`` can clear it)."""
-    try:
+    with contextlib.suppress(OSError):
         if stat.S_ISREG(os.lstat(folder / MARK).st_mode):
             return True
-    except OSError:
-        pass
     record = folder / RUN_FILE
     try:
         info = os.lstat(record)
