@@ -21,36 +21,26 @@ from llm_fourier.errors import RunFailed, UserError
 
 __version__ = "0.1.0"
 
+# module -> the library steps it gives under their own names
+_STEPS = {
+    "llm_fourier.model.loading": ("load_model", "LoadedModel"),
+    "llm_fourier.model.tasks": ("make_task", "tokenize_prompts"),
+    "llm_fourier.model.numbers": ("find_number_tokens",),
+    "llm_fourier.model.number_format": ("number_format",),
+    "llm_fourier.model.hooks": ("capture", "edit", "edit_heads"),
+    "llm_fourier.model.readout": ("number_readout",),
+    "llm_fourier.analyses.lens": ("run_lens",),
+    "llm_fourier.analyses.ablation": ("number_filters", "filter_edits", "evaluate",
+                                      "ablation_table"),
+    "llm_fourier.analyses.answers": ("evaluate_answers",),
+    "llm_fourier.analyses.hidden_states": ("collect", "probe_layers"),
+    "llm_fourier.output.states": ("load_states", "States"),
+}
 # name -> (module, attribute): the library steps and the built-in commands
 _API = {
-    "load_model": ("llm_fourier.model.loading", "load_model"),
-    "LoadedModel": ("llm_fourier.model.loading", "LoadedModel"),
-    "make_task": ("llm_fourier.model.tasks", "make_task"),
-    "tokenize_prompts": ("llm_fourier.model.tasks", "tokenize_prompts"),
-    "find_number_tokens": ("llm_fourier.model.numbers", "find_number_tokens"),
-    "number_format": ("llm_fourier.model.number_format", "number_format"),
-    "capture": ("llm_fourier.model.hooks", "capture"),
-    "edit": ("llm_fourier.model.hooks", "edit"),
-    "edit_heads": ("llm_fourier.model.hooks", "edit_heads"),
-    "number_readout": ("llm_fourier.model.readout", "number_readout"),
-    "run_lens": ("llm_fourier.analyses.lens", "run_lens"),
-    "number_filters": ("llm_fourier.analyses.ablation", "number_filters"),
-    "filter_edits": ("llm_fourier.analyses.ablation", "filter_edits"),
-    "evaluate": ("llm_fourier.analyses.ablation", "evaluate"),
-    "ablation_table": ("llm_fourier.analyses.ablation", "ablation_table"),
-    "evaluate_answers": ("llm_fourier.analyses.answers", "evaluate_answers"),
-    "collect": ("llm_fourier.analyses.hidden_states", "collect"),
-    "probe_layers": ("llm_fourier.analyses.hidden_states", "probe_layers"),
-    "load_states": ("llm_fourier.output.states", "load_states"),
-    "States": ("llm_fourier.output.states", "States"),
-    "probe": ("llm_fourier.commands.probe", "COMMAND"),
-    "ablate": ("llm_fourier.commands.ablate", "COMMAND"),
-    "embed": ("llm_fourier.commands.embed", "COMMAND"),
-    "hidden": ("llm_fourier.commands.hidden", "COMMAND"),
-    "finetune": ("llm_fourier.commands.finetune", "COMMAND"),
-    "patch": ("llm_fourier.commands.patch", "COMMAND"),
-    "neurons": ("llm_fourier.commands.neurons", "COMMAND"),
-    "heads": ("llm_fourier.commands.heads", "COMMAND"),
+    **{name: (module, name) for module, names in _STEPS.items() for name in names},
+    **{name: (f"llm_fourier.commands.{name}", "COMMAND") for name in
+       ("probe", "ablate", "embed", "hidden", "finetune", "patch", "neurons", "heads")},
     "report": ("llm_fourier.batch.commands", "REPORT"),
     "demo": ("llm_fourier.batch.commands", "DEMO"),
 }
@@ -70,7 +60,6 @@ def __getattr__(name: str):
 def run(command: str, **settings) -> dict:
     """Run any registered command by name (``"probe"``, ``"toy train"``, ``"transplant"``...)
     with keyword settings, checked as on the command line; returns its results."""
-    commands = importlib.import_module("llm_fourier.commands")
     if command in ("report", "demo"):
         return __getattr__(command)(**settings)
-    return commands.get_command(command)(**settings)
+    return importlib.import_module("llm_fourier.commands").get_command(command)(**settings)

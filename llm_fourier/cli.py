@@ -39,14 +39,12 @@ def build_parser(commands: dict[str, Command] | None = None) -> argparse.Argumen
     groups: dict[str, argparse._SubParsersAction] = {}
     for name, command in commands.items():
         head, _, tail = name.partition(" ")
-        if tail:
-            if head not in groups:
-                group = top.add_parser(head, help=f"{head} subcommands")
-                groups[head] = group.add_subparsers(dest="subcommand", metavar="SUBCOMMAND",
-                                                    required=True, parser_class=_Parser)
-            sub = groups[head].add_parser(tail, help=command.help, description=command.help)
-        else:
-            sub = top.add_parser(name, help=command.help, description=command.help)
+        if tail and head not in groups:
+            group = top.add_parser(head, help=f"{head} subcommands")
+            groups[head] = group.add_subparsers(dest="subcommand", metavar="SUBCOMMAND",
+                                                required=True, parser_class=_Parser)
+        sub = (groups[head] if tail else top).add_parser(tail or name, help=command.help,
+                                                         description=command.help)
         command.Settings.add_arguments(sub, {"out": f"runs/{name.replace(' ', '-')}"})
         sub.set_defaults(_command=command)
     return parser
@@ -66,13 +64,6 @@ def _close_bars() -> None:
         bar.close()
 
 
-def disk_full(err: OSError) -> str:
-    """The sentence for a write that found the disk (or the quota) full."""
-    where = f" writing {err.filename}" if err.filename else ""
-    return (f"no space left on the disk{where} ({err.strerror}); finished outputs are kept: "
-            "free some space (or choose another --out) and run the same command to resume.")
-
-
 def _main(argv: list[str] | None) -> int:
     # transformers' bars for loading checkpoint shards would crowd stderr, where a user
     # error is one line; downloads (huggingface_hub) and our own bars keep theirs
@@ -84,21 +75,21 @@ def _main(argv: list[str] | None) -> int:
     command: Command = args._command
     try:
         command.execute(command.Settings.from_namespace(args))
+        return 0
     except UserError as err:
-        _close_bars()
-        print(f"llm-fourier: error: {err}", file=sys.stderr)
-        return 2
+        code, message = 2, f"error: {err}"
     except RunFailed as err:
-        _close_bars()
-        print(f"llm-fourier: {err}", file=sys.stderr)
-        return 1
+        code, message = 1, str(err)
     except OSError as err:
         if err.errno not in FULL:
             raise
-        _close_bars()
-        print(f"llm-fourier: error: {disk_full(err)}", file=sys.stderr)
-        return 2
-    return 0
+        where = f" writing {err.filename}" if err.filename else ""  # the disk or quota is full
+        code, message = 2, (f"error: no space left on the disk{where} ({err.strerror}); "
+                            "finished outputs are kept: free some space (or choose another "
+                            "--out) and run the same command to resume.")
+    _close_bars()
+    print(f"llm-fourier: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

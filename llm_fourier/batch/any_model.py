@@ -11,19 +11,14 @@ the model (operand range, tau, basis) stay unset: each command chooses them itse
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from llm_fourier.errors import UserError
 from llm_fourier.model.answer_space import fitting_operands
-from llm_fourier.model.number_format import number_format
+from llm_fourier.model.number_format import NumberFormat, number_format
 from llm_fourier.model.sources import load_config, load_tokenizer
 from llm_fourier.model.tasks import largest_answer
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from llm_fourier.output.reading import read_data
 
 PRESET = Path(__file__).resolve().parent / "presets" / "any-model.toml"
 SCALES = ("auto", "laptop", "gpu", "paper")
@@ -71,18 +66,11 @@ def _dims(config) -> tuple[int, int, int]:
     return layers, d, layers * (4 * d * d + 3 * d * ff) + vocab * d
 
 
-def family_of(tokenizer, max_answer: int) -> str:
-    """How the tokenizer writes the answers 0..max_answer ("mixed" where it cannot write
-    some back, as word-level tokenizers)."""
+def _format(tokenizer, max_answer: int) -> NumberFormat | None:
+    """How the tokenizer writes the answers 0..max_answer (None where it cannot write some
+    back, as word-level tokenizers: their family is "mixed", with no readout)."""
     try:
-        return number_format(tokenizer, max_answer).family
-    except UserError:
-        return "mixed"
-
-
-def _readout(tokenizer, max_answer: int) -> str | None:
-    try:
-        return number_format(tokenizer, max_answer).readout
+        return number_format(tokenizer, max_answer)
     except UserError:
         return None
 
@@ -94,34 +82,30 @@ def spread(n_layers: int, k: int = 4) -> list[int]:
     return sorted({round(i * (n_layers - 1) / (k - 1)) for i in range(k)})
 
 
-def choose_scale(scale: str) -> str:
-    if scale != "auto":
-        return scale
-    import torch
-
-    return "gpu" if torch.cuda.is_available() else "laptop"
-
-
 def any_model_config(overrides: dict[str, str], scale: str = "auto") -> tuple[dict, dict]:
     """(raw report config, what was chosen and why) for the one model in ``overrides``."""
     if len(overrides) != 1:
         raise UserError("report any-model: name one model with --model NAME=HUB_ID_OR_FOLDER "
                         f"(got {len(overrides)}).")
     (name, source), = overrides.items()
-    raw = tomllib.loads(PRESET.read_text())
-    scale = choose_scale(scale)
+    raw = read_data(PRESET, "preset")
+    if scale == "auto":
+        import torch
+
+        scale = "gpu" if torch.cuda.is_available() else "laptop"
     n_layers, d_model, params = _dims(load_config(source))
     tokenizer = load_tokenizer(source)
-    family = family_of(tokenizer, largest_answer("+", 260))
+    fmt = _format(tokenizer, largest_answer("+", 260))
+    family = fmt.family if fmt is not None else "mixed"
     factor = min(1.0, LAPTOP_PARAMS / max(params, 1.0)) if scale == "laptop" else 1.0
-    skipped = {}
-    jobs = []
+    skipped, jobs = {}, []
     for job in raw["jobs"]:
         command, settings = job["command"], dict(job.get("settings", {}))
         if command in SKIPPED:
             operands, why = SKIPPED[command]
             m, _ = fitting_operands(tokenizer, "+", operands)
-            if _readout(tokenizer, largest_answer("+", m)) is None:
+            answers = _format(tokenizer, largest_answer("+", m))
+            if answers is None or answers.readout is None:
                 skipped[command] = f"{why}; this tokenizer writes them as {family} tokens"
                 continue
         settings |= SIZES.get(scale, {}).get(command, {})
@@ -132,9 +116,7 @@ def any_model_config(overrides: dict[str, str], scale: str = "auto") -> tuple[di
             if command == "hidden":
                 settings["intervene_layer"] = settings["layers"][len(settings["layers"]) // 2]
         jobs.append({**job, "settings": {k: v for k, v in settings.items() if v is not None}})
-    raw["jobs"] = jobs
-    raw["models"] = {name: source}
-    raw["title"] = raw["title"].format(name=name)
+    raw.update(jobs=jobs, models={name: source}, title=raw["title"].format(name=name))
     chosen = {"model": source, "scale": scale, "parameters": params, "layers": n_layers,
               "d_model": d_model, "family": family, "skipped": skipped}
     raw["description"] = describe(name, chosen)

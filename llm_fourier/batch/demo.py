@@ -1,22 +1,17 @@
 """The built-in report of ``llm-fourier demo``: the whole toolkit offline, in minutes on a CPU.
 
-The built-in report config (``demo_config``) trains small GPT-2-architecture adders from
-scratch with and without transplanted Fourier number embeddings (``transplant``), runs the
-LLM pipeline on the two trained adder folders (``embed``, ``probe``, ``ablate``), and trains
-a small grokking model of (a + b) mod p with its progress measures (``toy train``,
-``toy analyze``). Everything goes through the report runner, so ``OUT/index.html`` holds
-all plots, a re-run skips finished jobs, and a killed demo resumes.
-
+``demo_config`` trains small GPT-2-architecture adders with and without transplanted Fourier
+number embeddings (``transplant``), runs the LLM pipeline on the two trained adders
+(``embed``, ``probe``, ``ablate``, ``hidden``) and trains a small grokking model of
+(a + b) mod p (``toy train``, ``toy analyze``), all through the report runner:
+``OUT/index.html`` holds every plot, a re-run skips finished jobs, a killed demo resumes.
 ``--model gpt2`` (or a Llama folder) runs the LLM parts on that pretrained model instead,
-few-shot prompted, and transplants its number embeddings into the adder; ``--quick`` is the
-test-sized variant (seconds).
+few-shot, and transplants its number embeddings; ``--quick`` is the test-sized variant.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import numpy as np
 
 # sizes of the built-in report: (full demo, --quick). tau splits the adders' numbers 0..100
 # (0..16 quick) so that neither band's Fourier rows span the adders' width (64; 16 quick):
@@ -39,14 +34,13 @@ def demo_config(model: str | None = None, quick: bool = False) -> dict:
         transplant.update(max_operand=z["operand"], epochs=z["adder_epochs"],
                           eval_every=z["eval_every"], layers=1, d_model=16, heads=2,
                           batch_size=16)
-    if model is not None:
-        transplant["source"] = model
     if model is None:
         models = {"adder-scratch": "{jobs.transplant}/seed0/scratch/model",
                   "adder-fourier": "{jobs.transplant}/seed0/transplant/model"}
         task = {"op": "+", "max_operand": z["operand"], "ordered": True}
         llm = {"limit": z["limit"], "batch_size": 32}
     else:
+        transplant["source"] = model
         models = {Path(model).name or "model": model}
         task = {"op": "+", "max_operand": z["llm_operand"]}
         llm = {"limit": z["llm_limit"], "shots": 3, "batch_size": 8}
@@ -93,20 +87,6 @@ def demo_config(model: str | None = None, quick: bool = False) -> dict:
              "settings": {"checkpoint": "{jobs.grok}/checkpoint.safetensors"}},
         ],
     }
-
-
-def planted_embeddings(p: int, dim: int, periods, seed: int) -> np.ndarray:
-    """Number embeddings (p x dim) with planted Fourier features at ``periods`` over a smooth
-    low-frequency background and noise, as in GPT-2's number tokens (a known answer for
-    spectrum and outlier tests)."""
-    rng = np.random.default_rng(seed)
-    x = np.arange(p)[:, None]
-    emb = 0.3 * np.cumsum(rng.standard_normal((p, dim)), axis=0)  # smooth background
-    emb += 0.5 * rng.standard_normal((p, dim))
-    for period in periods:
-        phase = rng.uniform(0, 2 * np.pi, dim)
-        emb += rng.uniform(0.5, 1.5, dim) * np.cos(2 * np.pi * x / period + phase)
-    return emb
 
 
 NEXT_STEPS = """\

@@ -1,14 +1,12 @@
 """A command is one object: its typed settings, its run into one run folder, its report view.
 
-Subclasses set ``help`` and ``Settings`` (a ``settings.Settings`` dataclass with ``out`` and
-``restart``, see ``options.OutputOptions``; ``name`` is its ``command`` unless set) and
-implement ``run(settings, run)``, which writes into the ``RunDir`` and returns the results
-dictionary (``run.finish`` writes it as ``results.json``; ``finish`` also prints).
-``shards = True`` marks commands whose ``run`` shares its prompts among the processes of an
-``accelerate launch`` / ``torchrun`` (every process calls it, the main one writes). The
-batch report renders a command's jobs through its view: ``section``, ``heading``, ``intro``
-and ``order`` place it on the page, ``captions`` name its figures, and ``job_html`` /
-``section_html`` / ``findings`` draw from its own results.
+Subclasses set ``help`` and ``Settings`` (with ``options.OutputOptions``; ``name`` is its
+``command`` unless set) and implement ``run(settings, run)``, which writes into the
+``RunDir`` and returns the results (``finish`` writes them as ``results.json`` and prints).
+``shards = True``: every process of an ``accelerate launch`` / ``torchrun`` runs it on its
+share of the prompts, the main one writes. The batch report places a command's jobs by
+``section``, ``heading``, ``intro`` and ``order``, names its figures with ``captions`` and
+draws from its results with ``job_html`` / ``section_html`` / ``findings``.
 
 Calling the object is the Python API: ``ProbeCommand()(model="gpt2", layers=[10])`` checks
 the settings exactly as the CLI does and returns the results; ``out=None`` writes nothing.
@@ -31,13 +29,12 @@ from llm_fourier.output.rundir import RunDir, check_writable
 def _fill_defaults(settings, main: bool) -> None:
     """``settings.fill_defaults()`` (it reads the tokenizer) after ``--out`` is known to be
     writable, leaving no folder behind when it fails."""
-    path = Path(settings.out) if getattr(settings, "out", None) and main else None
-    if path is not None and not path.exists():
+    if getattr(settings, "out", None) and main:
+        path = Path(settings.out)
+        made = not path.exists()
         check_writable(path)  # makes it: remove it again, RunDir makes it when it opens
-        if not any(path.iterdir()):
+        if made and not any(path.iterdir()):
             path.rmdir()
-    elif path is not None:
-        check_writable(path)
     settings.fill_defaults()
 
 
@@ -94,7 +91,6 @@ class Command:
     def run(self, settings, run: RunDir) -> dict:
         raise NotImplementedError
 
-    # -------------------------------------------------------------- execution
     def execute(self, settings) -> dict:
         """Open the run folder (checked, locked, resumable) and run in it."""
         main = process_info().is_main if self.shards else True
@@ -108,7 +104,7 @@ class Command:
     def __call__(self, **settings) -> dict:
         return self.execute(self.Settings.from_dict(settings))
 
-    # -------------------------------------------------------------- report view
+    # report view
     def job_html(self, job: JobView) -> str:
         """Extra HTML for one job (figures and CSVs are rendered by the page already)."""
         return ""

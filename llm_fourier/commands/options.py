@@ -1,14 +1,12 @@
 """Option groups shared by commands, declared once with one default each.
 
-``OutputOptions`` (``--out``, ``--restart``) belong to every command; ``ModelOptions``
-load a causal LM (``answer_format`` first loads only its tokenizer and finds how it writes
-the task's answers: ``number_format``); ``TaskOptions`` build the arithmetic prompts;
-``SplitOptions`` pick the examples a command runs on; ``SpectrumOptions`` choose the Fourier
-basis and the low/high threshold tau, checked against the number range before anything
-loads; ``ReadoutOptions`` (probe, ablate) also check tau against the answers' readout
-(numbers or digits) once the tokenizer is known, with a default for each.
-``ReadoutOptions.answer_space`` builds the run's ``AnswerSpace`` (whose ``describe`` gives
-results.json's ``numbers`` / ``readout`` entries).
+``OutputOptions`` (``--out``, ``--restart``) belong to every command; ``ModelOptions`` load a
+causal LM, or only its tokenizer (``answer_format``: how it writes the task's answers);
+``TaskOptions`` build the arithmetic prompts; ``SplitOptions`` pick the examples;
+``SpectrumOptions`` choose the Fourier basis and the low/high threshold tau, checked against
+the number range before anything loads; ``ReadoutOptions`` also check tau against the
+answers' readout (numbers or digits) once the tokenizer is known, with a default for each,
+and build the run's ``AnswerSpace`` (``answer_space``).
 """
 
 from __future__ import annotations
@@ -112,9 +110,8 @@ class ModelOptions(SourceOptions):
         return self._tokenizer
 
     def answer_format(self, max_answer: int) -> NumberFormat:
-        """How the tokenizer writes the answers 0..``max_answer`` (its family: single tokens,
-        digits, chunks, mixed), from the tokenizer alone; pass ``fmt.tokenizer`` to
-        ``load_model`` to load the model with it."""
+        """How the tokenizer alone writes the answers 0..``max_answer`` (its family); pass
+        ``fmt.tokenizer`` to ``load_model`` to load the model with it."""
         return number_format(self.load_tokenizer(), max_answer)
 
 
@@ -137,23 +134,19 @@ class TaskOptions(Settings):
 
     @property
     def operands(self) -> int:
-        """The operand range: as given or chosen, else (before the model is read) the
-        default, which bounds the chosen one."""
+        """The operand range: as given or chosen, else the default (which bounds the chosen)."""
         return self.default_operand if self.max_operand is None else self.max_operand
 
     @property
     def max_answer(self) -> int:
         return largest_answer(self.op, self.operands)
 
-    def fit_operands(self) -> None:
+    def model_defaults(self) -> None:
         """Choose --max-operand from the tokenizer when left unset (``fitting_operands``)."""
         tokenizer = self.defaults_tokenizer()
         if self.max_operand is None and tokenizer is not None:
             self.choose("max_operand", *fitting_operands(tokenizer, self.op,
                                                          self.default_operand))
-
-    def model_defaults(self) -> None:
-        self.fit_operands()
 
     def task(self, **extra) -> TaskSplits:
         return make_task(self.op, self.operands, ordered=self.ordered, seed=self.task_seed,
@@ -200,13 +193,10 @@ class ReadoutOptions(SpectrumOptions):
     def model_defaults(self) -> None:
         """tau from the answers' readout (``AnswerSpace``), said with its reason."""
         tokenizer = self.defaults_tokenizer()
-        if tokenizer is None:
+        if tokenizer is None or not isinstance(self, TaskOptions):
             return
-        getattr(self, "fit_operands", lambda: None)()  # the answers first
-        max_answer = getattr(self, "max_answer", None)
-        if max_answer is None:
-            return
-        space = self.answer_space(number_format(tokenizer, max_answer), max_answer)
+        TaskOptions.model_defaults(self)  # the answers first (it runs after this one)
+        space = self.answer_space(number_format(tokenizer, self.max_answer), self.max_answer)
         if space.kind == "digit" and self.basis != "dft":
             self.choose("basis", "dft", "the digit readout is the DFT over the ten digits; "
                         "--basis applies to number readouts", apply=False)
@@ -214,8 +204,7 @@ class ReadoutOptions(SpectrumOptions):
             self.choose("tau", space.tau, space.tau_chosen()["why"])
 
     def answer_space(self, fmt: NumberFormat, max_answer: int) -> AnswerSpace:
-        """The answers' space (readout, basis, tau with its default: 50 for numbers, 3 for
-        digits), built once; tau is checked there. ``--basis`` does not apply to digits."""
+        """The answers' space (readout, basis, tau with its default), built and checked once."""
         with self.named_errors():
             return AnswerSpace.build(fmt, max_answer, basis_kind=self.basis, tau=self.tau)
 

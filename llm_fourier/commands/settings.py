@@ -1,15 +1,13 @@
 """Typed settings: one dataclass per command declares its options once.
 
-A field made with ``option(default, help=..., min=..., choices=...)`` is at the same time
-an ``argparse`` option (``--max-operand`` for ``max_operand``; its type from the
-annotation: ``int``, ``float``, ``str``, ``bool``, ``list[int]``, ... or ``X | None``), a
-key of a report config's ``settings`` table (``from_dict``), and a checked value: ranges and
-choices are verified when the object is made, and ``validate()`` adds the checks between
-fields (e.g. tau within the spectrum of the chosen numbers). Every failure is a
-``UserError`` naming the option, so the CLI, the report config and the Python API refuse a
-mistake with the same sentence, before any heavy work. Fields with ``identity=False``
-(batch sizes, progress bars, ``--restart``) do not count as a change of the run.
-``seed_option`` declares a seed: an integer in 0..2**32-1, the same rule for every command.
+A field made with ``option(default, help=..., min=..., choices=...)`` is at once an
+``argparse`` option (``--max-operand`` for ``max_operand``, typed by its annotation such as
+``list[int] | None``), a key of a report config's ``settings`` table (``from_dict``) and a
+checked value: ranges and choices are verified when the object is made, ``validate()`` adds
+checks between fields. Every failure is a ``UserError`` naming the option, so the CLI, the
+report config and the Python API refuse a mistake with the same sentence, before any heavy
+work. Fields with ``identity=False`` (batch sizes, progress bars, ``--restart``) do not count
+as a change of the run.
 """
 
 from __future__ import annotations
@@ -48,8 +46,7 @@ def option(default: Any = dataclasses.MISSING, *, help: str, min: float | None =
 
 
 def seed_option(default: Any = 0, *, help: str, **kw) -> Any:
-    """A seed: every command's ``--seed`` / ``--task-seed`` / ``--seeds`` takes an integer in
-    0..2**32-1, checked with the other settings (a negative seed is refused, not mapped)."""
+    """A seed option: an integer in 0..2**32-1 (a negative seed is refused, not mapped)."""
     return option(default, help=help, min=0, max=SEED_MAX, **kw)
 
 
@@ -71,7 +68,9 @@ def _flag(name: str, meta: dict) -> str:
 
 @dataclasses.dataclass(kw_only=True)
 class Settings:
-    """Base of every command's settings (see the module docstring)."""
+    """Base of every command's settings (see the module docstring). Each class may define
+    ``validate`` (checks between its fields) and ``model_defaults`` (fill options left at None
+    whose default depends on the model): every class's runs, base first, no ``super()``."""
 
     command: ClassVar[str] = "command"
 
@@ -79,24 +78,19 @@ class Settings:
         self.chosen: dict[str, dict] = {}  # defaults chosen from the model (not options)
         for f in dataclasses.fields(self):
             self._check_field(f)
-        for klass in reversed(type(self).__mro__):  # every group's checks, base first
-            check = klass.__dict__.get("validate")
-            if check is not None:
-                check(self)
+        self._each_class("validate")
 
-    # -------------------------------------------------------------- model defaults
-    def model_defaults(self) -> None:
-        """Fill options left at None whose default depends on the model (each class of the
-        MRO that defines one runs, base first; see ``fill_defaults``)."""
+    def _each_class(self, hook: str) -> None:
+        """Run ``hook`` of every class of the MRO that defines one, base first."""
+        for klass in reversed(type(self).__mro__):
+            if hook in klass.__dict__:
+                klass.__dict__[hook](self)
 
     def fill_defaults(self) -> dict[str, dict]:
         """Run every group's ``model_defaults`` once (``Command.execute`` calls it before the
         run folder opens, so the chosen values are part of the run's identity)."""
         if not getattr(self, "_filled", False):
-            for klass in reversed(type(self).__mro__):
-                fill = klass.__dict__.get("model_defaults")
-                if fill is not None:
-                    fill(self)
+            self._each_class("model_defaults")
             self._filled = True
         return self.chosen
 
@@ -110,20 +104,12 @@ class Settings:
         if apply:
             setattr(self, name, value)
         self.chosen[name] = {"value": value, "why": why}
-        meta = self._meta(name)
-        label = name if meta["positional"] else _flag(name, meta)
-        print(f"{self.command}: {label} {_show(value)} (default for this model: {why})")
-
-    # -------------------------------------------------------------- checks
-    def validate(self) -> None:
-        """Checks between fields of one class (each class of the MRO that defines one runs;
-        no ``super()`` call needed)."""
+        print(f"{self.command}: {self._label(name)} {_show(value)} (default for this model: "
+              f"{why})")
 
     def fail(self, name: str, problem: str) -> UserError:
         """A ``UserError`` about option ``name``, e.g. ``fail("tau", "must be ...")``."""
-        meta = self._meta(name)
-        label = name if meta["positional"] else _flag(name, meta)
-        return UserError(f"{self.command}: {label} {problem}.")
+        return UserError(f"{self.command}: {self._label(name)} {problem}.")
 
     @contextlib.contextmanager
     def named_errors(self) -> Iterator[None]:
@@ -134,9 +120,11 @@ class Settings:
             raise UserError(f"{self.command}: {e}") from None
 
     @classmethod
-    def _meta(cls, name: str) -> dict:
+    def _label(cls, name: str) -> str:
+        """How errors name option ``name``: its flag, or its name if positional."""
         field = {f.name: f for f in dataclasses.fields(cls)}[name]
-        return field.metadata.get(_META, {"positional": False, "flag": None})
+        meta = field.metadata.get(_META, {"positional": False, "flag": None})
+        return name if meta["positional"] else _flag(name, meta)
 
     def _check_field(self, f: dataclasses.Field) -> None:
         meta = f.metadata.get(_META)
@@ -145,10 +133,9 @@ class Settings:
         value = getattr(self, f.name)
         elem, many, optional = _kind(typing.get_type_hints(type(self))[f.name])
         if value is None:
-            if f.default is dataclasses.MISSING and not optional:
-                raise self.fail(f.name, "is required")
             if not optional:
-                raise self.fail(f.name, "needs a value")
+                raise self.fail(f.name, "is required" if f.default is dataclasses.MISSING
+                                else "needs a value")
             return
         values = value if many else [value]
         if many and not isinstance(value, (list, tuple)):
@@ -176,13 +163,11 @@ class Settings:
             if meta["above"] is not None and not v > meta["above"]:
                 raise self.fail(f.name, f"must be above {_num(meta['above'])}, got {v!r}")
 
-    # -------------------------------------------------------------- views
     def identity(self) -> dict:
         """The settings that change a run's results (what resume compares)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if f.metadata.get(_META, {}).get("identity", True)}
 
-    # -------------------------------------------------------------- construction
     @classmethod
     def option_names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls) if _META in f.metadata]
@@ -197,14 +182,14 @@ class Settings:
         converted to the option's type; an unknown key is a ``UserError`` naming it."""
         known = cls.option_names()
         hints = typing.get_type_hints(cls)
+        where = f"{source}: " if source else ""
         out = {}
         for key, value in values.items():
             name = str(key).replace("-", "_")
             if name not in known:
-                where = f"{source}: " if source else ""
                 raise UserError(f"{where}{cls.command} has no setting {key!r} (known: "
                                 f"{', '.join(sorted(known))}).")
-            out[name] = _convert(cls, name, hints[name], value, source)
+            out[name] = _convert(hints[name], value, f"{where}{cls.command}: {name}")
         return out
 
     @classmethod
@@ -212,11 +197,8 @@ class Settings:
         """Settings from a mapping (a report config's table, Python keyword arguments)."""
         values = cls.convert(values, source)
         for f in dataclasses.fields(cls):
-            if f.name not in values and f.default is dataclasses.MISSING \
-                    and f.default_factory is dataclasses.MISSING:
-                meta = f.metadata.get(_META, {"positional": False, "flag": None})
-                label = f.name if meta["positional"] else _flag(f.name, meta)
-                raise UserError(f"{cls.command}: {label} is required.")
+            if f.name not in values and _required(f):
+                raise UserError(f"{cls.command}: {cls._label(f.name)} is required.")
         return cls(**values)
 
     @classmethod
@@ -234,26 +216,22 @@ class Settings:
             kw: dict[str, Any] = {"help": meta["help"] + (
                 f" (default: {_show(default)})" if default not in (None, False, [])
                 and elem is not bool else "")}
-            if meta["metavar"]:
+            if meta["metavar"] and not meta["positional"]:
                 kw["metavar"] = meta["metavar"]
             if elem is bool and not many:
                 kw["action"] = argparse.BooleanOptionalAction if default else "store_true"
             else:
                 kw["type"] = elem
+                kw["choices"] = meta["choices"]
                 if many:
                     kw["nargs"] = "*" if meta["empty"] else "+"
-                if meta["choices"] is not None:
-                    kw["choices"] = meta["choices"]
             if meta["positional"]:
-                if f.default is not dataclasses.MISSING or f.default_factory is not \
-                        dataclasses.MISSING:
+                if not _required(f):
                     kw["nargs"] = "?"
-                kw.pop("metavar", None)
                 parser.add_argument(f.name, default=default, **kw)
             else:
                 parser.add_argument(_flag(f.name, meta), dest=f.name, default=default,
-                                    required=f.default is dataclasses.MISSING
-                                    and f.default_factory is dataclasses.MISSING, **kw)
+                                    required=_required(f), **kw)
 
     @classmethod
     def from_namespace(cls, namespace: argparse.Namespace) -> Settings:
@@ -264,6 +242,10 @@ class Settings:
 def _num(bound: float) -> str:
     """A bound as written: ``4294967295``, not ``4.29497e+09``."""
     return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
 def _default(f: dataclasses.Field):
@@ -278,7 +260,7 @@ def _show(value) -> str:
     return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
-def _convert(cls, name: str, annotation, value, source: str):
+def _convert(annotation, value, label: str):
     """Numbers written as text in a config ("1e-3") to the option's type; lists element-wise.
     Anything else is left for the field checks to refuse with their sentence."""
     elem, many, _ = _kind(annotation)
@@ -288,15 +270,11 @@ def _convert(cls, name: str, annotation, value, source: str):
             try:
                 return elem(v)
             except ValueError:
-                where = f"{source}: " if source else ""
-                raise UserError(f"{where}{cls.command}: {name} must be a number, got "
-                                f"{v!r}.") from None
+                raise UserError(f"{label} must be a number, got {v!r}.") from None
         if elem is float and isinstance(v, int) and not isinstance(v, bool):
             return float(v)
         return v
 
-    if many and isinstance(value, (list, tuple)):
-        return [one(v) for v in value]
-    if many and value is not None and not isinstance(value, (list, tuple)):
-        return [one(value)]  # a single value for a list option
+    if many and value is not None:  # a single value for a list option becomes a list
+        return [one(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
     return one(value)

@@ -80,11 +80,8 @@ def read_json(path: str | Path):
 
 def write_csv(path: str | Path, rows: list[dict]) -> Path:
     """Rows of dicts to CSV; the header is the union of keys in first-seen order."""
-    header: list[str] = []
-    for row in rows:
-        header += [k for k in row if k not in header]
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=header)
+    writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
     writer.writeheader()
     writer.writerows([to_jsonable(r) for r in rows])
     return atomic_write_text(path, buf.getvalue())

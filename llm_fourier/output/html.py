@@ -26,9 +26,7 @@ def html_table(rows: list[dict], columns: list[str] | None = None, max_rows: int
     if not rows:
         return ""
     if columns is None:
-        columns = []
-        for r in rows:
-            columns += [k for k in r if k not in columns]
+        columns = list(dict.fromkeys(k for r in rows for k in r))
     head = "".join(f"<th>{esc(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{esc(format_cell(r.get(c)))}</td>"
                                     for c in columns) + "</tr>" for r in rows[:max_rows])
@@ -42,14 +40,10 @@ def details(title: str, body: str) -> str:
     return f"<details><summary>{esc(title)}</summary>{body}</details>"
 
 
-def img_tag(path: Path, alt: str = "") -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f"<img src='data:image/png;base64,{data}' alt='{esc(alt)}'>"
-
-
 def figure(path: Path, caption: str) -> str:
-    return (f"<figure>{img_tag(path, path.stem)}<figcaption><b>{esc(path.name)}</b>: "
-            f"{esc(caption)}</figcaption></figure>")
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (f"<figure><img src='data:image/png;base64,{data}' alt='{esc(path.stem)}'>"
+            f"<figcaption><b>{esc(path.name)}</b>: {esc(caption)}</figcaption></figure>")
 
 
 def _number(text: str):
@@ -70,9 +64,7 @@ def record_tables(results: dict, skip: tuple[str, ...] = (), max_rows: int = 60)
     """Every top-level list of flat records (e.g. outliers) as a captioned table."""
     parts = []
     for key, value in results.items():
-        if key in skip:
-            continue
-        if (isinstance(value, list) and value and len(value) <= max_rows
+        if (key not in skip and isinstance(value, list) and value and len(value) <= max_rows
                 and all(isinstance(r, dict) for r in value)
                 and all(not isinstance(v, (dict, list)) for r in value for v in r.values())):
             table = html_table(value, caption=key.replace("_", " "))

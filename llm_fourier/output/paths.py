@@ -1,24 +1,13 @@
 """Where the toolkit may write and delete: every path stays inside its run folder.
 
-* ``path_component(name)``: any string (a model, task or job name from a config) as one safe
-  file name: letters, digits, ``_ . + -``, not starting with ``.`` or ``-``, at most 100
-  characters. A name that is already safe is kept; any other gets its unsafe characters
-  replaced and a hash of the whole name appended, so distinct names stay distinct ids.
-* ``check_no_links(path)``: refuses (``UnsafePath``, a ``UserError``: one sentence) a path
-  whose folders below its run folder (the outermost folder above it holding ``run.json`` or
-  ``MARK``) include a symbolic link: a link planted in a run folder is never written
-  through. The run folder itself may be a link (``--out`` is the user's choice).
-* ``open_private(path, mode)``: opens a lock or log file without following a link
-  (``O_NOFOLLOW``), refusing anything but a plain file with one name.
-* ``remove(target, root)``: the one delete of the toolkit. It deletes only inside ``root``
-  (no ``..``, no link on the way; a link as target is removed, never followed), and only
-  what the toolkit wrote: ``root``, a folder on the way (or up to 3 above ``root``) holds
-  ``run.json`` of a run or the ``MARK`` file of a folder the toolkit made (``make_own_dir``),
-  or the caller made the target in this process (``made_here``).
+A run folder is the outermost folder holding ``run.json`` or ``MARK``; it may itself be a
+link (``--out`` is the user's choice), but a link planted below it is never written or
+deleted through. Refusals are ``UnsafePath`` (a ``UserError``: one sentence).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -42,7 +31,10 @@ class UnsafePath(UserError):
 
 
 def path_component(name: str) -> str:
-    """``name`` as one safe path component (see the module docstring)."""
+    """Any string (a model, task or job name from a config) as one safe file name: letters,
+    digits, ``_ . + -``, not starting with ``.`` or ``-``, at most 100 characters. A safe
+    name is kept; any other gets its unsafe characters replaced and a hash of the whole name
+    appended, so distinct names stay distinct ids."""
     name = str(name)
     if SAFE.fullmatch(name) and len(name) <= MAX_COMPONENT:
         return name
@@ -59,11 +51,9 @@ def _lexical(path: str | Path) -> Path:
 def _is_run_folder(folder: Path) -> bool:
     """``folder`` holds ``MARK`` or a plain ``run.json`` that is not the JSON of another tool
     (a damaged record of ours still counts, so ``--restart`` can clear it)."""
-    try:
+    with contextlib.suppress(OSError):
         if stat.S_ISREG(os.lstat(folder / MARK).st_mode):
             return True
-    except OSError:
-        pass
     record = folder / RUN_FILE
     try:
         info = os.lstat(record)
@@ -82,12 +72,7 @@ def _link_below_run(path: Path) -> Path | None:
     """The first symbolic link among ``path``'s folders below its outermost run folder."""
     folders = [path.parent, *path.parent.parents]
     runs = [i for i, f in enumerate(folders) if _is_run_folder(f)]
-    if not runs:
-        return None
-    for folder in folders[:runs[-1]]:
-        if folder.is_symlink():
-            return folder
-    return None
+    return next((f for f in folders[:runs[-1]] if f.is_symlink()), None) if runs else None
 
 
 def check_no_links(path: str | Path) -> None:
@@ -99,8 +84,8 @@ def check_no_links(path: str | Path) -> None:
 
 
 def open_private(path: str | Path, mode: str = "a+"):
-    """Open a lock (``"a+"``) or log (``"a"``) file for appending, never through a link,
-    refusing anything but a plain file with a single name."""
+    """Open a lock (``"a+"``) or log (``"a"``) file for appending, never through a link
+    (``O_NOFOLLOW``), refusing anything but a plain file with a single name."""
     path = Path(path)
     check_no_links(path)
     flags = os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK
@@ -130,19 +115,18 @@ def make_own_dir(path: str | Path) -> Path:
     check_no_links(path / MARK)
     if not path.is_dir():
         path.mkdir(parents=True, exist_ok=True)
-        with open_private(path / MARK, "a"):
-            pass
+        open_private(path / MARK, "a").close()
     return path
 
 
 def remove(target: str | Path, root: str | Path, *, made_here: bool = False) -> bool:
-    """Delete the file or folder ``target`` inside the run folder ``root`` (see the module
-    docstring); False when there was nothing to delete. Refusals are one sentence."""
+    """The toolkit's one delete: the file or folder ``target`` inside the run folder ``root``
+    (no ``..``, no link on the way; a link as target is removed, never followed), and only
+    what the toolkit wrote: ``root``, a folder on the way (or up to 3 above ``root``) holds
+    ``run.json`` of a run or ``MARK`` (``make_own_dir``), or the caller made the target in
+    this process (``made_here``). False when there was nothing to delete."""
     root, target = _lexical(root), _lexical(target)
-    try:
-        rel = target.relative_to(root)
-    except ValueError:
-        rel = None
+    rel = target.relative_to(root) if target.is_relative_to(root) else None
     if rel is None or not rel.parts or ".." in rel.parts:
         raise UnsafePath(f"refusing to delete {target}: it is not inside the run folder {root}; "
                          "this is a bug, please report it.")

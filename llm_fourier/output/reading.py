@@ -47,10 +47,10 @@ def _fail(path: Path, what: str, problem: str) -> UserError:
     return UserError(f"{what} {path}: {problem}.")
 
 
-def check_data(value, path: Path, what: str = "file", where: str = "") -> None:
+def check_data(value, path: Path, what: str = "file") -> None:
     """Keys must be strings, nesting bounded; raises one sentence naming the first bad key."""
     seen: set[int] = set()
-    stack = [(value, where or "(top level)", 0)]
+    stack = [(value, "(top level)", 0)]
     while stack:
         item, at, depth = stack.pop()
         if depth > 100:
@@ -144,10 +144,9 @@ def finite_numbers(values, path: str | Path, what: str = "file") -> list[float]:
                 raise TypeError
             x = float(v)
         except (TypeError, ValueError):
-            raise UserError(f"{what} {path}: value {i} ({v!r}) is not a number; give a number "
-                            "for every entry.") from None
+            raise _fail(path, what, f"value {i} ({v!r}) is not a number; give a number for "
+                        "every entry") from None
         if not math.isfinite(x):
-            raise UserError(f"{what} {path}: value {i} is {x}; give a finite number for every "
-                            "entry.")
+            raise _fail(path, what, f"value {i} is {x}; give a finite number for every entry")
         out.append(x)
     return out

@@ -68,29 +68,19 @@ def save_states(folder: str | Path, arrays: Mapping[str, np.ndarray], layers: Se
     dtypes = {}
     for role, values in arrays.items():
         t = torch.from_numpy(np.ascontiguousarray(values))
-        kind = dtype
+        dtypes[role] = dtype
         if dtype == "float16" and t.numel() and float(t.abs().max()) > _FP16_MAX:
-            kind = "float32"  # float16 would turn these values into inf
+            dtypes[role] = "float32"  # float16 would turn these values into inf
             print(f"note: {role} states exceed float16's range; kept in float32")
-        dtypes[role] = kind
         atomic_write_bytes(folder / f"{role}.safetensors",
-                           save({"states": t.to(getattr(torch, kind)).contiguous()}))
-    write_csv(folder / "index.csv", [{k: r.get(k) for k in INDEX_COLUMNS} for r in rows])
+                           save({"states": t.to(getattr(torch, dtypes[role])).contiguous()}))
+    rows = [{k: r.get(k) for k in INDEX_COLUMNS} for r in rows]
+    write_csv(folder / "index.csv", rows)
     write_json(folder / "index.json", {
         **meta, "roles": list(arrays), "layers": [int(i) for i in layers], "dtypes": dtypes,
         "n": len(rows), "shape": "N x L x D per role (prompts x layers x d_model)",
-        "rows": [{k: r.get(k) for k in INDEX_COLUMNS} for r in rows]})
+        "rows": rows})
     return folder
-
-
-def _folder(run_dir: str | Path) -> Path:
-    path = Path(run_dir)
-    for candidate in (path, path / STATES_DIR):
-        if (candidate / "index.json").is_file():
-            return candidate
-    raise UserError(f"{path} holds no kept states (no {STATES_DIR}/index.json); run "
-                    "`llm-fourier hidden --out DIR` or `llm-fourier probe --keep-rows --out DIR` "
-                    "first.")
 
 
 def load_states(run_dir: str | Path, roles: Sequence[str] | None = None) -> States:
@@ -98,7 +88,12 @@ def load_states(run_dir: str | Path, roles: Sequence[str] | None = None) -> Stat
     ``states/`` folder itself, as float32 arrays with their labels."""
     from safetensors.torch import load
 
-    folder = _folder(run_dir)
+    path = Path(run_dir)
+    folder = next((f for f in (path, path / STATES_DIR) if (f / "index.json").is_file()), None)
+    if folder is None:
+        raise UserError(f"{path} holds no kept states (no {STATES_DIR}/index.json); run "
+                        "`llm-fourier hidden --out DIR` or `llm-fourier probe --keep-rows --out "
+                        "DIR` first.")
     try:
         index = read_json(folder / "index.json")
         wanted = list(index["roles"]) if roles is None else list(roles)

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from llm_fourier.analyses.finetuning import RowFreezer, embedding_params
-from llm_fourier.batch.demo import planted_embeddings
 from llm_fourier.errors import UserError
 from probes import FourierBasis, spectrum
 from toy.adders import AdderConfig, build_adder
@@ -18,13 +17,27 @@ P = 121
 BASIS = FourierBasis(P)
 
 
+def planted_embeddings(p: int, dim: int, periods, seed: int) -> np.ndarray:
+    """Number embeddings (p x dim) with planted Fourier features at ``periods`` over a smooth
+    low-frequency background and noise, as in GPT-2's number tokens (a known answer for
+    spectrum and outlier tests)."""
+    rng = np.random.default_rng(seed)
+    x = np.arange(p)[:, None]
+    emb = 0.3 * np.cumsum(rng.standard_normal((p, dim)), axis=0)  # smooth background
+    emb += 0.5 * rng.standard_normal((p, dim))
+    for period in periods:
+        phase = rng.uniform(0, 2 * np.pi, dim)
+        emb += rng.uniform(0.5, 1.5, dim) * np.cos(2 * np.pi * x / period + phase)
+    return emb
+
+
 def outlier_periods(rows: np.ndarray) -> set[float]:
     return {round(o.period, 3) for o in spectrum(rows, BASIS, axis=0).outliers()}
 
 
 @pytest.mark.parametrize("method", ["pca", "random"])
 def test_projection_keeps_source_outlier_periods(method):
-    # independent source: the demo's planted embeddings (random-walk background + noise)
+    # independent source: planted embeddings (random-walk background + noise)
     source = planted_embeddings(P, 256, (2, 2.5, 5, 10), seed=3)
     assert outlier_periods(source) == {2.0, 2.5, 5.0, 10.0}
     projected = project_rows(source, 48, method, seed=1)
