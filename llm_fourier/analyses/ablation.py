@@ -1,19 +1,15 @@
 """Fourier filter ablations inside edit hooks, evaluation and error analysis (Zhou et al.).
 
 Filters are ``probes.filters`` projections built once from a readout
-(``readout.NumberReadout``: ``W_U[numbers]``, or ``W_U[digits 0..9]`` for tokenizers that
-write one token per digit) and a Fourier basis, then applied to attention and/or MLP
-outputs at chosen layers and positions (conditions of ``model.engine``). ``evaluate`` runs a
-split whose answers are single tokens and reports the next-token loss of the answer, accuracy,
-a signed-error histogram, the fraction of errors that are multiples of 10, mod-2 / mod-10
-accuracy and the digit-space analysis of ``scores.Scores``. The prediction is either the
-model's own next token (argmax over the whole vocabulary, as in the paper; a non-number
-token is wrong and has no signed error) or the argmax over the number tokens only.
-``evaluate_task`` and ``ablation_table`` take a ``NumberFormat`` or ``AnswerSpace`` too:
-single-token answers are scored as by ``evaluate``, answers of several tokens whole
-(``answers.score_conditions``: greedy answers, teacher-forced loss; filters at every
-answer position). Batches are sharded across processes under a process group and gathered
-in order, so every rank gets the single-process result.
+(``readout.NumberReadout``: ``W_U[numbers]``, or ``W_U[digits 0..9]`` for one token per
+digit) and a Fourier basis, applied to attention and/or MLP outputs at chosen layers and
+positions (conditions of ``model.engine``). Single-token answers are scored on the next
+token (loss, accuracy and the rest of ``scores.Scores``); the prediction is the model's own
+next token (argmax over the vocabulary, as in the paper; a non-number token is wrong) or the
+argmax over the number tokens. Answers of several tokens are scored whole
+(``answers.score_conditions``: greedy answers, teacher-forced loss; filters at every answer
+position). Batches are sharded under a process group and gathered in order, so every rank
+gets the single-process result.
 """
 
 from __future__ import annotations
@@ -42,11 +38,8 @@ MODULES = {"attn+MLP": ("attn", "mlp"), "attn": ("attn",), "MLP": ("mlp",)}
 
 def number_filters(lm, numbers: NumberTokens, basis_kind: str = "paper", tau: int = 50,
                    keep: Iterable[int] | None = None) -> dict[str, FourierFilter]:
-    """The filters of the paper, built once from ``W_U[numbers]``.
-
-    ``"low removed"`` = high-pass (removes 1 <= k < tau), ``"high removed"`` = low-pass
-    (removes k >= tau); with ``keep``, ``"keep k=..."`` keeps only those components.
-    """
+    """The paper's filters from ``W_U[numbers]``: ``"low removed"`` (1 <= k < tau),
+    ``"high removed"`` (k >= tau) and, with ``keep``, ``"keep k=..."`` (only those)."""
     return number_readout(lm, numbers).filters(basis_kind, tau, keep)
 
 
@@ -54,11 +47,6 @@ def filter_edits(filt: Callable[[Tensor], Tensor], roles: Iterable[str],
                  layers: Iterable[int]) -> dict[tuple[str, int], Callable[[Tensor], Tensor]]:
     """One edit per (role, layer), all applying the same (pre-built) filter."""
     return {(r, i): filt for r in roles for i in layers}
-
-
-def _single_numbers(fmt: NumberFormat) -> NumberTokens:
-    """The single-token numbers 0..max_number of a "single" format."""
-    return NumberTokens(fmt.numbers.token_ids[:fmt.max_number + 1], fmt.leading_space)
 
 
 def evaluate_task(
@@ -100,7 +88,9 @@ def answer_target(target: NumberTokens | NumberFormat | AnswerSpace
     if isinstance(target, AnswerSpace):
         target = target.numbers if target.single else target.fmt
     if isinstance(target, NumberFormat) and target.family == "single":
-        return _single_numbers(target)
+        # the single-token numbers 0..max_number
+        return NumberTokens(target.numbers.token_ids[:target.max_number + 1],
+                            target.leading_space)
     return target
 
 
@@ -152,11 +142,8 @@ def ablation_table(
     done = score_conditions(lm, examples, answer_target(numbers), conditions,
                             prediction=prediction, batch_size=batch_size, store=store,
                             progress=progress, desc="ablations")
-    table = []
-    for fname, modules in rows:
-        rank = filters[fname].rank if fname != "none" else 0
-        # a filter whose removed rows span the whole width removes everything: a knockout
-        table.append({"row": row_label(fname, modules), "filter": fname, "modules": modules,
-                      "rank": rank, "width": lm.d_model, "knockout": bool(rank >= lm.d_model),
-                      **done[row_label(fname, modules)]})
-    return table
+    ranks = {f: filters[f].rank if f != "none" else 0 for f, _ in rows}
+    # a filter whose removed rows span the whole width removes everything: a knockout
+    return [{"row": row_label(f, m), "filter": f, "modules": m, "rank": ranks[f],
+             "width": lm.d_model, "knockout": bool(ranks[f] >= lm.d_model),
+             **done[row_label(f, m)]} for f, m in rows]

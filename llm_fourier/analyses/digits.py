@@ -1,15 +1,13 @@
 """Digit lens: module outputs at every answer position read through W_U[digit tokens].
 
 For tokenizers that write one token per digit (Llama-2, Mistral, Qwen, Gemma, SmolLM), the
-answer is teacher forced (one pass of ``model.engine``) and at each answer position the attention,
-MLP and residual (block) outputs of every layer are captured (N x L x D per position) and
-read through the digit readout ``W_U[0..9]`` (``readout.digit_readout``, optionally through
-the final norm). Per role, layer and digit place (0 = units) of the digit that position
-predicts, and pooled over places, it accumulates the lens accuracy (argmax over the ten
-digits = the answer's digit) and the mean magnitude of each Fourier component over the ten
-digits (``FourierBasis(10, "dft")``: periods 10, 5, 3.33, 2.5, 2; see ``readout``).
-Only sums are kept (memory O(L x places)); batches are sharded under a process group and
-folded in batch order, and ``store`` keeps each batch's sums, as in ``lens.run_lens``.
+answer is teacher forced (one pass of ``model.engine``); at each answer position every
+layer's attention, MLP and residual (block) output is read through ``W_U[0..9]``
+(``readout.digit_readout``, optionally through the final norm). Per role, layer and digit
+place (0 = units), and pooled over places, it accumulates the lens accuracy (argmax over the
+ten digits = the answer's digit) and the mean magnitude of each Fourier component over the
+digits (``FourierBasis(10, "dft")``: periods 10, 5, 3.33, 2.5, 2). Only sums are kept;
+sharding, batch-order folding and ``store`` work as in ``lens.run_lens``.
 """
 
 from __future__ import annotations
@@ -56,19 +54,6 @@ class DigitLens:
     pooled: dict[str, LensAccumulator]
     by_place: dict[str, list[LensAccumulator]]
     readout: NumberReadout
-
-    def _all(self):
-        for role, acc in self.pooled.items():
-            yield f"{role}/all", acc
-            for i, a in enumerate(self.by_place[role]):
-                yield f"{role}/{i}", a
-
-    def state_dict(self) -> dict:
-        return {key: acc.state_dict() for key, acc in self._all()}
-
-    def load_state_dict(self, state: dict) -> None:
-        for key, acc in self._all():
-            acc.load_state_dict(state[key])
 
     def summary(self, tau: int) -> dict:
         """JSON-ready: per role, pooled and per place, accuracy and spectra by layer."""
