@@ -11,10 +11,9 @@ prompt prefix's KV cache; edits at the answer positions (``positions`` "last", a
 * whole answers (``NumberFormat``): greedy answers, the argmax over the vocabulary (or over
   the digit / number tokens for ``prediction="numbers"``, for exactly the answer's digit
   count) until the number has ended or has as many tokens as the longest answer plus one;
-  the prediction is the integer the tokens start with. Rows whose teacher-forced argmax
-  writes the answer and ends it need no decoding; the others are decoded step by step.
-  Teacher forcing gives log p(answer) (summed over its tokens) and whether every answer
-  token is the argmax.
+  the prediction is the integer the tokens start with (rows whose teacher-forced argmax
+  writes and ends the answer need no decoding). Teacher forcing gives log p(answer) (summed
+  over its tokens) and whether every answer token is the argmax.
 
 ``score_conditions`` scores several conditions in one pass of the engine (resume units in
 ``store``); ``evaluate_answers`` and ``greedy_answers`` are its one-condition forms.

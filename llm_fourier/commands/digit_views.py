@@ -48,11 +48,6 @@ def is_digit_run(results: dict) -> bool:
     return readout_kind(results) == "digit"
 
 
-def is_whole_answer_run(results: dict) -> bool:
-    """Answers of several tokens (digits, chunks, mixed): greedy whole answers."""
-    return readout_kind(results) != "number"
-
-
 # ------------------------------------------------------------------ probe: digit lens
 def strongest_period(layer: dict) -> str:
     """The period with the largest energy share in a ``digit_layer_summary`` row."""
@@ -72,12 +67,11 @@ def digit_layer_rows(results: dict) -> list[dict]:
         for place, info in enumerate(lens["block"].get("places", [])):
             row[f"resid place {place}"] = info["accuracy"][i]
         for role, name in (("attn", "attn"), ("mlp", "MLP")):
-            if role not in lens:
-                continue
-            layer = lens[role]["all"]["layers"][i]
-            row[f"{name} exact"] = lens[role]["all"]["accuracy"][i]
-            row[f"{name} strongest period"] = strongest_period(layer)
-            row[f"{name} low frac"] = layer.get("low_fraction")
+            if role in lens:
+                layer = lens[role]["all"]["layers"][i]
+                row[f"{name} exact"] = lens[role]["all"]["accuracy"][i]
+                row[f"{name} strongest period"] = strongest_period(layer)
+                row[f"{name} low frac"] = layer.get("low_fraction")
         rows.append(row)
     return rows
 
@@ -120,19 +114,15 @@ def digit_lens_csv(summary: dict, lens) -> tuple[list[dict], list[dict]]:
 def whole_answer_rows(table: list[dict]) -> list[dict]:
     """The ablation table of whole answers for the report: greedy accuracy beside the
     teacher-forced one, the loss of the whole answer, and the digit-space analysis."""
-    rows = []
-    for r in table:
-        row = {"ablation": r.get("row"),
-               "accuracy %": None if r.get("accuracy") is None else 100 * r["accuracy"],
-               "teacher-forced accuracy %": None if r.get("teacher_forced_accuracy") is None
-               else 100 * r["teacher_forced_accuracy"],
-               "loss (-log p answer)": r.get("loss"), "errors": r.get("n_errors"),
-               "one-digit errors": r.get("frac_errors_one_digit"),
-               "errors multiple of 10": r.get("frac_errors_mult_10")}
-        for place, acc in enumerate(r.get("digit_accuracy") or []):
-            row[f"digit {place} accuracy"] = acc
-        rows.append(row)
-    return rows
+    return [{"ablation": r.get("row"),
+             "accuracy %": None if r.get("accuracy") is None else 100 * r["accuracy"],
+             "teacher-forced accuracy %": None if r.get("teacher_forced_accuracy") is None
+             else 100 * r["teacher_forced_accuracy"],
+             "loss (-log p answer)": r.get("loss"), "errors": r.get("n_errors"),
+             "one-digit errors": r.get("frac_errors_one_digit"),
+             "errors multiple of 10": r.get("frac_errors_mult_10"),
+             **{f"digit {place} accuracy": acc
+                for place, acc in enumerate(r.get("digit_accuracy") or [])}} for r in table]
 
 
 def csv_row(row: dict) -> dict:
@@ -153,10 +143,8 @@ def csv_row(row: dict) -> dict:
 def flat_table_row(row: dict, columns) -> dict:
     """One ``table.csv`` row: ``columns`` and the per-place digit accuracy flattened
     (``digit_accuracy_0``, ``digit_accuracy_1``, ...)."""
-    out = {c: row.get(c) for c in columns}
-    for place, acc in enumerate(row.get("digit_accuracy") or []):
-        out[f"digit_accuracy_{place}"] = acc
-    return out
+    return {**{c: row.get(c) for c in columns},
+            **{f"digit_accuracy_{p}": acc for p, acc in enumerate(row.get("digit_accuracy") or [])}}
 
 
 # ------------------------------------------------------------------ hidden: digit probes

@@ -1,30 +1,23 @@
 """``llm-fourier probe``: per-layer logit-lens accuracy and Fourier spectra on addition prompts.
 
-Loads a model, builds the task split, finds how its tokenizer writes the answers
-(``number_format``) and reads every layer's attention, MLP and residual (block) outputs
-through the readout the answers get (``readout.readout_for``; ``results.json`` says which in
-``readout``, and how numbers are written in ``numbers``):
+Every layer's attention, MLP and residual (block) output is read through the readout the
+answers get (``readout.readout_for``; ``results.json`` names it in ``readout``, and how
+numbers are written in ``numbers``):
 
 * numbers that are single tokens (GPT-2 up to 520, Llama-3 up to 999): the number lens at
-  the last token through ``W_U[numbers]`` (``lens.run_lens``): ``results.json`` (per-layer
-  accuracy and, for attention, MLP and the residual stream, per-layer outliers with periods
-  and low/high energy; the same for the spectrum averaged over layers), ``accuracy.csv``,
-  ``spectra.csv`` and PNGs (component x layer heatmaps, layer-averaged spectra with their
-  outliers, lens accuracy per layer);
+  the last token through ``W_U[numbers]`` (``lens.run_lens``): per-layer accuracy, outliers
+  with periods and low/high energy per role and for the layer-averaged spectrum, in
+  ``results.json``, ``accuracy.csv``, ``spectra.csv`` and PNGs;
 * one token per digit (Llama-2, Mistral, Qwen, ...): the digit lens at every answer
-  position, teacher forced, through ``W_U[digits 0..9]`` (``digits.run_digit_lens``; its
-  basis is the DFT over the ten digits: periods 10, 5, 3.33, 2.5, 2):
-  ``results.json["digit_lens"]`` (per role, pooled and per digit place: accuracy and the
-  five components' magnitudes, energy shares and low/high split per layer),
-  ``digit_accuracy.csv``, ``digit_spectra.csv`` and PNGs (component x layer heatmaps, lens
-  accuracy per layer and place);
+  position, teacher forced, through ``W_U[digits 0..9]`` (``digits.run_digit_lens``; DFT
+  over the ten digits), per role, pooled and per digit place: ``results.json["digit_lens"]``,
+  ``digit_accuracy.csv``, ``digit_spectra.csv`` and PNGs;
 * chunks of digits or BPE merges (Llama-3 above 999, GPT-2 above 520): no readout exists,
   so the command refuses and says what runs instead.
 
 Both write ``predictions.csv``: each prompt, its answer and the model's own prediction (the
-next token for single-token numbers, the greedy whole answer otherwise), so a row can be
-re-checked with ``model.generate``. The lens sums are kept after every batch, so a killed
-run resumes where it stopped.
+next token, or the greedy whole answer). The lens sums are kept after every batch, so a
+killed run resumes where it stopped.
 """
 
 from __future__ import annotations
