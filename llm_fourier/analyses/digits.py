@@ -136,9 +136,8 @@ def run_digit_lens(
     for unit in units:  # in batch order
         for key, sums in unit.items():
             if key != "predictions":
-                role, place = key.split("/")
-                place = int(place)
-                (lens.pooled[role] if place < 0 else lens.by_place[role][place]).add(sums)
+                role, place = key.split("/")  # place -1: pooled
+                (lens.pooled[role] if place == "-1" else lens.by_place[role][int(place)]).add(sums)
     if predictions is not None:
         predictions[:] = prompts.scatter([u["predictions"] for u in units]).tolist()
     return lens

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-from llm_fourier.analyses.lens import LENS_ROLES
-
 DIGIT_CAPTIONS = {
     "digit_heatmap_attn": "Attention outputs at every answer position (teacher forced) read "
                           "through the ten digit tokens: mean |Fourier component| over the "
@@ -96,20 +94,6 @@ def lens_headline(results: dict) -> dict:
     return out
 
 
-def digit_lens_csv(summary: dict, lens) -> tuple[list[dict], list[dict]]:
-    """(``digit_accuracy.csv`` rows: role, place ("all" or 0, 1, ...), layer, exact;
-    ``digit_spectra.csv`` rows: role, place, layer, k, period, magnitude)."""
-    acc_rows, spec_rows = [], []
-    for role in (r for r in LENS_ROLES if r in summary):
-        groups = [("all", lens.pooled[role])] + list(enumerate(lens.by_place[role]))
-        for place, acc in groups:
-            acc_rows += [{"role": role, "place": place, "layer": r["layer"], "exact": r["exact"]}
-                         for r in acc.accuracy()]
-            spec_rows += [{"role": role, "place": place, "layer": i, **rec}
-                          for i, sp in enumerate(acc.spectra()) for rec in sp.records()]
-    return acc_rows, spec_rows
-
-
 # ------------------------------------------------------------------ ablate: whole answers
 def whole_answer_rows(table: list[dict]) -> list[dict]:
     """The ablation table of whole answers for the report: greedy accuracy beside the
@@ -132,11 +116,10 @@ def csv_row(row: dict) -> dict:
     for k, v in row.items():
         if k == "predictions" or isinstance(v, dict):
             continue
-        if isinstance(v, list):
-            if all(isinstance(x, (int, float)) for x in v):
-                out |= {f"{k}_{i}": x for i, x in enumerate(v)}
-            continue
-        out[k] = v
+        if not isinstance(v, list):
+            out[k] = v
+        elif all(isinstance(x, (int, float)) for x in v):
+            out |= {f"{k}_{i}": x for i, x in enumerate(v)}
     return out
 
 

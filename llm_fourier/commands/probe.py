@@ -36,7 +36,6 @@ from llm_fourier.commands.digit_views import (
     DIGIT_CAPTIONS,
     digit_console_rows,
     digit_layer_rows,
-    digit_lens_csv,
     is_digit_run,
     lens_headline,
 )
@@ -194,14 +193,19 @@ class ProbeCommand(Command):
 
     @staticmethod
     def _digit_files(run: RunDir, results: dict, lens) -> None:
-        acc_rows, spec_rows = digit_lens_csv(results["digit_lens"], lens)
-        run.write_csv("digit_accuracy.csv", acc_rows)
-        run.write_csv("digit_spectra.csv", spec_rows)
-        for role, acc in lens.pooled.items():
-            spectra = acc.spectra()
+        acc_rows, spec_rows = [], []  # per role, place ("all" or 0, 1, ...) and layer
+        for role in (r for r in LENS_ROLES if r in lens.pooled):
+            for place, acc in [("all", lens.pooled[role]), *enumerate(lens.by_place[role])]:
+                acc_rows += [{"role": role, "place": place, "layer": r["layer"],
+                              "exact": r["exact"]} for r in acc.accuracy()]
+                spec_rows += [{"role": role, "place": place, "layer": i, **rec}
+                              for i, sp in enumerate(acc.spectra()) for rec in sp.records()]
+            spectra = lens.pooled[role].spectra()
             component_layer_heatmap(spectra_matrix(spectra), run.file(f"digit_heatmap_{role}.png"),
                                     f"{role} digit logits: mean |Fourier component|",
                                     spectra[0].basis.periods)
+        run.write_csv("digit_accuracy.csv", acc_rows)
+        run.write_csv("digit_spectra.csv", spec_rows)
         digit_lens_accuracy_plot(results["digit_lens"], run.file("digit_lens_accuracy.png"),
                                  "digit lens at the answer positions (teacher forced)")
 
