@@ -122,20 +122,18 @@ class ProbeCommand(Command):
                    "outlier_rule": PEAK_RULE}
         store = run.store("lens")  # each batch's sums: a killed run resumes there
         predictions: list[int] = []
-        if readout.kind == "number":
-            accs = run_lens(lm, examples, space, final_norm=s.final_norm,
-                            batch_size=s.batch_size, store=store, predictions=predictions)
-            plots = self._number_results(s, results, accs, tau)
+        number = readout.kind == "number"
+        lens = (run_lens if number else run_digit_lens)(
+            lm, examples, space, final_norm=s.final_norm, batch_size=s.batch_size, store=store,
+            predictions=predictions)
+        if number:
+            plots = self._number_results(s, results, lens, tau)
         else:
-            lens = run_digit_lens(lm, examples, space, final_norm=s.final_norm,
-                                  batch_size=s.batch_size, store=store,
-                                  predictions=predictions)
             results["digit_lens"] = lens.summary(tau)
         answers = np.array([e.answer for e in examples])
         results["model_accuracy"] = float(np.mean(np.asarray(predictions) == answers))
-        results["prediction"] = ("the model's next token (argmax over the vocabulary)"
-                                 if readout.kind == "number" else
-                                 "the model's greedy whole answer")
+        results["prediction"] = ("the model's next token (argmax over the vocabulary)" if number
+                                 else "the model's greedy whole answer")
         if s.keep_rows:  # one more forward: the rows the lens reads, kept as they are
             keep_states(run, s, lm, collect(lm, examples, "last", batch_size=s.batch_size),
                         "probe")
@@ -145,13 +143,13 @@ class ProbeCommand(Command):
             run.write_csv("predictions.csv", [
                 {"prompt": e.prompt, "a": e.a, "b": e.b, "answer": e.answer, "prediction": p}
                 for e, p in zip(examples, predictions)])
-            if readout.kind == "number":
+            if number:
                 self._number_files(run, results, plots)
             else:
                 self._digit_files(run, results, lens)
             results["files"] = sorted(p.name for p in run.path.iterdir()
                                       if p.suffix in (".png", ".csv"))
-        rows = console_rows if readout.kind == "number" else digit_console_rows
+        rows = console_rows if number else digit_console_rows
         return finish(run, results, format_table(rows(results)),
                       f"model accuracy ({results['prediction']}): "
                       f"{percent(results['model_accuracy'])}",
