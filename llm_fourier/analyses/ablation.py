@@ -49,18 +49,11 @@ def filter_edits(filt: Callable[[Tensor], Tensor], roles: Iterable[str],
     return {(r, i): filt for r in roles for i in layers}
 
 
-def evaluate_task(
-    lm,
-    examples: Sequence[Example],
-    target: NumberTokens | NumberFormat | AnswerSpace,
-    edits: dict[tuple[str, int], Callable[[Tensor], Tensor]] | None = None,
-    *,
-    positions: str = "last",
-    prediction: str = "vocab",
-    batch_size: int = 16,
-    progress: bool = True,
-    desc: str = "evaluate",
-) -> dict:
+def evaluate_task(lm, examples: Sequence[Example],
+                  target: NumberTokens | NumberFormat | AnswerSpace,
+                  edits: dict[tuple[str, int], Callable[[Tensor], Tensor]] | None = None, *,
+                  positions: str = "last", prediction: str = "vocab", batch_size: int = 16,
+                  progress: bool = True, desc: str = "evaluate") -> dict:
     """The next token's scores when the answers are single tokens (``NumberTokens``, or a
     "single" ``NumberFormat``), else whole answers (greedy, teacher forced; edits at every
     answer position for ``positions`` "last" / "answer"). Both return ``predictions``."""
@@ -103,21 +96,12 @@ def row_label(filter_name: str, modules: str) -> str:
     return "none" if filter_name == "none" else f"{modules} {filter_name}"
 
 
-def ablation_table(
-    lm,
-    examples: Sequence[Example],
-    numbers: NumberTokens | NumberFormat | AnswerSpace,
-    *,
-    tau: int | None = None,
-    basis_kind: str = "paper",
-    keep: Iterable[int] | None = None,
-    layers: Iterable[int] | None = None,
-    positions: str = "last",
-    prediction: str = "vocab",
-    batch_size: int = 16,
-    store: Store | None = None,
-    progress: bool = True,
-) -> list[dict]:
+def ablation_table(lm, examples: Sequence[Example],
+                   numbers: NumberTokens | NumberFormat | AnswerSpace, *,
+                   tau: int | None = None, basis_kind: str = "paper",
+                   keep: Iterable[int] | None = None, layers: Iterable[int] | None = None,
+                   positions: str = "last", prediction: str = "vocab", batch_size: int = 16,
+                   store: Store | None = None, progress: bool = True) -> list[dict]:
     """Table 1 of Zhou et al.: loss and accuracy with each filter on attn+MLP, attn, MLP.
 
     ``numbers``: an ``AnswerSpace`` (its tau and basis), the single-token numbers, or a

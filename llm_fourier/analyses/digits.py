@@ -66,18 +66,10 @@ class DigitLens:
                 for role in self.pooled}
 
 
-def run_digit_lens(
-    lm,
-    examples: Sequence[Example],
-    fmt: NumberFormat | AnswerSpace,
-    *,
-    roles: Sequence[str] = LENS_ROLES,
-    final_norm: bool = False,
-    batch_size: int = 16,
-    store: Store | None = None,
-    progress: bool = True,
-    predictions: list[int] | None = None,
-) -> DigitLens:
+def run_digit_lens(lm, examples: Sequence[Example], fmt: NumberFormat | AnswerSpace, *,
+                   roles: Sequence[str] = LENS_ROLES, final_norm: bool = False,
+                   batch_size: int = 16, store: Store | None = None, progress: bool = True,
+                   predictions: list[int] | None = None) -> DigitLens:
     """Digit lens accuracy and spectra per role, layer and digit place over ``examples``.
 
     ``store`` keeps each batch's sums (resume); ``predictions`` receives the model's greedy

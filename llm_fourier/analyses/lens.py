@@ -108,19 +108,11 @@ def lens_pass(lm, prompts: PromptSet, roles: Sequence[str], reduce: Callable, *,
                                    **spec)["lens"]
 
 
-def run_lens(
-    lm,
-    examples: Sequence[Example],
-    numbers: NumberTokens | AnswerSpace,
-    *,
-    roles: Sequence[str] = LENS_ROLES,
-    final_norm: bool = False,
-    basis_kind: str = "paper",
-    batch_size: int = 16,
-    store: Store | None = None,
-    progress: bool = True,
-    predictions: list[int] | None = None,
-) -> dict[str, LensAccumulator]:
+def run_lens(lm, examples: Sequence[Example], numbers: NumberTokens | AnswerSpace, *,
+             roles: Sequence[str] = LENS_ROLES, final_norm: bool = False,
+             basis_kind: str = "paper", batch_size: int = 16, store: Store | None = None,
+             progress: bool = True, predictions: list[int] | None = None
+             ) -> dict[str, LensAccumulator]:
     """Lens accuracy and spectra per role and layer over ``examples``.
 
     ``numbers``: the single-token numbers, or an ``AnswerSpace`` (its basis and readout).
