@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from torch import Tensor
 
-from llm_fourier.analyses.answers import condition, score_batch, score_conditions
+from llm_fourier.analyses.answers import Edits, condition, score_batch, score_conditions
 from llm_fourier.model.answer_space import AnswerSpace
 from llm_fourier.model.engine import Store
 from llm_fourier.model.number_format import NumberFormat
@@ -44,15 +44,14 @@ def number_filters(lm, numbers: NumberTokens, basis_kind: str = "paper", tau: in
 
 
 def filter_edits(filt: Callable[[Tensor], Tensor], roles: Iterable[str],
-                 layers: Iterable[int]) -> dict[tuple[str, int], Callable[[Tensor], Tensor]]:
+                 layers: Iterable[int]) -> Edits:
     """One edit per (role, layer), all applying the same (pre-built) filter."""
     return {(r, i): filt for r in roles for i in layers}
 
 
 def evaluate_task(lm, examples: Sequence[Example],
-                  target: NumberTokens | NumberFormat | AnswerSpace,
-                  edits: dict[tuple[str, int], Callable[[Tensor], Tensor]] | None = None, *,
-                  positions: str = "last", prediction: str = "vocab", batch_size: int = 16,
+                  target: NumberTokens | NumberFormat | AnswerSpace, edits: Edits | None = None,
+                  *, positions: str = "last", prediction: str = "vocab", batch_size: int = 16,
                   progress: bool = True, desc: str = "evaluate") -> dict:
     """The next token's scores when the answers are single tokens (``NumberTokens``, or a
     "single" ``NumberFormat``), else whole answers (greedy, teacher forced; edits at every
