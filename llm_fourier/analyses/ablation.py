@@ -1,19 +1,15 @@
 """Fourier filter ablations inside edit hooks, evaluation and error analysis (Zhou et al.).
 
 Filters are ``probes.filters`` projections built once from a readout
-(``readout.NumberReadout``: ``W_U[numbers]``, or ``W_U[digits 0..9]`` for tokenizers that
-write one token per digit) and a Fourier basis, then applied to attention and/or MLP
-outputs at chosen layers and positions (conditions of ``model.engine``). ``evaluate`` runs a
-split whose answers are single tokens and reports the next-token loss of the answer, accuracy,
-a signed-error histogram, the fraction of errors that are multiples of 10, mod-2 / mod-10
-accuracy and the digit-space analysis of ``scores.Scores``. The prediction is either the
-model's own next token (argmax over the whole vocabulary, as in the paper; a non-number
-token is wrong and has no signed error) or the argmax over the number tokens only.
-``evaluate_task`` and ``ablation_table`` take a ``NumberFormat`` or ``AnswerSpace`` too:
-single-token answers are scored as by ``evaluate``, answers of several tokens whole
-(``answers.score_conditions``: greedy answers, teacher-forced loss; filters at every
-answer position). Batches are sharded across processes under a process group and gathered
-in order, so every rank gets the single-process result.
+(``readout.NumberReadout``: ``W_U[numbers]``, or ``W_U[digits 0..9]`` for one token per
+digit) and a Fourier basis, applied to attention and/or MLP outputs at chosen layers and
+positions (conditions of ``model.engine``). Single-token answers are scored on the next
+token (loss, accuracy and the rest of ``scores.Scores``); the prediction is the model's own
+next token (argmax over the vocabulary, as in the paper; a non-number token is wrong) or the
+argmax over the number tokens. Answers of several tokens are scored whole
+(``answers.score_conditions``: greedy answers, teacher-forced loss; filters at every answer
+position). Batches are sharded under a process group and gathered in order, so every rank
+gets the single-process result.
 """
 
 from __future__ import annotations
@@ -22,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from torch import Tensor
 
-from llm_fourier.analyses.answers import condition, score_batch, score_conditions
+from llm_fourier.analyses.answers import Edits, condition, score_batch, score_conditions
 from llm_fourier.model.answer_space import AnswerSpace
 from llm_fourier.model.engine import Store
 from llm_fourier.model.number_format import NumberFormat
@@ -42,37 +38,21 @@ MODULES = {"attn+MLP": ("attn", "mlp"), "attn": ("attn",), "MLP": ("mlp",)}
 
 def number_filters(lm, numbers: NumberTokens, basis_kind: str = "paper", tau: int = 50,
                    keep: Iterable[int] | None = None) -> dict[str, FourierFilter]:
-    """The filters of the paper, built once from ``W_U[numbers]``.
-
-    ``"low removed"`` = high-pass (removes 1 <= k < tau), ``"high removed"`` = low-pass
-    (removes k >= tau); with ``keep``, ``"keep k=..."`` keeps only those components.
-    """
+    """The paper's filters from ``W_U[numbers]``: ``"low removed"`` (1 <= k < tau),
+    ``"high removed"`` (k >= tau) and, with ``keep``, ``"keep k=..."`` (only those)."""
     return number_readout(lm, numbers).filters(basis_kind, tau, keep)
 
 
 def filter_edits(filt: Callable[[Tensor], Tensor], roles: Iterable[str],
-                 layers: Iterable[int]) -> dict[tuple[str, int], Callable[[Tensor], Tensor]]:
+                 layers: Iterable[int]) -> Edits:
     """One edit per (role, layer), all applying the same (pre-built) filter."""
     return {(r, i): filt for r in roles for i in layers}
 
 
-def _single_numbers(fmt: NumberFormat) -> NumberTokens:
-    """The single-token numbers 0..max_number of a "single" format."""
-    return NumberTokens(fmt.numbers.token_ids[:fmt.max_number + 1], fmt.leading_space)
-
-
-def evaluate_task(
-    lm,
-    examples: Sequence[Example],
-    target: NumberTokens | NumberFormat | AnswerSpace,
-    edits: dict[tuple[str, int], Callable[[Tensor], Tensor]] | None = None,
-    *,
-    positions: str = "last",
-    prediction: str = "vocab",
-    batch_size: int = 16,
-    progress: bool = True,
-    desc: str = "evaluate",
-) -> dict:
+def evaluate_task(lm, examples: Sequence[Example],
+                  target: NumberTokens | NumberFormat | AnswerSpace, edits: Edits | None = None,
+                  *, positions: str = "last", prediction: str = "vocab", batch_size: int = 16,
+                  progress: bool = True, desc: str = "evaluate") -> dict:
     """The next token's scores when the answers are single tokens (``NumberTokens``, or a
     "single" ``NumberFormat``), else whole answers (greedy, teacher forced; edits at every
     answer position for ``positions`` "last" / "answer"). Both return ``predictions``."""
@@ -100,7 +80,9 @@ def answer_target(target: NumberTokens | NumberFormat | AnswerSpace
     if isinstance(target, AnswerSpace):
         target = target.numbers if target.single else target.fmt
     if isinstance(target, NumberFormat) and target.family == "single":
-        return _single_numbers(target)
+        # the single-token numbers 0..max_number
+        return NumberTokens(target.numbers.token_ids[:target.max_number + 1],
+                            target.leading_space)
     return target
 
 
@@ -113,21 +95,12 @@ def row_label(filter_name: str, modules: str) -> str:
     return "none" if filter_name == "none" else f"{modules} {filter_name}"
 
 
-def ablation_table(
-    lm,
-    examples: Sequence[Example],
-    numbers: NumberTokens | NumberFormat | AnswerSpace,
-    *,
-    tau: int | None = None,
-    basis_kind: str = "paper",
-    keep: Iterable[int] | None = None,
-    layers: Iterable[int] | None = None,
-    positions: str = "last",
-    prediction: str = "vocab",
-    batch_size: int = 16,
-    store: Store | None = None,
-    progress: bool = True,
-) -> list[dict]:
+def ablation_table(lm, examples: Sequence[Example],
+                   numbers: NumberTokens | NumberFormat | AnswerSpace, *,
+                   tau: int | None = None, basis_kind: str = "paper",
+                   keep: Iterable[int] | None = None, layers: Iterable[int] | None = None,
+                   positions: str = "last", prediction: str = "vocab", batch_size: int = 16,
+                   store: Store | None = None, progress: bool = True) -> list[dict]:
     """Table 1 of Zhou et al.: loss and accuracy with each filter on attn+MLP, attn, MLP.
 
     ``numbers``: an ``AnswerSpace`` (its tau and basis), the single-token numbers, or a
@@ -152,11 +125,8 @@ def ablation_table(
     done = score_conditions(lm, examples, answer_target(numbers), conditions,
                             prediction=prediction, batch_size=batch_size, store=store,
                             progress=progress, desc="ablations")
-    table = []
-    for fname, modules in rows:
-        rank = filters[fname].rank if fname != "none" else 0
-        # a filter whose removed rows span the whole width removes everything: a knockout
-        table.append({"row": row_label(fname, modules), "filter": fname, "modules": modules,
-                      "rank": rank, "width": lm.d_model, "knockout": bool(rank >= lm.d_model),
-                      **done[row_label(fname, modules)]})
-    return table
+    ranks = {f: filters[f].rank if f != "none" else 0 for f, _ in rows}
+    # a filter whose removed rows span the whole width removes everything: a knockout
+    return [{"row": row_label(f, m), "filter": f, "modules": m, "rank": ranks[f],
+             "width": lm.d_model, "knockout": bool(ranks[f] >= lm.d_model),
+             **done[row_label(f, m)]} for f, m in rows]

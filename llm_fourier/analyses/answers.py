@@ -11,10 +11,9 @@ prompt prefix's KV cache; edits at the answer positions (``positions`` "last", a
 * whole answers (``NumberFormat``): greedy answers, the argmax over the vocabulary (or over
   the digit / number tokens for ``prediction="numbers"``, for exactly the answer's digit
   count) until the number has ended or has as many tokens as the longest answer plus one;
-  the prediction is the integer the tokens start with. Rows whose teacher-forced argmax
-  writes the answer and ends it need no decoding; the others are decoded step by step.
-  Teacher forcing gives log p(answer) (summed over its tokens) and whether every answer
-  token is the argmax.
+  the prediction is the integer the tokens start with (rows whose teacher-forced argmax
+  writes and ends the answer need no decoding). Teacher forcing gives log p(answer) (summed
+  over its tokens) and whether every answer token is the argmax.
 
 ``score_conditions`` scores several conditions in one pass of the engine (resume units in
 ``store``); ``evaluate_answers`` and ``greedy_answers`` are its one-condition forms.
@@ -43,10 +42,6 @@ Edits = dict[tuple[str, int], Callable[[Tensor], Tensor]]
 Target = NumberTokens | NumberFormat
 
 
-def _answer_ids(fmt: NumberFormat, examples: Sequence[Example]) -> list[tuple[int, ...]]:
-    return fmt.encode_many(e.answer for e in examples)
-
-
 def _constrained_ids(fmt: NumberFormat) -> np.ndarray:
     """Tokens an answer position may take with ``prediction="numbers"``."""
     if fmt.family == "single":
@@ -61,7 +56,7 @@ def _constrained_ids(fmt: NumberFormat) -> np.ndarray:
 def max_answer_tokens(fmt: NumberFormat, examples: Sequence[Example]) -> int:
     """Tokens greedy decoding may write per row: the longest answer's, plus one to see the
     number end (the same for every batch, so results do not depend on the batch size)."""
-    return max(len(t) for t in _answer_ids(fmt, examples)) + 1
+    return max(len(t) for t in fmt.encode_many(e.answer for e in examples)) + 1
 
 
 def condition(name: str = "none", edits: Edits | None = None, positions: str = "last"
@@ -74,10 +69,8 @@ def condition(name: str = "none", edits: Edits | None = None, positions: str = "
 
 def score_batch(logits: Tensor, answers: Tensor, numbers: NumberTokens,
                 prediction: str = "vocab") -> tuple[Tensor, Tensor]:
-    """(predicted numbers, per-example loss) from last-position logits (N x vocab).
-
-    The loss is the cross-entropy of the answer token over the whole vocabulary.
-    """
+    """(predicted numbers, per-example loss) from last-position logits (N x vocab); the
+    loss is the cross-entropy of the answer token over the whole vocabulary."""
     if prediction not in PREDICTIONS:
         raise UserError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}.")
     logits = logits.to(torch.float32)
@@ -97,9 +90,7 @@ def _teacher_forced(logits: Tensor, answers: Sequence[tuple[int, ...]]) -> tuple
     valid = torch.tensor([[j < len(a) for j in range(m)] for a in answers])
     lp = torch.log_softmax(logits.float(), -1).cpu()
     got = lp.gather(2, table[..., None])[..., 0].double()
-    logp = torch.where(valid, got, 0.0).sum(1)
-    top = (~valid | (lp.argmax(-1) == table)).all(1)
-    return logp, top
+    return torch.where(valid, got, 0.0).sum(1), (~valid | (lp.argmax(-1) == table)).all(1)
 
 
 def score_conditions(lm, examples: Sequence[Example], target: Target,
@@ -154,13 +145,9 @@ def evaluate_answers(lm, examples: Sequence[Example], fmt: NumberFormat,
                      edits: Edits | None = None, *, positions: str = "answer",
                      prediction: str = "vocab", batch_size: int = 16, progress: bool = True,
                      desc: str = "evaluate") -> dict:
-    """Whole-answer scores of ``examples`` with ``edits`` applied (see the module doc).
-
-    ``loss`` is the mean over examples of -log p(answer) (teacher forced, summed over the
-    answer's tokens); ``teacher_forced_accuracy`` the share whose every answer token is the
-    argmax given the correct prefix; the rest is ``Scores.summary`` of the greedy answers;
-    ``predictions`` lists them.
-    """
+    """Whole-answer scores of ``examples`` with ``edits`` applied: ``loss`` = mean
+    -log p(answer), ``teacher_forced_accuracy``, and ``Scores.summary`` of the greedy answers
+    (listed in ``predictions``)."""
     return score_conditions(lm, examples, fmt, [condition("c", edits, positions)],
                             prediction=prediction, batch_size=batch_size, progress=progress,
                             desc=desc)["c"]
@@ -171,10 +158,9 @@ def greedy_answers(lm, fmt: NumberFormat, examples: Sequence[Example],
                    prediction: str = "vocab", batch_size: int = 16, progress: bool = True,
                    desc: str = "generate") -> np.ndarray:
     """Greedy whole-answer predictions (integers, -1 = no number) of ``examples``."""
-    res = evaluate_answers(lm, examples, fmt, edits, positions=positions,
-                           prediction=prediction, batch_size=batch_size, progress=progress,
-                           desc=desc)
-    return np.array(res["predictions"], dtype=np.int64)
+    return np.array(evaluate_answers(lm, examples, fmt, edits, positions=positions,
+                                     prediction=prediction, batch_size=batch_size,
+                                     progress=progress, desc=desc)["predictions"], dtype=np.int64)
 
 
 def teacher_forced(lm, fmt: NumberFormat, examples: Sequence[Example],

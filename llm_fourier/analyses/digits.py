@@ -1,15 +1,13 @@
 """Digit lens: module outputs at every answer position read through W_U[digit tokens].
 
 For tokenizers that write one token per digit (Llama-2, Mistral, Qwen, Gemma, SmolLM), the
-answer is teacher forced (one pass of ``model.engine``) and at each answer position the attention,
-MLP and residual (block) outputs of every layer are captured (N x L x D per position) and
-read through the digit readout ``W_U[0..9]`` (``readout.digit_readout``, optionally through
-the final norm). Per role, layer and digit place (0 = units) of the digit that position
-predicts, and pooled over places, it accumulates the lens accuracy (argmax over the ten
-digits = the answer's digit) and the mean magnitude of each Fourier component over the ten
-digits (``FourierBasis(10, "dft")``: periods 10, 5, 3.33, 2.5, 2; see ``readout``).
-Only sums are kept (memory O(L x places)); batches are sharded under a process group and
-folded in batch order, and ``store`` keeps each batch's sums, as in ``lens.run_lens``.
+answer is teacher forced (one pass of ``model.engine``); at each answer position every
+layer's attention, MLP and residual (block) output is read through ``W_U[0..9]``
+(``readout.digit_readout``, optionally through the final norm). Per role, layer and digit
+place (0 = units), and pooled over places, it accumulates the lens accuracy (argmax over the
+ten digits = the answer's digit) and the mean magnitude of each Fourier component over the
+digits (``FourierBasis(10, "dft")``: periods 10, 5, 3.33, 2.5, 2). Only sums are kept;
+sharding, batch-order folding and ``store`` work as in ``lens.run_lens``.
 """
 
 from __future__ import annotations
@@ -57,19 +55,6 @@ class DigitLens:
     by_place: dict[str, list[LensAccumulator]]
     readout: NumberReadout
 
-    def _all(self):
-        for role, acc in self.pooled.items():
-            yield f"{role}/all", acc
-            for i, a in enumerate(self.by_place[role]):
-                yield f"{role}/{i}", a
-
-    def state_dict(self) -> dict:
-        return {key: acc.state_dict() for key, acc in self._all()}
-
-    def load_state_dict(self, state: dict) -> None:
-        for key, acc in self._all():
-            acc.load_state_dict(state[key])
-
     def summary(self, tau: int) -> dict:
         """JSON-ready: per role, pooled and per place, accuracy and spectra by layer."""
         def one(acc: LensAccumulator) -> dict:
@@ -81,18 +66,10 @@ class DigitLens:
                 for role in self.pooled}
 
 
-def run_digit_lens(
-    lm,
-    examples: Sequence[Example],
-    fmt: NumberFormat | AnswerSpace,
-    *,
-    roles: Sequence[str] = LENS_ROLES,
-    final_norm: bool = False,
-    batch_size: int = 16,
-    store: Store | None = None,
-    progress: bool = True,
-    predictions: list[int] | None = None,
-) -> DigitLens:
+def run_digit_lens(lm, examples: Sequence[Example], fmt: NumberFormat | AnswerSpace, *,
+                   roles: Sequence[str] = LENS_ROLES, final_norm: bool = False,
+                   batch_size: int = 16, store: Store | None = None, progress: bool = True,
+                   predictions: list[int] | None = None) -> DigitLens:
     """Digit lens accuracy and spectra per role, layer and digit place over ``examples``.
 
     ``store`` keeps each batch's sums (resume); ``predictions`` receives the model's greedy
@@ -151,9 +128,8 @@ def run_digit_lens(
     for unit in units:  # in batch order
         for key, sums in unit.items():
             if key != "predictions":
-                role, place = key.split("/")
-                place = int(place)
-                (lens.pooled[role] if place < 0 else lens.by_place[role][place]).add(sums)
+                role, place = key.split("/")  # place -1: pooled
+                (lens.pooled[role] if place == "-1" else lens.by_place[role][int(place)]).add(sums)
     if predictions is not None:
         predictions[:] = prompts.scatter([u["predictions"] for u in units]).tolist()
     return lens

@@ -1,19 +1,16 @@
 """Logit lens onto the number tokens and per-layer Fourier spectra of module outputs.
 
-The number logits of a module output x (D) are ``W_U[numbers] @ x`` (p values, number
-0..p-1 in order), the readout of Zhou et al. (``readout.NumberReadout``, shared with the
-ablations); with ``final_norm=True`` x first goes through the model's final norm (the
-standard logit lens). Default: off, as in the paper's filters, because a LayerNorm bias
-would add the same ``W_U beta`` spectrum to every module. Tokenizers that write answers
-one token per digit get the digit lens of ``llm_fourier.analyses.digits`` instead.
+The number logits of a module output x are ``W_U[numbers] @ x`` (numbers 0..p-1 in order;
+``readout.NumberReadout``, shared with the ablations); ``final_norm=True`` first applies the
+model's final norm (the standard logit lens). Default off, as in the paper's filters: a
+LayerNorm bias would add the same ``W_U beta`` spectrum to every module. One-token-per-digit
+tokenizers get the digit lens of ``llm_fourier.analyses.digits`` instead.
 
 ``run_lens`` captures attention, MLP and residual-stream (block) outputs at the last real
-token in one pass of ``model.engine`` (batches sharded across processes under a process
-group; the sums are folded in batch order, so the result equals the single-process run),
-and accumulates per layer: lens accuracy (exact, within 2, within
-10; the prediction is the argmax over the number tokens) and the Fourier spectrum of the
-number logits averaged over the data set (``probes.spectrum(..., pool="mean")``), from
-which outliers (with periods) and low/high energy fractions are read.
+token in one pass of ``model.engine`` (sharded under a process group, sums folded in batch
+order, so the result equals the single-process run) and accumulates per layer the lens
+accuracy (exact, within 2, within 10; argmax over the number tokens) and the data-set mean
+Fourier spectrum of the number logits, from which outliers and low/high energy are read.
 """
 
 from __future__ import annotations
@@ -49,8 +46,8 @@ class LensAccumulator:
     tolerances: dict = field(default_factory=lambda: dict(TOLERANCES))
     n: int = 0
     hits: dict = field(default_factory=dict)
-    magnitude_sum: Tensor | None = None  # L x (K + 1), float64
-    energy_sum: Tensor | None = None  # L x (K + 1): sums of squared magnitudes
+    magnitude_sum: Tensor | float = 0.0  # L x (K + 1), float64
+    energy_sum: Tensor | float = 0.0  # L x (K + 1): sums of squared magnitudes
 
     def batch_stats(self, logits: Tensor, answers: Tensor) -> dict:
         """One batch's sums (hits per tolerance, magnitudes, count), to ``add`` in order."""
@@ -65,9 +62,8 @@ class LensAccumulator:
     def add(self, stats: dict) -> None:
         for name, counts in stats["hits"].items():
             self.hits[name] = self.hits.get(name, 0) + counts
-        mag, energy = stats["magnitude_sum"], stats["energy_sum"]
-        self.magnitude_sum = mag if self.magnitude_sum is None else self.magnitude_sum + mag
-        self.energy_sum = energy if self.energy_sum is None else self.energy_sum + energy
+        self.magnitude_sum = self.magnitude_sum + stats["magnitude_sum"]
+        self.energy_sum = self.energy_sum + stats["energy_sum"]
         self.n += stats["n"]
 
     def accuracy(self) -> list[dict]:
@@ -80,14 +76,6 @@ class LensAccumulator:
         n = max(self.n, 1)
         mean, energy = (self.magnitude_sum / n).numpy(), (self.energy_sum / n).numpy()
         return [Spectrum(self.basis, mean[i], energy[i]) for i in range(self.n_layers)]
-
-    def state_dict(self) -> dict:
-        return {"n": self.n, "hits": dict(self.hits), "magnitude_sum": self.magnitude_sum,
-                "energy_sum": self.energy_sum}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.n, self.hits = state["n"], state["hits"]
-        self.magnitude_sum, self.energy_sum = state["magnitude_sum"], state["energy_sum"]
 
 
 PEAK_RULE = "the largest local maxima at k >= tau (the paper's annotation of lens spectra)"
@@ -120,19 +108,11 @@ def lens_pass(lm, prompts: PromptSet, roles: Sequence[str], reduce: Callable, *,
                                    **spec)["lens"]
 
 
-def run_lens(
-    lm,
-    examples: Sequence[Example],
-    numbers: NumberTokens | AnswerSpace,
-    *,
-    roles: Sequence[str] = LENS_ROLES,
-    final_norm: bool = False,
-    basis_kind: str = "paper",
-    batch_size: int = 16,
-    store: Store | None = None,
-    progress: bool = True,
-    predictions: list[int] | None = None,
-) -> dict[str, LensAccumulator]:
+def run_lens(lm, examples: Sequence[Example], numbers: NumberTokens | AnswerSpace, *,
+             roles: Sequence[str] = LENS_ROLES, final_norm: bool = False,
+             basis_kind: str = "paper", batch_size: int = 16, store: Store | None = None,
+             progress: bool = True, predictions: list[int] | None = None
+             ) -> dict[str, LensAccumulator]:
     """Lens accuracy and spectra per role and layer over ``examples``.
 
     ``numbers``: the single-token numbers, or an ``AnswerSpace`` (its basis and readout).
@@ -147,8 +127,8 @@ def run_lens(
         readout, basis = numbers.readout(lm, final_norm), numbers.basis
         numbers = numbers.numbers
     else:
-        readout, basis = number_readout(lm, numbers, final_norm), FourierBasis(numbers.p,
-                                                                               basis_kind)
+        readout = number_readout(lm, numbers, final_norm)
+        basis = FourierBasis(numbers.p, basis_kind)
     require_numbers(numbers, max(e.answer for e in examples), getattr(lm, "name", ""))
     accs = {r: LensAccumulator(lm.n_layers, basis) for r in roles}
     answers = torch.tensor([e.answer for e in examples])

@@ -8,17 +8,14 @@ keep-only-those-components filter. The filters act on the readout the answers ge
 * single-token numbers: ``W_U[numbers]`` at the last position, scored on the next token
   (the paper's; tau 50 by default);
 * one token per digit: ``W_U[digits 0..9]`` (DFT over ten digits, tau 3 by default) at every
-  answer position, scored on the whole answer: greedy decoding (as many tokens as the answer
-  needs, batched, stopping early) and the teacher-forced log-probability of the correct
-  answer (``loss`` = mean -log p(answer), ``teacher_forced_accuracy``);
+  answer position, scored on the whole answer: greedy decoding and the teacher-forced
+  log-probability (``loss`` = mean -log p(answer), ``teacher_forced_accuracy``);
 * chunks of digits or BPE merges: no readout, so only the ``none`` row (whole-answer scores).
 
-Writes ``results.json`` (the table with loss, accuracy, signed-error histograms, fraction of
-errors that are multiples of 10, mod-2 / mod-10 accuracy and the digit-space analysis:
-per-place accuracy, share of wrong answers that differ in exactly one digit, by place),
-``table.csv``, ``predictions.csv`` (each prompt, its answer and the prediction of every
-row) and ``error_histograms.png`` (plus ``digit_errors.png`` for whole answers). Every
-finished (batch, row) unit is kept in the run folder, so a killed run resumes there.
+Writes ``results.json`` (the table: loss, accuracy and the rest of ``scores.Scores``),
+``table.csv``, ``predictions.csv`` (each prompt, its answer and every row's prediction) and
+``error_histograms.png`` (plus ``digit_errors.png`` for whole answers). Every finished
+(batch, row) unit is kept in the run folder, so a killed run resumes there.
 """
 
 from __future__ import annotations
@@ -33,7 +30,6 @@ from llm_fourier.commands.base import Command, JobView, finish, section_table
 from llm_fourier.commands.digit_views import (
     DIGIT_CAPTIONS,
     flat_table_row,
-    is_whole_answer_run,
     readout_kind,
     whole_answer_rows,
 )
@@ -216,8 +212,8 @@ class AblateCommand(Command):
     # -------------------------------------------------------------- report view
     def job_html(self, job: JobView) -> str:
         table = job.results.get("table", [])
-        if is_whole_answer_run(job.results):
-            kind = readout_kind(job.results)
+        kind = readout_kind(job.results)
+        if kind != "number":  # answers of several tokens (digits, chunks, mixed): whole answers
             where = ("through the ten digit tokens at every answer position" if kind == "digit"
                      else "(no readout: unfiltered only)")
             return html_table(whole_answer_rows(table), caption=(
@@ -241,18 +237,15 @@ class AblateCommand(Command):
                                  "and a knockout removes all of them.")
 
     def section_html(self, jobs: list[JobView], out: Path) -> str:
-        labels: list[str] = []
-        for job in jobs:
-            labels += [r["row"] for r in job.results.get("table", []) if r["row"] not in labels]
+        tables = {_column(job): {r.get("row"): r for r in job.results.get("table", [])}
+                  for job in jobs}
         rows = []
-        for label in labels:
+        for label in dict.fromkeys(label for table in tables.values() for label in table):
             row: dict = {"ablation": label}
-            for job in jobs:
-                match = [r for r in job.results.get("table", []) if r.get("row") == label]
-                acc = match[0].get("accuracy") if match else None
-                value = None if acc is None else 100 * acc
-                knockout = bool(match and match[0].get("knockout"))
-                row[_column(job)] = f"{value:.4g} (knockout)" if knockout else value
+            for column, table in tables.items():
+                r = table.get(label, {})
+                value = None if r.get("accuracy") is None else 100 * r["accuracy"]
+                row[column] = f"{value:.4g} (knockout)" if r.get("knockout") else value
             row["paper (GPT-2-XL)"] = PAPER_TABLE1.get(label)
             rows.append(row)
         return section_table(rows, out, "ablation_table1", "Test accuracy (%) per ablation and "

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-from llm_fourier.analyses.lens import LENS_ROLES
-
 DIGIT_CAPTIONS = {
     "digit_heatmap_attn": "Attention outputs at every answer position (teacher forced) read "
                           "through the ten digit tokens: mean |Fourier component| over the "
@@ -48,11 +46,6 @@ def is_digit_run(results: dict) -> bool:
     return readout_kind(results) == "digit"
 
 
-def is_whole_answer_run(results: dict) -> bool:
-    """Answers of several tokens (digits, chunks, mixed): greedy whole answers."""
-    return readout_kind(results) != "number"
-
-
 # ------------------------------------------------------------------ probe: digit lens
 def strongest_period(layer: dict) -> str:
     """The period with the largest energy share in a ``digit_layer_summary`` row."""
@@ -72,12 +65,11 @@ def digit_layer_rows(results: dict) -> list[dict]:
         for place, info in enumerate(lens["block"].get("places", [])):
             row[f"resid place {place}"] = info["accuracy"][i]
         for role, name in (("attn", "attn"), ("mlp", "MLP")):
-            if role not in lens:
-                continue
-            layer = lens[role]["all"]["layers"][i]
-            row[f"{name} exact"] = lens[role]["all"]["accuracy"][i]
-            row[f"{name} strongest period"] = strongest_period(layer)
-            row[f"{name} low frac"] = layer.get("low_fraction")
+            if role in lens:
+                layer = lens[role]["all"]["layers"][i]
+                row[f"{name} exact"] = lens[role]["all"]["accuracy"][i]
+                row[f"{name} strongest period"] = strongest_period(layer)
+                row[f"{name} low frac"] = layer.get("low_fraction")
         rows.append(row)
     return rows
 
@@ -102,37 +94,19 @@ def lens_headline(results: dict) -> dict:
     return out
 
 
-def digit_lens_csv(summary: dict, lens) -> tuple[list[dict], list[dict]]:
-    """(``digit_accuracy.csv`` rows: role, place ("all" or 0, 1, ...), layer, exact;
-    ``digit_spectra.csv`` rows: role, place, layer, k, period, magnitude)."""
-    acc_rows, spec_rows = [], []
-    for role in (r for r in LENS_ROLES if r in summary):
-        groups = [("all", lens.pooled[role])] + list(enumerate(lens.by_place[role]))
-        for place, acc in groups:
-            acc_rows += [{"role": role, "place": place, "layer": r["layer"], "exact": r["exact"]}
-                         for r in acc.accuracy()]
-            spec_rows += [{"role": role, "place": place, "layer": i, **rec}
-                          for i, sp in enumerate(acc.spectra()) for rec in sp.records()]
-    return acc_rows, spec_rows
-
-
 # ------------------------------------------------------------------ ablate: whole answers
 def whole_answer_rows(table: list[dict]) -> list[dict]:
     """The ablation table of whole answers for the report: greedy accuracy beside the
     teacher-forced one, the loss of the whole answer, and the digit-space analysis."""
-    rows = []
-    for r in table:
-        row = {"ablation": r.get("row"),
-               "accuracy %": None if r.get("accuracy") is None else 100 * r["accuracy"],
-               "teacher-forced accuracy %": None if r.get("teacher_forced_accuracy") is None
-               else 100 * r["teacher_forced_accuracy"],
-               "loss (-log p answer)": r.get("loss"), "errors": r.get("n_errors"),
-               "one-digit errors": r.get("frac_errors_one_digit"),
-               "errors multiple of 10": r.get("frac_errors_mult_10")}
-        for place, acc in enumerate(r.get("digit_accuracy") or []):
-            row[f"digit {place} accuracy"] = acc
-        rows.append(row)
-    return rows
+    return [{"ablation": r.get("row"),
+             "accuracy %": None if r.get("accuracy") is None else 100 * r["accuracy"],
+             "teacher-forced accuracy %": None if r.get("teacher_forced_accuracy") is None
+             else 100 * r["teacher_forced_accuracy"],
+             "loss (-log p answer)": r.get("loss"), "errors": r.get("n_errors"),
+             "one-digit errors": r.get("frac_errors_one_digit"),
+             "errors multiple of 10": r.get("frac_errors_mult_10"),
+             **{f"digit {place} accuracy": acc
+                for place, acc in enumerate(r.get("digit_accuracy") or [])}} for r in table]
 
 
 def csv_row(row: dict) -> dict:
@@ -142,21 +116,18 @@ def csv_row(row: dict) -> dict:
     for k, v in row.items():
         if k == "predictions" or isinstance(v, dict):
             continue
-        if isinstance(v, list):
-            if all(isinstance(x, (int, float)) for x in v):
-                out |= {f"{k}_{i}": x for i, x in enumerate(v)}
-            continue
-        out[k] = v
+        if not isinstance(v, list):
+            out[k] = v
+        elif all(isinstance(x, (int, float)) for x in v):
+            out |= {f"{k}_{i}": x for i, x in enumerate(v)}
     return out
 
 
 def flat_table_row(row: dict, columns) -> dict:
     """One ``table.csv`` row: ``columns`` and the per-place digit accuracy flattened
     (``digit_accuracy_0``, ``digit_accuracy_1``, ...)."""
-    out = {c: row.get(c) for c in columns}
-    for place, acc in enumerate(row.get("digit_accuracy") or []):
-        out[f"digit_accuracy_{place}"] = acc
-    return out
+    return {**{c: row.get(c) for c in columns},
+            **{f"digit_accuracy_{p}": acc for p, acc in enumerate(row.get("digit_accuracy") or [])}}
 
 
 # ------------------------------------------------------------------ hidden: digit probes

@@ -1,30 +1,23 @@
 """``llm-fourier probe``: per-layer logit-lens accuracy and Fourier spectra on addition prompts.
 
-Loads a model, builds the task split, finds how its tokenizer writes the answers
-(``number_format``) and reads every layer's attention, MLP and residual (block) outputs
-through the readout the answers get (``readout.readout_for``; ``results.json`` says which in
-``readout``, and how numbers are written in ``numbers``):
+Every layer's attention, MLP and residual (block) output is read through the readout the
+answers get (``readout.readout_for``; ``results.json`` names it in ``readout``, and how
+numbers are written in ``numbers``):
 
 * numbers that are single tokens (GPT-2 up to 520, Llama-3 up to 999): the number lens at
-  the last token through ``W_U[numbers]`` (``lens.run_lens``): ``results.json`` (per-layer
-  accuracy and, for attention, MLP and the residual stream, per-layer outliers with periods
-  and low/high energy; the same for the spectrum averaged over layers), ``accuracy.csv``,
-  ``spectra.csv`` and PNGs (component x layer heatmaps, layer-averaged spectra with their
-  outliers, lens accuracy per layer);
+  the last token through ``W_U[numbers]`` (``lens.run_lens``): per-layer accuracy, outliers
+  with periods and low/high energy per role and for the layer-averaged spectrum, in
+  ``results.json``, ``accuracy.csv``, ``spectra.csv`` and PNGs;
 * one token per digit (Llama-2, Mistral, Qwen, ...): the digit lens at every answer
-  position, teacher forced, through ``W_U[digits 0..9]`` (``digits.run_digit_lens``; its
-  basis is the DFT over the ten digits: periods 10, 5, 3.33, 2.5, 2):
-  ``results.json["digit_lens"]`` (per role, pooled and per digit place: accuracy and the
-  five components' magnitudes, energy shares and low/high split per layer),
-  ``digit_accuracy.csv``, ``digit_spectra.csv`` and PNGs (component x layer heatmaps, lens
-  accuracy per layer and place);
+  position, teacher forced, through ``W_U[digits 0..9]`` (``digits.run_digit_lens``; DFT
+  over the ten digits), per role, pooled and per digit place: ``results.json["digit_lens"]``,
+  ``digit_accuracy.csv``, ``digit_spectra.csv`` and PNGs;
 * chunks of digits or BPE merges (Llama-3 above 999, GPT-2 above 520): no readout exists,
   so the command refuses and says what runs instead.
 
 Both write ``predictions.csv``: each prompt, its answer and the model's own prediction (the
-next token for single-token numbers, the greedy whole answer otherwise), so a row can be
-re-checked with ``model.generate``. The lens sums are kept after every batch, so a killed
-run resumes where it stopped.
+next token, or the greedy whole answer). The lens sums are kept after every batch, so a
+killed run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -43,7 +36,6 @@ from llm_fourier.commands.digit_views import (
     DIGIT_CAPTIONS,
     digit_console_rows,
     digit_layer_rows,
-    digit_lens_csv,
     is_digit_run,
     lens_headline,
 )
@@ -130,20 +122,18 @@ class ProbeCommand(Command):
                    "outlier_rule": PEAK_RULE}
         store = run.store("lens")  # each batch's sums: a killed run resumes there
         predictions: list[int] = []
-        if readout.kind == "number":
-            accs = run_lens(lm, examples, space, final_norm=s.final_norm,
-                            batch_size=s.batch_size, store=store, predictions=predictions)
-            plots = self._number_results(s, results, accs, tau)
+        number = readout.kind == "number"
+        lens = (run_lens if number else run_digit_lens)(
+            lm, examples, space, final_norm=s.final_norm, batch_size=s.batch_size, store=store,
+            predictions=predictions)
+        if number:
+            plots = self._number_results(s, results, lens, tau)
         else:
-            lens = run_digit_lens(lm, examples, space, final_norm=s.final_norm,
-                                  batch_size=s.batch_size, store=store,
-                                  predictions=predictions)
             results["digit_lens"] = lens.summary(tau)
         answers = np.array([e.answer for e in examples])
         results["model_accuracy"] = float(np.mean(np.asarray(predictions) == answers))
-        results["prediction"] = ("the model's next token (argmax over the vocabulary)"
-                                 if readout.kind == "number" else
-                                 "the model's greedy whole answer")
+        results["prediction"] = ("the model's next token (argmax over the vocabulary)" if number
+                                 else "the model's greedy whole answer")
         if s.keep_rows:  # one more forward: the rows the lens reads, kept as they are
             keep_states(run, s, lm, collect(lm, examples, "last", batch_size=s.batch_size),
                         "probe")
@@ -153,13 +143,13 @@ class ProbeCommand(Command):
             run.write_csv("predictions.csv", [
                 {"prompt": e.prompt, "a": e.a, "b": e.b, "answer": e.answer, "prediction": p}
                 for e, p in zip(examples, predictions)])
-            if readout.kind == "number":
+            if number:
                 self._number_files(run, results, plots)
             else:
                 self._digit_files(run, results, lens)
             results["files"] = sorted(p.name for p in run.path.iterdir()
                                       if p.suffix in (".png", ".csv"))
-        rows = console_rows if readout.kind == "number" else digit_console_rows
+        rows = console_rows if number else digit_console_rows
         return finish(run, results, format_table(rows(results)),
                       f"model accuracy ({results['prediction']}): "
                       f"{percent(results['model_accuracy'])}",
@@ -201,14 +191,19 @@ class ProbeCommand(Command):
 
     @staticmethod
     def _digit_files(run: RunDir, results: dict, lens) -> None:
-        acc_rows, spec_rows = digit_lens_csv(results["digit_lens"], lens)
-        run.write_csv("digit_accuracy.csv", acc_rows)
-        run.write_csv("digit_spectra.csv", spec_rows)
-        for role, acc in lens.pooled.items():
-            spectra = acc.spectra()
+        acc_rows, spec_rows = [], []  # per role, place ("all" or 0, 1, ...) and layer
+        for role in (r for r in LENS_ROLES if r in lens.pooled):
+            for place, acc in [("all", lens.pooled[role]), *enumerate(lens.by_place[role])]:
+                acc_rows += [{"role": role, "place": place, "layer": r["layer"],
+                              "exact": r["exact"]} for r in acc.accuracy()]
+                spec_rows += [{"role": role, "place": place, "layer": i, **rec}
+                              for i, sp in enumerate(acc.spectra()) for rec in sp.records()]
+            spectra = lens.pooled[role].spectra()
             component_layer_heatmap(spectra_matrix(spectra), run.file(f"digit_heatmap_{role}.png"),
                                     f"{role} digit logits: mean |Fourier component|",
                                     spectra[0].basis.periods)
+        run.write_csv("digit_accuracy.csv", acc_rows)
+        run.write_csv("digit_spectra.csv", spec_rows)
         digit_lens_accuracy_plot(results["digit_lens"], run.file("digit_lens_accuracy.png"),
                                  "digit lens at the answer positions (teacher forced)")
 

@@ -13,33 +13,23 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from llm_fourier.output.files import save_figure
-from llm_fourier.output.plots import pyplot
+from llm_fourier.output.plots import accuracy_panels, finish_figure, pyplot
 
 
 def digit_lens_accuracy_plot(summary: Mapping[str, Mapping], path: str | Path,
                              title: str = "") -> Path:
     """``summary``: ``DigitLens.summary`` (role -> {"all", "places"}, each with
     ``accuracy`` per layer)."""
-    plt = pyplot()
-    roles = list(summary)
-    fig, axes = plt.subplots(1, len(roles), figsize=(3.2 * len(roles), 2.8), squeeze=False,
-                             sharey=True)
-    for ax, role in zip(axes[0], roles):
-        pooled = summary[role]["all"]["accuracy"]
+    def draw(ax, lens: Mapping) -> None:
+        pooled = lens["all"]["accuracy"]
         ax.plot(range(len(pooled)), pooled, "k.-", label="all digits")
-        for place, info in enumerate(summary[role]["places"]):
+        for place, info in enumerate(lens["places"]):
             ax.plot(range(len(info["accuracy"])), info["accuracy"], ".--", lw=0.9,
                     label=f"place {place} (10^{place})")
         ax.axhline(0.1, color="grey", lw=0.5)  # chance over ten digits
-        ax.set(xlabel="layer", title=role, ylim=(-0.02, 1.02))
         ax.xaxis.get_major_locator().set_params(integer=True)
-    axes[0, 0].set_ylabel("digit lens accuracy")
-    axes[0, -1].legend(fontsize=7)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return save_figure(fig, path)
+
+    return accuracy_panels(summary, path, title, "digit lens accuracy", draw)
 
 
 def digit_error_panels(rows: Sequence[Mapping], path: str | Path, title: str = "") -> Path:
@@ -68,10 +58,7 @@ def digit_error_panels(rows: Sequence[Mapping], path: str | Path, title: str = "
             ax.xaxis.get_major_locator().set_params(integer=True)
     axes[-1, 0].set_xlabel("digit place (0 = units)")
     axes[-1, 1].set_xlabel("number of differing places")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return save_figure(fig, path)
+    return finish_figure(fig, path, title)
 
 
 def digit_probe_plot(rows: Sequence[Mapping], path: str | Path, title: str = "") -> Path:
@@ -106,7 +93,4 @@ def digit_probe_plot(rows: Sequence[Mapping], path: str | Path, title: str = "")
         axes[i, 0].set_ylabel("digit accuracy (held out)")
     axes[0, 0].legend(fontsize=7, title="solid: model, dashed: random init, dotted: shuffled",
                       title_fontsize=6)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return save_figure(fig, path)
+    return finish_figure(fig, path, title)

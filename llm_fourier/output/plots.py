@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,28 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def finish_figure(fig, path: str | Path, title: str = "") -> Path:
+    """The figure's title (if any), a tight layout, then the PNG."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def accuracy_panels(panels: Mapping[str, object], path: str | Path, title: str, ylabel: str,
+                    draw: Callable) -> Path:
+    """Accuracy per layer, one panel per role (shared y in 0..1): ``draw(ax, panels[role])``."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.8), squeeze=False,
+                             sharey=True)
+    for ax, role in zip(axes[0], panels):
+        draw(ax, panels[role])
+        ax.set(xlabel="layer", title=role, ylim=(-0.02, 1.02))
+    axes[0, 0].set_ylabel(ylabel)
+    axes[0, -1].legend(fontsize=7)
+    return finish_figure(fig, path, title)
 
 
 def component_layer_heatmap(matrix: np.ndarray, path: str | Path, title: str = "",
@@ -79,27 +101,14 @@ def error_histograms(histograms: Mapping[str, Mapping[int, int]], path: str | Pa
         ax.set_ylabel("count")
         ax.set_title(name, fontsize=9)
     axes[-1, 0].set_xlabel("signed error (prediction - answer)")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return save_figure(fig, path)
+    return finish_figure(fig, path, title)
 
 
 def layer_accuracy_plot(accuracy: Mapping[str, Sequence[Mapping]], path: str | Path,
                         title: str = "") -> Path:
     """Lens accuracy per layer: one panel per role, lines for exact / within 2 / within 10."""
-    plt = pyplot()
-    roles = list(accuracy)
-    fig, axes = plt.subplots(1, len(roles), figsize=(3.2 * len(roles), 2.8), squeeze=False,
-                             sharey=True)
-    for ax, role in zip(axes[0], roles):
-        rows = accuracy[role]
+    def draw(ax, rows) -> None:
         for key in ("exact", "within_2", "within_10"):
             ax.plot([r["layer"] for r in rows], [r[key] for r in rows], marker=".", label=key)
-        ax.set(xlabel="layer", title=role, ylim=(-0.02, 1.02))
-    axes[0, 0].set_ylabel("accuracy")
-    axes[0, -1].legend(fontsize=7)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return save_figure(fig, path)
+
+    return accuracy_panels(accuracy, path, title, "accuracy", draw)
