@@ -1,13 +1,7 @@
-"""The answer space of a run: what the answers are and how they are read, built once.
-
-An ``AnswerSpace`` holds the task's largest answer (``largest_answer``: the one formula),
-the tokenizer's ``NumberFormat`` (single tokens, digits, chunks, mixed), the readout kind
-it implies ("number": ``W_U[0..max_answer]``; "digit": ``W_U[digits 0..9]`` with the DFT
-over ten points; None: no readout), the Fourier basis and tau, checked once
-(``check_tau``). ``readout(lm)`` reads ``W_U[numbers]`` once per model and final-norm
-choice; ``filters(lm, keep)`` builds the Table 1 filters from it. Every analysis that
-reads answers takes one, and results.json's ``numbers`` / ``readout`` keys come from
-``describe``.
+"""The answer space of a run, built once from the settings: the task's largest answer, the
+tokenizer's ``NumberFormat``, the readout it implies ("number": ``W_U[0..max_answer]``;
+"digit": ``W_U[digits 0..9]`` with the DFT over ten points; None: whole answers only), the
+Fourier basis and tau with its one check. Every analysis that reads answers takes one.
 """
 
 from __future__ import annotations

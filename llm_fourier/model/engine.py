@@ -112,9 +112,7 @@ class Engine:
                  stack_queries: bool | None = None) -> None:
         self.lm, self.prompts = lm, prompts
         # Conditions on one prefix run together, up to ``stack_rows`` rows per forward (0:
-        # one at a time). Side by side along the sequence (``stack_queries``, where the model
-        # takes a 4D mask) they share the prefix cache; else stacked along the batch, on a
-        # copy of it per condition (scripts/bench_engine.py: 1.7x against 1.9x one at a time)
+        # one at a time): side by side (``stack_queries``) or stacked along the batch
         self.stack_rows = 4096 if stack_rows is None else stack_rows
         self.pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
         params = set(inspect.signature(lm.model.forward).parameters)
@@ -188,8 +186,7 @@ class Engine:
                             f"{size}, or start over with --restart.")
 
     def _batch(self, batch: Batch, conditions: Sequence[Condition], reduce, spec) -> dict:
-        """Every condition of one batch: those editing only the answer positions through
-        ``edits`` run stacked in one forward on the prefix cache; the others alone."""
+        """Every condition of one batch (see the module doc)."""
         prefix = None
         with torch.inference_mode():
             on_prefix = [c for c in conditions if c.positions == "last" and not c.patches]
@@ -309,10 +306,8 @@ class Engine:
 
     def _queries(self, conds: Sequence[Condition], prefix, start: int, batch: Batch,
                  reads: int) -> bool:
-        """Whether ``conds`` run side by side along the sequence on the prefix's own cache:
-        several conditions from the last prompt token, edits only, cache layers that share
-        tensors (``fork``), a model whose masks take a 4D mask as given
-        (``QUERY_STACKING``), every position within its local-attention window."""
+        """Whether ``conds`` run side by side on the prefix's own cache: several, from the
+        last prompt token, edits only, on a model that takes the block mask (see stacking)."""
         return (self.stack_queries and len(conds) > 1 and prefix is not None
                 and start == batch.length - 1
                 and batch.length + reads - 1 <= self.window
