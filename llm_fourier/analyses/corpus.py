@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from llm_fourier.errors import UserError
+from llm_fourier.output.reading import read_lines
 
 COUNT_MODES = ("text", "tokens")
 _NUMBER = re.compile(r"[0-9]+(?:[.,][0-9]+)*")
@@ -76,13 +77,9 @@ def corpus_counts(path: str | Path, p: int, mode: str = "text", tokenizer=None,
         have = 0 if token_ids is None else len(token_ids)
         raise UserError(f"counting number tokens needs numbers 0..{p - 1} as single tokens "
                         f"(this tokenizer keeps {have}); use --corpus-count text.")
-    try:
-        with path.open(encoding="utf-8") as f:
-            counts = (count_numbers(f, p) if mode == "text"
-                      else count_number_tokens(f, tokenizer, list(token_ids)[:p]))
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path} is not UTF-8 text ({err.reason}); give a plain-text "
-                        "corpus.") from err
+    lines = read_lines(path, "corpus file")  # any size, streamed
+    counts = (count_numbers(lines, p) if mode == "text"
+              else count_number_tokens(lines, tokenizer, list(token_ids)[:p]))
     if counts.sum() == 0:
         raise UserError(f"no number 0..{p - 1} occurs in {path}; give a corpus with "
                         "numbers in it.")

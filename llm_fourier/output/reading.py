@@ -1,4 +1,5 @@
-"""Reading files a user hands the toolkit: text, JSON, TOML and YAML, as data only.
+"""Reading files a user hands the toolkit: text (whole, or line by line for a corpus of any
+size), JSON, TOML and YAML, as data only.
 
 Every problem is one sentence naming the file (``UserError``): bytes that are not UTF-8 (with
 the byte offset), syntax errors (the parser's line and column), nesting too deep, YAML
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from llm_fourier.errors import UserError
@@ -25,6 +27,16 @@ MAX_NODES = 100_000  # values in a structured file once its YAML aliases are exp
 MAX_BYTES = 64 * 2**20  # a user's text file read whole
 
 
+def _unreadable(path: Path, what: str, err: OSError) -> UserError:
+    return UserError(f"cannot read {what} {path} ({err.strerror or err}); check the path and "
+                     "its permissions.")
+
+
+def _not_utf8(path: Path, what: str, offset: int, byte: bytes) -> UserError:
+    return UserError(f"{what} {path} is not UTF-8 text (byte {offset}: {byte!r}); save it "
+                     "as UTF-8.")
+
+
 def read_text(path: str | Path, what: str = "file") -> str:
     """A user's text file as UTF-8 (a leading byte-order mark dropped)."""
     path = Path(path)
@@ -34,13 +46,30 @@ def read_text(path: str | Path, what: str = "file") -> str:
                             "smaller file.")
         data = path.read_bytes()
     except OSError as err:
-        raise UserError(f"cannot read {what} {path} ({err.strerror or err}); check the path "
-                        "and its permissions.") from None
+        raise _unreadable(path, what, err) from None
     try:
         return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as err:
-        raise UserError(f"{what} {path} is not UTF-8 text (byte {err.start}: "
-                        f"{data[err.start:err.start + 1]!r}); save it as UTF-8.") from None
+        raise _not_utf8(path, what, err.start, data[err.start:err.start + 1]) from None
+
+
+def read_lines(path: str | Path, what: str = "file") -> Iterator[str]:
+    """A user's text file of any size, line by line, read as ``read_text`` reads it (the
+    same sentences, the byte offset counted from the start of the file)."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            offset = 0
+            for raw in f:  # b"\n" is never part of a UTF-8 sequence: lines split cleanly
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise _not_utf8(path, what, offset + err.start,
+                                    raw[err.start:err.start + 1]) from None
+                yield line.removeprefix("\ufeff") if offset == 0 else line
+                offset += len(raw)
+    except OSError as err:
+        raise _unreadable(path, what, err) from None
 
 
 def _fail(path: Path, what: str, problem: str) -> UserError:

@@ -7,6 +7,7 @@ from llm_fourier.analyses.corpus import corpus_counts, count_number_tokens, coun
 from llm_fourier.analyses.hidden_states import frequency_control
 from llm_fourier.errors import UserError
 from llm_fourier.model.numbers import find_number_tokens
+from llm_fourier.output.reading import read_lines
 
 TEXT = """In 1999 there were 12 cats and 7 dogs; 12 more came.
 Pi is 3.14, a crowd of 1,000 and agent 007 met 0 times, then 10 and 20 and 20th place.
@@ -75,3 +76,22 @@ def test_round_numbers_in_a_corpus_give_the_control_spike(tmp_path):
     rep = frequency_control(counts.astype(float), emb)
     assert {10.0, 5.0} <= {o["period"] for o in rep["control"]["outliers"]}
     assert 10.0 in rep["shared_outlier_periods"]
+
+
+def test_the_corpus_is_read_as_user_text_line_by_line(tmp_path):
+    """Through ``output.reading.read_lines``: a byte-order mark is dropped, a bad byte past
+    the decoder's first chunk is named by its offset in the file, an unreadable path is one
+    sentence, and the counts equal those of the text read whole."""
+    text = "\ufeff" + TEXT * 400
+    (tmp_path / "big.txt").write_text(text, encoding="utf-8")
+    assert next(read_lines(tmp_path / "big.txt")).startswith("In 1999")
+    np.testing.assert_array_equal(corpus_counts(tmp_path / "big.txt", p=200),
+                                  count_numbers(text.splitlines(), p=200))
+    head = ("1 2 3\n" * 5000).encode()  # 30 000 bytes: well past an 8 KiB read
+    (tmp_path / "late.txt").write_bytes(head + b"4 \xff 5\n")
+    where = len(head) + 2
+    with pytest.raises(UserError, match=f"corpus file .*late.txt is not UTF-8 text "
+                                        rf"\(byte {where}: b'\\xff'\)"):
+        corpus_counts(tmp_path / "late.txt", p=10)
+    with pytest.raises(UserError, match="cannot read file"):
+        list(read_lines(tmp_path))  # a folder
