@@ -64,8 +64,8 @@ def ablate(lm, prompts: PromptSet, space, measures: HeadMeasures,
     units: dict[str, list] = {}
     for start in range(0, len(conds), size):
         units |= Engine(lm, prompts, stack_rows).run(
-            conds[start:start + size], reduce, answers=True, store=store, progress=progress,
-            desc="head ablations")
+            conds[start:start + size], reduce, answers=True, store=store, per_batch=True,
+            progress=progress, desc="head ablations")
     return {name: (prompts.scatter([u["correct"] for u in parts]),
                    prompts.scatter([u["loss"] for u in parts])) for name, parts in units.items()}
 

@@ -131,11 +131,14 @@ class Engine:
             roles: Sequence[str] = (), layers: Sequence[int] | None = None,
             answers: bool = False, logits: bool = True, greedy: Greedy | None = None,
             stop_after: int | None = None, store: Store | None = None,
-            progress: bool = True, desc: str = "forward") -> dict[str, list]:
+            per_batch: bool = False, progress: bool = True,
+            desc: str = "forward") -> dict[str, list]:
         """Units ``reduce(batch, condition, output)`` per condition, in batch order.
 
         ``answers``: feed the answer tokens (teacher forcing) and read every answer
         position; else only the last prompt position. ``greedy`` decodes whole answers.
+        ``per_batch``: ``store`` keeps one unit per batch holding every condition's (for
+        many small units, e.g. one per attention head), else one per (batch, condition).
         """
         names = [c.name for c in conditions]
         if len(set(names)) != len(names):
@@ -147,8 +150,8 @@ class Engine:
         if store is not None:
             self._check_layout(store, f"layout/{names[0]}")
             # read by the main process, sent to the others
-            done = broadcast_object({k: v for k in keys if (v := store.get(f"{k[1]}/{k[0]}"))
-                                     is not None} if process_info().is_main else None)
+            done = broadcast_object(self._saved(store, keys, names[0], per_batch)
+                                    if process_info().is_main else None)
         if done and process_info().is_main:
             print(f"resuming: {len(done)} of {len(keys)} (batch, condition) units done")
         todo = [b.number for b in self.prompts.batches
@@ -164,14 +167,27 @@ class Engine:
 
         for chunk in rounds([(b, b + 1) for b in todo]):
             for (b, _), units in zip(chunk, map_ranges(one, chunk, progress=False)):
-                for name, unit in units.items():
-                    done[(b, name)] = unit
-                    if store is not None:
+                done |= {(b, name): unit for name, unit in units.items()}
+                if store is not None and per_batch:
+                    store[f"{names[0]}+/{b}"] = units
+                elif store is not None:
+                    for name, unit in units.items():
                         store[f"{name}/{b}"] = unit
             bar.update(len(chunk))
         bar.close()
         return {c.name: [done[(b.number, c.name)] for b in self.prompts.batches]
                 for c in conditions}
+
+    @staticmethod
+    def _saved(store: Store, keys: Sequence[tuple[int, str]], first: str,
+               per_batch: bool) -> dict:
+        """The units ``store`` keeps of ``keys`` (per batch: under the first condition's
+        name and "+")."""
+        if not per_batch:
+            return {k: v for k in keys if (v := store.get(f"{k[1]}/{k[0]}")) is not None}
+        batches = {b: store.get(f"{first}+/{b}") for b in dict.fromkeys(b for b, _ in keys)}
+        return {(b, name): unit for b, units in batches.items() if units is not None
+                for name, unit in units.items()}
 
     def _check_layout(self, store: Store, key: str) -> None:
         """Units are per batch: a run resumed under another batching is one sentence."""

@@ -242,6 +242,27 @@ def test_resume_reads_stored_units_and_computes_only_the_rest(setup):
         Condition("x", positions="middle")
 
 
+def test_per_batch_units_keep_every_condition_of_a_batch_in_one(setup):
+    """Many small conditions (one per head) keep one unit per batch, not one per
+    (batch, condition); a resumed run computes only the batches without one."""
+    lm, examples, _ = setup
+    prompts = PromptSet.build(lm, examples, 4)
+    engine = Engine(lm, prompts)
+    conds = [Condition(f"c{i}", {("attn", 0): random_filter(lm, seed=i)}) for i in range(5)]
+    store: dict = {}
+    first = engine.run(conds, lambda b, c, out: out.logits[:, 0].argmax(-1), store=store,
+                       per_batch=True, progress=False)
+    assert sorted(store) == ["c0+/0", "c0+/1", "c0+/2", "layout/c0"]
+    del store["c0+/2"]
+    ran = []
+    again = engine.run(conds, lambda b, c, out: ran.append((b.number, c.name)) or
+                       out.logits[:, 0].argmax(-1), store=store, per_batch=True,
+                       progress=False)
+    assert ran == [(2, c.name) for c in conds]
+    for c in conds:
+        assert all(torch.equal(x, y) for x, y in zip(first[c.name], again[c.name]))
+
+
 def test_a_hook_context_condition_acts_from_its_first_position(setup):
     """A knockout installed as a hook context acts on every forward of its condition: from
     the last prompt token on the shared prefix ("last"), from position 0 ("all"), as the
