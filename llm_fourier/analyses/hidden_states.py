@@ -236,12 +236,11 @@ def flat_row(result: dict, prefix: str = "") -> dict:
     row = {}
     for T, m in result["mod"].items():
         for key, v in m.items():
-            if key in ("chance", "block"):
-                continue
-            head, _, tail = key.partition("_")
-            if head not in ("accuracy", "kappa"):
-                head, tail = key, ""
-            row[f"{prefix}{head}_mod{T}" + (f"_{tail}" if tail else "")] = v
+            if key not in ("chance", "block"):  # kappa_ci_low -> kappa_mod10_ci_low
+                head, sep, tail = key.partition("_")
+                if head not in ("accuracy", "kappa"):  # ci_inflation -> ci_inflation_mod10
+                    head, sep, tail = key, "", ""
+                row[f"{prefix}{head}_mod{T}{sep}{tail}"] = v
     h = result["helix"]
     row |= {f"{prefix}{key}": h[key] for key in ("r2_test", "r2_test_shuffled", "decode_accuracy",
                                                  "decode_accuracy_shuffled", *HELIX_STAT_KEYS)
@@ -306,8 +305,7 @@ def _by_number(path: Path, pairs) -> list:
 
 def spectrum_report(values: np.ndarray, basis_kind: str = "paper", tau: int = 50) -> dict:
     """Spectrum over the number axis (axis 0), its outliers and low/high energy."""
-    values = np.asarray(values, dtype=float)
-    values = values[:, None] if values.ndim == 1 else values
+    values = np.asarray(values, dtype=float).reshape(len(values), -1)  # numbers x features
     spec = spectrum(values, FourierBasis(len(values), basis_kind), axis=0)
     return {"p": len(values), "basis": basis_kind, "magnitude": spec.nonconstant.tolist(),
             "outliers": [o.as_dict() for o in spec.outliers()],

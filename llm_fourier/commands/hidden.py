@@ -27,6 +27,7 @@ from llm_fourier.commands.options import (
     SeedOptions,
     StatsOptions,
     TaskOptions,
+    model_layers,
     record_inputs,
 )
 from llm_fourier.commands.settings import option
@@ -197,9 +198,7 @@ class HiddenCommand(Command):
         fmt = s.answer_format(task.max_answer) if s.scored else None
         lm = s.load_model(tokenizer=fmt.tokenizer if fmt is not None else None)
         record_inputs(run, lm, examples)
-        layers = list(range(lm.n_layers)) if s.layers is None else sorted(set(s.layers))
-        if max(layers) >= lm.n_layers:
-            raise s.fail("layers", f"{s.layers} leave the model's layers 0..{lm.n_layers - 1}")
+        layers = model_layers(s, lm)
         if s.intervene_layer is not None and s.intervene_layer not in layers:
             raise s.fail("intervene_layer", f"{s.intervene_layer} is not among the probed "
                          f"layers 0..{lm.n_layers - 1}")

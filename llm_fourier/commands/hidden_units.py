@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 import numpy as np
 
@@ -62,10 +63,6 @@ class HiddenRun:
     digit: list[dict] = field(default_factory=list)
 
     @property
-    def target(self) -> str:
-        return self.s.probed
-
-    @property
     def probe_kw(self) -> dict:
         s = self.s
         return {"pca_dim": s.pca_dim, "mod_pca_dim": s.mod_pca_dim, "n_splits": s.folds,
@@ -77,7 +74,7 @@ def random_baseline(h: HiddenRun) -> None:
     rand = random_copy(h.lm, h.s.seed)
     h.random_hs = collect_kept(h.run, "states-random", rand, h.hs.examples, h.s, h.hs.layers)
     del rand
-    res = probe_layers(h.random_hs, h.target, h.s.periods, h.s.helix_periods,
+    res = probe_layers(h.random_hs, h.s.probed, h.s.periods, h.s.helix_periods,
                        **{**h.probe_kw, "progress": False}, shuffled=False,
                        stats=StatsConfig(n_boot=0, n_perm=0, n_refit=0))
     for row, entry, r in zip(h.rows, h.results["probes"], res.values()):
@@ -125,7 +122,7 @@ def control_spectrum(h: HiddenRun) -> None:
     else:
         values = corpus_counts(s.corpus, p, s.corpus_count, h.lm.tokenizer, numbers.token_ids)
         source = f"number {s.corpus_count} counts in {s.corpus}"
-    beside, what = _beside(h.lm, h.hs, numbers, min(len(values), p), h.target)
+    beside, what = _beside(h.lm, h.hs, numbers, min(len(values), p), h.s.probed)
     if beside is not None and len(values) < len(beside):
         raise UserError(f"{source} holds {len(values)} values but the numbers beside it run "
                         f"0..{len(beside) - 1}; give one value per number.")
@@ -135,29 +132,26 @@ def control_spectrum(h: HiddenRun) -> None:
                     [{"number": n, "value": float(v)} for n, v in enumerate(values)])
 
 
-def _key(row: dict) -> tuple:
-    return row["role"], row["layer"], row["target"], row["place"], row["kind"]
-
-
 def digit_probes(h: HiddenRun) -> None:
     """Circular, linear and value probes of the target's digits (with shuffled-label
     baselines), beside the same probes on the random-init copy's states, if any."""
     s = h.s
-    kw = {"targets": (h.target,), "places": s.digit_places, "kinds": s.digit_kinds,
+    kw = {"targets": (s.probed,), "places": s.digit_places, "kinds": s.digit_kinds,
           "n_splits": s.folds, "pca_dim": s.mod_pca_dim, "alpha": s.digit_alpha, "seed": s.seed}
     h.digit = digit_rows(probe_digit_layers(h.hs, shuffled=True, n_shuffles=3,
                                             progress=not s.quiet, **kw), s.stats_config(s.seed))
     if h.random_hs is not None:
         rand = probe_digit_layers(h.random_hs, shuffled=False, progress=False, **kw)
-        accuracy = {_key(r): r["accuracy"] for r in digit_rows(rand)}
+        key = itemgetter("role", "layer", "target", "place", "kind")
+        accuracy = {key(r): r["accuracy"] for r in digit_rows(rand)}
         for row in h.digit:
-            row["random_accuracy"] = accuracy.get(_key(row))
+            row["random_accuracy"] = accuracy.get(key(row))
     h.results |= {"digit_kinds": list(s.digit_kinds), "digit_probes": h.digit}
     if h.digit:
         h.run.write_csv("digit_probes.csv", h.digit)
         if h.run.writes:
             digit_probe_plot(h.digit, h.run.file("digit_probes.png"),
-                             f"digit probes of {h.target} at the {s.token} token")
+                             f"digit probes of {s.probed} at the {s.token} token")
 
 
 def intervention(h: HiddenRun) -> None:
