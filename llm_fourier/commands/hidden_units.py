@@ -71,9 +71,8 @@ class HiddenRun:
 
 def random_baseline(h: HiddenRun) -> None:
     """The same probes on a randomly initialised copy of the model."""
-    rand = random_copy(h.lm, h.s.seed)
-    h.random_hs = collect_kept(h.run, "states-random", rand, h.hs.examples, h.s, h.hs.layers)
-    del rand
+    h.random_hs = collect_kept(h.run, "states-random", random_copy(h.lm, h.s.seed),
+                               h.hs.examples, h.s, h.hs.layers)  # the copy is freed here
     res = probe_layers(h.random_hs, h.s.probed, h.s.periods, h.s.helix_periods,
                        **{**h.probe_kw, "progress": False}, shuffled=False,
                        stats=StatsConfig(n_boot=0, n_perm=0, n_refit=0))
