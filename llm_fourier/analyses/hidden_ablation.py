@@ -78,6 +78,9 @@ def probe_ablation(lm: LoadedModel, examples: Sequence[Example],
     random subspace of the same rank removed, and the logit filter of the same periods where
     the answers have a readout (``_scoring``). Every row is a condition of one engine pass;
     ``store`` keeps its units (resume)."""
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown:
+        raise UserError(f"unknown module group(s) {unknown}; choose among {', '.join(GROUPS)}.")
     probe = probe_filters(fits, periods)
     rand = random_filters(probe, seed)
     target, readout = _scoring(lm, examples, numbers)
