@@ -37,7 +37,6 @@ from llm_fourier.model.tasks import Example
 
 PREDICTIONS = ("vocab", "numbers")
 POSITIONS = ("last", "answer", "all")  # "last" = "answer": every answer position
-Target = NumberTokens | NumberFormat
 
 
 def _constrained_ids(fmt: NumberFormat) -> np.ndarray:
@@ -91,7 +90,7 @@ def _teacher_forced(logits: Tensor, answers: Sequence[tuple[int, ...]]) -> tuple
     return torch.where(valid, got, 0.0).sum(1), (~valid | (lp.argmax(-1) == table)).all(1)
 
 
-def score_conditions(lm, examples: Sequence[Example], target: Target,
+def score_conditions(lm, examples: Sequence[Example], target: NumberTokens | NumberFormat,
                      conditions: Sequence[Condition], *, prediction: str = "vocab",
                      batch_size: int = 16, store: Store | None = None, progress: bool = True,
                      desc: str = "evaluate") -> dict[str, dict]:
