@@ -18,12 +18,12 @@ from collections.abc import Callable, Iterable, Sequence
 
 from torch import Tensor
 
-from llm_fourier.analyses.answers import Edits, condition, score_batch, score_conditions
+from llm_fourier.analyses.answers import PREDICTIONS, condition, score_batch, score_conditions
 from llm_fourier.model.answer_space import AnswerSpace
-from llm_fourier.model.engine import Store
+from llm_fourier.model.engine import Edits, Store
 from llm_fourier.model.number_format import NumberFormat
 from llm_fourier.model.numbers import NumberTokens
-from llm_fourier.model.readout import NumberReadout, default_tau, number_readout, readout_for
+from llm_fourier.model.readout import NumberReadout, default_tau, number_readout
 from llm_fourier.model.scores import Scores
 from llm_fourier.model.tasks import Example
 from probes import FourierFilter
@@ -32,7 +32,6 @@ __all__ = ["MODULES", "PREDICTIONS", "Scores", "ablation_table", "evaluate", "ev
            "filter_edits", "number_filters", "row_label", "score_batch", "table_readout",
            "table_rows"]
 
-PREDICTIONS = ("vocab", "numbers")  # the same choices as answers.PREDICTIONS
 MODULES = {"attn+MLP": ("attn", "mlp"), "attn": ("attn",), "MLP": ("mlp",)}
 
 
@@ -67,22 +66,18 @@ evaluate = evaluate_task  # the single-token name (lf.evaluate): one implementat
 def table_readout(lm, target: NumberTokens | NumberFormat | AnswerSpace) -> NumberReadout:
     """The readout whose filters the ablation table applies: ``W_U[numbers]`` for
     single-token answers, ``W_U[digits]`` for one token per digit."""
-    if isinstance(target, AnswerSpace):
-        return target.readout(lm)
-    if isinstance(target, NumberTokens):
-        return number_readout(lm, target)
-    return readout_for(lm, target, target.max_number)
+    if isinstance(target, NumberFormat):  # the space of its numbers 0..max_number
+        target = AnswerSpace(target, target.max_number)
+    return number_readout(lm, target) if isinstance(target, NumberTokens) else target.readout(lm)
 
 
 def answer_target(target: NumberTokens | NumberFormat | AnswerSpace
                   ) -> NumberTokens | NumberFormat:
     """What answers are scored against: the single-token numbers or the format."""
+    if isinstance(target, NumberFormat):  # the space of its numbers 0..max_number
+        target = AnswerSpace(target, target.max_number)
     if isinstance(target, AnswerSpace):
-        target = target.numbers if target.single else target.fmt
-    if isinstance(target, NumberFormat) and target.family == "single":
-        # the single-token numbers 0..max_number
-        return NumberTokens(target.numbers.token_ids[:target.max_number + 1],
-                            target.leading_space)
+        return target.numbers if target.single else target.fmt
     return target
 
 

@@ -21,7 +21,7 @@ prompt prefix's KV cache; edits at the answer positions (``positions`` "last", a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from llm_fourier.errors import UserError
-from llm_fourier.model.engine import Condition, Engine, Greedy, PromptSet, Store
+from llm_fourier.model.engine import Condition, Edits, Engine, Greedy, PromptSet, Store
 from llm_fourier.model.number_format import NumberFormat
 from llm_fourier.model.numbers import NumberTokens, require_numbers, value_of_token
 from llm_fourier.model.scores import Scores
@@ -37,9 +37,6 @@ from llm_fourier.model.tasks import Example
 
 PREDICTIONS = ("vocab", "numbers")
 POSITIONS = ("last", "answer", "all")  # "last" = "answer": every answer position
-
-Edits = dict[tuple[str, int], Callable[[Tensor], Tensor]]
-Target = NumberTokens | NumberFormat
 
 
 def _constrained_ids(fmt: NumberFormat) -> np.ndarray:
@@ -93,10 +90,10 @@ def _teacher_forced(logits: Tensor, answers: Sequence[tuple[int, ...]]) -> tuple
     return torch.where(valid, got, 0.0).sum(1), (~valid | (lp.argmax(-1) == table)).all(1)
 
 
-def score_conditions(lm, examples: Sequence[Example], target: Target,
+def score_conditions(lm, examples: Sequence[Example], target: NumberTokens | NumberFormat,
                      conditions: Sequence[Condition], *, prediction: str = "vocab",
-                     batch_size: int = 16, greedy: bool = True, store: Store | None = None,
-                     progress: bool = True, desc: str = "evaluate") -> dict[str, dict]:
+                     batch_size: int = 16, store: Store | None = None, progress: bool = True,
+                     desc: str = "evaluate") -> dict[str, dict]:
     """Per condition: ``Scores.summary`` of the predictions and ``predictions``; whole
     answers also ``teacher_forced_accuracy`` and ``method`` (see the module doc)."""
     if not examples:
@@ -108,7 +105,7 @@ def score_conditions(lm, examples: Sequence[Example], target: Target,
     if single:
         require_numbers(target, int(answers.max()), getattr(lm, "name", ""))
         prompts = PromptSet.build(lm, examples, batch_size)
-        spec: dict = {}
+        greedy = None
 
         def reduce(batch, cond, out) -> dict:
             pred, loss = score_batch(out.logits[:, 0], torch.from_numpy(answers[batch.rows]),
@@ -118,17 +115,14 @@ def score_conditions(lm, examples: Sequence[Example], target: Target,
         allowed = None if prediction == "vocab" else \
             torch.as_tensor(_constrained_ids(target), dtype=torch.long)
         prompts = PromptSet.build(lm, examples, batch_size, target)
-        spec = {"greedy": Greedy(target, max_answer_tokens(target, examples), allowed)} \
-            if greedy else {"answers": True}
+        greedy = Greedy(target, max_answer_tokens(target, examples), allowed)
 
         def reduce(batch, cond, out) -> dict:
             logp, top = _teacher_forced(out.logits, batch.answers)
-            pred = torch.from_numpy(out.predictions) if out.predictions is not None else \
-                torch.full((len(batch.rows),), -1)
-            return {"pred": pred, "loss": -logp, "top": top}
+            return {"pred": torch.from_numpy(out.predictions), "loss": -logp, "top": top}
 
-    units = Engine(lm, prompts).run(conditions, reduce, store=store, progress=progress,
-                                    desc=desc, **spec)
+    units = Engine(lm, prompts).run(conditions, reduce, greedy=greedy, store=store,
+                                    progress=progress, desc=desc)
     results = {}
     for name, parts in units.items():
         got = {k: prompts.scatter([p[k] for p in parts]) for k in parts[0]}
@@ -168,8 +162,8 @@ def teacher_forced(lm, fmt: NumberFormat, examples: Sequence[Example],
                    batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """(log p(answer) summed over its tokens, all answer tokens are the argmax) per row."""
     prompts = PromptSet.build(lm, examples, batch_size, fmt)
-    units = Engine(lm, prompts).run(
-        [condition("c", edits, positions)],
-        lambda b, c, out: dict(zip(("logp", "top"), _teacher_forced(out.logits, b.answers))),
-        answers=True, progress=False)["c"]
-    return prompts.scatter([u["logp"] for u in units]), prompts.scatter([u["top"] for u in units])
+    units = Engine(lm, prompts).run([condition("c", edits, positions)],
+                                    lambda b, c, out: _teacher_forced(out.logits, b.answers),
+                                    answers=True, progress=False)["c"]
+    logp, top = zip(*units)
+    return prompts.scatter(logp), prompts.scatter(top)

@@ -40,9 +40,7 @@ def fitting_operands(tokenizer, op: str, preferred: int) -> tuple[int, str]:
                            f"{'single tokens' if fmt.readout == 'number' else 'digit tokens'}")
     top = fmt.numbers.max_number if fmt is not None else \
         find_number_tokens(tokenizer, largest_answer(op, preferred)).max_number
-    m = preferred
-    while m > 0 and largest_answer(op, m) > top:
-        m -= 1
+    m = next((m for m in range(preferred, 0, -1) if largest_answer(op, m) <= top), 0)
     if m < MIN_FITTED_OPERAND:
         family = fmt.family if fmt is not None else "several"
         return preferred, (f"answers up to {largest_answer(op, preferred)} are {family} "

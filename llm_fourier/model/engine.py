@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -37,8 +37,7 @@ from llm_fourier.model.stacking import (
     on_rows,
     per_block,
     shares_tensors,
-    stacked_edits,
-    stacked_hooks,
+    stacked,
     takes_block_mask,
 )
 from llm_fourier.output.progress import tqdm
@@ -161,9 +160,8 @@ class Engine:
                    disable=not progress or not process_info().is_main)
 
         def one(b: int, _end: int) -> dict:
-            batch = self.prompts.batches[b]
-            return self._batch(batch, [c for c in conditions if (b, c.name) not in done],
-                               reduce, spec)
+            return self._batch(self.prompts.batches[b],
+                               [c for c in conditions if (b, c.name) not in done], reduce, spec)
 
         for chunk in rounds([(b, b + 1) for b in todo]):
             for (b, _), units in zip(chunk, map_ranges(one, chunk, progress=False)):
@@ -203,20 +201,19 @@ class Engine:
 
     def _batch(self, batch: Batch, conditions: Sequence[Condition], reduce, spec) -> dict:
         """Every condition of one batch (see the module doc)."""
-        prefix = None
         with torch.inference_mode():
             on_prefix = [c for c in conditions if c.positions == "last" and not c.patches]
-            if batch.length > 1 and on_prefix:
-                prefix = self._prefix(batch, spec["stop_after"])
-            stacked = [c for c in on_prefix if prefix is not None and c.hooks is None]
+            prefix = self._prefix(batch, spec["stop_after"]) if batch.length > 1 and on_prefix \
+                else None
+            together = [c for c in on_prefix if prefix is not None and c.hooks is None]
             per, outs = max(1, self.stack_rows // len(batch.rows)), {}
-            for i in range(0, len(stacked), per):
-                outs |= self._group(batch, stacked[i:i + per], prefix, spec)
+            for i in range(0, len(together), per):
+                outs |= self._group(batch, together[i:i + per], prefix, spec)
             at: dict[int, list] = {}  # patches: stacked on the prefix up to their first token
             for c in conditions:
-                if c not in stacked and (start := patch_start(c, batch, self.cached)):
+                if c not in together and (start := patch_start(c, batch, self.cached)):
                     at.setdefault(start, []).append(c)
-                elif c not in stacked:
+                elif c not in together:
                     outs |= self._group(batch, [c], prefix if c in on_prefix else None, spec)
             for start, conds in at.items():
                 outs |= self._group(batch, conds, self._prefix(batch, spec["stop_after"], start),
@@ -229,12 +226,9 @@ class Engine:
         cache = DynamicCache(config=self.lm.model.config)
         enc = {k: v[:, :upto] for k, v in batch.enc.items()}
         last = self.lm.n_layers - 1 if stop_after is None else stop_after  # no logits here
-        with ExitStack() as stack:
+        with ExitStack() as stack, suppress(_Stop):
             stack.callback(_stopper(self.lm, last).remove)
-            try:
-                self.lm.model(**enc, use_cache=True, **{self.cache: cache})
-            except _Stop:
-                pass
+            self.lm.model(**enc, use_cache=True, **{self.cache: cache})
         return cache
 
     # ------------------------------------------------------------------ conditions
@@ -261,12 +255,10 @@ class Engine:
             if spec["stop_after"] is not None:
                 stack.callback(_stopper(lm, spec["stop_after"]).remove)
             out = None
-            try:
+            with suppress(_Stop):
                 out = lm.model(input_ids=ids, attention_mask=mask, position_ids=pos,
                                use_cache=True, **{self.cache: cache},
                                **({"logits_to_keep": max(keep, 1)} if self.keep else {}))
-            except _Stop:
-                pass
         rows = {r: per_block(cap.stack(r)[:, -capture_last:] if where == "all"
                               else cap.stack(r)[:, None], blocks)
                 for r in spec["roles"]} if cap else {}
@@ -284,9 +276,8 @@ class Engine:
         if start is None or prefix is None:
             start = batch.length - 1 if prefix is not None else 0
         ids, mask, pos = enc["input_ids"], enc["attention_mask"], enc["position_ids"]
-        m = 0
+        m = max(len(a) for a in batch.answers) if spec["answers"] else 1
         if spec["answers"]:  # [last prompt token, answer tokens]: position s predicts token s
-            m = max(len(a) for a in batch.answers)
             fed = m if spec["greedy"] is not None else m - 1  # the last one only to see the end
             extra = torch.tensor([(list(a) + [self.pad] * m)[:fed] for a in batch.answers],
                                  dtype=ids.dtype, device=ids.device).view(n, fed)
@@ -295,7 +286,7 @@ class Engine:
             pos = torch.cat([pos, pos[:, -1:] + torch.arange(1, fed + 1, device=pos.device)], 1)
         reads = ids.shape[1] - batch.length + 1
         patched = [with_patches(c, batch, range(n), start) for c in conds]
-        edits, hooks = stacked_edits(patched, n), stacked_hooks(conds, n)
+        edits, hooks = stacked(patched, n)
         keep = reads if spec["logits"] else 0
         if self._queries(conds, prefix, start, batch, reads):
             logits, rows, _ = self._forward(
@@ -310,15 +301,11 @@ class Engine:
                 cache, keep, edits, hooks, spec, capture_last=reads)
             logits = None if logits is None else logits[0].unflatten(0, (k, n))
             rows = {r: x[0].unflatten(0, (k, n)) for r, x in rows.items()}
-        m = max(m, 1)
-        outs = {c.name: Output(None if logits is None else logits[i, :, :m],
-                               {r: x[i, :, :m] for r, x in rows.items()})
+        greedy = [None] * k if spec["greedy"] is None else \
+            self._greedy(batch, conds, prefix, start, list(logits), spec["greedy"])
+        return {c.name: Output(None if logits is None else logits[i, :, :m],
+                               {r: x[i, :, :m] for r, x in rows.items()}, greedy[i])
                 for i, c in enumerate(conds)}
-        if spec["greedy"] is not None:
-            greedy = self._greedy(batch, conds, prefix, start, list(logits), spec["greedy"])
-            for c, predictions in zip(conds, greedy):
-                outs[c.name].predictions = predictions
-        return outs
 
     def _queries(self, conds: Sequence[Condition], prefix, start: int, batch: Batch,
                  reads: int) -> bool:
@@ -338,15 +325,14 @@ class Engine:
         return g.allowed[logits[..., g.allowed.to(logits.device)].argmax(-1).cpu()]
 
     @staticmethod
-    def _replay(tokens: list[int], answer: tuple[int, ...], g: Greedy, limit: int
-                ) -> int | None:
+    def _replay(tokens: list[int], answer: tuple[int, ...], g: Greedy) -> int | None:
         """The greedy answer of one row read from its teacher-forced argmax ``tokens``, or
         None when it leaves the answer (or does not end within the answer's positions)."""
         parser = NumberParser(g.fmt)
         for s, t in enumerate(tokens[:g.max_tokens]):
             if s and (s - 1 >= len(answer) or tokens[s - 1] != answer[s - 1]):
                 return None  # the context is no longer the teacher-forced one
-            if parser.feed(t) or (g.allowed is not None and s + 1 >= limit):
+            if parser.feed(t) or (g.allowed is not None and s + 1 >= len(g.fmt.digit_part(answer))):
                 return parser.value
         return None
 
@@ -358,8 +344,7 @@ class Engine:
         results, todo = [], []
         for c, lg in zip(conds, logits):
             toks = self._choose(lg, g).tolist()  # N x (m + 1)
-            got = [self._replay(toks[i][:len(a) + 1], a, g, len(g.fmt.digit_part(a)))
-                   for i, a in enumerate(batch.answers)]
+            got = [self._replay(toks[i][:len(a) + 1], a, g) for i, a in enumerate(batch.answers)]
             results.append(got)
             need = [i for i, x in enumerate(got) if x is None]
             # edits at every position may depend on the row (an operand's token, a patch):
@@ -368,8 +353,7 @@ class Engine:
         if any(todo):
             decoded = iter(self._decode(batch, conds, todo, prefix, start, g))
             for got, rows in zip(results, todo):
-                for i in rows:
-                    one = next(decoded)
+                for i, one in zip(rows, decoded):  # zip takes from rows first
                     got[i] = one if got[i] is None else got[i]
         return [np.array(got, dtype=np.int64) for got in results]
 
@@ -377,10 +361,8 @@ class Engine:
                 prefix, start: int, g: Greedy) -> list[int]:
         """Step-by-step greedy decoding of ``rows[i]`` of ``batch`` under ``conds[i]``,
         stacked, on the prefix cache."""
-        keep = [i for i, r in enumerate(rows) if r]
-        conds = [with_patches(conds[i], batch, rows[i], start) for i in keep]
-        rows = [rows[i] for i in keep]
-        flat = [j for r in rows for j in r]
+        todo = [(with_patches(c, batch, r, start), r) for c, r in zip(conds, rows) if r]
+        flat = [j for _, r in todo for j in r]
         idx = torch.tensor(flat, device=batch.enc["input_ids"].device)
         enc = {k: v[idx.to(v.device)] for k, v in batch.enc.items()}
         cache = fork(prefix, idx) if start else None
@@ -388,8 +370,7 @@ class Engine:
             enc["position_ids"][:, start:]
         parsers = [NumberParser(g.fmt) for _ in flat]
         limits = [len(g.fmt.digit_part(batch.answers[i])) for i in flat]
-        edits = stacked_edits(conds, [len(r) for r in rows])
-        hooks = stacked_hooks(conds, [len(r) for r in rows])
+        edits, hooks = stacked([c for c, _ in todo], [len(r) for _, r in todo])
         spec = dict(roles=(), layers=None, stop_after=None)
         for s in range(g.max_tokens):
             logits, _, cache = self._forward(ids, mask, pos, cache, 1, edits, hooks, spec)

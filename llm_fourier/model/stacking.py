@@ -1,8 +1,8 @@
 """How several conditions share one forward on a batch's prefix cache.
 
 Stacked along the batch (condition-major rows): each condition gets its own copy of the
-prefix cache (``fork``), its edits act on its rows (``stacked_edits``), its row-scoped hooks
-on its slice (``stacked_hooks``). Side by side along the sequence (``block_mask``): every
+prefix cache (``fork``), its edits act on its rows and its row-scoped hooks
+on its slice (``stacked``). Side by side along the sequence (``block_mask``): every
 condition's run [last prompt token, answer tokens] follows the prefix in one row, each run
 seeing the prefix and itself through a 4D mask, so the prefix cache is read in place; edits
 see the runs as rows (``on_rows``) and outputs come back per run (``per_block``). Side by
@@ -28,33 +28,24 @@ if TYPE_CHECKING:
 
 Edits = dict[tuple[str, int], Callable[[Tensor], Tensor]]
 
-def _slices(conds: Sequence[Condition], sizes: int | Sequence[int]) -> list[slice]:
-    """Each condition's rows, stacked along the batch (``sizes``: one count for all or one
-    per condition)."""
+def stacked(conds: Sequence[Condition], sizes: int | Sequence[int]) -> tuple[Edits, list]:
+    """The edits and context-manager factories of conditions stacked along the batch
+    (``sizes``: rows, one count for all or one per condition): each edit acts on its own
+    condition's rows, ``row_hooks`` are bound to them; ``hooks`` (whole-batch) only for one
+    condition."""
     sizes = [sizes] * len(conds) if isinstance(sizes, int) else list(sizes)
     bounds = np.cumsum([0, *sizes]).tolist()
-    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
-
-
-def stacked_edits(conds: Sequence[Condition], sizes: int | Sequence[int]) -> Edits:
-    """The edits of conditions stacked along the batch: each acts on its own rows."""
+    rows = [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+    hooks = [c.hooks for c in conds if c.hooks is not None] + [
+        partial(c.row_hooks, r) for c, r in zip(conds, rows) if c.row_hooks is not None]
     if len(conds) == 1:
-        return conds[0].edits
-    rows = _slices(conds, sizes)
+        return conds[0].edits, hooks
 
-    def stacked(key) -> Callable[[Tensor], Tensor]:
+    def on_own_rows(key) -> Callable[[Tensor], Tensor]:
         fns = [c.edits.get(key) for c in conds]
         return lambda x: torch.cat([x[r] if f is None else f(x[r]) for f, r in zip(fns, rows)])
 
-    return {key: stacked(key) for key in {key for c in conds for key in c.edits}}
-
-
-def stacked_hooks(conds: Sequence[Condition], sizes: int | Sequence[int]) -> list:
-    """Context-manager factories of conditions stacked along the batch: ``row_hooks``
-    bound to each condition's rows; ``hooks`` (whole-batch) only for one condition."""
-    return [c.hooks for c in conds if c.hooks is not None] + [
-        partial(c.row_hooks, r) for c, r in zip(conds, _slices(conds, sizes))
-        if c.row_hooks is not None]
+    return {key: on_own_rows(key) for key in {key for c in conds for key in c.edits}}, hooks
 
 
 # transformers 5's dynamic layers never write into their tensors: each update concatenates
