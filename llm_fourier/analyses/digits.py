@@ -109,11 +109,10 @@ def run_digit_lens(lm, examples: Sequence[Example], fmt: NumberFormat | AnswerSp
             place = torch.tensor([place_of[examples[batch.rows[j]].answer][s] for j in ok])
             for r in roles:
                 x = readout.logits(out.rows[r][idx, s])  # n x L x 10
-                key = f"{r}/-1"
-                stats[key] = merge_stats(stats.get(key), lens.pooled[r].batch_stats(x, target))
-                for p in place.unique().tolist():
-                    sel, key = place == p, f"{r}/{p}"
-                    stats[key] = merge_stats(stats.get(key), lens.by_place[r][p].batch_stats(
+                for p in [-1, *place.unique().tolist()]:  # -1: pooled over the places
+                    sel, key = slice(None) if p < 0 else place == p, f"{r}/{p}"
+                    # every accumulator here has the same basis and tolerances
+                    stats[key] = merge_stats(stats.get(key), lens.pooled[r].batch_stats(
                         x[sel], target[sel]))
         if out.predictions is not None:
             stats["predictions"] = torch.from_numpy(out.predictions)

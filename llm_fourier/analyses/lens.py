@@ -60,11 +60,8 @@ class LensAccumulator:
                 "energy_sum": (mag * mag).sum(0).cpu()}
 
     def add(self, stats: dict) -> None:
-        for name, counts in stats["hits"].items():
-            self.hits[name] = self.hits.get(name, 0) + counts
-        self.magnitude_sum = self.magnitude_sum + stats["magnitude_sum"]
-        self.energy_sum = self.energy_sum + stats["energy_sum"]
-        self.n += stats["n"]
+        for name, total in merge_stats(vars(self), stats).items():  # n, hits and the sums
+            setattr(self, name, total)
 
     def accuracy(self) -> list[dict]:
         return [{"layer": i, **{k: float(v[i]) / max(self.n, 1) for k, v in self.hits.items()}}
@@ -90,12 +87,11 @@ def layer_summary(spectra: Sequence[Spectrum], tau: int = 50, top: int | None = 
 
 
 def merge_stats(a: dict | None, b: dict) -> dict:
-    """Two ``batch_stats`` sums as one (positions of one batch)."""
+    """``a`` plus the ``batch_stats`` sums ``b``, key by key (a missing sum is 0)."""
     if a is None:
         return b
-    return {"n": a["n"] + b["n"], "hits": {k: a["hits"][k] + v for k, v in b["hits"].items()},
-            "magnitude_sum": a["magnitude_sum"] + b["magnitude_sum"],
-            "energy_sum": a["energy_sum"] + b["energy_sum"]}
+    return {k: merge_stats(a.get(k), v) if isinstance(v, dict) else a.get(k, 0) + v
+            for k, v in b.items()}
 
 
 def lens_pass(lm, prompts: PromptSet, roles: Sequence[str], reduce: Callable, *,
