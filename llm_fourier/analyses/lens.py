@@ -94,14 +94,19 @@ def merge_stats(a: dict | None, b: dict) -> dict:
             for k, v in b.items()}
 
 
-def lens_pass(lm, prompts: PromptSet, roles: Sequence[str], reduce: Callable, *,
-              store: Store | None = None, progress: bool = True, desc: str = "lens",
-              **spec) -> list:
-    """The lens's one engine pass (no edit): ``reduce(batch, out)`` per batch, in order;
-    the rows come back in float32 on the CPU."""
-    return Engine(lm, prompts).run([Condition("lens")], lambda b, c, out: reduce(b, out),
-                                   roles=roles, store=store, progress=progress, desc=desc,
-                                   **spec)["lens"]
+def lens_pass(lm, prompts: PromptSet, roles: Sequence[str], reduce: Callable,
+              accs: dict[str, LensAccumulator], *, store: Store | None = None,
+              progress: bool = True, desc: str = "lens", **spec) -> list:
+    """The lens's one engine pass (no edit): ``reduce(batch, out)`` per batch (float32 rows
+    on the CPU) returns sums keyed as ``accs``, added in batch order; returns the units."""
+    units = Engine(lm, prompts).run([Condition("lens")], lambda b, c, out: reduce(b, out),
+                                    roles=roles, store=store, progress=progress, desc=desc,
+                                    **spec)["lens"]
+    for unit in units:  # in batch order
+        for key, sums in unit.items():
+            if key in accs:
+                accs[key].add(sums)
+    return units
 
 
 def run_lens(lm, examples: Sequence[Example], numbers: NumberTokens | AnswerSpace, *,
@@ -137,10 +142,7 @@ def run_lens(lm, examples: Sequence[Example], numbers: NumberTokens | AnswerSpac
         stats[_PREDICTED] = value_of_token(numbers, logits.shape[-1])[logits.argmax(-1).cpu()]
         return stats
 
-    units = lens_pass(lm, prompts, roles, reduce, store=store, progress=progress)
-    for unit in units:  # in batch order
-        for r in roles:
-            accs[r].add(unit[r])
+    units = lens_pass(lm, prompts, roles, reduce, accs, store=store, progress=progress)
     if predictions is not None:
         predictions[:] = prompts.scatter([u[_PREDICTED] for u in units]).tolist()
     return accs
