@@ -94,6 +94,8 @@ def run_digit_lens(lm, examples: Sequence[Example], fmt: NumberFormat | AnswerSp
 
     lens = DigitLens({r: new() for r in roles}, {r: [new() for _ in range(places)]
                                                   for r in roles}, readout)
+    accs = {f"{r}/{p}": acc for r in roles  # "role/place", place -1: pooled
+            for p, acc in [(-1, lens.pooled[r]), *enumerate(lens.by_place[r])]}
     digit_of = {int(t): d for d, t in enumerate(fmt.digit_ids.tolist())}
     place_of = {e.answer: fmt.places(e.answer) for e in examples}
 
@@ -109,11 +111,9 @@ def run_digit_lens(lm, examples: Sequence[Example], fmt: NumberFormat | AnswerSp
             place = torch.tensor([place_of[examples[batch.rows[j]].answer][s] for j in ok])
             for r in roles:
                 x = readout.logits(out.rows[r][idx, s])  # n x L x 10
-                key = f"{r}/-1"
-                stats[key] = merge_stats(stats.get(key), lens.pooled[r].batch_stats(x, target))
-                for p in place.unique().tolist():
-                    sel, key = place == p, f"{r}/{p}"
-                    stats[key] = merge_stats(stats.get(key), lens.by_place[r][p].batch_stats(
+                for p in [-1, *place.unique().tolist()]:  # -1: pooled over the places
+                    sel, key = slice(None) if p < 0 else place == p, f"{r}/{p}"
+                    stats[key] = merge_stats(stats.get(key), accs[key].batch_stats(
                         x[sel], target[sel]))
         if out.predictions is not None:
             stats["predictions"] = torch.from_numpy(out.predictions)
@@ -123,13 +123,8 @@ def run_digit_lens(lm, examples: Sequence[Example], fmt: NumberFormat | AnswerSp
     if predictions is not None:
         spec["greedy"] = Greedy(fmt, max_answer_tokens(fmt, examples))
     prompts = PromptSet.build(lm, examples, batch_size, fmt)
-    units = lens_pass(lm, prompts, roles, reduce, store=store, progress=progress,
+    units = lens_pass(lm, prompts, roles, reduce, accs, store=store, progress=progress,
                       desc="digit lens", **spec)
-    for unit in units:  # in batch order
-        for key, sums in unit.items():
-            if key != "predictions":
-                role, place = key.split("/")  # place -1: pooled
-                (lens.pooled[role] if place == "-1" else lens.by_place[role][int(place)]).add(sums)
     if predictions is not None:
         predictions[:] = prompts.scatter([u["predictions"] for u in units]).tolist()
     return lens

@@ -31,28 +31,18 @@ from llm_fourier.model.sources import (
 )
 
 
-def _model_classes(config, unembed: bool) -> tuple:
+def _first_fit(config, unembed: bool, build):
+    """``build(cls)`` for the first model class that fits ``config`` (with ``unembed``: an
+    LM head, an encoder's masked-LM head first); None when none does."""
     from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
 
-    if not unembed:
-        return (AutoModel,)
-    if is_encoder(config):
-        return (AutoModelForMaskedLM, AutoModelForCausalLM)
-    return (AutoModelForCausalLM, AutoModelForMaskedLM)
-
-
-def _skeleton(config, unembed: bool, trust_remote_code: bool) -> tuple:
-    """(weightless model ``from_pretrained`` would build, its W_E or W_U module); the module
-    is None when no class fits or the model has none."""
-    for cls in _model_classes(config, unembed):
+    classes = (AutoModelForCausalLM, AutoModelForMaskedLM) if unembed else (AutoModel,)
+    for cls in classes[::-1] if unembed and is_encoder(config) else classes:
         try:
-            with torch.device("meta"):
-                skeleton = cls.from_config(config, trust_remote_code=trust_remote_code)
-        except ValueError:  # no such head for this config class
+            return build(cls)
+        except ValueError:  # "Unrecognized configuration class": try the next class
             continue
-        return skeleton, (skeleton.get_output_embeddings() if unembed
-                          else skeleton.get_input_embeddings())
-    return None, None
+    return None
 
 
 def embedding_scale(skeleton, layer, config) -> float | None:
@@ -96,7 +86,11 @@ def _fast_path(name: str, config, unembed: bool, dtype, trust_remote_code: bool,
             or not any(folder.glob("*.safetensors"))):
         return None
     try:
-        skeleton, layer = _skeleton(config, unembed, trust_remote_code)
+        with torch.device("meta"):  # a weightless skeleton of what from_pretrained builds
+            skeleton = _first_fit(config, unembed, lambda cls: cls.from_config(
+                config, trust_remote_code=trust_remote_code))
+        layer = None if skeleton is None else (
+            skeleton.get_output_embeddings() if unembed else skeleton.get_input_embeddings())
         if layer is None:
             return None
         shape = tuple(layer.weight.shape)
@@ -143,15 +137,12 @@ def load_embedding_matrix(model, tokenizer=None, *, unembed: bool = False,
             return matrix, tok
     if default_device_map(device_map) is not None:
         kwargs["device_map"] = default_device_map(device_map)
-    for cls in _model_classes(config, unembed):
-        try:
-            hf = from_pretrained(cls, where, name, config, strict=False, dtype=dtype,
-                                 **weights_kwargs(kwargs))
-        except ValueError:  # "Unrecognized configuration class": try the next class
-            continue
-        return _matrix_of(hf, name, unembed, scaled), tok
-    raise UserError(f"{name} has no language-model head to unembed with; drop --unembed to "
-                    "analyse its input embedding.")
+    hf = _first_fit(config, unembed, lambda cls: from_pretrained(
+        cls, where, name, config, strict=False, dtype=dtype, **weights_kwargs(kwargs)))
+    if hf is None:
+        raise UserError(f"{name} has no language-model head to unembed with; drop --unembed "
+                        "to analyse its input embedding.")
+    return _matrix_of(hf, name, unembed, scaled), tok
 
 
 def _matrix_of(hf, name: str, unembed: bool, scaled: bool = True) -> torch.Tensor:

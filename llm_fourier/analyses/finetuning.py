@@ -169,11 +169,10 @@ class FineTuner:
         c, rank = self.config, self.accelerator.process_index
         order = np.random.default_rng([c.seed, epoch]).permutation(len(self.splits.train))
         per_step = c.batch_size * self.world
-        n_micro = math.ceil(len(order) / per_step)
-        if self.world > 1:
-            order = np.resize(order, n_micro * per_step)  # equal shards
-        micro = [order[i * per_step + rank * c.batch_size:i * per_step + (rank + 1)
-                       * c.batch_size] for i in range(n_micro)]
+        if self.world > 1:  # equal shards
+            order = np.resize(order, math.ceil(len(order) / per_step) * per_step)
+        micro = [order[start:start + c.batch_size]
+                 for start in range(rank * c.batch_size, len(order), per_step)]
         return [micro[i:i + c.grad_accum] for i in range(0, len(micro), c.grad_accum)]
 
     def step(self, group: list[np.ndarray]) -> float:

@@ -60,11 +60,8 @@ class LensAccumulator:
                 "energy_sum": (mag * mag).sum(0).cpu()}
 
     def add(self, stats: dict) -> None:
-        for name, counts in stats["hits"].items():
-            self.hits[name] = self.hits.get(name, 0) + counts
-        self.magnitude_sum = self.magnitude_sum + stats["magnitude_sum"]
-        self.energy_sum = self.energy_sum + stats["energy_sum"]
-        self.n += stats["n"]
+        for name, total in merge_stats(vars(self), stats).items():  # n, hits and the sums
+            setattr(self, name, total)
 
     def accuracy(self) -> list[dict]:
         return [{"layer": i, **{k: float(v[i]) / max(self.n, 1) for k, v in self.hits.items()}}
@@ -90,22 +87,26 @@ def layer_summary(spectra: Sequence[Spectrum], tau: int = 50, top: int | None = 
 
 
 def merge_stats(a: dict | None, b: dict) -> dict:
-    """Two ``batch_stats`` sums as one (positions of one batch)."""
+    """``a`` plus the ``batch_stats`` sums ``b``, key by key (a missing sum is 0)."""
     if a is None:
         return b
-    return {"n": a["n"] + b["n"], "hits": {k: a["hits"][k] + v for k, v in b["hits"].items()},
-            "magnitude_sum": a["magnitude_sum"] + b["magnitude_sum"],
-            "energy_sum": a["energy_sum"] + b["energy_sum"]}
+    return {k: merge_stats(a.get(k), v) if isinstance(v, dict) else a.get(k, 0) + v
+            for k, v in b.items()}
 
 
-def lens_pass(lm, prompts: PromptSet, roles: Sequence[str], reduce: Callable, *,
-              store: Store | None = None, progress: bool = True, desc: str = "lens",
-              **spec) -> list:
-    """The lens's one engine pass (no edit): ``reduce(batch, out)`` per batch, in order;
-    the rows come back in float32 on the CPU."""
-    return Engine(lm, prompts).run([Condition("lens")], lambda b, c, out: reduce(b, out),
-                                   roles=roles, store=store, progress=progress, desc=desc,
-                                   **spec)["lens"]
+def lens_pass(lm, prompts: PromptSet, roles: Sequence[str], reduce: Callable,
+              accs: dict[str, LensAccumulator], *, store: Store | None = None,
+              progress: bool = True, desc: str = "lens", **spec) -> list:
+    """The lens's one engine pass (no edit): ``reduce(batch, out)`` per batch (float32 rows
+    on the CPU) returns sums keyed as ``accs``, added in batch order; returns the units."""
+    units = Engine(lm, prompts).run([Condition("lens")], lambda b, c, out: reduce(b, out),
+                                    roles=roles, store=store, progress=progress, desc=desc,
+                                    **spec)["lens"]
+    for unit in units:  # in batch order
+        for key, sums in unit.items():
+            if key in accs:
+                accs[key].add(sums)
+    return units
 
 
 def run_lens(lm, examples: Sequence[Example], numbers: NumberTokens | AnswerSpace, *,
@@ -141,10 +142,7 @@ def run_lens(lm, examples: Sequence[Example], numbers: NumberTokens | AnswerSpac
         stats[_PREDICTED] = value_of_token(numbers, logits.shape[-1])[logits.argmax(-1).cpu()]
         return stats
 
-    units = lens_pass(lm, prompts, roles, reduce, store=store, progress=progress)
-    for unit in units:  # in batch order
-        for r in roles:
-            accs[r].add(unit[r])
+    units = lens_pass(lm, prompts, roles, reduce, accs, store=store, progress=progress)
     if predictions is not None:
         predictions[:] = prompts.scatter([u[_PREDICTED] for u in units]).tolist()
     return accs
