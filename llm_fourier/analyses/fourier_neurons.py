@@ -114,15 +114,11 @@ class NeuronSpectra:
     post_norm: bool = False
     readout: str = "number"  # or "digit": W_U[digits 0..9], DFT over ten points
 
-    def period(self, k) -> np.ndarray:
-        k = np.asarray(k)
-        return np.where(k > 0, self.basis.period(np.maximum(k, 1)), np.nan)
-
     def table(self, min_share: float = 0.0) -> list[dict]:
         """One row per neuron whose share is at least ``min_share``."""
+        period = np.where(self.top_k > 0, self.basis.period(np.maximum(self.top_k, 1)), np.nan)
         return [{"layer": layer, "neuron": int(i), "k": int(self.top_k[li, i]),
-                 "period": float(self.period(self.top_k[li, i])),
-                 "share": float(self.share[li, i]),
+                 "period": float(period[li, i]), "share": float(self.share[li, i]),
                  "constant_share": float(self.constant_share[li, i]),
                  "logit_norm": float(self.logit_norm[li, i])}
                 for li, layer in enumerate(self.layers)
