@@ -185,13 +185,12 @@ def neuron_spectra(
         norm.append(np.linalg.norm((W @ dirs).numpy(), axis=0))
     e = np.stack(energy)  # L x (K + 1) x d_mlp
     nonconst, total = e[:, 1:].sum(1), e.sum(1)
-    top = e[:, 1:].argmax(1) + 1
     share = np.divide(e[:, 1:].max(1), nonconst,
                       out=np.full(nonconst.shape, np.nan), where=nonconst > 0)
     constant = np.divide(e[:, 0], total, out=np.full(total.shape, np.nan), where=total > 0)
-    return NeuronSpectra(basis, layers, np.where(nonconst > 0, top, 0), share, constant,
-                         np.stack(norm), e.sum(2), {k: e[:, k] for k in set(ks)}, post,
-                         readout.kind)
+    return NeuronSpectra(basis, layers, np.where(nonconst > 0, e[:, 1:].argmax(1) + 1, 0),
+                         share, constant, np.stack(norm), e.sum(2),
+                         {k: e[:, k] for k in set(ks)}, post, readout.kind)
 
 
 def top_neurons(spectra: NeuronSpectra, period: float, k: int) -> dict[int, list[int]]:
