@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -82,7 +81,7 @@ def fit_operand_probe(hs: HiddenStates, role: str, layer: int, target: str, plac
 
 
 def _shift_histogram(shift: np.ndarray) -> dict[int, int]:
-    return {int(k): int(v) for k, v in sorted(Counter(shift.tolist()).items())}
+    return {int(k): int(v) for k, v in zip(*np.unique(shift, return_counts=True))}
 
 
 def digit_intervention(lm, examples: Sequence[Example], fmt: NumberFormat, probe: CircularProbe,

@@ -114,15 +114,11 @@ class NeuronSpectra:
     post_norm: bool = False
     readout: str = "number"  # or "digit": W_U[digits 0..9], DFT over ten points
 
-    def period(self, k) -> np.ndarray:
-        k = np.asarray(k)
-        return np.where(k > 0, self.basis.period(np.maximum(k, 1)), np.nan)
-
     def table(self, min_share: float = 0.0) -> list[dict]:
         """One row per neuron whose share is at least ``min_share``."""
+        period = np.where(self.top_k > 0, self.basis.period(np.maximum(self.top_k, 1)), np.nan)
         return [{"layer": layer, "neuron": int(i), "k": int(self.top_k[li, i]),
-                 "period": float(self.period(self.top_k[li, i])),
-                 "share": float(self.share[li, i]),
+                 "period": float(period[li, i]), "share": float(self.share[li, i]),
                  "constant_share": float(self.constant_share[li, i]),
                  "logit_norm": float(self.logit_norm[li, i])}
                 for li, layer in enumerate(self.layers)
@@ -189,13 +185,12 @@ def neuron_spectra(
         norm.append(np.linalg.norm((W @ dirs).numpy(), axis=0))
     e = np.stack(energy)  # L x (K + 1) x d_mlp
     nonconst, total = e[:, 1:].sum(1), e.sum(1)
-    top = e[:, 1:].argmax(1) + 1
     share = np.divide(e[:, 1:].max(1), nonconst,
                       out=np.full(nonconst.shape, np.nan), where=nonconst > 0)
     constant = np.divide(e[:, 0], total, out=np.full(total.shape, np.nan), where=total > 0)
-    return NeuronSpectra(basis, layers, np.where(nonconst > 0, top, 0), share, constant,
-                         np.stack(norm), e.sum(2), {k: e[:, k] for k in set(ks)}, post,
-                         readout.kind)
+    return NeuronSpectra(basis, layers, np.where(nonconst > 0, e[:, 1:].argmax(1) + 1, 0),
+                         share, constant, np.stack(norm), e.sum(2),
+                         {k: e[:, k] for k in set(ks)}, post, readout.kind)
 
 
 def top_neurons(spectra: NeuronSpectra, period: float, k: int) -> dict[int, list[int]]:

@@ -125,11 +125,9 @@ class _Scorer:
         self.greedy = None if self.single else \
             Greedy(fmt, max_answer_tokens(fmt, list(test) + list(swapped)), allowed)
 
-    def condition(self, name: str, role: str | None = None, layer: int | None = None,
-                  vectors: np.ndarray | None = None) -> Condition:
-        patches = {} if vectors is None else {(role, layer): Patch(
-            self.positions, torch.tensor(np.asarray(vectors), dtype=torch.float32))}
-        return Condition(name, positions="all", patches=patches)
+    def condition(self, name: str, role: str, layer: int, vectors: np.ndarray) -> Condition:
+        patch = Patch(self.positions, torch.tensor(np.asarray(vectors), dtype=torch.float32))
+        return Condition(name, positions="all", patches={(role, layer): patch})
 
     def _reduce(self, batch, cond, out) -> dict:
         t = torch.as_tensor(self.targets[batch.rows])
@@ -237,7 +235,7 @@ def helix_patching(
     test = list(test)
     swapped = counterfactuals(test, operand, op, lo, hi, max_answer, seed)
     scorer = _Scorer(lm, test, swapped, target, operand, prediction, batch_size)
-    clean = scorer.run([scorer.condition("clean")], store)["clean"]
+    clean = scorer.run([Condition("clean", positions="all")], store)["clean"]
     keep = np.flatnonzero(clean.pop("hits")) if correct_only else np.arange(len(test))
     if len(keep) == 0:
         raise UserError("the model answers none of the test prompts correctly; patch all "
@@ -245,7 +243,7 @@ def helix_patching(
     if len(keep) < len(test):
         test, swapped = [test[i] for i in keep], [swapped[i] for i in keep]
         scorer = _Scorer(lm, test, swapped, target, operand, prediction, batch_size)
-        clean = scorer.run([scorer.condition("clean-kept")], store)["clean-kept"]
+        clean = scorer.run([Condition("clean-kept", positions="all")], store)["clean-kept"]
     current, other = (collect(lm, x, token=operand, roles=roles, layers=layers, progress=False)
                       for x in (test, swapped))
     n_same, n_swap = (np.array([getattr(e, operand) for e in x], dtype=np.float64)
