@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from llm_fourier.analyses.answers import max_answer_tokens
-from llm_fourier.analyses.hidden_states import HiddenStates, collect, token_ids_at
+from llm_fourier.analyses.hidden_states import HiddenStates, collect
 from llm_fourier.errors import UserError
 from llm_fourier.model.engine import Condition, Engine, Greedy, Patch, PromptSet, Store
 from llm_fourier.model.number_format import NumberFormat
@@ -113,7 +113,7 @@ def digit_intervention(lm, examples: Sequence[Example], fmt: NumberFormat, probe
     noise *= np.linalg.norm(delta, axis=1, keepdims=True) / np.linalg.norm(noise, axis=1,
                                                                           keepdims=True)
     moved = probe.decode(rows + delta) == (probe.decode(rows) + k) % 10
-    at = np.array([len(c) - 1 for c in token_ids_at(lm.tokenizer, examples, token)])
+    at = np.array([len(c) - 1 for c in states.ids])  # the operand's token in each prompt
     conds = [Condition("clean")] + [
         Condition(name, positions="all", patches={(role, layer): Patch(
             at, torch.tensor(rows + d, dtype=torch.float32))})

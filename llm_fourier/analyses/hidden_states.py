@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +84,8 @@ class HiddenStates:
     layers: list[int]
     examples: list[Example]
     token: str
+    read_ids: np.ndarray  # the id of the token read in each example
+    ids: list[list[int]] | None = field(default=None, repr=False)  # as collect cut them
 
     def numbers(self, target: str) -> np.ndarray:
         if target not in TARGETS:
@@ -100,20 +102,23 @@ class HiddenStates:
 
 def collect(lm: LoadedModel, examples: Sequence[Example], token: str = "last",
             roles: Sequence[str] = ROLES, layers: Sequence[int] | None = None,
-            batch_size: int = 32, progress: bool = True) -> HiddenStates:
-    """Hidden states at ``token`` of every example, per role and layer (see the module doc)."""
+            batch_size: int = 32, progress: bool = True,
+            ids: Sequence[Sequence[int]] | None = None) -> HiddenStates:
+    """Hidden states at ``token`` of every example, per role and layer (see the module doc);
+    ``ids``: the prompts' tokens cut after that token, when another collect has them."""
     if not examples:
         raise UserError("no examples to probe; use a larger operand range or --limit.")
     layers = list(range(lm.n_layers)) if layers is None else sorted(set(int(i) for i in layers))
-    prompts = PromptSet.build(lm, examples, batch_size,
-                              ids=token_ids_at(lm.tokenizer, examples, token))
+    ids = token_ids_at(lm.tokenizer, examples, token) if ids is None else ids
+    prompts = PromptSet.build(lm, examples, batch_size, ids=ids)
     units = Engine(lm, prompts).run(
         [Condition("states", positions="all")],
         lambda b, c, out: {r: x[:, 0] for r, x in out.rows.items()},
         roles=roles, layers=layers, logits=False, stop_after=max(layers), progress=progress,
         desc=f"collect ({token} token)")["states"]
     return HiddenStates({r: prompts.scatter([u[r] for u in units]) for r in roles}, layers,
-                        list(examples), token)
+                        list(examples), token, np.array([x[-1] for x in ids], np.int64),
+                        [list(x) for x in ids])
 
 
 def random_copy(lm: LoadedModel, seed: int = 0) -> LoadedModel:
@@ -199,7 +204,7 @@ def probe_layers(hs: HiddenStates, target: str, periods: Sequence[int],
                  helix_periods: Sequence[float], *, progress: bool = True,
                  token_ids: np.ndarray | None = None, control: str = "auto",
                  **kwargs) -> dict[tuple[str, int], dict]:
-    """``probe_states`` for every captured (role, layer). With ``token_ids`` (``read_token_ids``)
+    """``probe_states`` for every captured (role, layer). With ``token_ids`` (``hs.read_ids``)
     each result also gets ``"control"``, the same probes with the token-identity means regressed
     out, for ``control="always"`` or, with ``"auto"``, when ``token_identity`` finds a period
     confounded."""

@@ -27,7 +27,6 @@ from llm_fourier.analyses.hidden_states import (
     load_scalar,
     probe_layers,
     random_copy,
-    read_token_ids,
     token_identity,
     without_fit,
 )
@@ -72,7 +71,7 @@ class HiddenRun:
 def random_baseline(h: HiddenRun) -> None:
     """The same probes on a randomly initialised copy of the model."""
     h.random_hs = collect_kept(h.run, "states-random", random_copy(h.lm, h.s.seed),
-                               h.hs.examples, h.s, h.hs.layers)  # the copy is freed here
+                               h.hs.examples, h.s, h.hs.layers, h.hs.ids)  # copy freed here
     res = probe_layers(h.random_hs, h.s.probed, h.s.periods, h.s.helix_periods,
                        **{**h.probe_kw, "progress": False}, shuffled=False,
                        stats=StatsConfig(n_boot=0, n_perm=0, n_refit=0))
@@ -215,8 +214,7 @@ def analyse(s, run: RunDir, lm, task, examples, layers: list[int],
     hs = collect_kept(run, "states", lm, examples, s, layers)
     if s.keep_states:
         keep_states(run, s, lm, hs, "hidden")
-    token_ids = read_token_ids(lm.tokenizer, examples, s.token)
-    identity = token_identity(token_ids, hs.numbers(target), s.periods)
+    identity = token_identity(hs.read_ids, hs.numbers(target), s.periods)
     confounded = [T for T, r in identity.items() if r["confounded"]]
     if confounded:
         print(f"warning: at the {s.token} token, {target} mod "
@@ -225,7 +223,7 @@ def analyse(s, run: RunDir, lm, task, examples, layers: list[int],
               "the control_ columns (token-identity directions removed) for what remains.")
     h = HiddenRun(s, run, lm, task, hs, fmt)
     h.fits = probe_layers(hs, target, s.periods, s.helix_periods, **h.probe_kw,
-                          stats=s.stats_config(s.seed), token_ids=token_ids,
+                          stats=s.stats_config(s.seed), token_ids=hs.read_ids,
                           control=s.token_control)
     spikes = _spikes(hs, target, s.periods)
     h.rows = [{"role": r, "layer": i, **flat_row(res), **spikes.get((r, i), {})}

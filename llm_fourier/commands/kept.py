@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from llm_fourier.analyses.hidden_states import HiddenStates, collect, token_ids_at
+from llm_fourier.analyses.hidden_states import HiddenStates, collect
 from llm_fourier.commands.settings import Settings, option
 from llm_fourier.model.loading import LoadedModel
 from llm_fourier.output.rundir import RunDir
@@ -29,10 +29,9 @@ def keep_states(run: RunDir, s: StatesOptions, lm: LoadedModel, hs: HiddenStates
     folder = run.file(STATES_DIR)
     if folder is None:
         return
-    ids = token_ids_at(lm.tokenizer, hs.examples, hs.token)
-    rows = [{"prompt": e.prompt, "a": e.a, "b": e.b, "answer": e.answer, "token_id": seq[-1],
-             "token": lm.tokenizer.convert_ids_to_tokens(seq[-1])}
-            for e, seq in zip(hs.examples, ids)]
+    rows = [{"prompt": e.prompt, "a": e.a, "b": e.b, "answer": e.answer, "token_id": int(t),
+             "token": lm.tokenizer.convert_ids_to_tokens(int(t))}
+            for e, t in zip(hs.examples, hs.read_ids)]
     meta = {"source": source, "model": lm.name, "read_at": hs.token,
             "read_at_meaning": {"a": "the last token of operand a",
                                 "b": "the last token of operand b",
@@ -46,12 +45,13 @@ def keep_states(run: RunDir, s: StatesOptions, lm: LoadedModel, hs: HiddenStates
           f"({s.states_dtype}) in {folder}; load them with lf.load_states({str(run.path)!r})")
 
 
-def collect_kept(run: RunDir, unit: str, lm, examples, s, layers) -> HiddenStates:
+def collect_kept(run: RunDir, unit: str, lm, examples, s, layers, ids=None) -> HiddenStates:
     """``collect`` with the states kept as a unit of the run (safetensors)."""
     saved = run.load_unit(unit)
-    if saved is not None:
+    if saved is not None and "read_ids" in saved[1]:
         return HiddenStates({r: saved[1][r].numpy() for r in s.roles}, layers, list(examples),
-                            s.token)
-    hs = collect(lm, examples, s.token, s.roles, layers, s.batch_size, not s.quiet)
-    run.save_unit(unit, {"layers": layers}, {r: torch.from_numpy(v) for r, v in hs.states.items()})
+                            s.token, saved[1]["read_ids"].numpy())
+    hs = collect(lm, examples, s.token, s.roles, layers, s.batch_size, not s.quiet, ids)
+    tensors = {r: torch.from_numpy(v) for r, v in hs.states.items()}
+    run.save_unit(unit, {"layers": layers}, {**tensors, "read_ids": torch.from_numpy(hs.read_ids)})
     return hs

@@ -314,6 +314,7 @@ def test_token_control_removes_the_digit_from_a_random_model(digit_lm, digit_sta
     rand = random_copy(digit_lm, seed=5)
     rhs = collect(rand, hs.examples, token="a", roles=("block",), layers=[0], progress=False)
     ids = read_token_ids(digit_lm.tokenizer, hs.examples, "a")
+    np.testing.assert_array_equal(rhs.read_ids, ids)  # collect keeps the ids it read
     cheap = StatsConfig(n_boot=200, n_perm=200)
     res = probe_layers(rhs, "a", [10, 3], [10], pca_dim=8, mod_pca_dim=32, progress=False,
                        token_ids=ids, stats=cheap)[("block", 0)]
@@ -347,7 +348,8 @@ def test_null_calibration_on_real_states_with_shuffled_targets(digit_lm):
     for seed in range(2):
         perm = np.random.default_rng(seed).permutation(answers.max() + 1)
         shuffled = HiddenStates(hs.states, hs.layers, [
-            Example(e.a, e.b, int(perm[e.answer]), e.prompt) for e in examples], "last")
+            Example(e.a, e.b, int(perm[e.answer]), e.prompt) for e in examples], "last",
+            hs.read_ids)
         res = probe_layers(shuffled, "answer", [2, 5, 10], [10], pca_dim=8, mod_pca_dim=16,
                            progress=False, shuffled=False, seed=seed,
                            stats=StatsConfig(n_boot=300, n_perm=0, seed=seed))

@@ -77,3 +77,23 @@ def test_no_keep_states_and_probe_keep_rows(tiny_dir, tmp_path):
     from sklearn.linear_model import LinearRegression
     fit = LinearRegression().fit(st.at("block", 1), st.answers)
     assert fit.score(st.at("block", 1), st.answers) > 0.999
+
+
+def test_hidden_tokenizes_its_probed_prompts_once(tiny_dir, tmp_path, monkeypatch):
+    """The states, the kept index, the token-identity check and the random-init baseline
+    all use the one tokenization of the probed prompts (``HiddenStates.ids`` / ``read_ids``)."""
+    import llm_fourier.analyses.hidden_states as hidden_states
+
+    real, calls = hidden_states.token_ids_at, []
+    monkeypatch.setattr(hidden_states, "token_ids_at",
+                        lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
+    out = tmp_path / "run"
+    assert main(["hidden", "--model", str(tiny_dir("llama", split_digits=True)), *SMALL,
+                 "--n-probe", "30", "--layers", "0", "--periods", "2", "--helix-periods", "10",
+                 "--pca-dim", "4", "--mod-pca-dim", "4", "--folds", "2", "--token", "a",
+                 "--out", str(out)]) == 0
+    assert calls == [30]
+    results = json.loads((out / "results.json").read_text())
+    assert results["probes"][0]["random_init"] is not None  # the baseline ran on the same ids
+    st = lf.load_states(out)
+    assert [t.lstrip("Ġ▁ ") for t in st.tokens] == [str(a)[-1] for a in st.a]
