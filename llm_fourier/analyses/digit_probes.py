@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from llm_fourier.analyses.answers import max_answer_tokens
-from llm_fourier.analyses.hidden_states import HiddenStates, collect
+from llm_fourier.analyses.hidden_states import HiddenStates, collect, read_positions
 from llm_fourier.errors import UserError
 from llm_fourier.model.engine import Condition, Engine, Greedy, Patch, PromptSet, Store
 from llm_fourier.model.number_format import NumberFormat
@@ -106,19 +106,20 @@ def digit_intervention(lm, examples: Sequence[Example], fmt: NumberFormat, probe
     if not 1 <= shift % 10 <= 9:
         raise UserError(f"shift must not be a multiple of 10, got {shift}.")
     place, k = probe.place, shift % 10
-    states = collect(lm, examples, token, (role,), [layer], batch_size, progress=False)
+    ids, at = read_positions(lm.tokenizer, examples, token)  # the prompts' one tokenization
+    states = collect(lm, examples, token, (role,), [layer], batch_size, progress=False,
+                     ids=[x[:i + 1] for x, i in zip(ids, at)])
     rows = states.at(role, layer).astype(np.float64)  # the unedited states at the token
     delta = probe.rotation(rows, k)
     noise = np.random.default_rng(seed).standard_normal(delta.shape)
     noise *= np.linalg.norm(delta, axis=1, keepdims=True) / np.linalg.norm(noise, axis=1,
                                                                           keepdims=True)
     moved = probe.decode(rows + delta) == (probe.decode(rows) + k) % 10
-    at = np.array([len(c) - 1 for c in states.ids])  # the operand's token in each prompt
     conds = [Condition("clean")] + [
         Condition(name, positions="all", patches={(role, layer): Patch(
-            at, torch.tensor(rows + d, dtype=torch.float32))})
+            np.array(at), torch.tensor(rows + d, dtype=torch.float32))})
         for name, d in (("rotated", delta), ("random", noise))]
-    prompts = PromptSet.build(lm, examples, batch_size, fmt)
+    prompts = PromptSet.build(lm, examples, batch_size, fmt, ids=ids)
     units = Engine(lm, prompts).run(
         conds, lambda b, c, out: out.predictions, greedy=Greedy(fmt, max_answer_tokens(
             fmt, examples)), store=store, progress=progress, desc="digit intervention")

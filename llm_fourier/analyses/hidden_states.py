@@ -61,19 +61,28 @@ def _last_token_in(offsets: Sequence[tuple[int, int]], span: tuple[int, int]) ->
     return hits[-1]
 
 
-def token_ids_at(tokenizer, examples: Sequence[Example], token: str = "last") -> list[list[int]]:
-    """Token ids of each prompt, cut after the chosen token (``token`` in a, b, last)."""
+def read_positions(tokenizer, examples: Sequence[Example], token: str = "last"
+                   ) -> tuple[list[list[int]], list[int]]:
+    """Each prompt's token ids and the index of the token read (``token`` in a, b, last)."""
     if token not in TOKENS:
         raise UserError(f"--token must be one of {', '.join(TOKENS)}, got {token!r}.")
     prompts = [e.prompt for e in examples]
     if token == "last":
-        return [list(ids) for ids in tokenizer(prompts)["input_ids"]]
+        ids = [list(x) for x in tokenizer(prompts)["input_ids"]]
+        return ids, [len(x) - 1 for x in ids]
     if not getattr(tokenizer, "is_fast", False):
         raise UserError("finding an operand's token needs a fast tokenizer (offsets); load "
                         "the model's tokenizer with use_fast=True or probe --token last.")
     enc = tokenizer(prompts, return_offsets_mapping=True)
-    return [list(ids[: _last_token_in(offs, operand_spans(ex)[token]) + 1])
-            for ids, offs, ex in zip(enc["input_ids"], enc["offset_mapping"], examples)]
+    return [list(x) for x in enc["input_ids"]], [
+        _last_token_in(offs, operand_spans(ex)[token])
+        for offs, ex in zip(enc["offset_mapping"], examples)]
+
+
+def token_ids_at(tokenizer, examples: Sequence[Example], token: str = "last") -> list[list[int]]:
+    """Token ids of each prompt, cut after the chosen token (``token`` in a, b, last)."""
+    ids, at = read_positions(tokenizer, examples, token)
+    return [x[:i + 1] for x, i in zip(ids, at)]
 
 
 @dataclass

@@ -37,13 +37,17 @@ from llm_fourier.analyses.answers import (
     max_answer_tokens,
     score_batch,
 )
-from llm_fourier.analyses.hidden_states import HiddenStates, collect, operand_spans, token_ids_at
+from llm_fourier.analyses.hidden_states import (
+    HiddenStates,
+    collect,
+    operand_spans,
+    read_positions,
+)
 from llm_fourier.errors import UserError
 from llm_fourier.model.answer_space import AnswerSpace
 from llm_fourier.model.engine import Condition, Engine, Greedy, Patch, PromptSet, Store
 from llm_fourier.model.number_format import NumberFormat
 from llm_fourier.model.numbers import NumberTokens, require_numbers
-from llm_fourier.model.patches import columns
 from llm_fourier.model.tasks import OPS, Example
 from llm_fourier.output.files import save_figure
 from llm_fourier.output.plots import pyplot
@@ -108,15 +112,9 @@ class _Scorer:
         self.targets = np.array([[e.answer, s.answer] for e, s in zip(test, swapped)])
         self.single = isinstance(target, NumberTokens)
         fmt = None if self.single else target
-        self.prompts = PromptSet.build(lm, test, batch_size, fmt)
-        cut = token_ids_at(lm.tokenizer, test, operand)
-        self.positions = np.array([len(c) - 1 for c in cut])
-        for b in self.prompts.batches:  # the patched token must be the operand's
-            ids = b.enc["input_ids"].cpu()[torch.arange(len(b.rows)),
-                                           columns(b, self.positions, range(len(b.rows)))]
-            if ids.tolist() != [cut[i][-1] for i in b.rows]:
-                raise UserError("the operand's token differs between the cut and the whole "
-                                "prompt; the tokenizer merges it with what follows.")
+        ids, at = read_positions(lm.tokenizer, test, operand)  # one tokenization: the patched
+        self.prompts = PromptSet.build(lm, test, batch_size, fmt, ids=ids)  # token is a's/b's
+        self.positions = np.array(at)
         self.other = None if self.single else PromptSet(  # the same prompts, answer'
             test, [replace(b, answers=[fmt.encode(swapped[i].answer) for i in b.rows])
                    for b in self.prompts.batches], fmt)
