@@ -69,11 +69,13 @@ class DigitLens:
 def run_digit_lens(lm, examples: Sequence[Example], fmt: NumberFormat | AnswerSpace, *,
                    roles: Sequence[str] = LENS_ROLES, final_norm: bool = False,
                    batch_size: int = 16, store: Store | None = None, progress: bool = True,
-                   predictions: list[int] | None = None) -> DigitLens:
+                   predictions: list[int] | None = None, rows: dict | None = None
+                   ) -> DigitLens:
     """Digit lens accuracy and spectra per role, layer and digit place over ``examples``.
 
     ``store`` keeps each batch's sums (resume); ``predictions`` receives the model's greedy
-    whole answers from the same pass (the teacher-forced forward decides most of them).
+    whole answers from the same pass (the teacher-forced forward decides most of them);
+    ``rows`` the rows at the last prompt token (``lens.lens_pass``).
     """
     if not examples:
         raise UserError("no examples to run the digit lens on; use a larger operand range "
@@ -123,8 +125,8 @@ def run_digit_lens(lm, examples: Sequence[Example], fmt: NumberFormat | AnswerSp
     if predictions is not None:
         spec["greedy"] = Greedy(fmt, max_answer_tokens(fmt, examples))
     prompts = PromptSet.build(lm, examples, batch_size, fmt)
-    units = lens_pass(lm, prompts, roles, reduce, accs, store=store, progress=progress,
-                      desc="digit lens", **spec)
+    units = lens_pass(lm, prompts, roles, reduce, accs, rows=rows, store=store,
+                      progress=progress, desc="digit lens", **spec)
     if predictions is not None:
         predictions[:] = prompts.scatter([u["predictions"] for u in units]).tolist()
     return lens

@@ -95,31 +95,44 @@ def merge_stats(a: dict | None, b: dict) -> dict:
 
 
 def lens_pass(lm, prompts: PromptSet, roles: Sequence[str], reduce: Callable,
-              accs: dict[str, LensAccumulator], *, store: Store | None = None,
-              progress: bool = True, desc: str = "lens", **spec) -> list:
+              accs: dict[str, LensAccumulator], *, rows: dict | None = None,
+              store: Store | None = None, progress: bool = True, desc: str = "lens",
+              **spec) -> list:
     """The lens's one engine pass (no edit): ``reduce(batch, out)`` per batch (float32 rows
-    on the CPU) returns sums keyed as ``accs``, added in batch order; returns the units."""
-    units = Engine(lm, prompts).run([Condition("lens")], lambda b, c, out: reduce(b, out),
-                                    roles=roles, store=store, progress=progress, desc=desc,
-                                    **spec)["lens"]
-    for unit in units:  # in batch order
-        for key, sums in unit.items():
+    on the CPU) returns sums keyed as ``accs``, added in batch order; returns the units.
+    ``rows``: a dict that receives, from the same forward, each role's rows at the last
+    prompt token (N x L x D, example order) and ``"token_ids"``, that token's id."""
+    def unit(batch, cond, out) -> dict:
+        got = reduce(batch, out)
+        if rows is not None:  # left padded: the last column is the last prompt token
+            got |= {f"rows/{r}": out.rows[r][:, 0] for r in roles}
+            got["rows/token_ids"] = batch.enc["input_ids"][:, -1].cpu()
+        return got
+
+    units = Engine(lm, prompts).run([Condition("lens")], unit, roles=roles, store=store,
+                                    progress=progress, desc=desc, **spec)["lens"]
+    for got in units:  # in batch order
+        for key, sums in got.items():
             if key in accs:
                 accs[key].add(sums)
+    if rows is not None:
+        rows |= {key.removeprefix("rows/"): prompts.scatter([u[key] for u in units])
+                 for key in units[0] if key.startswith("rows/")}
     return units
 
 
 def run_lens(lm, examples: Sequence[Example], numbers: NumberTokens | AnswerSpace, *,
              roles: Sequence[str] = LENS_ROLES, final_norm: bool = False,
              basis_kind: str = "paper", batch_size: int = 16, store: Store | None = None,
-             progress: bool = True, predictions: list[int] | None = None
-             ) -> dict[str, LensAccumulator]:
+             progress: bool = True, predictions: list[int] | None = None,
+             rows: dict | None = None) -> dict[str, LensAccumulator]:
     """Lens accuracy and spectra per role and layer over ``examples``.
 
     ``numbers``: the single-token numbers, or an ``AnswerSpace`` (its basis and readout).
     ``store`` keeps each batch's sums (resume). ``predictions``: a list that receives the
     model's own prediction of every example, in order, from the same forward: its next
-    token (argmax over the vocabulary) as a number, -1 for any other token.
+    token (argmax over the vocabulary) as a number, -1 for any other token. ``rows``: see
+    ``lens_pass``.
     """
     if not examples:
         raise UserError("no examples to run the lens on; use a larger operand range or "
@@ -142,7 +155,8 @@ def run_lens(lm, examples: Sequence[Example], numbers: NumberTokens | AnswerSpac
         stats[_PREDICTED] = value_of_token(numbers, logits.shape[-1])[logits.argmax(-1).cpu()]
         return stats
 
-    units = lens_pass(lm, prompts, roles, reduce, accs, store=store, progress=progress)
+    units = lens_pass(lm, prompts, roles, reduce, accs, rows=rows, store=store,
+                      progress=progress)
     if predictions is not None:
         predictions[:] = prompts.scatter([u[_PREDICTED] for u in units]).tolist()
     return accs

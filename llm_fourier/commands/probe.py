@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from llm_fourier.analyses.digits import run_digit_lens
-from llm_fourier.analyses.hidden_states import collect
+from llm_fourier.analyses.hidden_states import ROLES, HiddenStates
 from llm_fourier.analyses.lens import LENS_ROLES, PEAK_RULE, layer_summary, run_lens, spectra_matrix
 from llm_fourier.commands.base import Command, JobView, finish
 from llm_fourier.commands.digit_views import (
@@ -120,12 +120,14 @@ class ProbeCommand(Command):
         results = {"model": lm.name, "settings": s.identity(), "n_examples": len(examples),
                    **space.describe(readout), "tau": tau, "n_layers": lm.n_layers,
                    "outlier_rule": PEAK_RULE}
-        store = run.store("lens")  # each batch's sums: a killed run resumes there
+        # each batch's sums (with --keep-rows also its rows): a killed run resumes there
+        store = run.store("lens-rows" if s.keep_rows else "lens")
         predictions: list[int] = []
+        kept: dict | None = {} if s.keep_rows else None
         number = readout.kind == "number"
         lens = (run_lens if number else run_digit_lens)(
             lm, examples, space, final_norm=s.final_norm, batch_size=s.batch_size, store=store,
-            predictions=predictions)
+            predictions=predictions, rows=kept)
         if number:
             plots = self._number_results(s, results, lens, tau)
         else:
@@ -134,9 +136,9 @@ class ProbeCommand(Command):
         results["model_accuracy"] = float(np.mean(np.asarray(predictions) == answers))
         results["prediction"] = ("the model's next token (argmax over the vocabulary)" if number
                                  else "the model's greedy whole answer")
-        if s.keep_rows:  # one more forward: the rows the lens reads, kept as they are
-            keep_states(run, s, lm, collect(lm, examples, "last", batch_size=s.batch_size),
-                        "probe")
+        if kept is not None:  # the rows the lens read, from its own forward
+            keep_states(run, s, lm, HiddenStates({r: kept[r] for r in ROLES}, list(range(
+                lm.n_layers)), list(examples), "last", kept["token_ids"]), "probe")
         if run.helper:
             return results  # a helper process of a launch: the main one writes and prints
         if run.writes:

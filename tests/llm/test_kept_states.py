@@ -97,3 +97,30 @@ def test_hidden_tokenizes_its_probed_prompts_once(tiny_dir, tmp_path, monkeypatc
     assert results["probes"][0]["random_init"] is not None  # the baseline ran on the same ids
     st = lf.load_states(out)
     assert [t.lstrip("Ġ▁ ") for t in st.tokens] == [str(a)[-1] for a in st.a]
+
+
+@pytest.mark.parametrize("arch, split", [("gpt2", False), ("llama", True)])
+def test_probe_keeps_the_rows_of_its_own_lens_forward(tiny_dir, tmp_path, monkeypatch, arch,
+                                                       split):
+    """--keep-rows takes the rows from the lens's forward (number lens and digit lens): no
+    collect, one engine pass, and the kept rows equal a separate collect (float32)."""
+    import llm_fourier.commands.probe as probe_cmd
+    from llm_fourier.model.engine import Engine
+
+    folder = tiny_dir(arch, split_digits=split)
+    real, passes = Engine.run, []
+    monkeypatch.setattr(Engine, "run", lambda self, *a, **k: passes.append(1) or
+                        real(self, *a, **k))
+    out = tmp_path / "probe"
+    assert not hasattr(probe_cmd, "collect")
+    assert main(["probe", "--model", str(folder), "--max-operand", "19", "--limit", "12",
+                 "--tau", "3", "--keep-rows", "--states-dtype", "float32", "--quiet",
+                 "--out", str(out)]) == 0
+    assert len(passes) == 1
+    st = lf.load_states(out)
+    lm = lf.load_model(str(folder))
+    hs = collect(lm, make_task("+", 19).test[:12], "last")
+    assert st.roles == ["block", "attn", "mlp"]
+    for role in st.roles:  # the lens reads the last token on the cached prefix: float noise
+        np.testing.assert_allclose(st.arrays[role], hs.states[role], rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(st.token_ids, hs.read_ids)
