@@ -118,7 +118,7 @@ class Engine:
         # transformers 5.25 names the cache "cache", earlier versions "past_key_values"
         self.cache = "cache" if "cache" in params else "past_key_values"
         self.cached = self.cache in params  # hand-built test models may take no cache
-        self.keep = {"logits_to_keep": 1} if "logits_to_keep" in params else None
+        self.keep = "logits_to_keep" in params
         self.dtype = getattr(lm.model, "dtype", torch.float32)  # of the 4D block mask
         self.stack_queries = takes_block_mask(lm.model) if stack_queries is None \
             else stack_queries
@@ -328,11 +328,11 @@ class Engine:
     def _replay(tokens: list[int], answer: tuple[int, ...], g: Greedy) -> int | None:
         """The greedy answer of one row read from its teacher-forced argmax ``tokens``, or
         None when it leaves the answer (or does not end within the answer's positions)."""
-        parser = NumberParser(g.fmt)
+        parser, limit = NumberParser(g.fmt), len(g.fmt.digit_part(answer))
         for s, t in enumerate(tokens[:g.max_tokens]):
             if s and (s - 1 >= len(answer) or tokens[s - 1] != answer[s - 1]):
                 return None  # the context is no longer the teacher-forced one
-            if parser.feed(t) or (g.allowed is not None and s + 1 >= len(g.fmt.digit_part(answer))):
+            if parser.feed(t) or (g.allowed is not None and s + 1 >= limit):
                 return parser.value
         return None
 
