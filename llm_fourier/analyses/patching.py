@@ -107,13 +107,17 @@ class _Scorer:
 
     def __init__(self, lm, test: Sequence[Example], swapped: Sequence[Example],
                  target: NumberTokens | NumberFormat, operand: str, prediction: str,
-                 batch_size: int) -> None:
+                 batch_size: int, tokens: tuple[list, list] | None = None) -> None:
+        """``tokens``: ``read_positions`` of ``test`` when known (a subset of an earlier
+        scorer's), else the prompts are tokenized here."""
         self.lm, self.target, self.prediction = lm, target, prediction
         self.targets = np.array([[e.answer, s.answer] for e, s in zip(test, swapped)])
         self.single = isinstance(target, NumberTokens)
         fmt = None if self.single else target
-        ids, at = read_positions(lm.tokenizer, test, operand)  # one tokenization: the patched
-        self.prompts = PromptSet.build(lm, test, batch_size, fmt, ids=ids)  # token is a's/b's
+        # one tokenization: the ids run and patched, and the operand's token among them
+        self.tokens = read_positions(lm.tokenizer, test, operand) if tokens is None else tokens
+        ids, at = self.tokens
+        self.prompts = PromptSet.build(lm, test, batch_size, fmt, ids=ids)
         self.positions = np.array(at)
         self.other = None if self.single else PromptSet(  # the same prompts, answer'
             test, [replace(b, answers=[fmt.encode(swapped[i].answer) for i in b.rows])
@@ -240,10 +244,13 @@ def helix_patching(
                         "prompts (correct_only=False, --all-prompts) or use a better model.")
     if len(keep) < len(test):
         test, swapped = [test[i] for i in keep], [swapped[i] for i in keep]
-        scorer = _Scorer(lm, test, swapped, target, operand, prediction, batch_size)
+        scorer = _Scorer(lm, test, swapped, target, operand, prediction, batch_size,
+                         tuple([part[i] for i in keep] for part in scorer.tokens))
         clean = scorer.run([Condition("clean-kept", positions="all")], store)["clean-kept"]
-    current, other = (collect(lm, x, token=operand, roles=roles, layers=layers, progress=False)
-                      for x in (test, swapped))
+    ids, at = scorer.tokens
+    kw = dict(token=operand, roles=roles, layers=layers, progress=False)
+    current = collect(lm, test, ids=[x[:i + 1] for x, i in zip(ids, at)], **kw)
+    other = collect(lm, swapped, **kw)
     n_same, n_swap = (np.array([getattr(e, operand) for e in x], dtype=np.float64)
                       for x in (test, swapped))
 
