@@ -142,11 +142,6 @@ def random_copy(lm: LoadedModel, seed: int = 0) -> LoadedModel:
                        f"{lm.name} (random init, seed {seed})")
 
 
-def read_token_ids(tokenizer, examples: Sequence[Example], token: str = "last") -> np.ndarray:
-    """The id of the token whose state is read (``token`` in a, b, last), one per example."""
-    return np.array([ids[-1] for ids in token_ids_at(tokenizer, examples, token)], np.int64)
-
-
 def token_identity(token_ids, numbers, periods: Sequence[int],
                    threshold: float = 0.9) -> dict[int, dict]:
     """Per period T: how far the token id at the read position alone tells ``n mod T`` for

@@ -21,7 +21,6 @@ from llm_fourier.analyses.hidden_states import (
     load_scalar,
     probe_layers,
     random_copy,
-    read_token_ids,
     token_identity,
     token_ids_at,
 )
@@ -279,6 +278,11 @@ def test_helix_planted_in_the_embeddings_is_found_through_the_model(tiny_dir):
     ar = probe_layers(ahs, "a", [10], [10], pca_dim=8, mod_pca_dim=8, progress=False,
                       shuffled=False)[("block", 0)]
     assert ar["mod"][10]["kappa"] < 0.3
+
+
+def read_token_ids(tokenizer, examples, token: str) -> np.ndarray:
+    """The id of the token read in each prompt: the last of the cut prompt."""
+    return np.array([ids[-1] for ids in token_ids_at(tokenizer, examples, token)])
 
 
 def test_token_identity_finds_the_digit_confound(digit_lm, number_tokenizer):
