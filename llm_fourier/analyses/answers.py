@@ -93,9 +93,11 @@ def _teacher_forced(logits: Tensor, answers: Sequence[tuple[int, ...]]) -> tuple
 def score_conditions(lm, examples: Sequence[Example], target: NumberTokens | NumberFormat,
                      conditions: Sequence[Condition], *, prediction: str = "vocab",
                      batch_size: int = 16, store: Store | None = None, progress: bool = True,
-                     desc: str = "evaluate") -> dict[str, dict]:
+                     desc: str = "evaluate", ids: Sequence[Sequence[int]] | None = None
+                     ) -> dict[str, dict]:
     """Per condition: ``Scores.summary`` of the predictions and ``predictions``; whole
-    answers also ``teacher_forced_accuracy`` and ``method`` (see the module doc)."""
+    answers also ``teacher_forced_accuracy`` and ``method`` (see the module doc). ``ids``:
+    the prompts' tokens when the caller has them."""
     if not examples:
         raise UserError("no examples to evaluate; use a larger operand range or another split.")
     if prediction not in PREDICTIONS:
@@ -104,7 +106,7 @@ def score_conditions(lm, examples: Sequence[Example], target: NumberTokens | Num
     single = isinstance(target, NumberTokens)
     if single:
         require_numbers(target, int(answers.max()), getattr(lm, "name", ""))
-        prompts = PromptSet.build(lm, examples, batch_size)
+        prompts = PromptSet.build(lm, examples, batch_size, ids=ids)
         greedy = None
 
         def reduce(batch, cond, out) -> dict:
@@ -114,7 +116,7 @@ def score_conditions(lm, examples: Sequence[Example], target: NumberTokens | Num
     else:
         allowed = None if prediction == "vocab" else \
             torch.as_tensor(_constrained_ids(target), dtype=torch.long)
-        prompts = PromptSet.build(lm, examples, batch_size, target)
+        prompts = PromptSet.build(lm, examples, batch_size, target, ids=ids)
         greedy = Greedy(target, max_answer_tokens(target, examples), allowed)
 
         def reduce(batch, cond, out) -> dict:

@@ -87,7 +87,7 @@ def _shift_histogram(shift: np.ndarray) -> dict[int, int]:
 def digit_intervention(lm, examples: Sequence[Example], fmt: NumberFormat, probe: CircularProbe,
                        *, token: str = "a", role: str = "block", layer: int = 0, shift: int = 1,
                        seed: int = 0, batch_size: int = 16, progress: bool = True,
-                       store: Store | None = None) -> dict:
+                       store: Store | None = None, tokens: tuple | None = None) -> dict:
     """Rotate the probe's digit at ``token`` by +``shift`` and measure the answer's digit.
 
     ``probe`` must be fitted on the states of (``role``, ``layer``) at ``token`` (see
@@ -98,7 +98,8 @@ def digit_intervention(lm, examples: Sequence[Example], fmt: NumberFormat, probe
     equals (true answer digit + shift) mod 10, histograms of the digit moves, the share of
     edited states that the probe itself reads as moved by +shift, and the per-example
     predictions (``clean``, ``rotated``, ``random``). The three are conditions of one engine
-    pass (``store`` keeps its units).
+    pass (``store`` keeps its units). ``tokens``: the prompts' ``read_positions`` at
+    ``token`` when the caller has them.
     """
     if token not in ("a", "b"):
         raise UserError(f"the digit intervention edits an operand; token must be a or b, "
@@ -106,7 +107,7 @@ def digit_intervention(lm, examples: Sequence[Example], fmt: NumberFormat, probe
     if not 1 <= shift % 10 <= 9:
         raise UserError(f"shift must not be a multiple of 10, got {shift}.")
     place, k = probe.place, shift % 10
-    ids, at = read_positions(lm.tokenizer, examples, token)  # the prompts' one tokenization
+    ids, at = read_positions(lm.tokenizer, examples, token) if tokens is None else tokens
     states = collect(lm, examples, token, (role,), [layer], batch_size, progress=False,
                      ids=[x[:i + 1] for x, i in zip(ids, at)])
     rows = states.at(role, layer).astype(np.float64)  # the unedited states at the token

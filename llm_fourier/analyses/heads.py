@@ -36,14 +36,14 @@ from llm_fourier.model.heads import FrozenNorm, head_site
 GROUPS = ("a", "b", "prefix", "rest")
 
 
-def token_groups(tokenizer, examples: Sequence) -> list[np.ndarray]:
-    """Per prompt, each token's group: 0 operand a, 1 operand b, 2 after b, 3 the rest."""
-    if not getattr(tokenizer, "is_fast", False):
-        raise UserError("finding the operands' tokens needs a fast tokenizer (offsets); load "
-                        "the model's tokenizer with use_fast=True.")
-    enc = tokenizer([e.prompt for e in examples], return_offsets_mapping=True)
+def token_groups(prompts: PromptSet) -> list[np.ndarray]:
+    """Per prompt, each token's group: 0 operand a, 1 operand b, 2 after b, 3 the rest (from
+    the prompts' ``offsets``)."""
+    if prompts.offsets is None:
+        raise UserError("the heads' attention needs the prompts' offsets; build them with "
+                        "PromptSet.build(..., offsets=True).")
     out = []
-    for offsets, ex in zip(enc["offset_mapping"], examples):
+    for offsets, ex in zip(prompts.offsets, prompts.examples):
         spans = operand_spans(ex)
         groups = np.full(len(offsets), 3)
         for i, (s, e) in enumerate(offsets):
@@ -178,7 +178,7 @@ def _padded(parts: Sequence[Tensor]) -> Tensor:
 def collect(lm, prompts: PromptSet, space, layers: Sequence[int], *, prediction: str = "vocab",
             store=None, progress: bool = True) -> HeadMeasures:
     """Spectra, attention, direct effects and the projection inputs' sums, one pass over
-    ``prompts`` (built with ``space.fmt``) at every answer position."""
+    ``prompts`` (built with ``space.fmt`` and offsets) at every answer position."""
     layers = sorted(set(layers))
     last = lm.n_layers - 1
     read = sorted(set(layers) | {last})
@@ -191,7 +191,7 @@ def collect(lm, prompts: PromptSet, space, layers: Sequence[int], *, prediction:
     acc = LensAccumulator(len(layers) * h, readout.basis(space.basis_kind))
     frozen = FrozenNorm(lm.final_norm, lm.d_model)
     norm_param = next(lm.final_norm.parameters(), None)
-    groups = token_groups(lm.tokenizer, prompts.examples)
+    groups = token_groups(prompts)
     sink: dict = {}
     probs: dict = {}
 

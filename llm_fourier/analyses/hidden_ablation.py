@@ -73,11 +73,12 @@ def probe_ablation(lm: LoadedModel, examples: Sequence[Example],
                    groups: Sequence[str] = ("attn+MLP", "attn", "MLP"),
                    numbers: NumberTokens | NumberFormat | None = None, positions: str = "all",
                    batch_size: int = 16, seed: int = 0, progress: bool = True,
-                   store: Store | None = None) -> list[dict]:
+                   store: Store | None = None, ids: Sequence[Sequence[int]] | None = None
+                   ) -> list[dict]:
     """Accuracy with no edit, then per module group with the probe directions removed, a
     random subspace of the same rank removed, and the logit filter of the same periods where
     the answers have a readout (``_scoring``). Every row is a condition of one engine pass;
-    ``store`` keeps its units (resume)."""
+    ``store`` keeps its units (resume); ``ids``: the prompts' tokens when known."""
     unknown = [g for g in groups if g not in GROUPS]
     if unknown:
         raise UserError(f"unknown module group(s) {unknown}; choose among {', '.join(GROUPS)}.")
@@ -99,7 +100,7 @@ def probe_ablation(lm: LoadedModel, examples: Sequence[Example],
     done = score_conditions(lm, examples, target,
                             [condition(label, edits, positions) for label, _, _, edits in plan],
                             batch_size=batch_size, store=store, progress=progress,
-                            desc="probe ablation")
+                            desc="probe ablation", ids=ids)
     return [{"row": label, "modules": group, "kind": kind,
              "filter": next(iter(edits.values())).name if edits else "none",
              "rank": int(np.mean([f.rank for f in edits.values()])) if edits else 0,

@@ -125,7 +125,7 @@ class HeadsCommand(Command):
         record_inputs(run, lm, examples)
         layers = model_layers(s, lm)
         progress = not s.quiet
-        prompts = PromptSet.build(lm, examples, s.batch_size, fmt=space.fmt)
+        prompts = PromptSet.build(lm, examples, s.batch_size, fmt=space.fmt, offsets=True)
         measures = collect(lm, prompts, space, layers, prediction=s.prediction,
                            store=run.store("collect"), progress=progress)
         base = (measures.correct, measures.loss)

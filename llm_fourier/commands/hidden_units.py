@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from operator import itemgetter
 
 import numpy as np
@@ -27,6 +28,7 @@ from llm_fourier.analyses.hidden_states import (
     load_scalar,
     probe_layers,
     random_copy,
+    read_positions,
     token_identity,
     without_fit,
 )
@@ -60,6 +62,12 @@ class HiddenRun:
     results: dict = field(default_factory=dict)
     random_hs: HiddenStates | None = None
     digit: list[dict] = field(default_factory=list)
+
+    @cached_property
+    def test_tokens(self) -> tuple[list[list[int]], list[int]]:
+        """The scored test prompts' one tokenization (``read_positions`` at the probed
+        token), shared by the ablation and the intervention."""
+        return read_positions(self.lm.tokenizer, self.task.test[:self.s.n_eval], self.s.token)
 
     @property
     def probe_kw(self) -> dict:
@@ -95,7 +103,7 @@ def ablation(h: HiddenRun) -> None:
         s.ablate_periods, groups=s.ablate_groups, numbers=h.fmt,
         positions=s.ablate_positions or ("last" if s.token == "last" else "all"),
         batch_size=s.batch_size, seed=s.seed, progress=not s.quiet,
-        store=h.run.store("ablation"))
+        store=h.run.store("ablation"), ids=h.test_tokens[0])
     h.run.write_csv("ablation.csv", [csv_row(r) for r in rows])
     h.results["ablation"] = rows
 
@@ -170,7 +178,7 @@ def intervention(h: HiddenRun) -> None:
     res = digit_intervention(h.lm, examples, h.fmt, probe, token=s.token,
                              role=s.intervene_role, layer=layer, shift=s.intervene_shift,
                              seed=s.seed, batch_size=s.batch_size, progress=not s.quiet,
-                             store=h.run.store("intervention"))
+                             store=h.run.store("intervention"), tokens=h.test_tokens)
     h.results["intervention"] = {k: v for k, v in res.items() if k not in PER_EXAMPLE} | {
         "layer_from": "--intervene-layer" if s.intervene_layer is not None else
                       "the most accurate circular probe of that place"}

@@ -32,25 +32,28 @@ class Batch:
 
 @dataclass
 class PromptSet:
-    """Prompts tokenized once, batched by length (ties in example order)."""
+    """Prompts tokenized once, batched by length (ties in example order); ``offsets``: each
+    example's token character spans, when built with them."""
 
     examples: Sequence[Example]
     batches: list[Batch]
     fmt: NumberFormat | None = None
     batch_size: int = 16
+    offsets: list[list[list[int]]] | None = None
 
     @classmethod
     def build(cls, lm, examples: Sequence[Example], batch_size: int = 16,
               fmt: NumberFormat | None = None,
-              ids: Sequence[Sequence[int]] | None = None) -> PromptSet:
+              ids: Sequence[Sequence[int]] | None = None, offsets: bool = False) -> PromptSet:
         """``ids``: each prompt's tokens as given (e.g. cut after an operand) instead of
-        tokenizing the prompts."""
+        tokenizing the prompts; ``offsets``: keep the tokens' character spans too."""
         if not examples:
             raise UserError("no examples to run; use a larger operand range or another split.")
         if batch_size < 1:
             raise UserError(f"batch size must be at least 1, got {batch_size}.")
-        enc = tokenize_prompts(lm.tokenizer, [e.prompt for e in examples]) if ids is None \
-            else _left_padded(ids)
+        enc = tokenize_prompts(lm.tokenizer, [e.prompt for e in examples], offsets=offsets) \
+            if ids is None else _left_padded(ids)
+        spans = enc.pop("offset_mapping", None)
         lengths = enc["attention_mask"].sum(1).tolist()
         order = sorted(range(len(examples)), key=lambda i: lengths[i])
         answers = fmt.encode_many(e.answer for e in examples) if fmt is not None else None
@@ -61,7 +64,8 @@ class PromptSet:
             part = {k: v[rows][:, v.shape[1] - t:].to(lm.input_device) for k, v in enc.items()}
             batches.append(Batch(b, rows, part,
                                  [answers[i] for i in rows] if answers is not None else None))
-        return cls(examples, batches, fmt, batch_size)
+        return cls(examples, batches, fmt, batch_size, None if spans is None else [
+            x[m.bool()].tolist() for x, m in zip(spans, enc["attention_mask"])])
 
     def layout(self) -> dict:
         """What a (batch, condition) unit's key stands for: the batch size and a digest of

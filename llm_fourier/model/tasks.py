@@ -219,13 +219,17 @@ def _add_shots(splits, shots: int, rng: np.random.Generator):
 
 
 def tokenize_prompts(tokenizer, prompts: Sequence[str], device=None,
-                     padding_side: str = "left") -> dict:
-    """Pad a batch of prompts to ``input_ids`` / ``attention_mask`` / ``position_ids``.
+                     padding_side: str = "left", offsets: bool = False) -> dict:
+    """Pad a batch of prompts to ``input_ids`` / ``attention_mask`` / ``position_ids`` (and
+    ``offset_mapping`` with ``offsets``: each token's characters, a fast tokenizer's).
     ``position_ids`` count real tokens only, so a left-padded prompt sees the same positions
     as when it runs alone (GPT-2, for one, does not derive them from the mask). Sets a pad
     token when the tokenizer has none (its eos, else unk); ``padding_side`` is restored."""
     if padding_side not in ("left", "right"):
         raise UserError(f"padding_side must be left or right, got {padding_side!r}.")
+    if offsets and not getattr(tokenizer, "is_fast", False):
+        raise UserError("finding the operands' tokens needs a fast tokenizer (offsets); load "
+                        "the model's tokenizer with use_fast=True.")
     if tokenizer.pad_token is None:
         fallback = tokenizer.eos_token or tokenizer.unk_token
         if fallback is None:
@@ -235,12 +239,15 @@ def tokenize_prompts(tokenizer, prompts: Sequence[str], device=None,
     before = tokenizer.padding_side
     tokenizer.padding_side = padding_side
     try:
-        batch = tokenizer(list(prompts), return_tensors="pt", padding=True)
+        batch = tokenizer(list(prompts), return_tensors="pt", padding=True,
+                          return_offsets_mapping=offsets)
     finally:
         tokenizer.padding_side = before
     mask = batch["attention_mask"]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     out = {"input_ids": batch["input_ids"], "attention_mask": mask, "position_ids": positions}
+    if offsets:
+        out["offset_mapping"] = batch["offset_mapping"]
     if device is not None:
         out = {k: v.to(device) for k, v in out.items()}
     return out

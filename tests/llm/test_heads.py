@@ -34,7 +34,7 @@ from tests.tiny import ARCHS
 def planted():
     lm = planted_heads()
     space = AnswerSpace.build(lm.tokenizer, 200, tau=5)
-    prompts = PromptSet.build(lm, planted_examples(40), 8, fmt=space.fmt)
+    prompts = PromptSet.build(lm, planted_examples(40), 8, fmt=space.fmt, offsets=True)
     measures = collect(lm, prompts, space, [0], progress=False)
     single = ablate(lm, prompts, space, measures, single_heads([0], 4), progress=False)
     cfg = StatsConfig(n_boot=200, seed=0)
@@ -79,7 +79,7 @@ def test_head_spectra_equal_numpy_fft_of_the_head_logits(tiny_models):
     examples = make_task("+", 10, seed=0).split("test")[:6]
     space = AnswerSpace.build(tok, 20, basis_kind="dft", tau=2)
     numbers = space.numbers
-    prompts = PromptSet.build(lm, examples, 4, fmt=space.fmt)
+    prompts = PromptSet.build(lm, examples, 4, fmt=space.fmt, offsets=True)
     measures = collect(lm, prompts, space, [1], progress=False)
     # independently: the o_proj input of each prompt alone, split by hand, read, FFT'd
     proj = model.model.layers[1].self_attn.o_proj
@@ -110,7 +110,7 @@ def test_stacked_ablations_equal_one_at_a_time(tiny_models):
     lm = load_model(model, tok)
     space = AnswerSpace.build(tok, 20, tau=2)
     prompts = PromptSet.build(lm, make_task("+", 10, seed=0).split("train")[:8], 4,
-                              fmt=space.fmt)
+                              fmt=space.fmt, offsets=True)
     measures = collect(lm, prompts, space, [0, 1], progress=False)
     heads = single_heads([0, 1], 2)
     stacked = ablate(lm, prompts, space, measures, heads, progress=False)
@@ -160,7 +160,7 @@ def test_digit_head_spectra_equal_numpy_fft_at_each_answer_position():
     lm = load_model(model, tok)
     examples = make_task("+", 60, seed=0).split("test")[:5]
     space = AnswerSpace.build(tok, 120)
-    prompts = PromptSet.build(lm, examples, 2, fmt=space.fmt)
+    prompts = PromptSet.build(lm, examples, 2, fmt=space.fmt, offsets=True)
     measures = collect(lm, prompts, space, [0], progress=False)
     # independently: each prompt with its answer's digits appended, one forward each
     proj = model.model.layers[0].self_attn.o_proj
