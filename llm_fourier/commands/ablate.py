@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from llm_fourier.analyses.ablation import PREDICTIONS, ablation_table
+from llm_fourier.analyses.ablation import ablation_table
 from llm_fourier.analyses.answers import condition, score_conditions
 from llm_fourier.commands.base import Command, JobView, finish, section_table
 from llm_fourier.commands.digit_views import (
@@ -36,6 +36,7 @@ from llm_fourier.commands.digit_views import (
 from llm_fourier.commands.options import (
     ModelOptions,
     OutputOptions,
+    PredictionOptions,
     ReadoutOptions,
     SplitOptions,
     TaskOptions,
@@ -80,7 +81,8 @@ def parse_layers(text: str | None, n_layers: int | None = None) -> list[int] | N
 
 
 @dataclass(kw_only=True)
-class AblateSettings(ModelOptions, TaskOptions, SplitOptions, ReadoutOptions, OutputOptions):
+class AblateSettings(ModelOptions, TaskOptions, SplitOptions, ReadoutOptions,
+                     PredictionOptions, OutputOptions):
     command = "ablate"
     layers: str = option("all", help="layers to filter: 'all' or e.g. '0,3,8-11'")
     positions: str = option("last", choices=("last", "all"), help="last: filter at the answer "
@@ -88,10 +90,6 @@ class AblateSettings(ModelOptions, TaskOptions, SplitOptions, ReadoutOptions, Ou
                             "tokens every answer position); all: at every position")
     keep: list[int] | None = option(None, min=1, metavar="K", help="also run the filter "
                                     "keeping only components K (e.g. 52 104)")
-    prediction: str = option("vocab", choices=PREDICTIONS, help="vocab: the model's own next "
-                             "token (the paper's; greedy decoding for answers of several "
-                             "tokens); numbers: argmax over the number tokens only (digits: "
-                             "over the ten digit tokens, for exactly the answer's digit count)")
 
     def validate(self) -> None:
         p = self.max_answer + 1

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-from llm_fourier.analyses.ablation import PREDICTIONS
 from llm_fourier.analyses.head_ablation import (
     ablate,
     effect,
@@ -25,6 +24,7 @@ from llm_fourier.commands.base import Command, JobView, finish
 from llm_fourier.commands.options import (
     ModelOptions,
     OutputOptions,
+    PredictionOptions,
     ReadoutOptions,
     SeedOptions,
     SplitOptions,
@@ -47,7 +47,7 @@ CONSOLE = ("layer", "head", "periods", "peak_share", "attn_a", "attn_b", "attn_p
 
 @dataclass(kw_only=True)
 class HeadsSettings(ModelOptions, TaskOptions, SplitOptions, ReadoutOptions, SeedOptions,
-                    OutputOptions):
+                    PredictionOptions, OutputOptions):
     command = "heads"
     layers: list[int] | None = option(None, min=0, help="layers whose heads are read "
                                       "(default: all)")
@@ -55,8 +55,6 @@ class HeadsSettings(ModelOptions, TaskOptions, SplitOptions, ReadoutOptions, See
     top_k: int = option(5, min=1, help="heads with the largest ablation effect, ablated "
                         "together beside as many random heads of the same layers")
     n_random: int = option(5, min=1, help="random draws of as many heads per layer")
-    prediction: str = option("vocab", choices=PREDICTIONS, help="vocab: the model's own next "
-                             "token; numbers: argmax over the number (or digit) tokens only")
     bootstrap: int = option(1000, min=0, identity=False, help="bootstrap draws over prompts "
                             "for each interval (0: none)")
     ci_level: float = option(0.95, above=0, max=0.999, help="confidence level")

@@ -14,13 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from llm_fourier.analyses.ablation import PREDICTIONS
 from llm_fourier.analyses.fourier_neurons import knockout_rows, knockout_table, neuron_spectra
 from llm_fourier.commands.base import Command, JobView, finish, section_table
 from llm_fourier.commands.options import (
     BASES,
     ModelOptions,
     OutputOptions,
+    PredictionOptions,
     SeedOptions,
     SplitOptions,
     TaskOptions,
@@ -41,7 +41,8 @@ KNOCKOUT_CONSOLE = ("period", "component", "n_neurons", "accuracy_none", "accura
 
 
 @dataclass(kw_only=True)
-class NeuronsSettings(ModelOptions, TaskOptions, SplitOptions, SeedOptions, OutputOptions):
+class NeuronsSettings(ModelOptions, TaskOptions, SplitOptions, SeedOptions, PredictionOptions,
+                      OutputOptions):
     command = "neurons"
     layers: list[int] | None = option(None, min=0, help="MLP layers to read (default: all)")
     basis: str = option("paper", choices=BASES, help="Fourier basis: paper (period (p-1)/k, "
@@ -53,8 +54,6 @@ class NeuronsSettings(ModelOptions, TaskOptions, SplitOptions, SeedOptions, Outp
     n_neurons: int = option(20, min=1, help="neurons knocked out per period, pooled over the "
                             "chosen layers")
     n_random: int = option(5, min=1, help="random draws of as many neurons per layer")
-    prediction: str = option("vocab", choices=PREDICTIONS, help="vocab: the model's own next "
-                             "token (the paper's); numbers: argmax over the number tokens only")
     allow_post_norm: bool = option(False, help="read the directions before a post-MLP norm "
                                    "(Gemma 2/3, OLMo 2): the spectrum is then of the direction "
                                    "before the norm")

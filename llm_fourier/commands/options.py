@@ -16,6 +16,7 @@ from typing import ClassVar
 
 import torch
 
+from llm_fourier.analyses.ablation import PREDICTIONS
 from llm_fourier.commands.settings import Settings, option, seed_option
 from llm_fourier.model.answer_space import AnswerSpace, fitting_operands
 from llm_fourier.model.distributed import device_map_kwargs
@@ -58,6 +59,14 @@ class BatchOptions(Settings):
 class SeedOptions(Settings):
     seed: int = seed_option(0, help="seed of every random draw the command makes (folds, "
                             "held-out numbers, random baselines, training order)")
+
+
+@dataclass(kw_only=True)
+class PredictionOptions(Settings):
+    prediction: str = option("vocab", choices=PREDICTIONS, help="vocab: the model's own next "
+                             "token (the paper's); numbers: argmax over the number tokens only "
+                             "(over the ten digit tokens where answers are written digit by "
+                             "digit)")
 
 
 @dataclass(kw_only=True)

@@ -14,7 +14,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from llm_fourier.analyses.ablation import PREDICTIONS
 from llm_fourier.analyses.hidden_states import ROLES
 from llm_fourier.analyses.patching import OPERANDS, helix_patching, patching_plot
 from llm_fourier.commands.base import Command, JobView, finish, section_table
@@ -23,6 +22,7 @@ from llm_fourier.commands.options import (
     BatchOptions,
     ModelOptions,
     OutputOptions,
+    PredictionOptions,
     SeedOptions,
     TaskOptions,
     model_layers,
@@ -41,7 +41,8 @@ CONSOLE = ("role", "layer", "method", "n_params", "r2_heldout", "kept", "moved",
 
 
 @dataclass(kw_only=True)
-class PatchSettings(ModelOptions, TaskOptions, SeedOptions, BatchOptions, OutputOptions):
+class PatchSettings(ModelOptions, TaskOptions, SeedOptions, BatchOptions, PredictionOptions,
+                    OutputOptions):
     command = "patch"
     default_operand = 99  # Kantamneni & Tegmark's range
     max_operand: int | None = option(None, min=1, help="operands 0..N (default: 0..99, the "
@@ -60,8 +61,6 @@ class PatchSettings(ModelOptions, TaskOptions, SeedOptions, BatchOptions, Output
                        "only its component in the method's span")
     pca_dim: int = option(100, min=1, help="PCA dimension the helix, circle and polynomial "
                           "are fitted in")
-    prediction: str = option("vocab", choices=PREDICTIONS, help="vocab: the model's own next "
-                             "token; numbers: argmax over the number tokens")
     all_prompts: bool = option(False, help="patch every test prompt, not only those the "
                                "model answers correctly (the paper's choice)")
     train_limit: int = option(2000, min=1, help="training prompts whose operand states the "
