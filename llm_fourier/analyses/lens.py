@@ -99,18 +99,20 @@ def lens_pass(lm, prompts: PromptSet, roles: Sequence[str], reduce: Callable,
               store: Store | None = None, progress: bool = True, desc: str = "lens",
               **spec) -> list:
     """The lens's one engine pass (no edit): ``reduce(batch, out)`` per batch (float32 rows
-    on the CPU) returns sums keyed as ``accs``, added in batch order; returns the units.
+    on the model's input device, where the readout and spectra are fast) returns sums (on
+    the CPU) keyed as ``accs``, added in batch order; returns the units.
     ``rows``: a dict that receives, from the same forward, each role's rows at the last
     prompt token (N x L x D, example order) and ``"token_ids"``, that token's id."""
     def unit(batch, cond, out) -> dict:
         got = reduce(batch, out)
         if rows is not None:  # left padded: the last column is the last prompt token
-            got |= {f"rows/{r}": out.rows[r][:, 0] for r in roles}
+            got |= {f"rows/{r}": out.rows[r][:, 0].cpu() for r in roles}
             got["rows/token_ids"] = batch.enc["input_ids"][:, -1].cpu()
         return got
 
     units = Engine(lm, prompts).run([Condition("lens")], unit, roles=roles, store=store,
-                                    progress=progress, desc=desc, **spec)["lens"]
+                                    progress=progress, desc=desc,
+                                    rows_device=lm.input_device, **spec)["lens"]
     for got in units:  # in batch order
         for key, sums in got.items():
             if key in accs:

@@ -86,7 +86,7 @@ class Greedy:
 class Output:
     """One (batch, condition): ``logits`` (N x S x V, float32) at the S read positions
     (answer position s predicts answer token s; S = 1 without answers), ``rows[role]``
-    (N x S x L x D, float32, CPU) and greedy ``predictions`` (N)."""
+    (N x S x L x D, float32, on the CPU or ``rows_device``) and greedy ``predictions`` (N)."""
 
     logits: Tensor | None
     rows: dict[str, Tensor]
@@ -130,20 +130,22 @@ class Engine:
             roles: Sequence[str] = (), layers: Sequence[int] | None = None,
             answers: bool = False, logits: bool = True, greedy: Greedy | None = None,
             stop_after: int | None = None, store: Store | None = None,
-            per_batch: bool = False, progress: bool = True,
-            desc: str = "forward") -> dict[str, list]:
+            per_batch: bool = False, progress: bool = True, desc: str = "forward",
+            rows_device: str | torch.device = "cpu") -> dict[str, list]:
         """Units ``reduce(batch, condition, output)`` per condition, in batch order.
 
         ``answers``: feed the answer tokens (teacher forcing) and read every answer
         position; else only the last prompt position. ``greedy`` decodes whole answers.
         ``per_batch``: ``store`` keeps one unit per batch holding every condition's (for
         many small units, e.g. one per attention head), else one per (batch, condition).
+        ``rows_device``: where captured rows go (a reduction on the accelerator is fast).
         """
         names = [c.name for c in conditions]
         if len(set(names)) != len(names):
             raise UserError(f"condition names must differ, got {names}.")
         spec = dict(roles=tuple(roles), layers=layers, answers=answers or greedy is not None,
-                    logits=logits and stop_after is None, greedy=greedy, stop_after=stop_after)
+                    logits=logits and stop_after is None, greedy=greedy, stop_after=stop_after,
+                    rows_device=rows_device)
         keys = [(b.number, c.name) for b in self.prompts.batches for c in conditions]
         done = {}
         if store is not None:
@@ -250,7 +252,8 @@ class Engine:
             for h in hooks:
                 stack.enter_context(h())
             where = "last" if capture_last == 1 else "all"  # left padded: last = last column
-            cap = stack.enter_context(capture(lm, spec["roles"], spec["layers"], where)) \
+            cap = stack.enter_context(capture(lm, spec["roles"], spec["layers"], where,
+                                              spec["rows_device"])) \
                 if spec["roles"] and capture_last else None
             if spec["stop_after"] is not None:
                 stack.callback(_stopper(lm, spec["stop_after"]).remove)
