@@ -7,12 +7,14 @@ Builds a GPT-2-XL-shaped model with random weights (48 layers, d 1600, 25 heads,
 50257: 1.56e9 parameters) and the paper's task (a + b, 0 <= a, b <= 260, the 3,420-prompt
 test split), then times each stage through the library: build, number tokens and task,
 the lens over attention/MLP/block outputs with per-layer spectra and outliers
-(``lens.run_lens`` + ``layer_summary``), the filters (``ablation.number_filters``) and each
-Table 1 row (``ablation.evaluate`` with ``filter_edits``), after a one-batch warm-up
-that counts as loading. It prints prompts per second,
-peak memory (process RSS; ``torch.cuda.max_memory_allocated`` on a GPU), the achieved
-FLOP/s counted as 2 x parameters x tokens run per forward, and its fraction of
-``--peak-flops`` (989e12: dense bf16 of an H100/H200), then one JSON line.
+(``lens.run_lens`` + ``layer_summary``), and Table 1 as the ``ablate`` command runs it
+(``ablation.ablation_table``: the filters, then the seven rows as conditions of one engine
+pass, the prompt prefix once per batch), after a one-batch warm-up that counts as loading.
+It prints prompt readings per second (lens + 7 rows per prompt), peak memory (process RSS;
+``torch.cuda.max_memory_allocated`` on a GPU), the achieved FLOP/s counted as 2 x
+parameters x tokens run (the lens's full pass, the table's prefix pass and its 7 rows of
+one token per prompt), and its fraction of ``--peak-flops`` (989e12: dense bf16 of an
+H100/H200), then one JSON line.
 
 The GPT-2 BPE tokenizer cannot be downloaded here: a word-level tokenizer that keeps
 0..520 as single tokens stands in (``tokenizers.word_level_tokenizer``); its prompts are
@@ -34,17 +36,11 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from llm_fourier.analyses.ablation import (  # noqa: E402
-    MODULES,
-    evaluate,
-    filter_edits,
-    number_filters,
-    row_label,
-    table_rows,
-)
+from llm_fourier.analyses.ablation import ablation_table  # noqa: E402
 from llm_fourier.analyses.lens import layer_summary, run_lens  # noqa: E402
 from llm_fourier.model.loading import load_model, resolve_dtype  # noqa: E402
 from llm_fourier.model.numbers import find_number_tokens  # noqa: E402
+from llm_fourier.model.prompt_set import PromptSet  # noqa: E402
 from llm_fourier.model.tasks import make_task, tokenize_prompts  # noqa: E402
 from llm_fourier.model.tokenizers import word_level_tokenizer  # noqa: E402
 
@@ -52,7 +48,8 @@ XL = {"n_layer": 48, "n_embd": 1600, "n_head": 25, "vocab_size": 50257}
 SMALL = {"n_layer": 2, "n_embd": 64, "n_head": 2, "vocab_size": None}  # None: the tokenizer's
 SMALL_LIMIT = 96
 PEAK_BF16 = 989e12  # dense bf16 FLOP/s of one H100 SXM / H200
-TABLE_PASSES = 7
+TABLE_ROWS = 7
+TARGET_S = 1.0  # issue 19: lens + 7 rows after load on one H100/H200
 LOAD_STAGES = ("build model", "task and number tokens", "warm-up (1 batch)")
 
 
@@ -94,14 +91,16 @@ def build(shape: dict, tokenizer, device: torch.device, dtype: torch.dtype):
 
 def auto_batch_size(device: torch.device, n_prompts: int, vocab: int, d_model: int,
                     max_tokens: int, dtype: torch.dtype) -> int:
-    """On a GPU: as many prompts as fit in 60% of the free memory, counting per prompt the
-    full-vocabulary logits (model dtype + a float32 copy) and ~24 d-wide activations per
-    token; on the CPU: 32 (larger batches do not run faster there)."""
+    """On a GPU: as many prompts as fit in 60% of the free memory, counting per prompt
+    ~24 d-wide activations per token (the prompt and the 7 rows' tokens) and the
+    full-vocabulary logits where they are read (model dtype + a float32 copy, at the 7
+    rows' positions and the lens's); on the CPU: 32 (larger batches do not run faster)."""
     if device.type != "cuda":
         return min(32, n_prompts)
     free, _ = torch.cuda.mem_get_info(device)
     size = torch.finfo(dtype).bits // 8
-    per_prompt = max_tokens * (vocab * (size + 4) + 24 * d_model * size)
+    per_prompt = ((max_tokens + TABLE_ROWS) * 24 * d_model * size
+                  + (TABLE_ROWS + 1) * vocab * (size + 4))
     return max(1, min(n_prompts, int(0.6 * free / per_prompt)))
 
 
@@ -150,53 +149,49 @@ def main(argv: list[str] | None = None) -> dict:
     max_tokens = tokenize_prompts(tokenizer, [e.prompt for e in examples])["input_ids"].shape[1]
     batch = args.batch_size or auto_batch_size(device, n, lm.model.config.vocab_size,
                                                lm.d_model, max_tokens, dtype)
-    tokens = sum(tokenize_prompts(tokenizer, [e.prompt for e in examples[i:i + batch]])
-                 ["input_ids"].numel() for i in range(0, n, batch))  # padded, as run
+    # padded as the engine batches them (by length); the table's prefix pass leaves out
+    # each prompt's last token, which each of its 7 rows then runs
+    tokens = sum(len(b.rows) * b.length for b in PromptSet.build(lm, examples, batch).batches)
+    tokens_run = tokens + (tokens - n) + TABLE_ROWS * n
     print(f"model: {lm.n_layers} layers, d {lm.d_model}, vocab {lm.model.config.vocab_size}, "
           f"{n_params:,} parameters, {dtype}, {device}; {n} prompts, batch {batch}, "
-          f"{tokens} tokens per pass (padded), p = {numbers.p}")
-    clock("warm-up (1 batch)", lambda: evaluate(lm, examples[:batch], numbers,
-                                               batch_size=batch, progress=False))
+          f"{tokens} tokens per full pass (padded), {tokens_run} run in all, p = {numbers.p}")
+    clock("warm-up (1 batch)", lambda: (  # both code paths once
+        run_lens(lm, examples[:batch], numbers, batch_size=batch, progress=False),
+        ablation_table(lm, examples[:batch], numbers, batch_size=batch, progress=False)))
 
     def lens():
         accs = run_lens(lm, examples, numbers, batch_size=batch, progress=False)
         return {role: layer_summary(acc.spectra()) for role, acc in accs.items()}
 
     spectra = clock("lens + spectra", lens)
-    filters = clock("filters", lambda: number_filters(lm, numbers))
-    rows = {}
-    for fname, modules in table_rows(filters):
-        label = row_label(fname, modules)
-        edits = {} if fname == "none" else filter_edits(filters[fname], MODULES[modules],
-                                                        range(lm.n_layers))
-        rows[label] = clock(f"row: {label}", lambda e=edits, lab=label: evaluate(
-            lm, examples, numbers, e, batch_size=batch, progress=False, desc=lab))
+    table = clock(f"Table 1 ({TABLE_ROWS} rows)", lambda: ablation_table(
+        lm, examples, numbers, batch_size=batch, progress=False))
 
     stages = clock.stages
     pipeline = sum(t for name, t in stages.items() if name not in LOAD_STAGES)
-    passes = 1 + TABLE_PASSES
-    flops = 2 * n_params * tokens * passes
-    forward_time = stages["lens + spectra"] + sum(t for k, t in stages.items()
-                                                  if k.startswith("row: "))
+    readings = 1 + TABLE_ROWS  # the lens and each row read every prompt once
+    flops = 2 * n_params * tokens_run
     summary = {
         "shape": "small" if args.small else "gpt2-xl", "device": str(device), "dtype": str(dtype),
         "parameters": n_params, "prompts": n, "batch_size": batch, "tokens_per_pass": tokens,
-        "passes": passes, "stages_s": {k: round(v, 4) for k, v in stages.items()},
+        "tokens_run": tokens_run, "readings": readings,
+        "stages_s": {k: round(v, 4) for k, v in stages.items()},
         "pipeline_after_load_s": round(pipeline, 4),
-        "prompts_per_s": round(n * passes / forward_time, 1),
-        "flops": flops, "achieved_flops_per_s": flops / forward_time,
+        "prompts_per_s": round(n * readings / pipeline, 1),
+        "flops": flops, "achieved_flops_per_s": flops / pipeline,
         "peak_flops_per_s": peak,
-        "fraction_of_peak": flops / forward_time / peak if peak else None,
+        "fraction_of_peak": flops / pipeline / peak if peak else None,
         "flop_limit_s": flops / peak if peak else None,
         "peak_rss_gib": round(peak_rss_gib(), 3),
         "peak_cuda_gib": (torch.cuda.max_memory_allocated(device) / 2**30
                           if device.type == "cuda" else None),
-        "accuracy": {label: r["accuracy"] for label, r in rows.items()},
+        "accuracy": {r["row"]: r["accuracy"] for r in table},
         "lens_layers": {role: len(s) for role, s in spectra.items()},
     }
-    print(f"pipeline after load: {pipeline:.2f} s (target on one H100/H200: 5 s); "
-          f"{summary['prompts_per_s']:.3g} prompts/s over {passes} passes")
-    print(f"FLOPs: {flops:.3g} (2 x parameters x tokens x passes); achieved "
+    print(f"pipeline after load: {pipeline:.2f} s (target on one H100/H200: {TARGET_S:g} s); "
+          f"{summary['prompts_per_s']:.3g} prompt readings/s (lens + {TABLE_ROWS} rows)")
+    print(f"FLOPs: {flops:.3g} (2 x parameters x tokens run); achieved "
           f"{summary['achieved_flops_per_s']:.3g} FLOP/s" + (
               f" = {summary['fraction_of_peak']:.1%} of {peak:.3g}; the FLOP limit is "
               f"{summary['flop_limit_s']:.2f} s" if peak else ""))

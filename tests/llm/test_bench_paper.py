@@ -31,22 +31,22 @@ def test_small_run_prints_every_stage_and_a_json_summary(capsys):
     out = capsys.readouterr().out
     rows = ["none", "attn+MLP low removed", "attn low removed", "MLP low removed",
             "attn+MLP high removed", "attn high removed", "MLP high removed"]
-    for stage in ["build model", "lens + spectra", "filters", *[f"row: {r}" for r in rows]]:
+    for stage in ["build model", "lens + spectra", "Table 1 (7 rows)"]:
         assert stage in out and stage in summary["stages_s"]
     assert "word-level" in out and "pipeline after load" in out
     assert json.loads(out.strip().splitlines()[-1]) == json.loads(json.dumps(summary))
     assert list(summary["accuracy"]) == rows
-    assert summary["prompts"] == 40 and summary["passes"] == 8
+    assert summary["prompts"] == 40 and summary["readings"] == 8
     assert summary["lens_layers"] == {"attn": 2, "mlp": 2, "block": 2}
-    # independent counts: parameters of the shape, padded tokens of each batch of 16
+    # independent counts: parameters of the shape; padded tokens of batches of 16 prompts
+    # sorted by length (as the engine batches); the table's prefix pass and 7 one-token rows
     tok = word_level_tokenizer(520)
     assert summary["parameters"] == gpt2_parameters(len(tok), 64, 2)
-    prompts = [e.prompt for e in make_task("+", 260).test[:40]]
-    tokens = sum(len(batch) * max(len(tok(p)["input_ids"]) for p in batch)
-                 for batch in (prompts[i:i + 16] for i in range(0, 40, 16)))
+    lengths = sorted(len(tok(e.prompt)["input_ids"]) for e in make_task("+", 260).test[:40])
+    tokens = sum(len(part) * max(part) for part in (lengths[i:i + 16] for i in range(0, 40, 16)))
     assert summary["tokens_per_pass"] == tokens
-    assert summary["flops"] == 2 * summary["parameters"] * tokens * 8
-    forward = summary["stages_s"]["lens + spectra"] + sum(
-        t for k, t in summary["stages_s"].items() if k.startswith("row: "))
-    assert summary["prompts_per_s"] == pytest.approx(40 * 8 / forward, rel=0.01)
+    assert summary["tokens_run"] == tokens + (tokens - 40) + 7 * 40
+    assert summary["flops"] == 2 * summary["parameters"] * summary["tokens_run"]
+    assert summary["prompts_per_s"] == pytest.approx(
+        40 * 8 / summary["pipeline_after_load_s"], rel=0.01)
     assert summary["fraction_of_peak"] is None and summary["peak_rss_gib"] > 0  # CPU: no peak
