@@ -63,19 +63,23 @@ def evaluate_task(lm, examples: Sequence[Example],
 evaluate = evaluate_task  # the single-token name (lf.evaluate): one implementation
 
 
+def _as_space(target: NumberTokens | NumberFormat | AnswerSpace
+              ) -> NumberTokens | AnswerSpace:
+    """A ``NumberFormat`` as the space of its numbers 0..max_number; the others as given."""
+    return AnswerSpace(target, target.max_number) if isinstance(target, NumberFormat) else target
+
+
 def table_readout(lm, target: NumberTokens | NumberFormat | AnswerSpace) -> NumberReadout:
     """The readout whose filters the ablation table applies: ``W_U[numbers]`` for
     single-token answers, ``W_U[digits]`` for one token per digit."""
-    if isinstance(target, NumberFormat):  # the space of its numbers 0..max_number
-        target = AnswerSpace(target, target.max_number)
+    target = _as_space(target)
     return number_readout(lm, target) if isinstance(target, NumberTokens) else target.readout(lm)
 
 
 def answer_target(target: NumberTokens | NumberFormat | AnswerSpace
                   ) -> NumberTokens | NumberFormat:
     """What answers are scored against: the single-token numbers or the format."""
-    if isinstance(target, NumberFormat):  # the space of its numbers 0..max_number
-        target = AnswerSpace(target, target.max_number)
+    target = _as_space(target)
     if isinstance(target, AnswerSpace):
         return target.numbers if target.single else target.fmt
     return target

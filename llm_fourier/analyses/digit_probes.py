@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from llm_fourier.analyses.answers import max_answer_tokens
-from llm_fourier.analyses.hidden_states import HiddenStates, collect, read_positions
+from llm_fourier.analyses.hidden_states import HiddenStates, collect, cut_after, read_positions
 from llm_fourier.errors import UserError
 from llm_fourier.model.engine import Condition, Engine, Greedy, Patch, PromptSet, Store
 from llm_fourier.model.number_format import NumberFormat
@@ -109,7 +109,7 @@ def digit_intervention(lm, examples: Sequence[Example], fmt: NumberFormat, probe
     place, k = probe.place, shift % 10
     ids, at = read_positions(lm.tokenizer, examples, token) if tokens is None else tokens
     states = collect(lm, examples, token, (role,), [layer], batch_size, progress=False,
-                     ids=[x[:i + 1] for x, i in zip(ids, at)])
+                     ids=cut_after(ids, at))
     rows = states.at(role, layer).astype(np.float64)  # the unedited states at the token
     delta = probe.rotation(rows, k)
     noise = np.random.default_rng(seed).standard_normal(delta.shape)

@@ -79,10 +79,14 @@ def read_positions(tokenizer, examples: Sequence[Example], token: str = "last"
         for offs, ex in zip(enc["offset_mapping"], examples)]
 
 
+def cut_after(ids: Sequence[Sequence[int]], at: Sequence[int]) -> list[list[int]]:
+    """Each prompt's ids cut after its read token (the pair ``read_positions`` gives)."""
+    return [x[:i + 1] for x, i in zip(ids, at)]
+
+
 def token_ids_at(tokenizer, examples: Sequence[Example], token: str = "last") -> list[list[int]]:
     """Token ids of each prompt, cut after the chosen token (``token`` in a, b, last)."""
-    ids, at = read_positions(tokenizer, examples, token)
-    return [x[:i + 1] for x, i in zip(ids, at)]
+    return cut_after(*read_positions(tokenizer, examples, token))
 
 
 @dataclass

@@ -40,6 +40,7 @@ from llm_fourier.analyses.answers import (
 from llm_fourier.analyses.hidden_states import (
     HiddenStates,
     collect,
+    cut_after,
     operand_spans,
     read_positions,
 )
@@ -249,7 +250,7 @@ def helix_patching(
         clean = scorer.run([Condition("clean-kept", positions="all")], store)["clean-kept"]
     ids, at = scorer.tokens
     kw = dict(token=operand, roles=roles, layers=layers, progress=False)
-    current = collect(lm, test, ids=[x[:i + 1] for x, i in zip(ids, at)], **kw)
+    current = collect(lm, test, ids=cut_after(ids, at), **kw)
     other = collect(lm, swapped, **kw)
     n_same, n_swap = (np.array([getattr(e, operand) for e in x], dtype=np.float64)
                       for x in (test, swapped))
